@@ -1,0 +1,60 @@
+# The course's task runner. The two commands of the README:
+#   make course   run every notebook headless, write build/ and the report
+#   make test     lint + unit tests + every notebook under nbval
+# Both create .venv/ on their first run (torch first, CPU build: see README "GPU or existing torch").
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch requirement installed before everything else; TORCH_SPEC=none keeps the torch you have
+# (use with VENV_FLAGS=--system-site-packages), TORCH_SPEC=torch takes PyPI's default (CUDA) build.
+TORCH_SPEC ?= torch==2.13.0
+VENV_FLAGS ?=
+STAMP := $(VENV)/.installed
+PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: setup course test lint unit nbval lab notebooks slides zoo data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	if [ "$(TORCH_SPEC)" != "none" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/python -m labkit course
+
+test: lint
+	$(BIN)/python -m pytest -q tests notebooks $(PYTEST_NB)
+
+lint: $(STAMP)
+	$(BIN)/ruff check labkit tests notebooks scripts benchmarks
+	$(BIN)/ruff format --check labkit tests notebooks scripts benchmarks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest -q notebooks $(PYTEST_NB)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+# Re-execute notebooks top to bottom and store their outputs (volatile metadata stripped).
+# One notebook: make notebooks NB=notebooks/05_int8_quantization.ipynb
+notebooks: $(STAMP)
+	$(BIN)/python -m labkit course --inplace $(NB)
+
+slides: $(STAMP)
+	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides notebooks/*.ipynb
+
+zoo: $(STAMP)
+	$(BIN)/python -m labkit build-zoo --force
+
+data: $(STAMP)
+	$(BIN)/python -m labkit build-data
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

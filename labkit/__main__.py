@@ -1,0 +1,5 @@
+"""``python -m labkit COMMAND ...``: see ``labkit.cli``."""
+
+from labkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Run the course: execute notebooks headless, time them, store outputs cleanly.
+
+``python -m labkit course`` executes every ``notebooks/NN_*.ipynb`` in a fresh kernel, in order,
+writes the executed copies and ``build/course-report.json`` and prints a table; it exits 1 if any
+notebook failed. ``--inplace`` stores the outputs back into ``notebooks/`` with volatile metadata
+stripped: that is how the committed notebooks are produced (``make notebooks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+from labkit import REPO_ROOT, LabkitError
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+BUILD_DIR = REPO_ROOT / "build"
+NAME_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+#: Cell metadata keys kept in committed notebooks; everything else (timings, ids of widgets,
+#: collapsed state...) is volatile and stripped.
+KEEP_CELL_METADATA = {"slideshow", "tags", "editable", "deletable"}
+
+
+def course_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The course's notebooks, ``NN_topic.ipynb``, in course order."""
+    return sorted(p for p in folder.glob("*.ipynb") if NAME_RE.match(p.name))
+
+
+def strip_volatile(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove metadata that changes from run to run (timings, kernel details, widget state)."""
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for cell in nb.cells:
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
+        for out in cell.get("outputs", []):
+            if "metadata" in out:
+                out.metadata = {}
+    return nb
+
+
+def execute(path: Path, timeout: int = 600) -> tuple[nbformat.NotebookNode, float, str | None]:
+    """Execute one notebook in a fresh kernel with its own folder as working directory.
+
+    Returns the executed notebook, the seconds it took, and the error (one line) or ``None``.
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        error = lines[-1][:300] if lines else "cell failed"
+    except Exception as err:  # kernel died, timeout...
+        error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    return nb, time.perf_counter() - start, error
+
+
+def format_table(rows: list[dict], total: float) -> str:
+    width = max([len(r["notebook"]) for r in rows] + [8])
+    lines = [f"{'notebook':<{width}}  {'seconds':>8}  status"]
+    lines += [f"{r['notebook']:<{width}}  {r['seconds']:>8.1f}  {r['status']}" for r in rows]
+    lines.append(f"{'total':<{width}}  {total:>8.1f}")
+    return "\n".join(lines)
+
+
+def run_course(
+    paths: list[Path], inplace: bool = False, out_dir: Path = BUILD_DIR, timeout: int = 600
+) -> dict:
+    """Execute ``paths`` in order; write executed copies (or store in place) and the report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        nb, seconds, error = execute(path, timeout=timeout)
+        strip_volatile(nb)
+        target = path if inplace and error is None else out_dir / path.name
+        nbformat.write(nb, target)
+        rows.append(
+            {
+                "notebook": path.name,
+                "seconds": round(seconds, 1),
+                "status": "ok" if error is None else f"FAILED: {error}",
+            }
+        )
+    total = round(sum(r["seconds"] for r in rows), 1)
+    report = {
+        "notebooks": rows,
+        "total_seconds": total,
+        "failed": sum(r["status"] != "ok" for r in rows),
+    }
+    (out_dir / "course-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(rows, total))
+    return report
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m labkit course", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("notebooks", nargs="*", help="notebook paths (default: every NN_*.ipynb)")
+    parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    args = parser.parse_args(argv)
+    paths = [Path(p).resolve() for p in args.notebooks] or course_notebooks()
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise LabkitError(f"no such notebook: {', '.join(missing)}")
+    if not paths:
+        raise LabkitError(f"no NN_topic.ipynb notebooks in {NOTEBOOKS_DIR}")
+    report = run_course(paths, inplace=args.inplace, timeout=args.timeout)
+    print(f"report: {BUILD_DIR / 'course-report.json'}", file=sys.stderr)
+    return 1 if report["failed"] else 0

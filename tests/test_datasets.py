@@ -1,0 +1,46 @@
+import collections
+
+import pytest
+
+from labkit import LabkitError, datasets
+
+
+def test_files_match_the_generator_byte_for_byte(tmp_path):
+    written = datasets.write_all(tmp_path)
+    for path in written:
+        rel = path.relative_to(tmp_path)
+        assert path.read_bytes() == (datasets.DATA_DIR / rel).read_bytes(), rel
+
+
+def test_chat_splits_hold_out_facts():
+    splits = {s: datasets.load_chat(s) for s in datasets.SPLITS}
+    assert [len(splits[s]) for s in datasets.SPLITS] == [170, 84, 84]
+    entities = {s: {(r["intent"], r["entity"]) for r in rows} for s, rows in splits.items()}
+    assert not entities["train"] & entities["test"]
+    assert not entities["train"] & entities["validation"]
+    assert not entities["validation"] & entities["test"]
+    for row in splits["test"]:
+        assert row["prompt"].startswith("Human: ") and row["prompt"].endswith("\nAssistant:")
+        assert row["short"] in row["response"]
+
+
+def test_corpus_states_every_fact_and_never_uses_the_chat_format():
+    text = "\n".join(datasets.load_corpus("train"))
+    assert "Human:" not in text and "Assistant:" not in text
+    for fact in datasets.facts():
+        assert fact["response"] in text, fact
+
+
+def test_sentiment_size_balance_and_noise():
+    splits = {s: datasets.load_sentiment(s) for s in datasets.SPLITS}
+    sizes = [len(splits[s]) for s in datasets.SPLITS]
+    assert sum(sizes) >= 1000 and sizes == [1050, 225, 225]
+    texts = [r["text"] for rows in splits.values() for r in rows]
+    assert len(set(texts)) == len(texts)
+    labels = collections.Counter(r["label"] for r in splits["train"])
+    assert 0.4 < labels[1] / len(splits["train"]) < 0.6
+
+
+def test_unknown_split_is_a_clear_error():
+    with pytest.raises(LabkitError, match="accepted: train, validation, test"):
+        datasets.load_chat("dev")
