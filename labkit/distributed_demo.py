@@ -1,0 +1,89 @@
+"""Two processes on CPU: per-rank parameter + optimizer bytes, replicated (DDP) vs fully sharded.
+
+Run with ``.venv/bin/torchrun --nproc-per-node 2 -m labkit.distributed_demo [MODEL]`` (gloo
+backend, no GPU). Each rank builds the same model, takes one real AdamW step replicated (what DDP
+keeps per GPU) and one with FSDP2's ``fully_shard`` (ZeRO-3: parameters, gradients and optimizer
+state split across ranks), and reads the bytes of its own tensors (``DTensor.to_local()``). Rank 0
+prints one JSON line with both measurements and :func:`labkit.memory.sharded`'s figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, int]:
+    params = sum(_local(p).numel() * _local(p).element_size() for p in model.parameters())
+    state = sum(
+        _local(v).numel() * _local(v).element_size()
+        for st in opt.state.values()
+        for v in st.values()
+        if isinstance(v, torch.Tensor)
+    )
+    return {"weights": params, "optimizer": state}
+
+
+def _step(model: torch.nn.Module, ids: torch.Tensor) -> torch.optim.Optimizer:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    return opt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    name = argv[0] if argv else "tiny-llama"
+    from torch.distributed.fsdp import fully_shard
+
+    from labkit import hardware, memory, zoo
+
+    hardware.quiet_logs()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ids = torch.randint(3, 1000, (2, 16), generator=torch.Generator().manual_seed(rank))
+
+    replicated = zoo.load_model(name, seed=0).train()
+    rep = _bytes(replicated, _step(replicated, ids))
+
+    sharded = zoo.load_model(name, seed=0).train()
+    for layer in sharded.model.layers if hasattr(sharded, "model") else sharded.transformer.h:
+        fully_shard(layer)
+    fully_shard(sharded)
+    shd = _bytes(sharded, _step(sharded, ids))
+
+    gathered: list[dict] = [{} for _ in range(world)]
+    dist.all_gather_object(gathered, {"replicated": rep, "sharded": shd})
+    if rank == 0:
+        est = memory.training_memory(zoo.load_config(name), precision="fp32", batch=2, seq=16)
+        ddp, z3 = memory.sharded(est, world, "ddp"), memory.sharded(est, world, "fsdp")
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "world_size": world,
+                    "measured": gathered,
+                    "estimate": {
+                        "ddp": {"weights": ddp.weights, "optimizer": ddp.optimizer},
+                        "fsdp": {"weights": z3.weights, "optimizer": z3.optimizer},
+                    },
+                }
+            )
+        )
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    raise SystemExit(main())

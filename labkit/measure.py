@@ -1,0 +1,299 @@
+"""Measure the memory of real training steps: the truth :mod:`labkit.memory` is held against.
+
+CPU, exact:
+
+- :func:`state_bytes` reads the bytes of weights, gradients and optimizer state from the real
+  tensors after a real step (unique storages, so tied weights count once);
+- :func:`saved_tensor_bytes` measures activations as what autograd keeps for backward, with
+  ``torch.autograd.graph.saved_tensors_hooks``: every tensor an op saves is recorded once per
+  storage (``untyped_storage().data_ptr()``, the storage's full ``nbytes``), parameters excluded.
+  The pack hook keeps a reference until the step ends, so a freed storage's address is never
+  reused and counted twice or not at all.
+
+Definition of the activation figure (what ``activations + logits`` in :mod:`labkit.memory` means):
+``forward`` = bytes saved during the forward pass and the loss (all alive when backward starts);
+with gradient checkpointing, each checkpointed block re-runs its forward during backward and saves
+its tensors again: ``recompute`` = the largest such block's new bytes. The reported ``total`` =
+``forward + recompute``, the saved bytes alive when the first recomputed block starts its backward.
+Checkpointing is measured with ``use_reentrant=True``: PyTorch's non-reentrant variant (the
+transformers default) stores the same tensors through its own saved-tensor hooks, which hide them
+from ours; the memory it keeps is the same (layer inputs + one recomputed block).
+
+CUDA: :func:`cuda_peak` runs a real step between ``reset_peak_memory_stats`` and
+``max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.utils.checkpoint
+
+from labkit import LabkitError
+
+OPTIMIZERS = ("adamw", "sgd", "adafactor", "adamw8bit")
+
+
+@dataclass
+class Saved:
+    """Saved-for-backward bytes of one training step (see the module docstring)."""
+
+    forward: int  # model forward + loss, alive when backward starts
+    logits: int  # the part of ``forward`` saved by the loss (log-softmax output, labels, scalar)
+    recompute: int  # largest block re-saved during backward (checkpointing), else 0
+    tensors: list[tuple[str, tuple[int, ...], str, int]] = field(default_factory=list)
+
+    @property
+    def activations(self) -> int:
+        """Everything but the loss buffer: comparable to ``memory.activation_bytes().activations``."""
+        return self.forward - self.logits + self.recompute
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.recompute
+
+
+def enable_checkpointing(model: torch.nn.Module, reentrant: bool = True) -> None:
+    """Turn on transformers' activation (gradient) checkpointing without its rename warning."""
+    kwargs = {"use_reentrant": reentrant}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # pragma: no cover - transformers < 5.24
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+
+
+def disable_checkpointing(model: torch.nn.Module) -> None:
+    """Turn transformers' activation checkpointing off (no-op when it is off)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_disable()
+
+
+def _storages(tensors: Iterator[torch.Tensor]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for t in tensors:
+        if t is None or t.device.type == "meta":
+            continue
+        st = t.untyped_storage()
+        out[st.data_ptr()] = st.nbytes()
+    return out
+
+
+def _param_tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """Parameters and, for bitsandbytes 4-bit weights, their quant-state tensors."""
+    for p in model.parameters():
+        yield p
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:
+            yield from (v for v in vars(qs).values() if isinstance(v, torch.Tensor))
+            nested = getattr(qs, "state2", None)
+            if nested is not None:
+                yield from (v for v in vars(nested).values() if isinstance(v, torch.Tensor))
+        scb = getattr(p, "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            yield scb
+
+
+def lm_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The model's own causal-LM loss (what ``model(input_ids, labels=...)`` computes)."""
+    return model.loss_function(logits, labels, vocab_size=logits.shape[-1])
+
+
+def saved_tensor_bytes(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    checkpointing: bool | None = None,
+    backward: bool = True,
+    keep_list: bool = False,
+) -> Saved:
+    """Run forward + loss (+ backward) and measure the bytes autograd saves for backward.
+
+    ``checkpointing``: None leaves the model as it is; True/False switches transformers'
+    checkpointing (reentrant, see module docstring). The model must be in train mode for dropout.
+    Gradients are accumulated into ``.grad`` as in a normal step (zero them yourself).
+    """
+    if checkpointing is not None:
+        if checkpointing:
+            enable_checkpointing(model)
+        else:
+            disable_checkpointing(model)
+    params = set(_storages(_param_tensors(model)))
+    keep: list[torch.Tensor] = []
+    state = {"phase": "forward"}
+    fwd: dict[int, int] = {}
+    loss_part: dict[int, int] = {}
+    segments: list[dict[int, int]] = []
+    listing: list[tuple[str, tuple[int, ...], str, int]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr in params or t.device.type == "meta":
+            return t
+        keep.append(t)
+        if state["phase"] in {"forward", "loss"}:
+            target = fwd
+        else:
+            if not segments:
+                segments.append({})
+            target = segments[-1]
+            if ptr in fwd:
+                return t
+        if ptr not in target:
+            target[ptr] = st.nbytes()
+            if state["phase"] == "loss":
+                loss_part[ptr] = st.nbytes()
+            if keep_list:
+                name = type(t.grad_fn).__name__ if t.grad_fn is not None else "-"
+                listing.append(
+                    (f"{state['phase']}:{name}", tuple(t.shape), str(t.dtype), st.nbytes())
+                )
+        return t
+
+    ckpt_fn = torch.utils.checkpoint.CheckpointFunction
+    original = ckpt_fn.backward
+
+    def backward_marking_segment(ctx, *grads):  # one recomputed block per call
+        segments.append({})
+        return original(ctx, *grads)
+
+    ckpt_fn.backward = staticmethod(backward_marking_segment)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(input_ids=input_ids).logits
+            state["phase"] = "loss"
+            loss = lm_loss(model, logits, input_ids)
+            state["phase"] = "backward"
+            if backward:
+                loss.backward()
+    finally:
+        ckpt_fn.backward = original
+    keep.clear()
+    recompute = max((sum(s.values()) for s in segments), default=0)
+    return Saved(sum(fwd.values()), sum(loss_part.values()), recompute, listing)
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """The optimizers the estimator knows, over the trainable parameters.
+
+    ``adamw``/``sgd`` (momentum 0.9): torch; ``adafactor``: transformers' Adafactor (the
+    Trainer's ``optim="adafactor"``); ``adamw8bit``: bitsandbytes' AdamW8bit.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
+    if name == "adamw8bit":
+        from labkit import hardware
+
+        hardware.quiet_logs()
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr)
+    raise LabkitError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class States:
+    """Bytes of model states read from real tensors (unique storages)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    parameters: int
+    trainable_parameters: int
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> States:
+    """Bytes of weights (incl. quant-state), gradients and optimizer state, as they are now."""
+    weights = sum(_storages(_param_tensors(model)).values())
+    grads = sum(_storages(p.grad for p in model.parameters() if p.grad is not None).values())
+    opt = 0
+    if optimizer is not None:
+        tensors = [
+            v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+        ]
+        opt = sum(_storages(iter(tensors)).values())
+    seen: set[int] = set()
+    n = n_train = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n += p.numel()
+        n_train += p.numel() if p.requires_grad else 0
+    return States(weights, grads, opt, n, n_train)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    input_ids: torch.Tensor,
+    checkpointing: bool | None = None,
+) -> tuple[States, Saved, float]:
+    """One real training step: returns states after it, saved-tensor bytes and seconds taken."""
+    model.train()
+    start = time.perf_counter()
+    saved = saved_tensor_bytes(model, input_ids, checkpointing)
+    optimizer.step()
+    seconds = time.perf_counter() - start
+    return state_bytes(model, optimizer), saved, seconds
+
+
+@contextlib.contextmanager
+def _cuda_peak_window() -> Iterator[dict[str, int]]:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    out = {"before": torch.cuda.memory_allocated()}
+    yield out
+    torch.cuda.synchronize()
+    out["peak"] = torch.cuda.max_memory_allocated()
+    out["after"] = torch.cuda.memory_allocated()
+
+
+def cuda_peak(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    input_ids: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, int]:
+    """Peak CUDA bytes of one real step (forward, loss, backward, optimizer step).
+
+    The allocator's peak is reset first; ``before`` is what was allocated when the step began
+    (weights, and optimizer state from earlier steps), ``peak`` the maximum during the step.
+    Call it twice and keep the second: AdamW allocates its state in the first step.
+    """
+    if not torch.cuda.is_available():
+        raise LabkitError("cuda_peak needs a CUDA GPU; torch.cuda.is_available() is False")
+    model.train()
+    with _cuda_peak_window() as out:
+        ctx = (
+            torch.autocast("cuda", dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            logits = model(input_ids=input_ids).logits
+            loss = lm_loss(model, logits, input_ids)
+        loss.backward()
+        del logits, loss
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+    return out

@@ -1,0 +1,182 @@
+"""``python -m labkit estimate MODEL [options] [--json]``: memory (and GPUs) for training or inference.
+
+MODEL is a config.json path, a model folder, a catalog or zoo name, or (online) a hub id. Only the
+config is read. Bad input is one line on stderr with exit status 2 (see :mod:`labkit.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from labkit import LabkitError, memory
+
+#: Keys of the ``--json`` object (bytes unless the name is a count).
+JSON_KEYS = (
+    "parameters",
+    "trainable_parameters",
+    "weights",
+    "gradients",
+    "optimizer",
+    "activations",
+    "logits",
+    "kv_cache",
+    "total",
+    "gpus_needed",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one-line :class:`LabkitError` (exit 2 in the dispatcher)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LabkitError(message.replace("\n", " "))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m labkit estimate", description=__doc__.splitlines()[0])
+    p.add_argument("model", help="config.json path, model folder, zoo/catalog name or hub id")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--method", choices=memory.METHODS, default="full")
+    p.add_argument("--precision", choices=memory.PRECISIONS, default="bf16-mixed")
+    p.add_argument("--optimizer", choices=memory.OPTIMIZERS, default="adamw")
+    p.add_argument("--batch", type=_positive_int, default=1, help="micro-batch per GPU")
+    p.add_argument("--seq", type=_positive_int, default=512, help="sequence / context length")
+    p.add_argument("--grad-accum", type=_positive_int, default=1)
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    p.add_argument("--attention", choices=memory.ATTENTIONS, default="sdpa")
+    p.add_argument("--lora-r", type=_positive_int, default=8)
+    p.add_argument("--lora-targets", default="q_proj,v_proj", help="comma list or all-linear")
+    p.add_argument("--frozen-layers", type=_nonneg_int, default=0, help="with --method frozen")
+    p.add_argument(
+        "--dtype", choices=memory.WEIGHT_DTYPES, default="bf16", help="inference weights"
+    )
+    p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
+    p.add_argument("--zero", choices=("0", "1", "2", "3"), default="0", help="ZeRO stage (0 = DDP)")
+    p.add_argument("--gpu-memory", type=_positive_float, default=80.0, help="GiB per GPU")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _load(model: str):
+    path = Path(model)
+    if path.suffix == ".json" or path.name == "config.json":
+        if not path.is_file():
+            raise LabkitError(
+                f"config file {model!r} does not exist; give a config.json path, folder or name"
+            )
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise LabkitError(
+                f"{model} is not valid JSON ({err.msg}); give a config.json"
+            ) from None
+    from labkit import zoo
+
+    return zoo.load_config(model)
+
+
+def estimate(args: argparse.Namespace) -> memory.Breakdown:
+    """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
+    shape = memory.shape_of(_load(args.model))
+    if args.mode == "infer":
+        b = memory.inference_memory(shape, dtype=args.dtype, batch=args.batch, context=args.seq)
+    else:
+        b = memory.training_memory(
+            shape,
+            method=args.method,
+            precision=args.precision,
+            optimizer=args.optimizer,
+            batch=args.batch,
+            seq=args.seq,
+            grad_accum=args.grad_accum,
+            checkpointing=args.checkpointing,
+            attention=args.attention,
+            lora_r=args.lora_r,
+            lora_targets=args.lora_targets,
+            frozen_layers=args.frozen_layers,
+        )
+    strategy = "ddp" if args.zero == "0" else f"zero{args.zero}"
+    per_gpu = memory.sharded(b, args.gpus, strategy)
+    try:
+        per_gpu.gpus_needed = memory.gpus_needed(b, args.gpu_memory * 2**30, "zero3")
+    except LabkitError:
+        per_gpu.gpus_needed = 0  # does not fit even fully sharded
+    per_gpu.details["rule_of_thumb"] = (
+        memory.rule_inference_2x(b.parameters)
+        if args.mode == "infer"
+        else memory.rule_training_8x(b.parameters)
+    )
+    return per_gpu
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:10.3f} GiB"
+
+
+def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
+    rows = [
+        ("parameters", f"{b.parameters:,}"),
+        ("trainable parameters", f"{b.trainable_parameters:,}"),
+    ]
+    for key in ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache"):
+        rows.append((key.replace("_", " "), _gib(getattr(b, key))))
+    rows.append(("transient (logits held, loss grad)", _gib(b.transient)))
+    rows.append(("total per GPU", _gib(b.total)))
+    rule = b.details["rule_of_thumb"]
+    name = "2x the fp16 weights" if args.mode == "infer" else "8x the fp16 weights"
+    rows.append((f"rule of thumb ({name})", _gib(rule)))
+    need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
+    rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
+    width = max(len(r[0]) for r in rows)
+    head = f"{args.model}: {args.mode}"
+    if args.mode == "train":
+        head += f", {args.method}, {args.precision}, {args.optimizer}, batch {args.batch} x seq {args.seq}"
+        head += f", {'zero' + args.zero if args.zero != '0' else 'ddp'} on {args.gpus} GPU(s)"
+    else:
+        head += f", {args.dtype} weights, batch {args.batch}, context {args.seq}"
+    return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``python -m labkit estimate``."""
+    args = build_parser().parse_args(argv)
+    b = estimate(args)
+    if args.json:
+        out = {k: getattr(b, k) for k in JSON_KEYS}
+        out.update(transient=b.transient, rule_of_thumb=int(b.details["rule_of_thumb"]))
+        print(json.dumps(out))
+    else:
+        print(table(b, args))
+    return 0

@@ -1,0 +1,132 @@
+"""labkit.measure against labkit.memory: exact states, activations + logits within 5%."""
+
+import itertools
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from labkit import LabkitError, measure, memory, zoo
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MODELS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
+if (zoo.MODELS_DIR / "zoo-llama" / "model.safetensors").exists():
+    MODELS.append("zoo-llama")
+
+
+def fresh(name, attn="sdpa", dtype="fp32"):
+    config = zoo.load_config(name)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    return model.to(DTYPES[dtype]).train(), config
+
+
+def ids_for(config, b, s):
+    return torch.randint(3, config.vocab_size, (b, s), generator=torch.Generator().manual_seed(1))
+
+
+CASES = [
+    (name, attn, ck, bs, "fp32")
+    for name, attn, ck, bs in itertools.product(
+        MODELS, ["eager", "sdpa"], [False, True], [(2, 16), (3, 24), (1, 40)]
+    )
+    if not (name == "tiny-bloom" and attn == "sdpa")
+] + [
+    (name, attn, ck, (2, 32), "bf16")
+    for name, attn, ck in itertools.product(
+        ["tiny-llama", "tiny-qwen2", "tiny-gpt2"], ["eager", "sdpa"], [False, True]
+    )
+]
+
+
+@pytest.mark.parametrize(("name", "attn", "ckpt", "bs", "dtype"), CASES)
+def test_activations_plus_logits_within_5_percent(name, attn, ckpt, bs, dtype):
+    model, config = fresh(name, attn, dtype)
+    b, s = bs
+    got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
+    est = memory.activation_bytes(config, b, s, dtype, attn, ckpt, dropout=True, device="cpu")
+    assert est.total == pytest.approx(got.total, rel=0.05), (est.items, got)
+    assert est.logits == pytest.approx(got.logits, rel=0.01)
+    if ckpt:
+        assert got.recompute > 0 and est.recompute > 0
+
+
+def test_checkpointing_measured_saving_and_frozen_layers():
+    model, config = fresh("tiny-llama")
+    x = ids_for(config, 2, 64)
+    off = measure.saved_tensor_bytes(model, x, checkpointing=False)
+    on = measure.saved_tensor_bytes(model, x, checkpointing=True)
+    assert on.forward < off.forward and on.total < off.total
+    model, config = fresh("tiny-llama")
+    for p in model.model.embed_tokens.parameters():
+        p.requires_grad_(False)
+    for p in model.model.layers[0].parameters():
+        p.requires_grad_(False)
+    got = measure.saved_tensor_bytes(model, x)
+    est = memory.activation_bytes(
+        config, 2, 64, "fp32", "sdpa", device="cpu", trainable_from_layer=1
+    )
+    assert est.total == pytest.approx(got.total, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "dtype", "precision"),
+    [
+        ("adamw", "fp32", "fp32"),
+        ("sgd", "fp32", "fp32"),
+        ("adafactor", "fp32", "fp32"),
+        ("adamw8bit", "fp32", "fp32"),
+        ("adamw", "bf16", "bf16"),
+    ],
+)
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-gpt2"])
+def test_states_exact_after_a_real_step(name, optimizer, dtype, precision):
+    model, config = fresh(name, "eager", dtype)
+    opt = measure.make_optimizer(model, optimizer)
+    states, _, _ = measure.train_step(model, opt, ids_for(config, 2, 8))
+    est = memory.training_memory(config, precision=precision, optimizer=optimizer, batch=2, seq=8)
+    assert states.parameters == est.parameters == est.trainable_parameters
+    assert (states.weights, states.gradients, states.optimizer) == (
+        est.weights,
+        est.gradients,
+        est.optimizer,
+    )
+
+
+def test_lora_states_exact():
+    from peft import LoraConfig, get_peft_model
+
+    model, config = fresh("tiny-llama")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    opt = measure.make_optimizer(model, "adamw")
+    states, saved, _ = measure.train_step(model, opt, ids_for(config, 2, 8))
+    est = memory.training_memory(
+        config,
+        method="lora",
+        precision="fp32",
+        lora_r=4,
+        lora_targets="q_proj,v_proj",
+        batch=2,
+        seq=8,
+    )
+    assert states.trainable_parameters == est.trainable_parameters
+    assert (states.weights, states.gradients, states.optimizer) == (
+        est.weights,
+        est.gradients,
+        est.optimizer,
+    )
+    assert saved.total <= est.activations + est.logits  # the LoRA figure is an upper bound
+
+
+def test_cuda_peak_is_guarded():
+    if torch.cuda.is_available():
+        pytest.skip("GPU present: scripts/gpu_validate_memory.py covers this path")
+    model, config = fresh("tiny-llama")
+    with pytest.raises(LabkitError):
+        measure.cuda_peak(model, None, ids_for(config, 1, 4))
+
+
+def test_unknown_optimizer():
+    model, _ = fresh("tiny-llama")
+    with pytest.raises(LabkitError):
+        measure.make_optimizer(model, "lion")

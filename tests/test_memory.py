@@ -1,0 +1,176 @@
+"""labkit.memory: exact counts against real (meta-device) models and the facts.md figures."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from labkit import LabkitError, memory, zoo
+
+ALL = zoo.catalog_names() + ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameter_count_and_shapes_equal_the_real_model(name):
+    config = zoo.load_config(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    real = dict(model.named_parameters())
+    assert {k: tuple(v.shape) for k, v in real.items()} == memory.param_shapes(config)
+    assert memory.count_parameters(config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("llama-2-7b", 6_738_415_616),
+        ("llama-3.1-8b", 8_030_261_248),
+        ("mistral-7b", 7_241_732_096),
+        ("gpt2", 124_439_808),
+    ],
+)
+def test_parameter_counts_match_facts(name, expected):
+    assert memory.count_parameters(name) == expected
+
+
+def test_lora_parameters_match_facts():
+    assert memory.lora_parameters("llama-2-7b", 8, ["q_proj", "v_proj"]) == 4_194_304
+    # GQA: v_proj's d_out is n_kv * d
+    s = memory.shape_of("llama-3.1-8b")
+    per_layer = 8 * (4096 + 4096) + 8 * (4096 + 1024)
+    assert memory.lora_parameters(s, 8, "q_proj,v_proj") == s.layers * per_layer
+    assert memory.lora_parameters("gpt2", 4, "all-linear") > memory.lora_parameters(
+        "gpt2", 4, "c_attn"
+    )
+
+
+def test_kv_cache_matches_facts_and_gqa_is_4x_smaller():
+    assert memory.kv_cache_bytes("llama-3.1-8b", 1, 1, "bf16") == 128 * 2**10
+    assert memory.kv_cache_bytes("llama-3.1-8b", 1, 8192, "bf16") == 2**30
+    assert memory.kv_cache_bytes("llama-2-7b", 1, 8192) == 4 * 2**30  # MHA: 32 KV heads
+
+
+def test_weight_bytes_by_dtype_and_nf4_bits():
+    P = memory.count_parameters("llama-2-7b")
+    assert memory.weight_bytes("llama-2-7b", "fp32") == 4 * P
+    assert memory.weight_bytes("llama-2-7b", "bf16") == 2 * P
+    n = 64 * 256 * 100
+    assert memory.nf4_bytes(n) * 8 / n == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    assert memory.weight_bytes("llama-2-7b", "int8") < memory.weight_bytes("llama-2-7b", "bf16")
+    assert memory.weight_bytes("llama-2-7b", "nf4") < memory.weight_bytes("llama-2-7b", "int8")
+
+
+def test_training_bytes_per_param_follow_the_precision():
+    kw = dict(batch=1, seq=8)
+    fp32 = memory.training_memory("llama-2-7b", precision="fp32", **kw)
+    mixed = memory.training_memory("llama-2-7b", precision="bf16-mixed", **kw)
+    pure = memory.training_memory("llama-2-7b", precision="bf16", **kw)
+    P = fp32.parameters
+    n_tensors = len(memory.param_shapes("llama-2-7b"))
+    states = lambda b: b.weights + b.gradients + b.optimizer  # noqa: E731
+    assert states(fp32) == 16 * P + 4 * n_tensors
+    assert states(mixed) == 18 * P + 4 * n_tensors
+    assert states(pure) == 8 * P + 4 * n_tensors
+    assert mixed.total == states(mixed) + mixed.activations + mixed.logits + mixed.transient
+
+
+def test_optimizer_bytes_per_family():
+    shapes = {"w": (300, 200), "b": (200,)}
+    assert memory.optimizer_bytes(shapes, "sgd") == 4 * 60_200
+    assert memory.optimizer_bytes(shapes, "adafactor") == 4 * (300 + 200 + 200) + 2 * 4
+    big = 2 * 60_000 + 8 * math.ceil(60_000 / 256)
+    assert memory.optimizer_bytes(shapes, "adamw8bit") == big + 8 * 200 + 2048
+
+
+def test_lora_and_qlora_shrink_states_not_activations():
+    kw = dict(batch=2, seq=256, precision="bf16-mixed")
+    full = memory.training_memory("llama-2-7b", **kw)
+    lora = memory.training_memory("llama-2-7b", method="lora", **kw)
+    qlora = memory.training_memory("llama-2-7b", method="qlora", **kw)
+    assert lora.trainable_parameters == 4_194_304 == qlora.trainable_parameters
+    assert qlora.weights < lora.weights / 6 < full.weights
+    assert lora.gradients == 4 * 4_194_304
+    assert lora.activations >= full.activations
+
+
+def test_frozen_layers_and_checkpointing_cut_activations():
+    base = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa")
+    ckpt = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa", checkpointing=True)
+    half = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa", trainable_from_layer=16)
+    assert ckpt.activations < base.activations / 5
+    assert half.activations == pytest.approx(base.activations / 2, rel=0.02)
+    eager = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "eager")
+    assert eager.activations - base.activations > 32 * 32 * 1024**2 * 4  # the a·s² terms
+
+
+def test_logits_dominate_for_small_models_with_large_vocab():
+    acts = memory.activation_bytes("qwen2.5-0.5b", 1, 4096, "bf16", "sdpa", checkpointing=True)
+    assert acts.logits > acts.activations
+    assert acts.logits >= 4096 * 151_936 * 4
+
+
+def test_sharding_and_gpu_count():
+    b = memory.training_memory("llama-2-7b", batch=1, seq=512)
+    z1, z2, z3 = (memory.sharded(b, 8, f"zero{k}") for k in (1, 2, 3))
+    assert memory.sharded(b, 8, "ddp").total == b.total
+    assert z1.optimizer == math.ceil(b.optimizer / 8) and z1.gradients == b.gradients
+    assert z2.gradients == math.ceil(b.gradients / 8) and z2.weights == b.weights
+    assert z3.total < z2.total < z1.total < b.total
+    assert memory.round_to_nodes(17) == 24 and memory.round_to_nodes(5) == 5
+    n = memory.gpus_needed(b, 80 * 2**30, "zero3")
+    assert memory.sharded(b, n, "zero3").total <= 80 * 2**30
+    assert n == 1 or memory.sharded(b, n - 1, "zero3").total > 80 * 2**30 or n > 8
+
+
+def test_training_time_gpt3_is_about_34_days():
+    days = memory.training_days(175e9, 300e9, 1024, 140e12, recompute=True)
+    assert 33 <= days <= 35
+    assert memory.training_flops(1, 1) == 6 and memory.training_flops(1, 1, True) == 8
+
+
+def test_rules_of_thumb():
+    assert memory.rule_weights(6e9, "fp16") == 12e9
+    assert memory.rule_training_12(1e9) == 12e9
+    assert memory.rule_training_8x(1e9) == 16e9
+    assert memory.rule_inference_2x(1e9) == 4e9
+    assert memory.rule_activations_korthikanti(1, 1, 1, 1, 1) == 39
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"model_type": "t5", "vocab_size": 10},
+        {
+            "model_type": "llama",
+            "hidden_size": 10,
+            "num_attention_heads": 3,
+            "num_hidden_layers": 1,
+            "intermediate_size": 4,
+            "vocab_size": 8,
+        },
+        {
+            "model_type": "llama",
+            "hidden_size": -8,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "intermediate_size": 4,
+            "vocab_size": 8,
+        },
+    ],
+)
+def test_bad_configs_raise_one_line(bad):
+    with pytest.raises(LabkitError) as err:
+        memory.shape_of(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_sizes_and_options_raise():
+    with pytest.raises(LabkitError):
+        memory.activation_bytes("tiny-llama", 0, 8)
+    with pytest.raises(LabkitError):
+        memory.training_memory("tiny-llama", optimizer="lion")
+    with pytest.raises(LabkitError):
+        memory.activation_bytes("tiny-bloom", 1, 8, attention="sdpa")
+    with pytest.raises(LabkitError):
+        memory.gpus_needed(memory.training_memory("llama-2-7b", precision="fp32"), 2**20, "ddp")

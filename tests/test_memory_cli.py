@@ -1,0 +1,81 @@
+"""The ``estimate`` command: JSON keys, table, and one-line errors with exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from labkit import REPO_ROOT, cli, memory, memory_cli
+
+
+def run(capsys, *argv):
+    rc = cli.main(["estimate", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_json_keys_and_values(capsys):
+    rc, out, err = run(
+        capsys, "tiny-llama", "--batch", "2", "--seq", "16", "--precision", "fp32", "--json"
+    )
+    assert rc == 0 and not err
+    data = json.loads(out)
+    assert set(memory_cli.JSON_KEYS) <= set(data)
+    est = memory.training_memory("tiny-llama", precision="fp32", batch=2, seq=16)
+    assert data["parameters"] == memory.count_parameters("tiny-llama")
+    assert data["activations"] == est.activations and data["logits"] == est.logits
+    assert data["total"] == est.total and data["gpus_needed"] == 1
+
+
+def test_config_path_infer_and_sharding(capsys):
+    path = REPO_ROOT / "data" / "configs" / "llama-3.1-8b" / "config.json"
+    rc, out, _ = run(capsys, str(path), "--mode", "infer", "--seq", "8192", "--json")
+    assert rc == 0 and json.loads(out)["kv_cache"] == 2**30
+    rc, out, _ = run(capsys, "llama-2-7b", "--gpus", "8", "--zero", "3", "--json")
+    z3 = json.loads(out)
+    rc, out, _ = run(capsys, "llama-2-7b", "--json")
+    assert z3["total"] < json.loads(out)["total"]
+
+
+def test_table_shows_rule_of_thumb(capsys):
+    rc, out, _ = run(capsys, "qwen2.5-0.5b", "--method", "lora", "--checkpointing")
+    assert rc == 0 and "rule of thumb" in out and "GPUs needed" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["no-such-model"],
+        ["/no/such/config.json"],
+        ["tiny-llama", "--batch", "0"],
+        ["tiny-llama", "--seq", "-3"],
+        ["tiny-llama", "--optimizer", "lion"],
+        ["tiny-llama", "--bogus"],
+        [],
+        ["tiny-bloom", "--attention", "sdpa"],
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, argv):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and not out
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_heads_not_dividing_hidden(capsys, tmp_path):
+    cfg = json.loads((REPO_ROOT / "data/models/tiny-llama/config.json").read_text())
+    cfg.update(num_attention_heads=5, num_key_value_heads=5, head_dim=None)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    rc, _, err = run(capsys, str(path))
+    assert rc == 2 and "divide" in err and len(err.strip().splitlines()) == 1
+
+
+def test_module_entry_point_exit_status():
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit", "estimate", "tiny-llama", "--batch", "x"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
