@@ -1,0 +1,208 @@
+"""labkit.tuning: metrics, search space, model_init, resumable seeded search, the CLI.
+
+Searches use the ``smoke`` budget (32 sentences, 1-2 epochs): they check the machinery (counts,
+resume, seeding, pruning bookkeeping), not the quality of the numbers.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from transformers import EvalPrediction
+
+from labkit import REPO_ROOT, LabkitError, tuning
+
+CLI = [sys.executable, "-m", "labkit", "tune"]
+ENV = {**os.environ, "LABKIT_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _trials(url: str, name: str, state: TrialState | None = None):
+    study = optuna.load_study(study_name=name, storage=url)
+    return study.get_trials(states=None if state is None else (state,))
+
+
+def test_compute_metrics_and_objective():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])  # predicts 0, 1, 1, 0
+    labels = np.array([0, 1, 0, 1])
+    metrics = tuning.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+    assert metrics == {"accuracy": 0.5, "f1": 0.5}  # tp 1, fp 1, fn 1
+    assert tuning.compute_objective({"eval_f1": 0.75, "eval_loss": 0.3}) == 0.75
+    with pytest.raises(LabkitError, match="eval_f1"):
+        tuning.compute_objective({"eval_loss": 0.3})
+
+
+def test_default_params_are_the_library_defaults():
+    params = tuning.default_params()
+    assert params.pop("optim") in {"adamw_torch_fused", "adamw_torch"}  # fused: transformers 5
+    assert params == {
+        "learning_rate": 5e-5,
+        "num_train_epochs": 3,
+        "seed": 42,
+        "per_device_train_batch_size": 8,
+        "lora_r": 8,
+        "lora_alpha": 8,
+    }
+
+
+def test_model_init_suggests_lora_and_shares_the_seed_with_hp_space():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    trial = study.ask()
+    model = tuning.model_init(trial)  # the Trainer calls model_init before hp_space
+    space = tuning.hp_space(trial, max_epochs=2)
+    assert set(trial.params) == {
+        "lora_r",
+        "lora_alpha",
+        "seed",
+        "learning_rate",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "optim",
+    }
+    assert space["seed"] == trial.params["seed"] and 1 <= space["num_train_epochs"] <= 2
+    assert 1e-5 <= space["learning_rate"] <= 1e-2 and space["optim"] in {"sgd", "adamw_torch"}
+    config = model.peft_config["default"]
+    assert config.r == trial.params["lora_r"] and config.lora_alpha == trial.params["lora_alpha"]
+    assert set(config.target_modules) == {"query", "value"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("classifier" in n for n in trainable), "the new head must be trained"
+    assert any("query.lora_A" in n for n in trainable) and any(
+        "value.lora_B" in n for n in trainable
+    )
+    assert not any("key" in n for n in trainable)
+    # a fresh base every call: a second model has no adapters stacked on the first
+    again = tuning.model_init(trial)
+    assert sum("lora_A" in n for n, _ in again.named_parameters()) == sum(
+        "lora_A" in n for n, _ in model.named_parameters()
+    )
+
+
+def test_pruning_savings_counts_steps_of_pruned_trials():
+    study = optuna.create_study(direction="maximize")
+    for state, done, planned in ((TrialState.COMPLETE, 10, 10), (TrialState.PRUNED, 2, 10)):
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=0.5 if state == TrialState.COMPLETE else None,
+            intermediate_values={1: 0.5},
+            user_attrs={"train_steps": done, "planned_steps": planned},
+            params={},
+            distributions={},
+        )
+        study.add_trial(trial)
+    assert tuning.pruning_savings(study) == {
+        "pruned_trials": 1,
+        "steps_run": 12,
+        "steps_saved": 8,
+        "fraction_saved": 8 / 20,
+    }
+
+
+def test_mark_interrupted_fails_running_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.ask()  # left RUNNING, as a killed process leaves it
+    assert tuning.mark_interrupted(optuna.load_study(study_name="s", storage=url)) == [0]
+    (trial,) = _trials(url, "s")
+    assert trial.state == TrialState.FAIL and trial.user_attrs[tuning.NOTE_KEY]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_trials": 0}, "n_trials"),
+        ({"n_trials": -2}, "n_trials"),
+        ({"timeout": 0}, "timeout"),
+        ({"storage": "sqlite:////nonexistent/dir/x.db"}, "cannot open storage"),
+        ({"storage": "postgresql://labkit@127.0.0.1:1/none"}, "cannot open storage"),
+        ({"storage": "study.db"}, "not a database URL"),
+        ({"budget": "huge"}, "unknown budget"),
+        ({"study_name": " "}, "study name"),
+    ],
+)
+def test_run_search_rejects_bad_input(tmp_path, kwargs, match):
+    args = {"storage": f"sqlite:///{tmp_path / 'x.db'}", "study_name": "s", "n_trials": 2}
+    with pytest.raises(LabkitError, match=match) as err:
+        tuning.run_search(**{**args, "budget": "smoke", **kwargs})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--storage", "sqlite:///x.db", "--study-name", "s", "--n-trials", "two"],
+        ["--storage", "sqlite:///x.db", "--study-name", "s", "--n-trials", "2", "--frobnicate"],
+        ["--study-name", "s", "--n-trials", "2"],
+    ],
+)
+def test_cli_argument_errors_are_labkit_errors(argv):
+    with pytest.raises(LabkitError, match="see python -m labkit tune --help"):
+        tuning.cli_main(argv)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--storage", "sqlite:////nonexistent/dir/x.db", "--n-trials", "2"],
+        ["--storage", "sqlite:///x.db", "--n-trials", "0"],
+        ["--storage", "sqlite:///x.db", "--n-trials", "2", "--unknown-option"],
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, extra):
+    run = subprocess.run(
+        [*CLI, "--study-name", "s", *extra],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**ENV, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("labkit tune:")
+
+
+def test_same_seed_same_best_trial_and_rerun_runs_nothing(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        url = f"sqlite:///{tmp_path / name}.db"
+        result = tuning.run_search(url, "s", 2, seed=7, budget="smoke", log=lambda _: None)
+        assert result.finished and tuning.count(result.study, TrialState.COMPLETE) == 2
+        best = result.study.best_trial
+        results.append((best.number, best.params, best.value))
+    assert results[0] == results[1]
+    again = tuning.run_search(url, "s", 2, seed=7, budget="smoke", log=lambda _: None)
+    assert again.started == 0 and len(again.study.trials) == len(result.study.trials)
+    with pytest.raises(LabkitError, match="same options"):
+        tuning.run_search(url, "s", 2, seed=8, budget="smoke")
+    assert "best trial: #" in tuning.summary(again.study)
+
+
+def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
+    url, n = f"sqlite:///{tmp_path / 'study.db'}", 3
+    argv = ["--storage", url, "--study-name", "k", "--n-trials", str(n), "--budget", "smoke"]
+    before = tuning.kill_mid_search(argv, url, "k", timeout=240)
+    complete_before = {
+        t.number: (t.params, t.value) for t in before if t.state == TrialState.COMPLETE
+    }
+    running = [t.number for t in before if t.state == TrialState.RUNNING]
+    assert 1 <= len(complete_before) < n and running
+
+    # the same command again, in this process (saves a second interpreter start-up)
+    assert tuning.cli_main(argv) == 0
+    out = capsys.readouterr().out
+    after = _trials(url, "k")
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    assert len(complete) == n
+    # nothing completed was lost or changed, nothing was run twice
+    for number, (params, value) in complete_before.items():
+        assert after[number].state == TrialState.COMPLETE
+        assert (after[number].params, after[number].value) == (params, value)
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == n
+    new_complete = [t for t in complete if t.number not in complete_before]
+    assert len(new_complete) == n - len(complete_before)
+    for number in running:
+        assert after[number].state == TrialState.FAIL
+        assert after[number].user_attrs[tuning.NOTE_KEY] == tuning.INTERRUPTED_NOTE
+    assert "marked FAIL on resume" in out and "best trial: #" in out
