@@ -1,0 +1,302 @@
+"""Adapters: merge/unmerge/unload equality and save/load round trips, in the style of peft's tests.
+
+Merge math does not need training: peft initialises LoRA B to zero (a no-op adapter), so these
+tests randomise B (``init_lora_weights=False`` or :func:`adapters.randomize_lora`).
+"""
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from labkit import LabkitError, adapters, zoo
+
+ZOO_WEIGHTS = zoo.MODELS_DIR / "zoo-llama" / "model.safetensors"
+needs_zoo = pytest.mark.skipif(not ZOO_WEIGHTS.exists(), reason="zoo-llama is not built yet")
+
+
+def lora(model_name: str, seed: int = 0, **config) -> PeftModel:
+    model = get_peft_model(zoo.load_model(model_name), LoraConfig(**config))
+    adapters.randomize_lora(model, seed=seed)
+    return model
+
+
+# Families x adapter configurations: GQA + tied embeddings, Conv1D (fan_in_fan_out), fused qkv,
+# rsLoRA, dropout, DoRA, embeddings, modules_to_save, bias.
+CASES = {
+    "qwen2-gqa-rslora-dropout-all-linear": (
+        "tiny-qwen2",
+        dict(r=4, lora_alpha=16, use_rslora=True, lora_dropout=0.1, target_modules="all-linear"),
+    ),
+    "gpt2-conv1d-fan_in_fan_out": (
+        "tiny-gpt2",
+        dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True),
+    ),
+    "gpt2-conv1d-dora": (
+        "tiny-gpt2",
+        dict(r=4, lora_alpha=8, target_modules=["c_fc"], fan_in_fan_out=True, use_dora=True),
+    ),
+    "bloom-fused-qkv-dora": (
+        "tiny-bloom",
+        dict(r=4, lora_alpha=8, target_modules=["query_key_value", "dense"], use_dora=True),
+    ),
+    "bloom-lora_only-bias": (
+        "tiny-bloom",
+        dict(r=2, lora_alpha=4, target_modules=["dense_h_to_4h"], bias="lora_only"),
+    ),
+    "llama-embedding-and-modules_to_save": (
+        "tiny-llama",
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "embed_tokens"],
+            modules_to_save=["lm_head"],
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_merge_round_trip_across_families(case, tmp_path):
+    name, config = CASES[case]
+    model = lora(name, **config)
+    if config.get("modules_to_save"):
+        with torch.no_grad():  # make the trained copy of lm_head differ from the original
+            for pname, p in model.named_parameters():
+                if "modules_to_save" in pname:
+                    p.add_(0.05 * torch.randn_like(p))
+    check, merged = adapters.check_merge_round_trip(model, atol=1e-4, folder=tmp_path)
+    assert check.ok, check.summary()
+    assert adapters.no_lora_layers_left(merged)
+    assert "all checks hold" in check.summary()
+
+
+@needs_zoo
+def test_merge_round_trip_on_zoo_llama(tmp_path):
+    model = lora("zoo-llama", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    check, _ = adapters.check_merge_round_trip(model, folder=tmp_path)
+    check.assert_ok()
+    assert check.hand_vs_peft <= 1e-6
+
+
+def test_a_no_op_adapter_fails_the_round_trip():
+    """The check can fail: a fresh adapter (B = 0) does not change the logits."""
+    model = get_peft_model(zoo.load_model("tiny-llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    check, _ = adapters.check_merge_round_trip(model)
+    assert not check.ok
+    assert any("adapter changes the logits" in f for f in check.failures())
+    with pytest.raises(AssertionError, match="merged differs from base"):
+        check.assert_ok()
+
+
+def test_lora_delta_is_alpha_over_r_times_b_a():
+    model = get_peft_model(
+        zoo.load_model("tiny-llama"),
+        LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj"], init_lora_weights=False),
+    )
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        layer.lora_A["default"].weight.fill_(0.5)
+        layer.lora_B["default"].weight.fill_(0.25)
+    delta = adapters.lora_delta(layer)
+    assert delta.shape == layer.get_base_layer().weight.shape
+    assert torch.allclose(delta, torch.full_like(delta, 3.0 * 2 * 0.5 * 0.25))
+    assert torch.allclose(delta, layer.get_delta_weight("default"))
+    assert adapters.lora_scaling(layer) == 3.0
+    with pytest.raises(LabkitError, match="no adapter 'other'"):
+        adapters.lora_delta(layer, "other")
+
+
+def test_rslora_scaling_and_conv1d_layout():
+    model = lora("tiny-gpt2", r=4, lora_alpha=8, use_rslora=True, target_modules=["c_attn"])
+    layer = model.base_model.model.transformer.h[0].attn.c_attn
+    assert adapters.lora_scaling(layer) == pytest.approx(8 / math.sqrt(4))
+    delta = adapters.lora_delta(layer)
+    assert layer.fan_in_fan_out
+    assert delta.shape == layer.get_base_layer().weight.shape == (64, 192)  # Conv1D: (in, out)
+    assert torch.allclose(delta, layer.get_delta_weight("default"), atol=1e-7)
+    assert adapters.hand_merge_max_diff(model) <= 1e-6
+
+
+def test_adapter_save_load_round_trip_and_sizes(tmp_path):
+    base_dir = tmp_path / "base"
+    zoo.load_model("tiny-qwen2").save_pretrained(base_dir)
+    model = get_peft_model(
+        zoo.load_model(base_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    gap = adapters.check_adapter_round_trip(
+        model, lambda: zoo.load_model(base_dir), tmp_path / "adapter"
+    )
+    assert gap == 0.0
+    adapter_bytes = adapters.adapter_size_on_disk(tmp_path / "adapter")
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert n_lora * 4 <= adapter_bytes < n_lora * 4 + 16_384  # fp32 tensors + safetensors header
+    assert adapter_bytes < adapters.weights_size_on_disk(base_dir) / 5
+    with pytest.raises(LabkitError, match="adapter_config.json"):
+        adapters.adapter_size_on_disk(base_dir)
+    with pytest.raises(LabkitError, match="not a folder"):
+        adapters.weights_size_on_disk(tmp_path / "missing")
+
+
+def test_named_adapter_round_trip(tmp_path):
+    base = zoo.load_model("tiny-llama")
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["v_proj"]), adapter_name="style")
+    adapters.randomize_lora(model)
+    gap = adapters.check_adapter_round_trip(
+        model, lambda: zoo.load_model("tiny-llama"), tmp_path / "a"
+    )
+    assert gap == 0.0
+    assert (tmp_path / "a" / "style" / "adapter_config.json").exists()
+
+
+def test_no_lora_layers_left():
+    plain = zoo.load_model("tiny-bloom")
+    assert adapters.no_lora_layers_left(plain)
+    model = lora("tiny-bloom", r=2, target_modules=["query_key_value"])
+    assert not adapters.no_lora_layers_left(model)
+    assert len(adapters.lora_layers(model)) == 2
+    assert adapters.no_lora_layers_left(model.merge_and_unload())
+
+
+def test_disable_adapter_gives_base_logits():
+    base = zoo.load_model("tiny-qwen2")
+    x = adapters.sample_inputs(base)
+    base_logits = adapters.logits(base, x)
+    model = lora("tiny-qwen2", r=4, target_modules=["q_proj", "o_proj"])
+    assert not adapters.logits_close(model, base_logits, x)
+    with model.disable_adapter():
+        assert adapters.max_logit_diff(model, base_logits, x) == 0.0
+
+
+def two_adapter_model() -> PeftModel:
+    model = lora("tiny-llama", r=4, target_modules=["q_proj", "v_proj"])
+    model.add_adapter("B", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    adapters.randomize_lora(model, "B", seed=1)
+    return model
+
+
+def test_mixed_batch_matches_each_adapter_alone():
+    model = two_adapter_model()
+    x = adapters.sample_inputs(model, batch=4)
+    names = ["default", "B", adapters.BASE, "B"]
+    mixed = adapters.mixed_batch_logits(model, x, names)
+    alone = adapters.per_adapter_logits(model, x, names)
+    assert adapters.max_logit_diff(mixed, alone) <= 1e-5
+    assert model.active_adapters == ["default"]  # restored
+    assert adapters.max_logit_diff(mixed[:1], mixed[1:2]) > 1e-3  # rows really differ
+    with pytest.raises(LabkitError, match="unknown adapter"):
+        adapters.mixed_batch_logits(model, x, ["default", "nope", "B", "B"])
+    with pytest.raises(LabkitError, match="one adapter name per row"):
+        adapters.mixed_batch_logits(model, x, ["default"])
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("linear", {}),
+        ("cat", {}),
+        ("svd", {}),
+        ("ties", {"density": 0.5}),
+        ("dare_linear", {"density": 0.5}),
+    ],
+)
+def test_combine_variants(kind, extra):
+    model = two_adapter_model()
+    x = adapters.sample_inputs(model)
+    name = adapters.combine(model, ["default", "B"], [0.5, 0.5], kind, **extra)
+    assert model.active_adapters == [name]
+    combined = adapters.logits(model, x)
+    model.set_adapter("default")
+    assert adapters.max_logit_diff(combined, adapters.logits(model, x)) > 1e-4
+
+
+def test_cat_of_two_adapters_with_weight_one_is_their_sum():
+    model = two_adapter_model()
+    adapters.combine(model, ["default", "B"], [1.0, 1.0], "cat", name="both")
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    summed = adapters.lora_delta(layer, "default") + adapters.lora_delta(layer, "B")
+    assert torch.allclose(adapters.lora_delta(layer, "both"), summed, atol=1e-6)
+    assert layer.r["both"] == 8
+
+
+def test_combination_constraints_are_errors():
+    model = two_adapter_model()
+    model.add_adapter("r2", LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    line = adapters.error_line(
+        model.add_weighted_adapter, ["default", "r2"], [1.0, 1.0], "x", combination_type="linear"
+    )
+    assert line.startswith("ValueError") and "same r" in line
+    adapters.combine(model, ["default", "r2"], [1.0, 1.0], "cat")  # cat accepts unequal ranks
+    with pytest.raises(LabkitError, match="did not raise"):
+        adapters.error_line(lambda: None)
+    with pytest.raises(LabkitError, match="one weight per adapter"):
+        adapters.combine(model, ["default", "B"], [1.0], "linear")
+
+
+def test_modules_to_save_blocks_combination():
+    cfg = dict(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    model = lora("tiny-llama", **cfg)
+    model.add_adapter("B", LoraConfig(**cfg))
+    line = adapters.error_line(
+        model.add_weighted_adapter, ["default", "B"], [1.0, 1.0], "x", combination_type="linear"
+    )
+    assert "modules_to_save" in line or "modules" in line
+
+
+def test_quantized_merge_rounding_and_recipe(tmp_path):
+    zoo.load_model("tiny-llama").save_pretrained(tmp_path / "base")
+    model = lora("tiny-llama", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model.save_pretrained(tmp_path / "adapter")
+    result = adapters.check_quantized_merge(
+        tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", dtype=torch.float32
+    )
+    assert result.adapter_effect > 1e-2
+    assert result.dequantized_merge <= 1e-4  # exact: same weights the adapter saw
+    assert result.naive_merge > 100 * max(result.dequantized_merge, 1e-6)  # 4-bit rounding
+    assert result.original_base_merge > 1e-3  # the base's quantization error comes back
+    assert result.requantized_merge > 1e-3
+    assert "re-quantize" in result.summary()
+
+
+def test_keep_cpu_4bit_layout(tmp_path):
+    zoo.load_model("tiny-gpt2").save_pretrained(tmp_path)
+    q = zoo.load_model(tmp_path, quantization_config=adapters.bnb_4bit_config())
+    assert adapters.keep_cpu_4bit_layout(q) == 8  # c_attn, c_proj, c_fc, mlp.c_proj x 2 layers
+    with pytest.raises(LabkitError, match="nf4, fp4"):
+        adapters.bnb_4bit_config("int3")
+
+
+def test_bad_inputs_are_labkit_errors():
+    with pytest.raises(LabkitError, match="vocab_size >= 4"):
+        adapters.sample_inputs(2)
+    x = adapters.sample_inputs(100, batch=2, seq=6)
+    assert x["attention_mask"][-1].tolist() == [1, 1, 1, 1, 1, 0]
+    with pytest.raises(LabkitError, match="shapes differ"):
+        adapters.max_logit_diff(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(LabkitError, match="inputs are needed"):
+        adapters.max_logit_diff(zoo.load_model("tiny-gpt2"), torch.zeros(1))
+    with pytest.raises(LabkitError, match="LoRA layers"):
+        adapters.check_merge_round_trip(zoo.load_model("tiny-gpt2"))
+
+
+@needs_zoo
+def test_generate_mixed_matches_one_adapter_at_a_time():
+    from labkit import training
+
+    tok = zoo.load_tokenizer("zoo-llama")
+    model = lora("zoo-llama", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model.add_adapter("B", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    adapters.randomize_lora(model, "B", seed=1, std=0.5)
+    prompts = [
+        "Human: Where does the fox live?\nAssistant:",
+        "Human: What colour is snow?\nAssistant:",
+    ]
+    names = ["B", adapters.BASE]
+    mixed = adapters.generate_mixed(model, tok, prompts, names, max_new_tokens=6)
+    model.set_adapter("B")
+    alone_b = training.generate_answers(model, tok, prompts[:1], max_new_tokens=6)
+    with model.disable_adapter():
+        alone_base = training.generate_answers(model, tok, prompts[1:], max_new_tokens=6)
+    assert mixed == alone_b + alone_base
