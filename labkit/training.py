@@ -143,17 +143,24 @@ def _is_prefix_tuning(model) -> bool:
     )
 
 
+def _is_prompt_learning(model) -> bool:
+    """Prompt tuning, P-tuning or prefix tuning: methods that add virtual tokens."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
     """Greedy answers, cut at the first newline, in the order of ``prompts``.
 
     Prompts of equal token length are generated together as one batch, so no padding is ever
-    needed: the answers are the same as one prompt at a time, only faster. Prefix tuning needs
-    ``use_cache=False``: with peft 0.21 + transformers 5, ``generate`` with the cache silently
-    drops the prefix and returns the base model's answer.
+    needed: the answers are the same as one prompt at a time, only faster. Prompt-learning
+    methods need ``use_cache=False``: with peft 0.21 + transformers 5, ``generate`` with the cache
+    silently drops a prefix-tuning prefix (the base model's answer), and for prompt tuning and
+    P-tuning the tokens after the first differ from greedy decoding of the model's own forward.
     """
     model.eval()
-    extra = {"use_cache": False} if _is_prefix_tuning(model) else {}
+    extra = {"use_cache": False} if _is_prompt_learning(model) else {}
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):

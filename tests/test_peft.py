@@ -1,0 +1,225 @@
+"""labkit.peft: the formula count equals peft's own count; discovery helpers; configs."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from peft import (
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from labkit import LabkitError, zoo
+from labkit import peft as lp
+
+TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
+ATTN = {
+    "llama": ["q_proj", "v_proj"],
+    "qwen2": ["k_proj", "o_proj"],
+    "gpt2": ["c_attn"],
+    "bloom": ["query_key_value"],
+}
+
+
+def _configs(model_type: str) -> dict:
+    attn = ATTN[model_type]
+    lora = {"task_type": "CAUSAL_LM"}
+    return {
+        "prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=7),
+        "p-mlp": PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=48
+        ),
+        "p-mlp-default-e": PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+        "p-lstm": PromptEncoderConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=5,
+            encoder_reparameterization_type="LSTM",
+            encoder_hidden_size=40,
+            encoder_num_layers=3,
+        ),
+        "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6),
+        "prefix-proj": PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=6, prefix_projection=True
+        ),
+        "prefix-proj-e": PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=6,
+            prefix_projection=True,
+            encoder_hidden_size=33,
+        ),
+        "lora-default": LoraConfig(r=3, **lora),
+        "lora-list-mts": LoraConfig(r=5, target_modules=attn, modules_to_save=["lm_head"], **lora),
+        "lora-all-linear-bias": LoraConfig(r=2, target_modules="all-linear", bias="all", **lora),
+        "lora-regex-dora": LoraConfig(
+            r=2,
+            target_modules=r".*\.(1|0)\..*(proj|c_attn|dense)",
+            bias="lora_only",
+            use_dora=True,
+            **lora,
+        ),
+        "lora-layers-rank-pattern": LoraConfig(
+            r=4,
+            target_modules=attn,
+            layers_to_transform=[1],
+            rank_pattern={attn[0]: 7},
+            lora_bias=True,
+            **lora,
+        ),
+        "lora-exclude-mts-block": LoraConfig(
+            r=4,
+            target_modules="all-linear",
+            exclude_modules=attn[:1],
+            modules_to_save=["mlp"],
+            **lora,
+        ),
+        "lora-embedding": LoraConfig(
+            r=3, target_modules=["embed_tokens", "wte", "word_embeddings"]
+        ),
+    }
+
+
+CASES = [(name, key) for name in TINY for key in _configs("llama")]
+
+
+@pytest.mark.parametrize(("name", "key"), CASES)
+def test_count_equals_peft_on_tiny_models(name, key):
+    config = zoo.load_config(name)
+    peft_config = _configs(config.model_type)[key]
+    expected = lp.count_trainable(peft_config, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(zoo.load_model(name), copy.deepcopy(peft_config))
+    assert expected == model.get_nb_trainable_parameters()[0]
+    # and again with the config peft has filled in (token_dim etc. set in place)
+    assert lp.count_trainable(model.peft_config["default"], config) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "peft_config"),
+    [
+        ("llama-3.1-8b", PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10)),
+        ("mistral-7b", LoraConfig(r=4, target_modules=r".*mlp\.(up|down)_proj")),
+        ("qwen2.5-0.5b", LoraConfig(r=16, target_modules="all-linear")),
+        ("gpt2", LoraConfig(r=8, modules_to_save=["lm_head"])),
+        (
+            "bloom-1b1",
+            PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, prefix_projection=True),
+        ),
+    ],
+)
+def test_count_equals_peft_on_catalog_configs_on_meta_device(name, peft_config):
+    config = zoo.load_config(name)
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), copy.deepcopy(peft_config))
+    assert lp.count_trainable(peft_config, config) == model.get_nb_trainable_parameters()[0]
+
+
+def test_facts_md_figures():
+    llama2 = zoo.load_config("llama-2-7b")
+    assert (
+        lp.count_trainable(LoraConfig(r=8, target_modules=["q_proj", "v_proj"]), llama2)
+        == 4_194_304
+    )
+    llama32_1b = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    )
+    assert lp.count_trainable(LoraConfig(r=8, target_modules=["q_proj"]), llama32_1b) == 524_288
+    bloom = zoo.load_config("bloom-560m")  # bloomz-560m has the same architecture
+    assert lp.count_trainable(PromptTuningConfig(num_virtual_tokens=8), bloom) == 8_192
+    assert lp.count_trainable(PrefixTuningConfig(num_virtual_tokens=20), bloom) == 983_040
+    p_tuning = PromptEncoderConfig(num_virtual_tokens=20, encoder_hidden_size=128)
+    assert lp.count_trainable(p_tuning, bloom) == 300_288
+
+
+def test_prefix_projection_formula_and_gqa_shapes():
+    h, layers, n, e = 1024, 24, 20, 128
+    bloom = zoo.load_config("bloom-560m")
+    cfg = PrefixTuningConfig(num_virtual_tokens=n, prefix_projection=True, encoder_hidden_size=e)
+    assert lp.count_trainable(cfg, bloom) == n * h + (h * e + e) + (
+        e * 2 * layers * h + 2 * layers * h
+    )
+    # GQA: Llama-3.1-8B's prefixes hold n_kv * head_dim = 8 * 128 values per layer and key/value
+    llama3 = zoo.load_config("llama-3.1-8b")
+    assert lp.prompt_dims(PrefixTuningConfig(num_virtual_tokens=1), llama3)["token_dim"] == 1024
+    assert lp.count_trainable(PrefixTuningConfig(num_virtual_tokens=1), llama3) == 32 * 2 * 1024
+
+
+def test_count_does_not_modify_the_config_and_terms_add_up():
+    cfg = PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True)
+    terms = lp.count_terms(cfg, zoo.load_config("tiny-qwen2"))
+    assert cfg.token_dim is None and cfg.encoder_hidden_size is None
+    assert sum(terms.values()) == lp.count_trainable(cfg, "tiny-qwen2")
+    assert len(terms) == 3
+
+
+@pytest.mark.parametrize("name", TINY + zoo.catalog_names())
+def test_module_table_from_formulas_equals_the_built_model(name):
+    config = zoo.load_config(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert lp.module_table(config) == lp.table_from_model(model)
+
+
+def test_linear_layers_regex_and_default_targets():
+    gpt2 = lp.linear_layers("tiny-gpt2")
+    c_attn = next(m for m in gpt2 if m.name.endswith("h.0.attn.c_attn"))
+    assert (c_attn.kind, c_attn.d_in, c_attn.d_out) == ("conv1d", 64, 192)
+    assert gpt2[-1].name == "lm_head"
+    assert lp.regex_matches("q_proj", "tiny-llama") == []  # a regex must match the whole name
+    assert lp.regex_matches(r".*\.q_proj", "tiny-llama") == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
+    model = zoo.load_model("tiny-llama")
+    assert lp.regex_matches(r".*\.q_proj", model) == lp.regex_matches(r".*\.q_proj", "tiny-llama")
+    assert lp.default_target_modules("bloom") == ["query_key_value"]
+    assert lp.default_target_modules("llama") == ["q_proj", "v_proj"]
+    with pytest.raises(LabkitError, match="no default LoRA targets"):
+        lp.default_target_modules("not-a-model")
+    with pytest.raises(LabkitError, match="invalid regex"):
+        lp.regex_matches("(", "tiny-llama")
+
+
+def test_all_linear_excludes_the_output_head():
+    names = [m.name for m in lp.lora_targets(LoraConfig(target_modules="all-linear"), "tiny-bloom")]
+    assert "lm_head" not in names and len(names) == 2 * 4
+
+
+def test_bad_inputs_raise_one_line_errors():
+    with pytest.raises(LabkitError, match="matches no module"):
+        lp.count_trainable(LoraConfig(target_modules=["nope"]), "tiny-llama")
+    with pytest.raises(LabkitError, match="not a Linear"):
+        lp.count_trainable(LoraConfig(target_modules=r".*self_attn"), "tiny-llama")
+    from peft import IA3Config
+
+    with pytest.raises(LabkitError, match="unsupported peft config"):
+        lp.count_trainable(IA3Config(), "tiny-llama")
+    with pytest.raises(LabkitError, match="expected a transformers config"):
+        lp.count_trainable(LoraConfig(), 42)
+    with pytest.raises(LabkitError, match="unknown PEFT method"):
+        lp.make_config("adapter")
+
+
+@pytest.mark.parametrize("method", [m for m in lp.METHODS if m != "full"])
+def test_make_config_and_attach_match_the_count(method):
+    model = lp.attach("tiny-llama", method)
+    config = model.peft_config["default"]
+    assert lp.trainable_parameters(model)[0] == lp.count_trainable(config, model.config)
+    assert lp.trainable_parameters(model)[0] > 0
+
+
+def test_attach_full_trains_everything():
+    model = lp.attach("tiny-qwen2", "full")
+    trainable, total = lp.trainable_parameters(model)
+    assert trainable == total == sum(p.numel() for p in model.parameters())
