@@ -74,7 +74,7 @@ BUDGETS: dict[str, Budget] = {
     # checks the plumbing in seconds (tests, the live interrupt demo); its numbers mean little
     "smoke": Budget("smoke", n_train=32, n_val=32, max_epochs=2),
     # the notebook's default: small enough for ~10 trials in well under a minute on 2 cores
-    "fast": Budget("fast", n_train=128, n_val=128, max_epochs=3),
+    "fast": Budget("fast", n_train=96, n_val=128, max_epochs=3),
     # the whole train (1050) and validation (225) splits, epochs 1-5 as in the notes
     "full": Budget("full", n_train=None, n_val=None, max_epochs=5),
 }
