@@ -14,9 +14,10 @@ def test_environment_yml_lists_the_same_requirements_as_pyproject():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     pip_reqs = project["dependencies"] + project["optional-dependencies"]["test"]
     yml = (REPO_ROOT / "environment.yml").read_text()
-    conda_reqs = [m.group(1) for m in re.finditer(r"^\s+- ([a-zA-Z][^\s#]*)\s*$", yml, re.M)]
-    conda_reqs = [r for r in conda_reqs if not r.startswith(("python", "pip")) or "=" in r]
-    conda_reqs = [r for r in conda_reqs if not r.startswith("python")]
+    pip_section = yml.split("- pip:", 1)[1]
+    conda_reqs = [
+        m.group(1) for m in re.finditer(r"^\s+- ([a-zA-Z][^\s#]*)\s*$", pip_section, re.M)
+    ]
     assert sorted(map(_norm, pip_reqs)) == sorted(map(_norm, conda_reqs))
     assert 'requires-python = ">=3.11"' in (REPO_ROOT / "pyproject.toml").read_text()
     assert "python>=3.11" in yml
