@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -136,13 +135,6 @@ def train(
     return TrainRun(trainer, seconds, result.global_step, losses)
 
 
-def _is_prefix_tuning(model) -> bool:
-    config = getattr(model, "active_peft_config", None)
-    return (
-        getattr(config, "peft_type", None) is not None and config.peft_type.value == "PREFIX_TUNING"
-    )
-
-
 def _is_prompt_learning(model) -> bool:
     """Prompt tuning, P-tuning or prefix tuning: methods that add virtual tokens."""
     config = getattr(model, "active_peft_config", None)
@@ -227,8 +219,3 @@ def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int =
         mark = "✓" if a == row["response"] else "✗"
         lines.append(f"Q: {question}\n   before: {b[:60]!r}\n   after:  {a[:60]!r} {mark}")
     return "\n".join(lines)
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss): the effective number of equally likely next tokens."""
-    return math.exp(loss)
