@@ -13,7 +13,7 @@ VENV_FLAGS ?=
 STAMP := $(VENV)/.installed
 PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup course test lint unit nbval lab notebooks slides zoo data clean
+.PHONY: setup course test lint unit nbval lab notebooks exercises slides zoo data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -46,6 +46,11 @@ lab: $(STAMP)
 # One notebook: make notebooks NB=notebooks/05_int8_quantization.ipynb
 notebooks: $(STAMP)
 	$(BIN)/python -m labkit course --inplace $(NB)
+
+# Run each notebook, then its exercise solutions in the same kernel (not part of make test:
+# it re-runs every notebook). One notebook: make exercises NB=notebooks/11_lora.ipynb
+exercises: $(STAMP)
+	$(BIN)/python -m labkit course --exercises $(NB)
 
 slides: $(STAMP)
 	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides notebooks/*.ipynb

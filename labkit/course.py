@@ -4,6 +4,11 @@
 writes the executed copies and ``build/course-report.json`` and prints a table; it exits 1 if any
 notebook failed. ``--inplace`` stores the outputs back into ``notebooks/`` with volatile metadata
 stripped: that is how the committed notebooks are produced (``make notebooks``).
+
+``--exercises`` checks the exercise solutions instead (``make exercises``): each notebook runs with
+its defaults, then every ``python`` block inside a ``<details><summary>Solution</summary>`` of its
+markdown runs after it in the same kernel, as a learner would paste it; the report lists each
+solution's status. Nothing is stored in ``notebooks/``.
 """
 
 from __future__ import annotations
@@ -73,6 +78,79 @@ def execute(path: Path, timeout: int = 600) -> tuple[nbformat.NotebookNode, floa
     return nb, time.perf_counter() - start, error
 
 
+SOLUTION_RE = re.compile(r"<details><summary>Solution</summary>(?P<body>.*?)</details>", re.S)
+CODE_RE = re.compile(r"```python\n(?P<code>.*?)```", re.S)
+HEADING_RE = re.compile(r"^###\s+(?P<title>.+)$", re.M)
+
+
+def exercise_solutions(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """``(exercise heading, solution code)`` for every python solution, in notebook order."""
+    found: list[tuple[str, str]] = []
+    title = "exercise"
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        marks = [
+            (m.start(), "h", m.group("title").strip()) for m in HEADING_RE.finditer(cell.source)
+        ]
+        marks += [
+            (m.start(), "s", "".join(c.group("code") for c in CODE_RE.finditer(m.group("body"))))
+            for m in SOLUTION_RE.finditer(cell.source)
+        ]
+        for _, kind, text in sorted(marks):
+            if kind == "h":
+                title = text
+            elif text:  # a solution in words only has nothing to run
+                found.append((title, text))
+    return found
+
+
+def run_exercises(path: Path, timeout: int = 600) -> list[dict]:
+    """Run a notebook, then each of its solutions in the same kernel; one row per solution.
+
+    A failing solution does not stop the others (the kernel goes on, as in JupyterLab).
+    """
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    solutions = exercise_solutions(nb)
+    first = len(nb.cells)
+    nb.cells += [nbformat.v4.new_code_cell(code) for _, code in solutions]
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+        crashed = None
+    except Exception as err:  # kernel died, timeout
+        crashed = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    seconds = time.perf_counter() - start
+    errors = [
+        next((o for o in c.get("outputs", []) if o.get("output_type") == "error"), None)
+        for c in nb.cells
+    ]
+    if crashed is None and any(errors[:first]):
+        bad = next(e for e in errors[:first] if e)
+        crashed = f"the notebook itself failed: {bad['ename']}: {bad['evalue'][:200]}"
+    rows = []
+    for k, (title, _) in enumerate(solutions):
+        err = errors[first + k]
+        if crashed:
+            status = f"NOT RUN: {crashed}"
+        elif err:
+            status = f"FAILED: {err['ename']}: {err['evalue'].splitlines()[0][:200] if err['evalue'] else ''}"
+        else:
+            status = "ok"
+        rows.append({"notebook": path.name, "exercise": title, "status": status})
+    print(f"{path.name}: {len(solutions)} solutions, {seconds:.0f} s with the notebook", flush=True)
+    return rows
+
+
 def format_table(rows: list[dict], total: float) -> str:
     width = max([len(r["notebook"]) for r in rows] + [8])
     lines = [f"{'notebook':<{width}}  {'seconds':>8}  status"]
@@ -118,13 +196,29 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebook paths (default: every NN_*.ipynb)")
     parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    parser.add_argument(
+        "--exercises", action="store_true", help="run each notebook's exercise solutions after it"
+    )
     args = parser.parse_args(argv)
+    if args.exercises and args.inplace:
+        raise LabkitError("--exercises and --inplace do not go together; use one of them")
     paths = [Path(p).resolve() for p in args.notebooks] or course_notebooks()
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise LabkitError(f"no such notebook: {', '.join(missing)}")
     if not paths:
         raise LabkitError(f"no NN_topic.ipynb notebooks in {NOTEBOOKS_DIR}")
+    if args.exercises:
+        rows = [row for p in paths for row in run_exercises(p, timeout=args.timeout)]
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        out = BUILD_DIR / "exercises-report.json"
+        out.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        width = max([len(r["notebook"]) + len(r["exercise"]) + 3 for r in rows] + [10])
+        for r in rows:
+            print(f"{r['notebook'] + ' · ' + r['exercise']:<{width}}  {r['status']}")
+        failed = sum(r["status"] != "ok" for r in rows)
+        print(f"{len(rows) - failed} of {len(rows)} solutions ran; report: {out}")
+        return 1 if failed else 0
     report = run_course(paths, inplace=args.inplace, timeout=args.timeout)
     print(f"report: {BUILD_DIR / 'course-report.json'}", file=sys.stderr)
     return 1 if report["failed"] else 0

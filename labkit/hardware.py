@@ -93,6 +93,12 @@ def quiet_logs() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*renamed.*")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated.*")
+    # peft 0.21 still passes ``past_key_values`` (renamed ``cache`` in transformers 5.24) and
+    # position ids to the base model during prefix tuning: internal, nothing a learner can change
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*")
+    warnings.filterwarnings("ignore", message=r".*Both `past_key_values` and `cache` are set.*")
+    warnings.filterwarnings("ignore", message=r".*Position ids are not supported for parameter.*")
     warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*MatMul8bitLt: inputs will be cast.*")
     # tqdm.auto without ipywidgets falls back to text bars (what we want) but warns each time.

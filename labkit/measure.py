@@ -11,7 +11,9 @@ CPU, exact:
   reused and counted twice or not at all.
 
 Definition of the activation figure (what ``activations + logits`` in :mod:`labkit.memory` means):
-``forward`` = bytes saved during the forward pass and the loss (all alive when backward starts);
+``forward`` = bytes saved during the forward pass and the loss (all alive when backward starts),
+except 16-bit copies of trainable weights made by autocast (``param_copies``, reported apart: they
+are mixed precision's working copy of the weights);
 with gradient checkpointing, each checkpointed block re-runs its forward during backward and saves
 its tensors again: ``recompute`` = the largest such block's new bytes. The reported ``total`` =
 ``forward + recompute``, the saved bytes alive when the first recomputed block starts its backward.
@@ -47,6 +49,9 @@ class Saved:
     logits: int  # the part of ``forward`` saved by the loss (log-softmax output, labels, scalar)
     recompute: int  # largest block re-saved during backward (checkpointing), else 0
     tensors: list[tuple[str, tuple[int, ...], str, int]] = field(default_factory=list)
+    #: 16-bit copies of trainable weights saved under autocast (not in ``forward``): the
+    #: estimator counts them with the weights, as mixed precision's working copy
+    param_copies: int = 0
 
     @property
     def activations(self) -> int:
@@ -104,6 +109,25 @@ def _param_tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
             yield scb
 
 
+_COPY_OPS = {"TBackward0", "ToCopyBackward0", "ViewBackward0", "TransposeBackward0"}
+
+
+def _is_param_copy(t: torch.Tensor, params: set[int]) -> bool:
+    """A cast/transposed copy of a trainable parameter (autocast's 16-bit weight for a linear);
+    ``params``: the parameters' storage addresses (other leaves, like inputs, do not count)."""
+    fn = t.grad_fn
+    for _ in range(4):
+        if fn is None:
+            return False
+        name = type(fn).__name__
+        if name == "AccumulateGrad":
+            return fn.variable.untyped_storage().data_ptr() in params
+        if name not in _COPY_OPS or not fn.next_functions:
+            return False
+        fn = fn.next_functions[0][0]
+    return False
+
+
 def lm_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The model's own causal-LM loss (what ``model(input_ids, labels=...)`` computes)."""
     return model.loss_function(logits, labels, vocab_size=logits.shape[-1])
@@ -134,6 +158,7 @@ def saved_tensor_bytes(
     loss_part: dict[int, int] = {}
     segments: list[dict[int, int]] = []
     listing: list[tuple[str, tuple[int, ...], str, int]] = []
+    copies: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         st = t.untyped_storage()
@@ -141,6 +166,9 @@ def saved_tensor_bytes(
         if ptr in params or t.device.type == "meta":
             return t
         keep.append(t)
+        if _is_param_copy(t, params):
+            copies[ptr] = st.nbytes()  # autocast's cache holds all of them at once
+            return t
         if state["phase"] in {"forward", "loss"}:
             target = fwd
         else:
@@ -180,7 +208,8 @@ def saved_tensor_bytes(
         ckpt_fn.backward = original
     keep.clear()
     recompute = max((sum(s.values()) for s in segments), default=0)
-    return Saved(sum(fwd.values()), sum(loss_part.values()), recompute, listing)
+    copied = sum(copies.values())
+    return Saved(sum(fwd.values()), sum(loss_part.values()), recompute, listing, copied)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float = 1e-3) -> torch.optim.Optimizer:

@@ -12,9 +12,12 @@ What is exact and what is a model of reality:
 - ``activations + logits`` is exactly what autograd saves for backward (the saved-tensor
   measurement in :mod:`labkit.measure`), derived op by op from the transformers 5.24 modeling code of
   each family (Korthikanti et al.'s method, re-derived): proven within 5% for full fine-tuning in
-  fp32 and pure bf16, eager and SDPA, checkpointing on and off. For LoRA/QLoRA the activation figure
-  is the full fine-tuning one plus the adapters' own inputs (an upper bound: a frozen linear does not
-  save its input, but the layer norm and attention still do);
+  fp32 and pure bf16, eager and SDPA, checkpointing on and off, and exact under bf16 autocast
+  (mixed precision) for Llama, Mistral and Qwen2, whose 16-bit weight copies equal the working
+  copy counted with the weights (:func:`autocast_cast_parameters`). LoRA on Llama, Mistral and Qwen2 is
+  derived the same way (:func:`lora_activation_bytes`: a frozen op keeps only what a gradient still
+  needs) and is exact for any targets; for GPT-2 and BLOOM adapters the figure is full fine-tuning's
+  plus the adapters' outputs, an upper bound;
 - ``transient`` (logits held by the model output and the loss gradient during backward) and the
   CUDA allocator are only checked on a GPU (scripts/gpu_validate_memory.py).
 """
@@ -47,6 +50,8 @@ DTYPE_BYTES = {
     "float16": 2,
     "int8": 1,
 }
+_DTYPE_NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+_DTYPE_NAMES |= {"fp16": "fp16", "float16": "fp16"}
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
 #: bitsandbytes 8-bit optimizers keep 32-bit state for tensors smaller than this (``min_8bit_size``).
 BNB_MIN_8BIT_SIZE = 4096
@@ -362,6 +367,7 @@ def activation_bytes(
     dropout: bool = True,
     device: str = "cuda",
     trainable_from_layer: int = 0,
+    autocast: bool = False,
 ) -> Activations:
     """Bytes autograd keeps for backward in one training step (the saved-tensor measurement).
 
@@ -379,6 +385,13 @@ def activation_bytes(
     plus one block recomputed during backward (``recompute``); the total is their sum.
     ``trainable_from_layer``: with the embeddings and the first k blocks frozen, autograd saves
     nothing for them.
+
+    ``autocast``: mixed precision (fp32 weights, ``dtype`` = the autocast dtype). Derived for the
+    Llama family without attention dropout: the residual stream and the norms stay fp32, every
+    linear keeps its own 16-bit cast of its input (q, k and v: three copies), RoPE's fp32 tables
+    promote q and k to fp32 and attention keeps 16-bit casts of them. The 16-bit copies of the
+    weights are not activations here: :func:`training_memory` counts them with the weights. For
+    GPT-2, BLOOM and attention dropout the pure 16-bit derivation is used (an approximation).
     """
     s = shape_of(config)
     b, q = _positive("batch", batch), _positive("sequence length", seq)
@@ -449,6 +462,9 @@ def activation_bytes(
     fused_view = s.family in {"gpt2", "bloom"} and b == 1 and not (math_path and not fp32)
     if fused_view:
         blk["attn.fused_qkv_buffer"] = 2 * T * h * dt
+    mixed = autocast and llama and not p_on(s.attn_dropout) and not fp32
+    if mixed:
+        blk = _autocast_llama_block(s, b, q, dt, attention)
     per_layer = sum(blk.values())
 
     # --- outside the blocks -----------------------------------------------------------------
@@ -464,8 +480,10 @@ def activation_bytes(
         if s.family == "bloom":  # word_embeddings_layernorm: input, mean, rstd
             items["embedding_norm"] = T * h * dt + 2 * T * 4
     if llama and n_train:
-        items["rope.cos_sin"] = 2 * q * d * dt  # shared by all layers
+        items["rope.cos_sin"] = 2 * q * d * (4 if mixed else dt)  # shared by all layers
     final = dict(norm)
+    if mixed:  # fp32 input, rsqrt, fp32 normalised value; the head keeps a 16-bit input cast
+        final = {"input": T * h * 4, "stats": T * 4, "normed": T * h * 4, "head_input": T * h * dt}
     items.update({f"final_norm.{k}": v for k, v in final.items()})
     # log-softmax output (fp32), the shifted labels (a view of the padded b·(s+1) labels when
     # b = 1, else a contiguous copy) and the scalar total_weight of nll_loss
@@ -473,11 +491,12 @@ def activation_bytes(
 
     recompute = 0
     if checkpointing and n_train:
-        items["layer_inputs"] = n_train * T * h * dt
+        items["layer_inputs"] = n_train * T * h * (4 if mixed else dt)
         # the recomputed block re-saves everything except its input when the norm saves the
         # input tensor itself (LayerNorm, or RMSNorm in fp32)
-        keeps_input = not llama or fp32
-        recompute = per_layer - (blk["norm1.input"] if keeps_input else 0)
+        keeps_input = not llama or fp32 or mixed
+        layer_input = T * h * 4 if mixed else blk["norm1.input"]
+        recompute = per_layer - (layer_input if keeps_input else 0)
         if fused_view and attention == "eager":  # recomputed eager q, k, v all view the buffer
             recompute -= blk["attn.fused_qkv_buffer"]
         if llama:
@@ -489,6 +508,158 @@ def activation_bytes(
     return Activations(
         acts, logits, per_layer, recompute, {**items, **{f"block.{k}": v for k, v in blk.items()}}
     )
+
+
+def _autocast_llama_block(s: Shape, b: int, q: int, dt: int, attention: str) -> dict[str, int]:
+    """One Llama-family block under autocast (see :func:`activation_bytes`), no dropout."""
+    T = b * q
+    h, a, kv, d, i = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
+    ad, s2 = a * d, b * a * q * q
+    norm = T * h * 4 + T * 4 + T * h * 4  # fp32 input (the stream), rsqrt, normalised value
+    blk = {"norm1": norm, "qkv.input_casts": 3 * T * h * dt}
+    if attention == "sdpa":  # 16-bit casts of the fp32 q, k after RoPE; v, output, logsumexp
+        blk["attn.q"] = blk["attn.out"] = T * ad * dt
+        blk["attn.k"] = blk["attn.v"] = T * kv * d * dt
+        blk["attn.logsumexp"] = b * a * q * 4
+        blk["attn.o_input"] = 0  # a view of the kernel's output
+    else:  # both matmuls cast their inputs: q, k (repeated), fp32 softmax, probs, v
+        blk["attn.q"] = blk["attn.k"] = blk["attn.v"] = T * ad * dt
+        blk["attn.softmax"] = s2 * 4
+        blk["attn.probs"] = s2 * dt
+        blk["attn.o_input"] = T * ad * dt
+    blk["norm2"] = norm
+    blk["gate_up.input_casts"] = 2 * T * h * dt
+    blk["mlp"] = 4 * T * i * dt  # gate, up, silu(gate), the product (down's input)
+    return blk
+
+
+def lora_activation_bytes(
+    config: Any,
+    batch: int,
+    seq: int,
+    targets: Any = ("q_proj", "v_proj"),
+    r: int = 8,
+    dtype: str = "bf16",
+    adapter_dtype: str = "fp32",
+    attention: str = "sdpa",
+    checkpointing: bool = False,
+    dropout: bool = True,
+    device: str = "cuda",
+) -> Activations:
+    """Bytes autograd keeps for backward in a LoRA step (frozen base, ``lora_dropout=0``).
+
+    Llama, Mistral and Qwen2. A frozen op saves only what the gradient of an
+    input that requires grad needs: a frozen linear keeps nothing (its weight is a parameter), a
+    frozen norm weight no normalised value, and before the first adapted module nothing at all
+    (the embeddings are frozen). What is kept: each adapter's input (one shared tensor when the
+    adapter computes in the base dtype, one cast copy per adapter otherwise: peft 0.21 keeps
+    adapters in fp32 under a 16-bit base) and its rank-r output; the norms' fp32 input and rsqrt;
+    attention's q, k, v, output and logsumexp (SDPA) or what each eager matmul/softmax needs; the
+    MLP's gate, up and silu(gate) as far as their gradients flow; the loss as in full fine-tuning.
+    With checkpointing, the layer inputs are kept, and transformers makes the embeddings' output
+    require grad (``enable_input_require_grads``), so the block recomputed during backward is a
+    block whose stream carries a gradient, the RoPE tables included.
+    """
+    s = shape_of(config)
+    if s.family != "llama":
+        raise LabkitError(
+            f"exact LoRA activations are derived for llama, mistral and qwen2, not {s.model_type}"
+        )
+    b, q = _positive("batch", batch), _positive("sequence length", seq)
+    _positive("LoRA rank r", r)
+    _check_choice("attention", attention, ATTENTIONS)
+    _check_choice("device", device, DEVICES)
+    if dtype not in DTYPE_BYTES or DTYPE_BYTES[dtype] == 1:
+        raise LabkitError(f"unknown activation dtype {dtype!r}; accepted: fp32, bf16, fp16")
+    _check_choice("adapter dtype", adapter_dtype, ("fp32", "bf16", "fp16"))
+    adapted = {n.split(".")[-2] for n in lora_targets(s, targets)}
+    dt, adt = DTYPE_BYTES[dtype], DTYPE_BYTES[adapter_dtype]
+    cast = _DTYPE_NAMES.get(adapter_dtype) != _DTYPE_NAMES.get(dtype)
+    T = b * q
+    h, a, kv, d, i = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
+    ad, s2 = a * d, b * a * q * q
+    mask_b = dt if device == "cpu" else 1
+    attn_drop = dropout and s.attn_dropout > 0
+    math_path = attention == "sdpa" and device == "cpu" and attn_drop
+
+    def inputs(mods: set[str], width: int) -> int:
+        """Adapter inputs: one shared tensor, or one cast copy per adapter."""
+        if not mods:
+            return 0
+        return len(mods) * T * width * adt if cast else T * width * dt
+
+    def block(g: bool) -> tuple[dict[str, int], bool, bool]:
+        """Items of one block entered with (g) or without a gradient-carrying stream."""
+        blk: dict[str, int] = {}
+        if g:
+            blk["norm1"] = T * h * 4 + T * 4  # fp32 input, rsqrt
+        qkv = adapted & {"q_proj", "k_proj", "v_proj"}
+        blk["lora.attn_inputs"] = inputs(qkv, h)
+        qg, kg, vg = (g or f"{x}_proj" in adapted for x in "qkv")
+        if attention == "sdpa" and not math_path:
+            if qg or kg or vg:  # the fused kernel keeps all of them
+                blk["attn.q"] = blk["attn.out"] = T * ad * dt
+                blk["attn.k"] = blk["attn.v"] = T * kv * d * dt
+                blk["attn.logsumexp"] = b * a * q * 4
+            # o_proj's input is a view of the kernel's output, a new tensor only when the kernel
+            # kept nothing (no gradient reached q, k, v) or when the adapter casts it
+            kept = qg or kg or vg
+            o_in = 0 if "o_proj" not in adapted else T * ad * (adt if cast else 0 if kept else dt)
+        else:
+            qb = 4 if math_path else dt
+            scores = qg or kg
+            blk["attn.q"] = T * ad * qb if kg else 0  # q @ k^T keeps q for k's gradient
+            blk["attn.k"] = T * ad * qb if qg else 0
+            blk["attn.softmax"] = s2 * 4 if scores else 0
+            if attn_drop and scores:
+                blk["attn.dropout_mask"] = s2 * (4 if math_path else mask_b)
+            # probs @ v keeps the probabilities for v's gradient: the softmax output itself in
+            # fp32 without dropout (already counted when the scores need a gradient), else a copy
+            probs_copy = attn_drop or dt != 4 or math_path
+            if vg and (probs_copy or not scores):
+                blk["attn.probs"] = s2 * (qb if probs_copy else 4)
+            blk["attn.v"] = T * ad * qb if scores else 0
+            o_in = 0 if "o_proj" not in adapted else T * ad * (adt if cast else dt)
+        blk["lora.o_input"] = o_in
+        blk["lora.attn_outputs"] = (
+            len(adapted & {"q_proj", "k_proj", "v_proj", "o_proj"}) * T * r * adt
+        )
+        g2 = g or bool(adapted & {"q_proj", "k_proj", "v_proj", "o_proj"})
+        if g2:
+            blk["norm2"] = T * h * 4 + T * 4
+        gu = adapted & {"gate_proj", "up_proj"}
+        blk["lora.mlp_inputs"] = inputs(gu, h)
+        gg, ug = g2 or "gate_proj" in adapted, g2 or "up_proj" in adapted
+        blk["mlp.gate"] = T * i * dt if gg else 0  # silu's input, and up's partner in the product
+        blk["mlp.silu"] = T * i * dt if ug else 0
+        blk["mlp.up"] = T * i * dt if gg else 0
+        blk["lora.down_input"] = T * i * (adt if cast else dt) if "down_proj" in adapted else 0
+        blk["lora.mlp_outputs"] = len(adapted & {"gate_proj", "up_proj", "down_proj"}) * T * r * adt
+        return {k: v for k, v in blk.items() if v}, qg or kg, g2 or bool(adapted)
+
+    items: dict[str, int] = {}
+    rope_b = 2 * q * d * dt  # cos and sin, shared by all layers
+    recompute = 0
+    if checkpointing:
+        blk, _, _ = block(True)
+        per_layer = sum(blk.values())
+        items["layer_inputs"] = s.layers * T * h * dt
+        # the recomputed block re-saves all but its input (fp32: the norm keeps the input itself)
+        recompute = per_layer - (T * h * 4 if dt == 4 else 0) + rope_b
+    else:
+        g, rope, per_layer = False, False, 0
+        for _ in range(s.layers):
+            blk, uses_rope, g = block(g)
+            rope |= uses_rope
+            for k, v in blk.items():
+                items[f"layers.{k}"] = items.get(f"layers.{k}", 0) + v
+            per_layer = max(per_layer, sum(blk.values()))
+        if rope:
+            items["rope.cos_sin"] = rope_b
+    items["final_norm"] = T * h * 4 + T * 4
+    items["recompute_one_layer"] = recompute
+    logits = T * s.vocab * 4 + (q + 1 if b == 1 else T) * 8 + 4
+    return Activations(sum(items.values()), logits, per_layer, recompute, items)
 
 
 # ----------------------------------------------------------------------------- training
@@ -533,6 +704,27 @@ def _trainable(s: Shape, method: str, r: int, targets: Any, frozen_layers: int) 
         for n, shp in shapes.items()
         if n not in emb and not (frozen_layers and frozen.search(n))
     }
+
+
+def autocast_cast_parameters(
+    config: Any, trainable: Mapping[str, tuple[int, ...]], checkpointing: bool = False
+) -> int:
+    """Parameters whose 16-bit autocast copies are kept for backward at once: the linear weights
+    of ``trainable`` and the output head (a tied head is the embedding matrix). Embedding
+    lookups and norms run on the fp32 weights; equals the measured ``Saved.param_copies``.
+    ``checkpointing``: copies that autocast does not cache (frozen weights) live only while their
+    block is recomputed: the head plus the largest block.
+    """
+    s = shape_of(config)
+    head = s.vocab * s.hidden if s.tied else math.prod(trainable.get("lm_head.weight", (0,)))
+    per_block: dict[str, int] = {}
+    for name, shp in trainable.items():
+        if _is_linear(name, s.family):
+            block = re.search(r"\.(h|layers)\.(\d+)\.", name)
+            key = block.group(2) if block else name
+            per_block[key] = per_block.get(key, 0) + math.prod(shp)
+    blocks = max(per_block.values(), default=0) if checkpointing else sum(per_block.values())
+    return head + blocks
 
 
 def optimizer_bytes(
@@ -589,9 +781,11 @@ def training_memory(
     """Training memory of one GPU (no sharding) in bytes: weights, gradients, optimizer state,
     activations, logits (loss buffer), transient, total.
 
-    Precision: ``fp32``; ``bf16-mixed``/``fp16-mixed`` = fp32 master weights + a 16-bit working
-    copy (6 B/param), fp32 gradients (4) and fp32 optimizer state, 16-bit activations: the 18
-    B/param of HF's "model training anatomy"; ``bf16`` = everything in bf16 (pure). ``grad_accum``
+    Precision: ``fp32``; ``bf16-mixed``/``fp16-mixed`` = fp32 master weights + the 16-bit copies
+    autocast makes of the weights it casts (:func:`autocast_cast_parameters`: the linears and the
+    head, not embeddings or norms), fp32 gradients (4) and fp32 optimizer state, activations under
+    autocast: just under the 18 B/param of HF's "model training anatomy", which assumes every
+    weight is copied; ``bf16`` = everything in bf16 (pure). ``grad_accum``
     does not change memory (it is reported in the details: the same micro-batch runs N times).
     QLoRA: NF4 base with double quant, LoRA adapters in ``adapter_dtype`` (peft 0.21 upcasts them
     to fp32 by default; ``bf16`` as in the QLoRA paper). ``transient``: the logits the model
@@ -622,8 +816,9 @@ def training_memory(
         w_dtype = "fp32" if precision == "fp32" or mixed else "bf16"
         weights = weight_bytes(s, w_dtype)
         master = 0
-        if mixed:  # the 16-bit working copy of the trainable weights (autocast's cast cache)
-            master = n_train * half
+        if mixed:  # the 16-bit copies autocast keeps of the weights it casts
+            # autocast caches the casts of trainable weights for its whole region: all at once
+            master = autocast_cast_parameters(s, trainable) * half
         weights += master
         grad_b = 4 if precision == "fp32" or mixed else 2
         state_b = grad_b
@@ -638,23 +833,37 @@ def training_memory(
             ]
         )
         weights = weight_bytes(s, base) + n_train * ab
+        if method == "lora" and mixed:  # autocast's 16-bit copies of the frozen fp32 linears,
+            # kept by each matmul for its input's gradient (not cached: they need no gradient,
+            # so with checkpointing only the recomputed block's copies exist)
+            weights += autocast_cast_parameters(s, param_shapes(s), checkpointing) * half
         grad_b = state_b = ab
     gradients = n_train * grad_b
     opt = optimizer_bytes(trainable, optimizer, state_b)
-    acts = activation_bytes(
-        s,
-        batch,
-        seq,
-        act_dtype,
-        attention,
-        checkpointing,
-        dropout,
-        device,
-        frozen_layers if method == "frozen" else 0,
-    )
-    extra = 0
-    if method in {"lora", "qlora"}:  # each adapter saves its input (shared) and its rank-r output
-        extra = len(_target_names(s, lora_targets)) * batch * seq * lora_r * DTYPE_BYTES[act_dtype]
+    adapters = method in {"lora", "qlora"}
+    if adapters and s.family == "llama":
+        adapter_act = "fp32" if precision == "fp32" else adapter_dtype
+        acts = lora_activation_bytes(
+            s, batch, seq, lora_targets, lora_r, act_dtype, adapter_act, attention,
+            checkpointing, dropout, device,
+        )  # fmt: skip
+        extra = 0
+    else:
+        acts = activation_bytes(
+            s,
+            batch,
+            seq,
+            act_dtype,
+            attention,
+            checkpointing,
+            dropout,
+            device,
+            frozen_layers if method == "frozen" else 0,
+            autocast=mixed,
+        )
+        # GPT-2 / BLOOM adapters: full fine-tuning's figure plus each adapter's rank-r output,
+        # an upper bound (frozen linears keep less)
+        extra = len(_target_names(s, lora_targets)) * batch * seq * lora_r * 4 if adapters else 0
     activations = acts.activations + extra
     T = batch * seq
     transient = T * s.vocab * (DTYPE_BYTES[act_dtype] + 4)

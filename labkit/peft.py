@@ -54,10 +54,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: Training arguments per method (``labkit.training.train(model, tok, **TRAIN_ARGS[method])``).
 #: Virtual-token methods need far larger learning rates than weight updates.
 TRAIN_ARGS: dict[str, dict[str, Any]] = {
-    "prompt": {"num_train_epochs": 30, "learning_rate": 3e-1},
-    "prompt-text": {"num_train_epochs": 30, "learning_rate": 3e-1},
+    "prompt": {"num_train_epochs": 25, "learning_rate": 3e-1},
+    "prompt-text": {"num_train_epochs": 25, "learning_rate": 3e-1},
     "p-tuning-mlp": {"num_train_epochs": 30, "learning_rate": 1e-2},
-    "p-tuning-lstm": {"num_train_epochs": 30, "learning_rate": 1e-2},
+    "p-tuning-lstm": {"num_train_epochs": 30, "learning_rate": 3e-2},
     "prefix": {"num_train_epochs": 10, "learning_rate": 1e-1},
     "prefix-projection": {"num_train_epochs": 10, "learning_rate": 1e-2},
     "lora": {"num_train_epochs": 4, "learning_rate": 3e-3},

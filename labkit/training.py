@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
 
 from labkit import LabkitError, datasets
 
@@ -127,6 +127,8 @@ def train(
         data_collator=ChatCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    if trainer.args.disable_tqdm:  # without bars the Trainer prints every log dict instead
+        trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

@@ -190,6 +190,25 @@ def build_model(r: int, alpha: int, seed: int):
 
 
 # --- data and trainer --------------------------------------------------------------------------
+def freeze_import_garbage() -> int:
+    """Import the training stack, then ``gc.freeze()``; returns how many objects were frozen.
+
+    ``Trainer.train()`` starts with a full ``gc.collect()`` (accelerate's ``free_memory``). With
+    torch, transformers and peft loaded that walks a few million long-lived objects: ~0.5 s on
+    a laptop core, paid again by every trial of a search. Freezing moves the objects alive now
+    (the imported libraries, which are never freed anyway) out of the collector's reach, so each
+    collection only looks at what the trials create.
+    """
+    import gc
+
+    import peft  # noqa: F401
+    import transformers.trainer  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 @dataclass
 class TuningData:
     """Tokenised sentiment splits for one budget, with the tokenizer and a padding collator."""
@@ -580,6 +599,7 @@ def cli_main(argv: list[str]) -> int:
 
     hardware.setup()
     hf_logging.disable_progress_bar()  # one bar for the search, not one per weight load
+    freeze_import_garbage()  # saves ~0.5 s per trial (see its docstring)
     result = run_search(
         args.storage,
         args.study_name,

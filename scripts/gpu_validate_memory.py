@@ -74,8 +74,8 @@ def build(catalog: str, layers: int, method: str, device: str, ckpt: bool):
             for p in model.parameters():
                 p.requires_grad_(False)
         model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
-    if ckpt:
-        measure.enable_checkpointing(model, reentrant=False)
+    if ckpt:  # the CPU measurement sees saved tensors only with the reentrant variant
+        measure.enable_checkpointing(model, reentrant=device != "cpu")
         if method != "full":
             model.enable_input_require_grads()
     return model, config
@@ -102,13 +102,20 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
     if device == "cuda":
         for _ in range(2):
             peak = measure.cuda_peak(model, opt, ids, autocast_dtype=torch.bfloat16)["peak"]
-    else:  # dry run: the CPU measurement of saved tensors + states stands in for the peak
-        states, saved, _ = measure.train_step(model, opt, ids)
+    else:  # dry run: states + saved tensors of a bf16-autocast step on CPU stand in for the peak
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            saved = measure.saved_tensor_bytes(model, ids)
+        opt.step()
+        states = measure.state_bytes(model, opt)
         peak = states.weights + states.gradients + states.optimizer + saved.total
+        peak += saved.param_copies
+        del model, opt
+        gc.collect()
+        return est.total - est.transient, peak  # transient buffers exist only on the GPU path
     del model, opt
     gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
     return est.total, peak
 
 

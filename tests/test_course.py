@@ -66,3 +66,57 @@ def test_strip_volatile_keeps_slides_and_tags_only():
 def test_cli_rejects_missing_notebook(tmp_path):
     with pytest.raises(LabkitError, match="no such notebook"):
         course.cli_main([str(tmp_path / "99_missing.ipynb")])
+
+
+EXERCISES = """## Exercises
+### ⭐ Warm-up
+Print x.
+<details><summary>Solution</summary>
+
+```python
+print(x + 1)
+```
+</details>
+
+### ⭐⭐ Practice
+Divide.
+<details><summary>Solution</summary>
+
+```python
+print(x / 0)
+```
+Dividing by zero raises.
+</details>
+"""
+
+
+def test_exercise_solutions_are_found_under_their_headings():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(EXERCISES)]
+    assert course.exercise_solutions(nb) == [
+        ("⭐ Warm-up", "print(x + 1)\n"),
+        ("⭐⭐ Practice", "print(x / 0)\n"),
+    ]
+
+
+def test_run_exercises_runs_each_solution_after_the_notebook(tmp_path):
+    path = _notebook(tmp_path / "05_ex.ipynb", ["x = 41"])
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell(EXERCISES))
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    rows = course.run_exercises(path, timeout=60)
+    assert [r["status"] for r in rows][0] == "ok"
+    assert rows[1]["status"].startswith("FAILED: ZeroDivisionError")
+    assert path.read_bytes() == before  # nothing stored in the notebook
+
+
+def test_committed_notebooks_have_a_solution_per_tier():
+    for path in course.course_notebooks()[1:]:  # 00 is the tour: no exercises
+        titles = [t for t, _ in course.exercise_solutions(nbformat.read(path, as_version=4))]
+        assert len(titles) >= 3 and {"⭐", "⭐⭐", "⭐⭐⭐"} <= {t.split()[0] for t in titles}, path
+
+
+def test_cli_rejects_exercises_with_inplace():
+    with pytest.raises(LabkitError, match="do not go together"):
+        course.cli_main(["--exercises", "--inplace"])

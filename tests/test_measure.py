@@ -115,7 +115,37 @@ def test_lora_states_exact():
         est.gradients,
         est.optimizer,
     )
-    assert saved.total <= est.activations + est.logits  # the LoRA figure is an upper bound
+    assert saved.total == est.activations + est.logits
+
+
+LORA_CASES = [
+    (name, attn, ck, dtype, targets)
+    for name, attn, ck, dtype in itertools.product(
+        ["tiny-llama", "tiny-qwen2"], ["eager", "sdpa"], [False, True], ["fp32", "bf16"]
+    )
+    for targets in ("q_proj,v_proj", "all-linear")
+] + [
+    ("tiny-llama", attn, False, dtype, targets)
+    for attn, dtype, targets in itertools.product(
+        ["eager", "sdpa"], ["fp32", "bf16"], ["o_proj", "k_proj", "v_proj,down_proj"]
+    )
+]
+
+
+@pytest.mark.parametrize(("name", "attn", "ckpt", "dtype", "targets"), LORA_CASES)
+def test_lora_activations_exact(name, attn, ckpt, dtype, targets):
+    """Frozen base, peft's fp32 adapters: every saved byte accounted for, layer 0 included."""
+    from peft import LoraConfig, get_peft_model
+
+    model, config = fresh(name, attn, dtype)
+    modules = list(memory.LINEAR_NAMES["llama"]) if targets == "all-linear" else targets.split(",")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=modules))
+    for b, s in ((2, 16), (1, 40)):
+        got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
+        est = memory.lora_activation_bytes(
+            config, b, s, targets, 4, dtype, "fp32", attn, ckpt, device="cpu"
+        )
+        assert (est.total, est.recompute) == (got.total, got.recompute), est.items
 
 
 def test_cuda_peak_is_guarded():
@@ -130,3 +160,26 @@ def test_unknown_optimizer():
     model, _ = fresh("tiny-llama")
     with pytest.raises(LabkitError):
         measure.make_optimizer(model, "lion")
+
+
+@pytest.mark.parametrize(
+    ("name", "attn", "ckpt"),
+    list(itertools.product(["tiny-llama", "tiny-qwen2"], ["eager", "sdpa"], [False, True])),
+)
+def test_autocast_activations_and_weight_copies_exact(name, attn, ckpt):
+    """bf16 autocast (mixed precision): fp32 stream and norms, 16-bit casts for every linear."""
+    model, config = fresh(name, attn)
+    for b, s in ((2, 16), (1, 40)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
+        est = memory.training_memory(
+            config,
+            precision="bf16-mixed",
+            batch=b,
+            seq=s,
+            attention=attn,
+            checkpointing=ckpt,
+            device="cpu",
+        )
+        assert est.activations + est.logits == got.total
+        assert est.weights - memory.weight_bytes(config, "fp32") == got.param_copies > 0

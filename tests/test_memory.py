@@ -70,7 +70,13 @@ def test_training_bytes_per_param_follow_the_precision():
     n_tensors = len(memory.param_shapes("llama-2-7b"))
     states = lambda b: b.weights + b.gradients + b.optimizer  # noqa: E731
     assert states(fp32) == 16 * P + 4 * n_tensors
-    assert states(mixed) == 18 * P + 4 * n_tensors
+    shapes = memory.param_shapes("llama-2-7b")
+    cast = memory.autocast_cast_parameters("llama-2-7b", shapes)
+    one_block = memory.autocast_cast_parameters("llama-2-7b", shapes, checkpointing=True)
+    assert one_block == 32000 * 4096 + (cast - 32000 * 4096) // 32  # the head + one block
+    emb = 32000 * 4096
+    assert cast == P - emb - 4096 * (2 * 32 + 1)  # all but the embedding matrix and the norms
+    assert states(mixed) == 16 * P + 2 * cast + 4 * n_tensors  # just under HF's 18 B/param
     assert states(pure) == 8 * P + 4 * n_tensors
     assert mixed.total == states(mixed) + mixed.activations + mixed.logits + mixed.transient
 
@@ -83,7 +89,7 @@ def test_optimizer_bytes_per_family():
     assert memory.optimizer_bytes(shapes, "adamw8bit") == big + 8 * 200 + 2048
 
 
-def test_lora_and_qlora_shrink_states_not_activations():
+def test_lora_and_qlora_shrink_states_and_activations():
     kw = dict(batch=2, seq=256, precision="bf16-mixed")
     full = memory.training_memory("llama-2-7b", **kw)
     lora = memory.training_memory("llama-2-7b", method="lora", **kw)
@@ -91,7 +97,22 @@ def test_lora_and_qlora_shrink_states_not_activations():
     assert lora.trainable_parameters == 4_194_304 == qlora.trainable_parameters
     assert qlora.weights < lora.weights / 6 < full.weights
     assert lora.gradients == 4 * 4_194_304
-    assert lora.activations >= full.activations
+    # a frozen linear keeps no input, but norms, attention and the MLP products still do
+    assert full.activations / 2 < lora.activations < full.activations
+    gpt2_full = memory.training_memory("gpt2", **kw)
+    gpt2_lora = memory.training_memory("gpt2", method="lora", lora_targets="c_attn", **kw)
+    assert gpt2_lora.activations > gpt2_full.activations  # the upper bound for GPT-2 / BLOOM
+
+
+def test_lora_activation_bytes_bad_input():
+    with pytest.raises(LabkitError, match="llama, mistral and qwen2"):
+        memory.lora_activation_bytes("gpt2", 1, 8)
+    with pytest.raises(LabkitError, match="LoRA rank"):
+        memory.lora_activation_bytes("tiny-llama", 1, 8, r=0)
+    with pytest.raises(LabkitError, match="unknown LoRA target"):
+        memory.lora_activation_bytes("tiny-llama", 1, 8, targets="c_attn")
+    with pytest.raises(LabkitError, match="adapter dtype"):
+        memory.lora_activation_bytes("tiny-llama", 1, 8, adapter_dtype="int8")
 
 
 def test_frozen_layers_and_checkpointing_cut_activations():

@@ -57,7 +57,7 @@ def test_exact_match():
         training.exact_match([], [])
 
 
-def test_train_runs_the_trainer_and_lowers_the_loss(tok):
+def test_train_runs_the_trainer_and_lowers_the_loss(tok, capsys):
     model = lp.attach("tiny-llama", "lora", r=4)
     before = training.chat_loss(model, tok, "validation")
     run = training.train(
@@ -70,6 +70,7 @@ def test_train_runs_the_trainer_and_lowers_the_loss(tok):
         disable_tqdm=True,
     )
     assert run.steps == 4 and len(run.losses) == 4 and run.seconds_per_step > 0
+    assert "'loss'" not in capsys.readouterr().out  # no log dicts printed when bars are off
     assert training.chat_loss(model, tok, "validation") < before
     assert not model.training
 

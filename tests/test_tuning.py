@@ -80,6 +80,17 @@ def test_model_init_suggests_lora_and_shares_the_seed_with_hp_space():
     )
 
 
+def test_freeze_import_garbage_takes_the_loaded_stack_out_of_collections():
+    import gc
+
+    try:
+        frozen = tuning.freeze_import_garbage()
+        assert "transformers.trainer" in sys.modules and "peft" in sys.modules
+        assert frozen == gc.get_freeze_count() > 100_000  # the stack's long-lived objects
+    finally:
+        gc.unfreeze()
+
+
 def test_pruning_savings_counts_steps_of_pruned_trials():
     study = optuna.create_study(direction="maximize")
     for state, done, planned in ((TrialState.COMPLETE, 10, 10), (TrialState.PRUNED, 2, 10)):
