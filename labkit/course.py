@@ -51,19 +51,27 @@ def strip_volatile(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def execute(path: Path, timeout: int = 600) -> tuple[nbformat.NotebookNode, float, str | None]:
+def execute(
+    path: Path,
+    timeout: int = 600,
+    nb: nbformat.NotebookNode | None = None,
+    allow_errors: bool = False,
+) -> tuple[nbformat.NotebookNode, float, str | None]:
     """Execute one notebook in a fresh kernel with its own folder as working directory.
 
-    Returns the executed notebook, the seconds it took, and the error (one line) or ``None``.
+    ``nb``: the notebook to run (default: read from ``path``). ``allow_errors``: keep going after a
+    failing cell (its error stays in the cell's outputs). Returns the executed notebook, the seconds
+    it took, and the error (one line) or ``None``.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
+    nb = nbformat.read(path, as_version=4) if nb is None else nb
     client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
+        allow_errors=allow_errors,
         resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
@@ -110,26 +118,11 @@ def run_exercises(path: Path, timeout: int = 600) -> list[dict]:
 
     A failing solution does not stop the others (the kernel goes on, as in JupyterLab).
     """
-    from nbclient import NotebookClient
-
     nb = nbformat.read(path, as_version=4)
     solutions = exercise_solutions(nb)
     first = len(nb.cells)
     nb.cells += [nbformat.v4.new_code_cell(code) for _, code in solutions]
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name="python3",
-        allow_errors=True,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    start = time.perf_counter()
-    try:
-        client.execute()
-        crashed = None
-    except Exception as err:  # kernel died, timeout
-        crashed = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    seconds = time.perf_counter() - start
+    nb, seconds, crashed = execute(path, timeout, nb=nb, allow_errors=True)
     errors = [
         next((o for o in c.get("outputs", []) if o.get("output_type") == "error"), None)
         for c in nb.cells

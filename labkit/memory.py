@@ -357,6 +357,18 @@ def _check_choice(name: str, value: str, accepted: Iterable[str]) -> str:
     return value
 
 
+def _activation_dtype(dtype: str) -> str:
+    if dtype not in DTYPE_BYTES or DTYPE_BYTES[dtype] == 1:
+        raise LabkitError(f"unknown activation dtype {dtype!r}; accepted: fp32, bf16, fp16")
+    return dtype
+
+
+def _loss_bytes(s: Shape, b: int, q: int) -> int:
+    """What the loss keeps: the fp32 log-softmax (b·s·V), the shifted labels (a view of the padded
+    b·(s+1) labels when b = 1, else a contiguous copy) and the scalar total_weight of nll_loss."""
+    return b * q * s.vocab * 4 + (q + 1 if b == 1 else b * q) * 8 + 4
+
+
 def activation_bytes(
     config: Any,
     batch: int,
@@ -397,8 +409,7 @@ def activation_bytes(
     b, q = _positive("batch", batch), _positive("sequence length", seq)
     _check_choice("attention", attention, ATTENTIONS)
     _check_choice("device", device, DEVICES)
-    if dtype not in DTYPE_BYTES or DTYPE_BYTES[dtype] == 1:
-        raise LabkitError(f"unknown activation dtype {dtype!r}; accepted: fp32, bf16, fp16")
+    _activation_dtype(dtype)
     if s.family == "bloom" and attention == "sdpa":
         raise LabkitError("BLOOM has no SDPA attention in transformers 5.24; use --attention eager")
     if not 0 <= trainable_from_layer <= s.layers:
@@ -485,9 +496,7 @@ def activation_bytes(
     if mixed:  # fp32 input, rsqrt, fp32 normalised value; the head keeps a 16-bit input cast
         final = {"input": T * h * 4, "stats": T * 4, "normed": T * h * 4, "head_input": T * h * dt}
     items.update({f"final_norm.{k}": v for k, v in final.items()})
-    # log-softmax output (fp32), the shifted labels (a view of the padded b·(s+1) labels when
-    # b = 1, else a contiguous copy) and the scalar total_weight of nll_loss
-    logits = T * s.vocab * 4 + (q + 1 if b == 1 else T) * 8 + 4
+    logits = _loss_bytes(s, b, q)
 
     recompute = 0
     if checkpointing and n_train:
@@ -569,8 +578,7 @@ def lora_activation_bytes(
     _positive("LoRA rank r", r)
     _check_choice("attention", attention, ATTENTIONS)
     _check_choice("device", device, DEVICES)
-    if dtype not in DTYPE_BYTES or DTYPE_BYTES[dtype] == 1:
-        raise LabkitError(f"unknown activation dtype {dtype!r}; accepted: fp32, bf16, fp16")
+    _activation_dtype(dtype)
     _check_choice("adapter dtype", adapter_dtype, ("fp32", "bf16", "fp16"))
     adapted = {n.split(".")[-2] for n in lora_targets(s, targets)}
     dt, adt = DTYPE_BYTES[dtype], DTYPE_BYTES[adapter_dtype]
@@ -658,7 +666,7 @@ def lora_activation_bytes(
             items["rope.cos_sin"] = rope_b
     items["final_norm"] = T * h * 4 + T * 4
     items["recompute_one_layer"] = recompute
-    logits = T * s.vocab * 4 + (q + 1 if b == 1 else T) * 8 + 4
+    logits = _loss_bytes(s, b, q)
     return Activations(sum(items.values()), logits, per_layer, recompute, items)
 
 

@@ -419,40 +419,49 @@ def unpack_4bit(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat >> 4, flat & 0xF], dim=1).reshape(-1)
 
 
+def _quantize_packed(x: torch.Tensor, code: torch.Tensor, blocksize: int):
+    idx, absmax = codebook_quantize(x, code.to(x.device), blocksize)
+    return pack_4bit(idx), absmax
+
+
+def _dequantize_packed(
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    shape: Iterable[int],
+    code: torch.Tensor,
+    blocksize: int,
+) -> torch.Tensor:
+    shape = tuple(shape)
+    _check_packed(packed, absmax, shape, blocksize)
+    return codebook_dequantize(
+        unpack_4bit(packed), absmax, code.to(packed.device), shape, blocksize
+    )
+
+
 def nf4_quantize(x: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """NF4: ``(packed uint8 (n/2, 1), absmax float32 (n/blocksize,))``, bit-identical to
     ``bitsandbytes.functional.quantize_4bit(x, quant_type="nf4", blocksize, compress_statistics=False)``.
     """
-    idx, absmax = codebook_quantize(x, NF4_CODE.to(x.device), blocksize)
-    return pack_4bit(idx), absmax
+    return _quantize_packed(x, NF4_CODE, blocksize)
 
 
 def nf4_dequantize(
     packed: torch.Tensor, absmax: torch.Tensor, shape: Iterable[int], blocksize: int = 64
 ) -> torch.Tensor:
     """Invert :func:`nf4_quantize` (float32), like bitsandbytes' ``dequantize_4bit``."""
-    shape = tuple(shape)
-    _check_packed(packed, absmax, shape, blocksize)
-    return codebook_dequantize(
-        unpack_4bit(packed), absmax, NF4_CODE.to(packed.device), shape, blocksize
-    )
+    return _dequantize_packed(packed, absmax, shape, NF4_CODE, blocksize)
 
 
 def fp4_quantize(x: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """bitsandbytes' FP4 with blockwise absmax: ``(packed, absmax)`` like :func:`nf4_quantize`."""
-    idx, absmax = codebook_quantize(x, FP4_CODE.to(x.device), blocksize)
-    return pack_4bit(idx), absmax
+    return _quantize_packed(x, FP4_CODE, blocksize)
 
 
 def fp4_dequantize(
     packed: torch.Tensor, absmax: torch.Tensor, shape: Iterable[int], blocksize: int = 64
 ) -> torch.Tensor:
     """Invert :func:`fp4_quantize` (float32)."""
-    shape = tuple(shape)
-    _check_packed(packed, absmax, shape, blocksize)
-    return codebook_dequantize(
-        unpack_4bit(packed), absmax, FP4_CODE.to(packed.device), shape, blocksize
-    )
+    return _dequantize_packed(packed, absmax, shape, FP4_CODE, blocksize)
 
 
 def _check_packed(

@@ -99,6 +99,7 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
     )
     opt = measure.make_optimizer(model, "adamw")
     ids = torch.randint(3, config.vocab_size, (batch, seq), device=device)
+    estimate = est.total
     if device == "cuda":
         for _ in range(2):
             peak = measure.cuda_peak(model, opt, ids, autocast_dtype=torch.bfloat16)["peak"]
@@ -110,13 +111,12 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
         states = measure.state_bytes(model, opt)
         peak = states.weights + states.gradients + states.optimizer + saved.total
         peak += saved.param_copies
-        del model, opt
-        gc.collect()
-        return est.total - est.transient, peak  # transient buffers exist only on the GPU path
+        estimate -= est.transient  # transient buffers exist only on the GPU path
     del model, opt
     gc.collect()
-    torch.cuda.empty_cache()
-    return est.total, peak
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return estimate, peak
 
 
 def main(argv: list[str]) -> int:
