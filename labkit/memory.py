@@ -14,10 +14,10 @@ What is exact and what is a model of reality:
   each family (Korthikanti et al.'s method, re-derived): proven within 5% for full fine-tuning in
   fp32 and pure bf16, eager and SDPA, checkpointing on and off, and exact under bf16 autocast
   (mixed precision) for Llama, Mistral and Qwen2, whose 16-bit weight copies equal the working
-  copy counted with the weights (:func:`autocast_cast_parameters`). LoRA on Llama, Mistral and Qwen2 is
-  derived the same way (:func:`lora_activation_bytes`: a frozen op keeps only what a gradient still
-  needs) and is exact for any targets; for GPT-2 and BLOOM adapters the figure is full fine-tuning's
-  plus the adapters' outputs, an upper bound;
+  copy counted with the weights (:func:`autocast_cast_parameters`). LoRA is derived the same way
+  for all five families (:func:`lora_activation_bytes`: a frozen op keeps only what a gradient
+  still needs) and is exact for any targets in fp32 and pure bf16, eager and SDPA, checkpointing
+  on and off;
 - ``transient`` (logits held by the model output and the loss gradient during backward) and the
   CUDA allocator are only checked on a GPU (scripts/gpu_validate_memory.py).
 """
@@ -61,6 +61,16 @@ LINEAR_NAMES = {
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "gpt2": ("c_attn", "c_proj", "c_fc"),
     "bloom": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+
+#: The LoRA targets peft picks when ``target_modules`` is None (its per-model-type mapping, held
+#: here so the estimator needs no peft import; a test compares them): ``targets="default"``.
+PEFT_DEFAULT_TARGETS = {
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "gpt2": ("c_attn",),
+    "bloom": ("query_key_value",),
 }
 
 
@@ -265,24 +275,25 @@ def _linear_dims(name: str, shp: tuple[int, ...], family: str) -> tuple[int, int
 def lora_targets(config: Any, targets: str | Iterable[str]) -> list[str]:
     """Names of the linear weights a LoRA adapter on ``targets`` adapts.
 
-    ``targets``: module names (``["q_proj", "v_proj"]``), a comma-separated string, or
-    ``"all-linear"`` (every linear in the blocks, not the output head, as peft does).
+    ``targets``: module names (``["q_proj", "v_proj"]``), a comma-separated string,
+    ``"all-linear"`` (every linear in the blocks, not the output head, as peft does) or
+    ``"default"`` (peft's default for the model type: q and v, GPT-2's ``c_attn``, BLOOM's
+    ``query_key_value``).
     """
     s = shape_of(config)
     names = LINEAR_NAMES[s.family]
-    if isinstance(targets, str):
+    if targets == "default":
+        targets = PEFT_DEFAULT_TARGETS[s.model_type]
+    elif isinstance(targets, str):
         targets = names if targets == "all-linear" else [t for t in targets.split(",") if t]
     targets = list(targets)
     bad = [t for t in targets if t not in names]
     if bad or not targets:
         raise LabkitError(
             f"unknown LoRA target(s) {bad or targets!r} for {s.model_type}; "
-            f"accepted: {', '.join(names)} or all-linear"
+            f"accepted: {', '.join(names)}, all-linear or default"
         )
     return [n for n in param_shapes(s) if _is_linear(n, s.family) and n.split(".")[-2] in targets]
-
-
-_target_names = lora_targets  # training_memory's keyword ``lora_targets`` shadows the function
 
 
 def lora_parameters(config: Any, r: int, targets: str | Iterable[str]) -> int:
@@ -357,6 +368,12 @@ def _check_choice(name: str, value: str, accepted: Iterable[str]) -> str:
     return value
 
 
+def _check_attention(s: Shape, attention: str) -> None:
+    _check_choice("attention", attention, ATTENTIONS)
+    if s.family == "bloom" and attention == "sdpa":
+        raise LabkitError("BLOOM has no SDPA attention in transformers 5.24; use --attention eager")
+
+
 def _activation_dtype(dtype: str) -> str:
     if dtype not in DTYPE_BYTES or DTYPE_BYTES[dtype] == 1:
         raise LabkitError(f"unknown activation dtype {dtype!r}; accepted: fp32, bf16, fp16")
@@ -407,11 +424,9 @@ def activation_bytes(
     """
     s = shape_of(config)
     b, q = _positive("batch", batch), _positive("sequence length", seq)
-    _check_choice("attention", attention, ATTENTIONS)
+    _check_attention(s, attention)
     _check_choice("device", device, DEVICES)
     _activation_dtype(dtype)
-    if s.family == "bloom" and attention == "sdpa":
-        raise LabkitError("BLOOM has no SDPA attention in transformers 5.24; use --attention eager")
     if not 0 <= trainable_from_layer <= s.layers:
         raise LabkitError(
             f"frozen layers must be between 0 and {s.layers}, got {trainable_from_layer}"
@@ -542,11 +557,179 @@ def _autocast_llama_block(s: Shape, b: int, q: int, dt: int, attention: str) -> 
     return blk
 
 
+#: What an adapter can target in a GPT-2 or BLOOM block, by role: the fused q/k/v projection, the
+#: attention output, the MLP's up and down projections (GPT-2 names both outputs ``c_proj``).
+_LAYERNORM_ROLES = {
+    "gpt2": ("c_attn", "c_proj", "c_fc", "c_proj"),
+    "bloom": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+
+
+@dataclass(frozen=True)
+class _LoraStep:
+    """Sizes and switches of one LoRA step, shared by the per-block derivations."""
+
+    s: Shape
+    b: int
+    q: int
+    r: int
+    adapted: frozenset[str]  # module names with an adapter ("q_proj", "c_attn", ...)
+    dt: int  # bytes per activation element
+    adt: int  # bytes per adapter element
+    cast: bool  # the adapters compute in another dtype than the base
+    attention: str
+    device: str
+    dropout: bool
+    checkpointing: bool
+
+    @property
+    def tokens(self) -> int:
+        return self.b * self.q
+
+    def p_on(self, prob: float) -> bool:
+        return self.dropout and prob > 0
+
+    @property
+    def math_path(self) -> bool:
+        """On CPU, SDPA with dropout runs PyTorch's math kernel: the eager ops, upcast to fp32."""
+        return self.attention == "sdpa" and self.device == "cpu" and self.p_on(self.s.attn_dropout)
+
+    @property
+    def mask_b(self) -> int:
+        """Bytes per dropout-mask element: the activation dtype on CPU, 1 on CUDA."""
+        return self.dt if self.device == "cpu" else 1
+
+    def dropout_mask(self, prob: float, width: int) -> int:
+        """The mask of a dropout on a b·s·``width`` tensor (kept when its input needs a gradient)."""
+        return self.tokens * width * self.mask_b if self.p_on(prob) else 0
+
+    def inputs(self, n: int, width: int) -> int:
+        """The input ``n`` adapters on one tensor keep: that tensor, or one cast copy each."""
+        if not n:
+            return 0
+        return n * self.tokens * width * self.adt if self.cast else self.tokens * width * self.dt
+
+    def outputs(self, n: int) -> int:
+        """The rank-r outputs of ``n`` adapters (lora_B keeps its input)."""
+        return n * self.tokens * self.r * self.adt
+
+    def norm(self) -> int:
+        """What a norm with a frozen weight keeps for its input's gradient. RMSNorm: the fp32
+        input and the rsqrt; LayerNorm: the input, mean and rstd (fp32 on CUDA, the input dtype
+        on CPU)."""
+        T, h = self.tokens, self.s.hidden
+        if self.s.family == "llama":
+            return T * h * 4 + T * 4
+        return T * h * self.dt + 2 * T * (4 if self.device == "cuda" else self.dt)
+
+
+def _lora_attention(st: _LoraStep, qg: bool, kg: bool, vg: bool, o_adapted: bool) -> dict[str, int]:
+    """What attention keeps when q, k, v need a gradient (``qg``, ``kg``, ``vg``), and the input of
+    an adapter on its output projection (``o_adapted``)."""
+    s, b, q, T, dt = st.s, st.b, st.q, st.tokens, st.dt
+    ad, kvd, s2 = s.heads * s.head_dim, s.kv_heads * s.head_dim, b * s.heads * q * q
+    attn_drop = st.p_on(s.attn_dropout)
+    kept = qg or kg or vg
+    out: dict[str, int] = {}
+    if st.attention == "sdpa" and not st.math_path:
+        if kept:  # the SDPA kernel keeps all of them
+            out["attn.q"] = out["attn.out"] = T * ad * dt
+            out["attn.k"] = out["attn.v"] = T * kvd * dt
+            out["attn.logsumexp"] = b * s.heads * q * 4
+        # the output projection's input is a view of the kernel's output, a new tensor only when
+        # the kernel kept nothing (no gradient reached q, k, v) or when the adapter casts it
+        o_in = T * ad * (st.adt if st.cast else 0 if kept else dt)
+    else:
+        qb = 4 if st.math_path else dt
+        # GPT-2's eager softmax stays in the input dtype, the others' (and the math kernel's) fp32
+        soft_b = dt if s.family == "gpt2" and not st.math_path else 4
+        scores = qg or kg
+        out["attn.q"] = T * ad * qb if kg else 0  # q @ k^T keeps q for k's gradient
+        out["attn.k"] = T * ad * qb if qg else 0
+        out["attn.softmax"] = s2 * soft_b if scores else 0
+        if attn_drop and scores:
+            out["attn.dropout_mask"] = s2 * (4 if st.math_path else st.mask_b)
+        # probs @ v keeps the probabilities for v's gradient: the softmax output itself without
+        # dropout or cast (already counted when the scores need a gradient), else a new tensor
+        probs_copy = attn_drop or soft_b != qb
+        if vg and (probs_copy or not scores):
+            out["attn.probs"] = s2 * (qb if probs_copy else soft_b)
+        out["attn.v"] = T * ad * qb if scores else 0
+        o_in = T * ad * (st.adt if st.cast else dt)
+    views = _fused_qkv_views(st) if s.family != "llama" and kept else 0
+    if views:  # the whole b·s·3h buffer stands in for the views' b·s·h each
+        out["attn.fused_qkv_buffer"] = (3 - views) * T * s.hidden * dt
+    out["lora.o_input"] = o_in if o_adapted else 0
+    return out
+
+
+def _fused_qkv_views(st: _LoraStep) -> int:
+    """How many of q, k, v attention keeps as views of GPT-2's or BLOOM's fused b·s·3h q/k/v
+    projection; the others it keeps as copies. Without checkpointing, transformers keeps its KV
+    cache on in training, and the cache's concatenation copies k and v."""
+    cache = not st.checkpointing
+    if st.attention == "sdpa" and not st.math_path:  # the kernel keeps q, k, v as they come
+        return 1 if cache else 3
+    if st.math_path:  # the math kernel scales q and k (copies) and upcasts a 16-bit v
+        return 1 if not cache and st.b == 1 and st.dt == 4 else 0
+    # eager: the batched matmuls reshape (b, a, s, d) to (b·a, s, d), a view only when b == 1
+    return (1 if cache else 3) if st.b == 1 else 0
+
+
+def _lora_llama_block(st: _LoraStep, g: bool) -> tuple[dict[str, int], bool, bool]:
+    """One Llama-family block entered with (``g``) or without a gradient-carrying stream: its
+    items, whether RoPE's tables are kept, whether its output carries a gradient."""
+    T, h, i, dt = st.tokens, st.s.hidden, st.s.intermediate, st.dt
+    adapted = st.adapted
+    attn_mods = adapted & {"q_proj", "k_proj", "v_proj", "o_proj"}
+    blk: dict[str, int] = {"norm1": st.norm() if g else 0}
+    blk["lora.attn_inputs"] = st.inputs(len(adapted & {"q_proj", "k_proj", "v_proj"}), h)
+    qg, kg, vg = (g or f"{x}_proj" in adapted for x in "qkv")
+    blk.update(_lora_attention(st, qg, kg, vg, "o_proj" in adapted))
+    blk["lora.attn_outputs"] = st.outputs(len(attn_mods))
+    g2 = g or bool(attn_mods)
+    blk["norm2"] = st.norm() if g2 else 0
+    blk["lora.mlp_inputs"] = st.inputs(len(adapted & {"gate_proj", "up_proj"}), h)
+    gg, ug = g2 or "gate_proj" in adapted, g2 or "up_proj" in adapted
+    blk["mlp.gate"] = T * i * dt if gg else 0  # silu's input, and up's partner in the product
+    blk["mlp.silu"] = T * i * dt if ug else 0
+    blk["mlp.up"] = T * i * dt if gg else 0
+    blk["lora.down_input"] = T * i * (st.adt if st.cast else dt) if "down_proj" in adapted else 0
+    blk["lora.mlp_outputs"] = st.outputs(len(adapted & {"gate_proj", "up_proj", "down_proj"}))
+    return blk, qg or kg, g2 or bool(adapted)
+
+
+def _lora_layernorm_block(st: _LoraStep, g: bool) -> tuple[dict[str, int], bool, bool]:
+    """One GPT-2 or BLOOM block entered with (``g``) or without a gradient-carrying stream: its
+    items, False (no RoPE), whether its output carries a gradient."""
+    s, T, h, i = st.s, st.tokens, st.s.hidden, st.s.intermediate
+    qkv, o, up, down = (name in st.adapted for name in _LAYERNORM_ROLES[s.family])
+    blk: dict[str, int] = {"norm1": st.norm() if g else 0}
+    blk["lora.qkv_input"] = st.inputs(qkv, h)
+    attn_g = g or qkv  # q, k and v come from one projection: all or none need a gradient
+    blk.update(_lora_attention(st, attn_g, attn_g, attn_g, o))
+    attn_g = attn_g or o
+    blk["attn.resid_dropout_mask"] = st.dropout_mask(s.resid_dropout, h) if attn_g else 0
+    g2 = g or attn_g
+    blk["norm2"] = st.norm() if g2 else 0
+    blk["lora.up_input"] = st.inputs(up, h)
+    act_g = g2 or up
+    # GPT-2's gelu_new, written in Python, keeps x, tanh(.), 1 + tanh(.) and 0.5·x; BLOOM's GeLU
+    # (an autograd Function) and torch's own activations keep one tensor
+    n_act = 4 if s.activation == "gelu_new" else 1
+    blk["mlp.act"] = n_act * T * i * st.dt if act_g else 0
+    blk["lora.down_input"] = st.inputs(down, i)  # the activation's output (or its cast copy)
+    mlp_g = act_g or down
+    blk["mlp.resid_dropout_mask"] = st.dropout_mask(s.resid_dropout, h) if mlp_g else 0
+    blk["lora.outputs"] = st.outputs(qkv + o + up + down)
+    return blk, False, g2 or mlp_g
+
+
 def lora_activation_bytes(
     config: Any,
     batch: int,
     seq: int,
-    targets: Any = ("q_proj", "v_proj"),
+    targets: Any = "default",
     r: int = 8,
     dtype: str = "bf16",
     adapter_dtype: str = "fp32",
@@ -557,115 +740,85 @@ def lora_activation_bytes(
 ) -> Activations:
     """Bytes autograd keeps for backward in a LoRA step (frozen base, ``lora_dropout=0``).
 
-    Llama, Mistral and Qwen2. A frozen op saves only what the gradient of an
-    input that requires grad needs: a frozen linear keeps nothing (its weight is a parameter), a
-    frozen norm weight no normalised value, and before the first adapted module nothing at all
-    (the embeddings are frozen). What is kept: each adapter's input (one shared tensor when the
-    adapter computes in the base dtype, one cast copy per adapter otherwise: peft 0.21 keeps
-    adapters in fp32 under a 16-bit base) and its rank-r output; the norms' fp32 input and rsqrt;
-    attention's q, k, v, output and logsumexp (SDPA) or what each eager matmul/softmax needs; the
-    MLP's gate, up and silu(gate) as far as their gradients flow; the loss as in full fine-tuning.
+    Every family (Llama, Mistral, Qwen2, GPT-2, BLOOM), any targets. A frozen op saves only what
+    the gradient of an input that requires grad needs: a frozen linear keeps nothing (its weight
+    is a parameter), a frozen norm weight no normalised value, and before the first adapted module
+    nothing at all (the embeddings are frozen). Kept in every family: each adapter's input (one
+    shared tensor when the adapter computes in the base dtype, one cast copy per adapter
+    otherwise: peft 0.21 keeps adapters in fp32 under a 16-bit base) and its rank-r output;
+    attention's q, k, v, output and logsumexp (SDPA) or what each eager matmul/softmax needs
+    (on CPU, SDPA with dropout runs the math kernel: fp32 copies and the s² terms); dropout masks
+    where a gradient flows (the activation dtype on CPU, 1 byte on CUDA); the loss as in full
+    fine-tuning. Per family:
+
+    - Llama, Mistral, Qwen2: the RMSNorms' fp32 input and rsqrt, RoPE's tables, the MLP's gate,
+      up and silu(gate) as far as their gradients flow;
+    - GPT-2, BLOOM: the LayerNorms' input, mean and rstd; the MLP activation's saved tensors
+      (gelu_new: four b·s·i, BLOOM's GeLU: its input); q, k, v split from one fused projection,
+      whose whole buffer a saved view keeps alive, and without checkpointing the KV cache's copies
+      of k and v (transformers keeps the cache on in training); GPT-2's eager causal mask is a
+      checkpointed block's input. BLOOM has eager attention only.
+
     With checkpointing, the layer inputs are kept, and transformers makes the embeddings' output
     require grad (``enable_input_require_grads``), so the block recomputed during backward is a
-    block whose stream carries a gradient, the RoPE tables included.
+    block whose stream carries a gradient (RoPE's tables, GPT-2's embedding dropout mask and
+    BLOOM's embedding LayerNorm included).
     """
     s = shape_of(config)
-    if s.family != "llama":
-        raise LabkitError(
-            f"exact LoRA activations are derived for llama, mistral and qwen2, not {s.model_type}"
-        )
     b, q = _positive("batch", batch), _positive("sequence length", seq)
     _positive("LoRA rank r", r)
-    _check_choice("attention", attention, ATTENTIONS)
+    _check_attention(s, attention)
     _check_choice("device", device, DEVICES)
     _activation_dtype(dtype)
     _check_choice("adapter dtype", adapter_dtype, ("fp32", "bf16", "fp16"))
-    adapted = {n.split(".")[-2] for n in lora_targets(s, targets)}
-    dt, adt = DTYPE_BYTES[dtype], DTYPE_BYTES[adapter_dtype]
-    cast = _DTYPE_NAMES.get(adapter_dtype) != _DTYPE_NAMES.get(dtype)
-    T = b * q
-    h, a, kv, d, i = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
-    ad, s2 = a * d, b * a * q * q
-    mask_b = dt if device == "cpu" else 1
-    attn_drop = dropout and s.attn_dropout > 0
-    math_path = attention == "sdpa" and device == "cpu" and attn_drop
-
-    def inputs(mods: set[str], width: int) -> int:
-        """Adapter inputs: one shared tensor, or one cast copy per adapter."""
-        if not mods:
-            return 0
-        return len(mods) * T * width * adt if cast else T * width * dt
-
-    def block(g: bool) -> tuple[dict[str, int], bool, bool]:
-        """Items of one block entered with (g) or without a gradient-carrying stream."""
-        blk: dict[str, int] = {}
-        if g:
-            blk["norm1"] = T * h * 4 + T * 4  # fp32 input, rsqrt
-        qkv = adapted & {"q_proj", "k_proj", "v_proj"}
-        blk["lora.attn_inputs"] = inputs(qkv, h)
-        qg, kg, vg = (g or f"{x}_proj" in adapted for x in "qkv")
-        if attention == "sdpa" and not math_path:
-            if qg or kg or vg:  # the fused kernel keeps all of them
-                blk["attn.q"] = blk["attn.out"] = T * ad * dt
-                blk["attn.k"] = blk["attn.v"] = T * kv * d * dt
-                blk["attn.logsumexp"] = b * a * q * 4
-            # o_proj's input is a view of the kernel's output, a new tensor only when the kernel
-            # kept nothing (no gradient reached q, k, v) or when the adapter casts it
-            kept = qg or kg or vg
-            o_in = 0 if "o_proj" not in adapted else T * ad * (adt if cast else 0 if kept else dt)
-        else:
-            qb = 4 if math_path else dt
-            scores = qg or kg
-            blk["attn.q"] = T * ad * qb if kg else 0  # q @ k^T keeps q for k's gradient
-            blk["attn.k"] = T * ad * qb if qg else 0
-            blk["attn.softmax"] = s2 * 4 if scores else 0
-            if attn_drop and scores:
-                blk["attn.dropout_mask"] = s2 * (4 if math_path else mask_b)
-            # probs @ v keeps the probabilities for v's gradient: the softmax output itself in
-            # fp32 without dropout (already counted when the scores need a gradient), else a copy
-            probs_copy = attn_drop or dt != 4 or math_path
-            if vg and (probs_copy or not scores):
-                blk["attn.probs"] = s2 * (qb if probs_copy else 4)
-            blk["attn.v"] = T * ad * qb if scores else 0
-            o_in = 0 if "o_proj" not in adapted else T * ad * (adt if cast else dt)
-        blk["lora.o_input"] = o_in
-        blk["lora.attn_outputs"] = (
-            len(adapted & {"q_proj", "k_proj", "v_proj", "o_proj"}) * T * r * adt
-        )
-        g2 = g or bool(adapted & {"q_proj", "k_proj", "v_proj", "o_proj"})
-        if g2:
-            blk["norm2"] = T * h * 4 + T * 4
-        gu = adapted & {"gate_proj", "up_proj"}
-        blk["lora.mlp_inputs"] = inputs(gu, h)
-        gg, ug = g2 or "gate_proj" in adapted, g2 or "up_proj" in adapted
-        blk["mlp.gate"] = T * i * dt if gg else 0  # silu's input, and up's partner in the product
-        blk["mlp.silu"] = T * i * dt if ug else 0
-        blk["mlp.up"] = T * i * dt if gg else 0
-        blk["lora.down_input"] = T * i * (adt if cast else dt) if "down_proj" in adapted else 0
-        blk["lora.mlp_outputs"] = len(adapted & {"gate_proj", "up_proj", "down_proj"}) * T * r * adt
-        return {k: v for k, v in blk.items() if v}, qg or kg, g2 or bool(adapted)
-
+    st = _LoraStep(
+        s=s,
+        b=b,
+        q=q,
+        r=r,
+        adapted=frozenset(n.split(".")[-2] for n in lora_targets(s, targets)),
+        dt=DTYPE_BYTES[dtype],
+        adt=DTYPE_BYTES[adapter_dtype],
+        cast=_DTYPE_NAMES.get(adapter_dtype) != _DTYPE_NAMES.get(dtype),
+        attention=attention,
+        device=device,
+        dropout=dropout,
+        checkpointing=checkpointing,
+    )
+    block = _lora_llama_block if s.family == "llama" else _lora_layernorm_block
+    T, h = st.tokens, s.hidden
     items: dict[str, int] = {}
-    rope_b = 2 * q * d * dt  # cos and sin, shared by all layers
+    rope_b = 2 * q * s.head_dim * st.dt  # cos and sin, shared by all layers
     recompute = 0
     if checkpointing:
-        blk, _, _ = block(True)
+        blk, _, _ = block(st, True)
         per_layer = sum(blk.values())
-        items["layer_inputs"] = s.layers * T * h * dt
-        # the recomputed block re-saves all but its input (fp32: the norm keeps the input itself)
-        recompute = per_layer - (T * h * 4 if dt == 4 else 0) + rope_b
+        items["layer_inputs"] = s.layers * T * h * st.dt
+        # the recomputed block re-saves all but its input, which a LayerNorm (or an fp32 RMSNorm)
+        # keeps as is
+        keeps_input = s.family != "llama" or st.dt == 4
+        recompute = per_layer - (T * h * st.dt if keeps_input else 0)
+        if s.family == "llama":
+            recompute += rope_b
+        elif s.family == "gpt2":
+            items["embedding.dropout_mask"] = st.dropout_mask(s.embd_dropout, h)
+            if attention == "eager":  # a positional input of the checkpointed block, b·s² wide
+                items["causal_mask"] = b * q * q * st.dt
+        else:
+            items["embedding_norm"] = st.norm()
     else:
         g, rope, per_layer = False, False, 0
         for _ in range(s.layers):
-            blk, uses_rope, g = block(g)
+            blk, uses_rope, g = block(st, g)
             rope |= uses_rope
             for k, v in blk.items():
                 items[f"layers.{k}"] = items.get(f"layers.{k}", 0) + v
             per_layer = max(per_layer, sum(blk.values()))
         if rope:
             items["rope.cos_sin"] = rope_b
-    items["final_norm"] = T * h * 4 + T * 4
+    items["final_norm"] = st.norm()
     items["recompute_one_layer"] = recompute
+    items = {k: v for k, v in items.items() if v}
     logits = _loss_bytes(s, b, q)
     return Activations(sum(items.values()), logits, per_layer, recompute, items)
 
@@ -780,7 +933,7 @@ def training_memory(
     checkpointing: bool = False,
     attention: str = "sdpa",
     lora_r: int = 8,
-    lora_targets: Any = ("q_proj", "v_proj"),
+    lora_targets: Any = "default",
     frozen_layers: int = 0,
     adapter_dtype: str = "fp32",
     dropout: bool = True,
@@ -848,14 +1001,12 @@ def training_memory(
         grad_b = state_b = ab
     gradients = n_train * grad_b
     opt = optimizer_bytes(trainable, optimizer, state_b)
-    adapters = method in {"lora", "qlora"}
-    if adapters and s.family == "llama":
+    if method in {"lora", "qlora"}:
         adapter_act = "fp32" if precision == "fp32" else adapter_dtype
         acts = lora_activation_bytes(
             s, batch, seq, lora_targets, lora_r, act_dtype, adapter_act, attention,
             checkpointing, dropout, device,
         )  # fmt: skip
-        extra = 0
     else:
         acts = activation_bytes(
             s,
@@ -869,10 +1020,7 @@ def training_memory(
             frozen_layers if method == "frozen" else 0,
             autocast=mixed,
         )
-        # GPT-2 / BLOOM adapters: full fine-tuning's figure plus each adapter's rank-r output,
-        # an upper bound (frozen linears keep less)
-        extra = len(_target_names(s, lora_targets)) * batch * seq * lora_r * 4 if adapters else 0
-    activations = acts.activations + extra
+    activations = acts.activations
     T = batch * seq
     transient = T * s.vocab * (DTYPE_BYTES[act_dtype] + 4)
     total = weights + gradients + opt + activations + acts.logits + transient

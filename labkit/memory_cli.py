@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
     p.add_argument("--attention", choices=memory.ATTENTIONS, default="sdpa")
     p.add_argument("--lora-r", type=_positive_int, default=8)
-    p.add_argument("--lora-targets", default="q_proj,v_proj", help="comma list or all-linear")
+    p.add_argument(
+        "--lora-targets",
+        default="default",
+        help="comma list, all-linear, or default (peft's default for the model type)",
+    )
     p.add_argument("--frozen-layers", type=_nonneg_int, default=0, help="with --method frozen")
     p.add_argument(
         "--dtype", choices=memory.WEIGHT_DTYPES, default="bf16", help="inference weights"

@@ -25,6 +25,17 @@ def ids_for(config, b, s):
     return torch.randint(3, config.vocab_size, (b, s), generator=torch.Generator().manual_seed(1))
 
 
+def with_lora(model, config, targets, r=4):
+    """peft LoRA (``lora_dropout=0``) on ``targets`` (a comma list or ``all-linear``)."""
+    from peft import LoraConfig, get_peft_model
+
+    family = memory.shape_of(config).family
+    modules = list(memory.LINEAR_NAMES[family]) if targets == "all-linear" else targets.split(",")
+    # GPT-2's Conv1D stores its weight as (in, out)
+    lora = LoraConfig(r=r, target_modules=modules, fan_in_fan_out=family == "gpt2")
+    return get_peft_model(model, lora)
+
+
 CASES = [
     (name, attn, ck, bs, "fp32")
     for name, attn, ck, bs in itertools.product(
@@ -94,10 +105,8 @@ def test_states_exact_after_a_real_step(name, optimizer, dtype, precision):
 
 
 def test_lora_states_exact():
-    from peft import LoraConfig, get_peft_model
-
     model, config = fresh("tiny-llama")
-    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = with_lora(model, config, "q_proj,v_proj")
     opt = measure.make_optimizer(model, "adamw")
     states, saved, _ = measure.train_step(model, opt, ids_for(config, 2, 8))
     est = memory.training_memory(
@@ -118,34 +127,79 @@ def test_lora_states_exact():
     assert saved.total == est.activations + est.logits
 
 
-LORA_CASES = [
-    (name, attn, ck, dtype, targets)
-    for name, attn, ck, dtype in itertools.product(
-        ["tiny-llama", "tiny-qwen2"], ["eager", "sdpa"], [False, True], ["fp32", "bf16"]
-    )
-    for targets in ("q_proj,v_proj", "all-linear")
-] + [
-    ("tiny-llama", attn, False, dtype, targets)
-    for attn, dtype, targets in itertools.product(
-        ["eager", "sdpa"], ["fp32", "bf16"], ["o_proj", "k_proj", "v_proj,down_proj"]
-    )
-]
+ATTENTION_TARGET = {"tiny-gpt2": "c_attn", "tiny-bloom": "query_key_value"}
+LORA_CASES = (
+    [
+        (name, attn, ck, dtype, targets)
+        for name, attn, ck, dtype in itertools.product(
+            ["tiny-llama", "tiny-qwen2"], ["eager", "sdpa"], [False, True], ["fp32", "bf16"]
+        )
+        for targets in ("q_proj,v_proj", "all-linear")
+    ]
+    + [
+        ("tiny-llama", attn, False, dtype, targets)
+        for attn, dtype, targets in itertools.product(
+            ["eager", "sdpa"], ["fp32", "bf16"], ["o_proj", "k_proj", "v_proj,down_proj"]
+        )
+    ]
+    + [  # BLOOM has eager attention only
+        (name, attn, ck, dtype, targets)
+        for name, attn in [("tiny-gpt2", "eager"), ("tiny-gpt2", "sdpa"), ("tiny-bloom", "eager")]
+        for ck, dtype in itertools.product([False, True], ["fp32", "bf16"])
+        for targets in (ATTENTION_TARGET[name], "all-linear")
+    ]
+    + [  # single targets after attention (GPT-2's c_proj: attention output and MLP down)
+        (name, attn, False, dtype, targets)
+        for name, attn, targets in [
+            ("tiny-gpt2", "eager", "c_proj"),
+            ("tiny-gpt2", "sdpa", "c_proj"),
+            ("tiny-gpt2", "sdpa", "c_fc"),
+            ("tiny-bloom", "eager", "dense"),
+            ("tiny-bloom", "eager", "dense_4h_to_h"),
+        ]
+        for dtype in ("fp32", "bf16")
+    ]
+)
 
 
 @pytest.mark.parametrize(("name", "attn", "ckpt", "dtype", "targets"), LORA_CASES)
 def test_lora_activations_exact(name, attn, ckpt, dtype, targets):
     """Frozen base, peft's fp32 adapters: every saved byte accounted for, layer 0 included."""
-    from peft import LoraConfig, get_peft_model
-
     model, config = fresh(name, attn, dtype)
-    modules = list(memory.LINEAR_NAMES["llama"]) if targets == "all-linear" else targets.split(",")
-    model = get_peft_model(model, LoraConfig(r=4, target_modules=modules))
-    for b, s in ((2, 16), (1, 40)):
+    model = with_lora(model, config, targets)
+    for b, s in ((2, 16), (1, 40)):  # batch 1: GPT-2's and BLOOM's q, k, v views of the fused qkv
         got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
         est = memory.lora_activation_bytes(
             config, b, s, targets, 4, dtype, "fp32", attn, ckpt, device="cpu"
         )
         assert (est.total, est.recompute) == (got.total, got.recompute), est.items
+
+
+@pytest.mark.parametrize(
+    ("name", "attn", "ckpt", "precision", "targets"),
+    [
+        ("tiny-gpt2", "sdpa", True, "bf16", "all-linear"),
+        ("tiny-bloom", "eager", False, "fp32", "query_key_value"),
+    ],
+)
+def test_training_memory_lora_activations_exact(name, attn, ckpt, precision, targets):
+    """training_memory(method="lora") uses the exact derivation for GPT-2 and BLOOM too."""
+    model, config = fresh(name, attn, precision)
+    model = with_lora(model, config, targets)
+    got = measure.saved_tensor_bytes(model, ids_for(config, 1, 40), checkpointing=ckpt)
+    est = memory.training_memory(
+        config,
+        method="lora",
+        precision=precision,
+        lora_r=4,
+        lora_targets=targets,
+        batch=1,
+        seq=40,
+        attention=attn,
+        checkpointing=ckpt,
+        device="cpu",
+    )
+    assert est.activations + est.logits == got.total
 
 
 def test_cuda_peak_is_guarded():

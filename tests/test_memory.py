@@ -34,6 +34,19 @@ def test_parameter_counts_match_facts(name, expected):
     assert memory.count_parameters(name) == expected
 
 
+def test_default_lora_targets_are_peft_s():
+    """targets="default" is peft's own per-model-type choice (GPT-2: c_attn, BLOOM: qkv)."""
+    from labkit import peft as lp
+
+    for model_type, targets in memory.PEFT_DEFAULT_TARGETS.items():
+        assert list(targets) == lp.default_target_modules(model_type)
+    assert memory.lora_parameters("gpt2", 8, "default") == memory.lora_parameters(
+        "gpt2", 8, "c_attn"
+    )
+    bloom = memory.training_memory("bloom-560m", method="lora", attention="eager")
+    assert bloom.trainable_parameters == memory.lora_parameters("bloom-560m", 8, "query_key_value")
+
+
 def test_lora_parameters_match_facts():
     assert memory.lora_parameters("llama-2-7b", 8, ["q_proj", "v_proj"]) == 4_194_304
     # GQA: v_proj's d_out is n_kv * d
@@ -99,14 +112,22 @@ def test_lora_and_qlora_shrink_states_and_activations():
     assert lora.gradients == 4 * 4_194_304
     # a frozen linear keeps no input, but norms, attention and the MLP products still do
     assert full.activations / 2 < lora.activations < full.activations
+    # GPT-2 too: adapting c_attn keeps less than full fine-tuning, but adapting every linear keeps
+    # more, as each fp32 adapter keeps its own fp32 copy of its 16-bit input
     gpt2_full = memory.training_memory("gpt2", **kw)
     gpt2_lora = memory.training_memory("gpt2", method="lora", lora_targets="c_attn", **kw)
-    assert gpt2_lora.activations > gpt2_full.activations  # the upper bound for GPT-2 / BLOOM
+    gpt2_all = memory.training_memory("gpt2", method="lora", lora_targets="all-linear", **kw)
+    assert gpt2_lora.activations < gpt2_full.activations < gpt2_all.activations
 
 
 def test_lora_activation_bytes_bad_input():
-    with pytest.raises(LabkitError, match="llama, mistral and qwen2"):
-        memory.lora_activation_bytes("gpt2", 1, 8)
+    with pytest.raises(LabkitError, match="not supported") as err:
+        memory.lora_activation_bytes({"model_type": "t5", "vocab_size": 8}, 1, 8)
+    assert "\n" not in str(err.value)
+    with pytest.raises(LabkitError, match="unknown LoRA target"):
+        memory.lora_activation_bytes("gpt2", 1, 8, "q_proj,v_proj")  # Llama names on GPT-2
+    with pytest.raises(LabkitError, match="no SDPA"):
+        memory.lora_activation_bytes("tiny-bloom", 1, 8, "query_key_value", attention="sdpa")
     with pytest.raises(LabkitError, match="LoRA rank"):
         memory.lora_activation_bytes("tiny-llama", 1, 8, r=0)
     with pytest.raises(LabkitError, match="unknown LoRA target"):
