@@ -52,12 +52,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 #: Training arguments per method (``labkit.training.train(model, tok, **TRAIN_ARGS[method])``).
-#: Virtual-token methods need far larger learning rates than weight updates.
+#: Virtual-token methods need far larger learning rates than weight updates. Prompt tuning and
+#: P-tuning also keep the learning rate constant: with the Trainer's default linear decay to zero
+#: the same epochs scored lower on every seed (``benchmarks/peft_seeds.py --contrast``).
+_CONSTANT = {"lr_scheduler_type": "constant"}
 TRAIN_ARGS: dict[str, dict[str, Any]] = {
-    "prompt": {"num_train_epochs": 25, "learning_rate": 3e-1},
-    "prompt-text": {"num_train_epochs": 25, "learning_rate": 3e-1},
-    "p-tuning-mlp": {"num_train_epochs": 30, "learning_rate": 1e-2},
-    "p-tuning-lstm": {"num_train_epochs": 30, "learning_rate": 3e-2},
+    "prompt": {"num_train_epochs": 15, "learning_rate": 3e-1, **_CONSTANT},
+    "prompt-text": {"num_train_epochs": 15, "learning_rate": 3e-1, **_CONSTANT},
+    "p-tuning-mlp": {"num_train_epochs": 15, "learning_rate": 1e-2, **_CONSTANT},
+    "p-tuning-lstm": {"num_train_epochs": 20, "learning_rate": 3e-2, **_CONSTANT},
     "prefix": {"num_train_epochs": 10, "learning_rate": 1e-1},
     "prefix-projection": {"num_train_epochs": 10, "learning_rate": 1e-2},
     "lora": {"num_train_epochs": 4, "learning_rate": 3e-3},
