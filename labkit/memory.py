@@ -11,8 +11,8 @@ What is exact and what is a model of reality:
   after a real step on CPU (tests/test_measure.py);
 - ``activations + logits`` is exactly what autograd saves for backward (the saved-tensor
   measurement in :mod:`labkit.measure`), derived op by op from the transformers 5.24 modeling code of
-  each family (Korthikanti et al.'s method, re-derived): proven within 5% for full fine-tuning in
-  fp32 and pure bf16, eager and SDPA, checkpointing on and off, and exact under bf16 autocast
+  each family (Korthikanti et al.'s method, re-derived): exact for full fine-tuning of all five
+  families in fp32 and pure bf16, eager and SDPA, checkpointing on and off, and under bf16 autocast
   (mixed precision) for Llama, Mistral and Qwen2, whose 16-bit weight copies equal the working
   copy counted with the weights (:func:`autocast_cast_parameters`). LoRA is derived the same way
   for all five families (:func:`lora_activation_bytes`: a frozen op keeps only what a gradient
@@ -413,7 +413,10 @@ def activation_bytes(
     config's dropout probabilities apply). ``checkpointing``: layer inputs only are kept in forward,
     plus one block recomputed during backward (``recompute``); the total is their sum.
     ``trainable_from_layer``: with the embeddings and the first k blocks frozen, autograd saves
-    nothing for them.
+    nothing for them; the first trainable block's RMSNorm keeps no input (no gradient flows into
+    it) and a tied head, frozen with the embeddings, keeps no input either. Exact without
+    checkpointing (fp32, bf16); with checkpointing frozen blocks' inputs are not counted (a
+    few % low) and under autocast it is an approximation.
 
     ``autocast``: mixed precision (fp32 weights, ``dtype`` = the autocast dtype). Derived for the
     Llama family without attention dropout: the residual stream and the norms stay fp32, every
@@ -483,11 +486,13 @@ def activation_bytes(
     blk["mlp"] = mlp * T * i * dt
     if p_on(s.resid_dropout):
         blk["mlp.resid_dropout_mask"] = T * h * mask_b
-    # GPT-2 and BLOOM compute q, k, v in one fused projection; with batch 1 the reshape of q is a
-    # view, so the saved q keeps the whole fused b·s·3h buffer alive (2·b·s·h more bytes)
-    fused_view = s.family in {"gpt2", "bloom"} and b == 1 and not (math_path and not fp32)
-    if fused_view:
-        blk["attn.fused_qkv_buffer"] = 2 * T * h * dt
+    # GPT-2 and BLOOM compute q, k, v in one fused projection: a saved view of it keeps the whole
+    # b·s·3h buffer alive
+    views = 0
+    if s.family in {"gpt2", "bloom"}:
+        views = _fused_qkv_views(attention, math_path, checkpointing, b, dt)
+    if views:
+        blk["attn.fused_qkv_buffer"] = (3 - views) * T * h * dt
     mixed = autocast and llama and not p_on(s.attn_dropout) and not fp32
     if mixed:
         blk = _autocast_llama_block(s, b, q, dt, attention)
@@ -504,12 +509,16 @@ def activation_bytes(
             if p_on(s.embd_dropout):
                 items["embedding.dropout_mask"] = T * h * mask_b
         if s.family == "bloom":  # word_embeddings_layernorm: input, mean, rstd
-            items["embedding_norm"] = T * h * dt + 2 * T * 4
+            items["embedding_norm"] = norm["input"] + norm["stats"]  # input, mean, rstd
     if llama and n_train:
         items["rope.cos_sin"] = 2 * q * d * (4 if mixed else dt)  # shared by all layers
     final = dict(norm)
     if mixed:  # fp32 input, rsqrt, fp32 normalised value; the head keeps a 16-bit input cast
         final = {"input": T * h * 4, "stats": T * 4, "normed": T * h * 4, "head_input": T * h * dt}
+    if s.tied and not first_trainable:  # the head's weight is the frozen embedding matrix:
+        final.pop("head_input" if mixed else "output")  # it keeps no input for a gradient
+    if llama and not first_trainable and not n_train:  # all blocks frozen: no gradient reaches
+        del final["input"], final["stats"]  # the final RMSNorm's input, only its weight's
     items.update({f"final_norm.{k}": v for k, v in final.items()})
     logits = _loss_bytes(s, b, q)
 
@@ -521,12 +530,16 @@ def activation_bytes(
         keeps_input = not llama or fp32 or mixed
         layer_input = T * h * 4 if mixed else blk["norm1.input"]
         recompute = per_layer - (layer_input if keeps_input else 0)
-        if fused_view and attention == "eager":  # recomputed eager q, k, v all view the buffer
-            recompute -= blk["attn.fused_qkv_buffer"]
         if llama:
             recompute += items.pop("rope.cos_sin")
+        if s.family == "gpt2" and attention == "eager":  # a positional input of each checkpointed
+            items["causal_mask"] = b * q * q * dt  # block, so reentrant checkpointing saves it
     else:
         items["layers"] = n_train * per_layer
+        if llama and n_train and not first_trainable:
+            # the first trainable block's input carries no gradient: its RMSNorm keeps only the
+            # normalised value (for the weight's gradient), not the fp32 input and rsqrt
+            items["layers"] -= T * h * 4 + T * 4
     items["recompute_one_layer"] = recompute
     acts = sum(items.values())
     return Activations(
@@ -656,24 +669,26 @@ def _lora_attention(st: _LoraStep, qg: bool, kg: bool, vg: bool, o_adapted: bool
             out["attn.probs"] = s2 * (qb if probs_copy else soft_b)
         out["attn.v"] = T * ad * qb if scores else 0
         o_in = T * ad * (st.adt if st.cast else dt)
-    views = _fused_qkv_views(st) if s.family != "llama" and kept else 0
+    views = 0
+    if s.family != "llama" and kept:
+        views = _fused_qkv_views(st.attention, st.math_path, st.checkpointing, b, dt)
     if views:  # the whole b·s·3h buffer stands in for the views' b·s·h each
         out["attn.fused_qkv_buffer"] = (3 - views) * T * s.hidden * dt
     out["lora.o_input"] = o_in if o_adapted else 0
     return out
 
 
-def _fused_qkv_views(st: _LoraStep) -> int:
+def _fused_qkv_views(attention: str, math_path: bool, checkpointing: bool, b: int, dt: int) -> int:
     """How many of q, k, v attention keeps as views of GPT-2's or BLOOM's fused b·s·3h q/k/v
     projection; the others it keeps as copies. Without checkpointing, transformers keeps its KV
     cache on in training, and the cache's concatenation copies k and v."""
-    cache = not st.checkpointing
-    if st.attention == "sdpa" and not st.math_path:  # the kernel keeps q, k, v as they come
+    cache = not checkpointing
+    if attention == "sdpa" and not math_path:  # the kernel keeps q, k, v as they come
         return 1 if cache else 3
-    if st.math_path:  # the math kernel scales q and k (copies) and upcasts a 16-bit v
-        return 1 if not cache and st.b == 1 and st.dt == 4 else 0
+    if math_path:  # the math kernel scales q and k (copies) and upcasts a 16-bit v
+        return 1 if not cache and b == 1 and dt == 4 else 0
     # eager: the batched matmuls reshape (b, a, s, d) to (b·a, s, d), a view only when b == 1
-    return (1 if cache else 3) if st.b == 1 else 0
+    return (1 if cache else 3) if b == 1 else 0
 
 
 def _lora_llama_block(st: _LoraStep, g: bool) -> tuple[dict[str, int], bool, bool]:
