@@ -69,11 +69,13 @@ def build(catalog: str, layers: int, method: str, device: str, ckpt: bool):
     if method in {"lora", "qlora"}:
         from peft import LoraConfig, get_peft_model
 
-        targets = ["c_attn"] if config.model_type == "gpt2" else ["q_proj", "v_proj"]
+        targets = list(memory.PEFT_DEFAULT_TARGETS[config.model_type])  # peft's own default
         if method == "lora":
             for p in model.parameters():
                 p.requires_grad_(False)
-        model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+        gpt2 = config.model_type == "gpt2"  # Conv1D stores (in, out)
+        lora = LoraConfig(r=8, target_modules=targets, fan_in_fan_out=gpt2)
+        model = get_peft_model(model, lora)
     if ckpt:  # the CPU measurement sees saved tensors only with the reentrant variant
         measure.enable_checkpointing(model, reentrant=device != "cpu")
         if method != "full":
@@ -84,7 +86,6 @@ def build(catalog: str, layers: int, method: str, device: str, ckpt: bool):
 def run_case(shape, method, ckpt, seq, device, batch=1):
     catalog, layers = shape
     model, config = build(catalog, layers, method, device, ckpt)
-    targets = "c_attn" if config.model_type == "gpt2" else "q_proj,v_proj"
     precision = "bf16-mixed"
     est = memory.training_memory(
         config,
@@ -94,7 +95,7 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
         seq=seq,
         checkpointing=ckpt,
         attention="sdpa",
-        lora_targets=targets,
+        lora_targets="default",  # the same targets as build()
         device="cuda" if device == "cuda" else "cpu",
     )
     opt = measure.make_optimizer(model, "adamw")
