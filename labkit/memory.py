@@ -414,9 +414,9 @@ def activation_bytes(
     plus one block recomputed during backward (``recompute``); the total is their sum.
     ``trainable_from_layer``: with the embeddings and the first k blocks frozen, autograd saves
     nothing for them; the first trainable block's RMSNorm keeps no input (no gradient flows into
-    it) and a tied head, frozen with the embeddings, keeps no input either. Exact without
-    checkpointing (fp32, bf16); with checkpointing frozen blocks' inputs are not counted (a
-    few % low) and under autocast it is an approximation.
+    it) and a tied head, frozen with the embeddings, keeps no input either. With (reentrant)
+    checkpointing transformers makes the embeddings' output require grad, so the frozen blocks
+    are checkpointed and recomputed too. Exact in fp32 and bf16; under autocast an approximation.
 
     ``autocast``: mixed precision (fp32 weights, ``dtype`` = the autocast dtype). Derived for the
     Llama family without attention dropout: the residual stream and the norms stay fp32, every
@@ -502,41 +502,51 @@ def activation_bytes(
     items: dict[str, int] = {}
     n_train = s.layers - trainable_from_layer
     first_trainable = trainable_from_layer == 0
-    if first_trainable:
+    # with reentrant checkpointing transformers makes the embeddings' output require grad
+    # (enable_input_require_grads), so the stream carries a gradient through frozen blocks too
+    stream_grad = first_trainable or checkpointing
+    if first_trainable:  # the embedding weights' gradients need the ids
         items["input_ids"] = T * 8
         if s.family == "gpt2":
             items["position_ids"] = q * 8
+    if stream_grad:
+        if s.family == "gpt2":
             if p_on(s.embd_dropout):
                 items["embedding.dropout_mask"] = T * h * mask_b
         if s.family == "bloom":  # word_embeddings_layernorm: input, mean, rstd
             items["embedding_norm"] = norm["input"] + norm["stats"]  # input, mean, rstd
-    if llama and n_train:
+    if llama and (n_train or checkpointing):
         items["rope.cos_sin"] = 2 * q * d * (4 if mixed else dt)  # shared by all layers
     final = dict(norm)
     if mixed:  # fp32 input, rsqrt, fp32 normalised value; the head keeps a 16-bit input cast
         final = {"input": T * h * 4, "stats": T * 4, "normed": T * h * 4, "head_input": T * h * dt}
     if s.tied and not first_trainable:  # the head's weight is the frozen embedding matrix:
         final.pop("head_input" if mixed else "output")  # it keeps no input for a gradient
-    if llama and not first_trainable and not n_train:  # all blocks frozen: no gradient reaches
+    if llama and not stream_grad and not n_train:  # all blocks frozen: no gradient reaches
         del final["input"], final["stats"]  # the final RMSNorm's input, only its weight's
     items.update({f"final_norm.{k}": v for k, v in final.items()})
     logits = _loss_bytes(s, b, q)
 
     recompute = 0
-    if checkpointing and n_train:
-        items["layer_inputs"] = n_train * T * h * (4 if mixed else dt)
+    if checkpointing:  # every block is checkpointed and, with a gradient stream, recomputed
+        items["layer_inputs"] = s.layers * T * h * (4 if mixed else dt)
         # the recomputed block re-saves everything except its input when the norm saves the
         # input tensor itself (LayerNorm, or RMSNorm in fp32)
         keeps_input = not llama or fp32 or mixed
         layer_input = T * h * 4 if mixed else blk["norm1.input"]
         recompute = per_layer - (layer_input if keeps_input else 0)
+        if not n_train and not mixed:  # only frozen blocks are recomputed: they keep what the
+            # stream's gradient needs, as a LoRA block without adapters does
+            st = _LoraStep(s, b, q, 1, frozenset(), dt, dt, False, attention, device, dropout, True)
+            frozen_block = _lora_llama_block if llama else _lora_layernorm_block
+            recompute = sum(frozen_block(st, True)[0].values()) - (T * h * dt if keeps_input else 0)
         if llama:
             recompute += items.pop("rope.cos_sin")
         if s.family == "gpt2" and attention == "eager":  # a positional input of each checkpointed
             items["causal_mask"] = b * q * q * dt  # block, so reentrant checkpointing saves it
     else:
         items["layers"] = n_train * per_layer
-        if llama and n_train and not first_trainable:
+        if llama and n_train and not stream_grad:
             # the first trainable block's input carries no gradient: its RMSNorm keeps only the
             # normalised value (for the weight's gradient), not the fp32 input and rsqrt
             items["layers"] -= T * h * 4 + T * 4

@@ -110,15 +110,15 @@ def freeze_first(model, k):
     ],
 )
 def test_frozen_layers_exact(name, attn, dtype):
-    """Frozen embeddings + first k blocks, no checkpointing: exact, all blocks frozen included."""
-    for k in (1, zoo.load_config(name).num_hidden_layers):
+    """Frozen embeddings + first k blocks (all blocks frozen included), checkpointing off/on."""
+    for k, ckpt in itertools.product((1, zoo.load_config(name).num_hidden_layers), (False, True)):
         model, config = fresh(name, attn, dtype)
         freeze_first(model, k)
-        got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16), checkpointing=False)
+        got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16), checkpointing=ckpt)
         est = memory.activation_bytes(
-            config, 2, 16, dtype, attn, device="cpu", trainable_from_layer=k
+            config, 2, 16, dtype, attn, ckpt, device="cpu", trainable_from_layer=k
         )
-        assert est.total == got.total, (k, est.items)
+        assert (est.total, est.recompute) == (got.total, got.recompute), (k, ckpt, est.items)
 
 
 @pytest.mark.parametrize(
