@@ -435,13 +435,11 @@ def activation_bytes(
             f"frozen layers must be between 0 and {s.layers}, got {trainable_from_layer}"
         )
     dt = DTYPE_BYTES[dtype]
+    st = _Step(s, b, q, dt, attention, device, dropout, checkpointing)
     fp32 = dt == 4
     T = b * q  # tokens
     h, a, kv, d, i = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
-    mask_b = dt if device == "cpu" else 1
-
-    def p_on(prob: float) -> bool:
-        return dropout and prob > 0
+    p_on, mask_b = st.p_on, st.mask_b
 
     # --- one block --------------------------------------------------------------------------
     blk: dict[str, int] = {}
@@ -456,8 +454,7 @@ def activation_bytes(
         blk[f"norm1.{k}"] = v
     ad = a * d
     s2 = b * a * q * q
-    # on CPU, SDPA with dropout runs PyTorch's math kernel: the eager ops, upcast to fp32
-    math_path = attention == "sdpa" and device == "cpu" and p_on(s.attn_dropout)
+    math_path = st.math_path  # on CPU, SDPA with dropout: the eager ops, upcast to fp32
     if attention == "eager" or math_path:
         qb = 4 if math_path else dt
         blk["attn.q"] = blk["attn.k"] = blk["attn.v"] = T * ad * qb  # k, v repeated to a heads
@@ -486,13 +483,8 @@ def activation_bytes(
     blk["mlp"] = mlp * T * i * dt
     if p_on(s.resid_dropout):
         blk["mlp.resid_dropout_mask"] = T * h * mask_b
-    # GPT-2 and BLOOM compute q, k, v in one fused projection: a saved view of it keeps the whole
-    # b·s·3h buffer alive
-    views = 0
-    if s.family in {"gpt2", "bloom"}:
-        views = _fused_qkv_views(attention, math_path, checkpointing, b, dt)
-    if views:
-        blk["attn.fused_qkv_buffer"] = (3 - views) * T * h * dt
+    if buffer := _fused_qkv_buffer(st):  # GPT-2 and BLOOM compute q, k, v in one projection
+        blk["attn.fused_qkv_buffer"] = buffer
     mixed = autocast and llama and not p_on(s.attn_dropout) and not fp32
     if mixed:
         blk = _autocast_llama_block(s, b, q, dt, attention)
@@ -509,12 +501,7 @@ def activation_bytes(
         items["input_ids"] = T * 8
         if s.family == "gpt2":
             items["position_ids"] = q * 8
-    if stream_grad:
-        if s.family == "gpt2":
-            if p_on(s.embd_dropout):
-                items["embedding.dropout_mask"] = T * h * mask_b
-        if s.family == "bloom":  # word_embeddings_layernorm: input, mean, rstd
-            items["embedding_norm"] = norm["input"] + norm["stats"]  # input, mean, rstd
+    items.update(_entry_items(st, stream_grad))
     if llama and (n_train or checkpointing):
         items["rope.cos_sin"] = 2 * q * d * (4 if mixed else dt)  # shared by all layers
     final = dict(norm)
@@ -537,19 +524,16 @@ def activation_bytes(
         recompute = per_layer - (layer_input if keeps_input else 0)
         if not n_train and not mixed:  # only frozen blocks are recomputed: they keep what the
             # stream's gradient needs, as a LoRA block without adapters does
-            st = _LoraStep(s, b, q, 1, frozenset(), dt, dt, False, attention, device, dropout, True)
             frozen_block = _lora_llama_block if llama else _lora_layernorm_block
             recompute = sum(frozen_block(st, True)[0].values()) - (T * h * dt if keeps_input else 0)
         if llama:
             recompute += items.pop("rope.cos_sin")
-        if s.family == "gpt2" and attention == "eager":  # a positional input of each checkpointed
-            items["causal_mask"] = b * q * q * dt  # block, so reentrant checkpointing saves it
     else:
         items["layers"] = n_train * per_layer
         if llama and n_train and not stream_grad:
             # the first trainable block's input carries no gradient: its RMSNorm keeps only the
-            # normalised value (for the weight's gradient), not the fp32 input and rsqrt
-            items["layers"] -= T * h * 4 + T * 4
+            # normalised value (for the weight's gradient), not what the input's gradient needs
+            items["layers"] -= st.norm()
     items["recompute_one_layer"] = recompute
     acts = sum(items.values())
     return Activations(
@@ -589,21 +573,22 @@ _LAYERNORM_ROLES = {
 
 
 @dataclass(frozen=True)
-class _LoraStep:
-    """Sizes and switches of one LoRA step, shared by the per-block derivations."""
+class _Step:
+    """Sizes and switches of one training step, shared by the derivations. The adapter fields
+    default to none: a LoRA block without adapters is a frozen block."""
 
     s: Shape
     b: int
     q: int
-    r: int
-    adapted: frozenset[str]  # module names with an adapter ("q_proj", "c_attn", ...)
     dt: int  # bytes per activation element
-    adt: int  # bytes per adapter element
-    cast: bool  # the adapters compute in another dtype than the base
     attention: str
     device: str
     dropout: bool
     checkpointing: bool
+    adapted: frozenset[str] = frozenset()  # module names with an adapter ("q_proj", "c_attn", ...)
+    r: int = 0
+    adt: int = 4  # bytes per adapter element
+    cast: bool = False  # the adapters compute in another dtype than the base
 
     @property
     def tokens(self) -> int:
@@ -646,7 +631,7 @@ class _LoraStep:
         return T * h * self.dt + 2 * T * (4 if self.device == "cuda" else self.dt)
 
 
-def _lora_attention(st: _LoraStep, qg: bool, kg: bool, vg: bool, o_adapted: bool) -> dict[str, int]:
+def _lora_attention(st: _Step, qg: bool, kg: bool, vg: bool, o_adapted: bool) -> dict[str, int]:
     """What attention keeps when q, k, v need a gradient (``qg``, ``kg``, ``vg``), and the input of
     an adapter on its output projection (``o_adapted``)."""
     s, b, q, T, dt = st.s, st.b, st.q, st.tokens, st.dt
@@ -679,29 +664,50 @@ def _lora_attention(st: _LoraStep, qg: bool, kg: bool, vg: bool, o_adapted: bool
             out["attn.probs"] = s2 * (qb if probs_copy else soft_b)
         out["attn.v"] = T * ad * qb if scores else 0
         o_in = T * ad * (st.adt if st.cast else dt)
-    views = 0
-    if s.family != "llama" and kept:
-        views = _fused_qkv_views(st.attention, st.math_path, st.checkpointing, b, dt)
-    if views:  # the whole b·s·3h buffer stands in for the views' b·s·h each
-        out["attn.fused_qkv_buffer"] = (3 - views) * T * s.hidden * dt
+    buffer = _fused_qkv_buffer(st) if kept else 0
+    if buffer:
+        out["attn.fused_qkv_buffer"] = buffer
     out["lora.o_input"] = o_in if o_adapted else 0
     return out
 
 
-def _fused_qkv_views(attention: str, math_path: bool, checkpointing: bool, b: int, dt: int) -> int:
+def _fused_qkv_views(st: _Step) -> int:
     """How many of q, k, v attention keeps as views of GPT-2's or BLOOM's fused b·s·3h q/k/v
     projection; the others it keeps as copies. Without checkpointing, transformers keeps its KV
     cache on in training, and the cache's concatenation copies k and v."""
-    cache = not checkpointing
-    if attention == "sdpa" and not math_path:  # the kernel keeps q, k, v as they come
+    cache = not st.checkpointing
+    if st.attention == "sdpa" and not st.math_path:  # the kernel keeps q, k, v as they come
         return 1 if cache else 3
-    if math_path:  # the math kernel scales q and k (copies) and upcasts a 16-bit v
-        return 1 if not cache and b == 1 and dt == 4 else 0
+    if st.math_path:  # the math kernel scales q and k (copies) and upcasts a 16-bit v
+        return 1 if not cache and st.b == 1 and st.dt == 4 else 0
     # eager: the batched matmuls reshape (b, a, s, d) to (b·a, s, d), a view only when b == 1
-    return (1 if cache else 3) if b == 1 else 0
+    return (1 if cache else 3) if st.b == 1 else 0
 
 
-def _lora_llama_block(st: _LoraStep, g: bool) -> tuple[dict[str, int], bool, bool]:
+def _fused_qkv_buffer(st: _Step) -> int:
+    """What GPT-2's or BLOOM's fused q/k/v projection adds beyond q, k, v counted on their own:
+    a saved view keeps the whole b·s·3h buffer alive, standing in for the views' b·s·h each."""
+    views = _fused_qkv_views(st) if st.s.family != "llama" else 0
+    return (3 - views) * st.tokens * st.s.hidden * st.dt if views else 0
+
+
+def _entry_items(st: _Step, stream_grad: bool) -> dict[str, int]:
+    """Kept outside the blocks when the stream carries a gradient from the embeddings on (GPT-2's
+    embedding dropout mask, BLOOM's embedding LayerNorm) and, with checkpointing, GPT-2's eager
+    causal mask: a b·s² positional input of each checkpointed block, which reentrant
+    checkpointing saves."""
+    s = st.s
+    items: dict[str, int] = {}
+    if stream_grad and s.family == "gpt2":
+        items["embedding.dropout_mask"] = st.dropout_mask(s.embd_dropout, s.hidden)
+    if stream_grad and s.family == "bloom":  # word_embeddings_layernorm: input, mean, rstd
+        items["embedding_norm"] = st.norm()
+    if st.checkpointing and s.family == "gpt2" and st.attention == "eager":
+        items["causal_mask"] = st.b * st.q * st.q * st.dt
+    return {k: v for k, v in items.items() if v}
+
+
+def _lora_llama_block(st: _Step, g: bool) -> tuple[dict[str, int], bool, bool]:
     """One Llama-family block entered with (``g``) or without a gradient-carrying stream: its
     items, whether RoPE's tables are kept, whether its output carries a gradient."""
     T, h, i, dt = st.tokens, st.s.hidden, st.s.intermediate, st.dt
@@ -724,7 +730,7 @@ def _lora_llama_block(st: _LoraStep, g: bool) -> tuple[dict[str, int], bool, boo
     return blk, qg or kg, g2 or bool(adapted)
 
 
-def _lora_layernorm_block(st: _LoraStep, g: bool) -> tuple[dict[str, int], bool, bool]:
+def _lora_layernorm_block(st: _Step, g: bool) -> tuple[dict[str, int], bool, bool]:
     """One GPT-2 or BLOOM block entered with (``g``) or without a gradient-carrying stream: its
     items, False (no RoPE), whether its output carries a gradient."""
     s, T, h, i = st.s, st.tokens, st.s.hidden, st.s.intermediate
@@ -796,7 +802,7 @@ def lora_activation_bytes(
     _check_choice("device", device, DEVICES)
     _activation_dtype(dtype)
     _check_choice("adapter dtype", adapter_dtype, ("fp32", "bf16", "fp16"))
-    st = _LoraStep(
+    st = _Step(
         s=s,
         b=b,
         q=q,
@@ -825,12 +831,7 @@ def lora_activation_bytes(
         recompute = per_layer - (T * h * st.dt if keeps_input else 0)
         if s.family == "llama":
             recompute += rope_b
-        elif s.family == "gpt2":
-            items["embedding.dropout_mask"] = st.dropout_mask(s.embd_dropout, h)
-            if attention == "eager":  # a positional input of the checkpointed block, b·s² wide
-                items["causal_mask"] = b * q * q * st.dt
-        else:
-            items["embedding_norm"] = st.norm()
+        items.update(_entry_items(st, stream_grad=True))
     else:
         g, rope, per_layer = False, False, 0
         for _ in range(s.layers):
