@@ -1,9 +1,10 @@
 """labkit: the tested, reusable code behind the course notebooks.
 
-Modules are named after course topics (``zoo``, ``hardware``, ``memory``, ``quant``, ``peft``...).
+Modules are named after course topics (``zoo``, ``hardware``, ``memory``, ``quant``...).
 Import the module you need; nothing heavy is imported here.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -14,3 +15,8 @@ DATA_DIR = REPO_ROOT / "data"
 
 class LabkitError(ValueError):
     """Bad input from a learner: the message is one line saying what was wrong and what is accepted."""
+
+
+def unknown(what: str, got: object, accepted: Iterable[object]) -> LabkitError:
+    """The one spelling of "unknown WHAT 'got'; accepted: a, b, c" (raise what it returns)."""
+    return LabkitError(f"unknown {what} {got!r}; accepted: {', '.join(map(str, accepted))}")

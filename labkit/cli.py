@@ -6,6 +6,7 @@ reported as one line on stderr with exit status 2 (argparse's convention), never
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -23,6 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("labkit.zoo:cli_main", "list the offline model zoo and verify its checksums"),
     "env": ("labkit.hardware:cli_main", "print versions and hardware"),
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """The one argparse for every command: errors become a one-line :class:`LabkitError`
+    (exit 2 through :func:`main`), never a usage dump or a traceback."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LabkitError(f"{message.replace(chr(10), ' ')}; see {self.prog} --help")
 
 
 def usage() -> str:

@@ -1,0 +1,49 @@
+"""labkit.selfcheck: right, wrong, unanswered and unknown exercises; labkit.unknown's wording."""
+
+import numpy as np
+import pytest
+
+from labkit import LabkitError, selfcheck, unknown
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setitem(
+        selfcheck.EXERCISES, "99.1", selfcheck.Exercise(selfcheck.number(0.1, rel=1e-3), "think")
+    )
+    monkeypatch.setitem(
+        selfcheck.EXERCISES, "99.2", selfcheck.Exercise(selfcheck.integer(lambda: 42), "count")
+    )
+    monkeypatch.setitem(
+        selfcheck.EXERCISES, "99.3", selfcheck.Exercise(lambda f: f(3) == 9, "square it")
+    )
+
+
+def test_right_and_wrong(registry, capsys):
+    assert selfcheck.check("99.1", 0.10001)
+    assert not selfcheck.check("99.1", 0.2)
+    assert selfcheck.check("99.2", np.int64(42))
+    assert not selfcheck.check("99.2", 42.5)
+    assert selfcheck.check("99.3", lambda x: x * x)
+    assert not selfcheck.check("99.3", lambda x: 1 / 0)  # a raising answer is wrong, not a crash
+    out = capsys.readouterr().out
+    assert "right!" in out and "Hint: think" in out and "ZeroDivisionError" in out
+    assert "0.1 " not in out.replace("0.10001", "")  # the expected value is never printed
+
+
+def test_unanswered_and_unknown(registry, capsys):
+    assert not selfcheck.check("99.1")
+    assert "not answered yet" in capsys.readouterr().out
+    with pytest.raises(LabkitError, match=r"unknown exercise '42\.9'; accepted: .*99\.1"):
+        selfcheck.check("42.9", 1)
+
+
+def test_registered_exercises_are_well_formed():
+    for key, entry in selfcheck.EXERCISES.items():
+        assert len(key) == 4 and key[2] == "." and key[3] in "123" and entry.hint, key
+
+
+def test_unknown_wording():
+    err = unknown("optimizer", "adam9", ["adamw", "sgd"])
+    assert isinstance(err, LabkitError)
+    assert str(err) == "unknown optimizer 'adam9'; accepted: adamw, sgd"
