@@ -345,16 +345,24 @@ def wrap(model: torch.nn.Module, strategy: str, traffic: Traffic | None = None) 
     return model
 
 
+def _device(rank: int) -> torch.device:
+    """One GPU per rank where there are GPUs (NCCL), else the CPU (gloo)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
     """Train ``job`` under ``strategy`` as rank ``rank`` of ``world``; return this rank's report."""
     if strategy not in STRATEGIES:
         raise unknown("strategy", strategy, STRATEGIES)
     job.check(world)
-    data = batches(job)
+    device = _device(rank)
+    data = batches(job).to(device)
     traffic = Traffic()
     micro = job.global_batch // world
     with traffic.installed():
-        model = wrap(build_model(job), strategy, traffic)
+        model = wrap(build_model(job).to(device), strategy, traffic)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=job.lr)
         losses = []
@@ -411,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             raise unknown("strategy", name, [s for s in STRATEGIES if s != "single"])
     hardware.quiet_logs()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         reports = [

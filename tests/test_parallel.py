@@ -101,3 +101,21 @@ def test_launch_config_is_read_by_accelerate(nodes):
     assert loaded.num_processes == 8 * nodes and loaded.num_machines == nodes
     assert loaded.fsdp_config["fsdp_version"] == 2
     assert f"--nnodes={nodes}" in command
+
+
+def test_notebook_03_demo_runs_through_the_launcher():
+    demo = launch.run("labkit.distributed_demo", 2, ["tiny-llama"], timeout=240)
+    assert demo.returncode == 0
+    report = demo.reports[0]
+    for rank in report["measured"]:
+        assert rank["replicated"] == report["estimate"]["ddp"]
+        assert rank["sharded"]["weights"] == report["estimate"]["fsdp"]["weights"]
+
+
+def test_selfcheck_15(capsys):
+    from labkit.selfcheck import check
+
+    grads = 4 * memory.count_parameters(zoo.load_config("zoo-llama"))
+    assert check("15.1", 1.5 * grads)
+    assert not check("15.1", grads)  # the payload, not what a rank sends
+    assert str(int(1.5 * grads)) not in capsys.readouterr().out
