@@ -1,7 +1,7 @@
 """Two processes on CPU: per-rank parameter + optimizer bytes, replicated (DDP) vs fully sharded.
 
-Run with ``.venv/bin/torchrun --nproc-per-node 2 -m labkit.distributed_demo [MODEL]`` (gloo
-backend, no GPU). Each rank builds the same model, takes one real AdamW step replicated (what DDP
+Run from a notebook with ``labkit.launch.run("labkit.distributed_demo", 2, [MODEL])`` (torchrun,
+gloo backend, no GPU). Each rank builds the same model, takes one real AdamW step replicated (what DDP
 keeps per GPU) and one with FSDP2's ``fully_shard`` (ZeRO-3: parameters, gradients and optimizer
 state split across ranks), and reads the bytes of its own tensors (``DTensor.to_local()``). Rank 0
 prints one JSON line with both measurements and :func:`labkit.memory.sharded`'s figures.
@@ -9,7 +9,6 @@ prints one JSON line with both measurements and :func:`labkit.memory.sharded`'s 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -17,19 +16,12 @@ import torch
 import torch.distributed as dist
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def _bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, int]:
-    params = sum(_local(p).numel() * _local(p).element_size() for p in model.parameters())
-    state = sum(
-        _local(v).numel() * _local(v).element_size()
-        for st in opt.state.values()
-        for v in st.values()
-        if isinstance(v, torch.Tensor)
-    )
-    return {"weights": params, "optimizer": state}
+    """This rank's parameter and optimizer bytes (step counters included), own shard only."""
+    from labkit.parallel import local_bytes
+
+    held = local_bytes(model, opt)
+    return {"weights": held["weights"], "optimizer": held["optimizer"] + held["optimizer_counters"]}
 
 
 def _step(model: torch.nn.Module, ids: torch.Tensor) -> torch.optim.Optimizer:
@@ -45,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.fsdp import fully_shard
 
     from labkit import hardware, memory, zoo
+    from labkit.launch import write_report
 
     hardware.quiet_logs()
     torch.set_num_threads(1)
@@ -63,22 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
     gathered: list[dict] = [{} for _ in range(world)]
     dist.all_gather_object(gathered, {"replicated": rep, "sharded": shd})
+    report: dict = {"model": name, "world_size": world, "rank": rank, "measured": gathered}
     if rank == 0:
         est = memory.training_memory(zoo.load_config(name), precision="fp32", batch=2, seq=16)
         ddp, z3 = memory.sharded(est, world, "ddp"), memory.sharded(est, world, "fsdp")
-        print(
-            json.dumps(
-                {
-                    "model": name,
-                    "world_size": world,
-                    "measured": gathered,
-                    "estimate": {
-                        "ddp": {"weights": ddp.weights, "optimizer": ddp.optimizer},
-                        "fsdp": {"weights": z3.weights, "optimizer": z3.optimizer},
-                    },
-                }
-            )
-        )
+        report["estimate"] = {
+            "ddp": {"weights": ddp.weights, "optimizer": ddp.optimizer},
+            "fsdp": {"weights": z3.weights, "optimizer": z3.optimizer},
+        }
+    write_report(report, rank)
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -118,7 +118,21 @@ EXERCISES.update({})
 
 
 # --- notebook 15 ---
-EXERCISES.update({})
+def _ddp_bytes_sent_by_4_ranks() -> float:
+    from labkit import memory, parallel, zoo
+
+    grads = 4 * memory.count_parameters(zoo.load_config("zoo-llama"))  # fp32 gradients
+    return parallel.ring_sent(parallel.textbook_payload("ddp", 0, grads), 4)
+
+
+EXERCISES.update(
+    {
+        "15.1": Exercise(
+            number(_ddp_bytes_sent_by_4_ranks, rel=1e-6),
+            "a ring all-reduce sends 2(N-1)/N of the payload; DDP's payload is the gradients",
+        )
+    }
+)
 
 
 # --- notebook 16 ---

@@ -1,0 +1,121 @@
+"""labkit.launch + labkit.parallel: a real 2-process gloo job (DDP and FSDP2), its bytes, traffic
+and losses against one process and the textbook; launcher failures as one line."""
+
+import tempfile
+
+import pytest
+import yaml
+
+from labkit import LabkitError, launch, memory, parallel, zoo
+
+JOB = parallel.Job(model="tiny-llama", steps=2, global_batch=2, seq=16)
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    args = ["--model", "tiny-llama", "--steps", "2", "--global-batch", "2", "--seq", "16"]
+    result = launch.run("labkit.parallel", 2, [*args, "--methods", "full,lora"], timeout=240)
+    assert result.returncode == 0
+    return {
+        (r["job"]["method"], r["strategy"], r["rank"]): r
+        for rep in result.reports
+        for r in rep["runs"]
+    }
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_losses_match_one_process(two_ranks, method):
+    single = parallel.train(parallel.Job(**{**JOB.__dict__, "method": method}), "single")
+    for strategy in ("ddp", "zero2", "zero3"):
+        for rank in (0, 1):
+            got = two_ranks[(method, strategy, rank)]["losses"]
+            assert got == pytest.approx(single["losses"], rel=1e-5, abs=1e-6), (strategy, rank)
+
+
+def test_bytes_per_rank(two_ranks):
+    single = parallel.train(JOB, "single")["bytes"]
+    ddp = two_ranks[("full", "ddp", 0)]["bytes"]
+    assert ddp == single  # DDP replicates everything
+    for strategy in ("zero2", "zero3"):
+        ranks = [two_ranks[("full", strategy, r)]["bytes"] for r in (0, 1)]
+        for key in ("weights", "gradients", "optimizer"):
+            assert sum(b[key] for b in ranks) == single[key], (strategy, key)  # a true split
+        # AdamW's step counters are not sharded: every rank keeps all of them
+        assert all(b["optimizer_counters"] == single["optimizer_counters"] for b in ranks)
+    est = memory.training_memory(zoo.load_config("tiny-llama"), precision="fp32", batch=2, seq=16)
+    z3 = memory.sharded(est, 2, "zero3")
+    rank0 = two_ranks[("full", "zero3", 0)]["bytes"]
+    assert abs(rank0["weights"] - z3.weights) <= 0.01 * z3.weights  # uneven dim-0 splits only
+
+
+def test_traffic_matches_textbook(two_ranks):
+    single = parallel.train(JOB, "single")["bytes"]
+    for strategy in ("ddp", "zero2", "zero3"):
+        run = two_ranks[("full", strategy, 0)]
+        want = parallel.textbook_payload(strategy, single["weights"], single["gradients"])
+        assert set(run["payload_per_step"]) == set(want)
+        for op, nbytes in want.items():  # FSDP2 pads each shard to equal size: < 1% here
+            assert nbytes <= run["payload_per_step"][op] <= 1.01 * nbytes, (strategy, op)
+    sent = {s: two_ranks[("full", s, 0)]["ring_sent_per_step"] for s in ("ddp", "zero3")}
+    assert sent["zero3"] / sent["ddp"] == pytest.approx(1.5, rel=0.01)  # 3(N-1)/N vs 2(N-1)/N
+    lora = two_ranks[("lora", "ddp", 0)]
+    assert lora["payload_per_step"]["all_reduce"] == lora["bytes"]["gradients"]  # adapters only
+
+
+def test_job_and_launcher_errors():
+    with pytest.raises(LabkitError, match="does not split over 3 processes"):
+        parallel.Job(global_batch=4).check(3)
+    with pytest.raises(LabkitError, match="unknown method 'qlora'; accepted: full, lora"):
+        parallel.Job(method="qlora").check()
+    with pytest.raises(LabkitError, match="unknown strategy 'zero4'"):
+        parallel.train(JOB, "zero4")
+    with pytest.raises(LabkitError, match="nproc must be a positive integer"):
+        launch.run("labkit.parallel", 0)
+    with pytest.raises(LabkitError, match=r"exited with code 1: .*unknown strategy 'bogus'"):
+        launch.run("labkit.parallel", 1, ["--strategies", "bogus"], timeout=120)
+
+
+def test_timeout_kills_the_job():
+    with pytest.raises(LabkitError, match="did not finish in 1 s"):
+        launch.run("labkit.parallel", 1, ["--model", "tiny-llama"], timeout=1)
+
+
+def test_comm_time_and_links():
+    payload = parallel.textbook_payload("ddp", 0, 16 * 10**9)
+    # ring all-reduce of 16 GB over 8 GPUs on NVLink 4: 2 * 7/8 * 16e9 / 450e9 s
+    assert parallel.comm_seconds(payload, 8, "nvlink4") == pytest.approx(2 * 7 / 8 * 16 / 450)
+    assert all(link.source.startswith("https://") for link in parallel.LINKS.values())
+    with pytest.raises(LabkitError, match="unknown link"):
+        parallel.comm_seconds(payload, 8, "carrier-pigeon")
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_launch_config_is_read_by_accelerate(nodes):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config, command = parallel.launch_config(8, nodes, "zero3")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+        yaml.safe_dump(config, fh)
+        fh.flush()
+        loaded = load_config_from_file(fh.name)
+    assert loaded.num_processes == 8 * nodes and loaded.num_machines == nodes
+    assert loaded.fsdp_config["fsdp_version"] == 2
+    assert f"--nnodes={nodes}" in command
+
+
+def test_notebook_03_demo_runs_through_the_launcher():
+    demo = launch.run("labkit.distributed_demo", 2, ["tiny-llama"], timeout=240)
+    assert demo.returncode == 0
+    report = demo.reports[0]
+    for rank in report["measured"]:
+        assert rank["replicated"] == report["estimate"]["ddp"]
+        assert rank["sharded"]["weights"] == report["estimate"]["fsdp"]["weights"]
+
+
+def test_selfcheck_15(capsys):
+    from labkit.selfcheck import check
+
+    grads = 4 * memory.count_parameters(zoo.load_config("zoo-llama"))
+    assert check("15.1", 1.5 * grads)
+    assert not check("15.1", grads)  # the payload, not what a rank sends
+    assert str(int(1.5 * grads)) not in capsys.readouterr().out
