@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+import labkit
 from labkit import LabkitError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -538,7 +539,7 @@ def bnb_4bit_config(quant_type: str = "nf4", compute_dtype: torch.dtype = torch.
     from transformers import BitsAndBytesConfig
 
     if quant_type not in {"nf4", "fp4"}:
-        raise LabkitError(f"unknown 4-bit type {quant_type!r}; accepted: nf4, fp4")
+        raise labkit.unknown("4-bit type", quant_type, ("nf4", "fp4"))
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype
     )

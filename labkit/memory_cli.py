@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import LabkitError, memory
+from labkit import LabkitError, activations, architecture, memory
+from labkit.cli import Parser
 
 #: Keys of the ``--json`` object (bytes unless the name is a count).
 JSON_KEYS = (
@@ -25,13 +26,6 @@ JSON_KEYS = (
     "total",
     "gpus_needed",
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one-line :class:`LabkitError` (exit 2 in the dispatcher)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise LabkitError(message.replace("\n", " "))
 
 
 def _number(convert, accepted, what: str):
@@ -55,17 +49,17 @@ _positive_float = _number(float, lambda v: v > 0, "a positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m labkit estimate", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m labkit estimate", description=__doc__.splitlines()[0])
     p.add_argument("model", help="config.json path, model folder, zoo/catalog name or hub id")
     p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--method", choices=memory.METHODS, default="full")
+    p.add_argument("--method", choices=architecture.TRAINING_METHODS, default="full")
     p.add_argument("--precision", choices=memory.PRECISIONS, default="bf16-mixed")
     p.add_argument("--optimizer", choices=memory.OPTIMIZERS, default="adamw")
     p.add_argument("--batch", type=_positive_int, default=1, help="micro-batch per GPU")
     p.add_argument("--seq", type=_positive_int, default=512, help="sequence / context length")
     p.add_argument("--grad-accum", type=_positive_int, default=1)
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
-    p.add_argument("--attention", choices=memory.ATTENTIONS, default="sdpa")
+    p.add_argument("--attention", choices=activations.ATTENTIONS, default="sdpa")
     p.add_argument("--lora-r", type=_positive_int, default=8)
     p.add_argument(
         "--lora-targets",
@@ -103,7 +97,7 @@ def _load(model: str):
 
 def estimate(args: argparse.Namespace) -> memory.Breakdown:
     """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
-    shape = memory.shape_of(_load(args.model))
+    shape = architecture.shape_of(_load(args.model))
     if args.mode == "infer":
         b = memory.inference_memory(shape, dtype=args.dtype, batch=args.batch, context=args.seq)
     else:
@@ -163,7 +157,7 @@ def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
-def main(argv: list[str]) -> int:
+def cli_main(argv: list[str]) -> int:
     """Entry point of ``python -m labkit estimate``."""
     args = build_parser().parse_args(argv)
     b = estimate(args)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+import labkit
 from labkit import LabkitError
 
 
@@ -94,7 +95,7 @@ def get_format(fmt: str | FloatFormat) -> FloatFormat:
     if isinstance(fmt, FloatFormat):
         return fmt
     if fmt not in FORMATS:
-        raise LabkitError(f"unknown float format {fmt!r}; accepted: {', '.join(FORMATS)}")
+        raise labkit.unknown("float format", fmt, FORMATS)
     return FORMATS[fmt]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+import labkit
 from labkit import LabkitError
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def group_reduce(
     _check_tensor(x)
     fns = {"absmax": lambda t, d: t.abs().amax(d), "min": torch.amin, "max": torch.amax}
     if op not in fns:
-        raise LabkitError(f"unknown reduction {op!r}; accepted: {', '.join(fns)}")
+        raise labkit.unknown("reduction", op, fns)
     if axis is None:
         if group_size is not None:
             raise LabkitError(
@@ -187,7 +188,7 @@ def fake_quantize(
     elif method == "zeropoint":
         out = zeropoint_dequantize(*zeropoint_quantize(x, bits, axis, group_size))
     else:
-        raise LabkitError(f"unknown method {method!r}; accepted: absmax, zeropoint")
+        raise labkit.unknown("method", method, ("absmax", "zeropoint"))
     return out.to(x.dtype)
 
 
@@ -487,7 +488,7 @@ def fake_quantize_4bit(x: torch.Tensor, kind: str = "nf4", blocksize: int = 64) 
     elif kind in codes:
         code = codes[kind]
     else:
-        raise LabkitError(f"unknown 4-bit kind {kind!r}; accepted: int4, nf4, fp4, quantile")
+        raise labkit.unknown("4-bit kind", kind, ("int4", "nf4", "fp4", "quantile"))
     idx, absmax = codebook_quantize(x, code.to(x.device), blocksize)
     return codebook_dequantize(idx, absmax, code.to(x.device), x.shape, blocksize).to(x.dtype)
 
@@ -720,7 +721,7 @@ def quantize_model(
     """
     kinds = ("w8a16", "nf4", "w8a8", "smoothquant")
     if kind not in kinds:
-        raise LabkitError(f"unknown kind {kind!r}; accepted: {', '.join(kinds)}")
+        raise labkit.unknown("kind", kind, kinds)
     if kind == "smoothquant" and act_absmax is None:
         raise LabkitError(
             "smoothquant needs act_absmax (from collect_input_absmax); accepted: a dict name -> tensor"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
 
+import labkit
 from labkit import LabkitError, datasets
 
 IGNORE = -100
@@ -27,7 +28,7 @@ IGNORE = -100
 def chat_features(tokenizer, rows: list[dict], target: str = "response") -> list[dict]:
     """Token ids for ``prompt + " " + target + </s>`` with the prompt's labels set to -100."""
     if target not in {"response", "short"}:
-        raise LabkitError(f"unknown target {target!r}; accepted: response, short")
+        raise labkit.unknown("target", target, ("response", "short"))
     feats = []
     for row in rows:
         prompt_ids = tokenizer(row["prompt"])["input_ids"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from labkit import LabkitError, measure, memory, zoo
+from labkit import LabkitError, activations, architecture, measure, memory, zoo
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
@@ -29,8 +29,10 @@ def with_lora(model, config, targets, r=4):
     """peft LoRA (``lora_dropout=0``) on ``targets`` (a comma list or ``all-linear``)."""
     from peft import LoraConfig, get_peft_model
 
-    family = memory.shape_of(config).family
-    modules = list(memory.LINEAR_NAMES[family]) if targets == "all-linear" else targets.split(",")
+    family = architecture.shape_of(config).family
+    modules = (
+        list(architecture.LINEAR_NAMES[family]) if targets == "all-linear" else targets.split(",")
+    )
     # GPT-2's Conv1D stores its weight as (in, out)
     lora = LoraConfig(r=r, target_modules=modules, fan_in_fan_out=family == "gpt2")
     return get_peft_model(model, lora)
@@ -60,7 +62,9 @@ def test_activations_plus_logits_exact(name, attn, ckpt, bs, dtype):
     model, config = fresh(name, attn, dtype)
     b, s = bs
     got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
-    est = memory.activation_bytes(config, b, s, dtype, attn, ckpt, dropout=True, device="cpu")
+    est = activations.activation_bytes(
+        config, b, s, dtype, attn, checkpointing=ckpt, dropout=True, device="cpu"
+    )
     assert (est.total, est.logits, est.recompute) == (got.total, got.logits, got.recompute), (
         est.items,
         got,
@@ -81,7 +85,7 @@ def test_checkpointing_measured_saving_and_frozen_layers():
     for p in model.model.layers[0].parameters():
         p.requires_grad_(False)
     got = measure.saved_tensor_bytes(model, x)
-    est = memory.activation_bytes(
+    est = activations.activation_bytes(
         config, 2, 64, "fp32", "sdpa", device="cpu", trainable_from_layer=1
     )
     assert est.total == got.total
@@ -115,8 +119,8 @@ def test_frozen_layers_exact(name, attn, dtype):
         model, config = fresh(name, attn, dtype)
         freeze_first(model, k)
         got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16), checkpointing=ckpt)
-        est = memory.activation_bytes(
-            config, 2, 16, dtype, attn, ckpt, device="cpu", trainable_from_layer=k
+        est = activations.activation_bytes(
+            config, 2, 16, dtype, attn, checkpointing=ckpt, device="cpu", trainable_from_layer=k
         )
         assert (est.total, est.recompute) == (got.total, got.recompute), (k, ckpt, est.items)
 
@@ -210,8 +214,17 @@ def test_lora_activations_exact(name, attn, ckpt, dtype, targets):
     model = with_lora(model, config, targets)
     for b, s in ((2, 16), (1, 40)):  # batch 1: GPT-2's and BLOOM's q, k, v views of the fused qkv
         got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
-        est = memory.lora_activation_bytes(
-            config, b, s, targets, 4, dtype, "fp32", attn, ckpt, device="cpu"
+        est = activations.lora_activation_bytes(
+            config,
+            b,
+            s,
+            targets,
+            4,
+            dtype=dtype,
+            adapter_dtype="fp32",
+            attention=attn,
+            checkpointing=ckpt,
+            device="cpu",
         )
         assert (est.total, est.recompute) == (got.total, got.recompute), est.items
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from labkit import REPO_ROOT, cli, memory, memory_cli
+from labkit import REPO_ROOT, architecture, cli, memory, memory_cli
 
 
 def run(capsys, *argv):
@@ -23,7 +23,7 @@ def test_json_keys_and_values(capsys):
     data = json.loads(out)
     assert set(memory_cli.JSON_KEYS) <= set(data)
     est = memory.training_memory("tiny-llama", precision="fp32", batch=2, seq=16)
-    assert data["parameters"] == memory.count_parameters("tiny-llama")
+    assert data["parameters"] == architecture.count_parameters("tiny-llama")
     assert data["activations"] == est.activations and data["logits"] == est.logits
     assert data["total"] == est.total and data["gpus_needed"] == 1
 

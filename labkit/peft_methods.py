@@ -1,33 +1,37 @@
-"""Parameter-efficient fine-tuning: configs with the course defaults, target discovery, counts.
+"""Parameter-efficient fine-tuning methods: configs with the course defaults, and counts.
 
-- :func:`count_trainable` computes, from the formulas alone (no model is built for the four
-  course families), how many trainable parameters a peft config adds to a model config: prompt
+(Named ``peft_methods`` so that it does not shadow the ``peft`` library it wraps.)
+
+- :func:`count_trainable` computes, from the formulas alone (no model is built for the five
+  formula families), how many trainable parameters a peft config adds to a model config: prompt
   tuning, P-tuning (MLP / LSTM), prefix tuning (with / without projection) and LoRA (list, regex,
   ``"all-linear"``, ``modules_to_save``, ``bias``, DoRA, ``rank_pattern``, ``layers_to_transform``).
   It follows peft 0.21's own rules (which modules match, GQA-shaped prefixes, tied embeddings), so
   it equals ``PeftModel.get_nb_trainable_parameters()[0]``; :func:`count_terms` gives the parts.
-- :func:`module_table` lists a model's modules with their shapes, derived from the config for
-  Llama / Mistral / Qwen2, GPT-2 and BLOOM (other families: built on the meta device);
-  :func:`linear_layers`, :func:`regex_matches`, :func:`lora_targets` and
-  :func:`default_target_modules` answer "which modules should LoRA adapt?".
+  Which modules a model has, and which of them LoRA adapts, is :mod:`labkit.architecture`'s
+  (:func:`~labkit.architecture.module_table`, :func:`~labkit.architecture.lora_modules`).
 - :func:`make_config` builds each method's config with the course defaults (:data:`DEFAULTS`),
   :func:`attach` loads a fresh base model and wraps it (``get_peft_model`` modifies its base in
   place, so every method needs its own base).
+
+A new PEFT method: an entry in :data:`PEFT_METHODS`, :data:`DEFAULTS` and :data:`TRAIN_ARGS`, a
+branch in :func:`make_config`, its terms in :func:`count_terms`, and a case in
+``tests/test_peft_methods.py`` that compares the count with peft's own.
 """
 
 from __future__ import annotations
 
 import copy
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+import labkit
 from labkit import LabkitError
+from labkit.architecture import ModuleInfo, lora_modules, module_table, transformers_config
 
 #: The methods this module configures, in course order ("full" = full fine-tuning, no peft).
-METHODS = (
+PEFT_METHODS = (
     "prompt",
     "prompt-text",
     "p-tuning-mlp",
@@ -68,315 +72,6 @@ TRAIN_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-# --- the module table -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModuleInfo:
-    """One module of a model: dotted name, kind, (in, out) features and its own parameters.
-
-    ``kind`` is ``linear`` (nn.Linear), ``conv1d`` (GPT-2's transposed Conv1D), ``embedding``,
-    ``norm`` or ``block`` (a container); ``params`` maps the module's own parameter names
-    (``weight``, ``bias``) to their sizes; children are separate entries.
-    """
-
-    name: str
-    kind: str
-    d_in: int = 0
-    d_out: int = 0
-    params: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def numel(self) -> int:
-        return sum(self.params.values())
-
-
-def _lin(name: str, d_in: int, d_out: int, bias: bool, kind: str = "linear") -> ModuleInfo:
-    params = {"weight": d_in * d_out, **({"bias": d_out} if bias else {})}
-    return ModuleInfo(name, kind, d_in, d_out, params)
-
-
-def _emb(name: str, n: int, dim: int) -> ModuleInfo:
-    return ModuleInfo(name, "embedding", n, dim, {"weight": n * dim})
-
-
-def _norm(name: str, dim: int, bias: bool) -> ModuleInfo:
-    return ModuleInfo(name, "norm", dim, dim, {"weight": dim, **({"bias": dim} if bias else {})})
-
-
-def _block(name: str) -> ModuleInfo:
-    return ModuleInfo(name, "block")
-
-
-LLAMA_LIKE = ("llama", "mistral", "qwen2")
-
-
-def _llama_like(c) -> list[ModuleInfo]:
-    h, a, v = c.hidden_size, c.num_attention_heads, c.vocab_size
-    kv = getattr(c, "num_key_value_heads", None) or a
-    d = getattr(c, "head_dim", None) or h // a
-    qkv_bias = True if c.model_type == "qwen2" else bool(getattr(c, "attention_bias", False))
-    o_bias = False if c.model_type == "qwen2" else bool(getattr(c, "attention_bias", False))
-    mlp_bias = bool(getattr(c, "mlp_bias", False))
-    out = [_block("model"), _emb("model.embed_tokens", v, h), _block("model.layers")]
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}"
-        out += [
-            _block(p),
-            _block(f"{p}.self_attn"),
-            _lin(f"{p}.self_attn.q_proj", h, a * d, qkv_bias),
-            _lin(f"{p}.self_attn.k_proj", h, kv * d, qkv_bias),
-            _lin(f"{p}.self_attn.v_proj", h, kv * d, qkv_bias),
-            _lin(f"{p}.self_attn.o_proj", a * d, h, o_bias),
-            _block(f"{p}.mlp"),
-            _lin(f"{p}.mlp.gate_proj", h, c.intermediate_size, mlp_bias),
-            _lin(f"{p}.mlp.up_proj", h, c.intermediate_size, mlp_bias),
-            _lin(f"{p}.mlp.down_proj", c.intermediate_size, h, mlp_bias),
-            _block(f"{p}.mlp.act_fn"),
-            _norm(f"{p}.input_layernorm", h, False),
-            _norm(f"{p}.post_attention_layernorm", h, False),
-        ]
-    out += [_norm("model.norm", h, False), _block("model.rotary_emb"), _lin("lm_head", h, v, False)]
-    return out
-
-
-def _gpt2(c) -> list[ModuleInfo]:
-    h, v = c.n_embd, c.vocab_size
-    inner = c.n_inner or 4 * h
-    out = [
-        _block("transformer"),
-        _emb("transformer.wte", v, h),
-        _emb("transformer.wpe", c.n_positions, h),
-        _block("transformer.drop"),
-        _block("transformer.h"),
-    ]
-    for i in range(c.n_layer):
-        p = f"transformer.h.{i}"
-        out += [
-            _block(p),
-            _norm(f"{p}.ln_1", h, True),
-            _block(f"{p}.attn"),
-            _lin(f"{p}.attn.c_attn", h, 3 * h, True, "conv1d"),
-            _lin(f"{p}.attn.c_proj", h, h, True, "conv1d"),
-            _block(f"{p}.attn.attn_dropout"),
-            _block(f"{p}.attn.resid_dropout"),
-            _norm(f"{p}.ln_2", h, True),
-            _block(f"{p}.mlp"),
-            _lin(f"{p}.mlp.c_fc", h, inner, True, "conv1d"),
-            _lin(f"{p}.mlp.c_proj", inner, h, True, "conv1d"),
-            _block(f"{p}.mlp.act"),
-            _block(f"{p}.mlp.dropout"),
-        ]
-    out += [_norm("transformer.ln_f", h, True), _lin("lm_head", h, v, False)]
-    return out
-
-
-def _bloom(c) -> list[ModuleInfo]:
-    h, v = c.hidden_size, c.vocab_size
-    out = [
-        _block("transformer"),
-        _emb("transformer.word_embeddings", v, h),
-        _norm("transformer.word_embeddings_layernorm", h, True),
-        _block("transformer.h"),
-    ]
-    for i in range(c.n_layer):
-        p = f"transformer.h.{i}"
-        out += [
-            _block(p),
-            _norm(f"{p}.input_layernorm", h, True),
-            _block(f"{p}.self_attention"),
-            _lin(f"{p}.self_attention.query_key_value", h, 3 * h, True),
-            _lin(f"{p}.self_attention.dense", h, h, True),
-            _block(f"{p}.self_attention.attention_dropout"),
-            _norm(f"{p}.post_attention_layernorm", h, True),
-            _block(f"{p}.mlp"),
-            _lin(f"{p}.mlp.dense_h_to_4h", h, 4 * h, True),
-            _block(f"{p}.mlp.gelu_impl"),
-            _lin(f"{p}.mlp.dense_4h_to_h", 4 * h, h, True),
-        ]
-    out += [_norm("transformer.ln_f", h, True), _lin("lm_head", h, v, False)]
-    return out
-
-
-FAMILIES = {"llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like}
-FAMILIES |= {"gpt2": _gpt2, "bloom": _bloom}
-
-
-def _as_config(model_config):
-    if isinstance(model_config, str):
-        from labkit import zoo
-
-        return zoo.load_config(model_config)
-    if isinstance(model_config, torch.nn.Module):
-        return model_config.config
-    if not hasattr(model_config, "to_dict"):
-        raise LabkitError(
-            f"expected a transformers config, a model or a zoo/catalog name, got {type(model_config).__name__}"
-        )
-    return model_config
-
-
-def table_from_model(model: torch.nn.Module) -> list[ModuleInfo]:
-    """The module table read from a built model (real or on the meta device)."""
-    from transformers.pytorch_utils import Conv1D
-
-    out = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-        params = {k: p.numel() for k, p in mod.named_parameters(recurse=False)}
-        if isinstance(mod, torch.nn.Linear):
-            out.append(ModuleInfo(name, "linear", mod.in_features, mod.out_features, params))
-        elif isinstance(mod, Conv1D):
-            out.append(ModuleInfo(name, "conv1d", mod.weight.shape[0], mod.nf, params))
-        elif isinstance(mod, torch.nn.Embedding):
-            out.append(ModuleInfo(name, "embedding", mod.num_embeddings, mod.embedding_dim, params))
-        elif params and set(params) <= {"weight", "bias"} and len(mod.weight.shape) == 1:
-            dim = mod.weight.shape[0]
-            out.append(ModuleInfo(name, "norm", dim, dim, params))
-        else:
-            out.append(ModuleInfo(name, "block", 0, 0, params))
-    return out
-
-
-def module_table(model_config) -> list[ModuleInfo]:
-    """Every module of the causal LM ``model_config`` describes, with shapes, from the config.
-
-    Llama, Mistral, Qwen2, GPT-2 and BLOOM are derived by formula; any other family is built on
-    the meta device (no memory) and read with :func:`table_from_model`.
-    """
-    config = _as_config(model_config)
-    build = FAMILIES.get(config.model_type)
-    if build is not None:
-        return build(config)
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return table_from_model(model)
-
-
-# --- target-module discovery ----------------------------------------------------------------
-
-
-def linear_layers(model_or_config) -> list[ModuleInfo]:
-    """The Linear / Conv1D layers LoRA can adapt (the output head ``lm_head`` included, last)."""
-    table = (
-        table_from_model(model_or_config)
-        if isinstance(model_or_config, torch.nn.Module)
-        else module_table(model_or_config)
-    )
-    return [m for m in table if m.kind in {"linear", "conv1d"}]
-
-
-def _strip(name: str) -> str:
-    return name.removeprefix("base_model.model.")
-
-
-def regex_matches(pattern: str, model_or_config) -> list[str]:
-    """Module names ``pattern`` matches the way peft matches a string ``target_modules``.
-
-    peft uses ``re.fullmatch`` on the dotted name, so ``"q_proj"`` as a regex matches nothing
-    (write ``".*q_proj"``), unlike the list form ``["q_proj"]`` which matches name endings.
-    """
-    try:
-        rx = re.compile(pattern)
-    except re.error as err:
-        raise LabkitError(f"invalid regex {pattern!r}: {err}; accepted: a Python regex") from None
-    table = (
-        table_from_model(model_or_config)
-        if isinstance(model_or_config, torch.nn.Module)
-        else module_table(model_or_config)
-    )
-    return [_strip(m.name) for m in table if rx.fullmatch(_strip(m.name))]
-
-
-def default_target_modules(model_type: str) -> list[str]:
-    """The LoRA targets peft picks when ``target_modules`` is None, for a model type."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAPPING
-
-    if model_type not in MAPPING:
-        raise LabkitError(
-            f"peft has no default LoRA targets for model type {model_type!r}; "
-            f"known: {', '.join(sorted(MAPPING)[:12])}... (pass target_modules explicitly)"
-        )
-    return list(MAPPING[model_type])
-
-
-def _in_modules_to_save(key: str, modules_to_save) -> bool:
-    return bool(modules_to_save) and any(
-        re.match(rf"(^|.*\.){m}($|\..*)", key) for m in modules_to_save
-    )
-
-
-def _layer_ok(config, key: str) -> bool:
-    indexes = getattr(config, "layers_to_transform", None)
-    if indexes is None or (isinstance(indexes, list) and not indexes):
-        return True
-    patterns = getattr(config, "layers_pattern", None)
-    match = None
-    if not patterns:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
-    else:
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
-            if match is not None:
-                break
-    if match is None:
-        return False
-    idx = int(match.group("idx"))
-    return idx == indexes if isinstance(indexes, int) else idx in indexes
-
-
-def _target_matches(config, key: str, targets) -> bool:
-    """peft's ``check_target_module_exists`` (exclusions, list / regex / layers_to_transform)."""
-    exclude = getattr(config, "exclude_modules", None)
-    if exclude:
-        if isinstance(exclude, str):
-            if re.fullmatch(exclude, key):
-                return False
-        elif key in exclude or any(key.endswith(f".{e}") for e in exclude):
-            return False
-    if _in_modules_to_save(key, getattr(config, "modules_to_save", None)):
-        return False
-    if isinstance(targets, str):
-        return re.fullmatch(targets, key) is not None
-    if key in targets:
-        return True
-    return any(key.endswith(f".{t}") for t in targets) and _layer_ok(config, key)
-
-
-def _resolve_targets(config, model_type: str, table: list[ModuleInfo]):
-    targets = config.target_modules
-    if targets is None:
-        return default_target_modules(model_type)
-    if isinstance(targets, str) and targets.lower() == "all-linear":
-        return {m.name for m in table if m.kind in {"linear", "conv1d"} and m.name != "lm_head"}
-    return targets
-
-
-def lora_targets(lora_config, model_config) -> list[ModuleInfo]:
-    """The modules a LoRA config adapts on ``model_config`` (peft's matching rules)."""
-    config = _as_config(model_config)
-    table = module_table(config)
-    if getattr(lora_config, "target_parameters", None):
-        raise LabkitError("target_parameters is not supported here; accepted: target_modules")
-    targets = _resolve_targets(lora_config, config.model_type, table)
-    found = [m for m in table if _target_matches(lora_config, m.name, targets)]
-    bad = [m.name for m in found if m.kind not in {"linear", "conv1d", "embedding"}]
-    if bad:
-        raise LabkitError(
-            f"target module {bad[0]!r} is not a Linear, Conv1D or Embedding layer; accepted: "
-            "names or a regex that match only such layers (see labkit.peft.linear_layers)"
-        )
-    if not found:
-        raise LabkitError(
-            f"target_modules={targets!r} matches no module of this {config.model_type} model; "
-            "accepted: names from labkit.peft.linear_layers(config) or a full-match regex"
-        )
-    return found
-
-
 # --- counting -------------------------------------------------------------------------------
 
 
@@ -396,7 +91,7 @@ def prompt_dims(peft_config, model_config) -> dict[str, int]:
     resolves them (``_prepare_prompt_learning_config``): for prefix tuning on a model with
     ``num_key_value_heads`` (GQA), ``token_dim`` becomes ``head_dim * num_key_value_heads``.
     """
-    config = _as_config(model_config)
+    config = transformers_config(model_config)
     cfg = config.to_dict()
     layers = peft_config.num_layers
     if layers is None:
@@ -443,7 +138,7 @@ def _modules_to_save_terms(peft_config, table: list[ModuleInfo]) -> dict[str, in
 def count_terms(peft_config, model_config) -> dict[str, int]:
     """The parts of :func:`count_trainable`, named after the formula term they come from."""
     kind = _peft_type(peft_config)
-    config = _as_config(model_config)
+    config = transformers_config(model_config)
     if getattr(peft_config, "inference_mode", False):
         return {"inference_mode=True: everything frozen": 0}
     task = getattr(getattr(peft_config, "task_type", None), "value", peft_config.task_type)
@@ -488,7 +183,7 @@ def count_terms(peft_config, model_config) -> dict[str, int]:
 def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     from peft.utils.other import get_pattern_key
 
-    targets = lora_targets(cfg, config)
+    targets = lora_modules(config, cfg)
     rank_pattern = getattr(cfg, "rank_pattern", None) or {}
     terms: dict[str, int] = {}
 
@@ -510,7 +205,7 @@ def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     if cfg.bias == "all":
         inside = [k.removeprefix("modules_to_save copy of ") for k in saved]
         biases = sum(
-            m.params.get("bias", 0)
+            m.size("bias")
             for m in table
             if not any(m.name == w or m.name.startswith(w + ".") for w in inside)
         )
@@ -518,7 +213,7 @@ def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     elif cfg.bias == "lora_only":
         add(
             "bias='lora_only': biases of adapted layers",
-            sum(m.params.get("bias", 0) for m in targets),
+            sum(m.size("bias") for m in targets),
         )
     terms.update(saved)
     return terms
@@ -544,7 +239,7 @@ def tokenizer_path(model_id: str) -> str:
 
 
 def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
-    """The peft config for ``method`` (see :data:`METHODS`) with :data:`DEFAULTS` + overrides.
+    """The peft config for ``method`` (see :data:`PEFT_METHODS`) with :data:`DEFAULTS` + overrides.
 
     ``prompt-text`` initialises the virtual tokens from ``init_text``'s token embeddings (needs
     the tokenizer's local folder, found from ``model_id``). ``full`` has no peft config.
@@ -559,8 +254,8 @@ def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
         TaskType,
     )
 
-    if method not in METHODS:
-        raise LabkitError(f"unknown PEFT method {method!r}; accepted: {', '.join(METHODS)}")
+    if method not in PEFT_METHODS:
+        raise labkit.unknown("PEFT method", method, PEFT_METHODS)
     if method == "full":
         raise LabkitError("'full' fine-tuning has no peft config; train the base model directly")
     kw = {**DEFAULTS[method], **overrides}
