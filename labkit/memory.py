@@ -178,6 +178,7 @@ def training_memory(
     lora_targets: Any = "default",
     frozen_layers: int = 0,
     adapter_dtype: str = "fp32",
+    base_dtype: str | None = None,
     dropout: bool = True,
     device: str = "cuda",
 ) -> Breakdown:
@@ -193,6 +194,10 @@ def training_memory(
     QLoRA: NF4 base with double quant, LoRA adapters in ``adapter_dtype`` (peft 0.21 upcasts them
     to fp32 by default; ``bf16`` as in the QLoRA paper). ``transient``: the logits the model
     output keeps (b·s·V, activation dtype) plus the fp32 loss gradient at the start of backward.
+    ``base_dtype`` (LoRA only): the frozen base's dtype. ``None`` keeps the base in fp32 under
+    ``fp32`` and autocast and in bf16 under pure ``bf16``; practice loads it in 16 bit
+    (``"bf16"``: no fp32 copy, no autocast copies of it). ``details["regime"]`` names the
+    regime in words (:func:`regime`).
     """
     s = shape_of(config)
     choice("method", method, TRAINING_METHODS)
@@ -209,6 +214,14 @@ def training_memory(
         raise LabkitError(f"frozen layers must be between 0 and {s.layers}, got {frozen_layers}")
     if method in {"lora", "qlora"}:
         positive("LoRA rank r", lora_r)
+    if base_dtype is not None:
+        if method != "lora":
+            raise LabkitError("a base dtype applies to --method lora (QLoRA's base is NF4)")
+        choice("base dtype", base_dtype, ADAPTER_DTYPES)
+        if precision == "fp32" and base_dtype != "fp32":
+            raise LabkitError(
+                "a 16-bit base computes in 16 bit; use --precision bf16-mixed or bf16"
+            )
     P = count_parameters(s)
     trainable = trainable_shapes(
         s, method, r=lora_r, targets=lora_targets, frozen_layers=frozen_layers
@@ -230,10 +243,12 @@ def training_memory(
     else:
         # LoRA under autocast keeps the frozen base in fp32; pure bf16 keeps it in bf16
         base = "nf4" if method == "qlora" else ("fp32" if precision == "fp32" or mixed else "bf16")
+        base = base_dtype or base
         choice("adapter dtype", adapter_dtype, ADAPTER_DTYPES)
         ab = 4 if precision == "fp32" else DTYPE_BYTES[adapter_dtype]
         weights = weight_bytes(s, base) + n_train * ab
-        if method == "lora" and mixed:  # autocast's 16-bit copies of the frozen fp32 linears,
+        if method == "lora" and mixed and base == "fp32":  # autocast's 16-bit copies of the
+            # frozen fp32 linears,
             # kept by each matmul for its input's gradient (not cached: they need no gradient,
             # so with checkpointing only the recomputed block's copies exist)
             weights += autocast_cast_parameters(s, param_shapes(s), checkpointing) * half
@@ -282,6 +297,7 @@ def training_memory(
         "effective_batch": batch * grad_accum,
         "checkpointing": checkpointing,
         "attention": attention,
+        "regime": regime(method, precision, base_dtype=base_dtype, adapter_dtype=adapter_dtype),
         "activation_items": acts.items,
     }
     return Breakdown(
@@ -297,6 +313,23 @@ def training_memory(
         total=total,
         details=details,
     )
+
+
+def regime(
+    method: str, precision: str, *, base_dtype: str | None = None, adapter_dtype: str = "fp32"
+) -> str:
+    """The precision regime of a :func:`training_memory` figure in words, e.g. "pure bf16",
+    "bf16 autocast with fp32 master weights", "fp32", "LoRA: bf16 base + fp32 adapters, bf16
+    autocast", "QLoRA: NF4 base + fp32 adapters, bf16 autocast"."""
+    mixed = precision.endswith("-mixed")
+    compute = {"fp32": "fp32", "bf16": "pure bf16"}.get(precision, f"{precision[:4]} autocast")
+    if method in {"full", "frozen"}:
+        return f"{compute} with fp32 master weights" if mixed else compute
+    adapters = "fp32" if precision == "fp32" else adapter_dtype
+    if method == "qlora":
+        return f"QLoRA: NF4 base + {adapters} adapters, {compute}"
+    base = base_dtype or ("fp32" if precision == "fp32" or mixed else "bf16")
+    return f"LoRA: {base} base + {adapters} adapters, {compute}"
 
 
 # ----------------------------------------------------------------------------- inference
@@ -422,22 +455,29 @@ def training_days(
 
 # ----------------------------------------------------------------------------- rules of thumb
 def rule_weights(parameters: float, dtype: str = "fp16") -> float:
-    """The seed's "a 6B model in fp16 is 12 GB": P × bytes per parameter."""
+    """The common rule "a 6B model in fp16 is 12 GB": P × bytes per parameter."""
     return parameters * DTYPE_BYTES[dtype]
 
 
 def rule_training_8x(parameters: float) -> float:
-    """The seed's "training needs at least 8× the fp16 weights" (16 B/param)."""
+    """The common rule "training needs at least 8× the fp16 weights" (16 B/param)."""
     return 8 * rule_weights(parameters, "fp16")
 
 
+def rule_training_mixed_adamw(parameters: float) -> float:
+    """Mixed-precision AdamW's 16 B/param: 2 (16-bit weights) + 2 (16-bit gradients) + 12 (fp32
+    master weights, m and v), as in the ZeRO paper; the same total as "8× the fp16 weights",
+    with the bytes named. Activations are not in it."""
+    return (2 + 2 + 12) * parameters
+
+
 def rule_training_12(parameters: float) -> float:
-    """The seed's "1B params: 2 GB weights + 2 GB grads + 8 GB AdamW" (12 B/param)."""
+    """The common rule "1B params: 2 GB weights + 2 GB grads + 8 GB AdamW" (12 B/param)."""
     return 12 * parameters
 
 
 def rule_inference_2x(parameters: float, dtype: str = "fp16") -> float:
-    """The seed's "inference ≈ 2× the weights"."""
+    """The common rule "inference ≈ 2× the weights"."""
     return 2 * rule_weights(parameters, dtype)
 
 

@@ -25,6 +25,7 @@ JSON_KEYS = (
     "kv_cache",
     "total",
     "gpus_needed",
+    "regime",
 )
 
 
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=_positive_int, default=1)
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
     p.add_argument("--attention", choices=activations.ATTENTIONS, default="sdpa")
+    p.add_argument(
+        "--base-dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="LoRA's frozen base (default: bf16, as in practice; fp32 with --precision fp32)",
+    )
     p.add_argument("--lora-r", type=_positive_int, default=8)
     p.add_argument(
         "--lora-targets",
@@ -95,6 +102,15 @@ def _load(model: str):
     return zoo.load_config(model)
 
 
+def _base_dtype(args: argparse.Namespace) -> str | None:
+    """LoRA's base: bf16 unless asked (practice loads the frozen base in 16 bit)."""
+    if args.method != "lora":
+        if args.base_dtype is not None:
+            raise LabkitError("--base-dtype applies to --method lora (QLoRA's base is NF4)")
+        return None
+    return args.base_dtype or ("fp32" if args.precision == "fp32" else "bf16")
+
+
 def estimate(args: argparse.Namespace) -> memory.Breakdown:
     """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
     shape = architecture.shape_of(_load(args.model))
@@ -114,6 +130,7 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
             lora_r=args.lora_r,
             lora_targets=args.lora_targets,
             frozen_layers=args.frozen_layers,
+            base_dtype=_base_dtype(args),
         )
     strategy = "ddp" if args.zero == "0" else f"zero{args.zero}"
     per_gpu = memory.sharded(b, args.gpus, strategy)
@@ -126,6 +143,10 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
         if args.mode == "infer"
         else memory.rule_training_8x(b.parameters)
     )
+    if args.mode == "infer":
+        per_gpu.details["regime"] = f"inference, {args.dtype} weights"
+    else:
+        per_gpu.details["rule_mixed_adamw"] = memory.rule_training_mixed_adamw(b.parameters)
     return per_gpu
 
 
@@ -141,16 +162,20 @@ def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
     for key in ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache"):
         rows.append((key.replace("_", " "), _gib(getattr(b, key))))
     rows.append(("transient (logits held, loss grad)", _gib(b.transient)))
-    rows.append(("total per GPU", _gib(b.total)))
+    rows.append((f"total per GPU ({b.details['regime']})", _gib(b.total)))
     rule = b.details["rule_of_thumb"]
     name = "2x the fp16 weights" if args.mode == "infer" else "8x the fp16 weights"
     rows.append((f"rule of thumb ({name})", _gib(rule)))
+    if args.mode == "train":
+        rule16 = "mixed-precision AdamW, 2+2+12 = 16 B/param, no activations"
+        rows.append((f"rule of thumb ({rule16})", _gib(b.details["rule_mixed_adamw"])))
     need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
     rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
     width = max(len(r[0]) for r in rows)
     head = f"{args.model}: {args.mode}"
     if args.mode == "train":
-        head += f", {args.method}, {args.precision}, {args.optimizer}, batch {args.batch} x seq {args.seq}"
+        head += f", {args.method}, {b.details['regime']}, {args.optimizer}"
+        head += f", batch {args.batch} x seq {args.seq}"
         head += f", {'zero' + args.zero if args.zero != '0' else 'ddp'} on {args.gpus} GPU(s)"
     else:
         head += f", {args.dtype} weights, batch {args.batch}, context {args.seq}"
@@ -162,7 +187,7 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     b = estimate(args)
     if args.json:
-        out = {k: getattr(b, k) for k in JSON_KEYS}
+        out = {k: b.details["regime"] if k == "regime" else getattr(b, k) for k in JSON_KEYS}
         out.update(transient=b.transient, rule_of_thumb=int(b.details["rule_of_thumb"]))
         print(json.dumps(out))
     else:
