@@ -17,6 +17,9 @@ saved and reloaded as a plain ``transformers`` model must give the same logits a
 - :func:`combine`, :func:`error_line`: ``add_weighted_adapter`` and the errors learners meet;
 - :func:`bnb_4bit_config`, :func:`keep_cpu_4bit_layout`, :func:`check_quantized_merge`: merging
   into a 4-bit base, what rounding does, and the dequantize → merge → re-quantize recipe.
+
+It is one module of about 650 lines because it is notebook 13's one toolbox: every part is a check
+of the same round trip (merge, unmerge, save, reload, mix, quantize) and they share its helpers.
 """
 
 from __future__ import annotations

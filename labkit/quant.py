@@ -14,6 +14,10 @@ a step. Granularity: ``axis`` is the dimension whose values SHARE a scale (``Non
 tensor); ``group_size`` splits that axis into groups of consecutive values. For a weight
 ``[out, in]``: per-tensor ``axis=None``, per-output-channel (one scale per row) ``axis=-1``, one
 scale per column ``axis=0``, groups of 128 along each row ``axis=-1, group_size=128``.
+
+It is one module of about 750 lines because notebooks 05-07 teach one progression (integer
+quantization, 4-bit codebooks, quantized layers and SmoothQuant) in which each part reuses the
+quantizers before it; a learner finds all of it under one name, in the order it is taught.
 """
 
 from __future__ import annotations
