@@ -167,7 +167,18 @@ def shape_of(config: Any) -> Shape:
     positive("head dim", d)
     if a % kv:
         raise LabkitError(f"{kv} key/value heads do not divide {a} attention heads; they must")
-    return Shape(mt, L, h, a, kv, d, i, V, bool(tied), **extra)
+    return Shape(
+        model_type=mt,
+        layers=L,
+        hidden=h,
+        heads=a,
+        kv_heads=kv,
+        head_dim=d,
+        intermediate=i,
+        vocab=V,
+        tied=bool(tied),
+        **extra,
+    )
 
 
 # ----------------------------------------------------------------------------- module table
@@ -222,7 +233,8 @@ def _block(name: str) -> ModuleInfo:
 
 def _head(s: Shape) -> ModuleInfo:
     tied = ("weight",) if s.tied else ()  # a tied head's weight is the embedding matrix
-    return ModuleInfo("lm_head", "linear", s.hidden, s.vocab, {"weight": (s.vocab, s.hidden)}, tied)
+    weight = {"weight": (s.vocab, s.hidden)}
+    return ModuleInfo("lm_head", "linear", s.hidden, s.vocab, params=weight, tied=tied)
 
 
 def _llama_like(s: Shape) -> list[ModuleInfo]:
@@ -361,17 +373,16 @@ def table_from_model(model) -> list[ModuleInfo]:
         tied = tuple(k for k, p in own.items() if id(p) in seen)
         seen |= {id(p) for p in own.values()}
         if isinstance(mod, torch.nn.Linear):
-            out.append(ModuleInfo(name, "linear", mod.in_features, mod.out_features, params, tied))
+            kind, dims = "linear", (mod.in_features, mod.out_features)
         elif isinstance(mod, Conv1D):
-            out.append(ModuleInfo(name, "conv1d", mod.weight.shape[0], mod.nf, params, tied))
+            kind, dims = "conv1d", (mod.weight.shape[0], mod.nf)
         elif isinstance(mod, torch.nn.Embedding):
-            dims = (mod.num_embeddings, mod.embedding_dim)
-            out.append(ModuleInfo(name, "embedding", *dims, params, tied))
+            kind, dims = "embedding", (mod.num_embeddings, mod.embedding_dim)
         elif params and set(params) <= {"weight", "bias"} and len(params["weight"]) == 1:
-            dim = params["weight"][0]
-            out.append(ModuleInfo(name, "norm", dim, dim, params, tied))
+            kind, dims = "norm", (params["weight"][0],) * 2
         else:
-            out.append(ModuleInfo(name, "block", 0, 0, params, tied))
+            kind, dims = "block", (0, 0)
+        out.append(ModuleInfo(name, kind, *dims, params=params, tied=tied))
     return out
 
 
