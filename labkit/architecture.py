@@ -21,6 +21,7 @@ fields in :func:`shape_of`; the meta path already covers it, and the formula == 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -512,11 +513,8 @@ def lora_modules(config: Any, targets: Any = "default") -> list[ModuleInfo]:
     elif isinstance(wanted, str) and wanted.lower() == "all-linear":
         wanted = {m.name for m in table if m.kind in {"linear", "conv1d"}} - {"lm_head"}
 
-    class _Resolved:  # the config as peft sees it once target_modules is resolved
-        def __getattr__(self, name: str) -> Any:
-            return wanted if name == "target_modules" else getattr(lora, name)
-
-    resolved = _Resolved()
+    resolved = copy.copy(lora)  # the config as peft sees it once target_modules is resolved
+    resolved.target_modules = wanted
     found = [m for m in table if check_target_module_exists(resolved, m.name)]
     bad = [m.name for m in found if m.kind not in {"linear", "conv1d", "embedding"}]
     if bad:

@@ -232,10 +232,11 @@ def count_trainable(peft_config, model_config) -> int:
 
 
 def tokenizer_path(model_id: str) -> str:
-    """Local folder of ``model_id``'s tokenizer (``tiny-*`` models share zoo-llama's)."""
+    """Local folder of ``model_id``'s tokenizer, as :func:`labkit.zoo.load_tokenizer` finds it
+    (the zoo holds the one rule: ``tiny-*`` models share zoo-llama's tokenizer)."""
     from labkit import zoo
 
-    return zoo.resolve("zoo-llama" if str(model_id).startswith("tiny-") else model_id)
+    return zoo.load_tokenizer(model_id).name_or_path
 
 
 def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
