@@ -465,6 +465,7 @@ def lora_activation_bytes(
     checkpointing: bool = False,
     dropout: bool = True,
     device: str = "cuda",
+    autocast: bool = False,
 ) -> Activations:
     """Bytes autograd keeps for backward in a LoRA step (frozen base, ``lora_dropout=0``).
 
@@ -491,6 +492,10 @@ def lora_activation_bytes(
     require grad (``enable_input_require_grads``), so the block recomputed during backward is a
     block whose stream carries a gradient (RoPE's tables, GPT-2's embedding dropout mask and
     BLOOM's embedding LayerNorm included).
+
+    ``autocast``: a 16-bit base (``dtype``) under autocast of the same dtype with adapters in
+    ``adapter_dtype``: each adapter's matmuls run in ``dtype``, so its input copy and its rank-r
+    output are kept in ``dtype`` (autocast's casts), not in the adapter dtype.
     """
     s = shape_of(config)
     b, q = positive("batch", batch), positive("sequence length", seq)
@@ -506,7 +511,7 @@ def lora_activation_bytes(
         r=r,
         adapted=frozenset(m.name.rsplit(".", 1)[-1] for m in lora_modules(s, targets)),
         dt=DTYPE_BYTES[dtype],
-        adt=DTYPE_BYTES[adapter_dtype],
+        adt=DTYPE_BYTES[dtype] if autocast else DTYPE_BYTES[adapter_dtype],
         cast=DTYPE_NAMES.get(adapter_dtype) != DTYPE_NAMES.get(dtype),
         attention=attention,
         device=device,

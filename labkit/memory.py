@@ -18,9 +18,10 @@ What is exact and what is a model of reality:
   families in fp32 and pure bf16, eager and SDPA, checkpointing on and off, and under bf16 autocast
   (mixed precision) for Llama, Mistral and Qwen2, whose 16-bit weight copies equal the working
   copy counted with the weights (:func:`autocast_cast_parameters`). LoRA is derived the same way
-  for all five families (:func:`labkit.activations.lora_activation_bytes`: a frozen op keeps only what a gradient
-  still needs) and is exact for any targets in fp32 and pure bf16, eager and SDPA, checkpointing
-  on and off;
+  for all five families (:func:`labkit.activations.lora_activation_bytes`: a frozen op keeps
+  only what a gradient still needs) and is exact for any targets in fp32 and pure bf16, eager
+  and SDPA, checkpointing on and off, and on a bf16 base under bf16 autocast (Llama, Qwen2,
+  SDPA);
 - ``transient`` (logits held by the model output and the loss gradient during backward) and the
   CUDA allocator are only checked on a GPU (scripts/gpu_validate_memory.py).
 """
@@ -196,8 +197,9 @@ def training_memory(
     output keeps (b·s·V, activation dtype) plus the fp32 loss gradient at the start of backward.
     ``base_dtype`` (LoRA only): the frozen base's dtype. ``None`` keeps the base in fp32 under
     ``fp32`` and autocast and in bf16 under pure ``bf16``; practice loads it in 16 bit
-    (``"bf16"``: no fp32 copy, no autocast copies of it). ``details["regime"]`` names the
-    regime in words (:func:`regime`).
+    (``"bf16"``: no fp32 copy, no autocast copies of it; under autocast the fp32 adapters get
+    cached 16-bit copies and compute in 16 bit, exact on CPU for Llama and Qwen2 with SDPA).
+    ``details["regime"]`` names the regime in words (:func:`regime`).
     """
     s = shape_of(config)
     choice("method", method, TRAINING_METHODS)
@@ -228,6 +230,8 @@ def training_memory(
     )
     n_train = sum(math.prod(x) for x in trainable.values())
     mixed = precision.endswith("-mixed")
+    # a 16-bit LoRA base under autocast: the adapters' matmuls run in 16 bit
+    base16_autocast = method == "lora" and mixed and base_dtype in {"bf16", "fp16"}
     act_dtype = "fp32" if precision == "fp32" else precision[:4]
     half = 2
     if method in {"full", "frozen"}:
@@ -248,10 +252,11 @@ def training_memory(
         ab = 4 if precision == "fp32" else DTYPE_BYTES[adapter_dtype]
         weights = weight_bytes(s, base) + n_train * ab
         if method == "lora" and mixed and base == "fp32":  # autocast's 16-bit copies of the
-            # frozen fp32 linears,
-            # kept by each matmul for its input's gradient (not cached: they need no gradient,
-            # so with checkpointing only the recomputed block's copies exist)
+            # frozen fp32 linears, kept by each matmul for its input's gradient (not cached:
+            # they need no gradient, so with checkpointing only the recomputed block's copies)
             weights += autocast_cast_parameters(s, param_shapes(s), checkpointing) * half
+        if base16_autocast and ab > half:  # autocast caches 16-bit copies of the (trainable)
+            weights += n_train * half  # adapters for its whole region, as of full FT's weights
         grad_b = state_b = ab
     gradients = n_train * grad_b
     opt = optimizer_bytes(trainable, optimizer, state_b)
@@ -269,6 +274,7 @@ def training_memory(
             checkpointing=checkpointing,
             dropout=dropout,
             device=device,
+            autocast=base16_autocast,
         )
     else:
         acts = activation_bytes(

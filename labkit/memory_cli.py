@@ -2,7 +2,8 @@
 
 MODEL is a config.json path, a model folder, a catalog or zoo name, or (online) a hub id. Only the
 config is read. Every total names its precision regime; ``--method lora`` keeps the frozen base in
-bf16 as practitioners do (``--base-dtype fp32`` for the fp32-base figure). Bad input is one line on stderr with exit status 2 (see :mod:`labkit.cli`).
+bf16 as practitioners do (``--base-dtype fp32`` for the fp32-base figure). Bad input is one line
+on stderr with exit status 2 (see :mod:`labkit.cli`).
 """
 
 from __future__ import annotations

@@ -291,3 +291,42 @@ def test_autocast_activations_and_weight_copies_exact(name, attn, ckpt):
         )
         assert est.activations + est.logits == got.total
         assert est.weights - memory.weight_bytes(config, "fp32") == got.param_copies > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "targets"),
+    list(itertools.product(["tiny-llama", "tiny-qwen2"], ["default", "all-linear"])),
+)
+def test_lora_on_a_bf16_base_under_autocast_exact(name, targets):
+    """Practice's LoRA: bf16 base, peft's fp32 adapters, bf16 autocast. Each adapter keeps a
+    bf16 cast of its input and a bf16 rank-r output; autocast caches bf16 copies of the adapters
+    (all of them: the saved ones are those whose input needs a gradient)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = zoo.load_config(name)
+    torch.manual_seed(0)
+    model = zoo.load_model(name).to(torch.bfloat16)
+    model.config._attn_implementation = "sdpa"
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(
+        r=4, target_modules=None if targets == "default" else targets, lora_dropout=0.0
+    )
+    model = get_peft_model(model, lora)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16))
+    est = memory.training_memory(
+        config,
+        method="lora",
+        precision="bf16-mixed",
+        base_dtype="bf16",
+        batch=2,
+        seq=16,
+        lora_r=4,
+        lora_targets=targets,
+        device="cpu",
+    )
+    assert est.activations + est.logits == got.total
+    copies = est.weights - memory.weight_bytes(config, "bf16") - 4 * est.trainable_parameters
+    assert copies == 2 * est.trainable_parameters >= got.param_copies > 0
