@@ -1,4 +1,4 @@
-"""Seed study of the PEFT training defaults (labkit.peft.TRAIN_ARGS) on the zoo chat task.
+"""Seed study of the PEFT training defaults (labkit.peft_methods.TRAIN_ARGS) on the zoo chat task.
 
 Each method trains from its defaults with seeds 0, 1, 2 (the seed sets the adapter's init and the
 data order) and is scored on all 84 held-out questions (exact match; the untuned base scores 0).
@@ -16,7 +16,7 @@ import sys
 import time
 
 from labkit import hardware, training, zoo
-from labkit import peft as lp
+from labkit import peft_methods as lp
 
 
 def run(method: str, args: dict, seed: int, tok) -> tuple[float, float]:
@@ -28,15 +28,15 @@ def run(method: str, args: dict, seed: int, tok) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(lp.METHODS), help="comma list")
+    parser.add_argument("--methods", default=",".join(lp.PEFT_METHODS), help="comma list")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--contrast", action="store_true", help="also the linear-decay schedule")
     parser.add_argument("--min-gain", type=float, default=0.3, help="required gain on every seed")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(lp.METHODS))
+    unknown = sorted(set(methods) - set(lp.PEFT_METHODS))
     if unknown:
-        parser.error(f"unknown method(s) {unknown}; accepted: {', '.join(lp.METHODS)}")
+        parser.error(f"unknown method(s) {unknown}; accepted: {', '.join(lp.PEFT_METHODS)}")
 
     hardware.setup()
     hardware.quiet_logs()

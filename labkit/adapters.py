@@ -17,6 +17,9 @@ saved and reloaded as a plain ``transformers`` model must give the same logits a
 - :func:`combine`, :func:`error_line`: ``add_weighted_adapter`` and the errors learners meet;
 - :func:`bnb_4bit_config`, :func:`keep_cpu_4bit_layout`, :func:`check_quantized_merge`: merging
   into a 4-bit base, what rounding does, and the dequantize → merge → re-quantize recipe.
+
+It is one module of about 650 lines because it is notebook 13's one toolbox: every part is a check
+of the same round trip (merge, unmerge, save, reload, mix, quantize) and they share its helpers.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 
+import labkit
 from labkit import LabkitError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -538,7 +542,7 @@ def bnb_4bit_config(quant_type: str = "nf4", compute_dtype: torch.dtype = torch.
     from transformers import BitsAndBytesConfig
 
     if quant_type not in {"nf4", "fp4"}:
-        raise LabkitError(f"unknown 4-bit type {quant_type!r}; accepted: nf4, fp4")
+        raise labkit.unknown("4-bit type", quant_type, ("nf4", "fp4"))
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype
     )

@@ -10,10 +10,14 @@ import argparse
 import importlib
 import sys
 
+import labkit
 from labkit import LabkitError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "estimate": ("labkit.memory_cli:main", "estimate memory and time for training or inference"),
+    "estimate": (
+        "labkit.memory_cli:cli_main",
+        "estimate memory and time for training or inference",
+    ),
     "tune": ("labkit.tuning:cli_main", "hyperparameter search with Optuna (resumable)"),
     "course": (
         "labkit.course:cli_main",
@@ -47,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(
-            f"labkit: unknown command {name!r}; accepted: {', '.join(COMMANDS)}",
-            file=sys.stderr,
-        )
+        print(f"labkit: {labkit.unknown('command', name, COMMANDS)}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)

@@ -14,12 +14,12 @@ never seen during fine-tuning: fine-tuning must teach the format and reuse pretr
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
 
-from labkit import DATA_DIR, LabkitError
+import labkit
+from labkit import DATA_DIR
 
 SEED = 1234
 SPLITS = ("train", "validation", "test")
@@ -491,7 +491,7 @@ def write_all(data_dir: Path = DATA_DIR) -> list[Path]:
 
 def _check_split(split: str, accepted: tuple[str, ...]) -> None:
     if split not in accepted:
-        raise LabkitError(f"unknown split {split!r}; accepted: {', '.join(accepted)}")
+        raise labkit.unknown("split", split, accepted)
 
 
 def load_corpus(split: str = "train") -> list[str]:
@@ -517,7 +517,9 @@ def load_sentiment(split: str = "train") -> list[dict]:
 
 
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit build-data")
+    from labkit.cli import Parser
+
+    parser = Parser(prog="python -m labkit build-data")
     parser.parse_args(argv)
     for path in write_all():
         print(path.relative_to(DATA_DIR.parent))

@@ -31,7 +31,7 @@ def _step(model: torch.nn.Module, ids: torch.Tensor) -> torch.optim.Optimizer:
     return opt
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = argv[0] if argv else "tiny-llama"
     from torch.distributed.fsdp import fully_shard
@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    raise SystemExit(main())
+    raise SystemExit(cli_main())

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils.checkpoint
 
+import labkit
 from labkit import LabkitError
-
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "adamw8bit")
+from labkit.memory import OPTIMIZERS
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Saved:
 
     @property
     def activations(self) -> int:
-        """Everything but the loss buffer: comparable to ``memory.activation_bytes().activations``."""
+        """Everything but the loss buffer: comparable to ``activations.activation_bytes().activations``."""
         return self.forward - self.logits + self.recompute
 
     @property
@@ -234,7 +234,7 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float = 1e-3) -> torch
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=lr)
-    raise LabkitError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+    raise labkit.unknown("optimizer", name, OPTIMIZERS)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """``python -m labkit estimate MODEL [options] [--json]``: memory (and GPUs) for training or inference.
 
 MODEL is a config.json path, a model folder, a catalog or zoo name, or (online) a hub id. Only the
-config is read. Bad input is one line on stderr with exit status 2 (see :mod:`labkit.cli`).
+config is read. Every total names its precision regime; ``--method lora`` keeps the frozen base in
+bf16 as practitioners do (``--base-dtype fp32`` for the fp32-base figure). Bad input is one line
+on stderr with exit status 2 (see :mod:`labkit.cli`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import LabkitError, memory
+from labkit import LabkitError, activations, architecture, memory
+from labkit.cli import Parser
 
 #: Keys of the ``--json`` object (bytes unless the name is a count).
 JSON_KEYS = (
@@ -24,14 +27,8 @@ JSON_KEYS = (
     "kv_cache",
     "total",
     "gpus_needed",
+    "regime",
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one-line :class:`LabkitError` (exit 2 in the dispatcher)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise LabkitError(message.replace("\n", " "))
 
 
 def _number(convert, accepted, what: str):
@@ -55,17 +52,23 @@ _positive_float = _number(float, lambda v: v > 0, "a positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m labkit estimate", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m labkit estimate", description=__doc__.splitlines()[0])
     p.add_argument("model", help="config.json path, model folder, zoo/catalog name or hub id")
     p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--method", choices=memory.METHODS, default="full")
+    p.add_argument("--method", choices=architecture.TRAINING_METHODS, default="full")
     p.add_argument("--precision", choices=memory.PRECISIONS, default="bf16-mixed")
     p.add_argument("--optimizer", choices=memory.OPTIMIZERS, default="adamw")
     p.add_argument("--batch", type=_positive_int, default=1, help="micro-batch per GPU")
     p.add_argument("--seq", type=_positive_int, default=512, help="sequence / context length")
     p.add_argument("--grad-accum", type=_positive_int, default=1)
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
-    p.add_argument("--attention", choices=memory.ATTENTIONS, default="sdpa")
+    p.add_argument("--attention", choices=activations.ATTENTIONS, default="sdpa")
+    p.add_argument(
+        "--base-dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="LoRA's frozen base (default: bf16, as in practice; fp32 with --precision fp32)",
+    )
     p.add_argument("--lora-r", type=_positive_int, default=8)
     p.add_argument(
         "--lora-targets",
@@ -101,9 +104,18 @@ def _load(model: str):
     return zoo.load_config(model)
 
 
+def _base_dtype(args: argparse.Namespace) -> str | None:
+    """LoRA's base: bf16 unless asked (practice loads the frozen base in 16 bit)."""
+    if args.method != "lora":
+        if args.base_dtype is not None:
+            raise LabkitError("--base-dtype applies to --method lora (QLoRA's base is NF4)")
+        return None
+    return args.base_dtype or ("fp32" if args.precision == "fp32" else "bf16")
+
+
 def estimate(args: argparse.Namespace) -> memory.Breakdown:
     """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
-    shape = memory.shape_of(_load(args.model))
+    shape = architecture.shape_of(_load(args.model))
     if args.mode == "infer":
         b = memory.inference_memory(shape, dtype=args.dtype, batch=args.batch, context=args.seq)
     else:
@@ -120,6 +132,7 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
             lora_r=args.lora_r,
             lora_targets=args.lora_targets,
             frozen_layers=args.frozen_layers,
+            base_dtype=_base_dtype(args),
         )
     strategy = "ddp" if args.zero == "0" else f"zero{args.zero}"
     per_gpu = memory.sharded(b, args.gpus, strategy)
@@ -132,6 +145,10 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
         if args.mode == "infer"
         else memory.rule_training_8x(b.parameters)
     )
+    if args.mode == "infer":
+        per_gpu.details["regime"] = f"inference, {args.dtype} weights"
+    else:
+        per_gpu.details["rule_mixed_adamw"] = memory.rule_training_mixed_adamw(b.parameters)
     return per_gpu
 
 
@@ -147,28 +164,32 @@ def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
     for key in ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache"):
         rows.append((key.replace("_", " "), _gib(getattr(b, key))))
     rows.append(("transient (logits held, loss grad)", _gib(b.transient)))
-    rows.append(("total per GPU", _gib(b.total)))
+    rows.append((f"total per GPU ({b.details['regime']})", _gib(b.total)))
     rule = b.details["rule_of_thumb"]
     name = "2x the fp16 weights" if args.mode == "infer" else "8x the fp16 weights"
     rows.append((f"rule of thumb ({name})", _gib(rule)))
+    if args.mode == "train":
+        rule16 = "mixed-precision AdamW, 2+2+12 = 16 B/param, no activations"
+        rows.append((f"rule of thumb ({rule16})", _gib(b.details["rule_mixed_adamw"])))
     need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
     rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
     width = max(len(r[0]) for r in rows)
     head = f"{args.model}: {args.mode}"
     if args.mode == "train":
-        head += f", {args.method}, {args.precision}, {args.optimizer}, batch {args.batch} x seq {args.seq}"
+        head += f", {args.method}, {b.details['regime']}, {args.optimizer}"
+        head += f", batch {args.batch} x seq {args.seq}"
         head += f", {'zero' + args.zero if args.zero != '0' else 'ddp'} on {args.gpus} GPU(s)"
     else:
         head += f", {args.dtype} weights, batch {args.batch}, context {args.seq}"
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
-def main(argv: list[str]) -> int:
+def cli_main(argv: list[str]) -> int:
     """Entry point of ``python -m labkit estimate``."""
     args = build_parser().parse_args(argv)
     b = estimate(args)
     if args.json:
-        out = {k: getattr(b, k) for k in JSON_KEYS}
+        out = {k: b.details["regime"] if k == "regime" else getattr(b, k) for k in JSON_KEYS}
         out.update(transient=b.transient, rule_of_thumb=int(b.details["rule_of_thumb"]))
         print(json.dumps(out))
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+import labkit
 from labkit import LabkitError
 
 
@@ -94,7 +95,7 @@ def get_format(fmt: str | FloatFormat) -> FloatFormat:
     if isinstance(fmt, FloatFormat):
         return fmt
     if fmt not in FORMATS:
-        raise LabkitError(f"unknown float format {fmt!r}; accepted: {', '.join(FORMATS)}")
+        raise labkit.unknown("float format", fmt, FORMATS)
     return FORMATS[fmt]
 
 
@@ -188,7 +189,9 @@ def decode(x: float, fmt: str | FloatFormat) -> FloatBits:
         exponent = (raw >> f.mantissa_bits) & (2**f.exponent_bits - 1)
         mantissa = raw & (2**f.mantissa_bits - 1)
     value, kind = _fields_value(f, sign, exponent, mantissa)
-    return FloatBits(f.name, sign, exponent, mantissa, value, kind)
+    return FloatBits(
+        format=f.name, sign=sign, exponent=exponent, mantissa=mantissa, value=value, kind=kind
+    )
 
 
 def round_to(x: torch.Tensor | float, fmt: str | FloatFormat) -> torch.Tensor:

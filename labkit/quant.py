@@ -4,7 +4,8 @@ Integer quantization maps floats to ``n``-bit integers with a scale (and a zero 
 (symmetric) and zero-point (asymmetric) at any granularity (per tensor, per channel, per group).
 4-bit "codebook" quantization (NF4, FP4, quantile) maps each value, scaled by its block's absmax,
 to the nearest of 16 levels. :func:`nf4_quantize` is bit-identical to bitsandbytes'
-``quantize_4bit(..., quant_type="nf4")``. Layers: :class:`W8A16Linear`, :class:`NF4Linear`,
+``quantize_4bit(..., quant_type="nf4")``. Layers: :class:`W8A16Linear` and :class:`NF4Linear` (one
+:class:`WeightOnlyLinear` base: they differ only in how they dequantize),
 :class:`W8A8Linear` (with SmoothQuant), and :func:`quantize_model` to swap every ``nn.Linear``.
 
 Conventions (as in the course's worked examples): ``scale = qmax / absmax``, ``q = round(scale * x)``,
@@ -13,6 +14,10 @@ a step. Granularity: ``axis`` is the dimension whose values SHARE a scale (``Non
 tensor); ``group_size`` splits that axis into groups of consecutive values. For a weight
 ``[out, in]``: per-tensor ``axis=None``, per-output-channel (one scale per row) ``axis=-1``, one
 scale per column ``axis=0``, groups of 128 along each row ``axis=-1, group_size=128``.
+
+It is one module of about 750 lines because notebooks 05-07 teach one progression (integer
+quantization, 4-bit codebooks, quantized layers and SmoothQuant) in which each part reuses the
+quantizers before it; a learner finds all of it under one name, in the order it is taught.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+import labkit
 from labkit import LabkitError
+from labkit.units import quantized_bytes
 
 # --------------------------------------------------------------------------------------------
 # input checks
@@ -70,7 +77,7 @@ def group_reduce(
     _check_tensor(x)
     fns = {"absmax": lambda t, d: t.abs().amax(d), "min": torch.amin, "max": torch.amax}
     if op not in fns:
-        raise LabkitError(f"unknown reduction {op!r}; accepted: {', '.join(fns)}")
+        raise labkit.unknown("reduction", op, fns)
     if axis is None:
         if group_size is not None:
             raise LabkitError(
@@ -187,7 +194,7 @@ def fake_quantize(
     elif method == "zeropoint":
         out = zeropoint_dequantize(*zeropoint_quantize(x, bits, axis, group_size))
     else:
-        raise LabkitError(f"unknown method {method!r}; accepted: absmax, zeropoint")
+        raise labkit.unknown("method", method, ("absmax", "zeropoint"))
     return out.to(x.dtype)
 
 
@@ -487,7 +494,7 @@ def fake_quantize_4bit(x: torch.Tensor, kind: str = "nf4", blocksize: int = 64) 
     elif kind in codes:
         code = codes[kind]
     else:
-        raise LabkitError(f"unknown 4-bit kind {kind!r}; accepted: int4, nf4, fp4, quantile")
+        raise labkit.unknown("4-bit kind", kind, ("int4", "nf4", "fp4", "quantile"))
     idx, absmax = codebook_quantize(x, code.to(x.device), blocksize)
     return codebook_dequantize(idx, absmax, code.to(x.device), x.shape, blocksize).to(x.dtype)
 
@@ -536,12 +543,13 @@ def bits_per_parameter(
     absmax_bits: int = 32,
 ) -> float:
     """Storage per weight: ``bits + absmax_bits / blocksize`` (+ double quantization:
-    ``bits + 8 / blocksize + 32 / (blocksize * dq_blocksize)``; NF4 + DQ = 4.127)."""
+    ``bits + 8 / blocksize + 32 / (blocksize * dq_blocksize)``; NF4 + DQ = 4.127), from the one
+    bytes formula the memory estimator uses (:func:`labkit.units.quantized_bytes`)."""
     if blocksize is None:
         return float(bits)
-    if double_quant:
-        return bits + 8 / blocksize + 32 / (blocksize * dq_blocksize)
-    return bits + absmax_bits / blocksize
+    n = blocksize * dq_blocksize  # whole blocks: the per-weight cost without rounding up
+    kw = dict(double_quant=double_quant, dq_blocksize=dq_blocksize, absmax_bits=absmax_bits)
+    return 8 * quantized_bytes(n, bits, blocksize, **kw) / n
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,63 +557,57 @@ def bits_per_parameter(
 # --------------------------------------------------------------------------------------------
 
 
-class W8A16Linear(nn.Module):
-    """Weight-only int8: int8 weights with per-output-channel scales, dequantized to the input's
-    dtype inside ``forward`` (just before the matmul), which runs in 16/32-bit floating point.
-    """
+class WeightOnlyLinear(nn.Module):
+    """A linear layer that stores its weight quantized and dequantizes it inside ``forward``,
+    just before the matmul, which runs in the input's floating-point dtype. Subclasses differ
+    only in how they store the weight and how :meth:`dequantized_weight` recovers it."""
 
-    def __init__(self, linear: nn.Linear, group_size: int | None = None):
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = absmax_quantize(linear.weight.detach(), 8, axis=-1, group_size=group_size)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", scale)
         self.bias = (
             None
             if linear.bias is None
             else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         )
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(
+            x,
+            self.dequantized_weight(x.dtype),
+            None if self.bias is None else self.bias.to(x.dtype),
+        )
+
+
+class W8A16Linear(WeightOnlyLinear):
+    """Weight-only int8: int8 weights with per-output-channel (or per-group) absmax scales."""
+
+    def __init__(self, linear: nn.Linear, group_size: int | None = None):
+        super().__init__(linear)
+        q, scale = absmax_quantize(linear.weight.detach(), 8, axis=-1, group_size=group_size)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return absmax_dequantize(self.qweight, self.scale).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(
-            x,
-            self.dequantized_weight(x.dtype),
-            None if self.bias is None else self.bias.to(x.dtype),
-        )
 
-
-class NF4Linear(nn.Module):
-    """Weight-only NF4 (blockwise absmax, 64): packed 4-bit weights dequantized in ``forward``."""
+class NF4Linear(WeightOnlyLinear):
+    """Weight-only NF4 (blockwise absmax, 64): packed 4-bit codes and one absmax per block."""
 
     def __init__(self, linear: nn.Linear, blocksize: int = 64):
-        super().__init__()
-        self.in_features, self.out_features, self.blocksize = (
-            linear.in_features,
-            linear.out_features,
-            blocksize,
-        )
+        super().__init__(linear)
+        self.blocksize = blocksize
         packed, absmax = nf4_quantize(linear.weight.detach().float(), blocksize)
         self.register_buffer("packed", packed)
         self.register_buffer("absmax", absmax)
-        self.bias = (
-            None
-            if linear.bias is None
-            else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = (self.out_features, self.in_features)
         return nf4_dequantize(self.packed, self.absmax, shape, self.blocksize).to(dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(
-            x,
-            self.dequantized_weight(x.dtype),
-            None if self.bias is None else self.bias.to(x.dtype),
-        )
 
 
 def smoothquant_scales(
@@ -720,7 +722,7 @@ def quantize_model(
     """
     kinds = ("w8a16", "nf4", "w8a8", "smoothquant")
     if kind not in kinds:
-        raise LabkitError(f"unknown kind {kind!r}; accepted: {', '.join(kinds)}")
+        raise labkit.unknown("kind", kind, kinds)
     if kind == "smoothquant" and act_absmax is None:
         raise LabkitError(
             "smoothquant needs act_absmax (from collect_input_absmax); accepted: a dict name -> tensor"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
 
+import labkit
 from labkit import LabkitError, datasets
 
 IGNORE = -100
@@ -27,7 +28,7 @@ IGNORE = -100
 def chat_features(tokenizer, rows: list[dict], target: str = "response") -> list[dict]:
     """Token ids for ``prompt + " " + target + </s>`` with the prompt's labels set to -100."""
     if target not in {"response", "short"}:
-        raise LabkitError(f"unknown target {target!r}; accepted: response, short")
+        raise labkit.unknown("target", target, ("response", "short"))
     feats = []
     for row in rows:
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
@@ -60,34 +61,44 @@ class ChatCollator:
         }
 
 
-def training_arguments(output_dir: str | None = None, **overrides: Any) -> TrainingArguments:
-    """``TrainingArguments`` with the course's CPU-friendly defaults and today's names.
+#: The course's CPU-friendly training defaults (the chat task of notebooks 08-13).
+COURSE_TRAINING_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "num_train_epochs": 10,
+    "learning_rate": 1e-3,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "logging_steps": 5,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 0,
+    "data_seed": 0,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": False,
+}
+
+
+def training_arguments(
+    output_dir: str | None = None, *, course_defaults: bool = True, **overrides: Any
+) -> TrainingArguments:
+    """``TrainingArguments`` with today's names: the course's CPU-friendly defaults
+    (:data:`COURSE_TRAINING_DEFAULTS`), or with ``course_defaults=False`` the library's own
+    defaults (what a hyperparameter search varies), plus ``overrides``; a fresh temporary
+    ``output_dir`` unless given.
 
     Old tutorials' ``evaluation_strategy``, ``no_cuda``, ``overwrite_output_dir`` and
     ``logging_dir`` were removed in transformers 5 (use ``eval_strategy``, ``use_cpu``, nothing,
     and nothing).
     """
-    defaults: dict[str, Any] = {
-        "output_dir": output_dir or tempfile.mkdtemp(prefix="labkit-run-"),
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32,
-        "num_train_epochs": 10,
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "linear",
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "logging_steps": 5,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 0,
-        "data_seed": 0,
-        "dataloader_num_workers": 0,
+    settings: dict[str, Any] = {"output_dir": output_dir or tempfile.mkdtemp(prefix="labkit-run-")}
+    if course_defaults:
+        settings |= COURSE_TRAINING_DEFAULTS
         # pinned memory only helps host-to-GPU copies; on a CPU torch warns about it every epoch
-        "dataloader_pin_memory": torch.cuda.is_available(),
-        "disable_tqdm": False,
-    }
-    defaults.update(overrides)
-    return TrainingArguments(**defaults)
+        settings["dataloader_pin_memory"] = torch.cuda.is_available()
+    settings.update(overrides)
+    return TrainingArguments(**settings)
 
 
 @dataclass

@@ -12,7 +12,6 @@ Prints a markdown table with the device name; commit it to benchmarks/gpu_memory
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import sys
@@ -20,7 +19,8 @@ import time
 
 import torch
 
-from labkit import hardware, measure, memory, zoo
+from labkit import LabkitError, architecture, hardware, measure, memory, zoo
+from labkit.cli import Parser
 
 SHAPES = {  # name -> (catalog config, layers kept)
     "llama-3.1-8b/4L": ("llama-3.1-8b", 4),
@@ -69,7 +69,7 @@ def build(catalog: str, layers: int, method: str, device: str, ckpt: bool):
     if method in {"lora", "qlora"}:
         from peft import LoraConfig, get_peft_model
 
-        targets = list(memory.PEFT_DEFAULT_TARGETS[config.model_type])  # peft's own default
+        targets = list(architecture.PEFT_DEFAULT_TARGETS[config.model_type])  # peft's own default
         if method == "lora":
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -121,7 +121,9 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="python scripts/gpu_validate_memory.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--dry", action="store_true", help="tiny configs on CPU (no GPU needed)")
     args = parser.parse_args(argv)
     hardware.setup()
@@ -162,4 +164,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except LabkitError as err:  # bad arguments: one line, exit 2
+        print(f"gpu_validate_memory: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

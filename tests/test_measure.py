@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from labkit import LabkitError, measure, memory, zoo
+from labkit import LabkitError, activations, architecture, measure, memory, zoo
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
@@ -29,8 +29,10 @@ def with_lora(model, config, targets, r=4):
     """peft LoRA (``lora_dropout=0``) on ``targets`` (a comma list or ``all-linear``)."""
     from peft import LoraConfig, get_peft_model
 
-    family = memory.shape_of(config).family
-    modules = list(memory.LINEAR_NAMES[family]) if targets == "all-linear" else targets.split(",")
+    family = architecture.shape_of(config).family
+    modules = (
+        list(architecture.LINEAR_NAMES[family]) if targets == "all-linear" else targets.split(",")
+    )
     # GPT-2's Conv1D stores its weight as (in, out)
     lora = LoraConfig(r=r, target_modules=modules, fan_in_fan_out=family == "gpt2")
     return get_peft_model(model, lora)
@@ -60,7 +62,9 @@ def test_activations_plus_logits_exact(name, attn, ckpt, bs, dtype):
     model, config = fresh(name, attn, dtype)
     b, s = bs
     got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
-    est = memory.activation_bytes(config, b, s, dtype, attn, ckpt, dropout=True, device="cpu")
+    est = activations.activation_bytes(
+        config, b, s, dtype, attn, checkpointing=ckpt, dropout=True, device="cpu"
+    )
     assert (est.total, est.logits, est.recompute) == (got.total, got.logits, got.recompute), (
         est.items,
         got,
@@ -81,7 +85,7 @@ def test_checkpointing_measured_saving_and_frozen_layers():
     for p in model.model.layers[0].parameters():
         p.requires_grad_(False)
     got = measure.saved_tensor_bytes(model, x)
-    est = memory.activation_bytes(
+    est = activations.activation_bytes(
         config, 2, 64, "fp32", "sdpa", device="cpu", trainable_from_layer=1
     )
     assert est.total == got.total
@@ -115,8 +119,8 @@ def test_frozen_layers_exact(name, attn, dtype):
         model, config = fresh(name, attn, dtype)
         freeze_first(model, k)
         got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16), checkpointing=ckpt)
-        est = memory.activation_bytes(
-            config, 2, 16, dtype, attn, ckpt, device="cpu", trainable_from_layer=k
+        est = activations.activation_bytes(
+            config, 2, 16, dtype, attn, checkpointing=ckpt, device="cpu", trainable_from_layer=k
         )
         assert (est.total, est.recompute) == (got.total, got.recompute), (k, ckpt, est.items)
 
@@ -210,8 +214,17 @@ def test_lora_activations_exact(name, attn, ckpt, dtype, targets):
     model = with_lora(model, config, targets)
     for b, s in ((2, 16), (1, 40)):  # batch 1: GPT-2's and BLOOM's q, k, v views of the fused qkv
         got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
-        est = memory.lora_activation_bytes(
-            config, b, s, targets, 4, dtype, "fp32", attn, ckpt, device="cpu"
+        est = activations.lora_activation_bytes(
+            config,
+            b,
+            s,
+            targets,
+            4,
+            dtype=dtype,
+            adapter_dtype="fp32",
+            attention=attn,
+            checkpointing=ckpt,
+            device="cpu",
         )
         assert (est.total, est.recompute) == (got.total, got.recompute), est.items
 
@@ -278,3 +291,42 @@ def test_autocast_activations_and_weight_copies_exact(name, attn, ckpt):
         )
         assert est.activations + est.logits == got.total
         assert est.weights - memory.weight_bytes(config, "fp32") == got.param_copies > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "targets"),
+    list(itertools.product(["tiny-llama", "tiny-qwen2"], ["default", "all-linear"])),
+)
+def test_lora_on_a_bf16_base_under_autocast_exact(name, targets):
+    """Practice's LoRA: bf16 base, peft's fp32 adapters, bf16 autocast. Each adapter keeps a
+    bf16 cast of its input and a bf16 rank-r output; autocast caches bf16 copies of the adapters
+    (all of them: the saved ones are those whose input needs a gradient)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = zoo.load_config(name)
+    torch.manual_seed(0)
+    model = zoo.load_model(name).to(torch.bfloat16)
+    model.config._attn_implementation = "sdpa"
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(
+        r=4, target_modules=None if targets == "default" else targets, lora_dropout=0.0
+    )
+    model = get_peft_model(model, lora)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16))
+    est = memory.training_memory(
+        config,
+        method="lora",
+        precision="bf16-mixed",
+        base_dtype="bf16",
+        batch=2,
+        seq=16,
+        lora_r=4,
+        lora_targets=targets,
+        device="cpu",
+    )
+    assert est.activations + est.logits == got.total
+    copies = est.weights - memory.weight_bytes(config, "bf16") - 4 * est.trainable_parameters
+    assert copies == 2 * est.trainable_parameters >= got.param_copies > 0

@@ -1,61 +1,10 @@
-"""labkit.memory: exact counts against real (meta-device) models and the facts.md figures."""
+"""labkit.memory, labkit.architecture and labkit.activations: exact counts against real (meta-device) models and the facts.md figures."""
 
 import math
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
-from labkit import LabkitError, memory, zoo
-
-ALL = zoo.catalog_names() + ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_parameter_count_and_shapes_equal_the_real_model(name):
-    config = zoo.load_config(name)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    real = dict(model.named_parameters())
-    assert {k: tuple(v.shape) for k, v in real.items()} == memory.param_shapes(config)
-    assert memory.count_parameters(config) == sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("llama-2-7b", 6_738_415_616),
-        ("llama-3.1-8b", 8_030_261_248),
-        ("mistral-7b", 7_241_732_096),
-        ("gpt2", 124_439_808),
-    ],
-)
-def test_parameter_counts_match_facts(name, expected):
-    assert memory.count_parameters(name) == expected
-
-
-def test_default_lora_targets_are_peft_s():
-    """targets="default" is peft's own per-model-type choice (GPT-2: c_attn, BLOOM: qkv)."""
-    from labkit import peft as lp
-
-    for model_type, targets in memory.PEFT_DEFAULT_TARGETS.items():
-        assert list(targets) == lp.default_target_modules(model_type)
-    assert memory.lora_parameters("gpt2", 8, "default") == memory.lora_parameters(
-        "gpt2", 8, "c_attn"
-    )
-    bloom = memory.training_memory("bloom-560m", method="lora", attention="eager")
-    assert bloom.trainable_parameters == memory.lora_parameters("bloom-560m", 8, "query_key_value")
-
-
-def test_lora_parameters_match_facts():
-    assert memory.lora_parameters("llama-2-7b", 8, ["q_proj", "v_proj"]) == 4_194_304
-    # GQA: v_proj's d_out is n_kv * d
-    s = memory.shape_of("llama-3.1-8b")
-    per_layer = 8 * (4096 + 4096) + 8 * (4096 + 1024)
-    assert memory.lora_parameters(s, 8, "q_proj,v_proj") == s.layers * per_layer
-    assert memory.lora_parameters("gpt2", 4, "all-linear") > memory.lora_parameters(
-        "gpt2", 4, "c_attn"
-    )
+from labkit import LabkitError, activations, architecture, memory
 
 
 def test_kv_cache_matches_facts_and_gqa_is_4x_smaller():
@@ -65,7 +14,7 @@ def test_kv_cache_matches_facts_and_gqa_is_4x_smaller():
 
 
 def test_weight_bytes_by_dtype_and_nf4_bits():
-    P = memory.count_parameters("llama-2-7b")
+    P = architecture.count_parameters("llama-2-7b")
     assert memory.weight_bytes("llama-2-7b", "fp32") == 4 * P
     assert memory.weight_bytes("llama-2-7b", "bf16") == 2 * P
     n = 64 * 256 * 100
@@ -80,10 +29,10 @@ def test_training_bytes_per_param_follow_the_precision():
     mixed = memory.training_memory("llama-2-7b", precision="bf16-mixed", **kw)
     pure = memory.training_memory("llama-2-7b", precision="bf16", **kw)
     P = fp32.parameters
-    n_tensors = len(memory.param_shapes("llama-2-7b"))
+    n_tensors = len(architecture.param_shapes("llama-2-7b"))
     states = lambda b: b.weights + b.gradients + b.optimizer  # noqa: E731
     assert states(fp32) == 16 * P + 4 * n_tensors
-    shapes = memory.param_shapes("llama-2-7b")
+    shapes = architecture.param_shapes("llama-2-7b")
     cast = memory.autocast_cast_parameters("llama-2-7b", shapes)
     one_block = memory.autocast_cast_parameters("llama-2-7b", shapes, checkpointing=True)
     assert one_block == 32000 * 4096 + (cast - 32000 * 4096) // 32  # the head + one block
@@ -122,32 +71,34 @@ def test_lora_and_qlora_shrink_states_and_activations():
 
 def test_lora_activation_bytes_bad_input():
     with pytest.raises(LabkitError, match="not supported") as err:
-        memory.lora_activation_bytes({"model_type": "t5", "vocab_size": 8}, 1, 8)
+        activations.lora_activation_bytes({"model_type": "t5", "vocab_size": 8}, 1, 8)
     assert "\n" not in str(err.value)
     with pytest.raises(LabkitError, match="unknown LoRA target"):
-        memory.lora_activation_bytes("gpt2", 1, 8, "q_proj,v_proj")  # Llama names on GPT-2
+        activations.lora_activation_bytes("gpt2", 1, 8, "q_proj,v_proj")  # Llama names on GPT-2
     with pytest.raises(LabkitError, match="no SDPA"):
-        memory.lora_activation_bytes("tiny-bloom", 1, 8, "query_key_value", attention="sdpa")
+        activations.lora_activation_bytes("tiny-bloom", 1, 8, "query_key_value", attention="sdpa")
     with pytest.raises(LabkitError, match="LoRA rank"):
-        memory.lora_activation_bytes("tiny-llama", 1, 8, r=0)
+        activations.lora_activation_bytes("tiny-llama", 1, 8, r=0)
     with pytest.raises(LabkitError, match="unknown LoRA target"):
-        memory.lora_activation_bytes("tiny-llama", 1, 8, targets="c_attn")
+        activations.lora_activation_bytes("tiny-llama", 1, 8, targets="c_attn")
     with pytest.raises(LabkitError, match="adapter dtype"):
-        memory.lora_activation_bytes("tiny-llama", 1, 8, adapter_dtype="int8")
+        activations.lora_activation_bytes("tiny-llama", 1, 8, adapter_dtype="int8")
 
 
 def test_frozen_layers_and_checkpointing_cut_activations():
-    base = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa")
-    ckpt = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa", checkpointing=True)
-    half = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa", trainable_from_layer=16)
+    base = activations.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa")
+    ckpt = activations.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa", checkpointing=True)
+    half = activations.activation_bytes(
+        "llama-2-7b", 1, 1024, "bf16", "sdpa", trainable_from_layer=16
+    )
     assert ckpt.activations < base.activations / 5
     assert half.activations == pytest.approx(base.activations / 2, rel=0.02)
-    eager = memory.activation_bytes("llama-2-7b", 1, 1024, "bf16", "eager")
+    eager = activations.activation_bytes("llama-2-7b", 1, 1024, "bf16", "eager")
     assert eager.activations - base.activations > 32 * 32 * 1024**2 * 4  # the a·s² terms
 
 
 def test_logits_dominate_for_small_models_with_large_vocab():
-    acts = memory.activation_bytes("qwen2.5-0.5b", 1, 4096, "bf16", "sdpa", checkpointing=True)
+    acts = activations.activation_bytes("qwen2.5-0.5b", 1, 4096, "bf16", "sdpa", checkpointing=True)
     assert acts.logits > acts.activations
     assert acts.logits >= 4096 * 151_936 * 4
 
@@ -179,40 +130,12 @@ def test_rules_of_thumb():
     assert memory.rule_activations_korthikanti(1, 1, 1, 1, 1) == 39
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"model_type": "t5", "vocab_size": 10},
-        {
-            "model_type": "llama",
-            "hidden_size": 10,
-            "num_attention_heads": 3,
-            "num_hidden_layers": 1,
-            "intermediate_size": 4,
-            "vocab_size": 8,
-        },
-        {
-            "model_type": "llama",
-            "hidden_size": -8,
-            "num_attention_heads": 2,
-            "num_hidden_layers": 1,
-            "intermediate_size": 4,
-            "vocab_size": 8,
-        },
-    ],
-)
-def test_bad_configs_raise_one_line(bad):
-    with pytest.raises(LabkitError) as err:
-        memory.shape_of(bad)
-    assert "\n" not in str(err.value)
-
-
 def test_bad_sizes_and_options_raise():
     with pytest.raises(LabkitError):
-        memory.activation_bytes("tiny-llama", 0, 8)
+        activations.activation_bytes("tiny-llama", 0, 8)
     with pytest.raises(LabkitError):
         memory.training_memory("tiny-llama", optimizer="lion")
     with pytest.raises(LabkitError):
-        memory.activation_bytes("tiny-bloom", 1, 8, attention="sdpa")
+        activations.activation_bytes("tiny-bloom", 1, 8, attention="sdpa")
     with pytest.raises(LabkitError):
         memory.gpus_needed(memory.training_memory("llama-2-7b", precision="fp32"), 2**20, "ddp")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from labkit import REPO_ROOT, cli, memory, memory_cli
+from labkit import REPO_ROOT, architecture, cli, memory, memory_cli
 
 
 def run(capsys, *argv):
@@ -23,7 +23,7 @@ def test_json_keys_and_values(capsys):
     data = json.loads(out)
     assert set(memory_cli.JSON_KEYS) <= set(data)
     est = memory.training_memory("tiny-llama", precision="fp32", batch=2, seq=16)
-    assert data["parameters"] == memory.count_parameters("tiny-llama")
+    assert data["parameters"] == architecture.count_parameters("tiny-llama")
     assert data["activations"] == est.activations and data["logits"] == est.logits
     assert data["total"] == est.total and data["gpus_needed"] == 1
 
@@ -79,3 +79,28 @@ def test_module_entry_point_exit_status():
         cwd=REPO_ROOT,
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_lora_defaults_to_a_bf16_base_and_names_its_regime(capsys):
+    """Practice loads LoRA's frozen base in 16 bit; the fp32-base figure stays behind a flag."""
+    rc, out, _ = run(capsys, "llama-2-7b", "--method", "lora", "--json")
+    data = json.loads(out)
+    assert rc == 0 and data["regime"] == "LoRA: bf16 base + fp32 adapters, bf16 autocast"
+    n = data["trainable_parameters"]
+    # no fp32 copy of the base: bf16 base + fp32 adapters + autocast's bf16 copies of them
+    assert data["weights"] == memory.weight_bytes("llama-2-7b", "bf16") + (4 + 2) * n
+    bf16 = memory.training_memory("llama-2-7b", method="lora", base_dtype="bf16")
+    assert data["total"] == bf16.total
+    rc, out, _ = run(capsys, "llama-2-7b", "--method", "lora", "--base-dtype", "fp32", "--json")
+    fp32 = json.loads(out)
+    assert fp32["regime"] == "LoRA: fp32 base + fp32 adapters, bf16 autocast"
+    assert fp32["total"] == memory.training_memory("llama-2-7b", method="lora").total
+    assert fp32["weights"] > 2.5 * data["weights"]
+    rc, out, _ = run(capsys, "llama-2-7b", "--method", "qlora", "--json")
+    assert json.loads(out)["regime"] == "QLoRA: NF4 base + fp32 adapters, bf16 autocast"
+    rc, out, _ = run(capsys, "llama-2-7b", "--precision", "bf16")
+    assert "total per GPU (pure bf16)" in out and "2+2+12 = 16 B/param" in out
+    rc, out, _ = run(capsys, "llama-2-7b", "--json")
+    assert json.loads(out)["regime"] == "bf16 autocast with fp32 master weights"
+    rc, out, err = run(capsys, "llama-2-7b", "--base-dtype", "bf16")
+    assert rc == 2 and "--method lora" in err

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from labkit import LabkitError, datasets, training, zoo
-from labkit import peft as lp
+from labkit import peft_methods as lp
 
 ROWS = [
     {
@@ -119,3 +119,15 @@ def test_prompt_learning_answers_equal_greedy_decoding_of_the_forward_pass(tok, 
             ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
     by_hand = tok.decode(ids[0, n_prompt:], skip_special_tokens=True).strip().split("\n")[0].strip()
     assert training.generate_answers(model, tok, [prompt], max_new_tokens=6) == [by_hand]
+
+
+def test_training_arguments_course_or_library_defaults():
+    """One name for TrainingArguments: the course's defaults, or the library's (a search's)."""
+    from transformers import TrainingArguments
+
+    course = training.training_arguments(learning_rate=5e-3)
+    assert course.learning_rate == 5e-3 and course.num_train_epochs == 10 and course.seed == 0
+    library = training.training_arguments(course_defaults=False, eval_strategy="epoch")
+    plain = TrainingArguments(output_dir=library.output_dir)
+    assert library.learning_rate == plain.learning_rate and library.eval_strategy == "epoch"
+    assert library.num_train_epochs == plain.num_train_epochs

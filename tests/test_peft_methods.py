@@ -1,4 +1,4 @@
-"""labkit.peft: the formula count equals peft's own count; discovery helpers; configs."""
+"""labkit.peft_methods: the formula count equals peft's own count; discovery helpers; configs."""
 
 import copy
 import warnings
@@ -15,7 +15,7 @@ from peft import (
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from labkit import LabkitError, zoo
-from labkit import peft as lp
+from labkit import peft_methods as lp
 
 TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
 ATTN = {
@@ -163,39 +163,6 @@ def test_count_does_not_modify_the_config_and_terms_add_up():
     assert len(terms) == 3
 
 
-@pytest.mark.parametrize("name", TINY + zoo.catalog_names())
-def test_module_table_from_formulas_equals_the_built_model(name):
-    config = zoo.load_config(name)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    assert lp.module_table(config) == lp.table_from_model(model)
-
-
-def test_linear_layers_regex_and_default_targets():
-    gpt2 = lp.linear_layers("tiny-gpt2")
-    c_attn = next(m for m in gpt2 if m.name.endswith("h.0.attn.c_attn"))
-    assert (c_attn.kind, c_attn.d_in, c_attn.d_out) == ("conv1d", 64, 192)
-    assert gpt2[-1].name == "lm_head"
-    assert lp.regex_matches("q_proj", "tiny-llama") == []  # a regex must match the whole name
-    assert lp.regex_matches(r".*\.q_proj", "tiny-llama") == [
-        "model.layers.0.self_attn.q_proj",
-        "model.layers.1.self_attn.q_proj",
-    ]
-    model = zoo.load_model("tiny-llama")
-    assert lp.regex_matches(r".*\.q_proj", model) == lp.regex_matches(r".*\.q_proj", "tiny-llama")
-    assert lp.default_target_modules("bloom") == ["query_key_value"]
-    assert lp.default_target_modules("llama") == ["q_proj", "v_proj"]
-    with pytest.raises(LabkitError, match="no default LoRA targets"):
-        lp.default_target_modules("not-a-model")
-    with pytest.raises(LabkitError, match="invalid regex"):
-        lp.regex_matches("(", "tiny-llama")
-
-
-def test_all_linear_excludes_the_output_head():
-    names = [m.name for m in lp.lora_targets(LoraConfig(target_modules="all-linear"), "tiny-bloom")]
-    assert "lm_head" not in names and len(names) == 2 * 4
-
-
 def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(LabkitError, match="matches no module"):
         lp.count_trainable(LoraConfig(target_modules=["nope"]), "tiny-llama")
@@ -211,7 +178,7 @@ def test_bad_inputs_raise_one_line_errors():
         lp.make_config("adapter")
 
 
-@pytest.mark.parametrize("method", [m for m in lp.METHODS if m != "full"])
+@pytest.mark.parametrize("method", [m for m in lp.PEFT_METHODS if m != "full"])
 def test_make_config_and_attach_match_the_count(method):
     model = lp.attach("tiny-llama", method)
     config = model.peft_config["default"]

@@ -1,0 +1,67 @@
+"""Sizes and checks every estimator shares: bytes per dtype, bytes of a blockwise-quantized
+tensor (the one home of the NF4 / double-quantization formula), and the argument checks that turn
+bad input into one :class:`labkit.LabkitError` line.
+
+Pure Python (no torch): :mod:`labkit.architecture`, :mod:`labkit.activations`,
+:mod:`labkit.memory` and :mod:`labkit.quant` import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import labkit
+from labkit import LabkitError
+
+#: bytes per element of the dtypes the estimators accept (``nf4`` is sized by
+#: :func:`quantized_bytes`).
+DTYPE_BYTES = {
+    "fp32": 4,
+    "float32": 4,
+    "bf16": 2,
+    "bfloat16": 2,
+    "fp16": 2,
+    "float16": 2,
+    "int8": 1,
+}
+#: one short name per dtype (``bfloat16`` and ``bf16`` are the same dtype).
+DTYPE_NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+DTYPE_NAMES |= {"fp16": "fp16", "float16": "fp16", "int8": "int8"}
+
+
+def positive(name: str, value: Any) -> int:
+    """``value`` if it is a positive integer, else a one-line error naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise LabkitError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def choice(what: str, value: Any, accepted: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``accepted``, else ``labkit.unknown(what, value, accepted)``."""
+    accepted = tuple(accepted)
+    if value not in accepted:
+        raise labkit.unknown(what, value, accepted)
+    return value
+
+
+def quantized_bytes(
+    numel: int,
+    bits: int = 4,
+    blocksize: int = 64,
+    *,
+    double_quant: bool = True,
+    dq_blocksize: int = 256,
+    absmax_bits: int = 32,
+) -> float:
+    """Bytes of ``numel`` weights quantized blockwise: ``bits``-bit codes plus one absmax per
+    ``blocksize`` values (``absmax_bits``), or with double quantization (QLoRA) an 8-bit absmax
+    per block plus one fp32 constant per ``dq_blocksize`` blocks:
+    4 + 8/64 + 32/(64·256) = 4.127 bits per NF4 weight.
+    """
+    blocks = math.ceil(numel / blocksize)
+    codes = numel * bits / 8
+    if not double_quant:
+        return codes + blocks * absmax_bits / 8
+    return codes + blocks + 4 * math.ceil(blocks / dq_blocksize)

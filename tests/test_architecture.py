@@ -1,0 +1,218 @@
+"""labkit.architecture: the module/parameter table from a config, formula and meta path, against
+real models; LoRA target matching; trainable parameters."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from labkit import LabkitError, architecture, memory, zoo
+
+ALL = zoo.catalog_names() + ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
+TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameter_count_and_shapes_equal_the_real_model(name):
+    config = zoo.load_config(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    real = dict(model.named_parameters())
+    assert {k: tuple(v.shape) for k, v in real.items()} == architecture.param_shapes(config)
+    assert architecture.count_parameters(config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("llama-2-7b", 6_738_415_616),
+        ("llama-3.1-8b", 8_030_261_248),
+        ("mistral-7b", 7_241_732_096),
+        ("gpt2", 124_439_808),
+    ],
+)
+def test_parameter_counts_match_facts(name, expected):
+    assert architecture.count_parameters(name) == expected
+
+
+def test_default_lora_targets_are_peft_s():
+    """targets="default" is peft's own per-model-type choice (GPT-2: c_attn, BLOOM: qkv)."""
+    for model_type, targets in architecture.PEFT_DEFAULT_TARGETS.items():
+        assert list(targets) == architecture.default_target_modules(model_type)
+    assert architecture.lora_parameters("gpt2", 8, "default") == architecture.lora_parameters(
+        "gpt2", 8, "c_attn"
+    )
+    bloom = memory.training_memory("bloom-560m", method="lora", attention="eager")
+    assert bloom.trainable_parameters == architecture.lora_parameters(
+        "bloom-560m", 8, "query_key_value"
+    )
+
+
+def test_lora_parameters_match_facts():
+    assert architecture.lora_parameters("llama-2-7b", 8, ["q_proj", "v_proj"]) == 4_194_304
+    # GQA: v_proj's d_out is n_kv * d
+    s = architecture.shape_of("llama-3.1-8b")
+    per_layer = 8 * (4096 + 4096) + 8 * (4096 + 1024)
+    assert architecture.lora_parameters(s, 8, "q_proj,v_proj") == s.layers * per_layer
+    assert architecture.lora_parameters("gpt2", 4, "all-linear") > architecture.lora_parameters(
+        "gpt2", 4, "c_attn"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"model_type": "t5", "vocab_size": 10},
+        {
+            "model_type": "llama",
+            "hidden_size": 10,
+            "num_attention_heads": 3,
+            "num_hidden_layers": 1,
+            "intermediate_size": 4,
+            "vocab_size": 8,
+        },
+        {
+            "model_type": "llama",
+            "hidden_size": -8,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "intermediate_size": 4,
+            "vocab_size": 8,
+        },
+    ],
+)
+def test_bad_configs_raise_one_line(bad):
+    with pytest.raises(LabkitError) as err:
+        architecture.shape_of(bad)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", TINY + zoo.catalog_names())
+def test_module_table_from_formulas_equals_the_built_model(name):
+    config = zoo.load_config(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert architecture.module_table(config) == architecture.table_from_model(model)
+
+
+def test_linear_layers_regex_and_default_targets():
+    gpt2 = architecture.linear_layers("tiny-gpt2")
+    c_attn = next(m for m in gpt2 if m.name.endswith("h.0.attn.c_attn"))
+    assert (c_attn.kind, c_attn.d_in, c_attn.d_out) == ("conv1d", 64, 192)
+    assert gpt2[-1].name == "lm_head"
+    assert (
+        architecture.regex_matches("q_proj", "tiny-llama") == []
+    )  # a regex must match the whole name
+    assert architecture.regex_matches(r".*\.q_proj", "tiny-llama") == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
+    model = zoo.load_model("tiny-llama")
+    assert architecture.regex_matches(r".*\.q_proj", model) == architecture.regex_matches(
+        r".*\.q_proj", "tiny-llama"
+    )
+    assert architecture.default_target_modules("bloom") == ["query_key_value"]
+    assert architecture.default_target_modules("llama") == ["q_proj", "v_proj"]
+    with pytest.raises(LabkitError, match="no default LoRA targets"):
+        architecture.default_target_modules("not-a-model")
+    with pytest.raises(LabkitError, match="invalid regex"):
+        architecture.regex_matches("(", "tiny-llama")
+
+
+def test_all_linear_excludes_the_output_head():
+    names = [
+        m.name
+        for m in architecture.lora_modules("tiny-bloom", LoraConfig(target_modules="all-linear"))
+    ]
+    assert "lm_head" not in names and len(names) == 2 * 4
+
+
+#: Tiny configs of families without a formula: the meta path must count them exactly.
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=96)
+HEADS = dict(num_attention_heads=4, num_key_value_heads=2)
+META_FAMILIES = {
+    "mixtral": dict(**SMALL, **HEADS, num_local_experts=4, num_experts_per_tok=2),
+    "gemma2": dict(**SMALL, **HEADS, head_dim=8),
+    "phi3": dict(**SMALL, **HEADS, pad_token_id=0),
+    "qwen3": dict(**SMALL, **HEADS, head_dim=8),
+    "gpt_neox": dict(**SMALL, num_attention_heads=4),
+}
+
+
+def _tiny(model_type):
+    return AutoConfig.for_model(model_type, **META_FAMILIES[model_type])
+
+
+@pytest.mark.parametrize("model_type", META_FAMILIES)
+def test_meta_path_counts_equal_a_real_tiny_model(model_type):
+    """Tied weights once, MoE experts all counted: equal to a real (CPU, random-init) model."""
+    config = _tiny(model_type)
+    torch.manual_seed(0)
+    real = AutoModelForCausalLM.from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in real.named_parameters()}
+    assert architecture.param_shapes(config) == shapes
+    assert architecture.count_parameters(config) == sum(p.numel() for p in real.parameters())
+    # the dict form works too (built through AutoConfig.for_model)
+    assert architecture.count_parameters(config.to_dict()) == sum(map(_numel, shapes.values()))
+
+
+def _numel(shape):
+    n = 1
+    for x in shape:
+        n *= x
+    return n
+
+
+@pytest.mark.parametrize("model_type", META_FAMILIES)
+def test_meta_path_lora_and_frozen_trainable_equal_peft(model_type):
+    """LoRA on the meta path uses peft's own matching: the count equals get_peft_model's."""
+    config = _tiny(model_type)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT
+
+    # MoE: peft's all-linear also adapts the experts' fused parameters (target_parameters),
+    # which this module does not model yet; the attention projections are matched
+    first = ["q_proj", "v_proj"] if model_type == "mixtral" else "all-linear"
+    both = model_type in DEFAULT and model_type != "mixtral"
+    for targets in (first, None) if both else (first,):
+        lora = LoraConfig(r=4, target_modules=targets)
+        got = architecture.trainable_shapes(config, "lora", r=4, targets=lora)
+        with torch.device("meta"):
+            model = get_peft_model(AutoModelForCausalLM.from_config(config), lora)
+        assert sum(map(_numel, got.values())) == model.get_nb_trainable_parameters()[0]
+    full = architecture.trainable_shapes(config, "full")
+    assert full == architecture.param_shapes(config)
+    frozen = architecture.trainable_shapes(config, "frozen", frozen_layers=1)
+    assert not any(".layers.0." in n for n in frozen) and any(".layers.1." in n for n in frozen)
+
+
+@pytest.mark.parametrize("name", TINY + ["llama-3.1-8b", "gpt2", "bloom-560m"])
+def test_formula_equals_meta_path(name):
+    """The five formula families: formula and meta path give the same table and counts."""
+    config = zoo.load_config(name)
+    meta = architecture.table_from_model(architecture.meta_model(config))
+    assert architecture.module_table(config) == meta
+    for targets in ("default", "all-linear"):
+        by_formula = architecture.lora_modules(config, targets)
+        lora = LoraConfig(target_modules=None if targets == "default" else targets)
+        by_peft = architecture.lora_modules(config, lora)
+        assert [m.name for m in by_formula] == [m.name for m in by_peft]
+
+
+def test_trainable_shapes_are_what_memory_trains():
+    s = architecture.shape_of("llama-2-7b")
+    lora = architecture.trainable_shapes(s, "lora", r=8, targets="q_proj,v_proj")
+    assert (
+        sum(map(_numel, lora.values()))
+        == 4_194_304
+        == architecture.lora_parameters(s, 8, "q_proj,v_proj")
+    )
+    est = memory.training_memory(s, method="lora", lora_targets="q_proj,v_proj")
+    assert est.trainable_parameters == 4_194_304
+    with pytest.raises(LabkitError, match="unknown method"):
+        architecture.trainable_shapes(s, "dora")
+
+
+def test_unbuildable_config_is_one_line():
+    with pytest.raises(LabkitError) as err:
+        architecture.count_parameters({"model_type": "no-such-model"})
+    assert "\n" not in str(err.value)
