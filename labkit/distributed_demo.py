@@ -4,7 +4,7 @@ Run from a notebook with ``labkit.launch.run("labkit.distributed_demo", 2, [MODE
 gloo backend, no GPU). Each rank builds the same model, takes one real AdamW step replicated (what DDP
 keeps per GPU) and one with FSDP2's ``fully_shard`` (ZeRO-3: parameters, gradients and optimizer
 state split across ranks), and reads the bytes of its own tensors (``DTensor.to_local()``). Rank 0
-prints one JSON line with both measurements and :func:`labkit.memory.sharded`'s figures.
+reports both measurements and :func:`labkit.memory.sharded`'s figures (:func:`labkit.launch.write_report`).
 """
 
 from __future__ import annotations

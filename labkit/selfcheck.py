@@ -119,9 +119,9 @@ EXERCISES.update({})
 
 # --- notebook 15 ---
 def _ddp_bytes_sent_by_4_ranks() -> float:
-    from labkit import memory, parallel, zoo
+    from labkit import architecture, parallel, zoo
 
-    grads = 4 * memory.count_parameters(zoo.load_config("zoo-llama"))  # fp32 gradients
+    grads = 4 * architecture.count_parameters(zoo.load_config("zoo-llama"))  # fp32 gradients
     return parallel.ring_sent(parallel.textbook_payload("ddp", 0, grads), 4)
 
 

@@ -6,7 +6,7 @@ import tempfile
 import pytest
 import yaml
 
-from labkit import LabkitError, launch, memory, parallel, zoo
+from labkit import LabkitError, architecture, launch, memory, parallel, zoo
 
 JOB = parallel.Job(model="tiny-llama", steps=2, global_batch=2, seq=16)
 
@@ -115,7 +115,7 @@ def test_notebook_03_demo_runs_through_the_launcher():
 def test_selfcheck_15(capsys):
     from labkit.selfcheck import check
 
-    grads = 4 * memory.count_parameters(zoo.load_config("zoo-llama"))
+    grads = 4 * architecture.count_parameters(zoo.load_config("zoo-llama"))
     assert check("15.1", 1.5 * grads)
     assert not check("15.1", grads)  # the payload, not what a rank sends
     assert str(int(1.5 * grads)) not in capsys.readouterr().out
