@@ -68,6 +68,15 @@ def write_report(report: dict, rank: int) -> None:
     Path(folder, f"rank{rank}.json").write_text(json.dumps(report))
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the launcher and every rank (they share one process group) and reap them."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
 def _last_line(text: str) -> str:
     """The line that says what went wrong: the last exception line, else the last line."""
     lines = [
@@ -79,17 +88,33 @@ def _last_line(text: str) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
+def port_in_use(port: int) -> bool:
+    """True if something on localhost already listens on ``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def run(
-    module: str, nproc: int = 2, args: list[str] | None = None, timeout: float = 120.0
+    module: str,
+    nproc: int = 2,
+    args: list[str] | None = None,
+    timeout: float = 120.0,
+    port: int | None = None,
 ) -> Launch:
     """Run ``python -m module *args`` on ``nproc`` local processes; return every rank's report.
 
     One thread per process (``OMP_NUM_THREADS=1``) so N ranks do not fight over the cores;
-    ``HF_HUB_OFFLINE=1`` so nothing waits on the network.
+    ``HF_HUB_OFFLINE=1`` so nothing waits on the network. ``port`` (default: a free one) is the
+    rendezvous port. A timeout, a failed rank or Ctrl-C stops every rank (the whole process
+    group) before the one-line error is raised, so nothing is left running.
     """
     if timeout <= 0:
         raise LabkitError(f"timeout must be positive seconds, got {timeout!r}")
-    command = torchrun_command(module, nproc, list(args or []), free_port())
+    if port is not None and port_in_use(port):
+        raise LabkitError(
+            f"port {port} is in use on localhost; accepted: a free port, or None to pick one"
+        )
+    command = torchrun_command(module, nproc, list(args or []), port or free_port())
     with tempfile.TemporaryDirectory(prefix="labkit-launch-") as folder:
         env = {
             **os.environ,
@@ -112,11 +137,15 @@ def run(
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            _stop(proc)
             raise LabkitError(
                 f"{module} on {nproc} processes did not finish in {timeout:g} s; it was stopped "
                 "(raise timeout=, or make the job smaller)"
+            ) from None
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise LabkitError(
+                f"{module} on {nproc} processes was interrupted; every rank was stopped"
             ) from None
         if proc.returncode != 0:
             raise LabkitError(

@@ -75,11 +75,6 @@ def test_job_and_launcher_errors():
         launch.run("labkit.parallel", 1, ["--strategies", "bogus"], timeout=120)
 
 
-def test_timeout_kills_the_job():
-    with pytest.raises(LabkitError, match="did not finish in 1 s"):
-        launch.run("labkit.parallel", 1, ["--model", "tiny-llama"], timeout=1)
-
-
 def test_comm_time_and_links():
     payload = parallel.textbook_payload("ddp", 0, 16 * 10**9)
     # ring all-reduce of 16 GB over 8 GPUs on NVLink 4: 2 * 7/8 * 16e9 / 450e9 s
@@ -119,3 +114,41 @@ def test_selfcheck_15(capsys):
     assert check("15.1", 1.5 * grads)
     assert not check("15.1", grads)  # the payload, not what a rank sends
     assert str(int(1.5 * grads)) not in capsys.readouterr().out
+
+
+def _ranks_running() -> list[str]:
+    import subprocess as sp
+
+    out = sp.run(["pgrep", "-af", "labkit[.]parallel"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if "pgrep" not in ln]
+
+
+def test_failures_leave_no_process_and_say_one_line():
+    import socket
+
+    with pytest.raises(LabkitError, match="did not finish in 1 s"):
+        launch.run("labkit.parallel", 2, ["--model", "tiny-llama"], timeout=1)
+    assert _ranks_running() == []
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with pytest.raises(LabkitError, match=f"port {taken} is in use"):
+            launch.run("labkit.parallel", 2, port=taken)
+
+
+def test_ctrl_c_stops_every_rank(monkeypatch):
+    import subprocess as sp
+
+    real = sp.Popen.communicate
+
+    def interrupted(self, *args, **kwargs):
+        if kwargs.get("timeout"):
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(sp.Popen, "communicate", interrupted)
+    with pytest.raises(LabkitError, match="was interrupted; every rank was stopped"):
+        launch.run("labkit.parallel", 2, ["--model", "tiny-llama"], timeout=60)
+    monkeypatch.undo()
+    assert _ranks_running() == []
