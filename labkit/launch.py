@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import REPO_ROOT, LabkitError
+from labkit.units import positive
 
 #: Environment variable through which the launcher tells each rank where to write its report.
 REPORT_DIR_ENV = "LABKIT_REPORT_DIR"
@@ -44,8 +45,7 @@ def free_port() -> int:
 
 def torchrun_command(module: str, nproc: int, args: list[str], port: int) -> list[str]:
     """The ``torchrun`` command line for ``nproc`` local processes running ``python -m module``."""
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise LabkitError(f"nproc must be a positive integer, got {nproc!r}")
+    positive("nproc", nproc)
     return [
         sys.executable,
         "-m",

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from labkit import LabkitError, unknown
+from labkit.units import choice, positive
 
 #: Strategy name -> what it is, in one line.
 STRATEGIES = {
@@ -55,12 +56,9 @@ class Job:
     seed: int = 0
 
     def check(self, world: int = 1) -> Job:
-        if self.method not in ("full", "lora"):
-            raise unknown("method", self.method, ("full", "lora"))
+        choice("method", self.method, ("full", "lora"))
         for name in ("steps", "global_batch", "seq", "lora_r"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LabkitError(f"{name} must be a positive integer, got {value!r}")
+            positive(name, getattr(self, name))
         if self.global_batch % world:
             raise LabkitError(
                 f"global batch {self.global_batch} does not split over {world} processes; "
@@ -204,8 +202,7 @@ TEXTBOOK_PAYLOAD = {
 
 def textbook_payload(strategy: str, weight_bytes: int, grad_bytes: int) -> dict[str, int]:
     """Payload bytes per step the textbook model predicts for ``strategy`` (see TEXTBOOK_PAYLOAD)."""
-    if strategy not in TEXTBOOK_PAYLOAD:
-        raise unknown("strategy", strategy, TEXTBOOK_PAYLOAD)
+    choice("strategy", strategy, TEXTBOOK_PAYLOAD)
     size = {"W": weight_bytes, "G": grad_bytes}
     return {op: size[kind] * times for op, (kind, times) in TEXTBOOK_PAYLOAD[strategy].items()}
 
@@ -257,10 +254,8 @@ LINKS = {
 def comm_seconds(payload: dict[str, int], world: int, link: str) -> float:
     """Seconds per step to move ``payload`` with ring collectives over ``link`` (bandwidth only:
     no latency, no overlap with compute — a lower bound on what the step waits for)."""
-    if link not in LINKS:
-        raise unknown("link", link, LINKS)
-    if not isinstance(world, int) or world < 1:
-        raise LabkitError(f"world size must be a positive integer, got {world!r}")
+    choice("link", link, LINKS)
+    positive("world size", world)
     return ring_sent(payload, world) / (LINKS[link].gb_per_s * 1e9)
 
 
@@ -270,11 +265,9 @@ def launch_config(
     """An ``accelerate launch`` config (as a dict to write as YAML) and the matching ``torchrun``
     command for ``nodes`` x ``gpus_per_node`` GPUs. Run the same on every node, with its own rank
     (``machine_rank`` / ``--node-rank``): that is the only line that differs between nodes."""
-    if strategy not in ("ddp", "zero2", "zero3"):
-        raise unknown("strategy", strategy, ("ddp", "zero2", "zero3"))
-    for name, value in (("gpus_per_node", gpus_per_node), ("nodes", nodes)):
-        if not isinstance(value, int) or value < 1:
-            raise LabkitError(f"{name} must be a positive integer, got {value!r}")
+    choice("strategy", strategy, ("ddp", "zero2", "zero3"))
+    positive("gpus_per_node", gpus_per_node)
+    positive("nodes", nodes)
     config: dict = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "MULTI_GPU" if strategy == "ddp" else "FSDP",
@@ -354,8 +347,7 @@ def _device(rank: int) -> torch.device:
 
 def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
     """Train ``job`` under ``strategy`` as rank ``rank`` of ``world``; return this rank's report."""
-    if strategy not in STRATEGIES:
-        raise unknown("strategy", strategy, STRATEGIES)
+    choice("strategy", strategy, STRATEGIES)
     job.check(world)
     device = _device(rank)
     data = batches(job).to(device)
