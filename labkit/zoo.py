@@ -419,8 +419,13 @@ def load_model(
 
 def cli_main(argv: list[str]) -> int:
     """``python -m labkit zoo``: list the zoo and verify checksums."""
-    if argv:
-        raise LabkitError(f"'zoo' takes no arguments, got {' '.join(argv)!r}")
+    from labkit.cli import Parser
+
+    Parser(
+        prog="python -m labkit zoo",
+        description="List the offline model zoo and check zoo-llama's and MiniLM's files "
+        "against their recorded sha256.",
+    ).parse_args(argv)
     for name, desc in ZOO.items():
         status = ""
         if name in {"minilm", *CHECKSUMMED}:
