@@ -480,10 +480,10 @@ def _orphan_reason(trial: optuna.trial.FrozenTrial) -> str | None:
         pid = int(pid_text)
         if pid == os.getpid():
             return "this process is not running it"
-        return None if _pid_alive(pid) else f"process {pid} is gone"
+        return None if _pid_alive(pid) else "its process is gone"
     started = trial.datetime_start
     if started is not None and (time.time() - started.timestamp()) > GRACE_PERIOD:
-        return f"no worker recorded and started over {GRACE_PERIOD} s ago"
+        return f"no worker recorded, started over {GRACE_PERIOD} s ago"
     return None
 
 

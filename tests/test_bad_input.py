@@ -698,11 +698,11 @@ ROWS = [
     row(
         "X4+seq",
         lambda c: __import__("labkit.measure").measure.saved_tensor_bytes(
-            tiny()[0], torch.ones(1, 300, dtype=torch.long)
+            zoo.load_model("tiny-gpt2"), torch.ones(1, 300, dtype=torch.long)
         ),
         "300",
         "256",
-        marks=fix_in("measure (sequence longer than max_position_embeddings)"),
+        marks=fix_in("measure (sequence longer than GPT-2's learned n_positions)"),
     ),
     row(
         "R1",
@@ -742,6 +742,15 @@ ROWS = [
             *tiny(), rows=[{"prompt": "a", "response": "b"}], num_train_epochs=-1
         ),
         "num_train_epochs",
+        marks=fix_in("training"),
+    ),
+    row(
+        "R8",
+        lambda c: __import__("labkit.training").training.train(
+            *tiny(), rows=[{"prompt": "a", "response": "b"}], learning_rate=float("nan")
+        ),
+        "learning_rate",
+        "nan",
         marks=fix_in("training"),
     ),
     row(
