@@ -379,7 +379,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "full": {"method": "full", "learning_rate": 1e-3, "keep_best": True},
     "lora": {"method": "lora", "learning_rate": 3e-3},
     "prompt": {"method": "prompt", "learning_rate": 0.3, "lr_scheduler_type": "constant"},
-    "full, lr 1e-4": {"method": "full", "learning_rate": 1e-4},
+    "full lr 1e-4": {"method": "full", "learning_rate": 1e-4},
     "full + 25% replay": {"method": "full", "learning_rate": 1e-3, "replay": 0.25},
     "lora r=1": {"method": "lora", "learning_rate": 3e-3, "peft": {"r": 1, "lora_alpha": 2}},
     "lora r=64": {"method": "lora", "learning_rate": 3e-3, "peft": {"r": 64, "lora_alpha": 128}},
