@@ -451,3 +451,45 @@ def summarize(record: dict[str, Any], row: str = "last") -> dict[str, dict[str, 
 
 #: The per-epoch metrics a tracked row holds.
 METRICS = ("corpus_loss", "probe_em", "probe_token_acc", "chat_loss")
+
+
+@torch.no_grad()
+def loss_after_marker(
+    model: nn.Module, tokenizer, texts: list[str], marker: str = ".", max_length: int = 128
+) -> dict[str, float]:
+    """Where the corpus loss comes from: tokens right after ``marker`` (a sentence end) vs the rest.
+
+    Returns the mean loss (nats/token) over all tokens, over tokens that follow ``marker`` and
+    over the others, the share of tokens that follow it, and the mean probability the model gives
+    to end-of-text there (a chat model learns to stop after one sentence).
+    """
+    marker_id = tokenizer.convert_tokens_to_ids(marker)
+    if marker_id is None or marker_id == tokenizer.unk_token_id:
+        raise LabkitError(f"marker {marker!r} is not one token; accepted: e.g. '.', ','")
+    view = lm_view(model)
+    was_training, side = view.training, tokenizer.padding_side
+    view.eval()
+    tokenizer.padding_side = "right"
+    try:
+        enc = tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        device = next(view.parameters()).device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        logp = torch.log_softmax(
+            view(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1
+        )
+    finally:
+        view.train(was_training)
+        tokenizer.padding_side = side
+    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    valid = mask[:, 1:].bool()
+    after = valid & (ids[:, :-1] == marker_id)
+    rest = valid & ~after
+    return {
+        "all": float(nll[valid].mean()),
+        "after": float(nll[after].mean()),
+        "rest": float(nll[rest].mean()),
+        "share_after": float(after.sum() / valid.sum()),
+        "p_end_after": float(logp[..., tokenizer.eos_token_id].exp()[after].mean()),
+    }

@@ -151,3 +151,15 @@ def test_probe_tracker_measures_prompt_tuning(tok):
     row = probe.measure(model)
     assert set(row) == set(fg.METRICS)
     assert torch.isfinite(torch.tensor(list(row.values()))).all()
+
+
+def test_loss_after_marker_splits_the_corpus_loss(tok):
+    model = zoo.load_model("zoo-llama")
+    texts = fg.corpus_texts(6)
+    split = fg.loss_after_marker(model, tok, texts)
+    assert split["all"] == pytest.approx(evaluation.causal_lm_loss(model, tok, texts), rel=1e-4)
+    mixed = split["share_after"] * split["after"] + (1 - split["share_after"]) * split["rest"]
+    assert mixed == pytest.approx(split["all"], rel=1e-4)
+    assert 0 < split["share_after"] < 0.2 and split["p_end_after"] < 0.01
+    with pytest.raises(LabkitError, match="not one token"):
+        fg.loss_after_marker(model, tok, texts, marker="forest!")
