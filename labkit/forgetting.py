@@ -20,16 +20,18 @@ fine-tuning data, :func:`replay_features`) and early stopping on the validation 
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
-from labkit import LabkitError, datasets, evaluation, training, unknown
+from labkit import REPO_ROOT, LabkitError, datasets, evaluation, training, unknown
 
 #: Probe sentences per fact kind, copied from the corpus's story templates (``datasets``): the
 #: prompt ends just before the answer word(s).
@@ -493,3 +495,45 @@ def loss_after_marker(
         "share_after": float(after.sum() / valid.sum()),
         "p_end_after": float(logp[..., tokenizer.eos_token_id].exp()[after].mean()),
     }
+
+
+# --- the seed record ------------------------------------------------------------------------
+
+#: Where ``benchmarks/forgetting_seeds.py`` writes its multi-seed record.
+RECORD = REPO_ROOT / "benchmarks" / "forgetting_seeds.json"
+
+
+def load_record(path: str | Path = RECORD) -> dict[str, Any]:
+    """The seed record; says how to make it when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(
+            f"no seed record at {path.name}; accepted: run benchmarks/forgetting_seeds.py first"
+        )
+    return json.loads(path.read_text())
+
+
+def epoch_bands(record: dict[str, Any], name: str, key: str = "corpus_loss") -> dict[str, list]:
+    """Per epoch of run ``name``: mean, min and max of ``key`` over the recorded seeds."""
+    runs = [r for r in record["runs"] if r["run"] == name]
+    if not runs:
+        raise unknown("run", name, sorted({r["run"] for r in record["runs"]}))
+    if key not in runs[0]["history"][0]:
+        raise unknown("metric", key, sorted(runs[0]["history"][0]))
+    columns = list(zip(*[[row[key] for row in r["history"]] for r in runs], strict=True))
+    return {
+        "epoch": [row["epoch"] for row in runs[0]["history"]],
+        "mean": [sum(c) / len(c) for c in columns],
+        "min": [min(c) for c in columns],
+        "max": [max(c) for c in columns],
+    }
+
+
+def first_epoch_share(
+    record: dict[str, Any], name: str = "full", key: str = "corpus_loss"
+) -> float:
+    """How much of the whole rise of ``key`` (seed means) has happened after the first epoch."""
+    band = epoch_bands(record, name, key)["mean"]
+    if band[-1] == band[0]:
+        raise LabkitError(f"{key} of {name!r} did not change; the share is undefined")
+    return (band[1] - band[0]) / (band[-1] - band[0])

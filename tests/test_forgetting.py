@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import LabkitError, datasets, evaluation, zoo
+from labkit import LabkitError, datasets, evaluation, selfcheck, zoo
 from labkit import forgetting as fg
 from labkit import peft as lp
 
@@ -119,12 +119,25 @@ def test_summarize_gives_mean_and_half_range():
         history.append({**history[0], "epoch": 2.0, "corpus_loss": loss})
         return {"run": "full", "seed": seed, "chat_em": 1.0, "history": history, "best": None}
 
-    s = fg.summarize({"runs": [row(0, 1.0), row(1, 2.0), row(2, 1.2)]})["full"]
+    record = {"runs": [row(0, 1.0), row(1, 2.0), row(2, 1.2)]}
+    s = fg.summarize(record)["full"]
     assert s["seeds"] == 3 and s["before"] == 0.5
     assert s["corpus_loss"] == pytest.approx((1.4, 0.5))
     assert fg.summarize({"runs": [row(0, 1.0)]}, row="best") == {}
     with pytest.raises(LabkitError, match="unknown row"):
         fg.summarize({"runs": []}, row="first")
+    band = fg.epoch_bands(record, "full", "corpus_loss")
+    assert band["epoch"] == [0.0, 2.0] and band["min"] == [0.5, 1.0] and band["max"] == [0.5, 2.0]
+    assert fg.first_epoch_share(record, "full") == pytest.approx(1.0)
+    with pytest.raises(LabkitError, match="unknown run"):
+        fg.epoch_bands(record, "lora")
+    with pytest.raises(LabkitError, match="unknown metric"):
+        fg.epoch_bands(record, "full", "accuracy")
+
+
+def test_load_record_says_how_to_make_it(tmp_path):
+    with pytest.raises(LabkitError, match="run benchmarks/forgetting_seeds.py"):
+        fg.load_record(tmp_path / "missing.json")
 
 
 def test_seed_record_is_current():
@@ -143,6 +156,7 @@ def test_seed_record_is_current():
     exec("".join(params["source"]), scope)
     assert scope["EPOCHS"] == fg.EPOCHS
     assert scope["RUNS_LIVE"] and set(scope["RUNS_LIVE"]) <= set(fg.RUNS)
+    assert selfcheck.check("16.1", fg.first_epoch_share(record, "full"))
 
 
 def test_probe_tracker_measures_prompt_tuning(tok):
