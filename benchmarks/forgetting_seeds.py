@@ -7,7 +7,7 @@ chat exact match is measured once at the end. The seed sets the adapter's init, 
 and the replay sample. Writes ``benchmarks/forgetting_seeds.json`` (with the settings it used:
 ``tests/test_forgetting.py`` fails when they differ from labkit's defaults) and prints a table.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/forgetting_seeds.py --jobs 2   # ~5 min quiet
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/forgetting_seeds.py --jobs 2 [--resume]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from labkit import cli, forgetting, hardware, zoo
 RECORD = Path(__file__).with_name("forgetting_seeds.json")
 
 
-def one(name: str, seed: int) -> dict:
-    """Train run ``name`` with ``seed`` on one thread; return its record."""
+def one(name: str, seed: int, partial: str) -> dict:
+    """Train run ``name`` with ``seed`` on one thread; append its record to ``partial``."""
     hardware.setup(threads=1)
     hardware.quiet_logs()
     tok = zoo.load_tokenizer("zoo-llama")
@@ -37,6 +37,8 @@ def one(name: str, seed: int) -> dict:
         file=sys.stderr,
         flush=True,
     )
+    with open(partial, "a") as f:  # one line per finished run: a crash loses only the current ones
+        f.write(json.dumps(row) + "\n")
     return row
 
 
@@ -63,15 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=",".join(forgetting.RUNS), help="comma list")
     parser.add_argument("--jobs", type=int, default=1, help="processes (each uses 1 thread)")
     parser.add_argument("--out", default=str(RECORD), help="where to write the JSON record")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in OUT.partial.jsonl"
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.runs.split(",") if n]
     for n in names:
         if n not in forgetting.RUNS:
             parser.error(f"unknown run {n!r}; accepted: {', '.join(forgetting.RUNS)}")
     start = time.perf_counter()
-    jobs = [(n, s) for s in range(args.seeds) for n in names]
+    partial = Path(args.out).with_suffix(".partial.jsonl")
+    done = []
+    if args.resume and partial.is_file():
+        done = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+    elif partial.is_file():
+        partial.unlink()
+    have = {(r["run"], r["seed"]) for r in done}
+    jobs = [(n, s, str(partial)) for s in range(args.seeds) for n in names if (n, s) not in have]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(one, *zip(*jobs, strict=True)))
+        rows = done + list(pool.map(one, *zip(*jobs, strict=True))) if jobs else done
+    order = {(n, s): i for i, (n, s) in enumerate((n, s) for s in range(args.seeds) for n in names)}
+    rows.sort(key=lambda r: order[(r["run"], r["seed"])])
     record = {
         "settings": forgetting.settings(fast=True),
         "environment": hardware.env_report(),
@@ -81,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
     }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    partial.unlink(missing_ok=True)
     print(table(record))
     return 0
 
