@@ -136,7 +136,22 @@ EXERCISES.update(
 
 
 # --- notebook 16 ---
-EXERCISES.update({})
+def _forgetting_first_epoch_share() -> float:
+    """Share of full fine-tuning's corpus-loss rise after epoch 1 (from the seed record)."""
+    from labkit import forgetting
+
+    return forgetting.first_epoch_share(forgetting.load_record(), "full")
+
+
+EXERCISES.update(
+    {
+        "16.1": Exercise(
+            number(_forgetting_first_epoch_share, rel=1e-3),
+            "take the seed means per epoch from fg.epoch_bands(record, 'full')['mean'], then "
+            "(after epoch 1 - before) / (after the last epoch - before)",
+        ),
+    }
+)
 
 
 # --- notebook 17 ---
