@@ -374,10 +374,17 @@ def threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def best_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+def best_seconds(
+    fn: Callable[[], Any],
+    repeats: int = 5,
+    warmup: int = 1,
+    before: Callable[[], Any] | None = None,
+) -> float:
     """Fastest wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs).
 
-    The minimum, not the mean: noise from other processes only ever adds time.
+    The minimum, not the mean: noise from other processes only ever adds time. ``before`` runs
+    untimed ahead of every run (e.g. :func:`evict_caches`, so ``fn`` reads from memory, as a
+    layer does in a model whose other layers have pushed it out of the caches).
     """
     if repeats < 1:
         raise LabkitError(f"repeats must be >= 1, got {repeats}")
@@ -385,10 +392,21 @@ def best_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> fl
         fn()
     best = math.inf
     for _ in range(repeats):
+        if before is not None:
+            before()
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def evict_caches(nbytes: int = 256 * 2**20) -> Callable[[], Any]:
+    """A function that reads ``nbytes`` of other data, pushing earlier data out of the CPU caches
+    (give it more than the last-level cache holds); pass it as ``best_seconds(before=...)``."""
+    if nbytes < 2**20:
+        raise LabkitError(f"nbytes must be >= 1 MiB, got {nbytes}")
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
+    return lambda: buffer.sum()
 
 
 def copy_bandwidth(
@@ -466,6 +484,7 @@ def measure_decode(
     The prompt is processed first (prefill, not timed); then each step feeds the last token with
     the KV cache (``use_cache=True``) or the whole sequence again without one (``use_cache=False``
     recomputes the prefix every step). Best of ``repeats``. ``context`` is the mean length seen.
+    Runs on the model's device (CUDA is synchronised before the clock is read).
     """
     from transformers import DynamicCache
 
@@ -474,7 +493,9 @@ def measure_decode(
         raise LabkitError(f"prompt and new_tokens must be >= 1, got {prompt} and {new_tokens}")
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, prompt), generator=gen)
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (batch, prompt), generator=gen).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = math.inf
     with torch.no_grad():
         for _ in range(repeats):
@@ -482,6 +503,7 @@ def measure_decode(
             out = model(ids, cache=cache, use_cache=use_cache)
             nxt = out.logits[:, -1:].argmax(-1)
             seq = torch.cat([ids, nxt], 1)
+            sync()
             t = time.perf_counter()
             for _ in range(new_tokens):
                 if use_cache:
@@ -490,5 +512,6 @@ def measure_decode(
                     out = model(seq, use_cache=False)
                 nxt = out.logits[:, -1:].argmax(-1)
                 seq = torch.cat([seq, nxt], 1)
+            sync()
             best = min(best, (time.perf_counter() - t) / new_tokens)
     return DecodeTiming(batch, prompt + (new_tokens + 1) // 2, use_cache, best, batch / best)

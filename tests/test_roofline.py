@@ -132,6 +132,13 @@ def test_measurements_are_positive_and_consistent():
     with pytest.raises(LabkitError, match="nbytes must be >= 1 MiB"):
         roofline.copy_bandwidth(1000)
     assert roofline.best_seconds(lambda: None, repeats=3) < 0.01
+    calls = []
+    roofline.best_seconds(lambda: calls.append("f"), repeats=2, before=lambda: calls.append("b"))
+    assert calls == ["f", "b", "f", "b", "f"]  # warmup, then before + run per repeat
+    flush = roofline.evict_caches(2**20)
+    assert float(flush()) == 2**18
+    with pytest.raises(LabkitError, match="repeats must be >= 1"):
+        roofline.best_seconds(lambda: None, repeats=0)
 
 
 def test_measure_decode_with_and_without_cache():
