@@ -155,7 +155,50 @@ EXERCISES.update(
 
 
 # --- notebook 17 ---
-EXERCISES.update({})
+def _nb17_warmup() -> float:
+    from labkit import roofline
+
+    return roofline.decode_tokens_per_s(roofline.decode_cost("qwen2.5-7b", "bf16"), "rtx-4090")
+
+
+def _nb17_practice() -> int:
+    from labkit import roofline
+
+    cost = roofline.decode_cost("llama-3.1-8b", "bf16")
+    return next(
+        b
+        for b in range(1, 100_000)
+        if roofline.regime(cost, "a100-80gb-sxm", batch=b) == "compute-bound"
+    )
+
+
+def _nb17_challenge() -> float:
+    from labkit import roofline
+
+    cost = roofline.decode_cost("llama-3.1-8b", "nf4")
+    batch = roofline.max_batch(cost, "rtx-4090", context=4096)
+    return roofline.decode_tokens_per_s(cost, "rtx-4090", batch=batch, context=4096)
+
+
+EXERCISES.update(
+    {
+        "17.1": Exercise(
+            number(_nb17_warmup, rel=0.01),
+            "batch 1: tokens/s = card bandwidth (bytes/s) / bytes read per step "
+            "(roofline.decode_cost(...).weight_bytes)",
+        ),
+        "17.2": Exercise(
+            integer(_nb17_practice),
+            "loop over batch sizes and ask roofline.regime(cost, card, batch=b) for the first "
+            "'compute-bound'",
+        ),
+        "17.3": Exercise(
+            number(_nb17_challenge, rel=0.01),
+            "roofline.max_batch(cost, card, context=4096) gives the batch; then "
+            "decode_tokens_per_s at that batch and context (summed over the batch)",
+        ),
+    }
+)
 
 
 def check(exercise: str, answer: Any = None) -> bool:
