@@ -56,13 +56,58 @@ def integer(expected: int | Callable[[], int]):
 
 EXERCISES: dict[str, Exercise] = {}
 
+
 # Each notebook's block: EXERCISES.update({"NN.T": Exercise(accept, hint), ...}).
 # --- notebook 00 ---
+def _memory():
+    """labkit.memory, imported when an answer is checked (importing this module stays cheap)."""
+    from labkit import memory
+
+    return memory
+
+
 EXERCISES.update({})
 
 
 # --- notebook 01 ---
-EXERCISES.update({})
+def _loss_beats_weights() -> int:
+    from labkit import memory
+
+    w = memory.weight_bytes("qwen2.5-0.5b", "bf16")
+    return next(
+        s
+        for s in range(256, 65536, 256)
+        if memory.activation_bytes("qwen2.5-0.5b", 1, s, "bf16", checkpointing=True).logits > w
+    )
+
+
+def _dropout_bytes() -> int:
+    from labkit import memory, zoo
+
+    config = zoo.load_config("tiny-gpt2")
+    on, off = (
+        memory.activation_bytes(config, 2, 32, "fp32", "sdpa", dropout=d, device="cpu").total
+        for d in (True, False)
+    )
+    return on - off
+
+
+EXERCISES.update(
+    {
+        "01.1": Exercise(
+            number(lambda: _memory().weight_bytes("mistral-7b", "bf16") / 2**30),
+            "bytes of the weights in bf16 (memory.weight_bytes), divided by 2**30",
+        ),
+        "01.2": Exercise(
+            integer(_loss_beats_weights),
+            "compare activation_bytes(...).logits with weight_bytes(..., 'bf16') for s = 256, 512, ...",
+        ),
+        "01.3": Exercise(
+            integer(_dropout_bytes),
+            "saved bytes in train mode minus saved bytes in eval mode, same ids",
+        ),
+    }
+)
 
 
 # --- notebook 02 ---
@@ -74,7 +119,33 @@ EXERCISES.update({})
 
 
 # --- notebook 04 ---
-EXERCISES.update({})
+def _first_unrepresentable(fmt: str) -> int:
+    from labkit import precision
+
+    return 2 ** (precision.FORMATS[fmt].mantissa_bits + 1) + 1
+
+
+def _bf16_error_of_tenth() -> float:
+    from labkit import precision
+
+    return abs(precision.decode(0.1, "bf16").value - 0.1)
+
+
+EXERCISES.update(
+    {
+        "04.1": Exercise(
+            number(_bf16_error_of_tenth, rel=1e-2),
+            "decode 0.1 in bf16 (precision.decode) and take |stored value - 0.1|; torch rounds to nearest",
+        ),
+        "04.2": Exercise(
+            lambda a: (
+                tuple(int(x) for x in a)
+                == (_first_unrepresentable("fp16"), _first_unrepresentable("bf16"))
+            ),
+            "a pair (fp16, bf16); think of the number of significant bits of each format",
+        ),
+    }
+)
 
 
 # --- notebook 05 ---
