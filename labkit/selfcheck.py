@@ -115,7 +115,24 @@ EXERCISES.update({})
 
 
 # --- notebook 03 ---
-EXERCISES.update({})
+def _zero3_per_gpu() -> float:
+    memory = _memory()
+    b = memory.training_memory("llama-3.1-8b", batch=1, seq=2048, checkpointing=True)
+    return memory.sharded(b, 8, "zero3").total / 2**30
+
+
+EXERCISES.update(
+    {
+        "03.1": Exercise(
+            integer(lambda: _memory().count_parameters("qwen2.5-7b")),
+            "sum p.numel() over the meta model's parameters",
+        ),
+        "03.3": Exercise(
+            number(_zero3_per_gpu, rel=1e-3),
+            "memory.sharded(breakdown, 8, 'zero3').total in GiB, for the breakdown the task describes",
+        ),
+    }
+)
 
 
 # --- notebook 04 ---
