@@ -111,7 +111,37 @@ EXERCISES.update(
 
 
 # --- notebook 02 ---
-EXERCISES.update({})
+def _adamw8bit_saving() -> float:
+    memory = _memory()
+    a, b = (
+        memory.training_memory("llama-2-7b", optimizer=o).optimizer for o in ("adamw", "adamw8bit")
+    )
+    return (a - b) / 2**30
+
+
+def _sdpa_checkpointing_saving() -> float:
+    from labkit import zoo
+
+    memory, config = _memory(), zoo.load_config("zoo-llama")
+    kept = [
+        memory.activation_bytes(config, 2, 128, "fp32", "sdpa", ck, device="cpu").total
+        for ck in (False, True)
+    ]
+    return 1 - kept[1] / kept[0]
+
+
+EXERCISES.update(
+    {
+        "02.1": Exercise(
+            number(_adamw8bit_saving, rel=1e-3),
+            "difference of the .optimizer bytes of the two breakdowns, in GiB",
+        ),
+        "02.3": Exercise(
+            number(_sdpa_checkpointing_saving, abs_=2e-3),
+            "1 - (saved bytes with checkpointing) / (saved bytes without), as a fraction, SDPA",
+        ),
+    }
+)
 
 
 # --- notebook 03 ---
