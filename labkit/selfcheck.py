@@ -66,7 +66,47 @@ def _memory():
     return memory
 
 
-EXERCISES.update({})
+def _p_forest() -> float:
+    import torch
+
+    from labkit import zoo
+
+    model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
+    ids = tok("The fox lives in the")["input_ids"]
+    forest = tok(" forest", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    return logits.softmax(-1)[forest].item()
+
+
+def _ln_vocab() -> float:
+    import math
+
+    from labkit import zoo
+
+    return math.log(zoo.load_config("zoo-llama").vocab_size)
+
+
+EXERCISES.update(
+    {
+        "00.1": Exercise(
+            integer(
+                lambda: _memory().count_parameters(
+                    __import__("labkit.zoo").zoo.load_config("tiny-qwen2")
+                )
+            ),
+            "sum p.numel() over model.parameters() (tied weights count once)",
+        ),
+        "00.2": Exercise(
+            number(_p_forest, rel=1e-3),
+            "softmax of the last position's logits, at the id of ' forest'",
+        ),
+        "00.3": Exercise(
+            number(_ln_vocab, rel=0.05),
+            "mean next-token cross-entropy of the untrained model on the validation blocks",
+        ),
+    }
+)
 
 
 # --- notebook 01 ---
@@ -196,15 +236,52 @@ EXERCISES.update(
 
 
 # --- notebook 05 ---
-EXERCISES.update({})
+def _absmax4_error() -> float:
+    import torch
+
+    from labkit import quant
+
+    x = torch.tensor([1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4])
+    q, s = quant.absmax_quantize(x, bits=4)
+    return (quant.absmax_dequantize(q, s) - x).abs().max().item()
+
+
+EXERCISES.update(
+    {
+        "05.1": Exercise(
+            number(_absmax4_error, rel=1e-3),
+            "dequantize the 4-bit integers and take the largest |dequantized - x|",
+        ),
+    }
+)
 
 
 # --- notebook 06 ---
-EXERCISES.update({})
+EXERCISES.update(
+    {
+        "06.1": Exercise(
+            number(
+                lambda: __import__("labkit.quant").quant.bits_per_parameter(4, 128, True), rel=1e-6
+            ),
+            "4 bits + 8 bits of absmax per block + the fp32 constants of the absmax blocks",
+        ),
+    }
+)
 
 
 # --- notebook 07 ---
-EXERCISES.update({})
+EXERCISES.update(
+    {
+        "07.1": Exercise(
+            number(
+                lambda: (
+                    __import__("labkit.quant").quant.bits_per_parameter(8, 128, absmax_bits=16) - 8
+                )
+            ),
+            "one 16-bit scale shared by the weights of a group",
+        ),
+    }
+)
 
 
 # --- notebook 08 ---
