@@ -56,37 +56,241 @@ def integer(expected: int | Callable[[], int]):
 
 EXERCISES: dict[str, Exercise] = {}
 
+
 # Each notebook's block: EXERCISES.update({"NN.T": Exercise(accept, hint), ...}).
 # --- notebook 00 ---
-EXERCISES.update({})
+def _architecture():
+    """labkit.architecture, imported when an answer is checked."""
+    from labkit import architecture
+
+    return architecture
+
+
+def _memory():
+    """labkit.memory, imported when an answer is checked (importing this module stays cheap)."""
+    from labkit import memory
+
+    return memory
+
+
+def _p_forest() -> float:
+    import torch
+
+    from labkit import zoo
+
+    model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
+    ids = tok("The fox lives in the")["input_ids"]
+    forest = tok(" forest", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    return logits.softmax(-1)[forest].item()
+
+
+def _ln_vocab() -> float:
+    import math
+
+    from labkit import zoo
+
+    return math.log(zoo.load_config("zoo-llama").vocab_size)
+
+
+EXERCISES.update(
+    {
+        "00.1": Exercise(
+            integer(
+                lambda: _architecture().count_parameters(
+                    __import__("labkit.zoo").zoo.load_config("tiny-qwen2")
+                )
+            ),
+            "sum p.numel() over model.parameters() (tied weights count once)",
+        ),
+        "00.2": Exercise(
+            number(_p_forest, rel=1e-3),
+            "softmax of the last position's logits, at the id of ' forest'",
+        ),
+        "00.3": Exercise(
+            number(_ln_vocab, rel=0.05),
+            "mean next-token cross-entropy of the untrained model on the validation blocks",
+        ),
+    }
+)
 
 
 # --- notebook 01 ---
-EXERCISES.update({})
+def _loss_beats_weights() -> int:
+    from labkit import activations, memory
+
+    w = memory.weight_bytes("qwen2.5-0.5b", "bf16")
+    return next(
+        s
+        for s in range(256, 65536, 256)
+        if activations.activation_bytes("qwen2.5-0.5b", 1, s, "bf16", checkpointing=True).logits > w
+    )
+
+
+def _dropout_bytes() -> int:
+    from labkit import activations, zoo
+
+    config = zoo.load_config("tiny-gpt2")
+    on, off = (
+        activations.activation_bytes(config, 2, 32, "fp32", "sdpa", dropout=d, device="cpu").total
+        for d in (True, False)
+    )
+    return on - off
+
+
+EXERCISES.update(
+    {
+        "01.1": Exercise(
+            number(lambda: _memory().weight_bytes("mistral-7b", "bf16") / 2**30),
+            "bytes of the weights in bf16 (memory.weight_bytes), divided by 2**30",
+        ),
+        "01.2": Exercise(
+            integer(_loss_beats_weights),
+            "compare activation_bytes(...).logits with weight_bytes(..., 'bf16') for s = 256, 512, ...",
+        ),
+        "01.3": Exercise(
+            integer(_dropout_bytes),
+            "saved bytes in train mode minus saved bytes in eval mode, same ids",
+        ),
+    }
+)
 
 
 # --- notebook 02 ---
-EXERCISES.update({})
+def _adamw8bit_saving() -> float:
+    memory = _memory()
+    a, b = (
+        memory.training_memory("llama-2-7b", optimizer=o).optimizer for o in ("adamw", "adamw8bit")
+    )
+    return (a - b) / 2**30
+
+
+def _sdpa_checkpointing_saving() -> float:
+    from labkit import activations, zoo
+
+    config = zoo.load_config("zoo-llama")
+    kept = [
+        activations.activation_bytes(
+            config, 2, 128, "fp32", "sdpa", checkpointing=ck, device="cpu"
+        ).total
+        for ck in (False, True)
+    ]
+    return 1 - kept[1] / kept[0]
+
+
+EXERCISES.update(
+    {
+        "02.1": Exercise(
+            number(_adamw8bit_saving, rel=1e-3),
+            "difference of the .optimizer bytes of the two breakdowns, in GiB",
+        ),
+        "02.3": Exercise(
+            number(_sdpa_checkpointing_saving, abs_=2e-3),
+            "1 - (saved bytes with checkpointing) / (saved bytes without), as a fraction, SDPA",
+        ),
+    }
+)
 
 
 # --- notebook 03 ---
-EXERCISES.update({})
+def _zero3_per_gpu() -> float:
+    memory = _memory()
+    b = memory.training_memory("llama-3.1-8b", batch=1, seq=2048, checkpointing=True)
+    return memory.sharded(b, 8, "zero3").total / 2**30
+
+
+EXERCISES.update(
+    {
+        "03.1": Exercise(
+            integer(lambda: _architecture().count_parameters("qwen2.5-7b")),
+            "sum p.numel() over the meta model's parameters",
+        ),
+        "03.3": Exercise(
+            number(_zero3_per_gpu, rel=1e-3),
+            "memory.sharded(breakdown, 8, 'zero3').total in GiB, for the breakdown the task describes",
+        ),
+    }
+)
 
 
 # --- notebook 04 ---
-EXERCISES.update({})
+def _first_unrepresentable(fmt: str) -> int:
+    from labkit import precision
+
+    return 2 ** (precision.FORMATS[fmt].mantissa_bits + 1) + 1
+
+
+def _bf16_error_of_tenth() -> float:
+    from labkit import precision
+
+    return abs(precision.decode(0.1, "bf16").value - 0.1)
+
+
+EXERCISES.update(
+    {
+        "04.1": Exercise(
+            number(_bf16_error_of_tenth, rel=1e-2),
+            "decode 0.1 in bf16 (precision.decode) and take |stored value - 0.1|; torch rounds to nearest",
+        ),
+        "04.2": Exercise(
+            lambda a: (
+                tuple(int(x) for x in a)
+                == (_first_unrepresentable("fp16"), _first_unrepresentable("bf16"))
+            ),
+            "a pair (fp16, bf16); think of the number of significant bits of each format",
+        ),
+    }
+)
 
 
 # --- notebook 05 ---
-EXERCISES.update({})
+def _absmax4_error() -> float:
+    import torch
+
+    from labkit import quant
+
+    x = torch.tensor([1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4])
+    q, s = quant.absmax_quantize(x, bits=4)
+    return (quant.absmax_dequantize(q, s) - x).abs().max().item()
+
+
+EXERCISES.update(
+    {
+        "05.1": Exercise(
+            number(_absmax4_error, rel=1e-3),
+            "dequantize the 4-bit integers and take the largest |dequantized - x|",
+        ),
+    }
+)
 
 
 # --- notebook 06 ---
-EXERCISES.update({})
+EXERCISES.update(
+    {
+        "06.1": Exercise(
+            number(
+                lambda: __import__("labkit.quant").quant.bits_per_parameter(4, 128, True), rel=1e-6
+            ),
+            "4 bits + 8 bits of absmax per block + the fp32 constants of the absmax blocks",
+        ),
+    }
+)
 
 
 # --- notebook 07 ---
-EXERCISES.update({})
+EXERCISES.update(
+    {
+        "07.1": Exercise(
+            number(
+                lambda: (
+                    __import__("labkit.quant").quant.bits_per_parameter(8, 128, absmax_bits=16) - 8
+                )
+            ),
+            "one 16-bit scale shared by the weights of a group",
+        ),
+    }
+)
 
 
 # --- notebook 08 ---
