@@ -294,15 +294,86 @@ EXERCISES.update(
 
 
 # --- notebook 08 ---
-EXERCISES.update({})
+def _zoo_hidden() -> int:
+    from labkit import zoo
+
+    return zoo.load_config("zoo-llama").hidden_size
+
+
+def _first_step_over_embedding_rms(lr: float = 0.3) -> float:
+    """Adam's first step (~lr per coordinate) over the RMS of zoo-llama's token embeddings."""
+    from labkit import zoo
+
+    weight = zoo.load_model("zoo-llama").get_input_embeddings().weight.detach()
+    return lr / weight.pow(2).mean().sqrt().item()
+
+
+EXERCISES.update(
+    {
+        "08.1": Exercise(
+            integer(lambda: 20 * _zoo_hidden()),
+            "each virtual token is one row as wide as the model's hidden size",
+        ),
+        "08.2": Exercise(
+            number(_first_step_over_embedding_rms, rel=0.02),
+            "Adam's first update is about lr on every coordinate; divide by the RMS of the "
+            "embedding matrix (square, mean, square root)",
+        ),
+    }
+)
 
 
 # --- notebook 09 ---
-EXERCISES.update({})
+def _p_tuning_mlp_count(n: int, e: int) -> int:
+    """P-tuning with an MLP encoder: n*h virtual tokens + Linear(h,e), Linear(e,e), Linear(e,h)."""
+    h = _zoo_hidden()
+    return n * h + (h * e + e) + (e * e + e) + (e * h + h)
+
+
+def _p_tuning_kept() -> int:
+    from labkit import peft_methods as lp
+
+    return lp.DEFAULTS["p-tuning-mlp"]["num_virtual_tokens"] * _zoo_hidden()
+
+
+EXERCISES.update(
+    {
+        "09.1": Exercise(
+            integer(lambda: _p_tuning_mlp_count(4, 32)),
+            "virtual tokens n*h plus three Linear layers h->e, e->e, e->h, each with a bias",
+        ),
+        "09.2": Exercise(
+            integer(_p_tuning_kept),
+            "only the encoder's output is kept: one hidden-size vector per virtual token",
+        ),
+    }
+)
 
 
 # --- notebook 10 ---
-EXERCISES.update({})
+def _prefix_count(name: str, n: int) -> int:
+    """Prefix tuning: n virtual tokens x L layers x (key + value) x n_kv * head_dim."""
+    from labkit import zoo
+
+    c = zoo.load_config(name)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return n * c.num_hidden_layers * 2 * kv * head_dim
+
+
+EXERCISES.update(
+    {
+        "10.1": Exercise(
+            integer(lambda: _prefix_count("llama-3.1-8b", 20)),
+            "one key and one value vector per virtual token in every layer, each as wide as "
+            "n_kv_heads x head_dim",
+        ),
+        "10.2": Exercise(
+            number(lambda: _prefix_count("llama-2-7b", 10) / _prefix_count("mistral-7b", 10)),
+            "both have 32 layers and head_dim 128: compare their numbers of key/value heads",
+        ),
+    }
+)
 
 
 # --- notebook 11 ---
@@ -310,7 +381,24 @@ EXERCISES.update({})
 
 
 # --- notebook 12 ---
-EXERCISES.update({})
+def _full_over_lora_qv() -> float:
+    """Llama-2-7B: all parameters / LoRA r 8 on q_proj and v_proj."""
+    from labkit import architecture
+    from labkit import peft_methods as lp
+
+    cfg = lp.make_config("lora", "zoo-llama", target_modules=["q_proj", "v_proj"])
+    return architecture.count_parameters("llama-2-7b") / lp.count_trainable(cfg, "llama-2-7b")
+
+
+EXERCISES.update(
+    {
+        "12.1": Exercise(
+            number(_full_over_lora_qv, rel=1e-3),
+            "LoRA adds r*(d_in+d_out) per adapted matrix: 2 matrices per layer, 32 layers; "
+            "divide the model's parameter count by that",
+        ),
+    }
+)
 
 
 # --- notebook 13 ---
