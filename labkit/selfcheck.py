@@ -377,7 +377,36 @@ EXERCISES.update(
 
 
 # --- notebook 11 ---
-EXERCISES.update({})
+def _lora_count(model_id: str, r: int, targets: list[str] | str) -> Callable[[], int]:
+    """The LoRA parameter count of ``r`` on ``targets`` of a zoo/catalog config (peft's rule)."""
+
+    def expected() -> int:
+        from peft import LoraConfig
+
+        from labkit import peft_methods as lp
+        from labkit import zoo
+
+        return lp.count_trainable(
+            LoraConfig(r=r, target_modules=targets), zoo.load_config(model_id)
+        )
+
+    return expected
+
+
+EXERCISES.update(
+    {
+        "11.1": Exercise(
+            integer(_lora_count("zoo-llama", 4, ["q_proj", "v_proj"])),
+            "r·(d_in + d_out) per layer and per target, times the layers; with GQA v_proj's "
+            "d_out is num_key_value_heads · head_dim, not hidden_size",
+        ),
+        "11.2": Exercise(
+            integer(_lora_count("gpt2", 8, ["c_attn"])),
+            "c_attn maps hidden_size to three times hidden_size (q, k, v fused); count "
+            "r·(d_in + d_out) once per layer, for every layer of the gpt2 config",
+        ),
+    }
+)
 
 
 # --- notebook 12 ---
@@ -402,11 +431,26 @@ EXERCISES.update(
 
 
 # --- notebook 13 ---
-EXERCISES.update({})
+EXERCISES.update(
+    {
+        "13.1": Exercise(
+            integer(_lora_count("zoo-llama", 8, "all-linear")),  # RANK = 8 in the notebook
+            "sum p.numel() over the model's named_parameters whose name contains 'lora_' "
+            "(A and B of every adapted layer); the notebook's default RANK is 8",
+        ),
+    }
+)
 
 
 # --- notebook 14 ---
-EXERCISES.update({})
+EXERCISES.update(
+    {
+        "14.1": Exercise(
+            integer(0),
+            "--n-trials N counts COMPLETE trials already in the study; how many are missing?",
+        ),
+    }
+)
 
 
 # --- notebook 15 ---

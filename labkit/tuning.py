@@ -303,11 +303,6 @@ def trial_arguments(**overrides: Any):
     return TrainingArguments(**settings)
 
 
-#: Old name of :func:`trial_arguments` (it read like ``training.training_arguments``, which has
-#: the course's defaults, not the library's); kept until notebook 14 uses the new name.
-training_args = trial_arguments
-
-
 def make_trainer(data: TuningData, model, params: dict[str, Any], callbacks=()):
     """A ``Trainer`` for one configuration (``params``: the :func:`hp_space` keys; ``lora_*``
     keys are ignored here, they belong to the model)."""
