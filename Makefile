@@ -1,6 +1,7 @@
 # The course's task runner. The two commands of the README:
 #   make course   run every notebook headless, write build/ and the report
-#   make test     lint + unit tests + every notebook under nbval
+#   make test     lint + unit tests + every notebook under nbval, with its exercise solutions
+#                 appended (copies in build/nbval/: each notebook runs once, then its solutions)
 # Both create .venv/ on their first run (torch first, CPU build: see README "GPU or existing torch").
 
 PYTHON ?= python3
@@ -12,8 +13,11 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 STAMP := $(VENV)/.installed
 PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# nbval runs copies of the notebooks with their <details> solutions appended as code cells
+NBVAL_DIR := build/nbval
 
-.PHONY: setup course test lint unit nbval lab notebooks exercises slides zoo data clean
+.PHONY: setup course test lint unit nbval nbval-copies lab notebooks exercises slides live-slides \
+	bundle bundle-check browser-check zoo data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -26,8 +30,8 @@ setup: $(STAMP)
 course: $(STAMP)
 	$(BIN)/python -m labkit course
 
-test: lint
-	$(BIN)/python -m pytest -q tests notebooks $(PYTEST_NB)
+test: lint nbval-copies
+	$(BIN)/python -m pytest -q tests $(NBVAL_DIR) $(PYTEST_NB)
 
 lint: $(STAMP)
 	$(BIN)/ruff check labkit tests notebooks scripts benchmarks
@@ -36,8 +40,13 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-nbval: $(STAMP)
-	$(BIN)/python -m pytest -q notebooks $(PYTEST_NB)
+nbval-copies: $(STAMP)
+	rm -rf $(NBVAL_DIR)
+	$(BIN)/python -m labkit course --with-solutions $(NBVAL_DIR) $(NB)
+
+# One notebook and its solutions: make nbval NB=notebooks/05_int8_quantization.ipynb
+nbval: nbval-copies
+	$(BIN)/python -m pytest -q $(NBVAL_DIR) $(PYTEST_NB)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
