@@ -61,8 +61,9 @@ notebooks: $(STAMP)
 exercises: $(STAMP)
 	$(BIN)/python -m labkit course --exercises $(NB)
 
+# Offline reveal.js decks (no CDN: reveal.js is vendored in labkit/assets) in build/slides/.
 slides: $(STAMP)
-	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides notebooks/*.ipynb
+	$(BIN)/python -m labkit slides $(NB)
 
 zoo: $(STAMP)
 	$(BIN)/python -m labkit build-zoo --force
