@@ -162,6 +162,8 @@ def _plain(markdown: str) -> str:
     text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
     text = re.sub(r"<details>.*?</details>", " ", text, flags=re.S)
     text = re.sub(r"^#+ .*$", " ", text, flags=re.M)
+    text = re.sub(r"^\s*\|.*$", " ", text, flags=re.M)  # tables
+    text = re.sub(r"^\s*(?:[-*+]|\d+\.)\s+", "", text, flags=re.M)  # list markers
     text = re.sub(r"[*|]", "", text)
     return re.sub(r"\s+", " ", text).strip()
 
@@ -243,8 +245,7 @@ def notes_text(sec: Section, notebook: str) -> str:
         return (
             f"**Speaker notes · exercises · ~{sec.minutes} min** ({tiers}).\n\n"
             "- Everyone does ⭐; pairs who finish go on to ⭐⭐, the fast ones to ⭐⭐⭐.\n"
-            f'- Where a task asks for a number, `check("{notebook[:2]}.1", answer)` says right or '
-            "wrong with a hint, without giving the answer away.\n"
+            f"- {_selfcheck_line(notebook[:2])}\n"
             "- Solutions are collapsed under each task; `make test` runs every one of them, so "
             "they work.\n"
             "- In a 3-hour slot: ⭐ only, 5 minutes, then show its solution."
@@ -254,7 +255,8 @@ def notes_text(sec: Section, notebook: str) -> str:
             f"**Speaker notes · summary · ~{sec.minutes} min.** Read the bullets back as the "
             "questions they answer; point at *Where next*."
         )
-    lines = [f"**Speaker notes · ~{sec.minutes} min** (talk, run the cells, show the check)."]
+    what = "talk, run the cells, show the check" if sec.check else "talk, run the cells"
+    lines = [f"**Speaker notes · ~{sec.minutes} min** ({what})."]
     if sec.first_sentence:
         lines.append(f"- Say: {sec.first_sentence}")
     if sec.figures:
@@ -269,6 +271,16 @@ def notes_text(sec: Section, notebook: str) -> str:
     if sec.minutes >= 6:
         lines.append("- Short on time: run it, show the check's line, move on.")
     return "\n".join(lines)
+
+
+def _selfcheck_line(nn: str) -> str:
+    from labkit.selfcheck import EXERCISES
+
+    keys = sorted(k for k in EXERCISES if k.startswith(f"{nn}."))
+    if not keys:
+        return "No self-checks here: compare with the collapsed solution."
+    calls = ", ".join(f'`check("{k}", answer)`' for k in keys)
+    return f"Self-checks: {calls} say right or wrong with a hint, never the answer."
 
 
 def _notes_cell(text: str, number: int) -> nbformat.NotebookNode:
