@@ -65,6 +65,21 @@ exercises: $(STAMP)
 slides: $(STAMP)
 	$(BIN)/python -m labkit slides $(NB)
 
+# Offline bundle for a room with no network: build/bundle/{course.tar.gz,wheelhouse/,INSTALL.md}
+# (downloads every wheel once); bundle-check installs it with no index and runs notebook 00.
+bundle: $(STAMP)
+	$(BIN)/python -m labkit bundle
+
+bundle-check: $(STAMP)
+	$(BIN)/python -m labkit bundle --check
+
+# Chromium with no network: a deck screenshot and JupyterLab running notebook 00 (docs/*.png).
+# Needs Debian's chromium (installed here if missing; root only).
+browser-check: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium fonts-noto-color-emoji)
+	$(BIN)/python -m labkit slides
+	$(BIN)/python scripts/browser_check.py
+
 zoo: $(STAMP)
 	$(BIN)/python -m labkit build-zoo --force
 
