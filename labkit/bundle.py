@@ -94,9 +94,9 @@ def fill_wheelhouse(wheelhouse: Path, torch_spec: str = TORCH_SPEC) -> int:
     Needs the package index once (this is the step done while online).
     """
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    if torch_spec != "none":
-        _pip("download", "-q", "-d", str(wheelhouse), torch_spec)
-    _pip("download", "-q", "-d", str(wheelhouse), *BUILD_REQUIREMENTS, *requirements())
+    torch = [] if torch_spec == "none" else [torch_spec]
+    # one resolve, so the torch pin holds for every package that needs torch
+    _pip("download", "-q", "-d", str(wheelhouse), *torch, *BUILD_REQUIREMENTS, *requirements())
     sdists = [p.name for p in wheelhouse.iterdir() if not p.name.endswith(".whl")]
     if sdists:  # an sdist would need its build tools on the offline machine
         _pip(
