@@ -1,6 +1,7 @@
 # The course's task runner. The two commands of the README:
 #   make course   run every notebook headless, write build/ and the report
-#   make test     lint + unit tests + every notebook under nbval
+#   make test     lint + unit tests + every notebook under nbval, with its exercise solutions
+#                 appended (copies in build/nbval/: each notebook runs once, then its solutions)
 # Both create .venv/ on their first run (torch first, CPU build: see README "GPU or existing torch").
 
 PYTHON ?= python3
@@ -12,13 +13,19 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 STAMP := $(VENV)/.installed
 PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# nbval runs copies of the notebooks with their <details> solutions appended as code cells
+NBVAL_DIR := build/nbval
 
-.PHONY: setup course test lint unit nbval lab notebooks exercises slides zoo data clean
+.PHONY: setup course test lint unit nbval nbval-copies lab notebooks exercises slides live-slides \
+	bundle bundle-check browser-check zoo data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	if [ "$(TORCH_SPEC)" != "none" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# JupyterLab for a room with no network: RISE's theme with local fonts, no news/update fetch
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp labkit/assets/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -26,8 +33,8 @@ setup: $(STAMP)
 course: $(STAMP)
 	$(BIN)/python -m labkit course
 
-test: lint
-	$(BIN)/python -m pytest -q tests notebooks $(PYTEST_NB)
+test: lint nbval-copies
+	$(BIN)/python -m pytest -q tests $(NBVAL_DIR) $(PYTEST_NB)
 
 lint: $(STAMP)
 	$(BIN)/ruff check labkit tests notebooks scripts benchmarks
@@ -36,8 +43,13 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-nbval: $(STAMP)
-	$(BIN)/python -m pytest -q notebooks $(PYTEST_NB)
+nbval-copies: $(STAMP)
+	rm -rf $(NBVAL_DIR)
+	$(BIN)/python -m labkit course --with-solutions $(NBVAL_DIR) $(NB)
+
+# One notebook and its solutions: make nbval NB=notebooks/05_int8_quantization.ipynb
+nbval: nbval-copies
+	$(BIN)/python -m pytest -q $(NBVAL_DIR) $(PYTEST_NB)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
@@ -52,8 +64,24 @@ notebooks: $(STAMP)
 exercises: $(STAMP)
 	$(BIN)/python -m labkit course --exercises $(NB)
 
+# Offline reveal.js decks (no CDN: reveal.js is vendored in labkit/assets) in build/slides/.
 slides: $(STAMP)
-	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides notebooks/*.ipynb
+	$(BIN)/python -m labkit slides $(NB)
+
+# Offline bundle for a room with no network: build/bundle/{course.tar.gz,wheelhouse/,INSTALL.md}
+# (downloads every wheel once); bundle-check installs it with no index and runs notebook 00.
+bundle: $(STAMP)
+	$(BIN)/python -m labkit bundle
+
+bundle-check: $(STAMP)
+	$(BIN)/python -m labkit bundle --check
+
+# Chromium with no network: a deck screenshot and JupyterLab running notebook 00 (docs/*.png).
+# Needs Debian's chromium (installed here if missing; root only).
+browser-check: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium fonts-noto-color-emoji)
+	$(BIN)/python -m labkit slides
+	$(BIN)/python scripts/browser_check.py
 
 zoo: $(STAMP)
 	$(BIN)/python -m labkit build-zoo --force

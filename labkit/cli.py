@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "labkit.course:cli_main",
         "execute every notebook and write build/course-report.json",
     ),
+    "slides": ("labkit.slides:cli_main", "offline reveal.js decks; --structure: slide metadata"),
+    "bundle": ("labkit.bundle:cli_main", "offline install bundle: wheelhouse + repository"),
     "build-zoo": ("labkit.pretrain:cli_main", "rebuild the offline zoo Llama from its corpus"),
     "build-data": ("labkit.datasets:cli_main", "regenerate the course data sets in data/"),
     "zoo": ("labkit.zoo:cli_main", "list the offline model zoo and verify its checksums"),

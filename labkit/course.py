@@ -9,11 +9,16 @@ stripped: that is how the committed notebooks are produced (``make notebooks``).
 its defaults, then every ``python`` block inside a ``<details><summary>Solution</summary>`` of its
 markdown runs after it in the same kernel, as a learner would paste it; the report lists each
 solution's status. Nothing is stored in ``notebooks/``.
+
+``--with-solutions DIR`` only writes copies of the notebooks with their solutions appended as
+code cells (stored outputs kept): ``make test`` runs nbval on those copies, so CI checks every
+notebook's outputs *and* every solution while running each notebook once.
+
+A run of some notebooks updates their rows in ``build/course-report.json`` and keeps the others.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -23,6 +28,7 @@ from pathlib import Path
 import nbformat
 
 from labkit import REPO_ROOT, LabkitError
+from labkit.cli import Parser
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BUILD_DIR = REPO_ROOT / "build"
@@ -144,6 +150,56 @@ def run_exercises(path: Path, timeout: int = 600) -> list[dict]:
     return rows
 
 
+#: First line of every solution cell in a copy made by :func:`with_solutions` (nbval names the cell
+#: by index only; this line says which exercise failed).
+SOLUTION_MARK = "# SOLUTION (run by make test):"
+
+
+def with_solutions(nb: nbformat.NotebookNode, name: str = "") -> nbformat.NotebookNode:
+    """A copy of ``nb`` with each exercise solution appended as a code cell (outputs kept).
+
+    The cells run after the whole notebook, in its kernel, as :func:`run_exercises` runs them.
+    """
+    out = nbformat.from_dict(json.loads(json.dumps(nb)))  # deep copy, plain nodes
+    for title, code in exercise_solutions(nb):
+        out.cells.append(nbformat.v4.new_code_cell(f"{SOLUTION_MARK} {name} {title}\n{code}"))
+    return out
+
+
+def write_solution_copies(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Write :func:`with_solutions` copies of ``paths`` into ``out_dir``; return their paths.
+
+    The copies are plain notebooks in another folder: the kernel's working directory is
+    ``out_dir``, so a notebook must find files through ``labkit.REPO_ROOT``, never ``../``
+    (``tests/test_course.py`` checks the committed notebooks for that).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        target = out_dir / path.name
+        nbformat.write(with_solutions(nb, name=path.name[:2]), target)
+        written.append(target)
+    return written
+
+
+def merge_report(old: dict | None, rows: list[dict], folder: Path) -> dict:
+    """The course report after a run of ``rows``: their entries replace the old ones, entries of
+    notebooks not run this time are kept (if the notebook still exists in ``folder``)."""
+    ran = {r["notebook"] for r in rows}
+    kept = [
+        r
+        for r in (old or {}).get("notebooks", [])
+        if r.get("notebook") not in ran and (folder / str(r.get("notebook"))).is_file()
+    ]
+    merged = sorted(kept + rows, key=lambda r: r["notebook"])
+    return {
+        "notebooks": merged,
+        "total_seconds": round(sum(r["seconds"] for r in merged), 1),
+        "failed": sum(r["status"] != "ok" for r in merged),
+    }
+
+
 def format_table(rows: list[dict], total: float) -> str:
     width = max([len(r["notebook"]) for r in rows] + [8])
     lines = [f"{'notebook':<{width}}  {'seconds':>8}  status"]
@@ -171,36 +227,51 @@ def run_course(
                 "status": "ok" if error is None else f"FAILED: {error}",
             }
         )
-    total = round(sum(r["seconds"] for r in rows), 1)
-    report = {
-        "notebooks": rows,
-        "total_seconds": total,
-        "failed": sum(r["status"] != "ok" for r in rows),
-    }
-    (out_dir / "course-report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(rows, total))
+    report_path = out_dir / "course-report.json"
+    try:
+        old = json.loads(report_path.read_text()) if report_path.is_file() else None
+    except json.JSONDecodeError:
+        old = None  # a broken report is rebuilt from this run
+    report = merge_report(old, rows, folder=paths[0].parent if paths else NOTEBOOKS_DIR)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(rows, round(sum(r["seconds"] for r in rows), 1)))
+    if len(report["notebooks"]) > len(rows):
+        print(f"(report: {len(rows)} notebook(s) updated, {len(report['notebooks'])} in total)")
     return report
 
 
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m labkit course", description=__doc__.splitlines()[0]
-    )
+    parser = Parser(prog="python -m labkit course", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="notebook paths (default: every NN_*.ipynb)")
     parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     parser.add_argument(
         "--exercises", action="store_true", help="run each notebook's exercise solutions after it"
     )
+    parser.add_argument(
+        "--with-solutions",
+        metavar="DIR",
+        type=Path,
+        help="only write copies with the solutions appended as code cells into DIR (make test)",
+    )
     args = parser.parse_args(argv)
-    if args.exercises and args.inplace:
-        raise LabkitError("--exercises and --inplace do not go together; use one of them")
+    chosen = [f for f in ("exercises", "inplace", "with_solutions") if getattr(args, f)]
+    if len(chosen) > 1:
+        flags = " and ".join("--" + f.replace("_", "-") for f in chosen)
+        raise LabkitError(f"{flags} do not go together; use one of them")
     paths = [Path(p).resolve() for p in args.notebooks] or course_notebooks()
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise LabkitError(f"no such notebook: {', '.join(missing)}")
     if not paths:
         raise LabkitError(f"no NN_topic.ipynb notebooks in {NOTEBOOKS_DIR}")
+    if args.with_solutions:
+        written = write_solution_copies(paths, args.with_solutions)
+        n = sum(len(exercise_solutions(nbformat.read(p, as_version=4))) for p in paths)
+        print(
+            f"{len(written)} notebooks with {n} solutions appended written to {args.with_solutions}"
+        )
+        return 0
     if args.exercises:
         rows = [row for p in paths for row in run_exercises(p, timeout=args.timeout)]
         BUILD_DIR.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,82 @@ def test_committed_notebooks_have_a_solution_per_tier():
 def test_cli_rejects_exercises_with_inplace():
     with pytest.raises(LabkitError, match="do not go together"):
         course.cli_main(["--exercises", "--inplace"])
+
+
+def test_with_solutions_appends_each_solution_and_keeps_outputs():
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("x = 41", execution_count=1)
+    code.outputs = [nbformat.v4.new_output("stream", text="kept\n")]
+    nb.cells = [code, nbformat.v4.new_markdown_cell(EXERCISES)]
+    copy = course.with_solutions(nb, name="05")
+    assert len(copy.cells) == 4 and len(nb.cells) == 2  # the original is untouched
+    assert copy.cells[0].outputs[0]["text"] == "kept\n"
+    assert copy.cells[2].source.startswith(f"{course.SOLUTION_MARK} 05 ⭐ Warm-up\n")
+    assert copy.cells[3].source.endswith("print(x / 0)\n")
+
+
+def _nbval(path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)]
+    cmd += ["--nbval-lax", "--nbval-current-env", "-o", "addopts="]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=path.parent, timeout=300)
+
+
+def test_a_broken_solution_fails_nbval_on_the_copy(tmp_path):
+    """What make test does: nbval on the copies runs the notebook once, then its solutions."""
+    checked = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(6 * 7)", execution_count=1)
+    checked.outputs = [nbformat.v4.new_output("stream", text="42\n")]
+    good = "### ⭐ Warm-up\n<details><summary>Solution</summary>\n\n```python\nassert 6 * 7 == 42\n```\n</details>"
+    for name, solution in [
+        ("01_good.ipynb", good),
+        ("02_broken.ipynb", good.replace("== 42", "== 43")),
+    ]:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [checked, nbformat.v4.new_markdown_cell(solution)]
+        nbformat.write(nb, tmp_path / name)
+    copies = course.write_solution_copies(
+        [tmp_path / "01_good.ipynb", tmp_path / "02_broken.ipynb"], tmp_path / "nbval"
+    )
+    run = _nbval(copies[0].parent)  # one nbval run over both copies, as make test does
+    assert "1 failed, 3 passed" in run.stdout, run.stdout[-2000:]
+    assert "02_broken.ipynb::Cell 1" in run.stdout and "AssertionError" in run.stdout
+    assert run.returncode != 0
+
+
+def test_a_one_notebook_run_updates_its_row_and_keeps_the_others(tmp_path):
+    a = _notebook(tmp_path / "01_a.ipynb", ["1"])
+    b = _notebook(tmp_path / "02_b.ipynb", ["2"])
+    out = tmp_path / "build"
+    course.run_course([a, b], out_dir=out, timeout=60)
+    _notebook(b, ["raise ValueError('now broken')"])
+    report = course.run_course([b], out_dir=out, timeout=60)
+    assert [r["notebook"] for r in report["notebooks"]] == ["01_a.ipynb", "02_b.ipynb"]
+    assert report["notebooks"][0]["status"] == "ok" and report["failed"] == 1
+    assert json.loads((out / "course-report.json").read_text()) == report
+    a.unlink()  # a notebook that no longer exists leaves the report
+    assert [r["notebook"] for r in course.merge_report(report, [], tmp_path)["notebooks"]] == [
+        "02_b.ipynb"
+    ]
+
+
+def test_committed_notebooks_find_files_through_repo_root_not_relative_paths():
+    """make test runs copies from build/nbval/: a '../data' path would point elsewhere there."""
+    for path in course.course_notebooks():
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert "../" not in cell.source, f"{path.name}: use labkit.REPO_ROOT, not '../'"
+
+
+def test_cli_with_solutions_writes_copies(tmp_path, capsys):
+    path = _notebook(tmp_path / "06_x.ipynb", ["x = 1"])
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell(EXERCISES))
+    nbformat.write(nb, path)
+    assert course.cli_main([str(path), "--with-solutions", str(tmp_path / "copies")]) == 0
+    copy = nbformat.read(tmp_path / "copies" / "06_x.ipynb", as_version=4)
+    assert len(copy.cells) == 4 and "2 solutions appended" in capsys.readouterr().out
+    with pytest.raises(LabkitError, match="--exercises and --with-solutions do not go together"):
+        course.cli_main(["--exercises", "--with-solutions", str(tmp_path)])

@@ -47,3 +47,26 @@ def test_unknown_wording():
     err = unknown("optimizer", "adam9", ["adamw", "sgd"])
     assert isinstance(err, LabkitError)
     assert str(err) == "unknown optimizer 'adam9'; accepted: adamw, sgd"
+
+
+def test_each_registered_check_is_called_in_its_notebook():
+    """A check nobody can find is no help: the notebook NN shows check("NN.T", ...)."""
+    import nbformat
+
+    from labkit import course
+
+    notebooks = {p.name[:2]: p for p in course.course_notebooks()}
+    for key in selfcheck.EXERCISES:
+        assert key[:2] in notebooks, f"{key}: no notebook {key[:2]}"
+        nb = nbformat.read(notebooks[key[:2]], as_version=4)
+        text = "\n".join(c.source for c in nb.cells)
+        assert f'check("{key}"' in text, (
+            f"{notebooks[key[:2]].name} never calls check({key!r}, ...)"
+        )
+
+
+def test_a_check_in_a_notebook_never_fails_a_top_to_bottom_run(registry, capsys):
+    """An unanswered check prints how to answer and returns False: the notebook runs on."""
+    answer = None
+    assert selfcheck.check("99.2", answer) is False
+    assert "99.2: not answered yet" in capsys.readouterr().out

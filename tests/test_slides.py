@@ -1,0 +1,240 @@
+"""Slides: offline decks (no remote script/style/font), slide structure, speaker notes, times."""
+
+import hashlib
+import json
+
+import nbformat
+import pytest
+
+from labkit import REPO_ROOT, LabkitError, course, slides
+
+NOTEBOOKS = course.course_notebooks()
+IDS = [p.name for p in NOTEBOOKS]
+
+
+def test_remote_references_finds_every_way_a_page_loads_from_the_network():
+    remote = [
+        '<script src="https://unpkg.com/reveal.js@4.0.2/dist/reveal.js"></script>',
+        "<link rel='stylesheet' href='//cdn.example/x.css'>",
+        "<style>@import url(https://fonts.googleapis.com/css?family=Lato);</style>",
+        '<style>@font-face { src: url("http://x/f.woff") }</style>',
+        "<script type=module>import mermaid from 'https://cdn/mermaid.mjs';</script>",
+        '<img src="https://x/y.png">',
+    ]
+    for html in remote:
+        assert slides.remote_references(html), html
+    local = (
+        '<script src="reveal.js/dist/reveal.js"></script><link href="reveal.js/dist/reveal.css">'
+        '<a href="https://revealjs.com">a link is not a load</a>'
+        "/* https://github.com/x in a comment */ url(./fonts/a.woff)"
+    )
+    assert slides.remote_references(local) == []
+
+
+def test_vendored_reveal_is_what_its_source_file_says_and_loads_nothing_remote():
+    root = slides.ASSETS / "reveal.js"
+    lines = (root / "SOURCE.txt").read_text().splitlines()[1:]
+    for line in lines:
+        digest, name = line.split("  ", 1)
+        data = (root / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, name
+        if name.endswith(".css"):
+            assert slides.remote_references(data.decode()) == [], name
+    assert {"dist/reveal.js", "dist/theme/white.css", "plugin/notes/notes.js"} <= {
+        ln.split("  ", 1)[1] for ln in lines
+    }
+
+
+def test_every_deck_is_offline(tmp_path):
+    """Build every notebook's deck: each loads only local files, which exist."""
+    decks = slides.build_decks(NOTEBOOKS, tmp_path)
+    assert len(decks) == len(NOTEBOOKS)
+    for deck in decks:
+        html = deck.read_text()
+        assert slides.remote_references(html) == [], deck.name
+        assert '<script src="reveal.js/dist/reveal.js">' in html
+        for ref in ("reveal.js/dist/reveal.css", "reveal.js/dist/theme/white.css"):
+            assert ref in html and (tmp_path / ref).is_file()
+        assert 'class="notes"' in html, f"{deck.name}: no speaker notes"
+        assert "MathJax.js" not in html and "require.js" not in html
+
+
+def _md(source, **meta):
+    cell = nbformat.v4.new_markdown_cell(source)
+    cell.metadata.update(meta)
+    return cell
+
+
+def _code(source, text="", **meta):
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata.update(meta)
+    if text:
+        cell.outputs = [nbformat.v4.new_output("stream", text=text)]
+    return cell
+
+
+EXERCISES_AND_SUMMARY = """## Exercises
+
+### ⭐ Warm-up
+Count.
+<details><summary>Solution</summary>
+
+```python
+## not a heading: inside a fence
+print(1)
+```
+### not a heading either: inside details
+</details>
+
+### ⭐⭐ Practice
+More.
+
+## Summary
+- done"""
+
+
+def _toy():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        _md("# 99 · Toy\n\nTime: ~40 s on a 2-core CPU."),
+        _code("FAST = True", tags=["parameters"]),
+        _code("import torch", text="a warning\n"),
+        _md("## 1. First\n\nWe measure one thing. Then another."),
+        _code("print(1)", text="1\n"),
+        _code("for i in range(40): print(i)", text="".join(f"{i}\n" for i in range(40))),
+        _md("**Check:** it is one."),
+        _code("# CHECK\nassert 1 == 1"),
+        _md(EXERCISES_AND_SUMMARY),
+    ]
+    return nb
+
+
+def test_structure_splits_skips_tags_and_adds_notes():
+    nb = slides.structure(_toy(), "99_toy.ipynb", run_seconds=40)
+    kinds = [
+        (c.source.split("\n")[0][:24], c.metadata["slideshow"]["slide_type"]) for c in nb.cells
+    ]
+    assert kinds[:3] == [("# 99 · Toy", "slide"), ("FAST = True", "skip"), ("import torch", "skip")]
+    md = [(s, k) for s, k in kinds if not s.startswith("**Speaker")]
+    assert ("## Exercises", "slide") in md and ("## Summary", "slide") in md
+    assert ("### ⭐ Warm-up", "subslide") in md and ("### ⭐⭐ Practice", "subslide") in md
+    assert ("<details><summary>Soluti", "subslide") in md
+    solution = next(c for c in nb.cells if c.source.startswith("<details>"))
+    assert "## not a heading" in solution.source and "### not a heading" in solution.source
+    notes = [c for c in nb.cells if slides.NOTES_TAG in c.metadata.get("tags", [])]
+    assert len(notes) == 3 and all(c.metadata["slideshow"]["slide_type"] == "notes" for c in notes)
+    assert (
+        "~" in notes[0].source
+        and "min" in notes[0].source
+        and "We measure one thing." in notes[0].source
+    )
+    assert "⭐ 5 min, ⭐⭐ 10 min" in notes[1].source
+    long = [c for c in nb.cells if slides.LONG_TAG in c.metadata.get("tags", [])]
+    assert [c.source[:3] for c in long] == ["for"]
+    assert next(c for c in nb.cells if c.source.startswith("# CHECK")).metadata["slideshow"] == {
+        "slide_type": "fragment"
+    }
+
+
+def test_structure_is_idempotent_and_keeps_the_exercises_runnable():
+    once = slides.structure(_toy(), "99_toy.ipynb", run_seconds=40)
+    text = nbformat.writes(once)
+    twice = slides.structure(nbformat.reads(text, as_version=4), "99_toy.ipynb", run_seconds=40)
+    assert nbformat.writes(twice) == text
+    assert [t for t, _ in course.exercise_solutions(once)] == ["⭐ Warm-up"]
+
+
+def test_plan_minutes_grow_with_content_and_run_time():
+    nb = _toy()
+    short, long_run = slides.plan(nb, 10)[0], slides.plan(nb, 600)[0]
+    assert short.kind == "lesson" and 2 <= short.minutes < long_run.minutes
+    ex = slides.plan(nb, 10)[1]
+    assert ex.kind == "exercises" and ex.minutes == 15
+
+
+def test_deck_drops_warnings_and_replaces_long_outputs():
+    nb = slides.structure(_toy(), "99_toy.ipynb", run_seconds=40)
+    k = next(i for i, c in enumerate(nb.cells) if c.source == "print(1)")
+    nb.cells[k].outputs.append(nbformat.v4.new_output("stream", name="stderr", text="Warn\n"))
+    deck = slides._deck_preprocess(nb)
+    assert [o["text"] for o in deck.cells[k].outputs] == ["1\n"]
+    long = next(c for c in deck.cells if c.source.startswith("for"))
+    assert long.outputs[0]["text"].startswith("[output kept off the slide (40 lines)")
+    assert len(nb.cells[k].outputs) == 2  # the notebook itself is untouched
+
+
+def test_times_are_written_into_header_and_readme():
+    nb = _toy()
+    assert slides.set_times(nb, 52.4) and "~50 s on a 2-core CPU" in nb.cells[0].source
+    readme = "| [07](notebooks/07_x.ipynb) | topic | what | 26 s | no |\n"
+    assert slides.set_readme_times(readme, {"07": 31.6}) == readme.replace("26 s", "32 s")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_notebook_has_its_slide_structure(path):
+    nb = nbformat.read(path, as_version=4)
+    expected = slides.structure(
+        nbformat.read(path, as_version=4), path.name, slides.cpu_seconds(path.name)
+    )
+    assert nbformat.writes(nb) == nbformat.writes(expected), (
+        f"{path.name}: slide structure or speaker notes out of date; run "
+        "`python -m labkit slides --structure` (then commit the notebooks and docs/presenting.md)"
+    )
+
+
+#: header, README map and measured report must agree within max(ABS, REL * value).
+TIME_TOLERANCE_S, TIME_TOLERANCE_REL = 15, 0.30
+
+
+def _close(a, b):
+    return abs(a - b) <= max(TIME_TOLERANCE_S, TIME_TOLERANCE_REL * max(a, b))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_header_readme_and_report_times_agree(path):
+    header = slides.header_seconds(nbformat.read(path, as_version=4))
+    readme = slides.cpu_seconds(path.name)
+    assert header is not None, f"{path.name}: no '~N s on a 2-core CPU' in the title cell"
+    assert readme is not None, f"{path.name}: no row in the README's course map"
+    assert _close(header, readme), f"{path.name}: header ~{header:.0f} s, README {readme:.0f} s"
+    report = REPO_ROOT / "build" / "course-report.json"
+    if report.is_file():  # after `make course`; refresh with `labkit slides --structure --times`
+        rows = {r["notebook"]: r for r in json.loads(report.read_text())["notebooks"]}
+        row = rows.get(path.name)
+        if row and row["status"] == "ok":
+            assert _close(row["seconds"], readme), (
+                f"{path.name}: measured {row['seconds']:.0f} s, README {readme:.0f} s; run "
+                "`python -m labkit slides --structure --times build/course-report.json`"
+            )
+
+
+TEX = slides.re.compile(r"\$\$|\\\(|\\\[|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_tex_math_so_decks_need_no_mathjax(path):
+    """The offline decks load no MathJax: write formulas in code spans or Unicode instead."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            prose = slides.re.sub(r"```.*?```|`[^`\n]*`", "", cell.source, flags=slides.re.S)
+            assert not TEX.search(prose), f"{path.name}: TeX math in {cell.source[:60]!r}"
+
+
+def test_presenting_guide_plan_is_current_and_the_three_hour_path_fits():
+    text = slides.PRESENTING.read_text()
+    block = text.split(slides.PLAN_START, 1)[1].split(slides.PLAN_END, 1)[0]
+    assert slides.plan_table(NOTEBOOKS).split(slides.PLAN_START)[1].split(slides.PLAN_END)[0] == (
+        block
+    ), "docs/presenting.md plan is out of date: run `python -m labkit slides --structure`"
+    last = block.strip().splitlines()[-1].split("**")
+    three, day = int(last[-4]), int(last[-2])
+    assert three <= 165, f"the 3-hour path needs {three} min (+ breaks): drop a notebook"
+    assert day <= 420, f"the full day needs {day} min (+ breaks): drop a notebook"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    with pytest.raises(LabkitError, match="--times goes with --structure"):
+        slides.cli_main(["--times", str(tmp_path / "r.json")])
+    with pytest.raises(LabkitError, match="no such notebook"):
+        slides.cli_main([str(tmp_path / "98_missing.ipynb")])
