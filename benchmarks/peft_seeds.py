@@ -1,73 +1,147 @@
-"""Seed study of the PEFT training defaults (labkit.peft_methods.TRAIN_ARGS) on the zoo chat task.
+"""Seed study behind the comparisons of notebooks 08, 09, 10 and 12 (zoo-llama, chat task).
 
-Each method trains from its defaults with seeds 0, 1, 2 (the seed sets the adapter's init and the
-data order) and is scored on all 84 held-out questions (exact match; the untuned base scores 0).
-``--contrast`` adds the same epochs with the Trainer's default linear decay for the methods whose
-default is a constant learning rate, to show why. Prints a Markdown table; exits 1 if a default
-improves the exact match by less than ``--min-gain`` on some seed.
+Every configuration of :data:`GRID` trains with seeds 0, 1, 2 (the seed sets the adapter's init
+and the data order) and is scored on all 84 held-out questions; the record keeps, per run, which
+questions were right (so a notebook can read the exact match on its own first-N subset), the final
+training loss, the validation loss and the steps. The record also stores the defaults it was made
+with (``labkit.peft_methods.DEFAULTS`` / ``TRAIN_ARGS``, the Trainer defaults of ``labkit.training``, the
+grid itself): ``tests/test_peft_seeds_record.py`` fails when any of them changed since, so the
+notebooks never read a stale record.
 
-    .venv/bin/python benchmarks/peft_seeds.py --contrast      # ~12 min on 2 CPU cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peft_seeds.py --jobs 2   # ~55 min on a busy 2-core machine
+
+Writes ``benchmarks/peft_seeds.json`` after every run (``"complete": false`` until the end).
+Exits 1 if a course default improves the exact match by less than ``--min-gain`` on some seed.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
-from labkit import hardware, training, zoo
-from labkit import peft_methods as lp
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from labkit import cli, seedstudy  # noqa: E402
+
+RECORD = ROOT / "benchmarks" / "peft_seeds.json"
 
 
-def run(method: str, args: dict, seed: int, tok) -> tuple[float, float]:
-    """(exact match on all held-out questions, training seconds) of one training run."""
+def _run(study: str, method: str, args: dict, seed: int) -> dict:
+    """One training run in a worker process (one torch thread), scored on all 84 questions."""
+    from labkit import hardware, training, zoo
+    from labkit import peft_methods as lp
+
+    hardware.setup(threads=1)
+    tok = zoo.load_tokenizer("zoo-llama")
     model = lp.attach("zoo-llama", method, seed=seed)
     result = training.train(model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **args)
-    return training.evaluate_chat(model, tok, "test")["exact_match"], result.seconds
+    ev = training.evaluate_chat(model, tok, "test")
+    correct = [
+        int(p.strip() == r.strip())
+        for p, r in zip(ev["predictions"], ev["references"], strict=True)
+    ]
+    return {
+        "study": study,
+        "method": method,
+        "args": args,
+        "seed": seed,
+        "correct": correct,
+        "final_loss": result.losses[-1],
+        "val_loss": training.chat_loss(model, tok, "validation"),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def _base_correct() -> list[int]:
+    from labkit import hardware, training, zoo
+
+    hardware.setup(threads=1)
+    tok = zoo.load_tokenizer("zoo-llama")
+    ev = training.evaluate_chat(zoo.load_model("zoo-llama"), tok, "test")
+    return [
+        int(p.strip() == r.strip())
+        for p, r in zip(ev["predictions"], ev["references"], strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(lp.PEFT_METHODS), help="comma list")
+    parser = cli.Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--contrast", action="store_true", help="also the linear-decay schedule")
-    parser.add_argument("--min-gain", type=float, default=0.3, help="required gain on every seed")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
+    parser.add_argument("--studies", default=",".join(seedstudy.studies()), help="comma list")
+    parser.add_argument("--min-gain", type=float, default=0.3, help="required gain per seed")
+    parser.add_argument("--out", default=str(RECORD), help="record to write")
+    parser.add_argument("--resume", action="store_true", help="keep matching runs of --out")
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(lp.PEFT_METHODS))
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; accepted: {', '.join(lp.PEFT_METHODS)}")
+    studies = [s for s in args.studies.split(",") if s]
+    for s in studies:
+        if s not in seedstudy.studies():
+            raise SystemExit(f"unknown study {s!r}; accepted: {', '.join(seedstudy.studies())}")
 
-    hardware.setup()
-    hardware.quiet_logs()
-    tok = zoo.load_tokenizer("zoo-llama")
-    base = training.evaluate_chat(zoo.load_model("zoo-llama"), tok, "test")["exact_match"]
-    seeds = range(args.seeds)
-    rows, failed = [], []
-    for method in methods:
-        variants = [("default", lp.TRAIN_ARGS[method])]
-        if args.contrast and lp.TRAIN_ARGS[method].get("lr_scheduler_type") == "constant":
-            variants.append(
-                ("linear decay", {**lp.TRAIN_ARGS[method], "lr_scheduler_type": "linear"})
-            )
-        for label, train_args in variants:
-            scores, seconds = zip(*(run(method, train_args, s, tok) for s in seeds), strict=True)
-            if label == "default" and min(scores) - base < args.min_gain:
-                failed.append(method)
-            epochs, lr = train_args["num_train_epochs"], train_args["learning_rate"]
-            cells = " | ".join(f"{x:.2f}" for x in scores)
-            rows.append(
-                f"| {method} | {label} | {epochs} | {lr:g} | {cells} | {max(seconds):.0f} |"
-            )
-            print(rows[-1], file=sys.stderr, flush=True)
+    from labkit import hardware
 
-    print(f"{hardware.env_report()}\n{time.strftime('%Y-%m-%d')}, untuned base {base:.2f}\n")
-    seed_cols = " | ".join(f"seed {s}" for s in seeds)
-    print(f"| method | schedule | epochs | lr | {seed_cols} | max train s |")
-    print("|---|---|---:|---:|" + "---:|" * (len(seeds) + 1))
-    print("\n".join(rows))
+    record = {
+        "complete": False,
+        "date": time.strftime("%Y-%m-%d"),
+        "env": hardware.env_report(),
+        "defaults": seedstudy.current_defaults(),
+        "grid": seedstudy.grid_as_json(),
+        "seeds": list(range(args.seeds)),
+        "base_correct": _base_correct(),
+        "runs": [],
+    }
+    out = Path(args.out)
+    todo = [
+        (study, method, cfg, seed)
+        for study in studies
+        for method, cfg in seedstudy.GRID[study]
+        for seed in range(args.seeds)
+    ]
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if old["defaults"] == record["defaults"]:
+            keys = {(s, m, json.dumps(c, sort_keys=True), seed) for s, m, c, seed in todo}
+            record["runs"] = [
+                r
+                for r in old["runs"]
+                if (r["study"], r["method"], json.dumps(r["args"], sort_keys=True), r["seed"])
+                in keys
+            ]
+            done = {
+                (r["method"], json.dumps(r["args"], sort_keys=True), r["seed"])
+                for r in record["runs"]
+            }
+            todo = [j for j in todo if (j[1], json.dumps(j[2], sort_keys=True), j[3]) not in done]
+    n_kept = len(record["runs"])
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(_run, *job) for job in todo]
+        for fut in as_completed(futures):
+            run = fut.result()
+            record["runs"].append(run)
+            record["runs"].sort(key=lambda r: (r["study"], r["method"], str(r["args"]), r["seed"]))
+            out.write_text(json.dumps(record, indent=1) + "\n")
+            em = sum(run["correct"]) / len(run["correct"])
+            print(
+                f"[{len(record['runs'])}/{len(todo) + n_kept} {time.perf_counter() - start:.0f}s] "
+                f"{run['study']} {run['method']} {run['args']} seed {run['seed']}: EM {em:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    record["complete"] = True
+    record["wall_seconds"] = round(time.perf_counter() - start)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(seedstudy.markdown_table(record))
+    failed = seedstudy.defaults_below(record, args.min_gain)
     verdict = f"no ({', '.join(failed)})" if failed else "yes"
-    print(f"\nevery default improves exact match by >= {args.min_gain} on every seed: {verdict}")
+    print(
+        f"\nevery course default improves exact match by >= {args.min_gain} on every seed: {verdict}"
+    )
     return 1 if failed else 0
 
 

@@ -117,6 +117,7 @@ def setup(threads: int | None = None, seed: int = 0) -> torch.device:
     quiet_logs()
     set_threads(threads)
     torch.manual_seed(seed)
+    __import__("labkit.cells").cells.install()  # NameError in a notebook: "run the cells above"
     return pick_device()
 
 

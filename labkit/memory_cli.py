@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from labkit import LabkitError, activations, architecture, memory
 from labkit.cli import Parser
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
     p.add_argument("--zero", choices=("0", "1", "2", "3"), default="0", help="ZeRO stage (0 = DDP)")
     p.add_argument("--gpu-memory", type=_positive_float, default=80.0, help="GiB per GPU")
+    p.add_argument(
+        "--card",
+        help="with --mode infer: predicted decode speed on this GPU (names: labkit.roofline.CARDS)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -166,11 +171,26 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
     return per_gpu
 
 
+def decode_prediction(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The roofline decode prediction for ``--card`` (None without it); inference only."""
+    if args.card is None:
+        return None
+    if args.mode != "infer":
+        raise LabkitError("--card applies to --mode infer (it predicts decode speed)")
+    from labkit import roofline  # imports torch: only when asked
+
+    return roofline.predict(
+        _load(args.model), args.card, dtype=args.dtype, batch=args.batch, context=args.seq
+    )
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:10.3f} GiB"
 
 
-def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
+def table(
+    b: memory.Breakdown, args: argparse.Namespace, decode: dict[str, Any] | None = None
+) -> str:
     rows = [
         ("parameters", f"{b.parameters:,}"),
         ("trainable parameters", f"{b.trainable_parameters:,}"),
@@ -191,6 +211,11 @@ def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
         rows.append((f"rule of thumb ({rule16})", _gib(b.details["rule_mixed_adamw"])))
     need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
     rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
+    if decode is not None:
+        from labkit import roofline
+
+        line = roofline.prediction_line(decode, batch=args.batch, context=args.seq)
+        rows.append(("predicted decode (roofline)", line))
     width = max(len(r[0]) for r in rows)
     head = f"{args.model}: {args.mode}"
     if args.mode == "train":
@@ -205,6 +230,7 @@ def table(b: memory.Breakdown, args: argparse.Namespace) -> str:
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``python -m labkit estimate``."""
     args = build_parser().parse_args(argv)
+    decode = decode_prediction(args)
     b = estimate(args)
     if args.json:
         out = {
@@ -214,7 +240,9 @@ def cli_main(argv: list[str]) -> int:
         if "prefill_peak" in b.details:
             out["prefill_peak"] = b.details["prefill_peak"]
         out.update(transient=b.transient, rule_of_thumb=int(b.details["rule_of_thumb"]))
+        if decode is not None:
+            out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
         print(json.dumps(out))
     else:
-        print(table(b, args))
+        print(table(b, args, decode))
     return 0

@@ -12,15 +12,19 @@ import argparse
 import json
 import math
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from labkit import LabkitError, datasets, hardware
-from labkit.zoo import MODELS_DIR, sha256_file
+from labkit.cli import Parser
+from labkit.zoo import MODELS_DIR, _shown, sha256_file
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0, 1, 2, 3
 VOCAB_SIZE = 2048
@@ -174,23 +178,84 @@ def build(
     return record
 
 
+def build_into(out_dir: Path, force: bool = False, **kwargs: Any) -> dict:
+    """:func:`build` into a temporary folder next to ``out_dir``, swapped in only on success.
+
+    An existing model in ``out_dir`` is replaced only with ``force=True``, and only once the new
+    one is complete: a failure or Ctrl-C during the build leaves the old folder as it was and
+    removes the half-written temporary one. The old folder is moved aside, the new one renamed
+    into place, then the old one deleted (two renames on the same file system).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LabkitError(f"--out {out_dir} is a file; accepted: a folder (new or a zoo model)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise LabkitError(f"{_shown(out_dir)} already holds a model; pass --force to replace it")
+    if not out_dir.parent.is_dir():
+        raise LabkitError(f"--out {out_dir}: folder {out_dir.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-building-", dir=out_dir.parent))
+    try:
+        record = build(tmp, **kwargs)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
+            old.rmdir()
+            out_dir.rename(old)
+        try:
+            tmp.rename(out_dir)
+        except BaseException:
+            if old is not None:
+                old.rename(out_dir)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..2**32-1, got {text!r}")
+    return value
+
+
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m labkit build-zoo", description=__doc__.splitlines()[0]
-    )
+    """``python -m labkit build-zoo [--out DIR] [--steps N] [--seed S] [--threads T] [--force]``."""
+    parser = Parser(prog="python -m labkit build-zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=MODELS_DIR / "zoo-llama")
-    parser.add_argument("--steps", type=int, default=900)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--force", action="store_true", help="replace an existing model folder")
+    parser.add_argument("--steps", type=_positive, default=900)
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--threads", type=_positive, default=2)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing model folder (only once the new model is complete)",
+    )
     args = parser.parse_args(argv)
-    if args.steps <= 0 or args.threads <= 0:
-        raise LabkitError(f"--steps and --threads must be > 0, got {args.steps} and {args.threads}")
-    if (args.out / "model.safetensors").exists():
-        if not args.force:
-            raise LabkitError(f"{args.out} already holds a model; pass --force to replace it")
-        shutil.rmtree(args.out)
-    record = build(args.out, steps=args.steps, seed=args.seed, threads=args.threads)
+    try:
+        record = build_into(
+            args.out, force=args.force, steps=args.steps, seed=args.seed, threads=args.threads
+        )
+    except KeyboardInterrupt:
+        kept = "the model there was kept as it was" if args.out.exists() else "nothing was written"
+        print(f"labkit build-zoo: interrupted; {kept} ({_shown(args.out)})", file=sys.stderr)
+        return 130
     print(
         json.dumps(
             {

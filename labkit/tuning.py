@@ -14,10 +14,19 @@ The pieces, each usable on its own and all shared with ``Trainer.hyperparameter_
 - :func:`pruning_savings`: how much training compute pruning saved.
 
 Counting rule: ``n_trials=N`` means N COMPLETE trials. PRUNED trials are extra (they are cheap,
-and they inform the sampler and the pruner) and FAIL trials never count. A trial still RUNNING
-when ``run_search`` starts was left by a killed process: it is marked FAIL (with a note in its
-user attributes) and its parameters are drawn again later as a new trial. This assumes one worker
-per study, which is how ``labkit tune`` is meant to be used.
+and they inform the sampler and the pruner) and FAIL trials never count.
+
+Several workers may share one study (two terminals running the same ``labkit tune`` command):
+each trial records its worker (host and process id) and, through Optuna's heartbeat, stays
+marked alive while it runs. A RUNNING trial whose process is gone (same host, process id no
+longer alive) is marked FAIL at once; one on another host is failed by Optuna's stale-trial check
+once it has missed its heartbeat for :data:`GRACE_PERIOD` seconds. A live trial is never failed.
+Each trial's sampler is seeded from ``(seed, trial number)``, so workers draw different
+parameters and a one-worker run is reproducible; TPE runs with ``constant_liar`` so that
+concurrent workers avoid each other's running configurations. A trial only trains while the
+COMPLETE trials plus the RUNNING trials ahead of it are fewer than N; otherwise it waits, and if
+the others complete the study it is PRUNED before training (noted in its user attributes), so
+the study ends with exactly N COMPLETE trials.
 
 Why not ``Trainer.hyperparameter_search`` for the CLI: its ``n_trials`` runs N *more* trials on
 every call and counts pruned ones, it accepts no Optuna callbacks (so no
@@ -28,9 +37,14 @@ trial's ``args.seed``. :func:`model_init` suggests the seed itself, so it is rig
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import functools
+import logging
 import math
+import numbers
+import os
+import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -43,6 +57,7 @@ import optuna
 from optuna.trial import TrialState
 
 from labkit import LabkitError
+from labkit.cli import Parser
 
 MODEL_ID = "minilm"
 TARGET_MODULES = ["query", "value"]
@@ -53,7 +68,16 @@ OPTIMIZERS = ["sgd", "adamw_torch"]
 LORA_RANKS = [4, 8, 16]
 LORA_ALPHAS = [8, 16, 32]
 NOTE_KEY = "labkit_note"
+WORKER_KEY = "labkit_worker"
 INTERRUPTED_NOTE = "left RUNNING by an interrupted run; marked FAIL on resume"
+SURPLUS_NOTE = "not trained: other workers completed the study meanwhile"
+#: Optuna heartbeat: a running trial records that it is alive every HEARTBEAT_INTERVAL seconds;
+#: one that missed its heartbeat for GRACE_PERIOD seconds is failed by Optuna's stale-trial check.
+HEARTBEAT_INTERVAL = 5
+GRACE_PERIOD = 60
+#: How often a waiting worker looks at the study again (seconds).
+POLL_SECONDS = 0.5
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -256,7 +280,7 @@ def _output_dir() -> str:
     return tempfile.mkdtemp(prefix="labkit-tune-")
 
 
-def training_args(**overrides: Any):
+def trial_arguments(**overrides: Any):
     """``TrainingArguments`` for search trials: eval every epoch, nothing saved, no bars.
 
     Learning rate, epochs, seed, batch size and optimizer stay at the library defaults unless
@@ -289,7 +313,7 @@ def make_trainer(data: TuningData, model, params: dict[str, Any], callbacks=()):
     rng = torch.random.get_rng_state()
     trainer = Trainer(
         model=model,
-        args=training_args(**args),
+        args=trial_arguments(**args),
         train_dataset=data.train,
         eval_dataset=data.validation,
         data_collator=data.collator,
@@ -389,38 +413,160 @@ def pruning_savings(study: optuna.Study, n_train: int | None = None) -> dict[str
 
 
 # --- resumable search --------------------------------------------------------------------------
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage for ``url``, or a one-line :class:`LabkitError` if unusable."""
+def _is_schema_race(err: Exception) -> bool:
+    """Whether opening a storage failed because another process was creating it at that moment."""
+    text = str(err).lower()
+    return type(err).__name__ in {"IntegrityError", "OperationalError"} and any(
+        key in text for key in ("unique constraint", "already exists", "database is locked")
+    )
+
+
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage for ``url`` with the heartbeat on, or a one-line :class:`LabkitError`.
+
+    Two processes creating the same new database at once race on its schema: the loser retries
+    (``attempts`` times, a fraction of a second apart) instead of failing.
+    """
     if not isinstance(url, str) or "://" not in url:
         raise LabkitError(
             f"storage {url!r} is not a database URL; accepted: e.g. sqlite:///path/to/study.db"
         )
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD
+                )
+        except Exception as err:  # sqlalchemy errors, missing drivers, refused connections
+            if _is_schema_race(err) and attempt + 1 < attempts:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise LabkitError(
+                f"cannot open storage {url!r} ({type(err).__name__}: {first}); accepted: a "
+                "reachable database URL, e.g. sqlite:///path/to/study.db in an existing folder"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, stored in each trial it runs (:data:`WORKER_KEY`)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as err:  # sqlalchemy errors, missing drivers, refused connections
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise LabkitError(
-            f"cannot open storage {url!r} ({type(err).__name__}: {first}); accepted: a reachable "
-            "database URL, e.g. sqlite:///path/to/study.db in an existing folder"
-        ) from None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
-def mark_interrupted(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING (by a killed process) as FAIL; returns their numbers.
+def _orphan_reason(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why a RUNNING trial certainly has no live process, or None when it may be alive."""
+    worker = trial.user_attrs.get(WORKER_KEY)
+    if isinstance(worker, str) and worker.count(":") >= 1:
+        host, _, pid_text = worker.rpartition(":")
+        if host != socket.gethostname() or not pid_text.isdigit():
+            return None  # another machine: Optuna's heartbeat decides
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return "this process is not running it"
+        return None if _pid_alive(pid) else "its process is gone"
+    started = trial.datetime_start
+    if started is not None and (time.time() - started.timestamp()) > GRACE_PERIOD:
+        return f"no worker recorded, started over {GRACE_PERIOD} s ago"
+    return None
 
-    One worker per study is assumed: a RUNNING trial at start-up cannot belong to a live process.
+
+def fail_orphans(
+    study: optuna.Study, log: Callable[[str], None] | None = None, keep: tuple[int, ...] = ()
+) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process is certainly gone; returns their numbers.
+
+    A trial counts as orphaned when its recorded worker ran on this host and that process no
+    longer exists (or is this process, which is not running it), or when it records no worker
+    and started more than :data:`GRACE_PERIOD` seconds ago. Trials of live processes and of
+    other hosts are left alone (Optuna's heartbeat check fails those that stop). Trials in
+    ``keep`` (this process's running trial) are never touched. Uses ``Study.tell``.
     """
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, NOTE_KEY, INTERRUPTED_NOTE)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        numbers.append(t.number)
+        if t.number in keep:
+            continue
+        why = _orphan_reason(t)
+        if why is None:
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            numbers.append(t.number)
+            if log is not None:
+                log(f"trial {t.number} was {INTERRUPTED_NOTE} ({why})")
     return numbers
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Optuna's own stale-trial check (missed heartbeats for :data:`GRACE_PERIOD` seconds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def count(study: optuna.Study, state: TrialState) -> int:
     """How many trials of ``study`` are in ``state``."""
     return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def trial_sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
+    """The TPE sampler for trial ``number`` of a search seeded with ``seed``.
+
+    Its seed mixes both (``numpy.random.SeedSequence``), so every trial, whichever worker runs
+    it, draws from its own stream: two workers never repeat each other's draws, and a one-worker
+    search is reproducible. ``constant_liar`` makes TPE treat running trials as poor results, so
+    concurrent workers spread out (Optuna's advice for distributed TPE).
+    """
+    trial_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=4, constant_liar=True)
+
+
+def _room(study: optuna.Study, n_trials: int, before: int | None = None) -> int | None:
+    """Free slots: ``n_trials`` minus COMPLETE minus RUNNING (only those numbered below
+    ``before`` when given); None once the study holds ``n_trials`` COMPLETE trials."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    if complete >= n_trials:
+        return None
+    running = [
+        t for t in trials if t.state == TrialState.RUNNING and (before is None or t.number < before)
+    ]
+    return n_trials - complete - len(running)
+
+
+def wait_for_room(
+    study: optuna.Study,
+    n_trials: int,
+    before: int | None = None,
+    deadline: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> bool:
+    """Wait until a trial may train (True) or the study is complete or ``deadline`` passed
+    (False). While waiting, trials of stopped processes are failed (:func:`fail_orphans`,
+    :func:`fail_stale`) so that a killed worker never blocks the others for long."""
+    keep = () if before is None else (before,)
+    while True:
+        room = _room(study, n_trials, before)
+        if room is None:
+            return False
+        if room > 0:
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        fail_orphans(study, log, keep)
+        fail_stale(study)
+        time.sleep(POLL_SECONDS)
 
 
 @dataclass
@@ -438,17 +584,93 @@ class SearchResult:
         return self.complete >= self.n_trials
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_request(
-    storage: str, study_name: str, n_trials: int, timeout: float | None, budget: str | Budget
+    storage: str,
+    study_name: str,
+    n_trials: int,
+    timeout: float | None,
+    budget: str | Budget,
+    *,
+    seed: int = 0,
 ) -> tuple[Budget, optuna.storages.RDBStorage]:
-    """Validate a search request before anything heavy is imported; returns budget and storage."""
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials <= 0:
+    """Validate a search request, then open the storage; returns budget and storage.
+
+    Every option is checked before the storage is touched, so a bad option never leaves a
+    half-made study behind. numpy integers count as integers.
+    """
+    if not _is_int(n_trials) or n_trials <= 0:
         raise LabkitError(f"n_trials must be a whole number >= 1, got {n_trials!r}")
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0
+    ):
         raise LabkitError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    if not study_name or not study_name.strip():
-        raise LabkitError("study name is empty; accepted: any non-empty name")
-    return get_budget(budget), open_storage(storage)
+    if not isinstance(study_name, str) or not study_name.strip():
+        raise LabkitError(f"study name is empty; accepted: any non-empty name, got {study_name!r}")
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
+        raise LabkitError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+    b = get_budget(budget)
+    if not isinstance(storage, str) or "://" not in storage:
+        raise LabkitError(
+            f"storage {storage!r} is not a database URL; accepted: e.g. sqlite:///path/to/study.db"
+        )
+    return b, open_storage(storage)
+
+
+class _DropInterruptTracebacks(logging.Filter):
+    """Drops Optuna's "Trial N failed ... KeyboardInterrupt" warning and its traceback: the
+    command prints one line about the interruption instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and issubclass(exc, KeyboardInterrupt))
+
+
+_INTERRUPT_FILTER = _DropInterruptTracebacks()
+
+
+def _open_study(rdb, study_name: str, seed: int, b: Budget) -> optuna.Study:
+    """Create or load the study, check its direction and remember budget and seed in it."""
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    try:
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=study_name,
+            direction="maximize",
+            pruner=pruner,
+            load_if_exists=True,
+        )
+        if len(study.directions) != 1:
+            raise LabkitError(
+                f"study {study_name!r} has {len(study.directions)} objectives; labkit tune "
+                "maximises one (the F1): use a new --study-name"
+            )
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise LabkitError(f"study {study_name!r} minimises; use a new --study-name")
+        wanted = {"budget": b.name, "seed": seed}
+        if not study.user_attrs and not study.get_trials(deepcopy=False):  # a new study
+            for key, value in wanted.items():
+                study.set_user_attr(key, value)
+    except optuna.exceptions.StorageInternalError as err:
+        raise LabkitError(
+            f"cannot write to the storage ({str(err).splitlines()[0][:100]}); accepted: a "
+            "database you may write to (is the file or its folder read-only?)"
+        ) from None
+    stored = {k: study.user_attrs.get(k) for k in wanted}
+    if stored != wanted:
+        made = (
+            "outside labkit tune (no budget or seed recorded)"
+            if stored == {"budget": None, "seed": None}
+            else f"with budget {stored['budget']!r} and seed {stored['seed']!r}"
+        )
+        raise LabkitError(
+            f"study {study_name!r} was made {made}, this run asks for {b.name!r} and {seed!r}; "
+            "re-run with the same options or use a new --study-name"
+        )
+    return study
 
 
 def run_search(
@@ -463,47 +685,34 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``n_trials`` COMPLETE trials.
 
-    Re-running the same call after an interruption runs only what is missing. The TPE sampler is
-    seeded with ``seed + len(study.trials)``: an uninterrupted run is reproducible exactly, and a
-    resumed run draws new parameters instead of replaying the first trials' draws. The study
-    remembers its budget and seed; resuming with different ones is refused.
-    ``timeout`` (seconds) stops starting new trials, as in ``study.optimize``.
+    Re-running the same call after an interruption runs only what is missing; several processes
+    may run it on one study at once (see the module docstring: heartbeat, per-trial seeds,
+    exactly N). The study remembers its budget and seed; resuming with different ones is
+    refused. Every option is validated before the storage is opened. ``timeout`` (seconds) stops
+    starting new trials, as in ``study.optimize``.
     """
-    b, rdb = check_request(storage, study_name, n_trials, timeout, budget)
+    b, rdb = check_request(storage, study_name, n_trials, timeout, budget, seed=seed)
+    seed, n_trials = int(seed), int(n_trials)  # numpy integers are stored as plain ints
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    study = optuna.create_study(
-        storage=rdb,
-        study_name=study_name,
-        direction="maximize",
-        pruner=pruner,
-        load_if_exists=True,
+    logging.getLogger("optuna.study._optimize").addFilter(_INTERRUPT_FILTER)
+    study = _open_study(rdb, study_name, seed, b)
+    rdb.heartbeat_stale_trial_callback = lambda _study, t: log(
+        f"trial {t.number} missed its heartbeat for {GRACE_PERIOD} s; marked FAIL"
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise LabkitError(f"study {study_name!r} minimises; use a new --study-name")
-    wanted = {"budget": b.name, "seed": seed}
-    if not study.user_attrs:
-        for key, value in wanted.items():
-            study.set_user_attr(key, value)
-    stored = {k: study.user_attrs.get(k) for k in wanted}
-    if stored != wanted:
-        raise LabkitError(
-            f"study {study_name!r} was made with budget {stored['budget']!r} and seed "
-            f"{stored['seed']!r}, this run asks for {b.name!r} and {seed!r}; "
-            "re-run with the same options or use a new --study-name"
-        )
-    failed = mark_interrupted(study)
-    for number in failed:
-        log(f"trial {number} was {INTERRUPTED_NOTE}")
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=4)
+    failed = fail_orphans(study, log)
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
     complete = count(study, TrialState.COMPLETE)
     result = SearchResult(study, 0, failed, complete, n_trials)
     missing = n_trials - complete
+    running = count(study, TrialState.RUNNING)
     log(
-        f"study {study_name!r}: {complete} of {n_trials} complete trials stored; "
+        f"study {study_name!r}: {complete} of {n_trials} complete trials stored"
+        + (f", {running} running elsewhere" if running and missing > 0 else "")
+        + "; "
         + (f"running {missing} more (budget {b.name}, seed {seed})" if missing > 0 else "done")
     )
-    if missing <= 0:
+    if missing <= 0 or not wait_for_room(study, n_trials, deadline=deadline, log=log):
+        result.complete = count(study, TrialState.COMPLETE)
         return result
     data = load_data(b)
 
@@ -514,31 +723,38 @@ def run_search(
     )
     say = bar.write if progress else log
 
+    def coordinated(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_KEY, worker_id())
+        if not wait_for_room(study, n_trials, before=trial.number, log=say):
+            trial.set_user_attr(NOTE_KEY, SURPLUS_NOTE)
+            study.stop()
+            raise optuna.TrialPruned(SURPLUS_NOTE)
+        study.sampler = trial_sampler(seed, trial.number)
+        return objective(trial, data)
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         result.started += 1
         seconds = trial.user_attrs.get("seconds", 0.0)
         if trial.state == TrialState.COMPLETE:
-            bar.update(1)
+            bar.n = min(n_trials, count(study, TrialState.COMPLETE))
+            bar.refresh()
             say(
                 f"trial {trial.number} COMPLETE  F1 {trial.value:.3f}  {seconds:.1f} s  {trial.params}"
             )
+        elif trial.user_attrs.get(NOTE_KEY) == SURPLUS_NOTE:
+            say(f"trial {trial.number} {SURPLUS_NOTE}")
         else:
             step = max(trial.intermediate_values, default=0)
             say(f"trial {trial.number} {trial.state.name} after epoch {step}  {seconds:.1f} s")
         if count(study, TrialState.COMPLETE):
             bar.set_postfix(best=f"{study.best_value:.3f}", pruned=count(study, TrialState.PRUNED))
+        # stop when the study is complete; wait while other workers' trials could complete it
+        if not wait_for_room(study, n_trials, deadline=deadline, log=say):
+            study.stop()
 
     cap = 3 * missing + 10  # so a search where nearly everything is pruned cannot loop forever
     try:
-        study.optimize(
-            functools.partial(objective, data=data),
-            n_trials=cap,
-            timeout=timeout,
-            callbacks=[
-                optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)),
-                report,
-            ],
-        )
+        study.optimize(coordinated, n_trials=cap, timeout=timeout, callbacks=[report])
     finally:
         bar.close()
     result.complete = count(study, TrialState.COMPLETE)
@@ -570,45 +786,61 @@ def summary(study: optuna.Study, n_train: int | None = None) -> str:
 
 
 # --- command line ------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`LabkitError` (one line, exit 2 via the dispatcher)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise LabkitError(f"{message}; see python -m labkit tune --help")
+def _stored_complete(storage: str, study_name: str) -> int | None:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception:  # no study yet, or the storage is busy
+        return None
+    return count(study, TrialState.COMPLETE)
 
 
 def cli_main(argv: list[str]) -> int:
-    """``python -m labkit tune --storage URL --study-name NAME --n-trials N [--timeout S]``."""
-    parser = _Parser(
+    """``python -m labkit tune --storage URL --study-name NAME --n-trials N [--timeout S]``.
+
+    Ctrl-C stops with one line saying what the study keeps and how to go on (exit status 130).
+    """
+    parser = Parser(
         prog="python -m labkit tune",
         description="Resumable Optuna search for LoRA on MiniLM (sentiment). Killed and re-run "
-        "with the same command, it continues until the study holds N complete trials.",
+        "with the same command, it continues until the study holds N complete trials; several "
+        "processes may run the same command on one study at once.",
     )
     parser.add_argument("--storage", required=True, help="database URL, e.g. sqlite:///study.db")
     parser.add_argument("--study-name", required=True)
     parser.add_argument("--n-trials", type=int, required=True, help="complete trials wanted")
     parser.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed, 0..2**32-1 (default 0)")
     parser.add_argument("--budget", default="fast", choices=list(BUDGETS), help="default fast")
     args = parser.parse_args(argv)
-    check_request(args.storage, args.study_name, args.n_trials, args.timeout, args.budget)
-
-    from transformers.utils import logging as hf_logging
-
-    from labkit import hardware
-
-    hardware.setup()
-    hf_logging.disable_progress_bar()  # one bar for the search, not one per weight load
-    freeze_import_garbage()  # saves ~0.5 s per trial (see its docstring)
-    result = run_search(
-        args.storage,
-        args.study_name,
-        args.n_trials,
-        timeout=args.timeout,
-        seed=args.seed,
-        budget=args.budget,
-        progress=True,
+    check_request(
+        args.storage, args.study_name, args.n_trials, args.timeout, args.budget, seed=args.seed
     )
+    try:
+        from transformers.utils import logging as hf_logging
+
+        from labkit import hardware
+
+        hardware.setup()
+        hf_logging.disable_progress_bar()  # one bar for the search, not one per weight load
+        freeze_import_garbage()  # saves ~0.5 s per trial (see its docstring)
+        result = run_search(
+            args.storage,
+            args.study_name,
+            args.n_trials,
+            timeout=args.timeout,
+            seed=args.seed,
+            budget=args.budget,
+            progress=True,
+        )
+    except KeyboardInterrupt:
+        done = _stored_complete(args.storage, args.study_name)
+        kept = "nothing yet" if done is None else f"{done} of {args.n_trials} complete trials"
+        print(
+            f"labkit tune: interrupted; study {args.study_name!r} keeps {kept} (a trial cut short "
+            "is marked FAIL and does not count); run the same command again to continue",
+            file=sys.stderr,
+        )
+        return 130
     print(summary(result.study))
     return 0
 

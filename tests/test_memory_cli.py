@@ -38,6 +38,23 @@ def test_config_path_infer_and_sharding(capsys):
     assert z3["total"] < json.loads(out)["total"]
 
 
+def test_card_adds_the_roofline_decode_prediction(capsys):
+    from labkit import roofline
+
+    argv = ("llama-2-7b", "--mode", "infer", "--seq", "2048", "--batch", "4", "--card", "h100-sxm")
+    rc, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    want = roofline.predict("llama-2-7b", "h100-sxm", dtype="bf16", batch=4, context=2048)
+    assert rc == 0 and data["card"] == "H100 SXM"
+    assert data["decode_tokens_per_s"] == want["decode_tokens_per_s"]
+    rc, out, _ = run(capsys, *argv)
+    line = roofline.prediction_line(want, batch=4, context=2048)
+    row = next(r for r in out.splitlines() if "predicted decode (roofline)" in r)
+    assert rc == 0 and row.endswith(line)
+    rc, out, _ = run(capsys, "llama-2-7b", "--mode", "infer", "--json")
+    assert "card" not in json.loads(out)
+
+
 def test_table_shows_rule_of_thumb(capsys):
     rc, out, _ = run(capsys, "qwen2.5-0.5b", "--method", "lora", "--checkpointing")
     assert rc == 0 and "rule of thumb" in out and "GPUs needed" in out
@@ -54,6 +71,8 @@ def test_table_shows_rule_of_thumb(capsys):
         ["tiny-llama", "--bogus"],
         [],
         ["tiny-bloom", "--attention", "sdpa"],
+        ["tiny-llama", "--card", "h100-sxm"],
+        ["tiny-llama", "--mode", "infer", "--card", "tpu"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv):

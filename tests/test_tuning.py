@@ -5,6 +5,7 @@ resume, seeding, pruning bookkeeping), not the quality of the numbers.
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -111,13 +112,75 @@ def test_pruning_savings_counts_steps_of_pruned_trials():
     }
 
 
-def test_mark_interrupted_fails_running_trials(tmp_path):
+def test_fail_orphans_fails_only_trials_whose_process_is_gone(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
-    study.ask()  # left RUNNING, as a killed process leaves it
-    assert tuning.mark_interrupted(optuna.load_study(study_name="s", storage=url)) == [0]
-    (trial,) = _trials(url, "s")
-    assert trial.state == TrialState.FAIL and trial.user_attrs[tuning.NOTE_KEY]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+    workers = {
+        0: f"{host}:{int(dead.stdout)}",  # a process that has exited: orphan
+        1: f"{host}:{os.getppid()}",  # a live process: keep
+        2: f"another-host:{int(dead.stdout)}",  # another machine: Optuna's heartbeat decides
+        3: None,  # no worker recorded, just started (a worker between ask and its first write)
+    }
+    for worker in workers.values():
+        trial = study.ask()
+        if worker is not None:
+            trial.set_user_attr(tuning.WORKER_KEY, worker)
+    lines = []
+    assert tuning.fail_orphans(optuna.load_study(study_name="s", storage=url), lines.append) == [0]
+    states = [t.state for t in _trials(url, "s")]
+    assert states == [TrialState.FAIL] + [TrialState.RUNNING] * 3
+    assert len(lines) == 1 and "process" in lines[0] and tuning.INTERRUPTED_NOTE in lines[0]
+
+
+def test_trial_samplers_differ_by_trial_and_repeat_by_seed():
+    def draw(seed, number):
+        study = optuna.create_study(sampler=tuning.trial_sampler(seed, number))
+        return study.ask().suggest_float("x", 0, 1)
+
+    assert draw(0, 0) == draw(0, 0)
+    assert len({draw(0, 0), draw(0, 1), draw(1, 0), draw(1, 1)}) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seed": -1}, "seed must be an integer in 0..2"),
+        ({"seed": 2**32}, "seed must be an integer in 0..2"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"n_trials": 2.0}, "n_trials"),
+        ({"timeout": "10"}, "timeout"),
+        ({"study_name": None}, "study name"),
+        ({"budget": "huge"}, "unknown budget"),
+    ],
+)
+def test_bad_options_are_refused_before_the_storage_is_touched(tmp_path, kwargs, match):
+    db = tmp_path / "never.db"
+    args = {"storage": f"sqlite:///{db}", "study_name": "s", "n_trials": 1, "budget": "smoke"}
+    with pytest.raises(LabkitError, match=match):
+        tuning.run_search(**{**args, **kwargs})
+    assert not db.exists()
+
+
+def test_numpy_integers_are_integers(tmp_path):
+    budget, storage = tuning.check_request(
+        f"sqlite:///{tmp_path / 'n.db'}", "s", np.int64(3), None, "smoke", seed=np.int32(4)
+    )
+    assert budget.name == "smoke" and storage is not None
+
+
+def test_multi_objective_or_foreign_study_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    optuna.create_study(study_name="multi", storage=url, directions=["maximize", "minimize"])
+    foreign = optuna.create_study(study_name="foreign", storage=url, direction="maximize")
+    foreign.set_user_attr("owner", "someone else")
+    with pytest.raises(LabkitError, match="2 objectives"):
+        tuning.run_search(url, "multi", 1, budget="smoke", log=lambda _: None)
+    with pytest.raises(LabkitError, match="made outside labkit tune"):
+        tuning.run_search(url, "foreign", 1, budget="smoke", log=lambda _: None)
 
 
 @pytest.mark.parametrize(
@@ -215,5 +278,4 @@ def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
     assert len(new_complete) == n - len(complete_before)
     for number in running:
         assert after[number].state == TrialState.FAIL
-        assert after[number].user_attrs[tuning.NOTE_KEY] == tuning.INTERRUPTED_NOTE
     assert "marked FAIL on resume" in out and "best trial: #" in out

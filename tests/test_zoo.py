@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -104,19 +105,101 @@ def test_hub_id_unreachable_is_one_clear_line(monkeypatch):
         zoo.resolve("bigscience/bloom-560m")
 
 
-def test_corrupted_weights_are_caught(tmp_path, monkeypatch):
-    bad = tmp_path / "zoo-llama"
-    bad.mkdir()
-    prov = json.loads((zoo.MODELS_DIR / "zoo-llama" / "provenance.json").read_text())
-    (bad / "provenance.json").write_text(json.dumps(prov))
-    (bad / "model.safetensors").write_bytes(b"not the weights")
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
-    zoo.verify.cache_clear()
-    try:
-        with pytest.raises(LabkitError, match="sha256"):
-            zoo.verify("zoo-llama")
-    finally:
-        zoo.verify.cache_clear()
+@pytest.fixture
+def zoo_copy(tmp_path, monkeypatch):
+    """A private copy of data/models/zoo-llama that a test may damage."""
+    copy = tmp_path / "models"
+    shutil.copytree(zoo.MODELS_DIR / "zoo-llama", copy / "zoo-llama")
+    monkeypatch.setattr(zoo, "MODELS_DIR", copy)
+    return copy / "zoo-llama"
+
+
+def _flip(path, offset=4000, n=64):
+    data = bytearray(path.read_bytes())
+    data[offset : offset + n] = bytes(255 - b for b in data[offset : offset + n])
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_zoo_weights_are_refused_with_how_to_restore(zoo_copy):
+    _flip(zoo_copy / "model.safetensors")
+    for call in (lambda: zoo.verify("zoo-llama"), lambda: zoo.load_model("zoo-llama")):
+        with pytest.raises(LabkitError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and "sha256" in msg and "git checkout data/models/zoo-llama" in msg
+
+
+def test_zoo_with_missing_weights_or_provenance_is_an_error_not_a_random_model(zoo_copy):
+    (zoo_copy / "model.safetensors").unlink()
+    with pytest.raises(LabkitError, match="model.safetensors is missing; restore it"):
+        zoo.load_model("zoo-llama")
+    (zoo_copy / "provenance.json").write_text('{"sha256": ')
+    with pytest.raises(LabkitError, match="provenance.json is damaged"):
+        zoo.load_model("zoo-llama")
+    shutil.rmtree(zoo_copy)
+    with pytest.raises(LabkitError, match="config.json is missing; restore it with: git checkout"):
+        zoo.load_tokenizer("zoo-llama")
+
+
+def test_damaged_zoo_tokenizer_is_caught_by_its_checksum(zoo_copy):
+    (zoo_copy / "tokenizer.json").write_text("not json")
+    with pytest.raises(LabkitError, match="tokenizer.json has sha256"):
+        zoo.load_tokenizer("zoo-llama")
+
+
+def test_each_zoo_file_is_hashed_once_per_process_until_it_changes(zoo_copy, monkeypatch):
+    calls = []
+    real = zoo.sha256_file
+    monkeypatch.setattr(zoo, "sha256_file", lambda p: calls.append(p) or real(p))
+    zoo.verify("zoo-llama")
+    first = len(calls)
+    zoo.verify("zoo-llama")
+    zoo.resolve("zoo-llama")
+    assert first == 3 and len(calls) == first  # weights, tokenizer, config; then cached
+    _flip(zoo_copy / "model.safetensors")
+    with pytest.raises(LabkitError, match="sha256"):
+        zoo.verify("zoo-llama")
+    assert len(calls) == first + 1  # the changed file (new mtime) is hashed again
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sharded_checkpoint_loads_its_real_weights(tmp_path):
+    original = zoo.load_model("tiny-llama", seed=5)
+    original.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    assert _same_weights(zoo.load_model(tmp_path), original)
+    assert not _same_weights(zoo.load_model("tiny-llama", seed=6), original)
+
+
+def test_pytorch_bin_checkpoint_loads_its_real_weights(tmp_path):
+    original = zoo.load_model("tiny-gpt2", seed=5)
+    original.config.save_pretrained(tmp_path)
+    torch.save(original.state_dict(), tmp_path / "pytorch_model.bin")
+    assert _same_weights(zoo.load_model(tmp_path), original)
+
+
+def test_config_without_weights_is_an_error_unless_random_init_is_asked_for(tmp_path):
+    zoo.load_config("tiny-llama").save_pretrained(tmp_path)
+    with pytest.raises(LabkitError, match="has a config but no weights.*random_init=True"):
+        zoo.load_model(tmp_path)
+    with pytest.raises(LabkitError, match="catalog config .* random_init=True"):
+        zoo.load_model("gpt2")
+    a = zoo.load_model(tmp_path, random_init=True, seed=1)
+    assert _same_weights(a, zoo.load_model("tiny-llama", seed=1))  # tiny-* ask for it by name
+    assert zoo.RANDOM_INIT == {"tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"}
+
+
+def test_config_file_is_read_as_given_never_a_sibling(tmp_path):
+    (tmp_path / "config.json").write_text((zoo.CONFIGS_DIR / "gpt2" / "config.json").read_text())
+    llama = tmp_path / "mymodel.txt"
+    llama.write_text((zoo.CONFIGS_DIR / "llama-3.1-8b" / "config.json").read_text())
+    assert zoo.load_config(llama).model_type == "llama"
+    assert zoo.load_config(tmp_path).model_type == "gpt2"
 
 
 def test_cli_zoo_lists_and_cli_errors_are_one_line():

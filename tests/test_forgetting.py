@@ -1,0 +1,179 @@
+"""labkit.forgetting: the probe (= greedy decoding), corpus loss through prompt tuning, replay,
+the tracked Trainer run with keep-best, summaries, and that the seed record is current."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from labkit import LabkitError, datasets, evaluation, selfcheck, zoo
+from labkit import forgetting as fg
+from labkit import peft_methods as lp
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "benchmarks" / "forgetting_seeds.json"
+NOTEBOOK = ROOT / "notebooks" / "16_catastrophic_forgetting.ipynb"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return zoo.load_tokenizer("zoo-llama")
+
+
+def test_probe_items_ask_only_unseen_facts():
+    train = {(r["intent"], r["entity"]) for r in datasets.load_chat("train")}
+    unseen = fg.unseen_facts()
+    assert unseen and not {(f["intent"], f["entity"]) for f in unseen} & train
+    items = fg.probe_items(per_fact=2, counts=5)
+    assert len(items) == 2 * len(unseen) + 5
+    assert {it.kind for it in items} == set(fg.KINDS)
+    answers = {(f["intent"], f["answer"]) for f in unseen}
+    assert all((it.kind, it.answer) in answers for it in items if it.kind != "count")
+    count = next(it for it in items if it.kind == "count")
+    words = count.prompt.split(": ")[1].rstrip(",").split(", ")
+    assert datasets.NUMBERS.index(count.answer) == datasets.NUMBERS.index(words[-1]) + 1
+    assert fg.probe_items(seed=3) == fg.probe_items(seed=3)
+    with pytest.raises(LabkitError, match="per_fact"):
+        fg.probe_items(per_fact=3)
+
+
+def test_probe_accuracy_equals_greedy_decoding(tok):
+    model = zoo.load_model("zoo-llama")
+    items = fg.probe_items(counts=4)[::6]
+    # corrupt half the answers so that both outcomes occur
+    items = [
+        it if i % 2 else fg.ProbeItem(it.prompt, "violet " + it.answer, it.kind)
+        for i, it in enumerate(items)
+    ]
+    result = fg.probe_accuracy(model, tok, items)
+    for item, exact in zip(items, result["exact"], strict=True):
+        prompt = tok(item.prompt, return_tensors="pt")["input_ids"]
+        n_answer = len(tok(item.prompt + " " + item.answer)["input_ids"]) - prompt.shape[1]
+        out = model.generate(prompt, max_new_tokens=n_answer, do_sample=False)
+        greedy = tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+        assert exact == (greedy == item.answer), (item, greedy)
+    assert 0 < result["exact_match"] < 1 and 0 < result["token_accuracy"] < 1
+    with pytest.raises(LabkitError, match="no probe items"):
+        fg.probe_accuracy(model, tok, [])
+
+
+def test_lm_view_drops_virtual_tokens(tok):
+    texts = fg.corpus_texts(4)
+    base_loss = evaluation.causal_lm_loss(zoo.load_model("zoo-llama"), tok, texts)
+    prompt = lp.attach("zoo-llama", "prompt", seed=0)
+    ids = tok(texts[:1], return_tensors="pt")["input_ids"]
+    assert prompt(input_ids=ids).logits.shape[1] == ids.shape[1] + 8
+    assert fg.lm_view(prompt)(input_ids=ids).logits.shape[1] == ids.shape[1]
+    with_prompt = evaluation.causal_lm_loss(fg.lm_view(prompt), tok, texts)
+    assert with_prompt != base_loss and abs(with_prompt - base_loss) < 0.5
+    lora = lp.attach("zoo-llama", "lora", seed=0)  # B = 0: exactly the base model
+    assert evaluation.causal_lm_loss(fg.lm_view(lora), tok, texts) == pytest.approx(base_loss)
+
+
+def test_replay_mix(tok):
+    assert fg.replay_count(170, 0.25) == 57 and fg.replay_count(170, 0.0) == 0
+    with pytest.raises(LabkitError, match="replay fraction"):
+        fg.replay_count(170, 1.0)
+    feats = fg.replay_features(tok, 3, seed=1, max_tokens=20)
+    assert len(feats) == 3 and all(f["input_ids"] == f["labels"] for f in feats)
+    assert all(len(f["input_ids"]) == 20 for f in feats)
+    assert feats == fg.replay_features(tok, 3, seed=1, max_tokens=20)
+
+
+def test_tracked_run_keeps_the_best_epoch(tok):
+    probe = fg.Probe(tok, fg.probe_items(counts=2)[:8], fg.corpus_texts(4), chat_limit=6)
+    model = lp.attach("tiny-llama", "lora", seed=0)
+    run = fg.train(
+        model, tok, probe, label="t", keep_best=True, num_train_epochs=2, learning_rate=1e-2
+    )
+    assert [row["epoch"] for row in run.history] == [0.0, 1.0, 2.0]
+    assert all("eval_loss" in row for row in run.history[1:])
+    assert run.history[-1]["chat_loss"] < run.history[0]["chat_loss"]
+    best = min(run.history[1:], key=lambda row: row["eval_loss"])
+    assert run.best["epoch"] == best["epoch"]
+    assert run.best["corpus_loss"] == pytest.approx(best["corpus_loss"], abs=1e-5)
+    assert 0 <= run.chat_em <= 1 and json.dumps(run.record())
+    assert fg.forgetting(run.history, "corpus_loss") == pytest.approx(
+        run.history[-1]["corpus_loss"] - run.history[0]["corpus_loss"]
+    )
+    with pytest.raises(LabkitError, match="unknown metric"):
+        fg.forgetting(run.history, "accuracy")
+    with pytest.raises(LabkitError, match="patience needs keep_best"):
+        fg.train(model, tok, probe, patience=1)
+    with pytest.raises(LabkitError, match="unknown run"):
+        fg.run("fulll", tok, probe)
+
+
+def test_summarize_gives_mean_and_half_range():
+    def row(seed, loss):
+        history = [
+            {
+                "epoch": 0.0,
+                "corpus_loss": 0.5,
+                "probe_em": 1.0,
+                "probe_token_acc": 1.0,
+                "chat_loss": 3.0,
+            }
+        ]
+        history.append({**history[0], "epoch": 2.0, "corpus_loss": loss})
+        return {"run": "full", "seed": seed, "chat_em": 1.0, "history": history, "best": None}
+
+    record = {"runs": [row(0, 1.0), row(1, 2.0), row(2, 1.2)]}
+    s = fg.summarize(record)["full"]
+    assert s["seeds"] == 3 and s["before"] == 0.5
+    assert s["corpus_loss"] == pytest.approx((1.4, 0.5))
+    assert fg.summarize({"runs": [row(0, 1.0)]}, row="best") == {}
+    with pytest.raises(LabkitError, match="unknown row"):
+        fg.summarize({"runs": []}, row="first")
+    band = fg.epoch_bands(record, "full", "corpus_loss")
+    assert band["epoch"] == [0.0, 2.0] and band["min"] == [0.5, 1.0] and band["max"] == [0.5, 2.0]
+    assert fg.first_epoch_share(record, "full") == pytest.approx(1.0)
+    with pytest.raises(LabkitError, match="unknown run"):
+        fg.epoch_bands(record, "lora")
+    with pytest.raises(LabkitError, match="unknown metric"):
+        fg.epoch_bands(record, "full", "accuracy")
+
+
+def test_load_record_says_how_to_make_it(tmp_path):
+    with pytest.raises(LabkitError, match="run benchmarks/forgetting_seeds.py"):
+        fg.load_record(tmp_path / "missing.json")
+
+
+def test_seed_record_is_current():
+    """benchmarks/forgetting_seeds.json was made with today's settings (rerun it if not)."""
+    record = json.loads(RECORD.read_text())
+    assert record["settings"] == json.loads(json.dumps(fg.settings(fast=True))), (
+        "labkit.forgetting settings changed: rerun benchmarks/forgetting_seeds.py"
+    )
+    seeds = {(r["run"], r["seed"]) for r in record["runs"]}
+    assert seeds == {(name, s) for name in fg.RUNS for s in range(3)}
+    for r in record["runs"]:
+        assert [row["epoch"] for row in r["history"]] == [float(e) for e in range(fg.EPOCHS + 1)]
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    params = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    scope: dict = {}
+    exec("".join(params["source"]), scope)
+    assert scope["EPOCHS"] == fg.EPOCHS
+    assert scope["RUNS_LIVE"] and set(scope["RUNS_LIVE"]) <= set(fg.RUNS)
+    assert selfcheck.check("16.1", fg.first_epoch_share(record, "full"))
+
+
+def test_probe_tracker_measures_prompt_tuning(tok):
+    probe = fg.Probe(tok, fg.probe_items(counts=1)[:4], fg.corpus_texts(2), chat_limit=0)
+    model = lp.attach("tiny-llama", "prompt", seed=0)
+    row = probe.measure(model)
+    assert set(row) == set(fg.METRICS)
+    assert torch.isfinite(torch.tensor(list(row.values()))).all()
+
+
+def test_loss_after_marker_splits_the_corpus_loss(tok):
+    model = zoo.load_model("zoo-llama")
+    texts = fg.corpus_texts(6)
+    split = fg.loss_after_marker(model, tok, texts)
+    assert split["all"] == pytest.approx(evaluation.causal_lm_loss(model, tok, texts), rel=1e-4)
+    mixed = split["share_after"] * split["after"] + (1 - split["share_after"]) * split["rest"]
+    assert mixed == pytest.approx(split["all"], rel=1e-4)
+    assert 0 < split["share_after"] < 0.2 and split["p_end_after"] < 0.01
+    with pytest.raises(LabkitError, match="not one token"):
+        fg.loss_after_marker(model, tok, texts, marker="forest!")

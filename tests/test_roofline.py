@@ -1,0 +1,152 @@
+"""labkit.roofline: card table, bytes and FLOPs per decode step, roofline predictions, measurements."""
+
+import math
+
+import pytest
+import torch
+
+from labkit import LabkitError, architecture, memory, roofline, zoo
+
+
+def test_cards_have_sources_and_sane_figures():
+    assert len(roofline.CARDS) >= 6
+    kinds = {c.memory_type[:3] for c in roofline.CARDS.values()}
+    assert {"GDD", "HBM"} <= kinds  # consumer GDDR and data-centre HBM cards
+    for key, c in roofline.CARDS.items():
+        assert key == c.name.lower().replace(" ", "-")
+        assert c.source.startswith("https://") and c.note
+        assert 500 <= c.bandwidth_gb_s <= 10_000 and 10 <= c.bf16_tflops <= 3000
+        assert c.ridge == pytest.approx(c.bf16_tflops * 1e12 / (c.bandwidth_gb_s * 1e9))
+    h100 = roofline.card("H100 SXM")
+    assert h100 is roofline.card("h100_sxm") is roofline.card(h100)
+    assert round(h100.ridge) == 295  # 989.5 TFLOP/s / 3.35 TB/s
+
+
+def test_unknown_card_is_one_line():
+    with pytest.raises(LabkitError, match=r"^unknown card 'tpu'; accepted: rtx-3090, "):
+        roofline.card("tpu")
+
+
+def test_decode_cost_llama_3_1_8b():
+    c = roofline.decode_cost("llama-3.1-8b")
+    cfg = zoo.load_config("llama-3.1-8b")
+    P = architecture.count_parameters(cfg)
+    V, h = cfg.vocab_size, cfg.hidden_size
+    # every weight but the input-embedding table (only looked up) is read, in bf16
+    assert c.resident_bytes == memory.weight_bytes(cfg, "bf16") == 2 * P
+    assert c.weight_bytes == 2 * (P - V * h)
+    norms = (2 * cfg.num_hidden_layers + 1) * h
+    assert c.flops_per_token == 2 * (P - V * h - norms)
+    assert c.kv_bytes_per_token == 128 * 1024  # facts.md: 128 KiB per token in bf16
+    assert c.attn_flops_per_position == 4 * 32 * 32 * 128
+    # quantized weights: fewer bytes, same FLOPs (weight-only quantization dequantizes)
+    q = roofline.decode_cost(cfg, "nf4")
+    assert q.flops_per_token == c.flops_per_token and q.weight_bytes < c.weight_bytes / 3
+    assert q.weight_bytes == memory.weight_bytes(cfg, "nf4") - 2 * V * h
+
+
+def test_tied_head_reads_the_table():
+    c = roofline.decode_cost("qwen2.5-0.5b")
+    assert c.weight_bytes == c.resident_bytes  # the tied table is the head: all of it is read
+    g = roofline.decode_cost("gpt2")  # tied wte read by the head; wpe only looked up
+    cfg = zoo.load_config("gpt2")
+    assert g.resident_bytes - g.weight_bytes == 2 * cfg.n_positions * cfg.n_embd
+
+
+def test_roofline_regimes_and_batch():
+    c = roofline.decode_cost("llama-3.1-8b")
+    h100 = roofline.card("h100-sxm")
+    one = roofline.decode_tokens_per_s(c, h100)
+    assert one == pytest.approx(h100.bandwidth / c.weight_bytes)  # batch 1, no context
+    assert roofline.regime(c, h100) == "memory-bound"
+    # bf16 decode does ~1 FLOP per byte per sequence: compute-bound only past the ridge
+    assert roofline.arithmetic_intensity(c, batch=8) == pytest.approx(8, rel=0.02)
+    assert roofline.regime(c, h100, batch=512) == "compute-bound"
+    tps = [roofline.decode_tokens_per_s(c, h100, batch=b) for b in (1, 16, 256, 1024)]
+    assert tps == sorted(tps)
+    assert tps[-1] == pytest.approx(h100.flops / c.flops_per_token)  # the compute roof
+    # a long KV cache keeps the intensity low however large the batch
+    assert roofline.arithmetic_intensity(c, batch=10_000, context=8192) < 20
+    assert roofline.step_bytes(c, batch=2, context=10) == c.weight_bytes + 20 * 131072
+    assert roofline.step_flops(c, batch=2, context=0) == 2 * c.flops_per_token
+
+
+def test_max_batch_prefill_split_predict():
+    c = roofline.decode_cost("llama-3.1-8b")
+    b = roofline.max_batch(c, "h100-sxm", context=2048)
+    free = 80e9 - c.resident_bytes
+    assert b * 2048 * c.kv_bytes_per_token <= free < (b + 1) * 2048 * c.kv_bytes_per_token
+    big = roofline.decode_cost({**_cfg_dict("llama-3.1-8b"), "num_hidden_layers": 400})
+    assert roofline.max_batch(big, "rtx-4090", context=10) == 0
+    pre = roofline.prefill_tokens_per_s(c, "h100-sxm", prompt=2048)
+    assert pre > 50 * roofline.decode_tokens_per_s(c, "h100-sxm", context=2048)
+    one = roofline.decode_tokens_per_s(c, "h100-sxm", context=512)
+    kw = dict(context=512)
+    assert roofline.split_tokens_per_s(c, "h100-sxm", n_cards=4, **kw) == pytest.approx(one)
+    tp = roofline.split_tokens_per_s(c, "h100-sxm", n_cards=4, mode="tensor", **kw)
+    assert tp == pytest.approx(4 * one)
+    slow = roofline.split_tokens_per_s(
+        c, "h100-sxm", n_cards=4, mode="tensor", allreduce_s=20e-6, **kw
+    )
+    assert one < slow < tp
+    with pytest.raises(LabkitError, match="unknown split mode 'ring'"):
+        roofline.split_tokens_per_s(c, "h100-sxm", n_cards=2, mode="ring")
+    p = roofline.predict("llama-3.1-8b", "rtx-4090", dtype="nf4", batch=4, context=1024)
+    assert p["fits"] and p["bound"] == "memory-bound"
+    assert p["decode_tokens_per_s"] == pytest.approx(4 * p["per_sequence_tokens_per_s"])
+    line = roofline.prediction_line(p, batch=4, context=1024)
+    assert "tokens/s on RTX 4090" in line and "NOT" not in line
+    p16 = roofline.predict("llama-3.1-8b", "rtx-4090", batch=64, context=8192)
+    assert not p16["fits"] and "does NOT fit" in roofline.prediction_line(
+        p16, batch=64, context=8192
+    )
+
+
+def _cfg_dict(name):
+    return zoo.load_config(name).to_dict()
+
+
+def test_bad_sizes():
+    c = roofline.decode_cost("llama-3.1-8b")
+    with pytest.raises(LabkitError, match="batch must be a positive integer"):
+        roofline.step_bytes(c, batch=0)
+    with pytest.raises(LabkitError, match="context must be an integer >= 0"):
+        roofline.step_flops(c, context=-1)
+    with pytest.raises(LabkitError, match="prompt must be >= 1"):
+        roofline.prefill_tokens_per_s(c, "l40s", prompt=0)
+    with pytest.raises(LabkitError, match="bandwidth and flops must be > 0"):
+        roofline.machine(0, 1)
+
+
+def test_measurements_are_positive_and_consistent():
+    bw = roofline.copy_bandwidth(4 * 2**20, repeats=2, n_threads=1)
+    rd = roofline.read_bandwidth(4 * 2**20, repeats=2, n_threads=1)
+    fl = roofline.matmul_flops(64, repeats=2, n_threads=1)
+    assert bw > 1e8 and rd > 1e8 and fl > 1e7
+    m = roofline.machine(bw, fl)
+    assert m.bandwidth == pytest.approx(bw) and m.flops == pytest.approx(fl)
+    before = torch.get_num_threads()
+    with roofline.threads(1) as n:
+        assert n == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(LabkitError, match="nbytes must be >= 1 MiB"):
+        roofline.copy_bandwidth(1000)
+    assert roofline.best_seconds(lambda: None, repeats=3) < 0.01
+    calls = []
+    roofline.best_seconds(lambda: calls.append("f"), repeats=2, before=lambda: calls.append("b"))
+    assert calls == ["f", "b", "f", "b", "f"]  # warmup, then before + run per repeat
+    flush = roofline.evict_caches(2**20)
+    assert float(flush()) == 2**18
+    with pytest.raises(LabkitError, match="repeats must be >= 1"):
+        roofline.best_seconds(lambda: None, repeats=0)
+
+
+def test_measure_decode_with_and_without_cache():
+    model = zoo.load_model("tiny-llama")
+    kw = dict(batch=2, prompt=4, new_tokens=3, repeats=1)
+    on = roofline.measure_decode(model, **kw)
+    off = roofline.measure_decode(model, use_cache=False, **kw)
+    assert on.use_cache and not off.use_cache and on.batch == 2 and on.context == 6
+    assert math.isfinite(on.tokens_per_s) and on.tokens_per_s == pytest.approx(2 / on.step_s)
+    with pytest.raises(LabkitError, match="prompt and new_tokens must be >= 1"):
+        roofline.measure_decode(model, new_tokens=0)
