@@ -22,6 +22,7 @@ fields in :func:`shape_of`; the meta path already covers it, and the formula == 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -331,6 +332,11 @@ def transformers_config(config: Any):
     c = _config_dict(config)
     from transformers import AutoConfig
 
+    if c.get("auto_map") and not _known_model_type(c.get("model_type")):
+        raise LabkitError(
+            f"model_type {c.get('model_type')!r} needs remote code (auto_map), which labkit does "
+            "not run; accepted: a causal LM config transformers knows"
+        )
     mt = c.pop("model_type", None)
     try:
         return AutoConfig.for_model(mt, **c)
@@ -345,18 +351,37 @@ def meta_model(config: Any):
     (accelerate's ``init_empty_weights`` does not under transformers 5).
     """
     import torch
+
+    with torch.device("meta"):
+        return build_causal_lm(config)
+
+
+#: The module table of the last configs built on the meta device (an estimate reads the table of
+#: an 8B model several times; building it takes about a second).
+_TABLE_CACHE: dict[str, list[ModuleInfo]] = {}
+
+
+def build_causal_lm(config: Any, **kwargs: Any):
+    """``AutoModelForCausalLM.from_config(config, **kwargs)`` in the caller's device or fake-tensor
+    context, with one clear line when transformers cannot build it (an unknown or remote-code
+    model type, a config that is not a causal LM's)."""
     from transformers import AutoModelForCausalLM
 
-    cfg = transformers_config(config)
+    cfg = copy.deepcopy(transformers_config(config))
     try:
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(cfg)
-    except (ValueError, KeyError) as err:
+        return AutoModelForCausalLM.from_config(cfg, **kwargs)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LabkitError(
             f"transformers cannot build a causal LM from this {cfg.model_type} config ({first}); "
             "accepted: a causal LM config transformers knows (no remote code)"
         ) from None
+
+
+def _known_model_type(model_type: Any) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
 
 
 def table_from_model(model) -> list[ModuleInfo]:
@@ -402,7 +427,12 @@ def module_table(config: Any) -> list[ModuleInfo]:
     if c.get("model_type") in FORMULA_FAMILIES:
         s = shape_of(c)
         return _BUILDERS[s.family](s)
-    return table_from_model(meta_model(config))
+    key = json.dumps(c, sort_keys=True, default=str)
+    if key not in _TABLE_CACHE:
+        if len(_TABLE_CACHE) >= 8:
+            _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
+        _TABLE_CACHE[key] = table_from_model(meta_model(config))
+    return list(_TABLE_CACHE[key])
 
 
 # ----------------------------------------------------------------------------- parameters

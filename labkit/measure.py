@@ -8,7 +8,9 @@ CPU, exact:
   ``torch.autograd.graph.saved_tensors_hooks``: every tensor an op saves is recorded once per
   storage (``untyped_storage().data_ptr()``, the storage's full ``nbytes``), parameters excluded.
   The pack hook keeps a reference until the step ends, so a freed storage's address is never
-  reused and counted twice or not at all.
+  reused and counted twice or not at all. The same function measures a model built under
+  ``FakeTensorMode`` (no data, no math: :mod:`labkit.dryrun`); a fake storage has no address, so
+  storages are told apart there by their StorageImpl (:func:`storage_key`), which views share.
 
 Definition of the activation figure (what ``activations + logits`` in :mod:`labkit.memory` means):
 ``forward`` = bytes saved during the forward pass and the loss (all alive when backward starts),
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.utils.checkpoint
+from torch._subclasses.fake_tensor import FakeTensor
 
 import labkit
 from labkit import LabkitError
@@ -84,13 +87,21 @@ def disable_checkpointing(model: torch.nn.Module) -> None:
             model.gradient_checkpointing_disable()
 
 
+def storage_key(t: torch.Tensor) -> int:
+    """One number per storage: its address for a real tensor; for a fake tensor (which has no
+    data) the identity of its StorageImpl, which views of it share as they share an address."""
+    st = t.untyped_storage()
+    if isinstance(t, FakeTensor):
+        return st._cdata
+    return st.data_ptr()
+
+
 def _storages(tensors: Iterator[torch.Tensor]) -> dict[int, int]:
     out: dict[int, int] = {}
     for t in tensors:
         if t is None or t.device.type == "meta":
             continue
-        st = t.untyped_storage()
-        out[st.data_ptr()] = st.nbytes()
+        out[storage_key(t)] = t.untyped_storage().nbytes()
     return out
 
 
@@ -121,7 +132,7 @@ def _is_param_copy(t: torch.Tensor, params: set[int]) -> bool:
             return False
         name = type(fn).__name__
         if name == "AccumulateGrad":
-            return fn.variable.untyped_storage().data_ptr() in params
+            return storage_key(fn.variable) in params
         if name not in _COPY_OPS or not fn.next_functions:
             return False
         fn = fn.next_functions[0][0]
@@ -161,9 +172,11 @@ def saved_tensor_bytes(
     copies: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "meta":
+            return t
         st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr in params or t.device.type == "meta":
+        ptr = storage_key(t)
+        if ptr in params:
             return t
         keep.append(t)
         if _is_param_copy(t, params):

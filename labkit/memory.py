@@ -38,12 +38,17 @@ import labkit
 from labkit import LabkitError
 from labkit.activations import ADAPTER_DTYPES, activation_bytes, lora_activation_bytes
 from labkit.architecture import (
+    FORMULA_FAMILIES,
     TRAINING_METHODS,
+    Shape,
+    _config_dict,
     block_linears,
     count_parameters,
+    module_table,
     param_shapes,
     shape_of,
     trainable_shapes,
+    transformers_config,
 )
 from labkit.units import DTYPE_BYTES, choice, positive, quantized_bytes
 
@@ -73,7 +78,7 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
     int8 (LLM.int8) adds one fp32 scale per output row; nf4 adds its quant-state (absmax).
     """
     choice("weight dtype", dtype, WEIGHT_DTYPES)
-    s = shape_of(config)
+    s = shape_of(config) if is_formula_family(config) else config
     quantized = {f"{m.name}.weight": m.d_out for m in block_linears(s)}
     total = 0.0
     for name, shp in param_shapes(s).items():
@@ -85,6 +90,24 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
         else:
             total += n * DTYPE_BYTES.get(dtype, 2)
     return int(math.ceil(total))
+
+
+# ----------------------------------------------------------------------------- families
+def is_formula_family(config: Any) -> bool:
+    """True for a :class:`Shape` or a config of the five formula families (their activations are
+    derived in :mod:`labkit.activations`); any other causal LM goes through :mod:`labkit.dryrun`."""
+    return isinstance(config, Shape) or _config_dict(config).get("model_type") in FORMULA_FAMILIES
+
+
+def layers_and_vocab(config: Any) -> tuple[int, int]:
+    """(decoder layers, output vocabulary) of any causal LM config (the head's out features)."""
+    if is_formula_family(config):
+        s = shape_of(config)
+        return s.layers, s.vocab
+    text = transformers_config(config).get_text_config()
+    heads = [m for m in module_table(config) if m.name.endswith("lm_head")]
+    vocab = heads[0].d_out if heads else text.vocab_size
+    return int(text.num_hidden_layers), int(vocab)
 
 
 # ----------------------------------------------------------------------------- training
@@ -200,8 +223,18 @@ def training_memory(
     (``"bf16"``: no fp32 copy, no autocast copies of it; under autocast the fp32 adapters get
     cached 16-bit copies and compute in 16 bit, exact on CPU for Llama and Qwen2 with SDPA).
     ``details["regime"]`` names the regime in words (:func:`regime`).
+
+    The five formula families (:func:`is_formula_family`) take their activations from the
+    derivation in :mod:`labkit.activations`; any other causal LM transformers can build from a dry
+    run (:func:`labkit.dryrun.training_activations`: one fake CPU step, measured as
+    :mod:`labkit.measure` measures a real one), whose autocast weight copies are measured too
+    (with a frozen fp32 LoRA base under autocast, the frozen weights' 16-bit copies are in the
+    dry run's activations). ``details["activations_from"]`` says which: ``formula`` or
+    ``dry-run``.
     """
-    s = shape_of(config)
+    formula = is_formula_family(config)
+    s = shape_of(config) if formula else config
+    n_layers, vocab = layers_and_vocab(s)
     choice("method", method, TRAINING_METHODS)
     choice("precision", precision, PRECISIONS)
     choice("optimizer", optimizer, OPTIMIZERS)
@@ -212,8 +245,8 @@ def training_memory(
         )
     if method != "frozen" and frozen_layers:
         raise LabkitError("--frozen-layers needs --method frozen")
-    if not 0 <= frozen_layers <= s.layers:
-        raise LabkitError(f"frozen layers must be between 0 and {s.layers}, got {frozen_layers}")
+    if not 0 <= frozen_layers <= n_layers:
+        raise LabkitError(f"frozen layers must be between 0 and {n_layers}, got {frozen_layers}")
     if method in {"lora", "qlora"}:
         positive("LoRA rank r", lora_r)
     if base_dtype is not None:
@@ -234,11 +267,34 @@ def training_memory(
     base16_autocast = method == "lora" and mixed and base_dtype in {"bf16", "fp16"}
     act_dtype = "fp32" if precision == "fp32" else precision[:4]
     half = 2
+    dry = None
+    if not formula:
+        from labkit import dryrun
+
+        lora = method in {"lora", "qlora"}
+        dry = dryrun.training_activations(
+            s,
+            batch,
+            seq,
+            act_dtype,
+            attention,
+            checkpointing=checkpointing,
+            dropout=dropout,
+            autocast=mixed,
+            method=method,
+            lora_r=lora_r,
+            lora_targets=lora_targets,
+            adapter_dtype=("fp32" if precision == "fp32" else adapter_dtype) if lora else "fp32",
+            base_dtype=base_dtype or ("fp32" if mixed and method == "lora" else None),
+            frozen_layers=frozen_layers,
+        )
     if method in {"full", "frozen"}:
         w_dtype = "fp32" if precision == "fp32" or mixed else "bf16"
         weights = weight_bytes(s, w_dtype)
         master = 0
-        if mixed:  # the 16-bit copies autocast keeps of the weights it casts
+        if mixed and dry is not None:  # measured by the dry run
+            master = dry.param_copies
+        elif mixed:  # the 16-bit copies autocast keeps of the weights it casts
             # autocast caches the casts of trainable weights for its whole region: all at once
             master = autocast_cast_parameters(s, trainable) * half
         weights += master
@@ -251,16 +307,20 @@ def training_memory(
         choice("adapter dtype", adapter_dtype, ADAPTER_DTYPES)
         ab = 4 if precision == "fp32" else DTYPE_BYTES[adapter_dtype]
         weights = weight_bytes(s, base) + n_train * ab
-        if method == "lora" and mixed and base == "fp32":  # autocast's 16-bit copies of the
+        if dry is not None:  # autocast's cached copies of the adapters, measured
+            weights += dry.param_copies
+        elif method == "lora" and mixed and base == "fp32":  # autocast's 16-bit copies of the
             # frozen fp32 linears, kept by each matmul for its input's gradient (not cached:
             # they need no gradient, so with checkpointing only the recomputed block's copies)
             weights += autocast_cast_parameters(s, param_shapes(s), checkpointing) * half
-        if base16_autocast and ab > half:  # autocast caches 16-bit copies of the (trainable)
-            weights += n_train * half  # adapters for its whole region, as of full FT's weights
+        if dry is None and base16_autocast and ab > half:  # autocast caches 16-bit copies of
+            weights += n_train * half  # the (trainable) adapters for its whole region
         grad_b = state_b = ab
     gradients = n_train * grad_b
     opt = optimizer_bytes(trainable, optimizer, state_b)
-    if method in {"lora", "qlora"}:
+    if dry is not None:
+        acts = dry.activations
+    elif method in {"lora", "qlora"}:
         adapter_act = "fp32" if precision == "fp32" else adapter_dtype
         acts = lora_activation_bytes(
             s,
@@ -291,7 +351,7 @@ def training_memory(
         )
     activations = acts.activations
     T = batch * seq
-    transient = T * s.vocab * (DTYPE_BYTES[act_dtype] + 4)
+    transient = T * vocab * (DTYPE_BYTES[act_dtype] + 4)
     total = weights + gradients + opt + activations + acts.logits + transient
     details = {
         "method": method,
@@ -305,6 +365,7 @@ def training_memory(
         "attention": attention,
         "regime": regime(method, precision, base_dtype=base_dtype, adapter_dtype=adapter_dtype),
         "activation_items": acts.items,
+        "activations_from": "formula" if formula else "dry-run",
     }
     return Breakdown(
         parameters=P,
@@ -339,14 +400,51 @@ def regime(
 
 
 # ----------------------------------------------------------------------------- inference
+def kv_heads_and_dim(config: Any) -> tuple[int, int]:
+    """(key/value heads, head dim) of a causal LM config: GQA's n_kv, or the attention heads."""
+    if is_formula_family(config):
+        s = shape_of(config)
+        return s.kv_heads, s.head_dim
+    c = transformers_config(config).get_text_config()
+    heads = getattr(c, "num_attention_heads", None)
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    d = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else None)
+    if not kv or not d:
+        raise LabkitError(
+            f"cannot read key/value heads and head dim from this {c.model_type} config; "
+            "accepted: a config with num_attention_heads (num_key_value_heads, head_dim)"
+        )
+    return int(kv), int(d)
+
+
+def cache_windows(config: Any) -> list[int | None]:
+    """The tokens each layer's KV cache keeps at most: ``None`` for full attention, the window
+    for sliding-window layers (Mistral, and the local layers of hybrid models: Gemma 2/3, Qwen2
+    with ``use_sliding_window``), read from the cache transformers builds for the config."""
+    if isinstance(config, Shape):
+        return [None] * config.layers
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=transformers_config(config).get_text_config())
+    return [getattr(layer, "sliding_window", None) for layer in cache.layers]
+
+
 def kv_cache_bytes(config: Any, batch: int, context: int, dtype: str = "bf16") -> int:
-    """KV cache: 2 · L · n_kv · d · s · b · bytes (GQA-aware: n_kv key/value heads)."""
-    s = shape_of(config)
+    """KV cache: 2 · n_kv · d · b · bytes · (tokens kept) summed over the layers.
+
+    A full-attention layer keeps all ``context`` tokens (2 · L · n_kv · d · s · b · bytes when all
+    are full; GQA-aware); a sliding-window layer keeps at most its window (transformers 5 keeps
+    the last window - 1 tokens as a view of the window it has just concatenated, so a window of
+    storage). Hybrid models (Gemma 2/3: local and global layers alternating) mix both. A
+    :class:`Shape` carries no window: all layers full.
+    """
     positive("batch", batch)
     positive("context length", context)
     if dtype not in DTYPE_BYTES:
         raise labkit.unknown("KV-cache dtype", dtype, ("fp32", "bf16", "fp16", "int8"))
-    return 2 * s.layers * s.kv_heads * s.head_dim * context * batch * DTYPE_BYTES[dtype]
+    kv, d = kv_heads_and_dim(config)
+    tokens = sum(min(context, w) if w else context for w in cache_windows(config))
+    return 2 * kv * d * tokens * batch * DTYPE_BYTES[dtype]
 
 
 def inference_memory(
@@ -357,25 +455,45 @@ def inference_memory(
     context: int = 2048,
     kv_dtype: str | None = None,
     double_quant: bool = True,
+    prefill: bool = False,
+    attention: str = "sdpa",
 ) -> Breakdown:
     """Inference memory: weights (any dtype incl. int8 and NF4 with its quant-state) + KV cache
     for ``context`` tokens + the logits of one step (b·V fp32 for sampling, plus the prompt's
-    last-position logits in the compute dtype)."""
-    s = shape_of(config)
+    last-position logits in the compute dtype).
+
+    ``prefill``: also the peak of a prefill of the ``context`` tokens, by a dry run
+    (:func:`labkit.dryrun.prefill_peak`: the largest set of live tensors, in the compute dtype,
+    16-bit for int8/NF4): activations, masks, the cache filled so far and the b·s·V logits a
+    prefill computes. Then ``transient`` is what the prefill needs beyond KV cache + logits, and
+    the total is weights + the larger of the two (``details["prefill_peak"]``).
+    """
+    s = config
     weights = weight_bytes(s, dtype, double_quant)
     kv_dtype = kv_dtype or ("bf16" if dtype in {"int8", "nf4"} else dtype)
     kv = kv_cache_bytes(s, batch, context, kv_dtype)
-    logits = batch * s.vocab * (4 + DTYPE_BYTES[kv_dtype])
+    _, vocab = layers_and_vocab(s)
+    logits = batch * vocab * (4 + DTYPE_BYTES[kv_dtype])
     P = count_parameters(s)
-    total = weights + kv + logits
-    zero = dict(trainable_parameters=0, gradients=0, optimizer=0, activations=0, transient=0)
+    details: dict[str, Any] = {"dtype": dtype, "context": context}
+    transient = 0
+    if prefill:
+        from labkit import dryrun
+
+        compute = dtype if dtype in {"fp32", "bf16", "fp16"} else "bf16"
+        peak = dryrun.prefill_peak(s, batch, context, compute, attention)
+        details.update(prefill_peak=peak["peak"], prefill_from="dry-run")
+        transient = max(0, peak["peak"] - kv - logits)
+    total = weights + kv + logits + transient
+    zero = dict(trainable_parameters=0, gradients=0, optimizer=0, activations=0)
     return Breakdown(
         parameters=P,
         weights=weights,
         logits=logits,
         kv_cache=kv,
+        transient=transient,
         total=total,
-        details={"dtype": dtype, "context": context},
+        details=details,
         **zero,
     )
 

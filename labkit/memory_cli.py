@@ -1,7 +1,10 @@
 """``python -m labkit estimate MODEL [options] [--json]``: memory (and GPUs) for training or inference.
 
 MODEL is a config.json path, a model folder, a catalog or zoo name, or (online) a hub id. Only the
-config is read. Every total names its precision regime; ``--method lora`` keeps the frozen base in
+config is read. Any causal LM transformers can build is estimated: the five formula families
+(Llama, Mistral, Qwen2, GPT-2, BLOOM) by the derivation, any other (Mixtral, Gemma, Phi-3, Qwen3,
+GPT-NeoX...) by a dry run on fake tensors; ``activations_from`` says which. Inference reports the
+prefill's peak (a dry run) besides weights + KV cache + logits. Every total names its precision regime; ``--method lora`` keeps the frozen base in
 bf16 as practitioners do (``--base-dtype fp32`` for the fp32-base figure). Bad input is one line
 on stderr with exit status 2 (see :mod:`labkit.cli`).
 """
@@ -29,6 +32,7 @@ JSON_KEYS = (
     "total",
     "gpus_needed",
     "regime",
+    "activations_from",
 )
 
 
@@ -120,12 +124,21 @@ def _base_dtype(args: argparse.Namespace) -> str | None:
 
 def estimate(args: argparse.Namespace) -> memory.Breakdown:
     """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
-    shape = architecture.shape_of(_load(args.model))
+    config = _load(args.model)
+    if memory.is_formula_family(config):
+        config = architecture.shape_of(config) if args.mode == "train" else config
     if args.mode == "infer":
-        b = memory.inference_memory(shape, dtype=args.dtype, batch=args.batch, context=args.seq)
+        b = memory.inference_memory(
+            config,
+            dtype=args.dtype,
+            batch=args.batch,
+            context=args.seq,
+            prefill=True,
+            attention=args.attention,
+        )
     else:
         b = memory.training_memory(
-            shape,
+            config,
             method=args.method,
             precision=args.precision,
             optimizer=args.optimizer,
@@ -152,6 +165,7 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
     )
     if args.mode == "infer":
         per_gpu.details["regime"] = f"inference, {args.dtype} weights"
+        per_gpu.details["activations_from"] = "dry-run (prefill peak)"
     else:
         per_gpu.details["rule_mixed_adamw"] = memory.rule_training_mixed_adamw(b.parameters)
     return per_gpu
@@ -183,7 +197,11 @@ def table(
     ]
     for key in ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache"):
         rows.append((key.replace("_", " "), _gib(getattr(b, key))))
-    rows.append(("transient (logits held, loss grad)", _gib(b.transient)))
+    transient = (
+        "prefill beyond KV cache + logits" if args.mode == "infer" else "logits held, loss grad"
+    )
+    rows.append((f"transient ({transient})", _gib(b.transient)))
+    rows.append(("activations from", b.details["activations_from"]))
     rows.append((f"total per GPU ({b.details['regime']})", _gib(b.total)))
     rule = b.details["rule_of_thumb"]
     name = "2x the fp16 weights" if args.mode == "infer" else "8x the fp16 weights"
@@ -215,7 +233,12 @@ def cli_main(argv: list[str]) -> int:
     decode = decode_prediction(args)
     b = estimate(args)
     if args.json:
-        out = {k: b.details["regime"] if k == "regime" else getattr(b, k) for k in JSON_KEYS}
+        out = {
+            k: b.details[k] if k in {"regime", "activations_from"} else getattr(b, k)
+            for k in JSON_KEYS
+        }
+        if "prefill_peak" in b.details:
+            out["prefill_peak"] = b.details["prefill_peak"]
         out.update(transient=b.transient, rule_of_thumb=int(b.details["rule_of_thumb"]))
         if decode is not None:
             out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
