@@ -316,7 +316,7 @@ def make_corpus(
 
 # --- chat task --------------------------------------------------------------------------------
 def chat_prompt(question: str) -> str:
-    """The chat format of the source notes: ``Human: ...`` then ``Assistant:``."""
+    """The course's chat format: ``Human: ...`` then ``Assistant:``."""
     return f"Human: {question}\nAssistant:"
 
 

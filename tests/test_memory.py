@@ -1,4 +1,4 @@
-"""labkit.memory, labkit.architecture and labkit.activations: exact counts against real (meta-device) models and the facts.md figures."""
+"""labkit.memory, labkit.architecture and labkit.activations: exact counts against real (meta-device) models and the published figures in docs/formulas.md."""
 
 import math
 

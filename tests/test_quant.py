@@ -17,7 +17,7 @@ import bitsandbytes.functional as bnbf  # noqa: E402
 SEED_VECTOR = [1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4]
 
 
-# ---- worked examples (facts.md) ---------------------------------------------------------------
+# ---- worked examples (docs/formulas.md) ---------------------------------------------------------------
 def test_absmax_worked_example():
     q, scale = quant.absmax_quantize(torch.tensor(SEED_VECTOR))
     assert q.tolist() == [28, -12, -101, 28, -73, 19, 56, 127]

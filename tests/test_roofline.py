@@ -37,7 +37,7 @@ def test_decode_cost_llama_3_1_8b():
     assert c.weight_bytes == 2 * (P - V * h)
     norms = (2 * cfg.num_hidden_layers + 1) * h
     assert c.flops_per_token == 2 * (P - V * h - norms)
-    assert c.kv_bytes_per_token == 128 * 1024  # facts.md: 128 KiB per token in bf16
+    assert c.kv_bytes_per_token == 128 * 1024  # docs/formulas.md: 128 KiB per token in bf16
     assert c.attn_flops_per_position == 4 * 32 * 32 * 128
     # quantized weights: fewer bytes, same FLOPs (weight-only quantization dequantizes)
     q = roofline.decode_cost(cfg, "nf4")
