@@ -80,10 +80,18 @@ def enable_checkpointing(model: torch.nn.Module, reentrant: bool = True) -> None
 
 
 def disable_checkpointing(model: torch.nn.Module) -> None:
-    """Turn transformers' activation checkpointing off (no-op when it is off)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if getattr(model, "is_gradient_checkpointing", False):
+    """Turn transformers' activation checkpointing off (no-op when it is off).
+
+    transformers 5.24 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``; the
+    old names still work but warn (removal planned for v6), so the new ones are called.
+    """
+    if getattr(model, "is_activation_checkpointing", False):
+        model.activation_checkpointing_disable()
+    elif getattr(
+        model, "is_gradient_checkpointing", False
+    ):  # pragma: no cover - transformers < 5.24
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model.gradient_checkpointing_disable()
 
 
