@@ -534,7 +534,6 @@ ROWS = [
         lambda c: q().absmax_quantize(x8(), bits=np.int64(1)),
         "bits",
         "got 1",
-        marks=fix_in("quant (numbers.Integral)"),
     ),
     row(
         "Q12",
@@ -543,7 +542,6 @@ ROWS = [
         ),
         "scale",
         "shape",
-        marks=fix_in("quant"),
     ),
     row(
         "Q13",
@@ -552,9 +550,8 @@ ROWS = [
         ),
         "scale",
         "shape",
-        marks=fix_in("quant"),
     ),
-    row("Q21", lambda c: q().quant_error(x8(), [1, 2]), "tensor", marks=fix_in("quant")),
+    row("Q21", lambda c: q().quant_error(x8(), [1, 2]), "tensor"),
     row(
         "Q24",
         lambda c: q().int8_matmul(
@@ -563,30 +560,24 @@ ROWS = [
         "8",
         "5",
         "inner",
-        marks=fix_in("quant"),
     ),
     row(
         "Q25",
         lambda c: q().llm_int8_linear(x8(), torch.randn(3, 6)),
         "8 features",
         "6",
-        marks=fix_in("quant"),
     ),
-    row(
-        "Q27", lambda c: q().bits_per_parameter(bits=0, blocksize=0), "bits", marks=fix_in("quant")
-    ),
-    row("Q28", lambda c: q().bits_per_parameter(bits=-4), "bits", marks=fix_in("quant")),
+    row("Q27", lambda c: q().bits_per_parameter(bits=0, blocksize=0), "bits"),
+    row("Q28", lambda c: q().bits_per_parameter(bits=-4), "bits"),
     row(
         "Q37",
         lambda c: q().nf4_dequantize(torch.rand(32), torch.ones(1), (64,)),
         "uint8",
-        marks=fix_in("quant"),
     ),
     row(
         "Q+inf",
         lambda c: q().quant_error(x8(), torch.full((4, 8), float("inf"))),
         "inf",
-        marks=fix_in("quant"),
     ),
     # --- precision --------------------------------------------------------------------------------
     row(
@@ -807,7 +798,6 @@ def test_gpus_needed_in_json_never_reads_as_needs_none():
     assert estimate_json("llama-3.1-8b", "--batch", "1000000000000")["gpus_needed"] != 0
 
 
-@pytest.mark.xfail(strict=True, reason="fix in memory and quant after the arch merge")
 def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit import memory, quant
 
