@@ -300,14 +300,12 @@ ROWS = [
         lambda c: cli("estimate", "llama-3.1-8b", "--lora-targets", "foo", "--lora-r", "64"),
         "--lora-targets",
         "--method lora",
-        marks=fix_in("memory_cli"),
     ),
     row(
         "E14+",
         lambda c: cli("estimate", "llama-3.1-8b", "--dtype", "nf4"),
         "--dtype",
         "--mode infer",
-        marks=fix_in("memory_cli"),
     ),
     row(
         "E9",
@@ -319,13 +317,11 @@ ROWS = [
         "E26cli",
         lambda c: cli("estimate", str(write(c.tmp / "list.json", "[1]"))),
         "holds a JSON list",
-        marks=fix_in("memory_cli (_load: use zoo.load_config)"),
     ),
     row(
         "E33cli",
         lambda c: cli("estimate", str(write(c.tmp / "b.json", b"\xff\xfe"))),
         "not a text file",
-        marks=fix_in("memory_cli (_load: use zoo.load_config)"),
     ),
     row(
         "E32cli",
@@ -792,7 +788,6 @@ def test_the_table_covers_at_least_sixty_cases():
     assert len(ROWS) >= 60 and len({r.id for r in ROWS}) == len(ROWS)
 
 
-@pytest.mark.xfail(strict=True, reason="fix in memory_cli after the arch merge")
 def test_gpus_needed_in_json_never_reads_as_needs_none():
     # nothing fits on 4096 x 80 GiB: 0 would read as "needs no GPU"
     assert estimate_json("llama-3.1-8b", "--batch", "1000000000000")["gpus_needed"] != 0
