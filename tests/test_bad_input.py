@@ -586,14 +586,12 @@ ROWS = [
         lambda c: __import__("labkit.precision").precision.decode("abc", "bf16"),
         "'abc'",
         "number",
-        marks=fix_in("precision"),
     ),
     row(
         "P5",
         lambda c: __import__("labkit.precision").precision.encode(0, 127.9, 0, "bf16"),
         "127.9",
         "integer",
-        marks=fix_in("precision"),
     ),
     # --- peft -------------------------------------------------------------------------------------
     row("F8", lambda c: lp().make_config("lora-x"), "unknown PEFT method 'lora-x'"),
