@@ -600,14 +600,12 @@ ROWS = [
         lambda c: lp().count_trainable(lp().make_config("lora", r=0), "zoo-llama"),
         "r",
         "positive",
-        marks=fix_in("peft (make_config/count_trainable: r >= 1)"),
     ),
     row(
         "F21",
         lambda c: lp().count_trainable(lp().make_config("lora", r=-4), "zoo-llama"),
         "r",
         "positive",
-        marks=fix_in("peft"),
     ),
     row(
         "F5",
@@ -615,40 +613,34 @@ ROWS = [
             lp().make_config("prompt", num_virtual_tokens=-3), "zoo-llama"
         ),
         "num_virtual_tokens",
-        marks=fix_in("peft"),
     ),
     row(
         "F22",
         lambda c: lp().make_config("prompt", num_virtual_tokens=0),
         "num_virtual_tokens",
-        marks=fix_in("peft"),
     ),
-    row("F7", lambda c: lp().make_config("lora", foo=1), "foo", "accepted", marks=fix_in("peft")),
+    row("F7", lambda c: lp().make_config("lora", foo=1), "foo", "accepted"),
     row(
         "F13",
         lambda c: lp().attach("tiny-llama", "lora", target_modules=["foo"]),
         "matches no module",
-        marks=fix_in("peft (attach: check with lora_targets first)"),
     ),
     row(
         "F15",
         lambda c: lp().attach("tiny-llama", "lora", r=0),
         "r",
         "positive",
-        marks=fix_in("peft"),
     ),
     row(
         "F18",
         lambda c: lp().attach("tiny-llama", "lora", lora_dropout=1.5),
         "lora_dropout",
-        marks=fix_in("peft"),
     ),
     row(
         "F+r-huge",
         lambda c: lp().count_trainable(lp().make_config("lora", r=10**6), "zoo-llama"),
         "rank",
         "larger",
-        marks=fix_in("peft (r > min(in, out) of every target)"),
     ),
     # --- measure / training / evaluation / datasets ---------------------------------------------
     row(
