@@ -455,7 +455,6 @@ ROWS = [
             ),
         ),
         "LABKIT_THREADS",
-        marks=fix_in("hardware"),
     ),
     row(
         "TU20",
@@ -475,7 +474,6 @@ ROWS = [
         ),
         "LABKIT_THREADS",
         "'two'",
-        marks=fix_in("hardware"),
     ),
     row(
         "T1", lambda c: __import__("labkit.tuning").tuning.open_storage(None), "not a database URL"
