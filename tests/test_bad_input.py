@@ -684,14 +684,12 @@ ROWS = [
         ),
         "response",
         "row 0",
-        marks=fix_in("training"),
     ),
     row(
         "R7",
         lambda c: __import__("labkit.training").training.train(*tiny(), rows=[]),
         "rows",
         "empty",
-        marks=fix_in("training"),
     ),
     row(
         "R9",
@@ -700,7 +698,6 @@ ROWS = [
         ),
         "evaluation_strategy",
         "eval_strategy",
-        marks=fix_in("training"),
     ),
     row(
         "R10",
@@ -708,7 +705,6 @@ ROWS = [
             *tiny(), rows=[{"prompt": "a", "response": "b"}], num_train_epochs=-1
         ),
         "num_train_epochs",
-        marks=fix_in("training"),
     ),
     row(
         "R8",
@@ -717,7 +713,6 @@ ROWS = [
         ),
         "learning_rate",
         "nan",
-        marks=fix_in("training"),
     ),
     row(
         "V1",
