@@ -725,13 +725,11 @@ ROWS = [
             *tiny(), "a whole text"
         ),
         "list of strings",
-        marks=fix_in("evaluation"),
     ),
     row(
         "V6",
         lambda c: __import__("labkit.evaluation").evaluation.causal_lm_loss(*tiny(), [None]),
         "list of strings",
-        marks=fix_in("evaluation"),
     ),
     row(
         "R5",
