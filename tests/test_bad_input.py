@@ -747,7 +747,6 @@ ROWS = [
         ),
         "chat/train.jsonl",
         "line 2",
-        marks=fix_in("datasets"),
     ),
 ]
 
