@@ -13,7 +13,6 @@ solution's status. Nothing is stored in ``notebooks/``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -182,10 +181,21 @@ def run_course(
     return report
 
 
+def _check_notebook(path: Path) -> None:
+    """One line for a file that is not a notebook, before any notebook runs."""
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as err:  # JSON, schema or encoding errors: all say "not a notebook"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise LabkitError(
+            f"{path.name} is not a notebook ({first}); accepted: .ipynb files saved by Jupyter"
+        ) from None
+
+
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m labkit course", description=__doc__.splitlines()[0]
-    )
+    from labkit.cli import Parser
+
+    parser = Parser(prog="python -m labkit course", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="notebook paths (default: every NN_*.ipynb)")
     parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
@@ -201,6 +211,8 @@ def cli_main(argv: list[str]) -> int:
         raise LabkitError(f"no such notebook: {', '.join(missing)}")
     if not paths:
         raise LabkitError(f"no NN_topic.ipynb notebooks in {NOTEBOOKS_DIR}")
+    for p in paths:
+        _check_notebook(p)
     if args.exercises:
         rows = [row for p in paths for row in run_exercises(p, timeout=args.timeout)]
         BUILD_DIR.mkdir(parents=True, exist_ok=True)

@@ -286,7 +286,6 @@ ROWS = [
         lambda c: cli("course", str(write(c.tmp / "bad.ipynb", "{not a notebook"))),
         "bad.ipynb",
         "not a notebook",
-        marks=fix_in("course"),
     ),
     row(
         "E5",
