@@ -143,7 +143,8 @@ def run_exercises(path: Path, timeout: int = 600) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict], total: float) -> str:
+def report_table(rows: list[dict], total: float) -> str:
+    """The course report as a text table: notebook, seconds, status, and the total."""
     width = max([len(r["notebook"]) for r in rows] + [8])
     lines = [f"{'notebook':<{width}}  {'seconds':>8}  status"]
     lines += [f"{r['notebook']:<{width}}  {r['seconds']:>8.1f}  {r['status']}" for r in rows]
@@ -177,7 +178,7 @@ def run_course(
         "failed": sum(r["status"] != "ok" for r in rows),
     }
     (out_dir / "course-report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(rows, total))
+    print(report_table(rows, total))
     return report
 
 
