@@ -60,6 +60,18 @@ def _check_attention(s: Shape, attention: str) -> None:
         raise LabkitError("BLOOM has no SDPA attention in transformers 5.24; use --attention eager")
 
 
+def sequence_length(s: Shape, seq: Any) -> int:
+    """``seq`` if it is a positive integer the model can take: a model with learned position
+    embeddings (GPT-2's ``n_positions``) has no position past its table."""
+    q = positive("sequence length", seq)
+    if s.positions and q > s.positions:
+        raise LabkitError(
+            f"sequence length {q} is longer than {s.model_type}'s {s.positions} learned "
+            f"positions (n_positions); accepted: 1..{s.positions}"
+        )
+    return q
+
+
 def _activation_dtype(dtype: str) -> str:
     if dtype not in DTYPE_BYTES or DTYPE_BYTES[dtype] == 1:
         raise labkit.unknown("activation dtype", dtype, ("fp32", "bf16", "fp16"))
@@ -113,7 +125,7 @@ def activation_bytes(
     GPT-2, BLOOM and attention dropout the pure 16-bit derivation is used (an approximation).
     """
     s = shape_of(config)
-    b, q = positive("batch", batch), positive("sequence length", seq)
+    b, q = positive("batch", batch), sequence_length(s, seq)
     _check_attention(s, attention)
     choice("device", device, DEVICES)
     _activation_dtype(dtype)
@@ -498,7 +510,7 @@ def lora_activation_bytes(
     output are kept in ``dtype`` (autocast's casts), not in the adapter dtype.
     """
     s = shape_of(config)
-    b, q = positive("batch", batch), positive("sequence length", seq)
+    b, q = positive("batch", batch), sequence_length(s, seq)
     positive("LoRA rank r", r)
     _check_attention(s, attention)
     choice("device", device, DEVICES)

@@ -200,7 +200,8 @@ def merge_report(old: dict | None, rows: list[dict], folder: Path) -> dict:
     }
 
 
-def format_table(rows: list[dict], total: float) -> str:
+def report_table(rows: list[dict], total: float) -> str:
+    """The course report as a text table: notebook, seconds, status, and the total."""
     width = max([len(r["notebook"]) for r in rows] + [8])
     lines = [f"{'notebook':<{width}}  {'seconds':>8}  status"]
     lines += [f"{r['notebook']:<{width}}  {r['seconds']:>8.1f}  {r['status']}" for r in rows]
@@ -234,10 +235,21 @@ def run_course(
         old = None  # a broken report is rebuilt from this run
     report = merge_report(old, rows, folder=paths[0].parent if paths else NOTEBOOKS_DIR)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(rows, round(sum(r["seconds"] for r in rows), 1)))
+    print(report_table(rows, round(sum(r["seconds"] for r in rows), 1)))
     if len(report["notebooks"]) > len(rows):
         print(f"(report: {len(rows)} notebook(s) updated, {len(report['notebooks'])} in total)")
     return report
+
+
+def _check_notebook(path: Path) -> None:
+    """One line for a file that is not a notebook, before any notebook runs."""
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as err:  # JSON, schema or encoding errors: all say "not a notebook"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise LabkitError(
+            f"{path.name} is not a notebook ({first}); accepted: .ipynb files saved by Jupyter"
+        ) from None
 
 
 def cli_main(argv: list[str]) -> int:
@@ -265,6 +277,8 @@ def cli_main(argv: list[str]) -> int:
         raise LabkitError(f"no such notebook: {', '.join(missing)}")
     if not paths:
         raise LabkitError(f"no NN_topic.ipynb notebooks in {NOTEBOOKS_DIR}")
+    for p in paths:
+        _check_notebook(p)
     if args.with_solutions:
         written = write_solution_copies(paths, args.with_solutions)
         n = sum(len(exercise_solutions(nbformat.read(p, as_version=4))) for p in paths)

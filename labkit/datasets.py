@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 
 import labkit
-from labkit import DATA_DIR
+from labkit import DATA_DIR, LabkitError
 
 SEED = 1234
 SPLITS = ("train", "validation", "test")
@@ -501,7 +501,32 @@ def load_corpus(split: str = "train") -> list[str]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a JSON-lines file, or one line naming the file (and the line) and the fix."""
+    try:
+        shown = f"data/{path.relative_to(DATA_DIR).as_posix()}"
+    except ValueError:
+        shown = str(path)
+    fix = "restore it (git checkout data/) or regenerate it (python -m labkit build-data)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabkitError(f"{shown} is missing; {fix}") from None
+    except UnicodeDecodeError:
+        raise LabkitError(f"{shown} is not a text file (not UTF-8); {fix}") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise LabkitError(
+                f"{shown} line {number} is not valid JSON ({err.msg}); {fix}"
+            ) from None
+        if not isinstance(record, dict):
+            raise LabkitError(f"{shown} line {number} is not a JSON object; {fix}")
+        records.append(record)
+    return records
 
 
 def load_chat(split: str = "train") -> list[dict]:

@@ -25,8 +25,16 @@ def causal_lm_loss(
     all predicted tokens, so long and short texts weigh by their token counts. Batches are padded
     on the right (so positions match an unpadded run); the tokenizer's setting is restored.
     """
+    if isinstance(texts, str | bytes):  # a string would be scored character by character
+        raise LabkitError("texts is one string; accepted: a list of strings (wrap it: [text])")
     if not texts:
         raise LabkitError("no texts to evaluate; accepted: a non-empty list of strings")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise LabkitError(
+                f"text {i} is {type(text).__name__}, not a string; accepted: a list of strings"
+            )
     if max_length < 2 or batch_size < 1:
         raise LabkitError(
             f"max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}"

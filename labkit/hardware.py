@@ -14,6 +14,9 @@ import warnings
 
 import torch
 
+from labkit import LabkitError
+from labkit.units import positive
+
 STACK = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna")
 
 
@@ -35,7 +38,12 @@ def set_threads(n: int | None = None) -> int:
     slows down sharply when threads are oversubscribed).
     """
     if n is None:
-        env = os.environ.get("LABKIT_THREADS")
+        env = os.environ.get("LABKIT_THREADS", "").strip()
+        if env and not (env.isdigit() and int(env) >= 1):
+            raise LabkitError(
+                f"LABKIT_THREADS={env!r} is not a thread count; accepted: a whole number >= 1 "
+                "(or unset it to use this machine's CPUs, at most 8)"
+            )
         n = (
             int(env)
             if env
@@ -46,8 +54,7 @@ def set_threads(n: int | None = None) -> int:
                 else (os.cpu_count() or 1),
             )
         )
-    if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
+    n = positive("thread count", n)
     torch.set_num_threads(n)
     return n
 

@@ -152,6 +152,38 @@ def lm_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor) 
     return model.loss_function(logits, labels, vocab_size=logits.shape[-1])
 
 
+def _check_input_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
+    """One line for token ids the model cannot embed (they would fail deep inside, or, past
+    GPT-2's learned positions, with an index error from the position table)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point():
+        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise LabkitError(
+            f"input_ids must be an integer tensor of token ids, got {got}; accepted: "
+            "torch.long ids of shape (batch, seq), e.g. tokenizer(...)['input_ids']"
+        )
+    if input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise LabkitError(
+            f"input_ids has shape {tuple(input_ids.shape)}; accepted: (batch, seq), both >= 1"
+        )
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(input_ids, FakeTensor):  # the dry run's ids have no values to check
+        vocab = None
+    lo, hi = (int(input_ids.min()), int(input_ids.max())) if vocab else (0, 0)
+    if vocab and (lo < 0 or hi >= vocab):
+        bad = lo if lo < 0 else hi
+        raise LabkitError(
+            f"token id {bad} is outside the vocabulary of {vocab} (vocab_size); "
+            f"accepted: ids 0..{vocab - 1}"
+        )
+    positions = getattr(config, "n_positions", None)  # learned position embeddings (GPT-2)
+    if positions and input_ids.shape[1] > positions:
+        raise LabkitError(
+            f"sequence length {input_ids.shape[1]} is longer than the model's {positions} "
+            f"learned positions (n_positions); accepted: 1..{positions}"
+        )
+
+
 def saved_tensor_bytes(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -165,6 +197,7 @@ def saved_tensor_bytes(
     checkpointing (reentrant, see module docstring). The model must be in train mode for dropout.
     Gradients are accumulated into ``.grad`` as in a normal step (zero them yourself).
     """
+    _check_input_ids(model, input_ids)
     if checkpointing is not None:
         if checkpointing:
             enable_checkpointing(model)

@@ -29,6 +29,7 @@ What is exact and what is a model of reality:
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +37,12 @@ from typing import Any
 
 import labkit
 from labkit import LabkitError
-from labkit.activations import ADAPTER_DTYPES, activation_bytes, lora_activation_bytes
+from labkit.activations import (
+    ADAPTER_DTYPES,
+    activation_bytes,
+    lora_activation_bytes,
+    sequence_length,
+)
 from labkit.architecture import (
     FORMULA_FAMILIES,
     TRAINING_METHODS,
@@ -234,6 +240,8 @@ def training_memory(
     """
     formula = is_formula_family(config)
     s = shape_of(config) if formula else config
+    batch = positive("batch", batch)
+    seq = sequence_length(s, seq) if formula else positive("sequence length", seq)
     n_layers, vocab = layers_and_vocab(s)
     choice("method", method, TRAINING_METHODS)
     choice("precision", precision, PRECISIONS)
@@ -438,8 +446,7 @@ def kv_cache_bytes(config: Any, batch: int, context: int, dtype: str = "bf16") -
     storage). Hybrid models (Gemma 2/3: local and global layers alternating) mix both. A
     :class:`Shape` carries no window: all layers full.
     """
-    positive("batch", batch)
-    positive("context length", context)
+    batch, context = positive("batch", batch), positive("context length", context)
     if dtype not in DTYPE_BYTES:
         raise labkit.unknown("KV-cache dtype", dtype, ("fp32", "bf16", "fp16", "int8"))
     kv, d = kv_heads_and_dim(config)
@@ -559,6 +566,13 @@ def training_flops(parameters: float, tokens: float, recompute: bool = False) ->
     return (8 if recompute else 6) * parameters * tokens
 
 
+def _positive_number(name: str, value: Any) -> float:
+    """``value`` if it is a finite number > 0 (not nan, not inf), else one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise LabkitError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
 def training_days(
     parameters: float,
     tokens: float,
@@ -572,14 +586,17 @@ def training_days(
     140 TFLOP/s) gives about 34 days.
     """
     positive("number of GPUs", n_gpus)
-    if flops_per_gpu <= 0 or parameters <= 0 or tokens <= 0:
-        raise LabkitError("parameters, tokens and FLOP/s per GPU must be positive")
+    for name, value in (("parameters", parameters), ("tokens", tokens)):
+        _positive_number(name, value)
+    _positive_number("FLOP/s per GPU", flops_per_gpu)
     return training_flops(parameters, tokens, recompute) / (n_gpus * flops_per_gpu) / 86400
 
 
 # ----------------------------------------------------------------------------- rules of thumb
 def rule_weights(parameters: float, dtype: str = "fp16") -> float:
-    """The common rule "a 6B model in fp16 is 12 GB": P × bytes per parameter."""
+    """The common rule "a 6B model in fp16 is 12 GB": P × bytes per parameter (whole-byte
+    dtypes only; NF4's 4.127 bits per weight are in :func:`weight_bytes`)."""
+    choice("dtype of the rule of thumb", dtype, DTYPE_BYTES)
     return parameters * DTYPE_BYTES[dtype]
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from labkit import LabkitError, activations, architecture, memory
 from labkit.cli import Parser
 
-#: Keys of the ``--json`` object (bytes unless the name is a count).
+#: Keys of the ``--json`` object (bytes unless the name is a count; ``gpus_needed`` is null when
+#: even 4096 GPUs fully sharded are not enough, never 0, which would read as "needs none").
 JSON_KEYS = (
     "parameters",
     "trainable_parameters",
@@ -74,15 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="LoRA's frozen base (default: bf16, as in practice; fp32 with --precision fp32)",
     )
-    p.add_argument("--lora-r", type=_positive_int, default=8)
+    p.add_argument("--lora-r", type=_positive_int, default=None, help="with --method lora (8)")
     p.add_argument(
         "--lora-targets",
-        default="default",
-        help="comma list, all-linear, or default (peft's default for the model type)",
+        default=None,
+        help="with --method lora: comma list, all-linear, or default (peft's default)",
     )
     p.add_argument("--frozen-layers", type=_nonneg_int, default=0, help="with --method frozen")
     p.add_argument(
-        "--dtype", choices=memory.WEIGHT_DTYPES, default="bf16", help="inference weights"
+        "--dtype", choices=memory.WEIGHT_DTYPES, default=None, help="--mode infer weights (bf16)"
     )
     p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
     p.add_argument("--zero", choices=("0", "1", "2", "3"), default="0", help="ZeRO stage (0 = DDP)")
@@ -96,21 +97,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(model: str):
+    """The config of MODEL: a ``.json`` file is read as a dict by :func:`labkit.zoo.read_config_file`
+    (zoo's one-line messages for a damaged file; only the numbers are needed, no transformers
+    validation), anything else by :func:`labkit.zoo.load_config`."""
+    from labkit import zoo
+
     path = Path(model)
     if path.suffix == ".json" or path.name == "config.json":
         if not path.is_file():
             raise LabkitError(
                 f"config file {model!r} does not exist; give a config.json path, folder or name"
             )
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise LabkitError(
-                f"{model} is not valid JSON ({err.msg}); give a config.json"
-            ) from None
-    from labkit import zoo
-
+        return zoo.read_config_file(path)
     return zoo.load_config(model)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options that the chosen mode or method ignores (they would change nothing, silently),
+    then fill in their defaults."""
+    lora = args.mode == "train" and args.method in {"lora", "qlora"}
+    given = [
+        f
+        for f, v in (("--lora-targets", args.lora_targets), ("--lora-r", args.lora_r))
+        if v is not None
+    ]
+    if given and not lora:
+        raise LabkitError(
+            f"{' and '.join(given)} apply to --method lora or qlora (with --mode train)"
+        )
+    if args.dtype is not None and args.mode != "infer":
+        raise LabkitError(
+            "--dtype sets the weights of --mode infer; for training use --precision or --method"
+        )
+    args.lora_r = 8 if args.lora_r is None else args.lora_r
+    args.lora_targets = args.lora_targets or "default"
+    args.dtype = args.dtype or "bf16"
 
 
 def _base_dtype(args: argparse.Namespace) -> str | None:
@@ -124,6 +145,7 @@ def _base_dtype(args: argparse.Namespace) -> str | None:
 
 def estimate(args: argparse.Namespace) -> memory.Breakdown:
     """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
+    _check_options(args)
     config = _load(args.model)
     if memory.is_formula_family(config):
         config = architecture.shape_of(config) if args.mode == "train" else config
@@ -157,7 +179,7 @@ def estimate(args: argparse.Namespace) -> memory.Breakdown:
     try:
         per_gpu.gpus_needed = memory.gpus_needed(b, args.gpu_memory * 2**30, "zero3")
     except LabkitError:
-        per_gpu.gpus_needed = 0  # does not fit even fully sharded
+        per_gpu.gpus_needed = None  # does not fit even fully sharded (0 would read as "none")
     per_gpu.details["rule_of_thumb"] = (
         memory.rule_inference_2x(b.parameters)
         if args.mode == "infer"
@@ -230,8 +252,8 @@ def table(
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``python -m labkit estimate``."""
     args = build_parser().parse_args(argv)
+    b = estimate(args)  # checks the options and fills their defaults first
     decode = decode_prediction(args)
-    b = estimate(args)
     if args.json:
         out = {
             k: b.details[k] if k in {"regime", "activations_from"} else getattr(b, k)

@@ -22,6 +22,8 @@ branch in :func:`make_config`, its terms in :func:`count_terms`, and a case in
 from __future__ import annotations
 
 import copy
+import dataclasses
+import numbers
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ import torch
 import labkit
 from labkit import LabkitError
 from labkit.architecture import ModuleInfo, lora_modules, module_table, transformers_config
+from labkit.units import positive
 
 #: The methods this module configures, in course order ("full" = full fine-tuning, no peft).
 PEFT_METHODS = (
@@ -147,6 +150,7 @@ def count_terms(peft_config, model_config) -> dict[str, int]:
     table = module_table(config)
     if kind == "LORA":
         return _lora_terms(peft_config, config, table)
+    positive("num_virtual_tokens", peft_config.num_virtual_tokens)
     d = prompt_dims(peft_config, config)
     n = peft_config.num_virtual_tokens * (peft_config.num_transformer_submodules or 1)
     h, e, layers = d["token_dim"], d["encoder_hidden_size"], d["num_layers"]
@@ -183,8 +187,10 @@ def count_terms(peft_config, model_config) -> dict[str, int]:
 def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     from peft.utils.other import get_pattern_key
 
+    positive("LoRA rank r", cfg.r)
     targets = lora_modules(config, cfg)
     rank_pattern = getattr(cfg, "rank_pattern", None) or {}
+    _check_rank(cfg.r, targets)
     terms: dict[str, int] = {}
 
     def add(key: str, value: int) -> None:
@@ -219,6 +225,17 @@ def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     return terms
 
 
+def _check_rank(r: int, targets: list[ModuleInfo]) -> None:
+    """Refuse a rank no adapted layer can use: above min(d_in, d_out) of every target, the
+    update ``B @ A`` is no longer low rank anywhere (more parameters, nothing more to learn)."""
+    full = max(min(m.d_in, m.d_out) for m in targets)
+    if r > full:
+        raise LabkitError(
+            f"LoRA rank r={r} is larger than min(d_in, d_out) of every adapted layer (at most "
+            f"{full} here); accepted: r <= {full}, usually far less (8-64)"
+        )
+
+
 def count_trainable(peft_config, model_config) -> int:
     """Trainable parameters ``get_peft_model(model, peft_config)`` leaves, from the formulas.
 
@@ -237,6 +254,22 @@ def tokenizer_path(model_id: str) -> str:
     from labkit import zoo
 
     return zoo.load_tokenizer(model_id).name_or_path
+
+
+def _check_overrides(method: str, cls: type, kw: dict[str, Any]) -> None:
+    """One line for a field the config class does not have, or a value peft would accept
+    silently (or fail on much later): a rank, a token count below 1, a dropout outside [0, 1)."""
+    fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+    fields += ["init_text"] if method == "prompt-text" else []
+    for key in kw:
+        if key not in fields:
+            raise labkit.unknown(f"{cls.__name__} option for {method!r}:", key, fields)
+    for key in ("r", "num_virtual_tokens", "encoder_hidden_size"):
+        if key in kw and kw[key] is not None:
+            positive("LoRA rank r" if key == "r" else key, kw[key])
+    p = kw.get("lora_dropout", 0.0)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise LabkitError(f"lora_dropout must be a probability in [0, 1), got {p!r}")
 
 
 def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
@@ -260,6 +293,10 @@ def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
     if method == "full":
         raise LabkitError("'full' fine-tuning has no peft config; train the base model directly")
     kw = {**DEFAULTS[method], **overrides}
+    cls = {"prompt": PromptTuningConfig, "prompt-text": PromptTuningConfig}.get(method)
+    cls = cls or (PromptEncoderConfig if method.startswith("p-tuning") else None)
+    cls = cls or (PrefixTuningConfig if method.startswith("prefix") else LoraConfig)
+    _check_overrides(method, cls, kw)
     task = TaskType.CAUSAL_LM
     if method == "prompt":
         return PromptTuningConfig(task_type=task, prompt_tuning_init=PromptTuningInit.RANDOM, **kw)
@@ -295,13 +332,17 @@ def attach(model_id: str, method: str, seed: int = 0, **overrides: Any):
 
     from labkit import zoo
 
+    config = None if method == "full" else make_config(method, model_id, **overrides)
+    if method == "full" and overrides:
+        raise LabkitError(f"'full' takes no peft options, got {', '.join(overrides)}")
+    if getattr(config, "peft_type", None) is not None and _peft_type(config) == "LORA":
+        _check_rank(config.r, lora_modules(model_id, config))  # before loading the model
     torch.manual_seed(seed)
     base = zoo.load_model(model_id, seed=seed)
     if method == "full":
         for p in base.parameters():
             p.requires_grad_(True)
         return base
-    config = make_config(method, model_id, **overrides)
     torch.manual_seed(seed)
     return get_peft_model(base, config)
 

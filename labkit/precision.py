@@ -10,6 +10,7 @@ precision, overflow) follows from the two widths; :data:`FORMATS` holds them and
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,10 @@ def encode(sign: int, exponent: int, mantissa: int, fmt: str | FloatFormat) -> f
         ("exponent", exponent, f.exponent_bits),
         ("mantissa", mantissa, f.mantissa_bits),
     ):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise LabkitError(
+                f"{name} field {v!r} is not an integer; accepted: an integer 0..{2**width - 1}"
+            )
         if not 0 <= int(v) < 2**width:
             raise LabkitError(
                 f"{name} field {v} does not fit {f.name}; accepted: 0..{2**width - 1}"
@@ -176,7 +181,14 @@ def decode(x: float, fmt: str | FloatFormat) -> FloatBits:
     they are what the hardware holds, not a re-derivation.
     """
     f = get_format(fmt)
-    x = float(x)
+    try:
+        if isinstance(x, str | bytes):
+            raise TypeError
+        x = float(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise LabkitError(
+            f"x must be a number, got {x!r}; accepted: a float, an int or a one-value tensor"
+        ) from None
     if f.dtype is None:
         if math.isnan(x) or math.isinf(x):
             raise LabkitError(f"{f.name} has no inf or NaN; accepted: finite numbers")

@@ -23,6 +23,7 @@ quantizers before it; a learner finds all of it under one name, in the order it 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -30,16 +31,20 @@ from torch import nn
 
 import labkit
 from labkit import LabkitError
-from labkit.units import quantized_bytes
+from labkit.units import positive, quantized_bytes
 
 # --------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------
 
 
-def _check_bits(bits: int) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+def _check_bits(bits: int) -> int:
+    """``bits`` as an ``int`` (a numpy integer too) if it is in 2..8, else one line."""
+    if not isinstance(bits, numbers.Integral) or isinstance(bits, bool):
         raise LabkitError(f"bits must be an integer in 2..8, got {bits!r}")
+    if not 2 <= bits <= 8:
+        raise LabkitError(f"bits must be an integer in 2..8, got {int(bits)}")
+    return int(bits)
 
 
 def _check_tensor(x: torch.Tensor, what: str = "input") -> None:
@@ -98,7 +103,25 @@ def group_reduce(
 
 
 def expand_groups(stat: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Repeat a group statistic from :func:`group_reduce` so it lines up with a tensor of ``shape``."""
+    """Repeat a group statistic from :func:`group_reduce` so it lines up with a tensor of ``shape``.
+
+    The statistic must have the shape :func:`group_reduce` gives: all ones (per tensor), or
+    ``shape`` with one dim 1 (per channel) or a divisor of it (groups); else one clear line.
+    """
+    shape = tuple(shape)
+    have = tuple(stat.shape) if isinstance(stat, torch.Tensor) else None
+    differ = [] if have is None else [d for d in range(len(shape)) if have[d] != shape[d]]
+    per_tensor = have is not None and all(n == 1 for n in have)
+    if (
+        have is None
+        or len(have) != len(shape)
+        or not per_tensor
+        and (len(differ) > 1 or any(shape[d] % have[d] for d in differ))
+    ):
+        raise LabkitError(
+            f"scale of shape {have} does not fit a tensor of shape {shape}; accepted: the scale "
+            "that quantizing this tensor returned (all ones, or its shape with one dim grouped)"
+        )
     out = stat
     for d, (have, want) in enumerate(zip(stat.shape, shape, strict=True)):
         if have not in (1, want):
@@ -134,7 +157,7 @@ def absmax_quantize(
     A group of zeros gets scale 1 (its values are exactly 0 anyway).
     """
     _check_tensor(x)
-    _check_bits(bits)
+    bits = _check_bits(bits)
     lo, hi = qrange(bits)
     amax = group_reduce(x.float(), "absmax", axis, group_size)
     # (a group of tiny values would overflow the fp32 scale: its range is floored at hi * 2^-126)
@@ -158,7 +181,7 @@ def zeropoint_quantize(
     range: its range is stretched to include 0 so the constant stays representable.
     """
     _check_tensor(x)
-    _check_bits(bits)
+    bits = _check_bits(bits)
     lo, hi = qrange(bits, signed=False)
     xf = x.float()
     mn = group_reduce(xf, "min", axis, group_size)
@@ -209,6 +232,13 @@ def quant_error(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
     ``SQNR = 10 log10(sum x^2 / sum (x - x_hat)^2)``; each extra bit adds about 6 dB.
     """
     _check_tensor(x, "reference")
+    if not isinstance(x_hat, torch.Tensor):
+        raise LabkitError(
+            f"x_hat must be a tensor, got {type(x_hat).__name__}; accepted: a torch.Tensor "
+            "of the reference's shape"
+        )
+    if not torch.isfinite(x_hat).all():
+        raise LabkitError("x_hat contains NaN or inf; accepted: finite values only")
     if x.shape != x_hat.shape:
         raise LabkitError(
             f"shapes differ: {tuple(x.shape)} vs {tuple(x_hat.shape)}; accepted: equal shapes"
@@ -233,6 +263,11 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise LabkitError(f"int8_matmul takes int8 tensors, got {a.dtype} and {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise LabkitError(
+            f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}; "
+            "accepted: a (m, k) and b (n, k), the product is a @ b.T"
+        )
     if 127**2 * a.shape[-1] >= 2**31:
         raise LabkitError(
             f"inner dimension {a.shape[-1]} could overflow int32; accepted: < 133,000"
@@ -271,6 +306,11 @@ def llm_int8_linear(
     """
     _check_tensor(x, "x")
     _check_tensor(weight, "weight")
+    if weight.ndim != 2 or x.shape[-1] != weight.shape[-1]:
+        raise LabkitError(
+            f"x has {x.shape[-1]} features, weight {tuple(weight.shape)} expects "
+            f"{weight.shape[-1]}; accepted: a weight of shape (out, {x.shape[-1]})"
+        )
     cols = outlier_columns(x, threshold)
     keep = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
     keep[cols] = False
@@ -474,6 +514,13 @@ def fp4_dequantize(
 def _check_packed(
     packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...], blocksize: int
 ) -> None:
+    for name, t in (("packed", packed), ("absmax", absmax)):
+        if not isinstance(t, torch.Tensor):
+            raise LabkitError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if packed.dtype != torch.uint8:
+        raise LabkitError(
+            f"packed has dtype {packed.dtype}; accepted: the uint8 codes nf4_quantize returned"
+        )
     n = math.prod(shape)
     if n == 0 or packed.numel() * 2 != n or absmax.numel() * blocksize != n:
         raise LabkitError(
@@ -545,6 +592,7 @@ def bits_per_parameter(
     """Storage per weight: ``bits + absmax_bits / blocksize`` (+ double quantization:
     ``bits + 8 / blocksize + 32 / (blocksize * dq_blocksize)``; NF4 + DQ = 4.127), from the one
     bytes formula the memory estimator uses (:func:`labkit.units.quantized_bytes`)."""
+    positive("bits", bits)
     if blocksize is None:
         return float(bits)
     n = blocksize * dq_blocksize  # whole blocks: the per-weight cost without rounding up

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,8 +32,20 @@ def chat_features(tokenizer, rows: list[dict], target: str = "response") -> list
     """Token ids for ``prompt + " " + target + </s>`` with the prompt's labels set to -100."""
     if target not in {"response", "short"}:
         raise labkit.unknown("target", target, ("response", "short"))
+    if isinstance(rows, str | bytes | dict) or not hasattr(rows, "__iter__"):
+        raise LabkitError(
+            f"rows must be a list of chat rows, got {type(rows).__name__}; accepted: "
+            '[{"prompt": ..., "response": ...}, ...] (datasets.load_chat)'
+        )
     feats = []
-    for row in rows:
+    for i, row in enumerate(rows):
+        for key in ("prompt", target):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                got = "no" if isinstance(row, dict) and key not in row else "a bad"
+                raise LabkitError(
+                    f"row {i} has {got} {key!r} text; accepted: rows of "
+                    f'{{"prompt": str, {target!r}: str}} (datasets.load_chat)'
+                )
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
         full = tokenizer(row["prompt"] + " " + row[target])["input_ids"] + [tokenizer.eos_token_id]
         if full[: len(prompt_ids)] != prompt_ids:
@@ -97,8 +112,39 @@ def training_arguments(
         settings |= COURSE_TRAINING_DEFAULTS
         # pinned memory only helps host-to-GPU copies; on a CPU torch warns about it every epoch
         settings["dataloader_pin_memory"] = torch.cuda.is_available()
+    _check_training_overrides(overrides)
     settings.update(overrides)
     return TrainingArguments(**settings)
+
+
+#: Names old tutorials use that transformers 5 removed, and what replaces them.
+REMOVED_ARGUMENTS = {
+    "evaluation_strategy": "use eval_strategy",
+    "no_cuda": "use use_cpu",
+    "overwrite_output_dir": "drop it (output_dir is a fresh temporary folder here)",
+    "logging_dir": "drop it",
+}
+
+
+def _check_training_overrides(overrides: dict[str, Any]) -> None:
+    """One line for a removed or unknown argument and for values the Trainer would accept
+    silently (a negative epoch count trains nothing; a NaN learning rate trains NaNs)."""
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in overrides:
+        if key in REMOVED_ARGUMENTS:
+            raise LabkitError(f"{key} was removed in transformers 5; {REMOVED_ARGUMENTS[key]}")
+        if key not in fields:
+            raise LabkitError(
+                f"unknown training argument {key!r}; accepted: the fields of "
+                "transformers.TrainingArguments (num_train_epochs, learning_rate, ...)"
+            )
+    for key, low in (("num_train_epochs", "> 0"), ("learning_rate", ">= 0")):
+        v = overrides.get(key)
+        if v is None:
+            continue
+        number = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if not number or not math.isfinite(v) or (v <= 0 if low == "> 0" else v < 0):
+            raise LabkitError(f"{key} must be a finite number {low}, got {v!r}")
 
 
 @dataclass
@@ -128,6 +174,8 @@ def train(
     ``args`` override :func:`training_arguments` (``num_train_epochs``, ``learning_rate``...).
     """
     rows = datasets.load_chat("train") if rows is None else rows
+    if not isinstance(rows, str) and hasattr(rows, "__len__") and len(rows) == 0:
+        raise LabkitError("rows is empty; accepted: a non-empty list of chat rows (or None)")
     if eval_rows is not None:
         args.setdefault("eval_strategy", "epoch")
     trainer = Trainer(

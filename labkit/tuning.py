@@ -64,7 +64,9 @@ TARGET_MODULES = ["query", "value"]
 LEARNING_RATE = (1e-5, 1e-2)
 SEED_RANGE = (1, 40)
 BATCH_SIZES = [8, 16, 32]
-OPTIMIZERS = ["sgd", "adamw_torch"]
+#: The Trainer ``optim`` names the search tries (not :data:`labkit.memory.OPTIMIZERS`, the
+#: optimizers whose state the estimator sizes).
+TRAINER_OPTIMS = ["sgd", "adamw_torch"]
 LORA_RANKS = [4, 8, 16]
 LORA_ALPHAS = [8, 16, 32]
 NOTE_KEY = "labkit_note"
@@ -152,7 +154,7 @@ def hp_space(trial, max_epochs: int = 5) -> dict[str, Any]:
         "per_device_train_batch_size": trial.suggest_categorical(
             "per_device_train_batch_size", BATCH_SIZES
         ),
-        "optim": trial.suggest_categorical("optim", OPTIMIZERS),
+        "optim": trial.suggest_categorical("optim", TRAINER_OPTIMS),
     }
 
 

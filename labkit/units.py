@@ -9,6 +9,7 @@ Pure Python (no torch): :mod:`labkit.architecture`, :mod:`labkit.activations`,
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,10 +33,13 @@ DTYPE_NAMES |= {"fp16": "fp16", "float16": "fp16", "int8": "int8"}
 
 
 def positive(name: str, value: Any) -> int:
-    """``value`` if it is a positive integer, else a one-line error naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    """``value`` as an ``int`` if it is a positive integer (a numpy integer from a sweep too),
+    else a one-line error naming ``name``. Bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise LabkitError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    if value <= 0:
+        raise LabkitError(f"{name} must be a positive integer, got {int(value)}")
+    return int(value)
 
 
 def choice(what: str, value: Any, accepted: Iterable[Any]) -> Any:
@@ -60,6 +64,13 @@ def quantized_bytes(
     per block plus one fp32 constant per ``dq_blocksize`` blocks:
     4 + 8/64 + 32/(64·256) = 4.127 bits per NF4 weight.
     """
+    if isinstance(numel, bool) or not isinstance(numel, numbers.Integral) or numel < 0:
+        shown = int(numel) if isinstance(numel, numbers.Integral) else repr(numel)
+        raise LabkitError(f"number of weights must be an integer >= 0, got {shown}")
+    for name, value in (("bits", bits), ("blocksize", blocksize)):
+        positive(name, value)
+    for name, value in (("dq_blocksize", dq_blocksize), ("absmax_bits", absmax_bits)):
+        positive(name, value)
     blocks = math.ceil(numel / blocksize)
     codes = numel * bits / 8
     if not double_quant:

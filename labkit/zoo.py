@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -265,8 +266,10 @@ def _load_error(what: str, where: str, text: str, err: Exception) -> LabkitError
     )
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    """The JSON object in a config file, or one clear line saying what is wrong with it."""
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in a config file, or one clear line saying what is wrong with it (not
+    text, not JSON, not an object, no ``model_type``)."""
+    path = Path(path)
     shown = _shown(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -291,13 +294,14 @@ def load_config(name: str | os.PathLike[str]) -> PretrainedConfig:
     path = Path(str(name).strip()).expanduser()
     local = path if path.is_file() else Path(where) / "config.json"
     if local.is_file():
-        data = _read_config_file(local)
+        data = read_config_file(local)
         try:
             return AutoConfig.from_pretrained(str(local))
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as err:
+            # transformers' config validation wraps its ValueError: show the cause
             raise LabkitError(
                 f"{_shown(local)}: cannot make a config of model_type {data['model_type']!r} "
-                f"({_first_line(err)}); give a transformers config.json"
+                f"({_first_line(err.__cause__ or err)}); give a transformers config.json"
             ) from None
     try:
         return AutoConfig.from_pretrained(where)

@@ -286,7 +286,6 @@ ROWS = [
         lambda c: cli("course", str(write(c.tmp / "bad.ipynb", "{not a notebook"))),
         "bad.ipynb",
         "not a notebook",
-        marks=fix_in("course"),
     ),
     row(
         "E5",
@@ -300,33 +299,28 @@ ROWS = [
         lambda c: cli("estimate", "llama-3.1-8b", "--lora-targets", "foo", "--lora-r", "64"),
         "--lora-targets",
         "--method lora",
-        marks=fix_in("memory_cli"),
     ),
     row(
         "E14+",
         lambda c: cli("estimate", "llama-3.1-8b", "--dtype", "nf4"),
         "--dtype",
         "--mode infer",
-        marks=fix_in("memory_cli"),
     ),
     row(
         "E9",
         lambda c: cli("estimate", "gpt2", "--seq", "100000"),
         "100000",
         "1024",
-        marks=fix_in("memory (shape_of positions) / memory_cli"),
     ),
     row(
         "E26cli",
         lambda c: cli("estimate", str(write(c.tmp / "list.json", "[1]"))),
         "holds a JSON list",
-        marks=fix_in("memory_cli (_load: use zoo.load_config)"),
     ),
     row(
         "E33cli",
         lambda c: cli("estimate", str(write(c.tmp / "b.json", b"\xff\xfe"))),
         "not a text file",
-        marks=fix_in("memory_cli (_load: use zoo.load_config)"),
     ),
     row(
         "E32cli",
@@ -460,7 +454,6 @@ ROWS = [
             ),
         ),
         "LABKIT_THREADS",
-        marks=fix_in("hardware"),
     ),
     row(
         "TU20",
@@ -480,7 +473,6 @@ ROWS = [
         ),
         "LABKIT_THREADS",
         "'two'",
-        marks=fix_in("hardware"),
     ),
     row(
         "T1", lambda c: __import__("labkit.tuning").tuning.open_storage(None), "not a database URL"
@@ -506,14 +498,12 @@ ROWS = [
         "M2",
         lambda c: mem().training_memory("llama-3.1-8b", seq=np.int64(0)),
         "sequence length must be a positive integer, got 0",
-        marks=fix_in("memory (accept numbers.Integral, show int(value))"),
     ),
     row(
         "M9+",
         lambda c: mem().training_memory("gpt2", seq=4096),
         "4096",
         "1024",
-        marks=fix_in("memory (seq > max positions)"),
     ),
     row(
         "M11",
@@ -521,15 +511,13 @@ ROWS = [
         "unknown",
         "nf4",
         "fp16",
-        marks=fix_in("memory"),
     ),
-    row("M12", lambda c: mem().nf4_bytes(-1000), "-1000", marks=fix_in("memory")),
-    row("M13", lambda c: mem().nf4_bytes(4096, blocksize=0), "blocksize", marks=fix_in("memory")),
+    row("M12", lambda c: mem().nf4_bytes(-1000), "-1000"),
+    row("M13", lambda c: mem().nf4_bytes(4096, blocksize=0), "blocksize"),
     row(
         "M15",
         lambda c: mem().training_days(7e9, 1e12, 8, float("nan")),
         "nan",
-        marks=fix_in("memory"),
     ),
     # --- quant ----------------------------------------------------------------------------------
     row("Q2", lambda c: q().absmax_quantize(torch.tensor([1.0, float("nan")])), "NaN or inf"),
@@ -539,7 +527,6 @@ ROWS = [
         lambda c: q().absmax_quantize(x8(), bits=np.int64(1)),
         "bits",
         "got 1",
-        marks=fix_in("quant (numbers.Integral)"),
     ),
     row(
         "Q12",
@@ -548,7 +535,6 @@ ROWS = [
         ),
         "scale",
         "shape",
-        marks=fix_in("quant"),
     ),
     row(
         "Q13",
@@ -557,9 +543,8 @@ ROWS = [
         ),
         "scale",
         "shape",
-        marks=fix_in("quant"),
     ),
-    row("Q21", lambda c: q().quant_error(x8(), [1, 2]), "tensor", marks=fix_in("quant")),
+    row("Q21", lambda c: q().quant_error(x8(), [1, 2]), "tensor"),
     row(
         "Q24",
         lambda c: q().int8_matmul(
@@ -568,30 +553,24 @@ ROWS = [
         "8",
         "5",
         "inner",
-        marks=fix_in("quant"),
     ),
     row(
         "Q25",
         lambda c: q().llm_int8_linear(x8(), torch.randn(3, 6)),
         "8 features",
         "6",
-        marks=fix_in("quant"),
     ),
-    row(
-        "Q27", lambda c: q().bits_per_parameter(bits=0, blocksize=0), "bits", marks=fix_in("quant")
-    ),
-    row("Q28", lambda c: q().bits_per_parameter(bits=-4), "bits", marks=fix_in("quant")),
+    row("Q27", lambda c: q().bits_per_parameter(bits=0, blocksize=0), "bits"),
+    row("Q28", lambda c: q().bits_per_parameter(bits=-4), "bits"),
     row(
         "Q37",
         lambda c: q().nf4_dequantize(torch.rand(32), torch.ones(1), (64,)),
         "uint8",
-        marks=fix_in("quant"),
     ),
     row(
         "Q+inf",
         lambda c: q().quant_error(x8(), torch.full((4, 8), float("inf"))),
         "inf",
-        marks=fix_in("quant"),
     ),
     # --- precision --------------------------------------------------------------------------------
     row(
@@ -604,14 +583,12 @@ ROWS = [
         lambda c: __import__("labkit.precision").precision.decode("abc", "bf16"),
         "'abc'",
         "number",
-        marks=fix_in("precision"),
     ),
     row(
         "P5",
         lambda c: __import__("labkit.precision").precision.encode(0, 127.9, 0, "bf16"),
         "127.9",
         "integer",
-        marks=fix_in("precision"),
     ),
     # --- peft -------------------------------------------------------------------------------------
     row("F8", lambda c: lp().make_config("lora-x"), "unknown PEFT method 'lora-x'"),
@@ -620,14 +597,12 @@ ROWS = [
         lambda c: lp().count_trainable(lp().make_config("lora", r=0), "zoo-llama"),
         "r",
         "positive",
-        marks=fix_in("peft (make_config/count_trainable: r >= 1)"),
     ),
     row(
         "F21",
         lambda c: lp().count_trainable(lp().make_config("lora", r=-4), "zoo-llama"),
         "r",
         "positive",
-        marks=fix_in("peft"),
     ),
     row(
         "F5",
@@ -635,40 +610,34 @@ ROWS = [
             lp().make_config("prompt", num_virtual_tokens=-3), "zoo-llama"
         ),
         "num_virtual_tokens",
-        marks=fix_in("peft"),
     ),
     row(
         "F22",
         lambda c: lp().make_config("prompt", num_virtual_tokens=0),
         "num_virtual_tokens",
-        marks=fix_in("peft"),
     ),
-    row("F7", lambda c: lp().make_config("lora", foo=1), "foo", "accepted", marks=fix_in("peft")),
+    row("F7", lambda c: lp().make_config("lora", foo=1), "foo", "accepted"),
     row(
         "F13",
         lambda c: lp().attach("tiny-llama", "lora", target_modules=["foo"]),
         "matches no module",
-        marks=fix_in("peft (attach: check with lora_targets first)"),
     ),
     row(
         "F15",
         lambda c: lp().attach("tiny-llama", "lora", r=0),
         "r",
         "positive",
-        marks=fix_in("peft"),
     ),
     row(
         "F18",
         lambda c: lp().attach("tiny-llama", "lora", lora_dropout=1.5),
         "lora_dropout",
-        marks=fix_in("peft"),
     ),
     row(
         "F+r-huge",
         lambda c: lp().count_trainable(lp().make_config("lora", r=10**6), "zoo-llama"),
         "rank",
         "larger",
-        marks=fix_in("peft (r > min(in, out) of every target)"),
     ),
     # --- measure / training / evaluation / datasets ---------------------------------------------
     row(
@@ -683,7 +652,6 @@ ROWS = [
         ),
         "input_ids",
         "integer",
-        marks=fix_in("measure"),
     ),
     row(
         "X4",
@@ -692,7 +660,6 @@ ROWS = [
         ),
         "5000",
         "vocab",
-        marks=fix_in("measure"),
     ),
     row(
         "X4+seq",
@@ -701,7 +668,6 @@ ROWS = [
         ),
         "300",
         "256",
-        marks=fix_in("measure (sequence longer than GPT-2's learned n_positions)"),
     ),
     row(
         "R1",
@@ -717,14 +683,12 @@ ROWS = [
         ),
         "response",
         "row 0",
-        marks=fix_in("training"),
     ),
     row(
         "R7",
         lambda c: __import__("labkit.training").training.train(*tiny(), rows=[]),
         "rows",
         "empty",
-        marks=fix_in("training"),
     ),
     row(
         "R9",
@@ -733,7 +697,6 @@ ROWS = [
         ),
         "evaluation_strategy",
         "eval_strategy",
-        marks=fix_in("training"),
     ),
     row(
         "R10",
@@ -741,7 +704,6 @@ ROWS = [
             *tiny(), rows=[{"prompt": "a", "response": "b"}], num_train_epochs=-1
         ),
         "num_train_epochs",
-        marks=fix_in("training"),
     ),
     row(
         "R8",
@@ -750,7 +712,6 @@ ROWS = [
         ),
         "learning_rate",
         "nan",
-        marks=fix_in("training"),
     ),
     row(
         "V1",
@@ -763,13 +724,11 @@ ROWS = [
             *tiny(), "a whole text"
         ),
         "list of strings",
-        marks=fix_in("evaluation"),
     ),
     row(
         "V6",
         lambda c: __import__("labkit.evaluation").evaluation.causal_lm_loss(*tiny(), [None]),
         "list of strings",
-        marks=fix_in("evaluation"),
     ),
     row(
         "R5",
@@ -787,7 +746,6 @@ ROWS = [
         ),
         "chat/train.jsonl",
         "line 2",
-        marks=fix_in("datasets"),
     ),
 ]
 
@@ -806,13 +764,11 @@ def test_the_table_covers_at_least_sixty_cases():
     assert len(ROWS) >= 60 and len({r.id for r in ROWS}) == len(ROWS)
 
 
-@pytest.mark.xfail(strict=True, reason="fix in memory_cli after the arch merge")
 def test_gpus_needed_in_json_never_reads_as_needs_none():
     # nothing fits on 4096 x 80 GiB: 0 would read as "needs no GPU"
     assert estimate_json("llama-3.1-8b", "--batch", "1000000000000")["gpus_needed"] != 0
 
 
-@pytest.mark.xfail(strict=True, reason="fix in memory and quant after the arch merge")
 def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit import memory, quant
 
