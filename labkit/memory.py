@@ -93,8 +93,8 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
             total += n + 4 * quantized[name]
         elif dtype == "nf4" and name in quantized:
             total += nf4_bytes(n, double_quant)
-        else:
-            total += n * DTYPE_BYTES.get(dtype, 2)
+        else:  # unquantized tensors: the dtype itself, or 16-bit beside int8/nf4 linears
+            total += n * (2 if dtype in {"int8", "nf4"} else DTYPE_BYTES[dtype])
     return int(math.ceil(total))
 
 

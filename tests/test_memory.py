@@ -23,6 +23,18 @@ def test_weight_bytes_by_dtype_and_nf4_bits():
     assert memory.weight_bytes("llama-2-7b", "nf4") < memory.weight_bytes("llama-2-7b", "int8")
 
 
+def test_int8_keeps_embeddings_head_and_norms_in_16_bit():
+    """LLM.int8 quantizes the block linears (1 byte each + one fp32 scale per output row); the
+    embeddings, the output head and the norms stay 16-bit, as bitsandbytes leaves them."""
+    linears = {f"{m.name}.weight": m for m in architecture.block_linears("llama-2-7b")}
+    want = 0
+    for name, shape in architecture.param_shapes("llama-2-7b").items():
+        n = math.prod(shape)
+        want += n + 4 * linears[name].d_out if name in linears else 2 * n
+    assert memory.weight_bytes("llama-2-7b", "int8") == want
+    assert 6.9e9 < want < 7.1e9  # about 7.0 GB, not 6.74 (= 1 byte for every parameter)
+
+
 def test_training_bytes_per_param_follow_the_precision():
     kw = dict(batch=1, seq=8)
     fp32 = memory.training_memory("llama-2-7b", precision="fp32", **kw)
