@@ -32,12 +32,14 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import labkit
 from labkit import LabkitError
@@ -380,3 +382,28 @@ def cuda_peak(
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
     return out
+
+
+class _CallCounter(TorchDispatchMode):
+    """Counts every ATen operator dispatched below autograd (forward and backward alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operator_calls(fn: Callable[[], Any]) -> int:
+    """How many ATen operators ``fn()`` dispatches (forward and backward, views included).
+
+    A count of kernel launches' worth of fixed overhead, without ``torch.profiler`` (whose CPU
+    tracer writes dated lines to stderr in torch 2.13, which would land in stored outputs).
+    """
+    if not callable(fn):
+        raise LabkitError(f"operator_calls needs a function to call, got {type(fn).__name__}")
+    with _CallCounter() as counter:
+        fn()
+    return counter.calls

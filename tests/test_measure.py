@@ -330,3 +330,13 @@ def test_lora_on_a_bf16_base_under_autocast_exact(name, targets):
     assert est.activations + est.logits == got.total
     copies = est.weights - memory.weight_bytes(config, "bf16") - 4 * est.trainable_parameters
     assert copies == 2 * est.trainable_parameters >= got.param_copies > 0
+
+
+def test_operator_calls_counts_forward_and_backward():
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    fwd = measure.operator_calls(lambda: lin(x))
+    both = measure.operator_calls(lambda: lin(x).sum().backward())
+    assert 1 <= fwd < both
+    with pytest.raises(LabkitError, match="needs a function"):
+        measure.operator_calls(3)
