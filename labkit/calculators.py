@@ -598,7 +598,7 @@ def figure(**kwargs: Any):
 
     b, verdict = calculate(**kwargs)
     args = {**DEFAULTS, **kwargs}
-    fig, ax = plt.subplots(figsize=(8, 2.6))
+    fig, ax = plt.subplots(figsize=(8, 3.0))
     left = 0.0
     for part in PARTS:
         v = getattr(b, part) / GiB
@@ -614,7 +614,7 @@ def figure(**kwargs: Any):
         title=f"{args['model']}, {b.details.get('regime', '')}\n{verdict}",
     )
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.42))
     fig.tight_layout()
     return fig
 
