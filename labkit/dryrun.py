@@ -78,6 +78,12 @@ def fake_model(config: Any, *, attention: str = "sdpa", dtype: str = "fp32", pre
         model = architecture.build_causal_lm(config, attn_implementation=attention, dtype=td)
         if prepare is not None:
             model = prepare(model)
+    return to_fake(model)
+
+
+def to_fake(model: torch.nn.Module):
+    """Any model built on the meta device, with every parameter, buffer and tensor attribute
+    replaced by a fake CPU tensor (tied ones by one), in train mode; returns ``(model, mode)``."""
     mode = FakeTensorMode()
     made: dict[int, torch.Tensor] = {}
 

@@ -87,14 +87,12 @@ def disable_checkpointing(model: torch.nn.Module) -> None:
     transformers 5.24 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``; the
     old names still work but warn (removal planned for v6), so the new ones are called.
     """
-    if getattr(model, "is_activation_checkpointing", False):
-        model.activation_checkpointing_disable()
-    elif getattr(
-        model, "is_gradient_checkpointing", False
-    ):  # pragma: no cover - transformers < 5.24
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.gradient_checkpointing_disable()
+    on = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24 (and peft's
+    if on is None:  # pragma: no cover - older transformers    wrappers, which forward it)
+        on = getattr(model, "is_gradient_checkpointing", False)
+    if on:
+        new = getattr(model, "activation_checkpointing_disable", None)
+        (new or model.gradient_checkpointing_disable)()
 
 
 def storage_key(t: torch.Tensor) -> int:

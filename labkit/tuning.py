@@ -366,6 +366,93 @@ def pruning_callback(trial: optuna.Trial):
     return PruningCallback()
 
 
+PRUNED_REASON_KEY = "pruned_reason"
+
+
+def trial_footprint(
+    batch: int, lora_r: int, optim: str = "adamw_torch", max_length: int = 32
+) -> dict[str, int]:
+    """Estimated training memory of one trial in bytes (fp32, as the trials run): an explicit
+    estimate from the model built on the meta device, with a dry-run activation.
+
+    - ``weights``: every parameter of the peft model (MiniLM, LoRA on query/value, the pooler
+      and classifier with their trainable copies, ``modules_to_save``), 4 B each;
+    - ``gradients``: 4 B per trainable parameter;
+    - ``optimizer``: ``adamw_torch`` m and v (8 B per trainable parameter + a 4-byte step per
+      tensor, :func:`labkit.memory.optimizer_bytes`); the Trainer's ``sgd`` has no momentum, so
+      no state;
+    - ``activations``: a dry run (:func:`labkit.dryrun.to_fake`): one forward + loss of the
+      sequence classifier on fake CPU tensors of ``batch`` × ``max_length`` tokens (the longest
+      a padded batch can be), the bytes autograd saves for backward counted as
+      :func:`labkit.measure.saved_tensor_bytes` counts them (unique storages, parameters out).
+
+    Left out: the evaluation pass (no grad, batch 64) and allocator overheads.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from labkit import dryrun, measure, memory, zoo
+    from labkit.units import positive
+
+    positive("batch", batch)
+    positive("LoRA rank r", lora_r)
+    config = zoo.load_config(MODEL_ID)
+    config.num_labels = 2
+    with torch.device("meta"):
+        base = AutoModelForSequenceClassification.from_config(config)
+        lora = LoraConfig(
+            task_type="SEQ_CLS", r=lora_r, target_modules=TARGET_MODULES, modules_to_save=["pooler"]
+        )
+        model = get_peft_model(base, lora)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    model, mode = dryrun.to_fake(model)
+    saved: dict[int, int] = {}
+    with mode:
+        params = set(measure._storages(measure._param_tensors(model)))
+        weights = sum(measure._storages(measure._param_tensors(model)).values())
+
+        def pack(t):
+            key = measure.storage_key(t)
+            if key not in params:
+                saved[key] = t.untyped_storage().nbytes()
+            return t
+
+        ids = torch.randint(0, config.vocab_size, (batch, max_length))
+        labels = torch.zeros(batch, dtype=torch.long)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    n_train = sum(math.prod(s) for s in shapes.values())
+    opt = memory.optimizer_bytes(shapes, "adamw") if optim.startswith("adamw") else 0
+    out = {
+        "weights": weights,
+        "gradients": 4 * n_train,
+        "optimizer": opt,
+        "activations": sum(saved.values()),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def check_fits(trial: optuna.Trial, budget: Budget, gpu_memory: float) -> str | None:
+    """Why this trial would not fit in ``gpu_memory`` GiB (None when it fits), from
+    :func:`trial_footprint`; suggests the trial's parameters in :func:`objective`'s order, so
+    the values are the ones it will train with."""
+    r = trial.suggest_categorical("lora_r", LORA_RANKS)
+    trial.suggest_categorical("lora_alpha", LORA_ALPHAS)
+    suggest_seed(trial)
+    params = hp_space(trial, max_epochs=budget.max_epochs)
+    batch = params["per_device_train_batch_size"]
+    need = trial_footprint(batch, r, params["optim"], budget.max_length)["total"]
+    trial.set_user_attr("estimated_bytes", need)
+    if need <= gpu_memory * 2**30:
+        return None
+    return (
+        f"estimated {need / 2**20:.1f} MiB (batch {batch}, r {r}, {params['optim']}) > "
+        f"--gpu-memory {gpu_memory:g} GiB; not trained"
+    )
+
+
 def objective(trial: optuna.Trial, data: TuningData) -> float:
     """One trial: fresh model, the trial's arguments, train with per-epoch evals; final F1."""
     start = time.perf_counter()
@@ -684,6 +771,7 @@ def run_search(
     budget: str | Budget = "fast",
     progress: bool = False,
     log: Callable[[str], None] = print,
+    gpu_memory: float | None = None,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``n_trials`` COMPLETE trials.
 
@@ -691,8 +779,16 @@ def run_search(
     may run it on one study at once (see the module docstring: heartbeat, per-trial seeds,
     exactly N). The study remembers its budget and seed; resuming with different ones is
     refused. Every option is validated before the storage is opened. ``timeout`` (seconds) stops
-    starting new trials, as in ``study.optimize``.
+    starting new trials, as in ``study.optimize``. ``gpu_memory`` (GiB): before training, a
+    trial whose :func:`trial_footprint` exceeds it is PRUNED with the reason in its user
+    attribute ``pruned_reason`` (not trained, not counted toward ``n_trials``).
     """
+    if gpu_memory is not None and (
+        isinstance(gpu_memory, bool)
+        or not isinstance(gpu_memory, numbers.Real)
+        or not gpu_memory > 0
+    ):
+        raise LabkitError(f"GPU memory must be a number of GiB > 0, got {gpu_memory!r}")
     b, rdb = check_request(storage, study_name, n_trials, timeout, budget, seed=seed)
     seed, n_trials = int(seed), int(n_trials)  # numpy integers are stored as plain ints
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -732,6 +828,11 @@ def run_search(
             study.stop()
             raise optuna.TrialPruned(SURPLUS_NOTE)
         study.sampler = trial_sampler(seed, trial.number)
+        if gpu_memory is not None:
+            reason = check_fits(trial, b, float(gpu_memory))
+            if reason is not None:
+                trial.set_user_attr(PRUNED_REASON_KEY, reason)
+                raise optuna.TrialPruned(reason)
         return objective(trial, data)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -745,6 +846,10 @@ def run_search(
             )
         elif trial.user_attrs.get(NOTE_KEY) == SURPLUS_NOTE:
             say(f"trial {trial.number} {SURPLUS_NOTE}")
+        elif PRUNED_REASON_KEY in trial.user_attrs:
+            say(
+                f"trial {trial.number} PRUNED before training: {trial.user_attrs[PRUNED_REASON_KEY]}"
+            )
         else:
             step = max(trial.intermediate_values, default=0)
             say(f"trial {trial.number} {trial.state.name} after epoch {step}  {seconds:.1f} s")
@@ -813,7 +918,15 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed, 0..2**32-1 (default 0)")
     parser.add_argument("--budget", default="fast", choices=list(BUDGETS), help="default fast")
+    parser.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GIB",
+        help="prune, before training, trials whose estimated memory exceeds GIB",
+    )
     args = parser.parse_args(argv)
+    if args.gpu_memory is not None and not args.gpu_memory > 0:
+        raise LabkitError(f"--gpu-memory must be a number of GiB > 0, got {args.gpu_memory}")
     check_request(
         args.storage, args.study_name, args.n_trials, args.timeout, args.budget, seed=args.seed
     )
@@ -833,6 +946,7 @@ def cli_main(argv: list[str]) -> int:
             seed=args.seed,
             budget=args.budget,
             progress=True,
+            gpu_memory=args.gpu_memory,
         )
     except KeyboardInterrupt:
         done = _stored_complete(args.storage, args.study_name)

@@ -279,3 +279,51 @@ def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
     for number in running:
         assert after[number].state == TrialState.FAIL
     assert "marked FAIL on resume" in out and "best trial: #" in out
+
+
+def test_trial_footprint_dry_run_equals_a_real_forward():
+    import torch
+
+    from labkit import measure
+
+    fp = tuning.trial_footprint(4, 8, "adamw_torch", max_length=16)
+    model = tuning.build_model(8, 16, 1).train()
+    params = set(measure._storages(measure._param_tensors(model)))
+    saved = {}
+
+    def pack(t):
+        if measure.storage_key(t) not in params:
+            saved[measure.storage_key(t)] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, 1000, (4, 16))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros(4).long())
+    states = measure.state_bytes(model)
+    assert fp["activations"] == sum(saved.values())
+    assert fp["weights"] == states.weights and fp["gradients"] == 4 * states.trainable_parameters
+    sgd = tuning.trial_footprint(4, 8, "sgd", max_length=16)
+    assert sgd["optimizer"] == 0 < fp["optimizer"]
+
+
+def test_gpu_memory_prunes_trials_that_do_not_fit_before_training(tmp_path):
+    small = max(tuning.trial_footprint(8, r, "adamw_torch")["total"] for r in tuning.LORA_RANKS)
+    large = min(tuning.trial_footprint(16, r, "sgd")["total"] for r in tuning.LORA_RANKS)
+    assert small < large
+    gib = (small + large) / 2 / 2**30
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    result = tuning.run_search(
+        url, "g", 1, seed=2, budget="smoke", gpu_memory=gib, log=lambda _: None
+    )  # seed 2: trial 0 draws batch 32, trial 1 batch 8
+    trials = result.study.trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(complete) == 1 and complete[0].params["per_device_train_batch_size"] == 8
+    assert "train_steps" in complete[0].user_attrs  # it trained
+    assert pruned, "seed 2 draws batch 32 first"
+    for t in pruned:
+        assert t.params["per_device_train_batch_size"] > 8
+        assert "--gpu-memory" in t.user_attrs[tuning.PRUNED_REASON_KEY]
+        assert "train_steps" not in t.user_attrs  # never trained
+    with pytest.raises(LabkitError, match="GPU memory"):
+        tuning.run_search(url, "g", 1, budget="smoke", gpu_memory=0)
