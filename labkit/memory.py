@@ -413,6 +413,8 @@ def regime(
     if method in {"full", "frozen"}:
         return f"{compute} with fp32 master weights" if mixed else compute
     adapters = "fp32" if precision == "fp32" else adapter_dtype
+    if precision in {"bf16", "fp16"}:  # "pure" would be wrong: the adapters keep their dtype
+        compute = f"{precision} compute, no autocast"
     if method == "qlora":
         return f"QLoRA: NF4 base + {adapters} adapters, {compute}"
     base = base_dtype or ("fp32" if precision == "fp32" or mixed else "bf16")
