@@ -17,6 +17,9 @@ memory estimator (:mod:`labkit.memory`) and the PEFT counts (:mod:`labkit.peft_m
 
 A new formula family (say Gemma) is one ``_gemma(shape)`` builder in :data:`_BUILDERS` plus its
 fields in :func:`shape_of`; the meta path already covers it, and the formula == meta test checks it.
+
+It is one module of about 600 lines because the formula families and the meta-device path must
+produce the same table; keeping them together keeps them equal.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ thumb, each gap split into named components; and the memory calculator to play w
   (deepspeed is not a dependency of the course);
 - :func:`calculate`, :func:`figure`, :func:`widget`: the calculator (model, method, regime,
   batch, sequence, checkpointing, GPUs, ZeRO stage, GPU memory → breakdown and verdict).
+
+It is one module of about 650 lines because every tool's figure and its named gaps must be computed
+side by side for the check that they add up to labkit's total.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ What is exact and what is a model of reality:
   SDPA);
 - ``transient`` (logits held by the model output and the loss gradient during backward) and the
   CUDA allocator are only checked on a GPU (scripts/gpu_validate_memory.py).
+
+It is one module of about 650 lines because it holds every total a learner reads in notebook 01
+(training, inference, sharding, time, rules of thumb); the counting lives in architecture and
+activations.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ scale per column ``axis=0``, groups of 128 along each row ``axis=-1, group_size=
 It is one module of about 750 lines because notebooks 05-07 teach one progression (integer
 quantization, 4-bit codebooks, quantized layers and SmoothQuant) in which each part reuses the
 quantizers before it; a learner finds all of it under one name, in the order it is taught.
+
+It is one module of about 800 lines because each scheme (absmax, zero-point, groups, NF4, LLM.int8,
+SmoothQuant) is a few reference functions that the layers and notebooks 05-07 use together; each
+part is short.
 """
 
 from __future__ import annotations

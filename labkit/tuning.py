@@ -33,6 +33,10 @@ every call and counts pruned ones, it accepts no Optuna callbacks (so no
 ``MaxTrialsCallback``), it reports intermediate values at ``global_step`` (not comparable across
 batch sizes, so the median pruner rarely fires), and it seeds ``model_init`` with the *previous*
 trial's ``args.seed``. :func:`model_init` suggests the seed itself, so it is right in both paths.
+
+It is one module of about 1,000 lines because the search, its resume and worker rules, the CLI and
+the fault handling share one study's state; splitting them would spread one set of rules over
+several files.
 """
 
 from __future__ import annotations
