@@ -236,7 +236,9 @@ def dry_run_measure(job: Job) -> dict[str, int]:
     weights_dtype = job.base_dtype or ("fp32" if mixed or job.precision == "fp32" else act)
 
     def prepare(m):
-        return dryrun._apply_method(m, config, job.method, 8, "default", "fp32", 0)
+        return dryrun._apply_method(
+            m, config, job.method, r=8, targets="default", adapter_dtype="fp32", k=0
+        )
 
     model, mode = dryrun.fake_model(config, dtype=weights_dtype, prepare=prepare)
     with mode:

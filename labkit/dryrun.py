@@ -109,7 +109,7 @@ def to_fake(model: torch.nn.Module):
     return model.train(), mode
 
 
-def _apply_method(model, config, method: str, r: int, targets: Any, adapter_dtype: str, k: int):
+def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_dtype: str, k: int):
     """Freeze / add LoRA adapters as :func:`labkit.architecture.trainable_shapes` counts them."""
     if method == "frozen":
         keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=k))
@@ -211,7 +211,13 @@ def training_activations(
 
     def prepare(model):
         return _apply_method(
-            model, config, method, lora_r, lora_targets, adapter_dtype, frozen_layers
+            model,
+            config,
+            method,
+            r=lora_r,
+            targets=lora_targets,
+            adapter_dtype=adapter_dtype,
+            k=frozen_layers,
         )
 
     model, mode = fake_model(config, attention=attention, dtype=weights, prepare=prepare)

@@ -366,7 +366,15 @@ def train(
     model.eval()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     chat_em = probe.chat_exact_match(trainer.model) if probe.chat_limit != 0 else float("nan")
-    return Run(label, tracker.history, trainer, seconds, chat_em, best, losses)
+    return Run(
+        label=label,
+        history=tracker.history,
+        trainer=trainer,
+        seconds=seconds,
+        chat_em=chat_em,
+        best=best,
+        losses=losses,
+    )
 
 
 # --- the course's runs (notebook 16 and benchmarks/forgetting_seeds.py) ----------------------

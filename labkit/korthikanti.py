@@ -71,4 +71,13 @@ def compare(config, seq: int, dtype: str = "bf16", batch: int = 1) -> Comparison
         course[g] += b / (as2b if g == "quadratic" else sbh)
     formula = memory.rule_activations_korthikanti(s.layers, s.hidden, s.heads, seq, batch)
     outside = act.activations - s.layers * sum(items.values())
-    return Comparison(course, act.activations, formula, outside, items, sbh, as2b, s.layers)
+    return Comparison(
+        course=course,
+        course_bytes=act.activations,
+        formula_bytes=formula,
+        outside=outside,
+        items=items,
+        sbh=sbh,
+        as2b=as2b,
+        layers=s.layers,
+    )

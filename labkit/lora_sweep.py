@@ -75,7 +75,15 @@ def train_point(tok, r: int, alpha: int, seed: int = 0, limit: int | None = None
     scored = training.evaluate_chat(model, tok, "test", limit=limit)
     correct = [p == ref for p, ref in zip(scored["predictions"], scored["references"], strict=True)]
     val = training.chat_loss(model, tok, "validation")
-    return Point(int(r), alpha, seed, run.steps, list(run.losses), val, correct)
+    return Point(
+        r=int(r),
+        alpha=alpha,
+        seed=seed,
+        steps=run.steps,
+        losses=list(run.losses),
+        val_loss=val,
+        correct=correct,
+    )
 
 
 def update_size(

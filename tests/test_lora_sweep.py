@@ -34,7 +34,17 @@ def _record(tmp_path, **change):
 
 def test_spread_adds_the_notebook_seed_and_cuts_questions(tmp_path):
     record = lora_sweep.load_record(_record(tmp_path))
-    extra = [lora_sweep.Point(1, 2, 0, 4, [1.0], 0.1, [False, False, False, False])]
+    extra = [
+        lora_sweep.Point(
+            r=1,
+            alpha=2,
+            seed=0,
+            steps=4,
+            losses=[1.0],
+            val_loss=0.1,
+            correct=[False, False, False, False],
+        )
+    ]
     rows = lora_sweep.spread(record, extra=extra, limit=2)
     first = rows[0]
     assert (first["r"], first["alpha"], first["scale"]) == (1, 2, 2.0)
