@@ -460,13 +460,14 @@ def compare(job: Job | str) -> list[Row]:
             },
         )
     )
+    rule16 = (
+        "rule: 16 B/param (ZeRO's 2+2+12 = 8x fp16)",
+        memory.rule_training_mixed_adamw(P),
+        {"weights": 6, "gradients": 2, "optimizer": 8},
+    )
     if lora:
         rule_rows = [
-            (
-                "rule: 16 B/param (ZeRO's 2+2+12 = 8x fp16)",
-                memory.rule_training_mixed_adamw(P),
-                {"weights": 6, "gradients": 2, "optimizer": 8},
-            ),
+            rule16,
             (
                 "rule: LoRA = the 16-bit weights",
                 memory.rule_weights(P),
@@ -480,11 +481,7 @@ def compare(job: Job | str) -> list[Row]:
         }
     else:
         rule_rows = [
-            (
-                "rule: 16 B/param (ZeRO's 2+2+12 = 8x fp16)",
-                memory.rule_training_mixed_adamw(P),
-                {"weights": 6, "gradients": 2, "optimizer": 8},
-            ),
+            rule16,
             (
                 "rule: 12 B/param (2 + 2 + 8)",
                 memory.rule_training_12(P),
