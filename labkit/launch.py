@@ -1,9 +1,15 @@
 """Launch a multi-process PyTorch job from a notebook and read back one JSON report per rank.
 
 ``run("labkit.parallel", nproc=2, args=[...])`` starts ``torchrun`` (``python -m
-torch.distributed.run``) on a free localhost port, waits with a timeout, kills the whole process
-group if it hangs, and returns each rank's report (a dict the worker wrote with
-:func:`write_report`). A failed run raises one :class:`LabkitError` line with the exit code and the
+torch.distributed.run``) on a free localhost port, waits with a timeout, stops the launcher and
+every rank if it hangs, and returns each rank's report (a dict the worker wrote with
+:func:`write_report`).
+
+Stopping every rank needs more than killing torchrun's process group: torch's elastic agent
+starts each worker in a session of its own, so a rank outlives ``os.killpg`` on the launcher and
+keeps the output pipes open. Every process the launch starts therefore carries a unique
+:data:`LAUNCH_ID_ENV` in its environment (children inherit it), and :func:`stop_launch` freezes,
+then kills, every process that carries it, whether or not the ranks have started. A failed run raises one :class:`LabkitError` line with the exit code and the
 last line the job printed to stderr, never a silent non-zero exit.
 """
 
@@ -16,14 +22,20 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from labkit import REPO_ROOT, LabkitError
 from labkit.units import positive
 
 #: Environment variable through which the launcher tells each rank where to write its report.
 REPORT_DIR_ENV = "LABKIT_REPORT_DIR"
+#: Environment variable that marks every process of one launch (launcher, ranks, their children).
+LAUNCH_ID_ENV = "LABKIT_LAUNCH_ID"
 
 
 @dataclass(frozen=True)
@@ -68,13 +80,56 @@ def write_report(report: dict, rank: int) -> None:
     Path(folder, f"rank{rank}.json").write_text(json.dumps(report))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Kill the launcher and every rank (they share one process group) and reap them."""
+def processes_with(name: str, value: str) -> list[psutil.Process]:
+    """Every live process whose environment has ``name=value`` (zombies and others' aside)."""
+    found = []
+    for candidate in psutil.process_iter():
+        try:
+            if candidate.environ().get(name) == value and candidate.status() != "zombie":
+                found.append(candidate)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def stop_launch(launch_id: str, within: float = 10.0) -> None:
+    """Freeze, then kill, every process of one launch until none is left (or ``within`` s).
+
+    A frozen process cannot start another, so the set stops growing; a rank that was forking
+    when it was frozen shows up in the next pass and is frozen in turn.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = processes_with(LAUNCH_ID_ENV, launch_id)
+        if not alive:
+            return
+        for victim in alive:
+            try:
+                victim.suspend()
+            except psutil.Error:
+                pass
+        for victim in alive:
+            try:
+                victim.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=1)
+
+
+def _stop(proc: subprocess.Popen, launch_id: str) -> None:
+    """Kill the launcher and every rank of this launch, reap the launcher, close its pipes."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
-    proc.communicate()
+    stop_launch(launch_id)
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # a pipe still open: never wait for ever
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
+        proc.wait(timeout=10)
 
 
 def _last_line(text: str) -> str:
@@ -105,8 +160,8 @@ def run(
 
     One thread per process (``OMP_NUM_THREADS=1``) so N ranks do not fight over the cores;
     ``HF_HUB_OFFLINE=1`` so nothing waits on the network. ``port`` (default: a free one) is the
-    rendezvous port. A timeout, a failed rank or Ctrl-C stops every rank (the whole process
-    group) before the one-line error is raised, so nothing is left running.
+    rendezvous port. A timeout, a failed rank, Ctrl-C or any other exception stops the launcher
+    and every rank (started or not) before the error is raised, so nothing is left running.
     """
     if timeout <= 0:
         raise LabkitError(f"timeout must be positive seconds, got {timeout!r}")
@@ -115,10 +170,12 @@ def run(
             f"port {port} is in use on localhost; accepted: a free port, or None to pick one"
         )
     command = torchrun_command(module, nproc, list(args or []), port or free_port())
+    launch_id = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="labkit-launch-") as folder:
         env = {
             **os.environ,
             REPORT_DIR_ENV: folder,
+            LAUNCH_ID_ENV: launch_id,
             "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": os.pathsep.join(
@@ -132,21 +189,25 @@ def run(
             text=True,
             env=env,
             cwd=REPO_ROOT,
-            start_new_session=True,  # its own process group: a timeout kills every rank
+            start_new_session=True,  # Ctrl-C in a notebook reaches us, not torchrun directly
         )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            _stop(proc, launch_id)
             raise LabkitError(
                 f"{module} on {nproc} processes did not finish in {timeout:g} s; it was stopped "
                 "(raise timeout=, or make the job smaller)"
             ) from None
         except KeyboardInterrupt:
-            _stop(proc)
+            _stop(proc, launch_id)
             raise LabkitError(
                 f"{module} on {nproc} processes was interrupted; every rank was stopped"
             ) from None
+        except BaseException:  # e.g. a test's own timeout: stop every rank, then re-raise
+            _stop(proc, launch_id)
+            raise
+        stop_launch(launch_id)  # a rank torchrun failed to reap must not outlive the job
         if proc.returncode != 0:
             raise LabkitError(
                 f"{module} on {nproc} processes exited with code {proc.returncode}: "

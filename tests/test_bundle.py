@@ -62,6 +62,7 @@ def test_bundle_installs_with_no_index_into_a_fresh_venv(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        timeout=120,
     ).stdout.strip()
     Path(purelib, "bundle_test_deps.pth").write_text(f"{_overlay(tmp_path / 'deps')}\n")
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PIP_FIND_LINKS"}}
@@ -77,6 +78,7 @@ def test_bundle_installs_with_no_index_into_a_fresh_venv(tmp_path):
         env=env,
         cwd=tmp_path,
         check=True,
+        timeout=120,
     ).stdout.strip()
     assert Path(where) == course  # labkit comes from the unpacked bundle, not this checkout
     zoo = subprocess.run(

@@ -11,6 +11,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from labkit import REPO_ROOT, tuning
@@ -25,8 +26,27 @@ ENV = {
 }
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running():
+    """A failed or timed-out test must not leave its ``tune`` processes running."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
 def _start(url: str, name: str, n: int) -> subprocess.Popen:
     argv = ["--storage", url, "--study-name", name, "--n-trials", str(n), "--budget", "smoke"]
+    STARTED.append(_popen(argv))
+    return STARTED[-1]
+
+
+def _popen(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         CLI + argv,
         cwd=REPO_ROOT,

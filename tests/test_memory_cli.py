@@ -96,6 +96,7 @@ def test_module_entry_point_exit_status():
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 

@@ -2,6 +2,7 @@
 and losses against one process and the textbook; launcher failures as one line."""
 
 import tempfile
+import uuid
 
 import pytest
 import yaml
@@ -116,19 +117,26 @@ def test_selfcheck_15(capsys):
     assert str(int(1.5 * grads)) not in capsys.readouterr().out
 
 
-def _ranks_running() -> list[str]:
-    import subprocess as sp
+@pytest.fixture
+def mark(monkeypatch):
+    """A unique value every process of a launch inherits, to find survivors by."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv("LABKIT_TEST_MARK", value)
+    yield value
+    for proc in launch.processes_with("LABKIT_TEST_MARK", value):
+        proc.kill()
 
-    out = sp.run(["pgrep", "-af", "labkit[.]parallel"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "pgrep" not in ln]
+
+def _ranks_running(mark: str) -> list:
+    return launch.processes_with("LABKIT_TEST_MARK", mark)
 
 
-def test_failures_leave_no_process_and_say_one_line():
+def test_failures_leave_no_process_and_say_one_line(mark):
     import socket
 
     with pytest.raises(LabkitError, match="did not finish in 1 s"):
         launch.run("labkit.parallel", 2, ["--model", "tiny-llama"], timeout=1)
-    assert _ranks_running() == []
+    assert _ranks_running(mark) == []
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -137,13 +145,13 @@ def test_failures_leave_no_process_and_say_one_line():
             launch.run("labkit.parallel", 2, port=taken)
 
 
-def test_ctrl_c_stops_every_rank(monkeypatch):
+def test_ctrl_c_stops_every_rank(monkeypatch, mark):
     import subprocess as sp
 
     real = sp.Popen.communicate
 
     def interrupted(self, *args, **kwargs):
-        if kwargs.get("timeout"):
+        if kwargs.get("timeout") == 60:  # the launcher's wait, not the stop's own
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
@@ -151,4 +159,4 @@ def test_ctrl_c_stops_every_rank(monkeypatch):
     with pytest.raises(LabkitError, match="was interrupted; every rank was stopped"):
         launch.run("labkit.parallel", 2, ["--model", "tiny-llama"], timeout=60)
     monkeypatch.undo()
-    assert _ranks_running() == []
+    assert _ranks_running(mark) == []

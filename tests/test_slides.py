@@ -1,12 +1,11 @@
 """Slides: offline decks (no remote script/style/font), slide structure, speaker notes, times."""
 
 import hashlib
-import json
 
 import nbformat
 import pytest
 
-from labkit import REPO_ROOT, LabkitError, course, slides
+from labkit import LabkitError, course, slides
 
 NOTEBOOKS = course.course_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
@@ -182,7 +181,8 @@ def test_committed_notebook_has_its_slide_structure(path):
     )
 
 
-#: header, README map and measured report must agree within max(ABS, REL * value).
+#: the header and the README map (both written by `slides --structure --times`) agree within
+#: max(ABS, REL * value); no test compares them with a run on this machine, whose speed varies.
 TIME_TOLERANCE_S, TIME_TOLERANCE_REL = 15, 0.30
 
 
@@ -191,21 +191,12 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_header_readme_and_report_times_agree(path):
+def test_header_and_readme_times_agree(path):
     header = slides.header_seconds(nbformat.read(path, as_version=4))
     readme = slides.cpu_seconds(path.name)
     assert header is not None, f"{path.name}: no '~N s on a 2-core CPU' in the title cell"
     assert readme is not None, f"{path.name}: no row in the README's course map"
     assert _close(header, readme), f"{path.name}: header ~{header:.0f} s, README {readme:.0f} s"
-    report = REPO_ROOT / "build" / "course-report.json"
-    if report.is_file():  # after `make course`; refresh with `labkit slides --structure --times`
-        rows = {r["notebook"]: r for r in json.loads(report.read_text())["notebooks"]}
-        row = rows.get(path.name)
-        if row and row["status"] == "ok":
-            assert _close(row["seconds"], readme), (
-                f"{path.name}: measured {row['seconds']:.0f} s, README {readme:.0f} s; run "
-                "`python -m labkit slides --structure --times build/course-report.json`"
-            )
 
 
 TEX = slides.re.compile(r"\$\$|\\\(|\\\[|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")

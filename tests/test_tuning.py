@@ -116,7 +116,10 @@ def test_fail_orphans_fails_only_trials_whose_process_is_gone(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     host = socket.gethostname()
     workers = {

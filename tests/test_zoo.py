@@ -204,7 +204,7 @@ def test_config_file_is_read_as_given_never_a_sibling(tmp_path):
 
 def test_cli_zoo_lists_and_cli_errors_are_one_line():
     run = [sys.executable, "-m", "labkit"]
-    ok = subprocess.run(run + ["zoo"], capture_output=True, text=True, cwd=REPO_ROOT)
+    ok = subprocess.run(run + ["zoo"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert ok.returncode == 0 and "sha256 ok" in ok.stdout
-    bad = subprocess.run(run + ["frobnicate"], capture_output=True, text=True, cwd=REPO_ROOT)
+    bad = subprocess.run(run + ["frobnicate"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
