@@ -39,6 +39,7 @@ test: lint nbval-copies
 lint: $(STAMP)
 	$(BIN)/ruff check labkit tests notebooks scripts benchmarks
 	$(BIN)/ruff format --check labkit tests notebooks scripts benchmarks
+	$(BIN)/lint-imports  # labkit's layers (pyproject.toml [tool.importlinter])
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests

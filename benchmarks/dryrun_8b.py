@@ -1,4 +1,4 @@
-"""Time the dry run (labkit.dryrun) of one training step of Llama-3.1-8B at sequence 4096.
+"""Time the dry run (labkit.memory.dryrun) of one training step of Llama-3.1-8B at sequence 4096.
 
 Target (issue 13): <= 10 s on the course's 2-core CPU machine. Writes benchmarks/dryrun_8b.json:
 the seconds of each case (build + fake step, median of ``--repeat``), the threads used and the
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from labkit import activations, dryrun
+from labkit.memory import activations, dryrun
 
 CASES = [  # (label, checkpointing, method)
     ("full, no checkpointing", False, "full"),

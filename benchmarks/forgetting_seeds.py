@@ -1,4 +1,4 @@
-"""Seed study of catastrophic forgetting (notebook 16): every run of labkit.forgetting.RUNS, seeds 0-2.
+"""Seed study of catastrophic forgetting (notebook 16): every run of labkit.training.forgetting.RUNS, seeds 0-2.
 
 Each run fine-tunes the zoo Llama on the chat task for ``forgetting.EPOCHS`` epochs and measures,
 before training and after every epoch, the task (chat validation loss) and what the model knew
@@ -18,7 +18,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from labkit import cli, forgetting, hardware, zoo
+from labkit import cli, hardware
+from labkit.models import zoo
+from labkit.training import forgetting
 
 RECORD = Path(__file__).with_name("forgetting_seeds.json")
 

@@ -4,7 +4,7 @@ Every configuration of :data:`GRID` trains with seeds 0, 1, 2 (the seed sets the
 and the data order) and is scored on all 84 held-out questions; the record keeps, per run, which
 questions were right (so a notebook can read the exact match on its own first-N subset), the final
 training loss, the validation loss and the steps. The record also stores the defaults it was made
-with (``labkit.peft_methods.DEFAULTS`` / ``TRAIN_ARGS``, the Trainer defaults of ``labkit.training``, the
+with (``labkit.tuners.peft_methods.DEFAULTS`` / ``TRAIN_ARGS``, the Trainer defaults of ``labkit.training.finetune``, the
 grid itself): ``tests/test_peft_seeds_record.py`` fails when any of them changed since, so the
 notebooks never read a stale record.
 
@@ -25,21 +25,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labkit import cli, seedstudy  # noqa: E402
+from labkit import cli  # noqa: E402
+from labkit.studies import peft_seeds  # noqa: E402
 
 RECORD = ROOT / "benchmarks" / "peft_seeds.json"
 
 
 def _run(study: str, method: str, args: dict, seed: int) -> dict:
     """One training run in a worker process (one torch thread), scored on all 84 questions."""
-    from labkit import hardware, training, zoo
-    from labkit import peft_methods as lp
+    from labkit import hardware
+    from labkit.models import zoo
+    from labkit.training import finetune
+    from labkit.tuners import peft_methods
 
     hardware.setup(threads=1)
     tok = zoo.load_tokenizer("zoo-llama")
-    model = lp.attach("zoo-llama", method, seed=seed)
-    result = training.train(model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **args)
-    ev = training.evaluate_chat(model, tok, "test")
+    model = peft_methods.attach("zoo-llama", method, seed=seed)
+    result = finetune.train(model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **args)
+    ev = finetune.evaluate_chat(model, tok, "test")
     correct = [
         int(p.strip() == r.strip())
         for p, r in zip(ev["predictions"], ev["references"], strict=True)
@@ -51,18 +54,20 @@ def _run(study: str, method: str, args: dict, seed: int) -> dict:
         "seed": seed,
         "correct": correct,
         "final_loss": result.losses[-1],
-        "val_loss": training.chat_loss(model, tok, "validation"),
+        "val_loss": finetune.chat_loss(model, tok, "validation"),
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
     }
 
 
 def _base_correct() -> list[int]:
-    from labkit import hardware, training, zoo
+    from labkit import hardware
+    from labkit.models import zoo
+    from labkit.training import finetune
 
     hardware.setup(threads=1)
     tok = zoo.load_tokenizer("zoo-llama")
-    ev = training.evaluate_chat(zoo.load_model("zoo-llama"), tok, "test")
+    ev = finetune.evaluate_chat(zoo.load_model("zoo-llama"), tok, "test")
     return [
         int(p.strip() == r.strip())
         for p, r in zip(ev["predictions"], ev["references"], strict=True)
@@ -73,15 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
-    parser.add_argument("--studies", default=",".join(seedstudy.studies()), help="comma list")
+    parser.add_argument("--studies", default=",".join(peft_seeds.studies()), help="comma list")
     parser.add_argument("--min-gain", type=float, default=0.3, help="required gain per seed")
     parser.add_argument("--out", default=str(RECORD), help="record to write")
     parser.add_argument("--resume", action="store_true", help="keep matching runs of --out")
     args = parser.parse_args(argv)
     studies = [s for s in args.studies.split(",") if s]
     for s in studies:
-        if s not in seedstudy.studies():
-            raise SystemExit(f"unknown study {s!r}; accepted: {', '.join(seedstudy.studies())}")
+        if s not in peft_seeds.studies():
+            raise SystemExit(f"unknown study {s!r}; accepted: {', '.join(peft_seeds.studies())}")
 
     from labkit import hardware
 
@@ -89,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         "complete": False,
         "date": time.strftime("%Y-%m-%d"),
         "env": hardware.env_report(),
-        "defaults": seedstudy.current_defaults(),
-        "grid": seedstudy.grid_as_json(),
+        "defaults": peft_seeds.current_defaults(),
+        "grid": peft_seeds.grid_as_json(),
         "seeds": list(range(args.seeds)),
         "base_correct": _base_correct(),
         "runs": [],
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [
         (study, method, cfg, seed)
         for study in studies
-        for method, cfg in seedstudy.GRID[study]
+        for method, cfg in peft_seeds.GRID[study]
         for seed in range(args.seeds)
     ]
     if args.resume and out.exists():
@@ -136,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     record["complete"] = True
     record["wall_seconds"] = round(time.perf_counter() - start)
     out.write_text(json.dumps(record, indent=1) + "\n")
-    print(seedstudy.markdown_table(record))
-    failed = seedstudy.defaults_below(record, args.min_gain)
+    print(peft_seeds.markdown_table(record))
+    failed = peft_seeds.defaults_below(record, args.min_gain)
     verdict = f"no ({', '.join(failed)})" if failed else "yes"
     print(
         f"\nevery course default improves exact match by >= {args.min_gain} on every seed: {verdict}"

@@ -15,19 +15,25 @@ from labkit import LabkitError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": (
-        "labkit.memory_cli:cli_main",
+        "labkit.fit.estimate_cli:cli_main",
         "estimate memory and time for training or inference",
     ),
-    "tune": ("labkit.tuning:cli_main", "hyperparameter search with Optuna (resumable)"),
+    "tune": ("labkit.training.tuning:cli_main", "hyperparameter search with Optuna (resumable)"),
     "course": (
-        "labkit.course:cli_main",
+        "labkit.course.runner:cli_main",
         "execute every notebook and write build/course-report.json",
     ),
-    "slides": ("labkit.slides:cli_main", "offline reveal.js decks; --structure: slide metadata"),
-    "bundle": ("labkit.bundle:cli_main", "offline install bundle: wheelhouse + repository"),
-    "build-zoo": ("labkit.pretrain:cli_main", "rebuild the offline zoo Llama from its corpus"),
-    "build-data": ("labkit.datasets:cli_main", "regenerate the course data sets in data/"),
-    "zoo": ("labkit.zoo:cli_main", "list the offline model zoo and verify its checksums"),
+    "slides": (
+        "labkit.course.slides:cli_main",
+        "offline reveal.js decks; --structure: slide metadata",
+    ),
+    "bundle": ("labkit.course.bundle:cli_main", "offline install bundle: wheelhouse + repository"),
+    "build-zoo": (
+        "labkit.course.build_zoo:cli_main",
+        "rebuild the offline zoo Llama from its corpus",
+    ),
+    "build-data": ("labkit.data.generator:cli_main", "regenerate the course data sets in data/"),
+    "zoo": ("labkit.models.zoo:cli_main", "list the offline model zoo and verify its checksums"),
     "env": ("labkit.hardware:cli_main", "print versions and hardware"),
 }
 

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from labkit import LabkitError
-from labkit.units import positive
+from labkit.checks import positive
 
 STACK = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna")
 
@@ -120,11 +120,11 @@ def quiet_logs() -> None:
 
 
 def setup(threads: int | None = None, seed: int = 0) -> torch.device:
-    """One call at the top of a notebook: quiet logs, threads, seed; returns the device."""
+    """Quiet logs, threads, seed; returns the device (notebooks call
+    :func:`labkit.course.session.setup`, which adds the notebook's NameError hint)."""
     quiet_logs()
     set_threads(threads)
     torch.manual_seed(seed)
-    __import__("labkit.cells").cells.install()  # NameError in a notebook: "run the cells above"
     return pick_device()
 
 

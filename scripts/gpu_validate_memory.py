@@ -1,4 +1,4 @@
-"""Validate labkit.memory's totals against torch.cuda.max_memory_allocated on one GPU.
+"""Validate labkit.memory.estimator's totals against torch.cuda.max_memory_allocated on one GPU.
 
     python scripts/gpu_validate_memory.py            # the full matrix, < 5 min on one H100
     python scripts/gpu_validate_memory.py --dry      # tiny configs on CPU: proves the script runs
@@ -19,8 +19,10 @@ import time
 
 import torch
 
-from labkit import LabkitError, architecture, hardware, measure, memory, zoo
+from labkit import LabkitError, hardware
 from labkit.cli import Parser
+from labkit.memory import estimator, measure
+from labkit.models import architecture, zoo
 
 SHAPES = {  # name -> (catalog config, layers kept)
     "llama-3.1-8b/4L": ("llama-3.1-8b", 4),
@@ -87,7 +89,7 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
     catalog, layers = shape
     model, config = build(catalog, layers, method, device, ckpt)
     precision = "bf16-mixed"
-    est = memory.training_memory(
+    est = estimator.training_memory(
         config,
         method=method,
         precision=precision,

@@ -1,6 +1,6 @@
 """A worker for tests/test_launch.py: mark that this rank started, then sleep (never finishes).
 
-Run by ``labkit.launch.run("tests.launch_sleeper", n, [folder])``: each rank writes
+Run by ``labkit.distributed.launch.run("tests.launch_sleeper", n, [folder])``: each rank writes
 ``folder/started-<rank>`` once Python is up, so the test knows how far start-up had got when the
 launch was stopped.
 """

@@ -10,7 +10,9 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from labkit import LabkitError, adapters, zoo
+from labkit import LabkitError
+from labkit.models import zoo
+from labkit.tuners import adapters
 
 ZOO_WEIGHTS = zoo.MODELS_DIR / "zoo-llama" / "model.safetensors"
 needs_zoo = pytest.mark.skipif(not ZOO_WEIGHTS.exists(), reason="zoo-llama is not built yet")
@@ -283,7 +285,7 @@ def test_bad_inputs_are_labkit_errors():
 
 @needs_zoo
 def test_generate_mixed_matches_one_adapter_at_a_time():
-    from labkit import training
+    from labkit.training import finetune
 
     tok = zoo.load_tokenizer("zoo-llama")
     model = lora("zoo-llama", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
@@ -296,7 +298,7 @@ def test_generate_mixed_matches_one_adapter_at_a_time():
     names = ["B", adapters.BASE]
     mixed = adapters.generate_mixed(model, tok, prompts, names, max_new_tokens=6)
     model.set_adapter("B")
-    alone_b = training.generate_answers(model, tok, prompts[:1], max_new_tokens=6)
+    alone_b = finetune.generate_answers(model, tok, prompts[:1], max_new_tokens=6)
     with model.disable_adapter():
-        alone_base = training.generate_answers(model, tok, prompts[1:], max_new_tokens=6)
+        alone_base = finetune.generate_answers(model, tok, prompts[1:], max_new_tokens=6)
     assert mixed == alone_b + alone_base

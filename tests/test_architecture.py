@@ -1,4 +1,4 @@
-"""labkit.architecture: the module/parameter table from a config, formula and meta path, against
+"""labkit.models.architecture: the module/parameter table from a config, formula and meta path, against
 real models; LoRA target matching; trainable parameters."""
 
 import pytest
@@ -6,7 +6,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from labkit import LabkitError, architecture, memory, zoo
+from labkit import LabkitError
+from labkit.memory import estimator
+from labkit.models import architecture, zoo
 
 ALL = zoo.catalog_names() + ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
 TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
@@ -42,7 +44,7 @@ def test_default_lora_targets_are_peft_s():
     assert architecture.lora_parameters("gpt2", 8, "default") == architecture.lora_parameters(
         "gpt2", 8, "c_attn"
     )
-    bloom = memory.training_memory("bloom-560m", method="lora", attention="eager")
+    bloom = estimator.training_memory("bloom-560m", method="lora", attention="eager")
     assert bloom.trainable_parameters == architecture.lora_parameters(
         "bloom-560m", 8, "query_key_value"
     )
@@ -206,7 +208,7 @@ def test_trainable_shapes_are_what_memory_trains():
         == 4_194_304
         == architecture.lora_parameters(s, 8, "q_proj,v_proj")
     )
-    est = memory.training_memory(s, method="lora", lora_targets="q_proj,v_proj")
+    est = estimator.training_memory(s, method="lora", lora_targets="q_proj,v_proj")
     assert est.trainable_parameters == 4_194_304
     with pytest.raises(LabkitError, match="unknown method"):
         architecture.trainable_shapes(s, "dora")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import io
 import json
 import shutil
@@ -27,8 +28,9 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import LabkitError, zoo
+from labkit import LabkitError
 from labkit import cli as labkit_cli
+from labkit.models import zoo
 
 
 @dataclass
@@ -92,21 +94,21 @@ def x8() -> torch.Tensor:
 
 
 def lp():
-    from labkit import peft_methods as peft
+    from labkit.tuners import peft_methods
 
-    return peft
+    return peft_methods
 
 
 def q():
-    from labkit import quant
+    from labkit.quant import quantize
 
-    return quant
+    return quantize
 
 
 def mem():
-    from labkit import memory
+    from labkit.memory import estimator
 
-    return memory
+    return estimator
 
 
 def fix_in(module: str):
@@ -475,17 +477,19 @@ ROWS = [
         "'two'",
     ),
     row(
-        "T1", lambda c: __import__("labkit.tuning").tuning.open_storage(None), "not a database URL"
+        "T1",
+        lambda c: importlib.import_module("labkit.training.tuning").open_storage(None),
+        "not a database URL",
     ),
     row(
         "T4",
-        lambda c: __import__("labkit.tuning").tuning.get_budget("huge"),
+        lambda c: importlib.import_module("labkit.training.tuning").get_budget("huge"),
         "unknown budget 'huge'",
         "smoke",
     ),
     row(
         "T8+",
-        lambda c: __import__("labkit.tuning").tuning.check_request(
+        lambda c: importlib.import_module("labkit.training.tuning").check_request(
             "sqlite:///x.db", "s", 3, None, "smoke", seed=np.int64(-3)
         ),
         "seed",
@@ -575,18 +579,18 @@ ROWS = [
     # --- precision --------------------------------------------------------------------------------
     row(
         "P4",
-        lambda c: __import__("labkit.precision").precision.encode(0, 300, 0, "bf16"),
+        lambda c: importlib.import_module("labkit.quant.formats").encode(0, 300, 0, "bf16"),
         "exponent field 300",
     ),
     row(
         "P3",
-        lambda c: __import__("labkit.precision").precision.decode("abc", "bf16"),
+        lambda c: importlib.import_module("labkit.quant.formats").decode("abc", "bf16"),
         "'abc'",
         "number",
     ),
     row(
         "P5",
-        lambda c: __import__("labkit.precision").precision.encode(0, 127.9, 0, "bf16"),
+        lambda c: importlib.import_module("labkit.quant.formats").encode(0, 127.9, 0, "bf16"),
         "127.9",
         "integer",
     ),
@@ -642,12 +646,14 @@ ROWS = [
     # --- measure / training / evaluation / datasets ---------------------------------------------
     row(
         "X1",
-        lambda c: __import__("labkit.measure").measure.make_optimizer(tiny()[0], "lion"),
+        lambda c: importlib.import_module("labkit.memory.measure").make_optimizer(
+            tiny()[0], "lion"
+        ),
         "unknown optimizer 'lion'",
     ),
     row(
         "X3",
-        lambda c: __import__("labkit.measure").measure.saved_tensor_bytes(
+        lambda c: importlib.import_module("labkit.memory.measure").saved_tensor_bytes(
             tiny()[0], torch.zeros(1, 8)
         ),
         "input_ids",
@@ -655,7 +661,7 @@ ROWS = [
     ),
     row(
         "X4",
-        lambda c: __import__("labkit.measure").measure.saved_tensor_bytes(
+        lambda c: importlib.import_module("labkit.memory.measure").saved_tensor_bytes(
             tiny()[0], torch.full((1, 8), 5000)
         ),
         "5000",
@@ -663,7 +669,7 @@ ROWS = [
     ),
     row(
         "X4+seq",
-        lambda c: __import__("labkit.measure").measure.saved_tensor_bytes(
+        lambda c: importlib.import_module("labkit.memory.measure").saved_tensor_bytes(
             zoo.load_model("tiny-gpt2"), torch.ones(1, 300, dtype=torch.long)
         ),
         "300",
@@ -671,14 +677,14 @@ ROWS = [
     ),
     row(
         "R1",
-        lambda c: __import__("labkit.training").training.chat_features(
+        lambda c: importlib.import_module("labkit.training.finetune").chat_features(
             tiny()[1], [{"prompt": "a", "response": "b"}], target="answer"
         ),
         "unknown target",
     ),
     row(
         "R2",
-        lambda c: __import__("labkit.training").training.chat_features(
+        lambda c: importlib.import_module("labkit.training.finetune").chat_features(
             tiny()[1], [{"prompt": "Human: hi\nAssistant:"}]
         ),
         "response",
@@ -686,13 +692,13 @@ ROWS = [
     ),
     row(
         "R7",
-        lambda c: __import__("labkit.training").training.train(*tiny(), rows=[]),
+        lambda c: importlib.import_module("labkit.training.finetune").train(*tiny(), rows=[]),
         "rows",
         "empty",
     ),
     row(
         "R9",
-        lambda c: __import__("labkit.training").training.train(
+        lambda c: importlib.import_module("labkit.training.finetune").train(
             *tiny(), rows=[{"prompt": "a", "response": "b"}], evaluation_strategy="epoch"
         ),
         "evaluation_strategy",
@@ -700,14 +706,14 @@ ROWS = [
     ),
     row(
         "R10",
-        lambda c: __import__("labkit.training").training.train(
+        lambda c: importlib.import_module("labkit.training.finetune").train(
             *tiny(), rows=[{"prompt": "a", "response": "b"}], num_train_epochs=-1
         ),
         "num_train_epochs",
     ),
     row(
         "R8",
-        lambda c: __import__("labkit.training").training.train(
+        lambda c: importlib.import_module("labkit.training.finetune").train(
             *tiny(), rows=[{"prompt": "a", "response": "b"}], learning_rate=float("nan")
         ),
         "learning_rate",
@@ -715,34 +721,36 @@ ROWS = [
     ),
     row(
         "V1",
-        lambda c: __import__("labkit.evaluation").evaluation.causal_lm_loss(*tiny(), []),
+        lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(*tiny(), []),
         "no texts",
     ),
     row(
         "V3",
-        lambda c: __import__("labkit.evaluation").evaluation.causal_lm_loss(
+        lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(
             *tiny(), "a whole text"
         ),
         "list of strings",
     ),
     row(
         "V6",
-        lambda c: __import__("labkit.evaluation").evaluation.causal_lm_loss(*tiny(), [None]),
+        lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(
+            *tiny(), [None]
+        ),
         "list of strings",
     ),
     row(
         "R5",
-        lambda c: __import__("labkit.datasets").datasets.load_chat("dev"),
+        lambda c: importlib.import_module("labkit.data.loaders").load_chat("dev"),
         "unknown split 'dev'",
     ),
     row(
         "K4",
         lambda c: (
-            c.mp.setattr(__import__("labkit.datasets").datasets, "DATA_DIR", c.tmp),
+            c.mp.setattr(importlib.import_module("labkit.data.loaders"), "DATA_DIR", c.tmp),
             write(
                 c.tmp / "chat" / "train.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "x'
             ),
-            __import__("labkit.datasets").datasets.load_chat("train"),
+            importlib.import_module("labkit.data.loaders").load_chat("train"),
         ),
         "chat/train.jsonl",
         "line 2",
@@ -770,18 +778,19 @@ def test_gpus_needed_in_json_never_reads_as_needs_none():
 
 
 def test_numpy_integers_are_accepted_by_memory_and_quant():
-    from labkit import memory, quant
+    from labkit.memory import estimator
+    from labkit.quant import quantize
 
     sweep = np.arange(256, 1024, 256)  # e.g. sequence lengths from a numpy sweep
     assert (
-        memory.training_memory("gpt2", seq=sweep[1]).total
-        == memory.training_memory("gpt2", seq=512).total
+        estimator.training_memory("gpt2", seq=sweep[1]).total
+        == estimator.training_memory("gpt2", seq=512).total
     )
-    quant.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
+    quantize.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
 
 
 def test_numpy_integers_are_integers():
-    from labkit import tuning
+    from labkit.training import tuning
 
     assert (
         tuning.check_request(

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import LabkitError, bundle
+from labkit import LabkitError
+from labkit.course import bundle
 
 
 def test_requirements_are_pyprojects_with_the_test_extra():

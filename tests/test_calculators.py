@@ -1,4 +1,4 @@
-"""labkit.calculators: every calculator's gap to labkit is its named components, to the byte;
+"""labkit.memory.calculators: every calculator's gap to labkit is its named components, to the byte;
 DeepSpeed's formulas reproduce its printed figures; the calculator's verdict and figure."""
 
 import math
@@ -7,7 +7,9 @@ import sys
 import matplotlib
 import pytest
 
-from labkit import LabkitError, architecture, calculators, memory
+from labkit import LabkitError
+from labkit.memory import calculators, estimator
+from labkit.models import architecture
 
 matplotlib.use("Agg")
 
@@ -88,7 +90,7 @@ def test_calculate_verdict_and_sharding():
     z3, _ = calculators.calculate(model="llama-3.1-8b", method="full", gpus=8, zero=3)
     assert z3.total < one.total and z3.weights == math.ceil(one.weights / 8)
     inf, _ = calculators.calculate(model="llama-3.1-8b", method="inference", seq=8192)
-    assert inf.kv_cache == memory.kv_cache_bytes("llama-3.1-8b", 4, 8192)
+    assert inf.kv_cache == estimator.kv_cache_bytes("llama-3.1-8b", 4, 8192)
 
 
 @pytest.mark.parametrize(

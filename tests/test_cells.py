@@ -1,11 +1,11 @@
-"""labkit.cells: a NameError in notebook code becomes one line saying which cell to run first."""
+"""labkit.course.name_hint: a NameError in notebook code becomes one line saying which cell to run first."""
 
 import json
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from labkit import cells, hardware
+from labkit.course import name_hint, session
 
 
 @pytest.fixture
@@ -31,11 +31,11 @@ def _run(shell, code, capsys):
 
 
 def test_name_error_in_a_cell_says_run_the_cells_above(shell, capsys):
-    assert cells.install(shell)
+    assert name_hint.install(shell)
     result, shown = _run(shell, "model.train()", capsys)
     assert isinstance(result.error_in_exec, NameError)  # still an error: Run All stops here
     lines = [line for line in shown.strip().splitlines() if line.strip()]
-    assert lines == [f"NameError: name 'model' is not defined: {cells.HINT}"]
+    assert lines == [f"NameError: name 'model' is not defined: {name_hint.HINT}"]
 
 
 def test_the_hint_names_the_cell_that_sets_the_name(shell, capsys, tmp_path):
@@ -50,25 +50,25 @@ def test_the_hint_names_the_cell_that_sets_the_name(shell, capsys, tmp_path):
         )
     )
     shell.user_ns["__session__"] = str(nb)
-    cells.install(shell)
+    name_hint.install(shell)
     _, shown = _run(shell, "model.train()", capsys)
     assert "it is set in code cell 3: model, tok = load(), 2" in shown
-    assert cells.defining_cell(nb, "torch") == (1, "import torch")
-    assert cells.defining_cell(nb, "nothing") is None
+    assert name_hint.defining_cell(nb, "torch") == (1, "import torch")
+    assert name_hint.defining_cell(nb, "nothing") is None
 
 
 def test_name_errors_inside_library_code_keep_their_traceback(shell, capsys, tmp_path):
     (tmp_path / "buggy_module.py").write_text("def f():\n    return undefined_x\n")
-    cells.install(shell)
+    name_hint.install(shell)
     _, shown = _run(shell, f"import sys; sys.path.insert(0, {str(tmp_path)!r})", capsys)
     _, shown = _run(shell, "import buggy_module\nbuggy_module.f()", capsys)
-    assert "undefined_x" in shown and "buggy_module.py" in shown and cells.HINT not in shown
+    assert "undefined_x" in shown and "buggy_module.py" in shown and name_hint.HINT not in shown
     _, shown = _run(shell, "def g():\n    return undefined_z\ng()", capsys)
-    assert cells.HINT in shown  # a function defined in the notebook is notebook code
+    assert name_hint.HINT in shown  # a function defined in the notebook is notebook code
 
 
 def test_install_outside_ipython_does_nothing_and_setup_installs_it(shell, monkeypatch):
-    assert cells.install(object()) is False
+    assert name_hint.install(object()) is False
     monkeypatch.setattr("IPython.get_ipython", lambda: shell)
-    hardware.setup(threads=1)
+    session.setup(threads=1)
     assert shell.custom_exceptions == (NameError,)

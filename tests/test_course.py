@@ -3,7 +3,8 @@ import json
 import nbformat
 import pytest
 
-from labkit import LabkitError, course
+from labkit import LabkitError
+from labkit.course import runner
 
 
 def _notebook(path, sources):
@@ -17,7 +18,7 @@ def test_run_course_writes_report_and_flags_failures(tmp_path, capsys):
     good = _notebook(tmp_path / "01_good.ipynb", ["x = 6 * 7", "print(x)"])
     bad = _notebook(tmp_path / "02_bad.ipynb", ["raise ValueError('boom')"])
     out = tmp_path / "build"
-    report = course.run_course([good, bad], out_dir=out, timeout=60)
+    report = runner.run_course([good, bad], out_dir=out, timeout=60)
     saved = json.loads((out / "course-report.json").read_text())
     assert saved == report
     assert [r["notebook"] for r in saved["notebooks"]] == ["01_good.ipynb", "02_bad.ipynb"]
@@ -38,10 +39,10 @@ def test_run_course_writes_report_and_flags_failures(tmp_path, capsys):
 def test_inplace_stores_outputs_but_never_overwrites_with_a_failed_run(tmp_path):
     bad = _notebook(tmp_path / "03_bad.ipynb", ["1/0"])
     before = bad.read_bytes()
-    course.run_course([bad], inplace=True, out_dir=tmp_path / "build", timeout=60)
+    runner.run_course([bad], inplace=True, out_dir=tmp_path / "build", timeout=60)
     assert bad.read_bytes() == before
     good = _notebook(tmp_path / "04_good.ipynb", ["print('hi')"])
-    course.run_course([good], inplace=True, out_dir=tmp_path / "build", timeout=60)
+    runner.run_course([good], inplace=True, out_dir=tmp_path / "build", timeout=60)
     nb = nbformat.read(good, as_version=4)
     assert nb.cells[0].execution_count == 1 and nb.cells[0].outputs[0]["text"] == "hi\n"
     assert "execution" not in nb.cells[0].metadata
@@ -58,14 +59,14 @@ def test_strip_volatile_keeps_slides_and_tags_only():
     }
     nb.cells = [cell]
     nb.metadata["widgets"] = {"state": {}}
-    course.strip_volatile(nb)
+    runner.strip_volatile(nb)
     assert nb.cells[0].metadata == {"slideshow": {"slide_type": "slide"}, "tags": ["parameters"]}
     assert "widgets" not in nb.metadata
 
 
 def test_cli_rejects_missing_notebook(tmp_path):
     with pytest.raises(LabkitError, match="no such notebook"):
-        course.cli_main([str(tmp_path / "99_missing.ipynb")])
+        runner.cli_main([str(tmp_path / "99_missing.ipynb")])
 
 
 EXERCISES = """## Exercises
@@ -93,7 +94,7 @@ Dividing by zero raises.
 def test_exercise_solutions_are_found_under_their_headings():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(EXERCISES)]
-    assert course.exercise_solutions(nb) == [
+    assert runner.exercise_solutions(nb) == [
         ("⭐ Warm-up", "print(x + 1)\n"),
         ("⭐⭐ Practice", "print(x / 0)\n"),
     ]
@@ -105,21 +106,21 @@ def test_run_exercises_runs_each_solution_after_the_notebook(tmp_path):
     nb.cells.append(nbformat.v4.new_markdown_cell(EXERCISES))
     nbformat.write(nb, path)
     before = path.read_bytes()
-    rows = course.run_exercises(path, timeout=60)
+    rows = runner.run_exercises(path, timeout=60)
     assert [r["status"] for r in rows][0] == "ok"
     assert rows[1]["status"].startswith("FAILED: ZeroDivisionError")
     assert path.read_bytes() == before  # nothing stored in the notebook
 
 
 def test_committed_notebooks_have_a_solution_per_tier():
-    for path in course.course_notebooks()[1:]:  # 00 is the tour: no exercises
-        titles = [t for t, _ in course.exercise_solutions(nbformat.read(path, as_version=4))]
+    for path in runner.course_notebooks()[1:]:  # 00 is the tour: no exercises
+        titles = [t for t, _ in runner.exercise_solutions(nbformat.read(path, as_version=4))]
         assert len(titles) >= 3 and {"⭐", "⭐⭐", "⭐⭐⭐"} <= {t.split()[0] for t in titles}, path
 
 
 def test_cli_rejects_exercises_with_inplace():
     with pytest.raises(LabkitError, match="do not go together"):
-        course.cli_main(["--exercises", "--inplace"])
+        runner.cli_main(["--exercises", "--inplace"])
 
 
 def test_with_solutions_appends_each_solution_and_keeps_outputs():
@@ -127,10 +128,10 @@ def test_with_solutions_appends_each_solution_and_keeps_outputs():
     code = nbformat.v4.new_code_cell("x = 41", execution_count=1)
     code.outputs = [nbformat.v4.new_output("stream", text="kept\n")]
     nb.cells = [code, nbformat.v4.new_markdown_cell(EXERCISES)]
-    copy = course.with_solutions(nb, name="05")
+    copy = runner.with_solutions(nb, name="05")
     assert len(copy.cells) == 4 and len(nb.cells) == 2  # the original is untouched
     assert copy.cells[0].outputs[0]["text"] == "kept\n"
-    assert copy.cells[2].source.startswith(f"{course.SOLUTION_MARK} 05 ⭐ Warm-up\n")
+    assert copy.cells[2].source.startswith(f"{runner.SOLUTION_MARK} 05 ⭐ Warm-up\n")
     assert copy.cells[3].source.endswith("print(x / 0)\n")
 
 
@@ -155,7 +156,7 @@ def test_a_broken_solution_fails_nbval_on_the_copy(tmp_path):
         nb = nbformat.v4.new_notebook()
         nb.cells = [checked, nbformat.v4.new_markdown_cell(solution)]
         nbformat.write(nb, tmp_path / name)
-    copies = course.write_solution_copies(
+    copies = runner.write_solution_copies(
         [tmp_path / "01_good.ipynb", tmp_path / "02_broken.ipynb"], tmp_path / "nbval"
     )
     run = _nbval(copies[0].parent)  # one nbval run over both copies, as make test does
@@ -168,21 +169,21 @@ def test_a_one_notebook_run_updates_its_row_and_keeps_the_others(tmp_path):
     a = _notebook(tmp_path / "01_a.ipynb", ["1"])
     b = _notebook(tmp_path / "02_b.ipynb", ["2"])
     out = tmp_path / "build"
-    course.run_course([a, b], out_dir=out, timeout=60)
+    runner.run_course([a, b], out_dir=out, timeout=60)
     _notebook(b, ["raise ValueError('now broken')"])
-    report = course.run_course([b], out_dir=out, timeout=60)
+    report = runner.run_course([b], out_dir=out, timeout=60)
     assert [r["notebook"] for r in report["notebooks"]] == ["01_a.ipynb", "02_b.ipynb"]
     assert report["notebooks"][0]["status"] == "ok" and report["failed"] == 1
     assert json.loads((out / "course-report.json").read_text()) == report
     a.unlink()  # a notebook that no longer exists leaves the report
-    assert [r["notebook"] for r in course.merge_report(report, [], tmp_path)["notebooks"]] == [
+    assert [r["notebook"] for r in runner.merge_report(report, [], tmp_path)["notebooks"]] == [
         "02_b.ipynb"
     ]
 
 
 def test_committed_notebooks_find_files_through_repo_root_not_relative_paths():
     """make test runs copies from build/nbval/: a '../data' path would point elsewhere there."""
-    for path in course.course_notebooks():
+    for path in runner.course_notebooks():
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if cell.cell_type == "code":
@@ -194,8 +195,8 @@ def test_cli_with_solutions_writes_copies(tmp_path, capsys):
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_markdown_cell(EXERCISES))
     nbformat.write(nb, path)
-    assert course.cli_main([str(path), "--with-solutions", str(tmp_path / "copies")]) == 0
+    assert runner.cli_main([str(path), "--with-solutions", str(tmp_path / "copies")]) == 0
     copy = nbformat.read(tmp_path / "copies" / "06_x.ipynb", as_version=4)
     assert len(copy.cells) == 4 and "2 solutions appended" in capsys.readouterr().out
     with pytest.raises(LabkitError, match="--exercises and --with-solutions do not go together"):
-        course.cli_main(["--exercises", "--with-solutions", str(tmp_path)])
+        runner.cli_main(["--exercises", "--with-solutions", str(tmp_path)])

@@ -1,13 +1,14 @@
 """data/README.md lists every shipped data file with its current size and sha256."""
 
-from labkit import DATA_DIR, datasets
+from labkit import DATA_DIR
+from labkit.data import loaders
 
 
 def test_data_readme_manifest_is_current():
     readme = (DATA_DIR / "README.md").read_text()
-    table = datasets.manifest_table()
+    table = loaders.manifest_table()
     assert table in readme, (
-        "data/README.md manifest is stale: paste labkit.datasets.manifest_table()"
+        "data/README.md manifest is stale: paste labkit.data.loaders.manifest_table()"
     )
 
 

@@ -2,19 +2,20 @@ import collections
 
 import pytest
 
-from labkit import LabkitError, datasets
+from labkit import LabkitError
+from labkit.data import generator, loaders
 
 
 def test_files_match_the_generator_byte_for_byte(tmp_path):
-    written = datasets.write_all(tmp_path)
+    written = generator.write_all(tmp_path)
     for path in written:
         rel = path.relative_to(tmp_path)
-        assert path.read_bytes() == (datasets.DATA_DIR / rel).read_bytes(), rel
+        assert path.read_bytes() == (generator.DATA_DIR / rel).read_bytes(), rel
 
 
 def test_chat_splits_hold_out_facts():
-    splits = {s: datasets.load_chat(s) for s in datasets.SPLITS}
-    assert [len(splits[s]) for s in datasets.SPLITS] == [170, 84, 84]
+    splits = {s: loaders.load_chat(s) for s in loaders.SPLITS}
+    assert [len(splits[s]) for s in loaders.SPLITS] == [170, 84, 84]
     entities = {s: {(r["intent"], r["entity"]) for r in rows} for s, rows in splits.items()}
     assert not entities["train"] & entities["test"]
     assert not entities["train"] & entities["validation"]
@@ -25,15 +26,15 @@ def test_chat_splits_hold_out_facts():
 
 
 def test_corpus_states_every_fact_and_never_uses_the_chat_format():
-    text = "\n".join(datasets.load_corpus("train"))
+    text = "\n".join(loaders.load_corpus("train"))
     assert "Human:" not in text and "Assistant:" not in text
-    for fact in datasets.facts():
+    for fact in generator.facts():
         assert fact["response"] in text, fact
 
 
 def test_sentiment_size_balance_and_noise():
-    splits = {s: datasets.load_sentiment(s) for s in datasets.SPLITS}
-    sizes = [len(splits[s]) for s in datasets.SPLITS]
+    splits = {s: loaders.load_sentiment(s) for s in loaders.SPLITS}
+    sizes = [len(splits[s]) for s in loaders.SPLITS]
     assert sum(sizes) >= 1000 and sizes == [1050, 225, 225]
     texts = [r["text"] for rows in splits.values() for r in rows]
     assert len(set(texts)) == len(texts)
@@ -43,4 +44,4 @@ def test_sentiment_size_balance_and_noise():
 
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(LabkitError, match="accepted: train, validation, test"):
-        datasets.load_chat("dev")
+        loaders.load_chat("dev")

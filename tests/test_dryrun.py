@@ -1,4 +1,4 @@
-"""labkit.dryrun: the dry run on fake tensors against the formula (five families) and against real
+"""labkit.memory.dryrun: the dry run on fake tensors against the formula (five families) and against real
 CPU measurements (families without a formula); the estimator and the CLI on held-out families."""
 
 import json
@@ -8,7 +8,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from labkit import LabkitError, activations, architecture, cli, dryrun, measure, memory
+from labkit import LabkitError, cli
+from labkit.memory import activations, dryrun, estimator, measure
+from labkit.models import architecture
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=96)
@@ -112,7 +114,7 @@ FIVE = [
 
 @pytest.mark.parametrize(("name", "attn", "ckpt", "dtype"), FIVE)
 def test_formula_and_dry_run_agree_on_the_five_families(name, attn, ckpt, dtype):
-    """The taught derivation (labkit.activations, device="cpu") == the dry run, to the byte:
+    """The taught derivation (labkit.memory.activations, device="cpu") == the dry run, to the byte:
     full fine-tuning and LoRA on all linears (an 8B config at sequence 256 included)."""
     b, s = (1, 256) if name == "llama-3.1-8b" else (2, 16)
     dry = dryrun.training_activations(name, b, s, dtype, attn, checkpointing=ckpt).activations
@@ -157,10 +159,10 @@ def test_prefill_peak_and_kv_cache_equal_a_live_tensor_measurement(model_type, e
         out = model(input_ids=ids, use_cache=True)
         out = model(input_ids=ids[:, :1], past_key_values=out.past_key_values, use_cache=True)
     cache = dryrun.cache_bytes(out.past_key_values)
-    assert memory.kv_cache_bytes(config, 2, 21, "fp32") == cache
-    kv, d = memory.kv_heads_and_dim(config)
+    assert estimator.kv_cache_bytes(config, 2, 21, "fp32") == cache
+    kv, d = estimator.kv_heads_and_dim(config)
     all_full = 2 * kv * d * 21 * 4 * 2 * 4  # every layer keeping all 21 tokens
-    windows = memory.cache_windows(config)
+    windows = estimator.cache_windows(config)
     assert cache < all_full if 8 in windows else cache == all_full
     if model_type == "gemma2":  # hybrid: local (window 8) and global layers alternate
         assert windows == [8, None, 8, None]
@@ -181,9 +183,9 @@ def test_training_memory_and_estimate_use_the_dry_run_for_other_families(tmp_pat
     got = real_saved(config, "sdpa", False, "bf16", "full", "")
     assert data["activations"] + data["logits"] == got.total
     assert data["activations_from"] == "dry-run"
-    est = memory.training_memory(config, method="lora", lora_targets="q_proj", seq=12)
+    est = estimator.training_memory(config, method="lora", lora_targets="q_proj", seq=12)
     assert est.details["activations_from"] == "dry-run" and est.trainable_parameters > 0
-    assert memory.training_memory("tiny-llama").details["activations_from"] == "formula"
+    assert estimator.training_memory("tiny-llama").details["activations_from"] == "formula"
     assert cli.main(["estimate", str(path), "--mode", "infer", "--seq", "20", "--json"]) == 0
     infer = json.loads(capsys.readouterr().out)
     assert infer["prefill_peak"] > 0 and infer["kv_cache"] > 0
@@ -202,7 +204,7 @@ def test_unsupported_configs_are_one_line(bad, capsys):
         dryrun.training_activations(bad, 1, 4)
     assert "\n" not in str(err.value)
     with pytest.raises(LabkitError):
-        memory.training_memory(bad)
+        estimator.training_memory(bad)
 
 
 def test_bad_sizes_are_one_line():

@@ -1,4 +1,4 @@
-"""labkit.evaluation: held-out loss equals a hand-computed cross-entropy; padding is ignored."""
+"""labkit.training.lm_loss: held-out loss equals a hand-computed cross-entropy; padding is ignored."""
 
 import math
 
@@ -7,7 +7,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from labkit import LabkitError, evaluation
+from labkit import LabkitError
+from labkit.training import lm_loss
 
 WORDS = ["<pad>", "<unk>", "the", "fox", "lives", "in", "forest", "a", "bear", "cave", "."]
 
@@ -45,18 +46,18 @@ def test_loss_matches_manual_cross_entropy_and_ignores_padding(lm):
     texts = ["the fox lives in the forest .", "a bear ."]
     parts = [_manual(model, tokenizer, t) for t in texts]
     expected = sum(p[0] for p in parts) / sum(p[1] for p in parts)
-    got = evaluation.causal_lm_loss(model, tokenizer, texts, batch_size=2)
+    got = lm_loss.causal_lm_loss(model, tokenizer, texts, batch_size=2)
     assert got == pytest.approx(expected, rel=1e-5)
-    assert evaluation.causal_lm_loss(model, tokenizer, texts, batch_size=1) == pytest.approx(
+    assert lm_loss.causal_lm_loss(model, tokenizer, texts, batch_size=1) == pytest.approx(
         expected, rel=1e-5
     )
     assert tokenizer.padding_side == "left"
-    assert evaluation.perplexity(got) == pytest.approx(math.exp(expected), rel=1e-5)
+    assert lm_loss.perplexity(got) == pytest.approx(math.exp(expected), rel=1e-5)
 
 
 def test_bad_input(lm):
     model, tokenizer = lm
     with pytest.raises(LabkitError):
-        evaluation.causal_lm_loss(model, tokenizer, [])
+        lm_loss.causal_lm_loss(model, tokenizer, [])
     with pytest.raises(LabkitError):
-        evaluation.causal_lm_loss(model, tokenizer, ["fox"])
+        lm_loss.causal_lm_loss(model, tokenizer, ["fox"])

@@ -14,7 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from labkit import REPO_ROOT, tuning
+from labkit import REPO_ROOT
+from labkit.training import tuning
 
 CLI = [sys.executable, "-m", "labkit", "tune"]
 ENV = {

@@ -1,4 +1,4 @@
-"""labkit.forgetting: the probe (= greedy decoding), corpus loss through prompt tuning, replay,
+"""labkit.training.forgetting: the probe (= greedy decoding), corpus loss through prompt tuning, replay,
 the tracked Trainer run with keep-best, summaries, and that the seed record is current."""
 
 import json
@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import LabkitError, datasets, evaluation, selfcheck, zoo
-from labkit import forgetting as fg
-from labkit import peft_methods as lp
+from labkit import LabkitError
+from labkit.course import exercises
+from labkit.data import generator, loaders
+from labkit.models import zoo
+from labkit.training import forgetting as fg
+from labkit.training import lm_loss
+from labkit.tuners import peft_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benchmarks" / "forgetting_seeds.json"
@@ -22,7 +26,7 @@ def tok():
 
 
 def test_probe_items_ask_only_unseen_facts():
-    train = {(r["intent"], r["entity"]) for r in datasets.load_chat("train")}
+    train = {(r["intent"], r["entity"]) for r in loaders.load_chat("train")}
     unseen = fg.unseen_facts()
     assert unseen and not {(f["intent"], f["entity"]) for f in unseen} & train
     items = fg.probe_items(per_fact=2, counts=5)
@@ -32,7 +36,7 @@ def test_probe_items_ask_only_unseen_facts():
     assert all((it.kind, it.answer) in answers for it in items if it.kind != "count")
     count = next(it for it in items if it.kind == "count")
     words = count.prompt.split(": ")[1].rstrip(",").split(", ")
-    assert datasets.NUMBERS.index(count.answer) == datasets.NUMBERS.index(words[-1]) + 1
+    assert generator.NUMBERS.index(count.answer) == generator.NUMBERS.index(words[-1]) + 1
     assert fg.probe_items(seed=3) == fg.probe_items(seed=3)
     with pytest.raises(LabkitError, match="per_fact"):
         fg.probe_items(per_fact=3)
@@ -60,15 +64,15 @@ def test_probe_accuracy_equals_greedy_decoding(tok):
 
 def test_lm_view_drops_virtual_tokens(tok):
     texts = fg.corpus_texts(4)
-    base_loss = evaluation.causal_lm_loss(zoo.load_model("zoo-llama"), tok, texts)
-    prompt = lp.attach("zoo-llama", "prompt", seed=0)
+    base_loss = lm_loss.causal_lm_loss(zoo.load_model("zoo-llama"), tok, texts)
+    prompt = peft_methods.attach("zoo-llama", "prompt", seed=0)
     ids = tok(texts[:1], return_tensors="pt")["input_ids"]
     assert prompt(input_ids=ids).logits.shape[1] == ids.shape[1] + 8
     assert fg.lm_view(prompt)(input_ids=ids).logits.shape[1] == ids.shape[1]
-    with_prompt = evaluation.causal_lm_loss(fg.lm_view(prompt), tok, texts)
+    with_prompt = lm_loss.causal_lm_loss(fg.lm_view(prompt), tok, texts)
     assert with_prompt != base_loss and abs(with_prompt - base_loss) < 0.5
-    lora = lp.attach("zoo-llama", "lora", seed=0)  # B = 0: exactly the base model
-    assert evaluation.causal_lm_loss(fg.lm_view(lora), tok, texts) == pytest.approx(base_loss)
+    lora = peft_methods.attach("zoo-llama", "lora", seed=0)  # B = 0: exactly the base model
+    assert lm_loss.causal_lm_loss(fg.lm_view(lora), tok, texts) == pytest.approx(base_loss)
 
 
 def test_replay_mix(tok):
@@ -83,7 +87,7 @@ def test_replay_mix(tok):
 
 def test_tracked_run_keeps_the_best_epoch(tok):
     probe = fg.Probe(tok, fg.probe_items(counts=2)[:8], fg.corpus_texts(4), chat_limit=6)
-    model = lp.attach("tiny-llama", "lora", seed=0)
+    model = peft_methods.attach("tiny-llama", "lora", seed=0)
     run = fg.train(
         model, tok, probe, label="t", keep_best=True, num_train_epochs=2, learning_rate=1e-2
     )
@@ -144,7 +148,7 @@ def test_seed_record_is_current():
     """benchmarks/forgetting_seeds.json was made with today's settings (rerun it if not)."""
     record = json.loads(RECORD.read_text())
     assert record["settings"] == json.loads(json.dumps(fg.settings(fast=True))), (
-        "labkit.forgetting settings changed: rerun benchmarks/forgetting_seeds.py"
+        "labkit.training.forgetting settings changed: rerun benchmarks/forgetting_seeds.py"
     )
     seeds = {(r["run"], r["seed"]) for r in record["runs"]}
     assert seeds == {(name, s) for name in fg.RUNS for s in range(3)}
@@ -156,12 +160,12 @@ def test_seed_record_is_current():
     exec("".join(params["source"]), scope)
     assert scope["EPOCHS"] == fg.EPOCHS
     assert scope["RUNS_LIVE"] and set(scope["RUNS_LIVE"]) <= set(fg.RUNS)
-    assert selfcheck.check("16.1", fg.first_epoch_share(record, "full"))
+    assert exercises.check("16.1", fg.first_epoch_share(record, "full"))
 
 
 def test_probe_tracker_measures_prompt_tuning(tok):
     probe = fg.Probe(tok, fg.probe_items(counts=1)[:4], fg.corpus_texts(2), chat_limit=0)
-    model = lp.attach("tiny-llama", "prompt", seed=0)
+    model = peft_methods.attach("tiny-llama", "prompt", seed=0)
     row = probe.measure(model)
     assert set(row) == set(fg.METRICS)
     assert torch.isfinite(torch.tensor(list(row.values()))).all()
@@ -171,7 +175,7 @@ def test_loss_after_marker_splits_the_corpus_loss(tok):
     model = zoo.load_model("zoo-llama")
     texts = fg.corpus_texts(6)
     split = fg.loss_after_marker(model, tok, texts)
-    assert split["all"] == pytest.approx(evaluation.causal_lm_loss(model, tok, texts), rel=1e-4)
+    assert split["all"] == pytest.approx(lm_loss.causal_lm_loss(model, tok, texts), rel=1e-4)
     mixed = split["share_after"] * split["after"] + (1 - split["share_after"]) * split["rest"]
     assert mixed == pytest.approx(split["all"], rel=1e-4)
     assert 0 < split["share_after"] < 0.2 and split["p_end_after"] < 0.01

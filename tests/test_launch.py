@@ -1,4 +1,4 @@
-"""``labkit.launch.run`` stops every rank, started or not, and returns within seconds.
+"""``labkit.distributed.launch.run`` stops every rank, started or not, and returns within seconds.
 
 torch's elastic agent starts each worker in a session of its own, so killing the launcher's
 process group is not enough; these tests stop a job before, during and after its ranks start,
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import LabkitError, launch
+from labkit import LabkitError
+from labkit.distributed import launch
 
 SLEEPER = "tests.launch_sleeper"
 MARK = "LABKIT_TEST_MARK"

@@ -1,4 +1,4 @@
-"""labkit.measure against labkit.memory: exact states, exact activations + logits."""
+"""labkit.memory.measure against labkit.memory.estimator: exact states, exact activations + logits."""
 
 import itertools
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from labkit import LabkitError, activations, architecture, measure, memory, zoo
+from labkit import LabkitError
+from labkit.memory import activations, estimator, measure
+from labkit.models import architecture, zoo
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
@@ -140,7 +142,9 @@ def test_states_exact_after_a_real_step(name, optimizer, dtype, precision):
     model, config = fresh(name, "eager", dtype)
     opt = measure.make_optimizer(model, optimizer)
     states, _, _ = measure.train_step(model, opt, ids_for(config, 2, 8))
-    est = memory.training_memory(config, precision=precision, optimizer=optimizer, batch=2, seq=8)
+    est = estimator.training_memory(
+        config, precision=precision, optimizer=optimizer, batch=2, seq=8
+    )
     assert states.parameters == est.parameters == est.trainable_parameters
     assert (states.weights, states.gradients, states.optimizer) == (
         est.weights,
@@ -154,7 +158,7 @@ def test_lora_states_exact():
     model = with_lora(model, config, "q_proj,v_proj")
     opt = measure.make_optimizer(model, "adamw")
     states, saved, _ = measure.train_step(model, opt, ids_for(config, 2, 8))
-    est = memory.training_memory(
+    est = estimator.training_memory(
         config,
         method="lora",
         precision="fp32",
@@ -241,7 +245,7 @@ def test_training_memory_lora_activations_exact(name, attn, ckpt, precision, tar
     model, config = fresh(name, attn, precision)
     model = with_lora(model, config, targets)
     got = measure.saved_tensor_bytes(model, ids_for(config, 1, 40), checkpointing=ckpt)
-    est = memory.training_memory(
+    est = estimator.training_memory(
         config,
         method="lora",
         precision=precision,
@@ -280,7 +284,7 @@ def test_autocast_activations_and_weight_copies_exact(name, attn, ckpt):
     for b, s in ((2, 16), (1, 40)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
-        est = memory.training_memory(
+        est = estimator.training_memory(
             config,
             precision="bf16-mixed",
             batch=b,
@@ -290,7 +294,7 @@ def test_autocast_activations_and_weight_copies_exact(name, attn, ckpt):
             device="cpu",
         )
         assert est.activations + est.logits == got.total
-        assert est.weights - memory.weight_bytes(config, "fp32") == got.param_copies > 0
+        assert est.weights - estimator.weight_bytes(config, "fp32") == got.param_copies > 0
 
 
 @pytest.mark.parametrize(
@@ -316,7 +320,7 @@ def test_lora_on_a_bf16_base_under_autocast_exact(name, targets):
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16))
-    est = memory.training_memory(
+    est = estimator.training_memory(
         config,
         method="lora",
         precision="bf16-mixed",
@@ -328,7 +332,7 @@ def test_lora_on_a_bf16_base_under_autocast_exact(name, targets):
         device="cpu",
     )
     assert est.activations + est.logits == got.total
-    copies = est.weights - memory.weight_bytes(config, "bf16") - 4 * est.trainable_parameters
+    copies = est.weights - estimator.weight_bytes(config, "bf16") - 4 * est.trainable_parameters
     assert copies == 2 * est.trainable_parameters >= got.param_copies > 0
 
 

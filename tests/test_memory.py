@@ -1,26 +1,32 @@
-"""labkit.memory, labkit.architecture and labkit.activations: exact counts against real (meta-device) models and the published figures in docs/formulas.md."""
+"""labkit.memory.estimator, labkit.models.architecture and labkit.memory.activations: exact counts against real (meta-device) models and the published figures in docs/formulas.md."""
 
 import math
 
 import pytest
 
-from labkit import LabkitError, activations, architecture, memory
+from labkit import LabkitError
+from labkit.memory import activations, estimator
+from labkit.models import architecture
 
 
 def test_kv_cache_matches_facts_and_gqa_is_4x_smaller():
-    assert memory.kv_cache_bytes("llama-3.1-8b", 1, 1, "bf16") == 128 * 2**10
-    assert memory.kv_cache_bytes("llama-3.1-8b", 1, 8192, "bf16") == 2**30
-    assert memory.kv_cache_bytes("llama-2-7b", 1, 8192) == 4 * 2**30  # MHA: 32 KV heads
+    assert estimator.kv_cache_bytes("llama-3.1-8b", 1, 1, "bf16") == 128 * 2**10
+    assert estimator.kv_cache_bytes("llama-3.1-8b", 1, 8192, "bf16") == 2**30
+    assert estimator.kv_cache_bytes("llama-2-7b", 1, 8192) == 4 * 2**30  # MHA: 32 KV heads
 
 
 def test_weight_bytes_by_dtype_and_nf4_bits():
     P = architecture.count_parameters("llama-2-7b")
-    assert memory.weight_bytes("llama-2-7b", "fp32") == 4 * P
-    assert memory.weight_bytes("llama-2-7b", "bf16") == 2 * P
+    assert estimator.weight_bytes("llama-2-7b", "fp32") == 4 * P
+    assert estimator.weight_bytes("llama-2-7b", "bf16") == 2 * P
     n = 64 * 256 * 100
-    assert memory.nf4_bytes(n) * 8 / n == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
-    assert memory.weight_bytes("llama-2-7b", "int8") < memory.weight_bytes("llama-2-7b", "bf16")
-    assert memory.weight_bytes("llama-2-7b", "nf4") < memory.weight_bytes("llama-2-7b", "int8")
+    assert estimator.nf4_bytes(n) * 8 / n == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    assert estimator.weight_bytes("llama-2-7b", "int8") < estimator.weight_bytes(
+        "llama-2-7b", "bf16"
+    )
+    assert estimator.weight_bytes("llama-2-7b", "nf4") < estimator.weight_bytes(
+        "llama-2-7b", "int8"
+    )
 
 
 def test_int8_keeps_embeddings_head_and_norms_in_16_bit():
@@ -31,22 +37,22 @@ def test_int8_keeps_embeddings_head_and_norms_in_16_bit():
     for name, shape in architecture.param_shapes("llama-2-7b").items():
         n = math.prod(shape)
         want += n + 4 * linears[name].d_out if name in linears else 2 * n
-    assert memory.weight_bytes("llama-2-7b", "int8") == want
+    assert estimator.weight_bytes("llama-2-7b", "int8") == want
     assert 6.9e9 < want < 7.1e9  # about 7.0 GB, not 6.74 (= 1 byte for every parameter)
 
 
 def test_training_bytes_per_param_follow_the_precision():
     kw = dict(batch=1, seq=8)
-    fp32 = memory.training_memory("llama-2-7b", precision="fp32", **kw)
-    mixed = memory.training_memory("llama-2-7b", precision="bf16-mixed", **kw)
-    pure = memory.training_memory("llama-2-7b", precision="bf16", **kw)
+    fp32 = estimator.training_memory("llama-2-7b", precision="fp32", **kw)
+    mixed = estimator.training_memory("llama-2-7b", precision="bf16-mixed", **kw)
+    pure = estimator.training_memory("llama-2-7b", precision="bf16", **kw)
     P = fp32.parameters
     n_tensors = len(architecture.param_shapes("llama-2-7b"))
     states = lambda b: b.weights + b.gradients + b.optimizer  # noqa: E731
     assert states(fp32) == 16 * P + 4 * n_tensors
     shapes = architecture.param_shapes("llama-2-7b")
-    cast = memory.autocast_cast_parameters("llama-2-7b", shapes)
-    one_block = memory.autocast_cast_parameters("llama-2-7b", shapes, checkpointing=True)
+    cast = estimator.autocast_cast_parameters("llama-2-7b", shapes)
+    one_block = estimator.autocast_cast_parameters("llama-2-7b", shapes, checkpointing=True)
     assert one_block == 32000 * 4096 + (cast - 32000 * 4096) // 32  # the head + one block
     emb = 32000 * 4096
     assert cast == P - emb - 4096 * (2 * 32 + 1)  # all but the embedding matrix and the norms
@@ -57,17 +63,17 @@ def test_training_bytes_per_param_follow_the_precision():
 
 def test_optimizer_bytes_per_family():
     shapes = {"w": (300, 200), "b": (200,)}
-    assert memory.optimizer_bytes(shapes, "sgd") == 4 * 60_200
-    assert memory.optimizer_bytes(shapes, "adafactor") == 4 * (300 + 200 + 200) + 2 * 4
+    assert estimator.optimizer_bytes(shapes, "sgd") == 4 * 60_200
+    assert estimator.optimizer_bytes(shapes, "adafactor") == 4 * (300 + 200 + 200) + 2 * 4
     big = 2 * 60_000 + 8 * math.ceil(60_000 / 256)
-    assert memory.optimizer_bytes(shapes, "adamw8bit") == big + 8 * 200 + 2048
+    assert estimator.optimizer_bytes(shapes, "adamw8bit") == big + 8 * 200 + 2048
 
 
 def test_lora_and_qlora_shrink_states_and_activations():
     kw = dict(batch=2, seq=256, precision="bf16-mixed")
-    full = memory.training_memory("llama-2-7b", **kw)
-    lora = memory.training_memory("llama-2-7b", method="lora", **kw)
-    qlora = memory.training_memory("llama-2-7b", method="qlora", **kw)
+    full = estimator.training_memory("llama-2-7b", **kw)
+    lora = estimator.training_memory("llama-2-7b", method="lora", **kw)
+    qlora = estimator.training_memory("llama-2-7b", method="qlora", **kw)
     assert lora.trainable_parameters == 4_194_304 == qlora.trainable_parameters
     assert qlora.weights < lora.weights / 6 < full.weights
     assert lora.gradients == 4 * 4_194_304
@@ -75,9 +81,9 @@ def test_lora_and_qlora_shrink_states_and_activations():
     assert full.activations / 2 < lora.activations < full.activations
     # GPT-2 too: adapting c_attn keeps less than full fine-tuning, but adapting every linear keeps
     # more, as each fp32 adapter keeps its own fp32 copy of its 16-bit input
-    gpt2_full = memory.training_memory("gpt2", **kw)
-    gpt2_lora = memory.training_memory("gpt2", method="lora", lora_targets="c_attn", **kw)
-    gpt2_all = memory.training_memory("gpt2", method="lora", lora_targets="all-linear", **kw)
+    gpt2_full = estimator.training_memory("gpt2", **kw)
+    gpt2_lora = estimator.training_memory("gpt2", method="lora", lora_targets="c_attn", **kw)
+    gpt2_all = estimator.training_memory("gpt2", method="lora", lora_targets="all-linear", **kw)
     assert gpt2_lora.activations < gpt2_full.activations < gpt2_all.activations
 
 
@@ -116,49 +122,51 @@ def test_logits_dominate_for_small_models_with_large_vocab():
 
 
 def test_sharding_and_gpu_count():
-    b = memory.training_memory("llama-2-7b", batch=1, seq=512)
-    z1, z2, z3 = (memory.sharded(b, 8, f"zero{k}") for k in (1, 2, 3))
-    assert memory.sharded(b, 8, "ddp").total == b.total
+    b = estimator.training_memory("llama-2-7b", batch=1, seq=512)
+    z1, z2, z3 = (estimator.sharded(b, 8, f"zero{k}") for k in (1, 2, 3))
+    assert estimator.sharded(b, 8, "ddp").total == b.total
     whole = 4 * len(architecture.param_shapes("llama-2-7b"))  # AdamW's step counters
     assert b.details["optimizer_unsharded"] == whole
     assert z1.optimizer == math.ceil((b.optimizer - whole) / 8) + whole
     assert z1.gradients == b.gradients
     assert z2.gradients == math.ceil(b.gradients / 8) and z2.weights == b.weights
     assert z3.total < z2.total < z1.total < b.total
-    assert memory.round_to_nodes(17) == 24 and memory.round_to_nodes(5) == 5
-    n = memory.gpus_needed(b, 80 * 2**30, "zero3")
-    assert memory.sharded(b, n, "zero3").total <= 80 * 2**30
-    assert n == 1 or memory.sharded(b, n - 1, "zero3").total > 80 * 2**30 or n > 8
+    assert estimator.round_to_nodes(17) == 24 and estimator.round_to_nodes(5) == 5
+    n = estimator.gpus_needed(b, 80 * 2**30, "zero3")
+    assert estimator.sharded(b, n, "zero3").total <= 80 * 2**30
+    assert n == 1 or estimator.sharded(b, n - 1, "zero3").total > 80 * 2**30 or n > 8
 
 
 def test_fsdp_keeps_the_step_counters_whole_as_measured_on_two_ranks():
     """notebook 03's two-process FSDP2 run measured 920,916 B of AdamW state per rank for
     tiny-llama in fp32: half the moments plus every tensor's 4-byte step counter."""
-    b = memory.training_memory("tiny-llama", precision="fp32", batch=1, seq=8)
+    b = estimator.training_memory("tiny-llama", precision="fp32", batch=1, seq=8)
     assert b.optimizer == 1_841_748
-    assert memory.sharded(b, 2, "fsdp").optimizer == 920_916
+    assert estimator.sharded(b, 2, "fsdp").optimizer == 920_916
 
 
 def test_training_time_gpt3_is_about_34_days():
-    days = memory.training_days(175e9, 300e9, 1024, 140e12, recompute=True)
+    days = estimator.training_days(175e9, 300e9, 1024, 140e12, recompute=True)
     assert 33 <= days <= 35
-    assert memory.training_flops(1, 1) == 6 and memory.training_flops(1, 1, True) == 8
+    assert estimator.training_flops(1, 1) == 6 and estimator.training_flops(1, 1, True) == 8
 
 
 def test_rules_of_thumb():
-    assert memory.rule_weights(6e9, "fp16") == 12e9
-    assert memory.rule_training_12(1e9) == 12e9
-    assert memory.rule_training_8x(1e9) == 16e9
-    assert memory.rule_inference_2x(1e9) == 4e9
-    assert memory.rule_activations_korthikanti(1, 1, 1, 1, 1) == 39
+    assert estimator.rule_weights(6e9, "fp16") == 12e9
+    assert estimator.rule_training_12(1e9) == 12e9
+    assert estimator.rule_training_8x(1e9) == 16e9
+    assert estimator.rule_inference_2x(1e9) == 4e9
+    assert estimator.rule_activations_korthikanti(1, 1, 1, 1, 1) == 39
 
 
 def test_bad_sizes_and_options_raise():
     with pytest.raises(LabkitError):
         activations.activation_bytes("tiny-llama", 0, 8)
     with pytest.raises(LabkitError):
-        memory.training_memory("tiny-llama", optimizer="lion")
+        estimator.training_memory("tiny-llama", optimizer="lion")
     with pytest.raises(LabkitError):
         activations.activation_bytes("tiny-bloom", 1, 8, attention="sdpa")
     with pytest.raises(LabkitError):
-        memory.gpus_needed(memory.training_memory("llama-2-7b", precision="fp32"), 2**20, "ddp")
+        estimator.gpus_needed(
+            estimator.training_memory("llama-2-7b", precision="fp32"), 2**20, "ddp"
+        )

@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
-from labkit import REPO_ROOT, architecture, cli, memory, memory_cli
+from labkit import REPO_ROOT, cli
+from labkit.fit import estimate_cli
+from labkit.memory import estimator
+from labkit.models import architecture
 
 
 def run(capsys, *argv):
@@ -21,8 +24,8 @@ def test_json_keys_and_values(capsys):
     )
     assert rc == 0 and not err
     data = json.loads(out)
-    assert set(memory_cli.JSON_KEYS) <= set(data)
-    est = memory.training_memory("tiny-llama", precision="fp32", batch=2, seq=16)
+    assert set(estimate_cli.JSON_KEYS) <= set(data)
+    est = estimator.training_memory("tiny-llama", precision="fp32", batch=2, seq=16)
     assert data["parameters"] == architecture.count_parameters("tiny-llama")
     assert data["activations"] == est.activations and data["logits"] == est.logits
     assert data["total"] == est.total and data["gpus_needed"] == 1
@@ -39,7 +42,7 @@ def test_config_path_infer_and_sharding(capsys):
 
 
 def test_card_adds_the_roofline_decode_prediction(capsys):
-    from labkit import roofline
+    from labkit.inference import roofline
 
     argv = ("llama-2-7b", "--mode", "infer", "--seq", "2048", "--batch", "4", "--card", "h100-sxm")
     rc, out, _ = run(capsys, *argv, "--json")
@@ -108,13 +111,13 @@ def test_lora_defaults_to_a_bf16_base_and_names_its_regime(capsys):
     assert rc == 0 and data["regime"] == "LoRA: bf16 base + fp32 adapters, bf16 autocast"
     n = data["trainable_parameters"]
     # no fp32 copy of the base: bf16 base + fp32 adapters + autocast's bf16 copies of them
-    assert data["weights"] == memory.weight_bytes("llama-2-7b", "bf16") + (4 + 2) * n
-    bf16 = memory.training_memory("llama-2-7b", method="lora", base_dtype="bf16")
+    assert data["weights"] == estimator.weight_bytes("llama-2-7b", "bf16") + (4 + 2) * n
+    bf16 = estimator.training_memory("llama-2-7b", method="lora", base_dtype="bf16")
     assert data["total"] == bf16.total
     rc, out, _ = run(capsys, "llama-2-7b", "--method", "lora", "--base-dtype", "fp32", "--json")
     fp32 = json.loads(out)
     assert fp32["regime"] == "LoRA: fp32 base + fp32 adapters, bf16 autocast"
-    assert fp32["total"] == memory.training_memory("llama-2-7b", method="lora").total
+    assert fp32["total"] == estimator.training_memory("llama-2-7b", method="lora").total
     assert fp32["weights"] > 2.5 * data["weights"]
     rc, out, _ = run(capsys, "llama-2-7b", "--method", "qlora", "--json")
     assert json.loads(out)["regime"] == "QLoRA: NF4 base + fp32 adapters, bf16 autocast"

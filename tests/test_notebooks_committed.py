@@ -5,9 +5,9 @@ import re
 import nbformat
 import pytest
 
-from labkit import course
+from labkit.course import runner
 
-NOTEBOOKS = course.course_notebooks()
+NOTEBOOKS = runner.course_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
 
 
@@ -23,7 +23,7 @@ def test_stored_as_clean_in_order_run(path):
     assert counts == list(range(1, len(code) + 1)), f"{path.name}: not one in-order run: {counts}"
     errors = [c.source[:60] for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{path.name}: stored errors in {errors}"
-    assert course.strip_volatile(nbformat.from_dict(nb)) == nb, f"{path.name}: volatile metadata"
+    assert runner.strip_volatile(nbformat.from_dict(nb)) == nb, f"{path.name}: volatile metadata"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

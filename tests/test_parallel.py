@@ -1,4 +1,4 @@
-"""labkit.launch + labkit.parallel: a real 2-process gloo job (DDP and FSDP2), its bytes, traffic
+"""labkit.distributed.launch + labkit.distributed.parallel: a real 2-process gloo job (DDP and FSDP2), its bytes, traffic
 and losses against one process and the textbook; launcher failures as one line."""
 
 import tempfile
@@ -7,7 +7,10 @@ import uuid
 import pytest
 import yaml
 
-from labkit import LabkitError, architecture, launch, memory, parallel, zoo
+from labkit import LabkitError
+from labkit.distributed import launch, parallel
+from labkit.memory import estimator
+from labkit.models import architecture, zoo
 
 JOB = parallel.Job(model="tiny-llama", steps=2, global_batch=2, seq=16)
 
@@ -15,7 +18,9 @@ JOB = parallel.Job(model="tiny-llama", steps=2, global_batch=2, seq=16)
 @pytest.fixture(scope="module")
 def two_ranks():
     args = ["--model", "tiny-llama", "--steps", "2", "--global-batch", "2", "--seq", "16"]
-    result = launch.run("labkit.parallel", 2, [*args, "--methods", "full,lora"], timeout=240)
+    result = launch.run(
+        "labkit.distributed.parallel", 2, [*args, "--methods", "full,lora"], timeout=240
+    )
     assert result.returncode == 0
     return {
         (r["job"]["method"], r["strategy"], r["rank"]): r
@@ -43,8 +48,10 @@ def test_bytes_per_rank(two_ranks):
             assert sum(b[key] for b in ranks) == single[key], (strategy, key)  # a true split
         # AdamW's step counters are not sharded: every rank keeps all of them
         assert all(b["optimizer_counters"] == single["optimizer_counters"] for b in ranks)
-    est = memory.training_memory(zoo.load_config("tiny-llama"), precision="fp32", batch=2, seq=16)
-    z3 = memory.sharded(est, 2, "zero3")
+    est = estimator.training_memory(
+        zoo.load_config("tiny-llama"), precision="fp32", batch=2, seq=16
+    )
+    z3 = estimator.sharded(est, 2, "zero3")
     rank0 = two_ranks[("full", "zero3", 0)]["bytes"]
     assert abs(rank0["weights"] - z3.weights) <= 0.01 * z3.weights  # uneven dim-0 splits only
 
@@ -71,9 +78,9 @@ def test_job_and_launcher_errors():
     with pytest.raises(LabkitError, match="unknown strategy 'zero4'"):
         parallel.train(JOB, "zero4")
     with pytest.raises(LabkitError, match="nproc must be a positive integer"):
-        launch.run("labkit.parallel", 0)
+        launch.run("labkit.distributed.parallel", 0)
     with pytest.raises(LabkitError, match=r"exited with code 1: .*unknown strategy 'bogus'"):
-        launch.run("labkit.parallel", 1, ["--strategies", "bogus"], timeout=120)
+        launch.run("labkit.distributed.parallel", 1, ["--strategies", "bogus"], timeout=120)
 
 
 def test_comm_time_and_links():
@@ -100,7 +107,7 @@ def test_launch_config_is_read_by_accelerate(nodes):
 
 
 def test_notebook_03_demo_runs_through_the_launcher():
-    demo = launch.run("labkit.distributed_demo", 2, ["tiny-llama"], timeout=240)
+    demo = launch.run("labkit.distributed.demo", 2, ["tiny-llama"], timeout=240)
     assert demo.returncode == 0
     report = demo.reports[0]
     for rank in report["measured"]:
@@ -109,7 +116,7 @@ def test_notebook_03_demo_runs_through_the_launcher():
 
 
 def test_selfcheck_15(capsys):
-    from labkit.selfcheck import check
+    from labkit.course.exercises import check
 
     grads = 4 * architecture.count_parameters(zoo.load_config("zoo-llama"))
     assert check("15.1", 1.5 * grads)
@@ -135,14 +142,14 @@ def test_failures_leave_no_process_and_say_one_line(mark):
     import socket
 
     with pytest.raises(LabkitError, match="did not finish in 1 s"):
-        launch.run("labkit.parallel", 2, ["--model", "tiny-llama"], timeout=1)
+        launch.run("labkit.distributed.parallel", 2, ["--model", "tiny-llama"], timeout=1)
     assert _ranks_running(mark) == []
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
         with pytest.raises(LabkitError, match=f"port {taken} is in use"):
-            launch.run("labkit.parallel", 2, port=taken)
+            launch.run("labkit.distributed.parallel", 2, port=taken)
 
 
 def test_ctrl_c_stops_every_rank(monkeypatch, mark):
@@ -157,6 +164,6 @@ def test_ctrl_c_stops_every_rank(monkeypatch, mark):
 
     monkeypatch.setattr(sp.Popen, "communicate", interrupted)
     with pytest.raises(LabkitError, match="was interrupted; every rank was stopped"):
-        launch.run("labkit.parallel", 2, ["--model", "tiny-llama"], timeout=60)
+        launch.run("labkit.distributed.parallel", 2, ["--model", "tiny-llama"], timeout=60)
     monkeypatch.undo()
     assert _ranks_running(mark) == []

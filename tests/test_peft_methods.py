@@ -1,4 +1,4 @@
-"""labkit.peft_methods: the formula count equals peft's own count; discovery helpers; configs."""
+"""labkit.tuners.peft_methods: the formula count equals peft's own count; discovery helpers; configs."""
 
 import copy
 import warnings
@@ -14,8 +14,9 @@ from peft import (
 )
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from labkit import LabkitError, zoo
-from labkit import peft_methods as lp
+from labkit import LabkitError
+from labkit.models import zoo
+from labkit.tuners import peft_methods
 
 TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
 ATTN = {
@@ -90,13 +91,13 @@ CASES = [(name, key) for name in TINY for key in _configs("llama")]
 def test_count_equals_peft_on_tiny_models(name, key):
     config = zoo.load_config(name)
     peft_config = _configs(config.model_type)[key]
-    expected = lp.count_trainable(peft_config, config)
+    expected = peft_methods.count_trainable(peft_config, config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = get_peft_model(zoo.load_model(name), copy.deepcopy(peft_config))
     assert expected == model.get_nb_trainable_parameters()[0]
     # and again with the config peft has filled in (token_dim etc. set in place)
-    assert lp.count_trainable(model.peft_config["default"], config) == expected
+    assert peft_methods.count_trainable(model.peft_config["default"], config) == expected
 
 
 @pytest.mark.parametrize(
@@ -117,13 +118,15 @@ def test_count_equals_peft_on_catalog_configs_on_meta_device(name, peft_config):
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         model = get_peft_model(AutoModelForCausalLM.from_config(config), copy.deepcopy(peft_config))
-    assert lp.count_trainable(peft_config, config) == model.get_nb_trainable_parameters()[0]
+    assert (
+        peft_methods.count_trainable(peft_config, config) == model.get_nb_trainable_parameters()[0]
+    )
 
 
 def test_facts_md_figures():
     llama2 = zoo.load_config("llama-2-7b")
     assert (
-        lp.count_trainable(LoraConfig(r=8, target_modules=["q_proj", "v_proj"]), llama2)
+        peft_methods.count_trainable(LoraConfig(r=8, target_modules=["q_proj", "v_proj"]), llama2)
         == 4_194_304
     )
     llama32_1b = LlamaConfig(
@@ -134,59 +137,70 @@ def test_facts_md_figures():
         num_key_value_heads=8,
         vocab_size=128256,
     )
-    assert lp.count_trainable(LoraConfig(r=8, target_modules=["q_proj"]), llama32_1b) == 524_288
+    assert (
+        peft_methods.count_trainable(LoraConfig(r=8, target_modules=["q_proj"]), llama32_1b)
+        == 524_288
+    )
     bloom = zoo.load_config("bloom-560m")  # bloomz-560m has the same architecture
-    assert lp.count_trainable(PromptTuningConfig(num_virtual_tokens=8), bloom) == 8_192
-    assert lp.count_trainable(PrefixTuningConfig(num_virtual_tokens=20), bloom) == 983_040
+    assert peft_methods.count_trainable(PromptTuningConfig(num_virtual_tokens=8), bloom) == 8_192
+    assert peft_methods.count_trainable(PrefixTuningConfig(num_virtual_tokens=20), bloom) == 983_040
     p_tuning = PromptEncoderConfig(num_virtual_tokens=20, encoder_hidden_size=128)
-    assert lp.count_trainable(p_tuning, bloom) == 300_288
+    assert peft_methods.count_trainable(p_tuning, bloom) == 300_288
 
 
 def test_prefix_projection_formula_and_gqa_shapes():
     h, layers, n, e = 1024, 24, 20, 128
     bloom = zoo.load_config("bloom-560m")
     cfg = PrefixTuningConfig(num_virtual_tokens=n, prefix_projection=True, encoder_hidden_size=e)
-    assert lp.count_trainable(cfg, bloom) == n * h + (h * e + e) + (
+    assert peft_methods.count_trainable(cfg, bloom) == n * h + (h * e + e) + (
         e * 2 * layers * h + 2 * layers * h
     )
     # GQA: Llama-3.1-8B's prefixes hold n_kv * head_dim = 8 * 128 values per layer and key/value
     llama3 = zoo.load_config("llama-3.1-8b")
-    assert lp.prompt_dims(PrefixTuningConfig(num_virtual_tokens=1), llama3)["token_dim"] == 1024
-    assert lp.count_trainable(PrefixTuningConfig(num_virtual_tokens=1), llama3) == 32 * 2 * 1024
+    assert (
+        peft_methods.prompt_dims(PrefixTuningConfig(num_virtual_tokens=1), llama3)["token_dim"]
+        == 1024
+    )
+    assert (
+        peft_methods.count_trainable(PrefixTuningConfig(num_virtual_tokens=1), llama3)
+        == 32 * 2 * 1024
+    )
 
 
 def test_count_does_not_modify_the_config_and_terms_add_up():
     cfg = PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True)
-    terms = lp.count_terms(cfg, zoo.load_config("tiny-qwen2"))
+    terms = peft_methods.count_terms(cfg, zoo.load_config("tiny-qwen2"))
     assert cfg.token_dim is None and cfg.encoder_hidden_size is None
-    assert sum(terms.values()) == lp.count_trainable(cfg, "tiny-qwen2")
+    assert sum(terms.values()) == peft_methods.count_trainable(cfg, "tiny-qwen2")
     assert len(terms) == 3
 
 
 def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(LabkitError, match="matches no module"):
-        lp.count_trainable(LoraConfig(target_modules=["nope"]), "tiny-llama")
+        peft_methods.count_trainable(LoraConfig(target_modules=["nope"]), "tiny-llama")
     with pytest.raises(LabkitError, match="not a Linear"):
-        lp.count_trainable(LoraConfig(target_modules=r".*self_attn"), "tiny-llama")
+        peft_methods.count_trainable(LoraConfig(target_modules=r".*self_attn"), "tiny-llama")
     from peft import IA3Config
 
     with pytest.raises(LabkitError, match="unsupported peft config"):
-        lp.count_trainable(IA3Config(), "tiny-llama")
+        peft_methods.count_trainable(IA3Config(), "tiny-llama")
     with pytest.raises(LabkitError, match="expected a transformers config"):
-        lp.count_trainable(LoraConfig(), 42)
+        peft_methods.count_trainable(LoraConfig(), 42)
     with pytest.raises(LabkitError, match="unknown PEFT method"):
-        lp.make_config("adapter")
+        peft_methods.make_config("adapter")
 
 
-@pytest.mark.parametrize("method", [m for m in lp.PEFT_METHODS if m != "full"])
+@pytest.mark.parametrize("method", [m for m in peft_methods.PEFT_METHODS if m != "full"])
 def test_make_config_and_attach_match_the_count(method):
-    model = lp.attach("tiny-llama", method)
+    model = peft_methods.attach("tiny-llama", method)
     config = model.peft_config["default"]
-    assert lp.trainable_parameters(model)[0] == lp.count_trainable(config, model.config)
-    assert lp.trainable_parameters(model)[0] > 0
+    assert peft_methods.trainable_parameters(model)[0] == peft_methods.count_trainable(
+        config, model.config
+    )
+    assert peft_methods.trainable_parameters(model)[0] > 0
 
 
 def test_attach_full_trains_everything():
-    model = lp.attach("tiny-qwen2", "full")
-    trainable, total = lp.trainable_parameters(model)
+    model = peft_methods.attach("tiny-qwen2", "full")
+    trainable, total = peft_methods.trainable_parameters(model)
     assert trainable == total == sum(p.numel() for p in model.parameters())

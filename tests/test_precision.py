@@ -1,20 +1,21 @@
-"""labkit.precision: bit layouts and format figures, checked against torch."""
+"""labkit.quant.formats: bit layouts and format figures, checked against torch."""
 
 import math
 
 import pytest
 import torch
 
-from labkit import LabkitError, precision
+from labkit import LabkitError
+from labkit.quant import formats
 
-TORCH_FORMATS = [n for n, f in precision.FORMATS.items() if f.dtype is not None]
+TORCH_FORMATS = [n for n, f in formats.FORMATS.items() if f.dtype is not None]
 
 
 @pytest.mark.parametrize("name", TORCH_FORMATS)
 def test_format_table_agrees_with_finfo(name):
-    f = precision.FORMATS[name]
+    f = formats.FORMATS[name]
     fi = torch.finfo(f.dtype)
-    row = {r["format"]: r for r in precision.format_table()}[name]
+    row = {r["format"]: r for r in formats.format_table()}[name]
     assert row["bits"] == fi.bits
     assert row["max"] == fi.max
     assert row["smallest_normal"] == fi.smallest_normal
@@ -26,74 +27,72 @@ def test_format_table_agrees_with_finfo(name):
 
 
 def test_known_figures():
-    rows = {r["format"]: r for r in precision.format_table()}
+    rows = {r["format"]: r for r in formats.format_table()}
     assert rows["fp16"]["max"] == 65504
     assert rows["bf16"]["eps"] == 2**-7
     assert rows["fp8_e4m3"]["max"] == 448
     assert rows["fp8_e5m2"]["max"] == 57344
     assert rows["fp4_e2m1"]["max"] == 6
-    assert "| fp16 | 16 | 5 | 10 |" in precision.format_table_markdown()
+    assert "| fp16 | 16 | 5 | 10 |" in formats.format_table_markdown()
 
 
 @pytest.mark.parametrize("name", TORCH_FORMATS)
 @pytest.mark.parametrize("x", [0.0, -0.0, 1.0, -2.5, 3.14159, 1e-3, 65504.0, 1e5, 6e-8, -1e-40])
 def test_decode_matches_torch_cast_and_encode_inverts(name, x):
-    bits = precision.decode(x, name)
-    stored = (
-        torch.tensor([x], dtype=torch.float64).to(precision.FORMATS[name].dtype).double().item()
-    )
+    bits = formats.decode(x, name)
+    stored = torch.tensor([x], dtype=torch.float64).to(formats.FORMATS[name].dtype).double().item()
     if math.isnan(stored):
         assert bits.kind == "nan"
         return
     assert bits.value == stored
     assert math.copysign(1, bits.value) == math.copysign(1, stored)
-    assert precision.encode(bits.sign, bits.exponent, bits.mantissa, name) == stored
+    assert formats.encode(bits.sign, bits.exponent, bits.mantissa, name) == stored
 
 
 def test_decode_fields_by_hand():
-    b = precision.decode(1.0, "fp32")
+    b = formats.decode(1.0, "fp32")
     assert (b.sign, b.exponent, b.mantissa, b.kind) == (0, 127, 0, "normal")
     assert b.bit_string() == "0 01111111 " + "0" * 23
-    b = precision.decode(-2.5, "bf16")  # -1.25 * 2^1
+    b = formats.decode(-2.5, "bf16")  # -1.25 * 2^1
     assert (b.sign, b.exponent, b.mantissa) == (1, 128, 0b0100000)
-    assert precision.decode(70000.0, "fp16").kind == "inf"
-    assert precision.decode(70000.0, "bf16").kind == "normal"
-    assert precision.decode(2**-24, "fp16").kind == "subnormal"
-    assert precision.decode(1 + 2**-8, "bf16").value == 1.0  # below bf16's precision
+    assert formats.decode(70000.0, "fp16").kind == "inf"
+    assert formats.decode(70000.0, "bf16").kind == "normal"
+    assert formats.decode(2**-24, "fp16").kind == "subnormal"
+    assert formats.decode(1 + 2**-8, "bf16").value == 1.0  # below bf16's precision
     # e4m3fn has no inf: torch's cast saturates to the max, 448 (e5m2 overflows to inf)
-    assert precision.decode(1000.0, "fp8_e4m3").value == 448
-    assert precision.decode(1e6, "fp8_e5m2").kind == "inf"
+    assert formats.decode(1000.0, "fp8_e4m3").value == 448
+    assert formats.decode(1e6, "fp8_e5m2").kind == "inf"
 
 
 def test_fp4_has_its_eight_magnitudes():
-    vals = precision.representable_values("fp4_e2m1", lo=0)
+    vals = formats.representable_values("fp4_e2m1", lo=0)
     assert vals.tolist() == [0, 0.5, 1, 1.5, 2, 3, 4, 6]
-    assert precision.decode(5.2, "fp4_e2m1").value == 6.0
-    assert precision.decode(100.0, "fp4_e2m1").value == 6.0  # saturates
-    assert precision.round_to(torch.tensor([0.7, -2.6]), "fp4_e2m1").tolist() == [0.5, -3.0]
+    assert formats.decode(5.2, "fp4_e2m1").value == 6.0
+    assert formats.decode(100.0, "fp4_e2m1").value == 6.0  # saturates
+    assert formats.round_to(torch.tensor([0.7, -2.6]), "fp4_e2m1").tolist() == [0.5, -3.0]
 
 
 def test_representable_values_and_spacing():
-    vals = precision.representable_values("fp16", 1.0, 2.0)
+    vals = formats.representable_values("fp16", 1.0, 2.0)
     assert len(vals) == 2**10 + 1
     assert torch.allclose(vals.diff(), torch.full((1024,), 2.0**-10, dtype=torch.float64))
-    assert len(precision.representable_values("fp8_e4m3")) == 253  # 256 - 2 NaN - (+0/-0 merged)
-    assert precision.spacing(1.0, "bf16").item() == 2**-7
-    assert precision.spacing(1024.0, "fp16").item() == 1.0
-    rel = precision.relative_spacing(torch.tensor([1.0, 1.9, 3.0]), "fp32")
+    assert len(formats.representable_values("fp8_e4m3")) == 253  # 256 - 2 NaN - (+0/-0 merged)
+    assert formats.spacing(1.0, "bf16").item() == 2**-7
+    assert formats.spacing(1024.0, "fp16").item() == 1.0
+    rel = formats.relative_spacing(torch.tensor([1.0, 1.9, 3.0]), "fp32")
     assert ((rel <= 2**-23) & (rel > 2**-24)).all()
-    assert precision.round_to(1 + 2**-8, "bf16").item() == 1.0
-    assert precision.round_to(1 + 2**-7, "bf16").item() == 1 + 2**-7
+    assert formats.round_to(1 + 2**-8, "bf16").item() == 1.0
+    assert formats.round_to(1 + 2**-7, "bf16").item() == 1 + 2**-7
 
 
 def test_bad_input():
     with pytest.raises(LabkitError, match="accepted"):
-        precision.get_format("fp12")
+        formats.get_format("fp12")
     with pytest.raises(LabkitError, match="fit"):
-        precision.encode(0, 300, 0, "fp16")
+        formats.encode(0, 300, 0, "fp16")
     with pytest.raises(LabkitError, match="16 bits"):
-        precision.representable_values("fp32")
+        formats.representable_values("fp32")
     with pytest.raises(LabkitError):
-        precision.relative_spacing(0.0, "fp16")
+        formats.relative_spacing(0.0, "fp16")
     with pytest.raises(LabkitError):
-        precision.decode(math.inf, "fp4_e2m1")
+        formats.decode(math.inf, "fp4_e2m1")

@@ -1,21 +1,21 @@
 import json
 
-from labkit import pretrain
+from labkit.course import build_zoo
 
 
 def test_build_is_deterministic_and_records_provenance(tmp_path):
     kwargs = {"steps": 3, "batch": 2, "threads": 1, "log_every": 0, "max_texts": 60}
-    a = pretrain.build(tmp_path / "a", **kwargs)
-    b = pretrain.build(tmp_path / "b", **kwargs)
+    a = build_zoo.build(tmp_path / "a", **kwargs)
+    b = build_zoo.build(tmp_path / "b", **kwargs)
     assert a["sha256"] == b["sha256"]
     saved = json.loads((tmp_path / "a" / "provenance.json").read_text())
     for key in ("seed", "steps", "tokens_seen", "final_train_loss", "heldout_loss", "sha256"):
         assert key in saved
-    assert saved["tokens_seen"] == 3 * 2 * pretrain.CONTEXT
+    assert saved["tokens_seen"] == 3 * 2 * build_zoo.CONTEXT
 
 
 def test_tokenizer_round_trips_corpus_text():
-    from labkit import zoo
+    from labkit.models import zoo
 
     tok = zoo.load_tokenizer("zoo-llama")
     text = 'Mia asked, "Where does the fox live?" Tom said, "The fox lives in the forest."'
@@ -29,7 +29,7 @@ def test_cli_refuses_to_overwrite_without_force(tmp_path):
 
     (tmp_path / "model.safetensors").write_bytes(b"learner's model")
     with pytest.raises(LabkitError, match="--force"):
-        pretrain.cli_main(["--out", str(tmp_path)])
+        build_zoo.cli_main(["--out", str(tmp_path)])
     assert (tmp_path / "model.safetensors").read_bytes() == b"learner's model"
 
 
@@ -58,7 +58,9 @@ def test_interrupted_rebuild_keeps_the_old_model_and_leaves_no_temporary_folder(
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        pretrain.build_into(out, force=True, steps=3, batch=2, threads=1, log_every=0, max_texts=60)
+        build_zoo.build_into(
+            out, force=True, steps=3, batch=2, threads=1, log_every=0, max_texts=60
+        )
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert _siblings(out) == ["zoo-llama"]
 
@@ -71,8 +73,8 @@ def test_failed_rebuild_through_the_cli_keeps_the_old_model(tmp_path, monkeypatc
         (folder / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain, "build", half_written)
-    assert pretrain.cli_main(["--out", str(out), "--force"]) == 130
+    monkeypatch.setattr(build_zoo, "build", half_written)
+    assert build_zoo.cli_main(["--out", str(out), "--force"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted; the model there was kept" in err[0]
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
@@ -80,11 +82,11 @@ def test_failed_rebuild_through_the_cli_keeps_the_old_model(tmp_path, monkeypatc
     def crash(folder, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pretrain, "build", crash)
+    monkeypatch.setattr(build_zoo, "build", crash)
     import pytest
 
     with pytest.raises(RuntimeError):
-        pretrain.cli_main(["--out", str(out), "--force"])
+        build_zoo.cli_main(["--out", str(out), "--force"])
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert _siblings(out) == ["zoo-llama"]
 
@@ -97,8 +99,8 @@ def test_successful_rebuild_swaps_in_the_new_model(tmp_path, monkeypatch):
         (folder / "model.safetensors").write_bytes(b"new")
         return {"parameters": 1}
 
-    monkeypatch.setattr(pretrain, "build", new_model)
-    assert pretrain.build_into(out, force=True) == {"parameters": 1}
+    monkeypatch.setattr(build_zoo, "build", new_model)
+    assert build_zoo.build_into(out, force=True) == {"parameters": 1}
     assert [f.name for f in out.iterdir()] == ["model.safetensors"]
     assert (out / "model.safetensors").read_bytes() == b"new"
     assert _siblings(out) == ["zoo-llama"]

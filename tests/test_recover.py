@@ -1,9 +1,10 @@
-"""labkit.recover: rebuild a dead kernel's state up to a section."""
+"""labkit.course.catch_up: rebuild a dead kernel's state up to a section."""
 
 import nbformat
 import pytest
 
-from labkit import LabkitError, course, recover
+from labkit import LabkitError
+from labkit.course import catch_up, runner
 
 
 def _toy(path):
@@ -26,25 +27,25 @@ def _toy(path):
 def test_run_until_runs_the_cells_above_the_section(tmp_path, capsys):
     path = _toy(tmp_path / "98_toy.ipynb")
     ns = {}
-    assert recover.run_until(path, "2", namespace=ns) == 2
+    assert catch_up.run_until(path, "2", namespace=ns) == 2
     assert ns["a"] == 6 and "b" not in ns
     assert "ran 2 code cells above section '2'" in capsys.readouterr().out
     ns = {}
-    assert recover.run_until(path, "10", namespace=ns) == 3 and ns["b"] == 42  # "1" != "10"
+    assert catch_up.run_until(path, "10", namespace=ns) == 3 and ns["b"] == 42  # "1" != "10"
 
 
 def test_run_until_names_the_failing_cell_and_unknown_sections(tmp_path):
     path = _toy(tmp_path / "98_toy.ipynb")
     with pytest.raises(LabkitError, match=r"code cell 4 \(\"raise ValueError\('boom'\)\"\) failed"):
-        recover.run_until(path, "exercises", namespace={})
+        catch_up.run_until(path, "exercises", namespace={})
     with pytest.raises(LabkitError, match=r"unknown section '7'; accepted: 1\. First, 2\. Second"):
-        recover.run_until(path, "7", namespace={})
+        catch_up.run_until(path, "7", namespace={})
 
 
 def test_find_notebook_by_number_and_every_course_notebook_has_sections():
-    first = course.course_notebooks()[0]
-    assert recover.find_notebook("00") == first
+    first = runner.course_notebooks()[0]
+    assert catch_up.find_notebook("00") == first
     with pytest.raises(LabkitError, match="unknown notebook '99'"):
-        recover.find_notebook("99")
-    for path in course.course_notebooks():
-        assert recover.headings(nbformat.read(path, as_version=4)), path.name
+        catch_up.find_notebook("99")
+    for path in runner.course_notebooks():
+        assert catch_up.headings(nbformat.read(path, as_version=4)), path.name

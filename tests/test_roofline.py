@@ -1,11 +1,14 @@
-"""labkit.roofline: card table, bytes and FLOPs per decode step, roofline predictions, measurements."""
+"""labkit.inference.roofline: card table, bytes and FLOPs per decode step, roofline predictions, measurements."""
 
 import math
 
 import pytest
 import torch
 
-from labkit import LabkitError, architecture, memory, roofline, zoo
+from labkit import LabkitError
+from labkit.inference import roofline
+from labkit.memory import estimator
+from labkit.models import architecture, zoo
 
 
 def test_cards_have_sources_and_sane_figures():
@@ -33,7 +36,7 @@ def test_decode_cost_llama_3_1_8b():
     P = architecture.count_parameters(cfg)
     V, h = cfg.vocab_size, cfg.hidden_size
     # every weight but the input-embedding table (only looked up) is read, in bf16
-    assert c.resident_bytes == memory.weight_bytes(cfg, "bf16") == 2 * P
+    assert c.resident_bytes == estimator.weight_bytes(cfg, "bf16") == 2 * P
     assert c.weight_bytes == 2 * (P - V * h)
     norms = (2 * cfg.num_hidden_layers + 1) * h
     assert c.flops_per_token == 2 * (P - V * h - norms)
@@ -42,7 +45,7 @@ def test_decode_cost_llama_3_1_8b():
     # quantized weights: fewer bytes, same FLOPs (weight-only quantization dequantizes)
     q = roofline.decode_cost(cfg, "nf4")
     assert q.flops_per_token == c.flops_per_token and q.weight_bytes < c.weight_bytes / 3
-    assert q.weight_bytes == memory.weight_bytes(cfg, "nf4") - 2 * V * h
+    assert q.weight_bytes == estimator.weight_bytes(cfg, "nf4") - 2 * V * h
 
 
 def test_tied_head_reads_the_table():

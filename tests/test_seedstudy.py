@@ -1,10 +1,11 @@
-"""labkit.seedstudy: scores, summaries, spreads and the record's clear errors (synthetic record)."""
+"""labkit.studies.peft_seeds: scores, summaries, spreads and the record's clear errors (synthetic record)."""
 
 import pytest
 
-from labkit import LabkitError, seedstudy
+from labkit import LabkitError
+from labkit.studies import peft_seeds
 
-ARGS = dict(seedstudy.GRID["12"][0][1])
+ARGS = dict(peft_seeds.GRID["12"][0][1])
 
 
 def _record():
@@ -25,41 +26,41 @@ def _record():
 
 def test_scores_limit_and_base():
     rec = _record()
-    assert seedstudy.scores(rec, "lora", ARGS) == [0.5, 0.25, 0.75]
-    assert seedstudy.scores(rec, "lora", ARGS, limit=2) == [1.0, 0.5, 1.0]
-    assert seedstudy.base_score(rec) == 0.25 and seedstudy.base_score(rec, limit=3) == 0.0
+    assert peft_seeds.scores(rec, "lora", ARGS) == [0.5, 0.25, 0.75]
+    assert peft_seeds.scores(rec, "lora", ARGS, limit=2) == [1.0, 0.5, 1.0]
+    assert peft_seeds.base_score(rec) == 0.25 and peft_seeds.base_score(rec, limit=3) == 0.0
 
 
 def test_summary_and_format():
-    rows = seedstudy.summary(_record(), "12")
+    rows = peft_seeds.summary(_record(), "12")
     assert len(rows) == 1  # full fine-tuning has no runs in this record: skipped
     row = rows[0]
     assert (row["min"], row["max"], row["mean"]) == (0.25, 0.75, 0.5)
     assert row["final_loss"] == pytest.approx(0.2)
-    text = seedstudy.format_summary(rows)
+    text = peft_seeds.format_summary(rows)
     assert "lora" in text and "0.50" in text
-    assert "| 12 | lora |" in seedstudy.markdown_table(_record())
+    assert "| 12 | lora |" in peft_seeds.markdown_table(_record())
 
 
 def test_spread_helpers():
-    assert seedstudy.within(0.5, [0.4, 0.6]) and not seedstudy.within(0.7, [0.4, 0.6])
-    assert seedstudy.within(0.65, [0.4, 0.6], slack=0.05)
-    assert seedstudy.gap_exceeds_spread([0.9, 0.8], [0.5, 0.7])
-    assert not seedstudy.gap_exceeds_spread([0.9, 0.6], [0.5, 0.7])
+    assert peft_seeds.within(0.5, [0.4, 0.6]) and not peft_seeds.within(0.7, [0.4, 0.6])
+    assert peft_seeds.within(0.65, [0.4, 0.6], slack=0.05)
+    assert peft_seeds.gap_exceeds_spread([0.9, 0.8], [0.5, 0.7])
+    assert not peft_seeds.gap_exceeds_spread([0.9, 0.6], [0.5, 0.7])
 
 
 def test_clear_errors(tmp_path):
     with pytest.raises(LabkitError, match="no seed record"):
-        seedstudy.load(tmp_path / "missing.json")
+        peft_seeds.load(tmp_path / "missing.json")
     with pytest.raises(LabkitError, match="unknown configuration"):
-        seedstudy.scores(_record(), "prefix", ARGS)
+        peft_seeds.scores(_record(), "prefix", ARGS)
     with pytest.raises(LabkitError, match="unknown study '07'; accepted: 08, 09, 10, 12"):
-        seedstudy.summary(_record(), "07")
+        peft_seeds.summary(_record(), "07")
 
 
 def test_grid_is_json_ready_and_defaults_cover_the_trainer():
-    grid = seedstudy.grid_as_json()
-    assert set(grid) == set(seedstudy.studies())
-    defaults = seedstudy.current_defaults()
+    grid = peft_seeds.grid_as_json()
+    assert set(grid) == set(peft_seeds.studies())
+    defaults = peft_seeds.current_defaults()
     assert {"peft.DEFAULTS", "peft.TRAIN_ARGS", "trainer", "chat data sha256"} <= set(defaults)
     assert defaults["trainer"]["per_device_train_batch_size"] == 16

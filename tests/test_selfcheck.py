@@ -1,45 +1,46 @@
-"""labkit.selfcheck: right, wrong, unanswered and unknown exercises; labkit.unknown's wording."""
+"""labkit.course.exercises: right, wrong, unanswered and unknown exercises; labkit.unknown's wording."""
 
 import numpy as np
 import pytest
 
-from labkit import LabkitError, selfcheck, unknown
+from labkit import LabkitError, unknown
+from labkit.course import exercises
 
 
 @pytest.fixture
 def registry(monkeypatch):
     monkeypatch.setitem(
-        selfcheck.EXERCISES, "99.1", selfcheck.Exercise(selfcheck.number(0.1, rel=1e-3), "think")
+        exercises.EXERCISES, "99.1", exercises.Exercise(exercises.number(0.1, rel=1e-3), "think")
     )
     monkeypatch.setitem(
-        selfcheck.EXERCISES, "99.2", selfcheck.Exercise(selfcheck.integer(lambda: 42), "count")
+        exercises.EXERCISES, "99.2", exercises.Exercise(exercises.integer(lambda: 42), "count")
     )
     monkeypatch.setitem(
-        selfcheck.EXERCISES, "99.3", selfcheck.Exercise(lambda f: f(3) == 9, "square it")
+        exercises.EXERCISES, "99.3", exercises.Exercise(lambda f: f(3) == 9, "square it")
     )
 
 
 def test_right_and_wrong(registry, capsys):
-    assert selfcheck.check("99.1", 0.10001)
-    assert not selfcheck.check("99.1", 0.2)
-    assert selfcheck.check("99.2", np.int64(42))
-    assert not selfcheck.check("99.2", 42.5)
-    assert selfcheck.check("99.3", lambda x: x * x)
-    assert not selfcheck.check("99.3", lambda x: 1 / 0)  # a raising answer is wrong, not a crash
+    assert exercises.check("99.1", 0.10001)
+    assert not exercises.check("99.1", 0.2)
+    assert exercises.check("99.2", np.int64(42))
+    assert not exercises.check("99.2", 42.5)
+    assert exercises.check("99.3", lambda x: x * x)
+    assert not exercises.check("99.3", lambda x: 1 / 0)  # a raising answer is wrong, not a crash
     out = capsys.readouterr().out
     assert "right!" in out and "Hint: think" in out and "ZeroDivisionError" in out
     assert "0.1 " not in out.replace("0.10001", "")  # the expected value is never printed
 
 
 def test_unanswered_and_unknown(registry, capsys):
-    assert not selfcheck.check("99.1")
+    assert not exercises.check("99.1")
     assert "not answered yet" in capsys.readouterr().out
     with pytest.raises(LabkitError, match=r"unknown exercise '42\.9'; accepted: .*99\.1"):
-        selfcheck.check("42.9", 1)
+        exercises.check("42.9", 1)
 
 
 def test_registered_exercises_are_well_formed():
-    for key, entry in selfcheck.EXERCISES.items():
+    for key, entry in exercises.EXERCISES.items():
         assert len(key) == 4 and key[2] == "." and key[3] in "123" and entry.hint, key
 
 
@@ -53,10 +54,10 @@ def test_each_registered_check_is_called_in_its_notebook():
     """A check nobody can find is no help: the notebook NN shows check("NN.T", ...)."""
     import nbformat
 
-    from labkit import course
+    from labkit.course import runner
 
-    notebooks = {p.name[:2]: p for p in course.course_notebooks()}
-    for key in selfcheck.EXERCISES:
+    notebooks = {p.name[:2]: p for p in runner.course_notebooks()}
+    for key in exercises.EXERCISES:
         assert key[:2] in notebooks, f"{key}: no notebook {key[:2]}"
         nb = nbformat.read(notebooks[key[:2]], as_version=4)
         text = "\n".join(c.source for c in nb.cells)
@@ -68,5 +69,5 @@ def test_each_registered_check_is_called_in_its_notebook():
 def test_a_check_in_a_notebook_never_fails_a_top_to_bottom_run(registry, capsys):
     """An unanswered check prints how to answer and returns False: the notebook runs on."""
     answer = None
-    assert selfcheck.check("99.2", answer) is False
+    assert exercises.check("99.2", answer) is False
     assert "99.2: not answered yet" in capsys.readouterr().out

@@ -2,8 +2,9 @@
 
 import pytest
 
-from labkit import peft_methods as lp
-from labkit import selfcheck, zoo
+from labkit.course import exercises
+from labkit.models import zoo
+from labkit.tuners import peft_methods
 
 H = 192  # zoo-llama's hidden size (asserted below)
 
@@ -31,22 +32,24 @@ def test_hidden_size():
 @pytest.mark.parametrize("key", sorted(RIGHT))
 def test_right_passes_wrong_fails(key, capsys):
     right = RIGHT[key]()
-    assert selfcheck.check(key, right)
-    assert not selfcheck.check(key, right * 1.5 + 1)
-    assert not selfcheck.check(key, "not a number")
+    assert exercises.check(key, right)
+    assert not exercises.check(key, right * 1.5 + 1)
+    assert not exercises.check(key, "not a number")
     out = capsys.readouterr().out
     assert "right!" in out and "Hint:" in out
 
 
 def test_count_answers_match_peft():
     cfg = zoo.load_config("zoo-llama")
-    assert RIGHT["08.1"]() == lp.count_trainable(
-        lp.make_config("prompt", "zoo-llama", num_virtual_tokens=20), cfg
+    assert RIGHT["08.1"]() == peft_methods.count_trainable(
+        peft_methods.make_config("prompt", "zoo-llama", num_virtual_tokens=20), cfg
     )
-    assert RIGHT["09.1"]() == lp.count_trainable(
-        lp.make_config("p-tuning-mlp", "zoo-llama", num_virtual_tokens=4, encoder_hidden_size=32),
+    assert RIGHT["09.1"]() == peft_methods.count_trainable(
+        peft_methods.make_config(
+            "p-tuning-mlp", "zoo-llama", num_virtual_tokens=4, encoder_hidden_size=32
+        ),
         cfg,
     )
-    assert RIGHT["10.1"]() == lp.count_trainable(
-        lp.make_config("prefix", "zoo-llama", num_virtual_tokens=20), "llama-3.1-8b"
+    assert RIGHT["10.1"]() == peft_methods.count_trainable(
+        peft_methods.make_config("prefix", "zoo-llama", num_virtual_tokens=20), "llama-3.1-8b"
     )

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from peft import LoraConfig
 
-from labkit import peft_methods as lp
-from labkit import selfcheck, zoo
+from labkit.course import exercises
+from labkit.models import zoo
+from labkit.tuners import peft_methods
 
 
 def _right(exercise: str) -> int:
@@ -19,7 +20,7 @@ def _right(exercise: str) -> int:
         c = zoo.load_config("gpt2")
         return c.n_layer * 8 * (c.n_embd + 3 * c.n_embd)
     if exercise == "13.1":  # the notebook's adapter: all linear layers, r=8
-        return lp.count_trainable(
+        return peft_methods.count_trainable(
             LoraConfig(r=8, target_modules="all-linear"), zoo.load_config("zoo-llama")
         )
     if exercise == "14.1":  # a complete study starts nothing
@@ -33,18 +34,18 @@ IDS = ["11.1", "11.2", "13.1", "14.1"]
 @pytest.mark.parametrize("exercise", IDS)
 def test_right_passes_wrong_fails(exercise, capsys):
     right = _right(exercise)
-    assert selfcheck.check(exercise, right)
-    assert selfcheck.check(exercise, np.int64(right))  # what numpy arithmetic gives
+    assert exercises.check(exercise, right)
+    assert exercises.check(exercise, np.int64(right))  # what numpy arithmetic gives
     for wrong in (right + 1, right - 1, right * 2 + 1, "right", [right]):
-        assert not selfcheck.check(exercise, wrong), wrong
+        assert not exercises.check(exercise, wrong), wrong
     out = capsys.readouterr().out
     assert "right!" in out and "Hint:" in out
     assert f" {right}" not in out.replace(f"{exercise}:", "")  # the answer is never printed
 
 
 def test_registered_and_unanswered(capsys):
-    assert set(IDS) <= set(selfcheck.EXERCISES)
-    assert not selfcheck.check("11.1", None)
+    assert set(IDS) <= set(exercises.EXERCISES)
+    assert not exercises.check("11.1", None)
     assert "not answered yet" in capsys.readouterr().out
 
 
@@ -53,4 +54,4 @@ def test_11_1_is_the_formula_not_the_full_width():
     c = zoo.load_config("zoo-llama")
     naive = 4 * 2 * (c.hidden_size + c.hidden_size) * c.num_hidden_layers
     assert c.num_key_value_heads < c.num_attention_heads
-    assert not selfcheck.check("11.1", naive)
+    assert not exercises.check("11.1", naive)

@@ -1,10 +1,13 @@
-"""labkit.training: masking, collator, exact match, the Trainer path and prefix-tuning generation."""
+"""labkit.training.finetune: masking, collator, exact match, the Trainer path and prefix-tuning generation."""
 
 import pytest
 import torch
 
-from labkit import LabkitError, datasets, training, zoo
-from labkit import peft_methods as lp
+from labkit import LabkitError
+from labkit.data import loaders
+from labkit.models import zoo
+from labkit.training import finetune
+from labkit.tuners import peft_methods
 
 ROWS = [
     {
@@ -24,46 +27,46 @@ def tok():
 
 
 def test_chat_features_mask_the_prompt(tok):
-    feats = training.chat_features(tok, ROWS)
+    feats = finetune.chat_features(tok, ROWS)
     for row, feat in zip(ROWS, feats, strict=True):
         n_prompt = len(tok(row["prompt"])["input_ids"])
-        assert feat["labels"][:n_prompt] == [training.IGNORE] * n_prompt
+        assert feat["labels"][:n_prompt] == [finetune.IGNORE] * n_prompt
         assert feat["labels"][n_prompt:] == feat["input_ids"][n_prompt:]
         assert feat["input_ids"][-1] == tok.eos_token_id
         answer = tok.decode(feat["input_ids"][n_prompt:], skip_special_tokens=True)
         assert answer.strip() == row["response"]
     with pytest.raises(LabkitError, match="unknown target"):
-        training.chat_features(tok, ROWS, target="answer")
+        finetune.chat_features(tok, ROWS, target="answer")
 
 
 def test_collator_pads_inputs_labels_and_mask(tok):
-    feats = training.chat_features(tok, ROWS)
-    batch = training.ChatCollator(tok.pad_token_id)(feats)
+    feats = finetune.chat_features(tok, ROWS)
+    batch = finetune.ChatCollator(tok.pad_token_id)(feats)
     lengths = [len(f["input_ids"]) for f in feats]
     assert batch["input_ids"].shape == (2, max(lengths))
     for i, n in enumerate(lengths):
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (max(lengths) - n)
-        assert (batch["labels"][i, n:] == training.IGNORE).all()
+        assert (batch["labels"][i, n:] == finetune.IGNORE).all()
         assert (batch["input_ids"][i, n:] == tok.pad_token_id).all()
         assert batch["labels"][i, :n].tolist() == feats[i]["labels"]
 
 
 def test_exact_match():
-    assert training.exact_match(["a b ", "c"], ["a b", "d"]) == 0.5
-    assert training.exact_match(["The fox."], ["The fox"]) == 0.0
+    assert finetune.exact_match(["a b ", "c"], ["a b", "d"]) == 0.5
+    assert finetune.exact_match(["The fox."], ["The fox"]) == 0.0
     with pytest.raises(LabkitError, match="equal, non-empty"):
-        training.exact_match(["a"], [])
+        finetune.exact_match(["a"], [])
     with pytest.raises(LabkitError, match="equal, non-empty"):
-        training.exact_match([], [])
+        finetune.exact_match([], [])
 
 
 def test_train_runs_the_trainer_and_lowers_the_loss(tok, capsys):
-    model = lp.attach("tiny-llama", "lora", r=4)
-    before = training.chat_loss(model, tok, "validation")
-    run = training.train(
+    model = peft_methods.attach("tiny-llama", "lora", r=4)
+    before = finetune.chat_loss(model, tok, "validation")
+    run = finetune.train(
         model,
         tok,
-        rows=datasets.load_chat("train")[:32],
+        rows=loaders.load_chat("train")[:32],
         num_train_epochs=2,
         logging_steps=1,
         learning_rate=1e-2,
@@ -71,16 +74,16 @@ def test_train_runs_the_trainer_and_lowers_the_loss(tok, capsys):
     )
     assert run.steps == 4 and len(run.losses) == 4 and run.seconds_per_step > 0
     assert "'loss'" not in capsys.readouterr().out  # no log dicts printed when bars are off
-    assert training.chat_loss(model, tok, "validation") < before
+    assert finetune.chat_loss(model, tok, "validation") < before
     assert not model.training
 
 
 def test_evaluate_chat_and_side_by_side(tok):
     model = zoo.load_model("tiny-llama")
-    result = training.evaluate_chat(model, tok, "test", limit=3)
+    result = finetune.evaluate_chat(model, tok, "test", limit=3)
     assert len(result["predictions"]) == len(result["references"]) == 3
     assert 0.0 <= result["exact_match"] <= 1.0
-    table = training.side_by_side(result["rows"], result["predictions"], result["references"], n=2)
+    table = finetune.side_by_side(result["rows"], result["predictions"], result["references"], n=2)
     assert table.count("Q: ") == 2 and "✓" in table
 
 
@@ -88,11 +91,11 @@ def test_prefix_tuning_generates_with_its_prefix(tok):
     """The pitfall: generate() with the cache drops the prefix; generate_answers must not."""
     prompts = [r["prompt"] for r in ROWS]
     base = zoo.load_model("tiny-llama")
-    base_answers = training.generate_answers(base, tok, prompts, max_new_tokens=6)
-    model = lp.attach("tiny-llama", "prefix")
+    base_answers = finetune.generate_answers(base, tok, prompts, max_new_tokens=6)
+    model = peft_methods.attach("tiny-llama", "prefix")
     with torch.no_grad():  # a strong prefix, as after training
         model.prompt_encoder["default"].embedding.weight.normal_(0, 3.0)
-    answers = training.generate_answers(model, tok, prompts, max_new_tokens=6)
+    answers = finetune.generate_answers(model, tok, prompts, max_new_tokens=6)
     assert answers != base_answers
     # what the pitfall looks like: with the cache the prefix is ignored
     enc = tok(prompts[0], return_tensors="pt")
@@ -107,7 +110,7 @@ def test_prefix_tuning_generates_with_its_prefix(tok):
 @pytest.mark.parametrize("method", ["prompt", "p-tuning-mlp"])
 def test_prompt_learning_answers_equal_greedy_decoding_of_the_forward_pass(tok, method):
     """With the cache, peft 0.21's generate() drifts for virtual-token methods; ours must not."""
-    model = lp.attach("tiny-llama", method)
+    model = peft_methods.attach("tiny-llama", method)
     with torch.no_grad():
         model.prompt_encoder["default"].embedding.weight.normal_(0, 0.5)
     prompt = ROWS[0]["prompt"]
@@ -118,16 +121,16 @@ def test_prompt_learning_answers_equal_greedy_decoding_of_the_forward_pass(tok, 
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
     by_hand = tok.decode(ids[0, n_prompt:], skip_special_tokens=True).strip().split("\n")[0].strip()
-    assert training.generate_answers(model, tok, [prompt], max_new_tokens=6) == [by_hand]
+    assert finetune.generate_answers(model, tok, [prompt], max_new_tokens=6) == [by_hand]
 
 
 def test_training_arguments_course_or_library_defaults():
     """One name for TrainingArguments: the course's defaults, or the library's (a search's)."""
     from transformers import TrainingArguments
 
-    course = training.training_arguments(learning_rate=5e-3)
+    course = finetune.training_arguments(learning_rate=5e-3)
     assert course.learning_rate == 5e-3 and course.num_train_epochs == 10 and course.seed == 0
-    library = training.training_arguments(course_defaults=False, eval_strategy="epoch")
+    library = finetune.training_arguments(course_defaults=False, eval_strategy="epoch")
     plain = TrainingArguments(output_dir=library.output_dir)
     assert library.learning_rate == plain.learning_rate and library.eval_strategy == "epoch"
     assert library.num_train_epochs == plain.num_train_epochs

@@ -1,4 +1,4 @@
-"""labkit.tuning: metrics, search space, model_init, resumable seeded search, the CLI.
+"""labkit.training.tuning: metrics, search space, model_init, resumable seeded search, the CLI.
 
 Searches use the ``smoke`` budget (32 sentences, 1-2 epochs): they check the machinery (counts,
 resume, seeding, pruning bookkeeping), not the quality of the numbers.
@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 from transformers import EvalPrediction
 
-from labkit import REPO_ROOT, LabkitError, tuning
+from labkit import REPO_ROOT, LabkitError
+from labkit.training import tuning
 
 CLI = [sys.executable, "-m", "labkit", "tune"]
 ENV = {**os.environ, "LABKIT_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -287,7 +288,7 @@ def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
 def test_trial_footprint_dry_run_equals_a_real_forward():
     import torch
 
-    from labkit import measure
+    from labkit.memory import measure
 
     fp = tuning.trial_footprint(4, 8, "adamw_torch", max_length=16)
     model = tuning.build_model(8, 16, 1).train()

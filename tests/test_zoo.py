@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from labkit import REPO_ROOT, LabkitError, zoo
+from labkit import REPO_ROOT, LabkitError
+from labkit.models import zoo
 
 
 def test_zoo_llama_loads_with_plain_from_pretrained_and_matches_provenance():
@@ -27,12 +28,12 @@ def test_zoo_llama_loads_with_plain_from_pretrained_and_matches_provenance():
 
 
 def test_zoo_llama_heldout_loss_reproduces():
-    from labkit import datasets
-    from labkit.pretrain import mean_loss, pack
+    from labkit.course.build_zoo import mean_loss, pack
+    from labkit.data import loaders
 
     prov = json.loads((zoo.MODELS_DIR / "zoo-llama" / "provenance.json").read_text())
     model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
-    blocks = pack(tok, datasets.load_corpus("validation"))
+    blocks = pack(tok, loaders.load_corpus("validation"))
     assert blocks.numel() == prov["corpus_tokens"]["validation"]
     assert mean_loss(model, blocks[:32]) == pytest.approx(prov["heldout_loss"], abs=0.1)
 
@@ -206,5 +207,7 @@ def test_cli_zoo_lists_and_cli_errors_are_one_line():
     run = [sys.executable, "-m", "labkit"]
     ok = subprocess.run(run + ["zoo"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert ok.returncode == 0 and "sha256 ok" in ok.stdout
-    bad = subprocess.run(run + ["frobnicate"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    bad = subprocess.run(
+        run + ["frobnicate"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,31 @@
+"""The argument checks that turn bad input into one :class:`labkit.LabkitError` line.
+
+Pure Python, at the bottom of the layers: every layer may import it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import labkit
+from labkit import LabkitError
+
+
+def positive(name: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is a positive integer (a numpy integer from a sweep too),
+    else a one-line error naming ``name``. Bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise LabkitError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise LabkitError(f"{name} must be a positive integer, got {int(value)}")
+    return int(value)
+
+
+def choice(what: str, value: Any, accepted: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``accepted``, else ``labkit.unknown(what, value, accepted)``."""
+    accepted = tuple(accepted)
+    if value not in accepted:
+        raise labkit.unknown(what, value, accepted)
+    return value

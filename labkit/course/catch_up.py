@@ -1,0 +1,108 @@
+"""Bring a learner whose kernel died back to the section the room is on.
+
+In a fresh kernel (Kernel > Restart), one cell::
+
+    from labkit.course.catch_up import run_until
+    run_until("05", "4")        # notebook 05, every code cell before section "## 4. ..."
+
+runs the notebook's code cells above that section in the current kernel, as "Run All Above"
+would, printing one line per section; then the learner goes on from the room's cell. The same
+is JupyterLab's Run > Run All Above Selected Cell; this helper also works from any notebook
+(a scratch one) and says which cell failed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import nbformat
+
+from labkit import LabkitError, unknown
+
+HEADING_RE = re.compile(r"^##\s+(?P<title>.+)$", re.M)
+
+
+def find_notebook(notebook: str | Path) -> Path:
+    """``"05"``, ``"05_int8_quantization"`` or a path -> the notebook's path."""
+    from labkit.course.runner import NOTEBOOKS_DIR, course_notebooks
+
+    path = Path(notebook)
+    if path.suffix == ".ipynb" and path.is_file():
+        return path
+    matches = [p for p in course_notebooks(NOTEBOOKS_DIR) if p.stem.startswith(str(notebook))]
+    if len(matches) != 1:
+        raise unknown("notebook", str(notebook), [p.stem[:2] for p in course_notebooks()])
+    return matches[0]
+
+
+def headings(nb: nbformat.NotebookNode) -> list[str]:
+    """The ``##`` section titles of a notebook, in order."""
+    return [
+        m.group("title").strip()
+        for c in nb.cells
+        if c.cell_type == "markdown"
+        for m in HEADING_RE.finditer(c.source)
+    ]
+
+
+def cells_before(nb: nbformat.NotebookNode, heading: str) -> list[str]:
+    """Sources of the code cells above the ``##`` section whose title starts with ``heading``
+    (``"4"`` matches ``"4. Outliers and LLM.int8()"``; case-insensitive)."""
+    want = heading.strip().lower()
+    code: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            titles = [m.group("title").strip().lower() for m in HEADING_RE.finditer(cell.source)]
+            if any(
+                t == want
+                or t.startswith(want + ".")
+                or t.startswith(want + " ")
+                or (len(want) > 2 and t.startswith(want))
+                for t in titles
+            ):
+                return code
+        elif cell.cell_type == "code" and cell.source.strip():
+            code.append(cell.source)
+    raise unknown("section", heading, headings(nb) or ["(no ## sections)"])
+
+
+def run_until(notebook: str | Path, heading: str, namespace: dict | None = None) -> int:
+    """Run the code cells of ``notebook`` above section ``heading`` here; returns how many ran.
+
+    In IPython/Jupyter the cells run in the current kernel (magics included); elsewhere, or
+    with ``namespace``, they are executed in that dict. Stops at the first failing cell with a
+    one-line error naming it.
+    """
+    path = find_notebook(notebook)
+    sources = cells_before(nbformat.read(path, as_version=4), heading)
+    shell = None
+    if namespace is None:
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        except ImportError:  # pragma: no cover - IPython ships with the course
+            shell = None
+        if shell is None:
+            namespace = {"__name__": "__main__"}
+    start = time.perf_counter()
+    for k, src in enumerate(sources, 1):
+        first = src.strip().splitlines()[0][:60]
+        if shell is not None:
+            result = shell.run_cell(src, silent=False, store_history=False)
+            if not result.success:
+                raise LabkitError(f"{path.name}: code cell {k} ({first!r}) failed; see above")
+        else:
+            try:
+                exec(compile(src, f"{path.name}[{k}]", "exec"), namespace)
+            except Exception as err:
+                raise LabkitError(
+                    f"{path.name}: code cell {k} ({first!r}) failed: {type(err).__name__}: {err}"
+                ) from err
+    print(
+        f"{path.name}: ran {len(sources)} code cells above section {heading!r} "
+        f"in {time.perf_counter() - start:.0f} s; continue from there"
+    )
+    return len(sources)

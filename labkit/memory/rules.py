@@ -1,0 +1,84 @@
+"""Korthikanti et al.'s activation formula next to the course's op-by-op figure, like for like.
+
+Korthikanti et al. (2022, "Reducing activation recomputation in large transformer models") count,
+per GPT layer with 16-bit activations and no flash attention, s·b·h·(34 + 5·a·s/h) bytes. Their 34
+splits into the two LayerNorms' inputs plus the two linears' inputs they feed (8), the attention's
+q, k, v, output-projection input and dropout mask (9) and the MLP's GeLU input and output and
+dropout mask (17); their 5·a·s²·b is the softmax output (2), the attention-dropout mask (1) and the
+dropout output (2). :func:`compare` sorts the course's per-layer items (``labkit.memory.estimator``, eager
+attention, no checkpointing) into the same groups so the gap can be read term by term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labkit.memory import activations, estimator
+from labkit.models import architecture
+
+#: Korthikanti et al.'s per-layer constants by group: bytes per s·b·h (``quadratic``: per a·s²·b).
+KORTHIKANTI = {"norms": 8.0, "attention": 9.0, "mlp": 17.0, "quadratic": 5.0}
+_QUADRATIC = ("attn.softmax", "attn.dropout_mask", "attn.probs")
+
+
+def _group(item: str) -> str:
+    if item in _QUADRATIC:
+        return "quadratic"
+    if "norm" in item:
+        return "norms"
+    return "mlp" if item.startswith("mlp") else "attention"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Per-layer coefficients of the course (``course``) and of Korthikanti (``KORTHIKANTI``).
+
+    ``course[g]``: bytes of group ``g`` per s·b·h (per a·s²·b for ``quadratic``);
+    ``course_bytes``: the course's activations (all layers plus what sits outside them: token
+    ids, RoPE tables, final norm); ``formula_bytes``: L·s·b·h·(34 + 5as/h);
+    ``outside``: the course's bytes outside the layers; ``items``: one layer's items in bytes.
+    """
+
+    course: dict[str, float]
+    course_bytes: int
+    formula_bytes: float
+    outside: int
+    items: dict[str, int]
+    sbh: int
+    as2b: int
+    layers: int
+
+    def explained_gap(self) -> float:
+        """Course minus formula rebuilt from the group gaps (equals the real gap: a reconciliation)."""
+        per_layer = sum(
+            (self.course[g] - k) * (self.as2b if g == "quadratic" else self.sbh)
+            for g, k in KORTHIKANTI.items()
+        )
+        return self.layers * per_layer + self.outside
+
+
+def compare(config, seq: int, dtype: str = "bf16", batch: int = 1) -> Comparison:
+    """Korthikanti's formula and the course's figure for the same job: eager attention, no
+    checkpointing, training mode (dropout as the config says), 1-byte dropout masks (CUDA)."""
+    s = architecture.shape_of(config)
+    act = activations.activation_bytes(
+        s, batch, seq, dtype, "eager", checkpointing=False, dropout=True
+    )
+    items = {k.removeprefix("block."): v for k, v in act.items.items() if k.startswith("block.")}
+    sbh, as2b = seq * batch * s.hidden, s.heads * seq * seq * batch
+    course = dict.fromkeys(KORTHIKANTI, 0.0)
+    for name, b in items.items():
+        g = _group(name)
+        course[g] += b / (as2b if g == "quadratic" else sbh)
+    formula = estimator.rule_activations_korthikanti(s.layers, s.hidden, s.heads, seq, batch)
+    outside = act.activations - s.layers * sum(items.values())
+    return Comparison(
+        course=course,
+        course_bytes=act.activations,
+        formula_bytes=formula,
+        outside=outside,
+        items=items,
+        sbh=sbh,
+        as2b=as2b,
+        layers=s.layers,
+    )

@@ -1,0 +1,607 @@
+"""What a model looks like, from its config alone: the one module/parameter table behind both the
+memory estimator (:mod:`labkit.memory.estimator`) and the PEFT counts (:mod:`labkit.tuners.peft_methods`).
+
+- :func:`shape_of` reads the numbers a formula needs (:class:`Shape`) for the five *formula
+  families* (:data:`FORMULA_FAMILIES`: Llama, Mistral, Qwen2, GPT-2, BLOOM).
+- :func:`module_table` lists every module with its kind, (in, out) features and parameter shapes
+  (:class:`ModuleInfo`): by formula for the five families, and for any other causal LM that
+  transformers can build by building it on the meta device (no memory: ``torch.device("meta")``,
+  which ties the output head to the embeddings as the real model does) and reading it with
+  :func:`table_from_model`. A test shows formula == meta path on the five families, and meta path
+  == the real model's ``numel`` on Mixtral (MoE), Gemma 2, Phi-3, Qwen3 and GPT-NeoX.
+- :func:`param_shapes` / :func:`count_parameters`: ``model.named_parameters()`` without building
+  the model (a tied weight once); :func:`trainable_shapes`: what full fine-tuning, frozen layers,
+  LoRA or QLoRA train.
+- Target discovery: :func:`linear_layers`, :func:`regex_matches`, :func:`default_target_modules`
+  and :func:`lora_modules` (peft's own matching, ``check_target_module_exists``).
+
+A new formula family (say Gemma) is one ``_gemma(shape)`` builder in :data:`_BUILDERS` plus its
+fields in :func:`shape_of`; the meta path already covers it, and the formula == meta test checks it.
+
+It is one module of about 600 lines because the formula families and the meta-device path must
+produce the same table; keeping them together keeps them equal.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import labkit
+from labkit import LabkitError
+from labkit.checks import positive
+
+#: Model types with a formula here (the rest go through the meta device).
+FORMULA_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "bloom")
+#: The linear layers of a block, per formula family (Mistral and Qwen2 are Llama's).
+LINEAR_NAMES = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "bloom": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+#: The LoRA targets peft picks when ``target_modules`` is None (its per-model-type mapping, held
+#: here so the estimator needs no peft import; a test compares them with
+#: :func:`default_target_modules`).
+PEFT_DEFAULT_TARGETS = {
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "gpt2": ("c_attn",),
+    "bloom": ("query_key_value",),
+}
+#: What :func:`trainable_shapes` accepts (``frozen``: embeddings and the first k blocks frozen).
+TRAINING_METHODS = ("full", "lora", "qlora", "frozen")
+
+
+# ----------------------------------------------------------------------------- Shape
+@dataclass(frozen=True)
+class Shape:
+    """The numbers of a decoder-only config that memory depends on (symbols as in the docs)."""
+
+    model_type: str
+    layers: int  # L
+    hidden: int  # h
+    heads: int  # a
+    kv_heads: int  # n_kv
+    head_dim: int  # d
+    intermediate: int  # i
+    vocab: int  # V
+    tied: bool
+    positions: int = 0  # learned position embeddings (GPT-2)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    activation: str = "silu"
+    embd_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+
+    @property
+    def family(self) -> str:
+        """``llama`` for Llama, Mistral and Qwen2 (one block design), else the model type."""
+        return "llama" if self.model_type in {"llama", "mistral", "qwen2"} else self.model_type
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if isinstance(config, str | os.PathLike):
+        from labkit.models import zoo
+
+        config = zoo.load_config(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "config") and hasattr(config, "named_modules"):  # a model
+        config = config.config
+    if not hasattr(config, "to_dict"):
+        raise LabkitError(
+            f"expected a transformers config, a model or a zoo/catalog name, "
+            f"got {type(config).__name__}"
+        )
+    return config.to_dict()
+
+
+def shape_of(config: Any) -> Shape:
+    """Read a :class:`Shape` from a transformers config, a config dict, a name or a :class:`Shape`.
+
+    Raises :class:`LabkitError` for families without a formula (see :data:`FORMULA_FAMILIES`),
+    for non-positive sizes, and when the heads do not divide the hidden size.
+    """
+    if isinstance(config, Shape):
+        return config
+    c = _config_dict(config)
+    mt = c.get("model_type")
+    if mt not in FORMULA_FAMILIES:
+        raise LabkitError(
+            f"model_type {mt!r} is not supported; accepted: {', '.join(FORMULA_FAMILIES)}"
+        )
+    if mt == "gpt2":
+        h, a, L = c.get("n_embd", 768), c.get("n_head", 12), c.get("n_layer", 12)
+        kv, i = a, c.get("n_inner") or 4 * h if isinstance(h, int) else 0
+        extra = dict(
+            positions=c.get("n_positions", 1024),
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            activation=c.get("activation_function", "gelu_new"),
+            embd_dropout=c.get("embd_pdrop", 0.1),
+            attn_dropout=c.get("attn_pdrop", 0.1),
+            resid_dropout=c.get("resid_pdrop", 0.1),
+        )
+        tied = c.get("tie_word_embeddings", True)
+    elif mt == "bloom":
+        h = c.get("hidden_size", c.get("n_embed", 64))
+        a, L = c.get("n_head", 8), c.get("n_layer", 2)
+        kv, i = a, 4 * h if isinstance(h, int) else 0
+        extra = dict(
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            activation="bloom_gelu",
+            attn_dropout=c.get("attention_dropout", 0.0),
+            resid_dropout=c.get("hidden_dropout", 0.0),
+        )
+        tied = c.get("tie_word_embeddings", True)
+    else:
+        h, a, L = c.get("hidden_size"), c.get("num_attention_heads"), c.get("num_hidden_layers")
+        kv = c.get("num_key_value_heads") or a
+        i = c.get("intermediate_size")
+        bias = bool(c.get("attention_bias", False))
+        extra = dict(
+            qkv_bias=True if mt == "qwen2" else bias,
+            o_bias=False if mt == "qwen2" else bias,
+            mlp_bias=bool(c.get("mlp_bias", False)),
+            activation=c.get("hidden_act", "silu"),
+            attn_dropout=c.get("attention_dropout", 0.0),
+        )
+        tied = c.get("tie_word_embeddings", False)
+    for name, value in (("hidden size", h), ("attention heads", a), ("layers", L)):
+        positive(name, value)
+    positive("key/value heads", kv)
+    positive("intermediate size", i)
+    V = positive("vocab size", c.get("vocab_size"))
+    d = c.get("head_dim") if mt not in {"gpt2", "bloom"} else None
+    if d is None:
+        if h % a:
+            raise LabkitError(f"{a} attention heads do not divide hidden size {h}; they must")
+        d = h // a
+    positive("head dim", d)
+    if a % kv:
+        raise LabkitError(f"{kv} key/value heads do not divide {a} attention heads; they must")
+    return Shape(
+        model_type=mt,
+        layers=L,
+        hidden=h,
+        heads=a,
+        kv_heads=kv,
+        head_dim=d,
+        intermediate=i,
+        vocab=V,
+        tied=bool(tied),
+        **extra,
+    )
+
+
+# ----------------------------------------------------------------------------- module table
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One module of a model: dotted name, kind, (in, out) features and its own parameters.
+
+    ``kind`` is ``linear`` (nn.Linear), ``conv1d`` (GPT-2's transposed Conv1D), ``embedding``,
+    ``norm`` or ``block`` (anything else); ``params`` maps the module's own parameter names
+    (``weight``, ``bias``) to their shapes, as ``named_parameters(recurse=False)`` gives them;
+    ``tied`` names those that are another module's parameter (a tied output head), counted there.
+    Children are separate entries.
+    """
+
+    name: str
+    kind: str
+    d_in: int = 0
+    d_out: int = 0
+    params: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tied: tuple[str, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        """Values of the module's own parameters, tied ones included (a copy would hold them)."""
+        return sum(math.prod(shp) for shp in self.params.values())
+
+    def size(self, param: str) -> int:
+        """Values of one own parameter (0 if the module has none of that name)."""
+        return math.prod(self.params[param]) if param in self.params else 0
+
+
+def _lin(name: str, d_in: int, d_out: int, bias: bool, kind: str = "linear") -> ModuleInfo:
+    weight = (d_in, d_out) if kind == "conv1d" else (d_out, d_in)  # Conv1D stores (in, out)
+    return ModuleInfo(
+        name, kind, d_in, d_out, {"weight": weight, **({"bias": (d_out,)} if bias else {})}
+    )
+
+
+def _emb(name: str, n: int, dim: int) -> ModuleInfo:
+    return ModuleInfo(name, "embedding", n, dim, {"weight": (n, dim)})
+
+
+def _norm(name: str, dim: int, bias: bool) -> ModuleInfo:
+    return ModuleInfo(
+        name, "norm", dim, dim, {"weight": (dim,), **({"bias": (dim,)} if bias else {})}
+    )
+
+
+def _block(name: str) -> ModuleInfo:
+    return ModuleInfo(name, "block")
+
+
+def _head(s: Shape) -> ModuleInfo:
+    tied = ("weight",) if s.tied else ()  # a tied head's weight is the embedding matrix
+    weight = {"weight": (s.vocab, s.hidden)}
+    return ModuleInfo("lm_head", "linear", s.hidden, s.vocab, params=weight, tied=tied)
+
+
+def _llama_like(s: Shape) -> list[ModuleInfo]:
+    h, d, i = s.hidden, s.head_dim, s.intermediate
+    out = [_block("model"), _emb("model.embed_tokens", s.vocab, h), _block("model.layers")]
+    for n in range(s.layers):
+        p = f"model.layers.{n}"
+        out += [
+            _block(p),
+            _block(f"{p}.self_attn"),
+            _lin(f"{p}.self_attn.q_proj", h, s.heads * d, s.qkv_bias),
+            _lin(f"{p}.self_attn.k_proj", h, s.kv_heads * d, s.qkv_bias),
+            _lin(f"{p}.self_attn.v_proj", h, s.kv_heads * d, s.qkv_bias),
+            _lin(f"{p}.self_attn.o_proj", s.heads * d, h, s.o_bias),
+            _block(f"{p}.mlp"),
+            _lin(f"{p}.mlp.gate_proj", h, i, s.mlp_bias),
+            _lin(f"{p}.mlp.up_proj", h, i, s.mlp_bias),
+            _lin(f"{p}.mlp.down_proj", i, h, s.mlp_bias),
+            _block(f"{p}.mlp.act_fn"),
+            _norm(f"{p}.input_layernorm", h, False),
+            _norm(f"{p}.post_attention_layernorm", h, False),
+        ]
+    return out + [_norm("model.norm", h, False), _block("model.rotary_emb"), _head(s)]
+
+
+def _gpt2(s: Shape) -> list[ModuleInfo]:
+    h, i = s.hidden, s.intermediate
+    out = [
+        _block("transformer"),
+        _emb("transformer.wte", s.vocab, h),
+        _emb("transformer.wpe", s.positions, h),
+        _block("transformer.drop"),
+        _block("transformer.h"),
+    ]
+    for n in range(s.layers):
+        p = f"transformer.h.{n}"
+        out += [
+            _block(p),
+            _norm(f"{p}.ln_1", h, True),
+            _block(f"{p}.attn"),
+            _lin(f"{p}.attn.c_attn", h, 3 * h, True, "conv1d"),
+            _lin(f"{p}.attn.c_proj", h, h, True, "conv1d"),
+            _block(f"{p}.attn.attn_dropout"),
+            _block(f"{p}.attn.resid_dropout"),
+            _norm(f"{p}.ln_2", h, True),
+            _block(f"{p}.mlp"),
+            _lin(f"{p}.mlp.c_fc", h, i, True, "conv1d"),
+            _lin(f"{p}.mlp.c_proj", i, h, True, "conv1d"),
+            _block(f"{p}.mlp.act"),
+            _block(f"{p}.mlp.dropout"),
+        ]
+    return out + [_norm("transformer.ln_f", h, True), _head(s)]
+
+
+def _bloom(s: Shape) -> list[ModuleInfo]:
+    h, i = s.hidden, s.intermediate
+    out = [
+        _block("transformer"),
+        _emb("transformer.word_embeddings", s.vocab, h),
+        _norm("transformer.word_embeddings_layernorm", h, True),
+        _block("transformer.h"),
+    ]
+    for n in range(s.layers):
+        p = f"transformer.h.{n}"
+        out += [
+            _block(p),
+            _norm(f"{p}.input_layernorm", h, True),
+            _block(f"{p}.self_attention"),
+            _lin(f"{p}.self_attention.query_key_value", h, 3 * h, True),
+            _lin(f"{p}.self_attention.dense", h, h, True),
+            _block(f"{p}.self_attention.attention_dropout"),
+            _norm(f"{p}.post_attention_layernorm", h, True),
+            _block(f"{p}.mlp"),
+            _lin(f"{p}.mlp.dense_h_to_4h", h, i, True),
+            _block(f"{p}.mlp.gelu_impl"),
+            _lin(f"{p}.mlp.dense_4h_to_h", i, h, True),
+        ]
+    return out + [_norm("transformer.ln_f", h, True), _head(s)]
+
+
+#: The formula of each family's module table (a new family plugs in here).
+_BUILDERS = {"llama": _llama_like, "gpt2": _gpt2, "bloom": _bloom}
+
+
+def transformers_config(config: Any):
+    """A transformers config from a config, a dict (with ``model_type``), a model or a name."""
+    if isinstance(config, Shape):
+        raise LabkitError("a Shape has no transformers config; accepted: a config or a name")
+    if hasattr(config, "named_modules") and hasattr(config, "config"):  # a model
+        return config.config
+    if hasattr(config, "to_dict") and hasattr(config, "model_type"):
+        return config
+    c = _config_dict(config)
+    from transformers import AutoConfig
+
+    if c.get("auto_map") and not _known_model_type(c.get("model_type")):
+        raise LabkitError(
+            f"model_type {c.get('model_type')!r} needs remote code (auto_map), which labkit does "
+            "not run; accepted: a causal LM config transformers knows"
+        )
+    mt = c.pop("model_type", None)
+    try:
+        return AutoConfig.for_model(mt, **c)
+    except ValueError:
+        raise labkit.unknown("model_type", mt, ["a model type transformers knows"]) from None
+
+
+def meta_model(config: Any):
+    """The causal LM ``config`` describes, built on the meta device (shapes, no memory).
+
+    ``torch.device("meta")`` ties the output head to the embeddings as the real model does
+    (accelerate's ``init_empty_weights`` does not under transformers 5).
+    """
+    import torch
+
+    with torch.device("meta"):
+        return build_causal_lm(config)
+
+
+#: The module table of the last configs built on the meta device (an estimate reads the table of
+#: an 8B model several times; building it takes about a second).
+_TABLE_CACHE: dict[str, list[ModuleInfo]] = {}
+
+
+def build_causal_lm(config: Any, **kwargs: Any):
+    """``AutoModelForCausalLM.from_config(config, **kwargs)`` in the caller's device or fake-tensor
+    context, with one clear line when transformers cannot build it (an unknown or remote-code
+    model type, a config that is not a causal LM's)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(transformers_config(config))
+    try:
+        return AutoModelForCausalLM.from_config(cfg, **kwargs)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LabkitError(
+            f"transformers cannot build a causal LM from this {cfg.model_type} config ({first}); "
+            "accepted: a causal LM config transformers knows (no remote code)"
+        ) from None
+
+
+def _known_model_type(model_type: Any) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
+
+
+def table_from_model(model) -> list[ModuleInfo]:
+    """The module table read from a built model (real or on the meta device)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    out = []
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        own = dict(mod.named_parameters(recurse=False))
+        params = {k: tuple(p.shape) for k, p in own.items()}
+        tied = tuple(k for k, p in own.items() if id(p) in seen)
+        seen |= {id(p) for p in own.values()}
+        if isinstance(mod, torch.nn.Linear):
+            kind, dims = "linear", (mod.in_features, mod.out_features)
+        elif isinstance(mod, Conv1D):
+            kind, dims = "conv1d", (mod.weight.shape[0], mod.nf)
+        elif isinstance(mod, torch.nn.Embedding):
+            kind, dims = "embedding", (mod.num_embeddings, mod.embedding_dim)
+        elif params and set(params) <= {"weight", "bias"} and len(params["weight"]) == 1:
+            kind, dims = "norm", (params["weight"][0],) * 2
+        else:
+            kind, dims = "block", (0, 0)
+        out.append(ModuleInfo(name, kind, *dims, params=params, tied=tied))
+    return out
+
+
+def module_table(config: Any) -> list[ModuleInfo]:
+    """Every module of the causal LM ``config`` describes, with shapes, from the config.
+
+    ``config``: a transformers config, a config dict, a model, a zoo/catalog name or a
+    :class:`Shape`. The five formula families are derived by formula; any other family is built on
+    the meta device (:func:`meta_model`) and read with :func:`table_from_model`.
+    """
+    if isinstance(config, Shape):
+        return _BUILDERS[config.family](config)
+    if hasattr(config, "named_modules"):
+        return table_from_model(config)
+    c = _config_dict(config)
+    if c.get("model_type") in FORMULA_FAMILIES:
+        s = shape_of(c)
+        return _BUILDERS[s.family](s)
+    key = json.dumps(c, sort_keys=True, default=str)
+    if key not in _TABLE_CACHE:
+        if len(_TABLE_CACHE) >= 8:
+            _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
+        _TABLE_CACHE[key] = table_from_model(meta_model(config))
+    return list(_TABLE_CACHE[key])
+
+
+# ----------------------------------------------------------------------------- parameters
+def param_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """Every parameter tensor's name and shape, as ``model.named_parameters()`` lists them.
+
+    Tied output embeddings are listed once (under the input embedding), as PyTorch does.
+    """
+    return {
+        f"{m.name}.{p}": shp
+        for m in module_table(config)
+        for p, shp in m.params.items()
+        if p not in m.tied
+    }
+
+
+def count_parameters(config: Any) -> int:
+    """Exact parameter count (tied embeddings once, GQA, biases, norms, MoE experts):
+    ``sum(p.numel() for p in model.parameters())``."""
+    return sum(math.prod(shp) for shp in param_shapes(config).values())
+
+
+def block_linears(config: Any) -> list[ModuleInfo]:
+    """The Linear / Conv1D layers of the blocks (not the output head): what int8 / NF4
+    quantization and autocast's casts act on."""
+    return [m for m in linear_layers(config) if m.name != "lm_head" and not m.tied]
+
+
+# ----------------------------------------------------------------------------- targets
+def linear_layers(config: Any) -> list[ModuleInfo]:
+    """The Linear / Conv1D layers LoRA can adapt (the output head ``lm_head`` included, last)."""
+    return [m for m in module_table(config) if m.kind in {"linear", "conv1d"}]
+
+
+def _strip(name: str) -> str:
+    return name.removeprefix("base_model.model.")
+
+
+def regex_matches(pattern: str, config: Any) -> list[str]:
+    """Module names ``pattern`` matches the way peft matches a string ``target_modules``.
+
+    peft uses ``re.fullmatch`` on the dotted name, so ``"q_proj"`` as a regex matches nothing
+    (write ``".*q_proj"``), unlike the list form ``["q_proj"]`` which matches name endings.
+    """
+    try:
+        rx = re.compile(pattern)
+    except re.error as err:
+        raise LabkitError(f"invalid regex {pattern!r}: {err}; accepted: a Python regex") from None
+    return [_strip(m.name) for m in module_table(config) if rx.fullmatch(_strip(m.name))]
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    """The LoRA targets peft picks when ``target_modules`` is None, for a model type."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAPPING
+
+    if model_type not in MAPPING:
+        raise LabkitError(
+            f"peft has no default LoRA targets for model type {model_type!r}; "
+            f"known: {', '.join(sorted(MAPPING)[:12])}... (pass target_modules explicitly)"
+        )
+    return list(MAPPING[model_type])
+
+
+def _shorthand(table: list[ModuleInfo], model_type: str, targets: str | Iterable[str]):
+    """A peft ``target_modules`` from the estimator's shorthand: ``"default"``, ``"all-linear"``,
+    a comma-separated string or a list of module names (each must name a block linear)."""
+    linears = [m for m in table if m.kind in {"linear", "conv1d"} and m.name != "lm_head"]
+    names = list(dict.fromkeys(m.name.rsplit(".", 1)[-1] for m in linears))
+    if targets == "default":
+        targets = PEFT_DEFAULT_TARGETS.get(model_type) or default_target_modules(model_type)
+    elif isinstance(targets, str):
+        targets = names if targets == "all-linear" else [t for t in targets.split(",") if t]
+    targets = list(targets)
+    bad = [t for t in targets if t not in names]
+    if bad or not targets:
+        raise LabkitError(
+            f"unknown LoRA target(s) {bad or targets!r} for {model_type}; "
+            f"accepted: {', '.join(names)}, all-linear or default"
+        )
+    return targets
+
+
+def lora_modules(config: Any, targets: Any = "default") -> list[ModuleInfo]:
+    """The modules a LoRA adapter on ``targets`` adapts in the model ``config`` describes.
+
+    ``targets``: a peft ``LoraConfig`` (its ``target_modules``, ``exclude_modules``,
+    ``layers_to_transform``, ``modules_to_save`` as peft matches them, with peft's own
+    ``check_target_module_exists``), or the estimator's shorthand: module names
+    (``["q_proj", "v_proj"]``), a comma-separated string, ``"all-linear"`` (every linear in the
+    blocks, not the output head, as peft does) or ``"default"`` (peft's default for the model
+    type: q and v, GPT-2's ``c_attn``, BLOOM's ``query_key_value``).
+    """
+    table = module_table(config)
+    model_type = shape_of(config).model_type if isinstance(config, Shape) else None
+    model_type = model_type or _config_dict(config).get("model_type")
+    if not hasattr(targets, "target_modules"):  # shorthand: peft's list rule, a name's last part
+        wanted = _shorthand(table, model_type, targets)
+        linears = [m for m in table if m.kind in {"linear", "conv1d"} and m.name != "lm_head"]
+        return [m for m in linears if m.name.rsplit(".", 1)[-1] in wanted]
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    lora = targets
+    if getattr(lora, "target_parameters", None):
+        raise LabkitError("target_parameters is not supported here; accepted: target_modules")
+    wanted = lora.target_modules
+    if wanted is None:
+        wanted = default_target_modules(model_type)
+    elif isinstance(wanted, str) and wanted.lower() == "all-linear":
+        wanted = {m.name for m in table if m.kind in {"linear", "conv1d"}} - {"lm_head"}
+
+    resolved = copy.copy(lora)  # the config as peft sees it once target_modules is resolved
+    resolved.target_modules = wanted
+    found = [m for m in table if check_target_module_exists(resolved, m.name)]
+    bad = [m.name for m in found if m.kind not in {"linear", "conv1d", "embedding"}]
+    if bad:
+        raise LabkitError(
+            f"target module {bad[0]!r} is not a Linear, Conv1D or Embedding layer; accepted: "
+            "names or a regex that match only such layers (see labkit.models.architecture.linear_layers)"
+        )
+    if not found:
+        raise LabkitError(
+            f"target_modules={wanted!r} matches no module of this {model_type} model; "
+            "accepted: names from labkit.models.architecture.linear_layers(config) or a full-match regex"
+        )
+    return found
+
+
+def lora_parameters(config: Any, r: int, targets: Any = "default") -> int:
+    """LoRA trainable parameters: r·(d_in + d_out) per adapted matrix."""
+    positive("LoRA rank r", r)
+    return sum(r * (m.d_in + m.d_out) for m in lora_modules(config, targets))
+
+
+def trainable_shapes(
+    config: Any,
+    method: str = "full",
+    *,
+    r: int = 8,
+    targets: Any = "default",
+    frozen_layers: int = 0,
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors ``method`` trains (see :data:`TRAINING_METHODS`).
+
+    ``full``: every parameter; ``lora`` / ``qlora``: ``lora_A`` (r, d_in) and ``lora_B``
+    (d_out, r) per adapted module; ``frozen``: all but the embeddings (and with them a tied head)
+    and the first ``frozen_layers`` blocks.
+    """
+    from labkit.checks import choice
+
+    choice("method", method, TRAINING_METHODS)
+    shapes = param_shapes(config)
+    if method == "full":
+        return shapes
+    if method in {"lora", "qlora"}:
+        out = {}
+        for m in lora_modules(config, targets):
+            out[f"{m.name}.weight.lora_A"], out[f"{m.name}.weight.lora_B"] = (
+                (r, m.d_in),
+                (m.d_out, r),
+            )
+        return out
+    emb = {f"{m.name}.weight" for m in module_table(config) if m.kind == "embedding"}
+    emb |= {n for n in shapes if "word_embeddings_layernorm" in n}
+    frozen = re.compile(rf"\.(h|layers)\.({'|'.join(str(k) for k in range(frozen_layers))})\.")
+    return {
+        n: shp
+        for n, shp in shapes.items()
+        if n not in emb and not (frozen_layers and frozen.search(n))
+    }

@@ -1,0 +1,206 @@
+"""LoRA rank and alpha at equal steps (notebook 11 and ``benchmarks/lora_rank_alpha.py``).
+
+- :func:`train_point`: one LoRA training on the zoo chat task from ``labkit.tuners.peft_methods.TRAIN_ARGS``
+  with a given rank ``r``, ``lora_alpha`` and seed, scored by held-out exact match and the
+  validation answer loss. The notebook (one seed) and the benchmark (three seeds) share it, so the
+  notebook's seed-0 run is one cell of the benchmark's table.
+- :func:`update_size`: how far a few AdamW steps move the adapted weights, ``|ΔW| / |W|``
+  averaged over the adapted layers: the measurement behind "alpha is only a scale on ΔW".
+- :func:`load_record` / :func:`spread`: the benchmark's recorded multi-seed table, refused when
+  it was recorded for another grid or other training arguments (a stale record).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labkit import REPO_ROOT, LabkitError
+
+MODEL_ID = "zoo-llama"
+#: (r, lora_alpha): rank 1 against rank 8 at the course's scale alpha/r = 2, then alpha at r = 8.
+GRID: tuple[tuple[int, int], ...] = ((1, 2), (8, 16), (8, 2), (8, 128))
+#: Seeds the benchmark records; notebook 11 trains seed 0 itself, so three seeds in all.
+SEEDS: tuple[int, ...] = (1, 2)
+RECORD = REPO_ROOT / "benchmarks" / "lora_rank_alpha.json"
+RERUN = ".venv/bin/python benchmarks/lora_rank_alpha.py"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trained configuration: rank, alpha, seed and what it scored."""
+
+    r: int
+    alpha: int
+    seed: int
+    steps: int
+    losses: list[float]
+    val_loss: float
+    correct: list[bool]
+
+    @property
+    def exact_match(self) -> float:
+        """Share of the scored held-out questions answered exactly."""
+        return sum(self.correct) / len(self.correct)
+
+    @property
+    def scale(self) -> float:
+        """peft's scaling of ΔW = B·A without rsLoRA: ``alpha / r``."""
+        return self.alpha / self.r
+
+
+def _check_rank_alpha(r: Any, alpha: Any) -> None:
+    for what, value in (("rank r", r), ("lora_alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise LabkitError(f"{what} must be a number > 0, got {value!r}")
+
+
+def train_point(tok, r: int, alpha: int, seed: int = 0, limit: int | None = None) -> Point:
+    """Train LoRA (all linear layers, rank ``r``, ``lora_alpha``) from a fresh base and score it.
+
+    Training arguments are ``labkit.tuners.peft_methods.TRAIN_ARGS["lora"]`` (same epochs, so the same number of
+    steps, for every point); ``seed`` sets the adapter init and the data order. ``limit`` cuts the
+    held-out questions (None: all 84).
+    """
+    from labkit.training import finetune
+    from labkit.tuners import peft_methods
+
+    _check_rank_alpha(r, alpha)
+    model = peft_methods.attach(MODEL_ID, "lora", seed=seed, r=int(r), lora_alpha=alpha)
+    run = finetune.train(
+        model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **peft_methods.TRAIN_ARGS["lora"]
+    )
+    scored = finetune.evaluate_chat(model, tok, "test", limit=limit)
+    correct = [p == ref for p, ref in zip(scored["predictions"], scored["references"], strict=True)]
+    val = finetune.chat_loss(model, tok, "validation")
+    return Point(
+        r=int(r),
+        alpha=alpha,
+        seed=seed,
+        steps=run.steps,
+        losses=list(run.losses),
+        val_loss=val,
+        correct=correct,
+    )
+
+
+def update_size(
+    tok, r: int, alpha: int, use_rslora: bool = False, steps: int = 3, lr: float = 3e-3
+) -> float:
+    """Mean ``|s·B·A| / |W|`` (Frobenius) over the adapted layers after ``steps`` AdamW steps.
+
+    ``s`` is peft's scaling: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``. The steps
+    use the first 16 training examples as one batch, seed 0, so only ``r``, ``alpha`` and the
+    scaling rule differ between calls.
+    """
+    import torch
+
+    from labkit.data import loaders
+    from labkit.training import finetune
+    from labkit.tuners import peft_methods
+
+    _check_rank_alpha(r, alpha)
+    model = peft_methods.attach(
+        MODEL_ID, "lora", seed=0, r=int(r), lora_alpha=alpha, use_rslora=use_rslora
+    )
+    batch = finetune.ChatCollator(tok.pad_token_id)(
+        finetune.chat_features(tok, loaders.load_chat("train")[:16])
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        ratios = [_relative_update(m) for m in model.modules() if _is_lora_layer(m)]
+    return sum(ratios) / len(ratios)
+
+
+def _is_lora_layer(module) -> bool:
+    return hasattr(module, "lora_A") and "default" in module.lora_A
+
+
+def _relative_update(module) -> float:
+    """``|s·B·A| / |W|`` of one peft LoRA layer (Frobenius norms)."""
+    delta = module.scaling["default"] * (
+        module.lora_B["default"].weight @ module.lora_A["default"].weight
+    )
+    return float(delta.norm() / module.base_layer.weight.norm())
+
+
+def record_config() -> dict[str, Any]:
+    """What a current record must have been made with: model, grid, seeds, training arguments."""
+    from labkit.tuners import peft_methods
+
+    return {
+        "model": MODEL_ID,
+        "grid": [list(p) for p in GRID],
+        "seeds": list(SEEDS),
+        "train_args": dict(peft_methods.TRAIN_ARGS["lora"]),
+        "eval": "correct answers on all 84 test questions; answer loss on the validation split",
+    }
+
+
+def load_record(path: Path = RECORD) -> dict[str, Any]:
+    """The benchmark's record, or a one-line error if it is missing or stale."""
+    try:
+        rel = path.relative_to(REPO_ROOT)
+    except ValueError:
+        rel = path
+    if not path.is_file():
+        raise LabkitError(f"no record at {rel}; make it with {RERUN}")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LabkitError(f"{rel} is not valid JSON ({err.msg}); re-make it with {RERUN}") from None
+    if record.get("config") != record_config():
+        raise LabkitError(
+            f"{rel} was recorded for another grid or other training arguments "
+            f"({record.get('config')}); re-make it with {RERUN}"
+        )
+    return record
+
+
+def spread(
+    record: dict[str, Any], extra: list[Point] = (), limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Per (r, alpha): exact match and validation loss over the seeds (min, mean, max).
+
+    ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
+    ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
+    """
+    out = []
+    for r, alpha in record["config"]["grid"]:
+        rows = [p for p in record["points"] if p["r"] == r and p["alpha"] == alpha]
+        rows += [
+            {"val_loss": p.val_loss, "correct": p.correct, "seed": p.seed}
+            for p in extra
+            if p.r == r and p.alpha == alpha
+        ]
+        if not rows:
+            raise LabkitError(f"record has no point r={r}, alpha={alpha}; re-make it with {RERUN}")
+        n = limit or min(len(p["correct"]) for p in rows)
+        if any(len(p["correct"]) < n for p in rows):
+            raise LabkitError(f"exact match over {n} questions asked; some points scored fewer")
+        em = [sum(p["correct"][:n]) / n for p in rows]
+        val = [p["val_loss"] for p in rows]
+        out.append(
+            {
+                "r": r,
+                "alpha": alpha,
+                "scale": alpha / r,
+                "seeds": sorted(p["seed"] for p in rows),
+                "questions": n,
+                "em_min": min(em),
+                "em_mean": sum(em) / len(em),
+                "em_max": max(em),
+                "val_min": min(val),
+                "val_mean": sum(val) / len(val),
+                "val_max": max(val),
+            }
+        )
+    return out

@@ -1,0 +1,283 @@
+"""One training and evaluation path for the chat task, shared by every PEFT notebook.
+
+- :func:`chat_features` turns ``Human: ... Assistant:`` records into token ids whose labels are
+  masked (-100) on the prompt, so the loss is the answer's loss only;
+- :func:`train` runs the Hugging Face ``Trainer`` (with its progress bar) on any model, a
+  ``PeftModel`` included, with today's ``TrainingArguments`` names;
+- :func:`generate_answers` / :func:`evaluate_chat` compute the held-out **exact match**: the
+  greedy answer, up to the first newline, must equal the reference sentence;
+- :func:`side_by_side` shows answers before and after fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
+
+import labkit
+from labkit import LabkitError
+from labkit.data import loaders
+
+IGNORE = -100
+
+
+def chat_features(tokenizer, rows: list[dict], target: str = "response") -> list[dict]:
+    """Token ids for ``prompt + " " + target + </s>`` with the prompt's labels set to -100."""
+    if target not in {"response", "short"}:
+        raise labkit.unknown("target", target, ("response", "short"))
+    if isinstance(rows, str | bytes | dict) or not hasattr(rows, "__iter__"):
+        raise LabkitError(
+            f"rows must be a list of chat rows, got {type(rows).__name__}; accepted: "
+            '[{"prompt": ..., "response": ...}, ...] (loaders.load_chat)'
+        )
+    feats = []
+    for i, row in enumerate(rows):
+        for key in ("prompt", target):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                got = "no" if isinstance(row, dict) and key not in row else "a bad"
+                raise LabkitError(
+                    f"row {i} has {got} {key!r} text; accepted: rows of "
+                    f'{{"prompt": str, {target!r}: str}} (loaders.load_chat)'
+                )
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + " " + row[target])["input_ids"] + [tokenizer.eos_token_id]
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise LabkitError("tokenizer splits the prompt differently inside the full text")
+        labels = [IGNORE] * len(prompt_ids) + full[len(prompt_ids) :]
+        feats.append({"input_ids": full, "labels": labels})
+    return feats
+
+
+@dataclass
+class ChatCollator:
+    """Right-pads a batch: ``pad_token_id`` for inputs, -100 for labels, 0 in the attention mask."""
+
+    pad_token_id: int
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids, labels, mask = [], [], []
+        for b in batch:
+            pad = width - len(b["input_ids"])
+            ids.append(b["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(b["labels"] + [IGNORE] * pad)
+            mask.append([1] * len(b["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+#: The course's CPU-friendly training defaults (the chat task of notebooks 08-13).
+COURSE_TRAINING_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "num_train_epochs": 10,
+    "learning_rate": 1e-3,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "logging_steps": 5,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 0,
+    "data_seed": 0,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": False,
+}
+
+
+def training_arguments(
+    output_dir: str | None = None, *, course_defaults: bool = True, **overrides: Any
+) -> TrainingArguments:
+    """``TrainingArguments`` with today's names: the course's CPU-friendly defaults
+    (:data:`COURSE_TRAINING_DEFAULTS`), or with ``course_defaults=False`` the library's own
+    defaults (what a hyperparameter search varies), plus ``overrides``; a fresh temporary
+    ``output_dir`` unless given.
+
+    Old tutorials' ``evaluation_strategy``, ``no_cuda``, ``overwrite_output_dir`` and
+    ``logging_dir`` were removed in transformers 5 (use ``eval_strategy``, ``use_cpu``, nothing,
+    and nothing).
+    """
+    settings: dict[str, Any] = {"output_dir": output_dir or tempfile.mkdtemp(prefix="labkit-run-")}
+    if course_defaults:
+        settings |= COURSE_TRAINING_DEFAULTS
+        # pinned memory only helps host-to-GPU copies; on a CPU torch warns about it every epoch
+        settings["dataloader_pin_memory"] = torch.cuda.is_available()
+    _check_training_overrides(overrides)
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+#: Names old tutorials use that transformers 5 removed, and what replaces them.
+REMOVED_ARGUMENTS = {
+    "evaluation_strategy": "use eval_strategy",
+    "no_cuda": "use use_cpu",
+    "overwrite_output_dir": "drop it (output_dir is a fresh temporary folder here)",
+    "logging_dir": "drop it",
+}
+
+
+def _check_training_overrides(overrides: dict[str, Any]) -> None:
+    """One line for a removed or unknown argument and for values the Trainer would accept
+    silently (a negative epoch count trains nothing; a NaN learning rate trains NaNs)."""
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in overrides:
+        if key in REMOVED_ARGUMENTS:
+            raise LabkitError(f"{key} was removed in transformers 5; {REMOVED_ARGUMENTS[key]}")
+        if key not in fields:
+            raise LabkitError(
+                f"unknown training argument {key!r}; accepted: the fields of "
+                "transformers.TrainingArguments (num_train_epochs, learning_rate, ...)"
+            )
+    for key, low in (("num_train_epochs", "> 0"), ("learning_rate", ">= 0")):
+        v = overrides.get(key)
+        if v is None:
+            continue
+        number = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if not number or not math.isfinite(v) or (v <= 0 if low == "> 0" else v < 0):
+            raise LabkitError(f"{key} must be a finite number {low}, got {v!r}")
+
+
+@dataclass
+class TrainRun:
+    """What :func:`train` measured: the Trainer, seconds, steps, and the logged losses."""
+
+    trainer: Trainer
+    seconds: float
+    steps: int
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(1, self.steps)
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer,
+    rows: list[dict] | None = None,
+    target: str = "response",
+    eval_rows: list[dict] | None = None,
+    **args: Any,
+) -> TrainRun:
+    """Fine-tune ``model`` on chat ``rows`` (default: the train split) with the HF Trainer.
+
+    ``args`` override :func:`training_arguments` (``num_train_epochs``, ``learning_rate``...).
+    """
+    rows = loaders.load_chat("train") if rows is None else rows
+    if not isinstance(rows, str) and hasattr(rows, "__len__") and len(rows) == 0:
+        raise LabkitError("rows is empty; accepted: a non-empty list of chat rows (or None)")
+    if eval_rows is not None:
+        args.setdefault("eval_strategy", "epoch")
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(**args),
+        train_dataset=chat_features(tokenizer, rows, target),
+        eval_dataset=chat_features(tokenizer, eval_rows, target) if eval_rows else None,
+        data_collator=ChatCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    if trainer.args.disable_tqdm:  # without bars the Trainer prints every log dict instead
+        trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    model.eval()
+    return TrainRun(trainer, seconds, result.global_step, losses)
+
+
+def _is_prompt_learning(model) -> bool:
+    """Prompt tuning, P-tuning or prefix tuning: methods that add virtual tokens."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
+    """Greedy answers, cut at the first newline, in the order of ``prompts``.
+
+    Prompts of equal token length are generated together as one batch, so no padding is ever
+    needed: the answers are the same as one prompt at a time, only faster. Prompt-learning
+    methods need ``use_cache=False``: with peft 0.21 + transformers 5, ``generate`` with the cache
+    silently drops a prefix-tuning prefix (the base model's answer), and for prompt tuning and
+    P-tuning the tokens after the first differ from greedy decoding of the model's own forward.
+    """
+    model.eval()
+    extra = {"use_cache": False} if _is_prompt_learning(model) else {}
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    answers = [""] * len(prompts)
+    for length, idx in groups.items():
+        ids = torch.tensor([encoded[i] for i in idx], device=model.device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **extra,
+        )
+        for row, i in zip(out[:, length:], idx, strict=True):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            answers[i] = text.strip().split("\n")[0].strip()
+    return answers
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Share of predictions equal to their reference after stripping spaces."""
+    if len(predictions) != len(references) or not references:
+        raise LabkitError(
+            f"need equal, non-empty lists; got {len(predictions)} predictions, {len(references)} references"
+        )
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)) / len(
+        references
+    )
+
+
+def evaluate_chat(
+    model, tokenizer, split: str = "test", target: str = "response", limit: int | None = None
+) -> dict:
+    """Held-out exact match on a chat split, with the predictions (for side-by-side tables)."""
+    rows = loaders.load_chat(split)[:limit]
+    preds = generate_answers(model, tokenizer, [r["prompt"] for r in rows])
+    refs = [r[target] for r in rows]
+    return {
+        "exact_match": exact_match(preds, refs),
+        "predictions": preds,
+        "references": refs,
+        "rows": rows,
+    }
+
+
+@torch.no_grad()
+def chat_loss(model, tokenizer, split: str = "validation", target: str = "response") -> float:
+    """Mean answer-token cross-entropy on a chat split (nats per token)."""
+    feats = chat_features(tokenizer, loaders.load_chat(split), target)
+    batch = ChatCollator(tokenizer.pad_token_id)(feats)
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    model.eval()
+    return float(model(**batch).loss)
+
+
+def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> str:
+    """A small text table: question, answer before and after fine-tuning, reference."""
+    lines = []
+    for row, b, a in list(zip(rows, before, after, strict=True))[:n]:
+        question = row["prompt"].removeprefix("Human: ").removesuffix("\nAssistant:")
+        mark = "✓" if a == row["response"] else "✗"
+        lines.append(f"Q: {question}\n   before: {b[:60]!r}\n   after:  {a[:60]!r} {mark}")
+    return "\n".join(lines)

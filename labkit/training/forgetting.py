@@ -1,0 +1,549 @@
+"""Catastrophic forgetting: what fine-tuning costs the model in what it knew before.
+
+The zoo Llama learned the tiny world's facts from stories (``data/corpus``); the chat task
+teaches a ``Human: ... Assistant: ...`` format. This module measures, after every epoch of
+fine-tuning, both sides:
+
+- the **task**: answer loss on the chat validation split and exact match on held-out questions
+  (:func:`labkit.training.finetune.chat_loss` / :func:`labkit.training.finetune.evaluate_chat`);
+- what the model **knew before**: its loss on held-out corpus stories
+  (:func:`labkit.training.lm_loss.causal_lm_loss`) and a **probe** (:func:`probe_items`): cloze
+  sentences in the corpus's own story style ("Every morning the otter left the" -> "river"),
+  about facts the chat task never fine-tunes on, plus counting runs. The probe is scored by
+  greedy exact match (:func:`probe_accuracy`): an item is right when every answer token is the
+  model's argmax given the prompt and the answer's earlier tokens (= greedy decoding).
+
+:func:`train` runs the Hugging Face ``Trainer`` with a :class:`Tracker` callback that records
+these after each epoch, optionally with **replay** (a fraction of corpus stories mixed into the
+fine-tuning data, :func:`replay_features`) and early stopping on the validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PrinterCallback, Trainer, TrainerCallback
+
+from labkit import REPO_ROOT, LabkitError, unknown
+from labkit.data import generator, loaders
+from labkit.training import finetune, lm_loss
+
+#: Probe sentences per fact kind, copied from the corpus's story templates (``datasets``): the
+#: prompt ends just before the answer word(s).
+PROBE_TEMPLATES: dict[str, list[str]] = {
+    "home": ["Every morning the {e} left the", "The {e} was happy in the"],
+    "colour": ["{n} painted a {e}, and the paint was", "{n} looked at the {e}. It was"],
+    "opposite": ["If it is not {e}, it may be", "{n} said that {e} and"],
+    "next": ["After {e} comes", "{n} counted {e},"],
+}
+KINDS = tuple(PROBE_TEMPLATES) + ("count",)
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    """One cloze: ``prompt`` + ``" " + answer`` is a sentence the corpus could contain."""
+
+    prompt: str
+    answer: str
+    kind: str
+
+
+def unseen_facts() -> list[dict]:
+    """Facts whose chat questions are only in the validation / test splits (never fine-tuned)."""
+    seen = {(r["intent"], r["entity"]) for r in loaders.load_chat("train")}
+    return [f for f in generator.facts() if (f["intent"], f["entity"]) not in seen]
+
+
+def probe_items(per_fact: int = 1, counts: int = 16, seed: int = 0) -> list[ProbeItem]:
+    """Cloze items about the facts fine-tuning never sees, plus ``counts`` counting runs.
+
+    ``per_fact`` (1 or 2) story templates per fact; counting runs read like the corpus's
+    "Mia counted: four, five, six," -> "seven" (a skill the chat format never shows).
+    """
+    if per_fact not in (1, 2) or counts < 0:
+        raise LabkitError(f"per_fact must be 1 or 2 and counts >= 0, got {per_fact}, {counts}")
+    rng = random.Random(seed)
+    items = []
+    for f in unseen_facts():
+        templates = PROBE_TEMPLATES[f["intent"]]
+        for t in rng.sample(templates, per_fact):
+            prompt = t.format(e=f["entity"], n=rng.choice(generator.NAMES))
+            if f["intent"] == "opposite" and t.startswith("If"):
+                prompt = prompt[0].upper() + prompt[1:]
+            items.append(ProbeItem(prompt, f["answer"], f["intent"]))
+    nums = generator.NUMBERS
+    for _ in range(counts):
+        start, length = rng.randrange(0, len(nums) - 5), rng.randint(3, 4)
+        run = nums[start : start + length]
+        prompt = f"{rng.choice(generator.NAMES)} counted: {', '.join(run)},"
+        items.append(ProbeItem(prompt, nums[start + length], "count"))
+    return items
+
+
+class _Plain(nn.Module):
+    """A causal LM whose logits line up with its input ids, also for prompt-learning methods.
+
+    Prompt tuning prepends virtual tokens inside ``forward``, so the peft model's logits have
+    ``num_virtual_tokens`` extra positions in front; this drops them. Any other model passes
+    through unchanged.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+        if out.logits.shape[1] != input_ids.shape[1]:
+            out.logits = out.logits[:, -input_ids.shape[1] :]
+        return out
+
+
+def lm_view(model: nn.Module) -> nn.Module:
+    """``model`` as a plain causal LM for :func:`labkit.training.lm_loss.causal_lm_loss` and the probe."""
+    return model if isinstance(model, _Plain) else _Plain(model)
+
+
+def _encode(tokenizer, item: ProbeItem) -> tuple[list[int], int]:
+    prompt_ids = tokenizer(item.prompt)["input_ids"]
+    full = tokenizer(item.prompt + " " + item.answer)["input_ids"]
+    if full[: len(prompt_ids)] != prompt_ids:
+        raise LabkitError(f"tokenizer splits the prompt differently inside {item.prompt!r}")
+    return full, len(prompt_ids)
+
+
+@torch.no_grad()
+def probe_accuracy(model: nn.Module, tokenizer, items: list[ProbeItem]) -> dict[str, Any]:
+    """Greedy exact match and per-token accuracy on the probe, overall and per kind.
+
+    One teacher-forced forward pass: an item is exact when every answer token is the argmax at
+    its position, which is exactly when greedy decoding would write the answer.
+    """
+    if not items:
+        raise LabkitError("no probe items; accepted: a non-empty list from probe_items()")
+    view = lm_view(model)
+    was_training = view.training
+    view.eval()
+    encoded = [_encode(tokenizer, it) for it in items]
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in encoded])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded])
+    device = next(view.parameters()).device
+    pred = view(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
+    view.train(was_training)
+    exact, tokens_right, tokens = [], 0, 0
+    for row, (x, n_prompt) in enumerate(encoded):
+        hits = [int(pred[row, p - 1]) == x[p] for p in range(n_prompt, len(x))]
+        exact.append(all(hits))
+        tokens_right += sum(hits)
+        tokens += len(hits)
+    per_kind = {
+        k: sum(e for e, it in zip(exact, items, strict=True) if it.kind == k)
+        / sum(it.kind == k for it in items)
+        for k in KINDS
+        if any(it.kind == k for it in items)
+    }
+    return {
+        "exact_match": sum(exact) / len(exact),
+        "token_accuracy": tokens_right / tokens,
+        "per_kind": per_kind,
+        "exact": exact,
+    }
+
+
+def corpus_texts(n: int = 48, split: str = "validation") -> list[str]:
+    """The first ``n`` held-out corpus stories (the model never trained on them)."""
+    texts = loaders.load_corpus(split)[:n]
+    if not texts:
+        raise LabkitError(f"need n >= 1 stories, got {n}")
+    return texts
+
+
+@dataclass
+class Probe:
+    """What is measured after each epoch: held-out stories, probe items, the chat split."""
+
+    tokenizer: Any
+    items: list[ProbeItem]
+    texts: list[str]
+    chat_limit: int | None = 42
+    chat_split: str = "test"
+    max_length: int = 128
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """Task (chat validation loss) and forgetting (corpus loss, probe) in one dict."""
+        tok = self.tokenizer
+        view = lm_view(model)
+        probe = probe_accuracy(view, tok, self.items)
+        row = {
+            "corpus_loss": lm_loss.causal_lm_loss(view, tok, self.texts, self.max_length),
+            "probe_em": probe["exact_match"],
+            "probe_token_acc": probe["token_accuracy"],
+            "chat_loss": finetune.chat_loss(model, tok, "validation"),
+        }
+        model.eval()
+        return row
+
+    def chat_exact_match(self, model: nn.Module) -> float:
+        """Held-out exact match on ``chat_limit`` questions of ``chat_split`` (greedy answers)."""
+        result = finetune.evaluate_chat(
+            model, self.tokenizer, self.chat_split, limit=self.chat_limit
+        )
+        return result["exact_match"]
+
+    @classmethod
+    def default(cls, tokenizer, fast: bool = True) -> Probe:
+        """The course probe (:data:`PROBE_SETTINGS`): 48 held-out stories, one cloze per unseen
+        fact + 16 counting runs, 42 held-out chat questions (``fast=False``: 200 stories, two
+        clozes per fact + 32 runs, all 84 questions)."""
+        kw = PROBE_SETTINGS["fast" if fast else "full"]
+        return cls(
+            tokenizer,
+            probe_items(per_fact=kw["per_fact"], counts=kw["counts"]),
+            corpus_texts(kw["stories"]),
+            chat_limit=kw["chat_limit"],
+        )
+
+
+#: Probe sizes for ``Probe.default(tok, fast)``; the seed record stores the ones it used.
+PROBE_SETTINGS: dict[str, dict[str, Any]] = {
+    "fast": {"stories": 48, "per_fact": 1, "counts": 16, "chat_limit": 42},
+    "full": {"stories": 200, "per_fact": 2, "counts": 32, "chat_limit": None},
+}
+
+
+class Tracker(TrainerCallback):
+    """Measures ``probe`` before training and after every epoch; ``history`` holds the rows.
+
+    When the Trainer evaluates (``eval_strategy="epoch"``), its ``eval_loss`` joins the row.
+    """
+
+    def __init__(self, probe: Probe):
+        self.probe = probe
+        self.history: list[dict[str, float]] = []
+
+    def _record(self, model, epoch: float) -> None:
+        was_training = model.training
+        self.history.append({"epoch": round(epoch, 3), **self.probe.measure(model)})
+        model.train(was_training)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.history:
+            self._record(model, 0.0)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._record(model, state.epoch)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_loss" in metrics and self.history:
+            self.history[-1]["eval_loss"] = float(metrics["eval_loss"])
+
+
+def replay_features(tokenizer, n: int, seed: int = 0, max_tokens: int = 64) -> list[dict]:
+    """``n`` pretraining stories (``corpus/train.txt``) as training features, loss on every token.
+
+    Replay mixes them into the chat data so fine-tuning keeps practising the old distribution.
+    """
+    if n < 0 or max_tokens < 2:
+        raise LabkitError(f"need n >= 0 and max_tokens >= 2, got {n}, {max_tokens}")
+    stories = random.Random(seed).sample(loaders.load_corpus("train"), n)
+    feats = []
+    for s in stories:
+        ids = tokenizer(s)["input_ids"][:max_tokens]
+        feats.append({"input_ids": ids, "labels": list(ids)})
+    return feats
+
+
+def replay_count(n_task: int, fraction: float) -> int:
+    """How many replay examples make ``fraction`` of a mix with ``n_task`` task examples."""
+    if not 0 <= fraction < 1:
+        raise LabkitError(f"replay fraction must be in [0, 1), got {fraction}")
+    return round(n_task * fraction / (1 - fraction))
+
+
+@dataclass
+class Run:
+    """One tracked fine-tuning run: per-epoch rows, final chat exact match, Trainer, seconds."""
+
+    label: str
+    history: list[dict[str, float]]
+    trainer: Trainer
+    seconds: float
+    chat_em: float = float("nan")
+    best: dict[str, float] | None = None
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> list[dict[str, float]]:
+        """The rows after each epoch (row 0 is the model before fine-tuning)."""
+        return self.history
+
+    def record(self) -> dict[str, Any]:
+        """What the seed record keeps of a run (JSON-friendly)."""
+        return {
+            "label": self.label,
+            "seconds": round(self.seconds, 1),
+            "chat_em": self.chat_em,
+            "history": self.history,
+            "best": self.best,
+        }
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    probe: Probe,
+    *,
+    label: str = "",
+    replay: float = 0.0,
+    keep_best: bool = False,
+    patience: int | None = None,
+    **args: Any,
+) -> Run:
+    """Fine-tune on the chat train split, measuring ``probe`` before and after every epoch.
+
+    ``replay``: fraction of the training examples that are corpus stories (0 = none).
+    ``keep_best``: the Trainer evaluates the chat validation loss every epoch, saves a checkpoint
+    per epoch (``save_total_limit=1`` keeps only the best and the latest) and reloads the best
+    at the end (``load_best_model_at_end``, ``metric_for_best_model="eval_loss"``); the reloaded
+    model is measured into ``run.best``. ``patience`` (with ``keep_best``) adds an
+    ``EarlyStoppingCallback`` that stops after that many epochs without improvement. The chat
+    exact match is measured once, on the final (or reloaded best) model. ``args`` override
+    :func:`labkit.training.finetune.training_arguments`.
+    """
+    from transformers import EarlyStoppingCallback
+
+    feats = finetune.chat_features(tokenizer, loaders.load_chat("train"))
+    if replay:
+        n = replay_count(len(feats), replay)
+        feats = feats + replay_features(tokenizer, n, seed=args.get("seed", 0))
+    tracker = Tracker(probe)
+    callbacks: list[TrainerCallback] = [tracker]
+    eval_feats = None
+    if patience is not None and not keep_best:
+        raise LabkitError("patience needs keep_best=True (early stopping reloads the best epoch)")
+    if keep_best:
+        eval_feats = finetune.chat_features(tokenizer, loaders.load_chat("validation"))
+        args = {
+            "eval_strategy": "epoch",
+            "save_strategy": "epoch",
+            "save_total_limit": 1,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+            **args,
+        }
+        if patience is not None:
+            if patience < 1:
+                raise LabkitError(f"patience is a number of epochs (>= 1), got {patience}")
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    args.setdefault("disable_tqdm", True)
+    trainer = Trainer(
+        model=model,
+        args=finetune.training_arguments(**args),
+        train_dataset=feats,
+        eval_dataset=eval_feats,
+        data_collator=finetune.ChatCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    best = None
+    if keep_best:
+        steps_per_epoch = trainer.state.max_steps / trainer.args.num_train_epochs
+        best_epoch = round(trainer.state.best_global_step / steps_per_epoch, 3)
+        best = {"epoch": best_epoch, **probe.measure(trainer.model)}
+    model.eval()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    chat_em = probe.chat_exact_match(trainer.model) if probe.chat_limit != 0 else float("nan")
+    return Run(
+        label=label,
+        history=tracker.history,
+        trainer=trainer,
+        seconds=seconds,
+        chat_em=chat_em,
+        best=best,
+        losses=losses,
+    )
+
+
+# --- the course's runs (notebook 16 and benchmarks/forgetting_seeds.py) ----------------------
+
+#: Epochs per run: the same for every method, so curves compare like with like.
+EPOCHS = 5
+
+#: The runs the notebook and the seed record compare. ``method`` is a ``labkit.tuners.peft_methods`` method;
+#: learning rates are the course defaults (``labkit.tuners.peft_methods.TRAIN_ARGS``); ``peft`` overrides the
+#: adapter config; ``replay`` and ``keep_best`` go to :func:`train`.
+RUNS: dict[str, dict[str, Any]] = {
+    "full": {"method": "full", "learning_rate": 1e-3, "keep_best": True},
+    "lora": {"method": "lora", "learning_rate": 3e-3},
+    "prompt": {"method": "prompt", "learning_rate": 0.3, "lr_scheduler_type": "constant"},
+    "full lr 1e-4": {"method": "full", "learning_rate": 1e-4},
+    "full + 25% replay": {"method": "full", "learning_rate": 1e-3, "replay": 0.25},
+    "lora r=1": {"method": "lora", "learning_rate": 3e-3, "peft": {"r": 1, "lora_alpha": 2}},
+    "lora r=64": {"method": "lora", "learning_rate": 3e-3, "peft": {"r": 64, "lora_alpha": 128}},
+}
+
+
+def settings(fast: bool = True) -> dict[str, Any]:
+    """Everything a seed record depends on: epochs, runs, probe sizes (compared by a test)."""
+    return {"epochs": EPOCHS, "runs": RUNS, "probe": PROBE_SETTINGS["fast" if fast else "full"]}
+
+
+def run(
+    name: str, tokenizer, probe: Probe, seed: int = 0, model_id: str = "zoo-llama", **extra: Any
+) -> Run:
+    """Train the run ``name`` of :data:`RUNS` for :data:`EPOCHS` epochs with ``seed``.
+
+    The seed sets the adapter's initialisation, the data order and the replay sample.
+    ``extra`` overrides the run's settings (e.g. ``num_train_epochs``).
+    """
+    from labkit.tuners import peft_methods
+
+    if name not in RUNS:
+        raise unknown("run", name, RUNS)
+    spec = {**RUNS[name], **extra}
+    method, overrides = spec.pop("method"), spec.pop("peft", {})
+    model = peft_methods.attach(model_id, method, seed=seed, **overrides)
+    spec.setdefault("num_train_epochs", EPOCHS)
+    return train(model, tokenizer, probe, label=name, seed=seed, data_seed=seed, **spec)
+
+
+def forgetting(history: list[dict[str, float]], key: str = "corpus_loss") -> float:
+    """How much worse the last row is than the first on ``key`` (loss up or probe down > 0)."""
+    if not history or key not in history[0]:
+        raise unknown("metric", key, sorted(history[0]) if history else [])
+    first, last = history[0][key], history[-1][key]
+    return last - first if key.endswith("loss") else first - last
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    """(mean, half the range): the error bar the course draws for a few seeds."""
+    return sum(values) / len(values), (max(values) - min(values)) / 2
+
+
+def summarize(record: dict[str, Any], row: str = "last") -> dict[str, dict[str, Any]]:
+    """Per run of a seed record: mean ± half-range over seeds of the final metrics.
+
+    ``row``: ``"last"`` (after the last epoch) or ``"best"`` (the epoch ``load_best_model_at_end``
+    reloaded; runs without ``keep_best`` are skipped). ``before`` is the untuned model's loss.
+    """
+    if row not in ("last", "best"):
+        raise unknown("row", row, ["last", "best"])
+    by_run: dict[str, list[dict]] = {}
+    for r in record["runs"]:
+        if row == "best" and not r.get("best"):
+            continue
+        by_run.setdefault(r["run"], []).append(r)
+    out = {}
+    for name, runs in by_run.items():
+        rows = [r["best"] if row == "best" else r["history"][-1] for r in runs]
+        out[name] = {
+            "before": runs[0]["history"][0]["corpus_loss"],
+            "seeds": len(runs),
+            "epoch": _mean_spread([x["epoch"] for x in rows]),
+            "chat_em": _mean_spread([r["chat_em"] for r in runs]),
+            **{k: _mean_spread([x[k] for x in rows]) for k in METRICS},
+        }
+    return out
+
+
+#: The per-epoch metrics a tracked row holds.
+METRICS = ("corpus_loss", "probe_em", "probe_token_acc", "chat_loss")
+
+
+@torch.no_grad()
+def loss_after_marker(
+    model: nn.Module, tokenizer, texts: list[str], marker: str = ".", max_length: int = 128
+) -> dict[str, float]:
+    """Where the corpus loss comes from: tokens right after ``marker`` (a sentence end) vs the rest.
+
+    Returns the mean loss (nats/token) over all tokens, over tokens that follow ``marker`` and
+    over the others, the share of tokens that follow it, and the mean probability the model gives
+    to end-of-text there (a chat model learns to stop after one sentence).
+    """
+    marker_id = tokenizer.convert_tokens_to_ids(marker)
+    if marker_id is None or marker_id == tokenizer.unk_token_id:
+        raise LabkitError(f"marker {marker!r} is not one token; accepted: e.g. '.', ','")
+    view = lm_view(model)
+    was_training, side = view.training, tokenizer.padding_side
+    view.eval()
+    tokenizer.padding_side = "right"
+    try:
+        enc = tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        device = next(view.parameters()).device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        logp = torch.log_softmax(
+            view(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1
+        )
+    finally:
+        view.train(was_training)
+        tokenizer.padding_side = side
+    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    valid = mask[:, 1:].bool()
+    after = valid & (ids[:, :-1] == marker_id)
+    rest = valid & ~after
+    return {
+        "all": float(nll[valid].mean()),
+        "after": float(nll[after].mean()),
+        "rest": float(nll[rest].mean()),
+        "share_after": float(after.sum() / valid.sum()),
+        "p_end_after": float(logp[..., tokenizer.eos_token_id].exp()[after].mean()),
+    }
+
+
+# --- the seed record ------------------------------------------------------------------------
+
+#: Where ``benchmarks/forgetting_seeds.py`` writes its multi-seed record.
+RECORD = REPO_ROOT / "benchmarks" / "forgetting_seeds.json"
+
+
+def load_record(path: str | Path = RECORD) -> dict[str, Any]:
+    """The seed record; says how to make it when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(
+            f"no seed record at {path.name}; accepted: run benchmarks/forgetting_seeds.py first"
+        )
+    return json.loads(path.read_text())
+
+
+def epoch_bands(record: dict[str, Any], name: str, key: str = "corpus_loss") -> dict[str, list]:
+    """Per epoch of run ``name``: mean, min and max of ``key`` over the recorded seeds."""
+    runs = [r for r in record["runs"] if r["run"] == name]
+    if not runs:
+        raise unknown("run", name, sorted({r["run"] for r in record["runs"]}))
+    if key not in runs[0]["history"][0]:
+        raise unknown("metric", key, sorted(runs[0]["history"][0]))
+    columns = list(zip(*[[row[key] for row in r["history"]] for r in runs], strict=True))
+    return {
+        "epoch": [row["epoch"] for row in runs[0]["history"]],
+        "mean": [sum(c) / len(c) for c in columns],
+        "min": [min(c) for c in columns],
+        "max": [max(c) for c in columns],
+    }
+
+
+def first_epoch_share(
+    record: dict[str, Any], name: str = "full", key: str = "corpus_loss"
+) -> float:
+    """How much of the whole rise of ``key`` (seed means) has happened after the first epoch."""
+    band = epoch_bands(record, name, key)["mean"]
+    if band[-1] == band[0]:
+        raise LabkitError(f"{key} of {name!r} did not change; the share is undefined")
+    return (band[1] - band[0]) / (band[-1] - band[0])

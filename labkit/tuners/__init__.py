@@ -1,0 +1,3 @@
+"""The PEFT methods: one registry of configs, defaults and trainable-parameter formulas
+(``peft_methods``), and saving, merging and mixing adapters (``adapters``). Layer 3.
+"""

@@ -1,0 +1,375 @@
+"""Parameter-efficient fine-tuning methods: configs with the course defaults, and counts.
+
+(Named ``peft_methods`` so that it does not shadow the ``peft`` library it wraps.)
+
+- :func:`count_trainable` computes, from the formulas alone (no model is built for the five
+  formula families), how many trainable parameters a peft config adds to a model config: prompt
+  tuning, P-tuning (MLP / LSTM), prefix tuning (with / without projection) and LoRA (list, regex,
+  ``"all-linear"``, ``modules_to_save``, ``bias``, DoRA, ``rank_pattern``, ``layers_to_transform``).
+  It follows peft 0.21's own rules (which modules match, GQA-shaped prefixes, tied embeddings), so
+  it equals ``PeftModel.get_nb_trainable_parameters()[0]``; :func:`count_terms` gives the parts.
+  Which modules a model has, and which of them LoRA adapts, is :mod:`labkit.models.architecture`'s
+  (:func:`~labkit.models.architecture.module_table`, :func:`~labkit.models.architecture.lora_modules`).
+- :func:`make_config` builds each method's config with the course defaults (:data:`DEFAULTS`),
+  :func:`attach` loads a fresh base model and wraps it (``get_peft_model`` modifies its base in
+  place, so every method needs its own base).
+
+A new PEFT method: an entry in :data:`PEFT_METHODS`, :data:`DEFAULTS` and :data:`TRAIN_ARGS`, a
+branch in :func:`make_config`, its terms in :func:`count_terms`, and a case in
+``tests/test_peft_methods.py`` that compares the count with peft's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import numbers
+from typing import Any
+
+import torch
+
+import labkit
+from labkit import LabkitError
+from labkit.checks import positive
+from labkit.models.architecture import ModuleInfo, lora_modules, module_table, transformers_config
+
+#: The methods this module configures, in course order ("full" = full fine-tuning, no peft).
+PEFT_METHODS = (
+    "prompt",
+    "prompt-text",
+    "p-tuning-mlp",
+    "p-tuning-lstm",
+    "prefix",
+    "prefix-projection",
+    "lora",
+    "full",
+)
+
+#: Course defaults per method (config fields), chosen by measurement on zoo-llama + the chat task
+#: (2 CPU threads, see the numbers in notebooks 08-12).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "prompt": {"num_virtual_tokens": 8},
+    "prompt-text": {"num_virtual_tokens": 8, "init_text": "The fox lives in the forest."},
+    "p-tuning-mlp": {"num_virtual_tokens": 8, "encoder_hidden_size": 64},
+    "p-tuning-lstm": {"num_virtual_tokens": 8, "encoder_hidden_size": 64},
+    "prefix": {"num_virtual_tokens": 8},
+    "prefix-projection": {"num_virtual_tokens": 8, "encoder_hidden_size": 64},
+    "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "lora_dropout": 0.0},
+    "full": {},
+}
+
+#: Training arguments per method (``labkit.training.finetune.train(model, tok, **TRAIN_ARGS[method])``).
+#: Virtual-token methods need far larger learning rates than weight updates. Prompt tuning and
+#: P-tuning also keep the learning rate constant: with the Trainer's default linear decay to zero
+#: the same epochs scored lower on every seed (``benchmarks/peft_seeds.py --contrast``).
+_CONSTANT = {"lr_scheduler_type": "constant"}
+TRAIN_ARGS: dict[str, dict[str, Any]] = {
+    "prompt": {"num_train_epochs": 15, "learning_rate": 3e-1, **_CONSTANT},
+    "prompt-text": {"num_train_epochs": 15, "learning_rate": 3e-1, **_CONSTANT},
+    "p-tuning-mlp": {"num_train_epochs": 15, "learning_rate": 1e-2, **_CONSTANT},
+    "p-tuning-lstm": {"num_train_epochs": 20, "learning_rate": 3e-2, **_CONSTANT},
+    "prefix": {"num_train_epochs": 10, "learning_rate": 1e-1},
+    "prefix-projection": {"num_train_epochs": 10, "learning_rate": 1e-2},
+    "lora": {"num_train_epochs": 4, "learning_rate": 3e-3},
+    "full": {"num_train_epochs": 4, "learning_rate": 1e-3},
+}
+
+
+# --- counting -------------------------------------------------------------------------------
+
+
+def _peft_type(peft_config) -> str:
+    kind = getattr(peft_config, "peft_type", None)
+    kind = getattr(kind, "value", kind)
+    if kind not in {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "LORA"}:
+        raise LabkitError(
+            f"unsupported peft config {type(peft_config).__name__} ({kind}); accepted: "
+            "PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig, LoraConfig"
+        )
+    return kind
+
+
+def prompt_dims(peft_config, model_config) -> dict[str, int]:
+    """``num_layers``, ``token_dim``, ``num_attention_heads``, ``encoder_hidden_size`` as peft
+    resolves them (``_prepare_prompt_learning_config``): for prefix tuning on a model with
+    ``num_key_value_heads`` (GQA), ``token_dim`` becomes ``head_dim * num_key_value_heads``.
+    """
+    config = transformers_config(model_config)
+    cfg = config.to_dict()
+    layers = peft_config.num_layers
+    if layers is None:
+        layers = (
+            getattr(config, "num_hidden_layers", None) or cfg.get("num_layers") or cfg["n_layer"]
+        )
+    dim = peft_config.token_dim
+    if dim is None:
+        dim = cfg.get("hidden_size") or cfg.get("n_embd") or cfg["d_model"]
+    heads = peft_config.num_attention_heads
+    if heads is None:
+        heads = cfg.get("num_attention_heads") or cfg.get("n_head") or cfg["num_heads"]
+    if _peft_type(peft_config) == "PREFIX_TUNING" and "num_key_value_heads" in cfg:
+        head_dim = cfg.get("head_dim") or dim // heads
+        heads = cfg["num_key_value_heads"]
+        dim = head_dim * heads
+    hidden = getattr(peft_config, "encoder_hidden_size", None) or dim
+    return {
+        "num_layers": layers,
+        "token_dim": dim,
+        "num_attention_heads": heads,
+        "encoder_hidden_size": hidden,
+    }
+
+
+def _modules_to_save_terms(peft_config, table: list[ModuleInfo]) -> dict[str, int]:
+    """Trainable copies peft makes for ``modules_to_save`` (suffix match, outermost only)."""
+    names = getattr(peft_config, "modules_to_save", None)
+    if not names:
+        return {}
+    wrapped: list[str] = []
+    for m in table:
+        if any(m.name.endswith(n) for n in names) and not any(
+            m.name.startswith(w + ".") for w in wrapped
+        ):
+            wrapped.append(m.name)
+    terms = {}
+    for w in wrapped:
+        size = sum(m.numel for m in table if m.name == w or m.name.startswith(w + "."))
+        terms[f"modules_to_save copy of {w}"] = size
+    return terms
+
+
+def count_terms(peft_config, model_config) -> dict[str, int]:
+    """The parts of :func:`count_trainable`, named after the formula term they come from."""
+    kind = _peft_type(peft_config)
+    config = transformers_config(model_config)
+    if getattr(peft_config, "inference_mode", False):
+        return {"inference_mode=True: everything frozen": 0}
+    task = getattr(getattr(peft_config, "task_type", None), "value", peft_config.task_type)
+    if task not in {None, "CAUSAL_LM"}:
+        raise LabkitError(f"task_type {task!r} is not supported here; accepted: CAUSAL_LM or None")
+    table = module_table(config)
+    if kind == "LORA":
+        return _lora_terms(peft_config, config, table)
+    positive("num_virtual_tokens", peft_config.num_virtual_tokens)
+    d = prompt_dims(peft_config, config)
+    n = peft_config.num_virtual_tokens * (peft_config.num_transformer_submodules or 1)
+    h, e, layers = d["token_dim"], d["encoder_hidden_size"], d["num_layers"]
+    terms: dict[str, int] = {}
+    if kind == "PROMPT_TUNING":
+        terms["virtual token embeddings n*h"] = n * h
+    elif kind == "P_TUNING":
+        terms["virtual token embeddings n*h"] = n * h
+        encoder = getattr(peft_config.encoder_reparameterization_type, "value", None)
+        encoder = encoder or str(peft_config.encoder_reparameterization_type)
+        if encoder == "MLP":
+            terms["MLP h->e (h*e+e)"] = h * e + e
+            terms["MLP e->e (e*e+e)"] = e * e + e
+            terms["MLP e->h (e*h+h)"] = e * h + h
+        else:  # bidirectional LSTM, then a 2-layer MLP head
+            for layer in range(peft_config.encoder_num_layers):
+                d_in = h if layer == 0 else 2 * e
+                terms[f"LSTM layer {layer} (2 directions * 4e*(in+e+2))"] = (
+                    2 * 4 * e * (d_in + e + 2)
+                )
+            terms["MLP head 2e->2e"] = 2 * e * 2 * e + 2 * e
+            terms["MLP head 2e->h"] = 2 * e * h + h
+    else:  # PREFIX_TUNING
+        if peft_config.prefix_projection:
+            terms["prefix token embeddings n*h"] = n * h
+            terms["projection h->e (h*e+e)"] = h * e + e
+            terms["projection e->2*L*h (e*2Lh+2Lh)"] = e * 2 * layers * h + 2 * layers * h
+        else:
+            terms["key/value prefixes n*L*2*h"] = n * layers * 2 * h
+    terms.update(_modules_to_save_terms(peft_config, table))
+    return terms
+
+
+def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
+    from peft.utils.other import get_pattern_key
+
+    positive("LoRA rank r", cfg.r)
+    targets = lora_modules(config, cfg)
+    rank_pattern = getattr(cfg, "rank_pattern", None) or {}
+    _check_rank(cfg.r, targets)
+    terms: dict[str, int] = {}
+
+    def add(key: str, value: int) -> None:
+        terms[key] = terms.get(key, 0) + value
+
+    for m in targets:
+        r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), m.name), cfg.r)
+        label = m.name.rsplit(".", 1)[-1]
+        if m.kind == "embedding":
+            add(f"{label}: r*(V+h)", r * (m.d_in + m.d_out))
+        else:
+            add(f"{label}: r*(d_in+d_out)", r * (m.d_in + m.d_out))
+        if getattr(cfg, "lora_bias", False):
+            add(f"{label}: lora_B bias d_out", m.d_out)
+        if getattr(cfg, "use_dora", False):
+            add(f"{label}: DoRA magnitude d_out", m.d_out)
+    saved = _modules_to_save_terms(cfg, table)
+    if cfg.bias == "all":
+        inside = [k.removeprefix("modules_to_save copy of ") for k in saved]
+        biases = sum(
+            m.size("bias")
+            for m in table
+            if not any(m.name == w or m.name.startswith(w + ".") for w in inside)
+        )
+        add("bias='all': every bias", biases)
+    elif cfg.bias == "lora_only":
+        add(
+            "bias='lora_only': biases of adapted layers",
+            sum(m.size("bias") for m in targets),
+        )
+    terms.update(saved)
+    return terms
+
+
+def _check_rank(r: int, targets: list[ModuleInfo]) -> None:
+    """Refuse a rank no adapted layer can use: above min(d_in, d_out) of every target, the
+    update ``B @ A`` is no longer low rank anywhere (more parameters, nothing more to learn)."""
+    full = max(min(m.d_in, m.d_out) for m in targets)
+    if r > full:
+        raise LabkitError(
+            f"LoRA rank r={r} is larger than min(d_in, d_out) of every adapted layer (at most "
+            f"{full} here); accepted: r <= {full}, usually far less (8-64)"
+        )
+
+
+def count_trainable(peft_config, model_config) -> int:
+    """Trainable parameters ``get_peft_model(model, peft_config)`` leaves, from the formulas.
+
+    ``model_config``: a transformers config (or a model, or a zoo / catalog name). The config is
+    not modified (peft's ``get_peft_model`` fills in ``token_dim`` etc.; both give the same count).
+    """
+    return sum(count_terms(copy.deepcopy(peft_config), model_config).values())
+
+
+# --- configs with the course defaults -------------------------------------------------------
+
+
+def tokenizer_path(model_id: str) -> str:
+    """Local folder of ``model_id``'s tokenizer, as :func:`labkit.models.zoo.load_tokenizer` finds it
+    (the zoo holds the one rule: ``tiny-*`` models share zoo-llama's tokenizer)."""
+    from labkit.models import zoo
+
+    return zoo.load_tokenizer(model_id).name_or_path
+
+
+def _check_overrides(method: str, cls: type, kw: dict[str, Any]) -> None:
+    """One line for a field the config class does not have, or a value peft would accept
+    silently (or fail on much later): a rank, a token count below 1, a dropout outside [0, 1)."""
+    fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+    fields += ["init_text"] if method == "prompt-text" else []
+    for key in kw:
+        if key not in fields:
+            raise labkit.unknown(f"{cls.__name__} option for {method!r}:", key, fields)
+    for key in ("r", "num_virtual_tokens", "encoder_hidden_size"):
+        if key in kw and kw[key] is not None:
+            positive("LoRA rank r" if key == "r" else key, kw[key])
+    p = kw.get("lora_dropout", 0.0)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise LabkitError(f"lora_dropout must be a probability in [0, 1), got {p!r}")
+
+
+def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
+    """The peft config for ``method`` (see :data:`PEFT_METHODS`) with :data:`DEFAULTS` + overrides.
+
+    ``prompt-text`` initialises the virtual tokens from ``init_text``'s token embeddings (needs
+    the tokenizer's local folder, found from ``model_id``). ``full`` has no peft config.
+    """
+    from peft import (
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptEncoderReparameterizationType,
+        PromptTuningConfig,
+        PromptTuningInit,
+        TaskType,
+    )
+
+    if method not in PEFT_METHODS:
+        raise labkit.unknown("PEFT method", method, PEFT_METHODS)
+    if method == "full":
+        raise LabkitError("'full' fine-tuning has no peft config; train the base model directly")
+    kw = {**DEFAULTS[method], **overrides}
+    cls = {"prompt": PromptTuningConfig, "prompt-text": PromptTuningConfig}.get(method)
+    cls = cls or (PromptEncoderConfig if method.startswith("p-tuning") else None)
+    cls = cls or (PrefixTuningConfig if method.startswith("prefix") else LoraConfig)
+    _check_overrides(method, cls, kw)
+    task = TaskType.CAUSAL_LM
+    if method == "prompt":
+        return PromptTuningConfig(task_type=task, prompt_tuning_init=PromptTuningInit.RANDOM, **kw)
+    if method == "prompt-text":
+        text = kw.pop("init_text")
+        return PromptTuningConfig(
+            task_type=task,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=text,
+            tokenizer_name_or_path=kw.pop("tokenizer_name_or_path", tokenizer_path(model_id)),
+            **kw,
+        )
+    if method.startswith("p-tuning"):
+        encoder = (
+            PromptEncoderReparameterizationType.MLP
+            if method.endswith("mlp")
+            else PromptEncoderReparameterizationType.LSTM
+        )
+        return PromptEncoderConfig(task_type=task, encoder_reparameterization_type=encoder, **kw)
+    if method.startswith("prefix"):
+        return PrefixTuningConfig(
+            task_type=task, prefix_projection=method == "prefix-projection", **kw
+        )
+    return LoraConfig(task_type=task, **kw)
+
+
+def attach(model_id: str, method: str, seed: int = 0, **overrides: Any):
+    """A fresh base model wrapped for ``method`` (``full``: the base itself, all trainable).
+
+    Always loads a new base: ``get_peft_model`` injects layers into the model it is given.
+    """
+    from peft import get_peft_model
+
+    from labkit.models import zoo
+
+    config = None if method == "full" else make_config(method, model_id, **overrides)
+    if method == "full" and overrides:
+        raise LabkitError(f"'full' takes no peft options, got {', '.join(overrides)}")
+    if getattr(config, "peft_type", None) is not None and _peft_type(config) == "LORA":
+        _check_rank(config.r, lora_modules(model_id, config))  # before loading the model
+    torch.manual_seed(seed)
+    base = zoo.load_model(model_id, seed=seed)
+    if method == "full":
+        for p in base.parameters():
+            p.requires_grad_(True)
+        return base
+    torch.manual_seed(seed)
+    return get_peft_model(base, config)
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters of any model, peft's way (shared tensors once)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())  # deduplicated by torch
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer=None) -> dict[str, int]:
+    """Bytes of the training state a method adds: trainable weights, their gradients, optimizer.
+
+    Weights and optimizer state are read from the real tensors (``labkit.memory.measure.state_bytes``
+    for the optimizer, after at least one step); gradients are one tensor per trainable weight of
+    the same dtype (the Trainer frees them after each step, so they are sized from the weights).
+    Activations are not included.
+    """
+    from labkit.memory import measure
+
+    seen: set[int] = set()
+    weights = 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            weights += p.numel() * p.element_size()
+    opt = measure.state_bytes(model, optimizer).optimizer if optimizer is not None else 0
+    return {"trainable weights": weights, "gradients": weights, "optimizer state": opt}
