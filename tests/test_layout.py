@@ -28,7 +28,6 @@ TOO_LONG = {
     "labkit/memory/calculators.py",
     "labkit/memory/estimator.py",
     "labkit/models/architecture.py",
-    "labkit/quant/quantize.py",
     "labkit/training/tuning.py",
     "labkit/tuners/adapters.py",
 }

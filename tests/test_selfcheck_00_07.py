@@ -8,7 +8,7 @@ import torch
 from labkit.course import exercises
 from labkit.memory import activations, estimator
 from labkit.models import architecture, zoo
-from labkit.quant import formats, quantize
+from labkit.quant import formats, integer
 
 
 def _right_answers():
@@ -36,7 +36,7 @@ def _right_answers():
         for ck in (0, 1)
     ]
     x = torch.tensor([1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4])
-    q4, s4 = quantize.absmax_quantize(x, bits=4)
+    q4, s4 = integer.absmax_quantize(x, bits=4)
     return {
         "00.1": architecture.count_parameters(zoo.load_config("tiny-qwen2")),
         "00.3": math.log(llama.vocab_size)
@@ -50,7 +50,7 @@ def _right_answers():
         "03.3": estimator.sharded(b8, 8, "zero3").total / 2**30,
         "04.1": float(torch.tensor(0.1).bfloat16()) - 0.1,
         "04.2": (2049, 257),
-        "05.1": (quantize.absmax_dequantize(q4, s4) - x).abs().max().item(),
+        "05.1": (integer.absmax_dequantize(q4, s4) - x).abs().max().item(),
         "06.1": 4 + 8 / 128 + 32 / (128 * 256),
         "07.1": 16 / 128,
     }
