@@ -27,7 +27,6 @@ LIBRARIES = {
 TOO_LONG = {
     "labkit/memory/calculators.py",
     "labkit/memory/estimator.py",
-    "labkit/models/architecture.py",
     "labkit/training/tuning.py",
     "labkit/tuners/adapters.py",
 }
