@@ -28,7 +28,6 @@ TOO_LONG = {
     "labkit/memory/calculators.py",
     "labkit/memory/estimator.py",
     "labkit/training/tuning.py",
-    "labkit/tuners/adapters.py",
 }
 LONG_FUNCTIONS = {
     "labkit/memory/activations.py",
