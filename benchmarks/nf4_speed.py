@@ -1,4 +1,4 @@
-"""Reference NF4 quantizer (labkit.quant.quantize) vs bitsandbytes' CPU quantize_4bit, side by side.
+"""Reference NF4 quantizer (labkit.quant.codebook) vs bitsandbytes' CPU quantize_4bit, side by side.
 
 Target (issue): labkit's readable, vectorised NF4 within 3x of bitsandbytes on a 4096x4096
 float32 matrix. Both run in the same process, interleaved, on the same input; the outputs are
