@@ -21,4 +21,3 @@ def test_environment_yml_lists_the_same_requirements_as_pyproject():
     assert sorted(map(_norm, pip_reqs)) == sorted(map(_norm, conda_reqs))
     assert 'requires-python = ">=3.11"' in (REPO_ROOT / "pyproject.toml").read_text()
     assert "python>=3.11" in yml
-

@@ -69,10 +69,11 @@ def first_heading(source: str) -> tuple[int, str] | None:
 def headings(source: str, level: int | None = None) -> list[str]:
     """Titles of the headings in a markdown cell (of one ``level`` if given), in order."""
     found = [heading(line) for line in lines(source)]
-    return [title for h in found if h and (level is None or h[0] == level) for title in [h[1]]]
+    return [h[1] for h in found if h is not None and (level is None or h[0] == level)]
 
 
 def is_solution_start(line: Line) -> bool:
+    """Whether ``line`` opens a solution (``<details><summary>Solution``) outside other blocks."""
     return line.outside and line.text.lstrip().startswith(SOLUTION_START)
 
 
