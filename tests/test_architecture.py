@@ -3,8 +3,9 @@ real models; LoRA target matching; trainable parameters."""
 
 import pytest
 import torch
+from conftest import tiny_config
 from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from labkit import LabkitError
 from labkit.memory import estimator
@@ -124,26 +125,14 @@ def test_all_linear_excludes_the_output_head():
     assert "lm_head" not in names and len(names) == 2 * 4
 
 
-#: Tiny configs of families without a formula: the meta path must count them exactly.
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=96)
-HEADS = dict(num_attention_heads=4, num_key_value_heads=2)
-META_FAMILIES = {
-    "mixtral": dict(**SMALL, **HEADS, num_local_experts=4, num_experts_per_tok=2),
-    "gemma2": dict(**SMALL, **HEADS, head_dim=8),
-    "phi3": dict(**SMALL, **HEADS, pad_token_id=0),
-    "qwen3": dict(**SMALL, **HEADS, head_dim=8),
-    "gpt_neox": dict(**SMALL, num_attention_heads=4),
-}
-
-
-def _tiny(model_type):
-    return AutoConfig.for_model(model_type, **META_FAMILIES[model_type])
+#: Families without a formula (tiny configs in conftest): the meta path must count them exactly.
+META_FAMILIES = ["mixtral", "gemma2", "phi3", "qwen3", "gpt_neox"]
 
 
 @pytest.mark.parametrize("model_type", META_FAMILIES)
 def test_meta_path_counts_equal_a_real_tiny_model(model_type):
     """Tied weights once, MoE experts all counted: equal to a real (CPU, random-init) model."""
-    config = _tiny(model_type)
+    config = tiny_config(model_type)
     torch.manual_seed(0)
     real = AutoModelForCausalLM.from_config(config)
     shapes = {k: tuple(v.shape) for k, v in real.named_parameters()}
@@ -178,7 +167,7 @@ def _numel(shape):
 @pytest.mark.parametrize("model_type", META_FAMILIES)
 def test_meta_path_lora_and_frozen_trainable_equal_peft(model_type):
     """LoRA on the meta path uses peft's own matching: the count equals get_peft_model's."""
-    config = _tiny(model_type)
+    config = tiny_config(model_type)
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT
 
     # MoE: peft's all-linear also adapts the experts' fused parameters (target_parameters),
