@@ -3,7 +3,7 @@ real models; LoRA target matching; trainable parameters."""
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import TINY_FAMILIES, tiny_config
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -148,7 +148,7 @@ def test_meta_path_builds_each_config_once(monkeypatch):
     built = []
     real = architecture.meta_model
     monkeypatch.setattr(architecture, "meta_model", lambda c: built.append(c) or real(c))
-    config = dict(model_type="gpt_neox", **META_FAMILIES["gpt_neox"], rotary_pct=0.5)
+    config = dict(model_type="gpt_neox", **TINY_FAMILIES["gpt_neox"], rotary_pct=0.5)
     first = architecture.module_table(config)
     first.clear()  # a caller changing its list must not change the cached table
     again = architecture.module_table(dict(config))
