@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from labkit import LabkitError, cli
 from labkit.memory import activations, dryrun, estimator, measure
-from labkit.models import architecture
+from labkit.models.targets import trainable_shapes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: LoRA targets of the tiny families without a formula (conftest.TINY_FAMILIES).
@@ -79,7 +79,7 @@ def test_dry_run_under_autocast_and_frozen_layers(model_type):
     assert (dry.activations.total, dry.param_copies) == (got.total, got.param_copies)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).train()
-    keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=1))
+    keep = set(trainable_shapes(config, "frozen", frozen_layers=1))
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep)
     ids = torch.randint(3, 96, (2, 12))
