@@ -182,6 +182,40 @@ def test_committed_notebook_has_its_slide_structure(path):
     )
 
 
+def test_note_sentences_are_whole_and_end_without_an_ellipsis():
+    text = (
+        "Biderman et al. (2024) compare LoRA with full fine-tuning (e.g. on code). "
+        "`model.eval()` turns dropout off. Next."
+    )
+    assert slides.sentences(text) == [
+        "Biderman et al. (2024) compare LoRA with full fine-tuning (e.g. on code).",
+        "`model.eval()` turns dropout off.",
+        "Next.",
+    ]
+    assert slides._first_sentence("Ends in 3.5 GB and 2 s. Then more.") == "Ends in 3.5 GB and 2 s."
+    long = "A clause long enough to be a sentence on its own, " * 3 + "; " + "then more words " * 20
+    short = slides._first_sentence(long + ".")
+    assert short.endswith(".") and not short.endswith(";.") and len(short) < len(long)
+    assert short[:-1] in long  # cut at the clause break, never inside a word
+    assert slides._first_sentence("No full stop: a heading-like line") == (
+        "No full stop: a heading-like line."
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_speaker_notes_are_whole_sentences(path):
+    """Every bullet of the committed speaker notes ends a sentence: no ellipsis, no cut word."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if slides.NOTES_TAG not in cell.metadata.get("tags", []):
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("- "):
+                end = line.rstrip()
+                assert not end.endswith(("…", "...")), f"{path.name}: cut note {line[:70]!r}"
+                assert end[-1] in ".!?)", f"{path.name}: note is not a sentence: {line[-70:]!r}"
+
+
 #: the header and the README map (both written by `slides --structure --times`) agree within
 #: max(ABS, REL * value); no test compares them with a run on this machine, whose speed varies.
 TIME_TOLERANCE_S, TIME_TOLERANCE_REL = 15, 0.30

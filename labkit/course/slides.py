@@ -157,10 +157,70 @@ def _plain(markdown: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _first_sentence(text: str, limit: int = 220) -> str:
-    m = re.match(r"(.+?[.!?])(\s|$)", text)
-    sentence = m.group(1) if m else text
-    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
+#: Words ending in a full stop that do not end a sentence ("Biderman et al. show", "e.g. the").
+ABBREVIATIONS = ("e.g.", "i.e.", "et al.", "vs.", "cf.", "approx.", "Fig.", "Eq.", "No.")
+#: A note's sentence longer than this is shortened at its last top-level "; " or ": " before it
+#: (an independent clause, ended with a full stop); a sentence with no such break stays whole.
+NOTE_SENTENCE_CHARS = 260
+
+
+def _top_level(text: str) -> list[int]:
+    """Indices of the characters of ``text`` outside code spans and brackets."""
+    found, depth, code = [], 0, False
+    for i, ch in enumerate(text):
+        if ch == "`":
+            code = not code
+        elif code:
+            continue
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            found.append(i)
+    return found
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut into whole sentences: at ``.``, ``!`` or ``?`` followed by a space and
+    anything but a digit, never inside a code span or brackets, nor after an abbreviation
+    (:data:`ABBREVIATIONS`)."""
+    out, start = [], 0
+    for i in _top_level(text):
+        if text[i] not in ".!?" or (i + 1 < len(text) and not text[i + 1].isspace()):
+            continue
+        rest = text[i + 1 :].lstrip()
+        if rest[:1].isdigit():
+            continue
+        if any(text[: i + 1].endswith(a) for a in ABBREVIATIONS):
+            continue
+        out.append(text[start : i + 1].strip())
+        start = i + 1
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def _first_sentence(text: str, limit: int = NOTE_SENTENCE_CHARS) -> str:
+    """The first whole sentence of ``text``; one longer than ``limit`` is shortened to its
+    leading independent clauses, cut at a top-level ``; `` (else ``: ``) before ``limit``, else
+    at the first such break after it; never mid-clause, never with an ellipsis."""
+    found = sentences(text)
+    if not found:
+        return ""
+    sentence = found[0]
+    if len(sentence) > limit:
+        breaks = [
+            i
+            for i in _top_level(sentence)
+            if sentence[i] in ";:" and sentence[i + 1 : i + 2] == " " and i >= 60
+        ]
+        before = [i for i in breaks if i <= limit]
+        semicolons = [i for i in before if sentence[i] == ";"]
+        cut = (semicolons or before or breaks[:1] or [None])[-1]
+        if cut is not None:
+            sentence = sentence[:cut].rstrip(" ,")
+    return sentence if sentence[-1] in ".!?" else sentence.rstrip(":;,") + "."
 
 
 def sections(nb: nbformat.NotebookNode) -> list[Section]:
