@@ -233,8 +233,9 @@ def table(
     if args.mode == "train":
         rule16 = "mixed-precision AdamW, 2+2+12 = 16 B/param, no activations"
         rows.append((f"rule of thumb ({rule16})", _gib(b.details["rule_mixed_adamw"])))
-    need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
-    rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
+    if args.mode == "train":  # ZeRO-3 sharding is a training notion: no such row for serving
+        need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
+        rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
     if decode is not None:
         from labkit.inference import roofline
 
