@@ -247,3 +247,25 @@ def test_ctrl_c_stops_every_rank(monkeypatch, mark):
         launch.run("labkit.distributed.parallel", 2, ["--model", "tiny-llama"], timeout=60)
     monkeypatch.undo()
     assert _ranks_running(mark) == []
+
+
+@pytest.mark.slow
+def test_a_tied_bf16_model_in_the_hubs_layout_trains_under_every_engine(tmp_path):
+    """Notebook 15's MODEL_ID may be a hub download: a bf16 checkpoint with tied embeddings and
+    its tokenizer in one folder. The workers load it in fp32 and every engine matches one process."""
+    import torch
+
+    folder = tmp_path / "tied-bf16"
+    zoo.load_model("tiny-qwen2").to(torch.bfloat16).save_pretrained(folder)
+    zoo.load_tokenizer("zoo-llama").save_pretrained(folder)
+    job = parallel.Job(model=str(folder), steps=2, global_batch=2, seq=16)
+    one = parallel.train(job, "single")
+    params = sum(p.numel() for p in zoo.load_model(folder).parameters())  # tied: counted once
+    assert one["bytes"]["weights"] == 4 * params  # fp32, whatever the checkpoint's dtype
+    args = ["--model", str(folder), "--steps", "2", "--global-batch", "2", "--seq", "16"]
+    result = launch.run(
+        "labkit.distributed.parallel", 2, [*args, "--strategies", "ddp,zero3"], timeout=240
+    )
+    for report in result.reports:
+        for run in report["runs"]:
+            assert run["losses"] == pytest.approx(one["losses"], rel=1e-5), run["strategy"]
