@@ -136,6 +136,24 @@ def test_structure_splits_skips_tags_and_adds_notes():
     }
 
 
+def test_tall_sections_are_split_into_subslides_that_fit():
+    """A section of many cells becomes several sub-slides, each within SLIDE_PX by the estimate
+    (the deck template caps a long code cell or figure; browser_check measures the real decks)."""
+    nb = nbformat.v4.new_notebook()
+    block = "\n".join(f"x{i} = {i}" for i in range(12))
+    nb.cells = [_md("# 99 · Toy"), _md("## 1. Long\n\nOne sentence.")]
+    nb.cells += [_code(block, text="".join(f"{i}\n" for i in range(6))) for _ in range(6)]
+    nb = slides.structure(nb, "99_toy.ipynb", run_seconds=40)
+    shown = [c for c in nb.cells if c.metadata["slideshow"]["slide_type"] not in ("skip", "notes")]
+    slide_px, starts = [], ("slide", "subslide")
+    for cell in shown:
+        if cell.metadata["slideshow"]["slide_type"] in starts:
+            slide_px.append(0)
+        slide_px[-1] += slides.cell_height(cell)
+    assert len(slide_px) > 3 and max(slide_px) <= slides.SLIDE_PX
+    assert slides.cell_height(_code("x = 1\n" * 200)) <= slides.CODE_MAX_PX + 40
+
+
 def test_structure_is_idempotent_and_keeps_the_exercises_runnable():
     once = slides.structure(_toy(), "99_toy.ipynb", run_seconds=40)
     text = nbformat.writes(once)

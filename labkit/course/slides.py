@@ -44,6 +44,13 @@ LONG_TAG = "slides-long-output"
 LONG_OUTPUT_LINES = 20
 LONG_CELL_LINES = 32
 LONG_TABLE_ROWS = 12
+#: Slides fit a 1280x720 screen: reveal.js draws a 1100x760 slide (scaled to the screen), and the
+#: deck template caps a code cell's input, a text output and a figure at these heights (px; the
+#: rest scrolls inside its own box). A cell that would take a slide past SLIDE_PX starts a new
+#: sub-slide (:func:`fit_slides`), from the estimate of :func:`cell_height`.
+SLIDE_PX = 680
+CODE_MAX_PX, TEXT_MAX_PX, FIGURE_MAX_PX = 220, 200, 280
+TEXT_LINE_PX, CODE_LINE_PX, TABLE_ROW_PX, CHARS_PER_LINE = 27, 22, 33, 100
 #: Minutes a learner group needs per exercise tier, and for the title and summary slides.
 TIER_MINUTES = {"⭐": 5, "⭐⭐": 10, "⭐⭐⭐": 15}
 TITLE_MINUTES = 2
@@ -121,6 +128,74 @@ def _slide_type(cell, index: int, first_section: int) -> str:
     if src.startswith("# CHECK") or _has_figure(cell):
         return "fragment"
     return "-"
+
+
+def _png_height(data: str) -> int:
+    """Pixel height of a base64 PNG (from its IHDR chunk)."""
+    import base64
+
+    head = base64.b64decode(str(data)[:64])
+    return int.from_bytes(head[20:24], "big") if head[1:4] == b"PNG" else FIGURE_MAX_PX
+
+
+def _markdown_height(source: str) -> int:
+    text = re.sub(r"<details>.*?</details>", "Solution", source, flags=re.S)
+    height, paragraph = 0, ""
+    for line in [*text.splitlines(), ""]:
+        stripped = line.strip()
+        new_block = (
+            not stripped
+            or stripped.startswith(("#", "|", "- ", "* ", "```"))
+            or (stripped[:1].isdigit() and stripped[1:3] in (". ", ") "))
+        )
+        if new_block and paragraph:
+            height += TEXT_LINE_PX * math.ceil(len(paragraph) / CHARS_PER_LINE) + 12
+            paragraph = ""
+        if stripped.startswith("#"):
+            height += 64 if stripped.startswith("## ") else 50
+        elif stripped.startswith("|"):
+            height += 0 if set(stripped) <= set("|-: ") else TABLE_ROW_PX
+        elif stripped.startswith("```"):
+            height += 10
+        elif stripped:
+            paragraph += " " + stripped
+    return height
+
+
+def cell_height(cell) -> int:
+    """Estimated height of a cell on its slide, px, with the deck template's caps."""
+    if cell.cell_type == "markdown":
+        return _markdown_height(cell.source)
+    code = min(CODE_LINE_PX * (cell.source.count("\n") + 1), CODE_MAX_PX) + 40
+    if LONG_TAG in cell.metadata.get("tags", []):
+        return code + CODE_LINE_PX + 16
+    out = 0
+    for o in cell.get("outputs", []):
+        data = o.get("data", {})
+        if "image/png" in data:
+            out += min(_png_height(data["image/png"]), FIGURE_MAX_PX) + 10
+        elif o.get("output_type") == "stream" and o.get("name") != "stderr":
+            out += min(CODE_LINE_PX * o.get("text", "").count("\n"), TEXT_MAX_PX) + 24
+        elif "text/plain" in data and "image/png" not in data:
+            out += CODE_LINE_PX * (str(data["text/plain"]).count("\n") + 1) + 10
+    return code + out
+
+
+def fit_slides(cells: list) -> None:
+    """Start a new sub-slide where the next cell would take the slide past :data:`SLIDE_PX`."""
+    used = 0
+    for cell in cells:
+        kind = cell.metadata.get("slideshow", {}).get("slide_type")
+        if kind in ("skip", "notes"):
+            continue
+        height = cell_height(cell)
+        if kind in ("slide", "subslide"):
+            used = height
+        elif used and used + height > SLIDE_PX:
+            cell.metadata["slideshow"]["slide_type"] = "subslide"
+            used = height
+        else:
+            used += height
 
 
 @dataclass
@@ -371,6 +446,7 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
             cell.metadata["tags"] = tags
         else:
             cell.metadata.pop("tags", None)
+    fit_slides(cells)
     nb.cells = cells
     secs = iter(plan(nb, run_seconds))
     out = []
