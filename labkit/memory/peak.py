@@ -111,6 +111,9 @@ class _Parts:
 
     weights: int  # as stored, buffers and quant-state included
     copies: int  # autocast's cached 16-bit copies of weights (forward to backward)
+    copies_early: int  # the copies alive at the loss and head backward
+    copies_block: int  # the copies alive in a block's backward (top; none left at the bottom
+    # without checkpointing, a recomputed block's own with it)
     grads: int
     state: int
     inputs: int  # token ids of every micro-batch
@@ -199,16 +202,76 @@ def _buffers(config: Any, weight_b: int) -> int:
     return sum(b.numel() * min(b.element_size(), weight_b) for b in model.buffers())
 
 
-def _unsaved_cache(s: Any, attention: str) -> int:
-    """How many of each layer's cached k and v autograd does not save (0, 1 or 2): the KV cache
-    (on in training unless checkpointing) holds them; attention saves its own inputs. Llama
-    family: eager attention with GQA saves the repeated copies (2); GPT-2 under SDPA: one
-    (measured: the CPU kernel saves a copy of one of them)."""
+def _cache(s: Any, job: dict[str, Any], act_b: int, fp32_autocast: bool) -> tuple[int, int]:
+    """(bytes the KV cache holds, the part of it autograd does not save). transformers keeps the
+    cache on in training unless checkpointing; attention saves its own inputs, and the cache's
+    k and v are those inputs except: eager attention with GQA in the Llama family (it saves the
+    repeated copies); GPT-2 under SDPA (the CPU kernel saves its own copy of one of them in fp32,
+    of both in 16 bit); the Llama family under autocast with fp32 weights, whose cached k is fp32
+    (RoPE's fp32 tables promote it) while attention saves 16-bit casts."""
+    if job["checkpointing"]:
+        return 0, 0
+    dtype = "fp32" if act_b == 4 else "bf16"
+    cache = estimator.kv_cache_bytes(s, job["batch"], job["seq"], dtype)
     if not isinstance(s, architecture.Shape):
-        return 0
-    if s.family == "llama":
-        return 2 if attention == "eager" and s.kv_heads != s.heads else 0
-    return 1 if s.family == "gpt2" and attention == "sdpa" else 0
+        return cache, 0
+    if s.family == "llama" and fp32_autocast:
+        k32 = estimator.kv_cache_bytes(s, job["batch"], job["seq"], "fp32") // 2
+        return k32 + cache // 2, k32
+    unsaved = 0
+    if s.family == "llama" and job["attention"] == "eager" and s.kv_heads != s.heads:
+        unsaved = 2
+    if s.family == "gpt2" and job["attention"] == "sdpa":
+        unsaved = 1 if act_b == 4 else 2
+    return cache, unsaved * cache // 2
+
+
+#: LoRA target names by where they read from in a block: the block's (normed) input, the
+#: attention's output, the MLP's (normed) input, the MLP's activation.
+_READS = {
+    "x1": ("q_proj", "k_proj", "v_proj", "c_attn", "query_key_value"),
+    "attn": ("o_proj", "attn.c_proj", "self_attention.dense"),
+    "x2": ("gate_proj", "up_proj", "c_fc", "dense_h_to_4h"),
+    "act": ("down_proj", "mlp.c_proj", "dense_4h_to_h"),
+}
+
+
+def _reads(name: str) -> str:
+    for where, names in _READS.items():
+        if any(name.endswith(n) for n in names):
+            return where
+    return "act"
+
+
+def _lora_dropout_bytes(s: Any, job: dict[str, Any], adt: int, cast: bool, first: bool) -> int:
+    """What a LoRA dropout adds to one block's saved bytes (peft: ``lora_B(lora_A(dropout(x)))``,
+    one dropout per adapted module). With it each adapter keeps its dropped input (lora_A's
+    input) and, when that input needs a gradient, the dropout's mask (the input dtype on CPU,
+    1 byte on CUDA); without it lora_A keeps the input itself: one shared tensor per input, or
+    one cast copy per adapter. ``first``: block 0 without checkpointing, whose input carries no
+    gradient (the embeddings are frozen)."""
+    T = job["batch"] * job["seq"]
+    mods = [m for m in architecture.lora_modules(s, job["lora_targets"]) if _in_block0(m.name)]
+    mask_b = adt if job["device"] == "cpu" else 1
+    grad = {"x1": not first}
+    adapted = {_reads(m.name) for m in mods}
+    grad["attn"] = grad["x1"] or "x1" in adapted
+    grad["x2"] = grad["attn"] or "attn" in adapted
+    grad["act"] = grad["x2"] or "x2" in adapted
+    extra = 0
+    for m in mods:
+        where = _reads(m.name)
+        extra += T * m.d_in * (adt + (mask_b if grad[where] else 0))
+        if cast:
+            extra -= T * m.d_in * adt
+    if not cast:  # the shared inputs lora_A kept
+        extra -= sum(T * next(m.d_in for m in mods if _reads(m.name) == w) * adt for w in adapted)
+    return extra
+
+
+def _in_block0(name: str) -> bool:
+    block = _BLOCK.search(name)
+    return bool(block) and block.group(2) == "0"
 
 
 def _check(optimizer: str, impl: str | None, device: str, lora_dropout: float, method: str) -> str:
@@ -284,7 +347,7 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
     )
     n_train = sum(math.prod(x) for x in trainable.values())
     if method in {"full", "frozen"}:
-        w_dtype = "fp32" if precision == "fp32" or mixed else "bf16"
+        w_dtype = base = "fp32" if precision == "fp32" or mixed else "bf16"
         stored = estimator.weight_bytes(s, w_dtype)
         buf_b = DTYPE_BYTES[w_dtype]
     else:
@@ -304,11 +367,21 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
     h = next(m for m in table if m.kind == "embedding").d_out
     groups = _grad_groups(table, _param_order(s, trainable), grad_b)
     full = method == "full"
-    cache = extra = 0
-    if not job["checkpointing"]:  # transformers turns the cache off with checkpointing
-        cache = estimator.kv_cache_bytes(s, batch, seq, "fp32" if act_b == 4 else "bf16")
-        extra = _unsaved_cache(s, job["attention"]) * cache // 2
+    fp32_autocast = mixed and (method in {"full", "frozen"} or base == "fp32")
+    cache, extra = _cache(s, job, act_b, fp32_autocast)
     head_frozen = not groups["head_weight"] and not (full and tied)
+    hidden = T * h * (4 if fp32_autocast else act_b) if head_frozen or fp32_autocast else 0
+    if job["lora_dropout"]:
+        cast = DTYPE_BYTES[job["adapter_dtype"] if precision != "fp32" else "fp32"] != (
+            2 if base in {"bf16", "fp16", "nf4"} else 4
+        )
+        adt = ab
+        per_block = _lora_dropout_bytes(s, job, adt, cast, first=False)
+        if job["checkpointing"]:
+            recompute += per_block
+        else:
+            first = _lora_dropout_bytes(s, job, adt, cast, first=True)
+            saved += first + (layers - 1) * per_block
     new_emb = vocab * h * grad_b  # a new embedding gradient, before it is added
     entry = {k: v for k, v in items.items() if k.startswith(("rope.", "embedding")) and formula}
     layer_items = items.get("layers", 0) or sum(
@@ -319,6 +392,7 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
     return _Parts(
         weights=stored + _buffers(s, buf_b),
         copies=b.weights - stored,
+        **_backward_copies(s, b.weights - stored, trainable, job, mixed),
         grads=b.gradients,
         state=0 if job["optimizer"] == "sgd-nomomentum" else b.optimizer,
         inputs=job["grad_accum"] * T * 8,
@@ -331,8 +405,8 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
         head_in=T * vocab * act_b,
         cache=cache,
         cache_extra=extra,
-        hidden=T * h * act_b if head_frozen else 0,
-        fwd_extra=_checkpoint_inputs(s, batch, seq) if job["checkpointing"] else 0,
+        hidden=hidden,
+        fwd_extra=_checkpoint_inputs(s, job, act_b, 4 if fp32_autocast else act_b),
         stream=T * h * act_b,
         end=(2 * new_emb if tied else T * h * act_b) if full else 0,
         end_later=(3 * new_emb if tied else new_emb + T * h * act_b) if full else 0,
@@ -356,12 +430,36 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
     )
 
 
-def _checkpoint_inputs(s: Any, batch: int, seq: int) -> int:
-    """What the model hands every checkpointed block and nothing saves: BLOOM's fp32 b·s² mask
-    and its ALiBi biases (b·a·s)."""
-    if isinstance(s, architecture.Shape) and s.family == "bloom":
-        return batch * seq * seq * 4 + batch * s.heads * seq * 4
-    return 0
+def _backward_copies(
+    s: Any, copies: int, trainable: dict[str, tuple[int, ...]], job: dict[str, Any], mixed: bool
+) -> dict[str, int]:
+    """Autocast's weight copies alive in backward: all of them until each matmul's backward frees
+    its own; with checkpointing, the head's at the loss (autocast's cache is emptied when the
+    forward leaves it) and a recomputed block's in the blocks' backward."""
+    ckpt = job["checkpointing"] and mixed and job["method"] in {"full", "frozen"}
+    if not copies or not ckpt or not isinstance(s, architecture.Shape):
+        return {"copies_early": copies, "copies_block": copies}
+    heads = {k: v for k, v in trainable.items() if k == "lm_head.weight"}
+    head = 2 * estimator.autocast_cast_parameters(s, heads, checkpointing=True)
+    both = 2 * estimator.autocast_cast_parameters(s, trainable, checkpointing=True)
+    return {"copies_early": head, "copies_block": both - head}
+
+
+def _checkpoint_inputs(s: Any, job: dict[str, Any], act_b: int, rope_b: int) -> int:
+    """What the model hands every checkpointed block and nothing saves (non-reentrant
+    checkpointing keeps a block's inputs for its recomputation): the Llama family's RoPE tables
+    (cos, sin: 2·s·d) and position ids (s int64); GPT-2's position ids and, with frozen
+    embeddings, the embeddings' output (a leaf transformers makes require grad); BLOOM's fp32
+    b·s² mask and its ALiBi biases (b·a·s)."""
+    if not job["checkpointing"] or not isinstance(s, architecture.Shape):
+        return 0
+    b, q = job["batch"], job["seq"]
+    if s.family == "llama":
+        mask = b * q * q * rope_b if job["attention"] == "eager" else 0
+        return 2 * q * s.head_dim * rope_b + q * 8 + mask
+    if s.family == "gpt2":
+        return 0 if job["method"] == "full" else q * 8 + b * q * s.hidden * act_b
+    return b * q * q * act_b + b * s.heads * q * act_b
 
 
 def _forward_moments(p: _Parts, base: dict[str, int], tag: str) -> list[Moment]:
@@ -386,7 +484,7 @@ def _backward_moments(p: _Parts, job: dict[str, Any], base: dict[str, int], late
     bottom_cache = (cache_held * (p.layers - 1) + (p.cache_extra if held_out else 0)) // p.layers
     held_bottom = held - (p.cache_extra if held_out else 0) + bottom_cache
     g0 = base["gradients"]
-    copies = p.copies
+    copies = p.copies_early
     after_loss = p.saved - p.nll_saved - p.lsm
     grads_top = g0 if later else p.g_head
     top_temp = p.stream + p.block_temp + p.g_down + held + (0 if later else p.tied_head)
@@ -425,7 +523,7 @@ def _backward_moments(p: _Parts, job: dict[str, Any], base: dict[str, int], late
             "top block backward: its MLP gradients" + tag,
             p.at(
                 **{**base, "gradients": grads_top},
-                weight_copies=copies,
+                weight_copies=p.copies_block,
                 saved_activations=after_loss - p.head_saved + block,
                 temporaries=top_temp,
             ),
@@ -435,6 +533,7 @@ def _backward_moments(p: _Parts, job: dict[str, Any], base: dict[str, int], late
             "bottom block backward: nearly every gradient alive" + tag,
             p.at(
                 **{**base, "gradients": g_bottom},
+                weight_copies=p.copies_block if ckpt else 0,
                 saved_activations=bottom_saved + block,
                 temporaries=top_temp - held + held_bottom,
             ),
