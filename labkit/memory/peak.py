@@ -34,7 +34,7 @@ from typing import Any
 from labkit import LabkitError
 from labkit.checks import choice
 from labkit.dtypes import DTYPE_BYTES
-from labkit.memory import estimator
+from labkit.memory import activations, estimator
 from labkit.models import architecture
 
 #: How the optimizer updates: ``foreach`` (lists of tensors at once: torch's default on CUDA),
@@ -202,6 +202,32 @@ def _buffers(config: Any, weight_b: int) -> int:
     return sum(b.numel() * min(b.element_size(), weight_b) for b in model.buffers())
 
 
+#: What bitsandbytes 0.50 keeps per 4-bit matrix beyond codes and absmax constants (which
+#: :func:`labkit.memory.estimator.nf4_bytes` counts): the 16-value NF4 code table and the
+#: nested 256-value code table of double quantization (fp32) and the nested offset.
+NF4_TENSOR_CONSTANTS = 16 * 4 + 256 * 4 + 4
+
+
+def _qlora_autocast_activations(s: Any, job: dict[str, Any]) -> tuple[dict[str, int], int]:
+    """QLoRA's saved bytes under autocast: its adapters' matmuls run in 16 bit, as a 16-bit
+    LoRA base under autocast (:func:`labkit.memory.activations.lora_activation_bytes`)."""
+    acts = activations.lora_activation_bytes(
+        s,
+        job["batch"],
+        job["seq"],
+        job["lora_targets"],
+        job["lora_r"],
+        dtype=job["precision"][:4],
+        adapter_dtype=job["adapter_dtype"],
+        attention=job["attention"],
+        checkpointing=job["checkpointing"],
+        dropout=job["dropout"],
+        device=job["device"],
+        autocast=True,
+    )
+    return acts.items, acts.total
+
+
 def _cache(s: Any, job: dict[str, Any], act_b: int, fp32_autocast: bool) -> tuple[int, int]:
     """(bytes the KV cache holds, the part of it autograd does not save). transformers keeps the
     cache on in training unless checkpointing; attention saves its own inputs, and the cache's
@@ -356,10 +382,16 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
         ab = 4 if precision == "fp32" else DTYPE_BYTES[job["adapter_dtype"]]
         stored = estimator.weight_bytes(s, base) + n_train * ab
         buf_b = 2 if base == "nf4" else DTYPE_BYTES[base]
+    copies = b.weights - stored
+    if method == "qlora":
+        stored += NF4_TENSOR_CONSTANTS * len(architecture.block_linears(s))
     items = b.details["activation_items"]
+    saved_total = b.activations + b.logits
+    if method == "qlora" and mixed and formula:  # adapters compute in 16 bit under autocast
+        items, saved_total = _qlora_autocast_activations(s, job)
     ids = items.get("input_ids", 0) if formula else (T * 8 if method == "full" else 0)
     recompute = items.get("recompute_one_layer", 0)
-    saved = b.activations + b.logits - recompute - ids
+    saved = saved_total - recompute - ids
     grad_b = b.gradients // n_train if n_train else 4
     table = architecture.module_table(s)
     head = [m for m in table if m.name.endswith("lm_head")]
@@ -391,8 +423,8 @@ def _parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> _Parts:
         layer_items = max(0, b.activations - recompute - ids)
     return _Parts(
         weights=stored + _buffers(s, buf_b),
-        copies=b.weights - stored,
-        **_backward_copies(s, b.weights - stored, trainable, job, mixed),
+        copies=copies,
+        **_backward_copies(s, copies, trainable, job, mixed),
         grads=b.gradients,
         state=0 if job["optimizer"] == "sgd-nomomentum" else b.optimizer,
         inputs=job["grad_accum"] * T * 8,
