@@ -34,7 +34,7 @@ from typing import Any
 from labkit import LabkitError
 from labkit.checks import choice
 from labkit.dtypes import DTYPE_BYTES
-from labkit.memory import activations, estimator
+from labkit.memory import activations, dryrun, estimator
 from labkit.models import architecture
 
 #: How the optimizer updates: ``foreach`` (lists of tensors at once: torch's default on CUDA),
@@ -494,6 +494,77 @@ def _checkpoint_inputs(s: Any, job: dict[str, Any], act_b: int, rope_b: int) -> 
     return b * q * q * act_b + b * s.heads * q * act_b
 
 
+def _prepare(model, config: Any, job: dict[str, Any]):
+    """Freeze / add LoRA adapters (peft, with the job's dropout) as the job trains."""
+    method = job["method"]
+    if method == "frozen":
+        keep = set(
+            architecture.trainable_shapes(config, "frozen", frozen_layers=job["frozen_layers"])
+        )
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in keep)
+    if method not in {"lora", "qlora"}:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    mods = architecture.lora_modules(config, job["lora_targets"])
+    lora = LoraConfig(
+        r=job["lora_r"],
+        target_modules=[m.name for m in mods],
+        lora_dropout=job["lora_dropout"],
+        fan_in_fan_out=any(m.kind == "conv1d" for m in mods),
+    )
+    model = get_peft_model(model, lora, autocast_adapter_dtype=False)
+    adapters = "fp32" if job["precision"] == "fp32" else job["adapter_dtype"]
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.to(dryrun.TORCH_DTYPES[adapters])
+    return model
+
+
+def _dry_run(config: Any, job: dict[str, Any], p: _Parts) -> list[Moment]:
+    """Forward and backward of one step on fake tensors (:mod:`labkit.memory.dryrun`), traced by
+    :class:`labkit.memory.trace.StepTracker`: the largest live set of each phase, its weights
+    replaced by the stored ones (a QLoRA base is faked in 16 bit)."""
+    import torch
+
+    from labkit.memory import measure, trace
+
+    precision, method = job["precision"], job["method"]
+    mixed = precision.endswith("-mixed")
+    weights = "fp32" if precision == "fp32" or mixed else "bf16"
+    if method == "qlora":
+        weights = "bf16"
+    elif method == "lora" and job["base_dtype"]:
+        weights = job["base_dtype"]
+    model, mode = dryrun.fake_model(
+        config,
+        attention=job["attention"],
+        dtype=weights,
+        prepare=lambda m: _prepare(m, config, job),
+    )
+    if not job["dropout"]:
+        model.eval()
+    with mode, dryrun._unpacked_positions():  # noqa: SLF001 - the dry run's own patch
+        if job["checkpointing"]:
+            measure.enable_checkpointing(model, reentrant=False)
+        vocab = model.get_input_embeddings().num_embeddings
+        ids = torch.randint(0, vocab, (job["batch"], job["seq"]))
+        autocast = torch.bfloat16 if mixed and precision.startswith("bf16") else None
+        if mixed and autocast is None:
+            autocast = torch.float16
+        step = trace.trace_training(
+            model, None, ids, steps=1, autocast_dtype=autocast, outputs_alive=job["outputs_alive"]
+        )[0]
+    out = []
+    for phase in ("forward", "backward"):
+        alive = {k: step.phase_alive[phase].get(k, 0) for k in CATEGORIES}
+        alive["weights"] = p.weights
+        alive["inputs"] = p.inputs
+        out.append(Moment(phase, f"{phase} (dry run: largest live set)", alive))
+    return out
+
+
 def _forward_moments(p: _Parts, base: dict[str, int], tag: str) -> list[Moment]:
     temps = p.logits + p.loss_temp + 4 + p.cache_extra + p.hidden + p.fwd_extra
     return [
@@ -585,8 +656,11 @@ def _backward_moments(p: _Parts, job: dict[str, Any], base: dict[str, int], late
     ]
 
 
-def _moments(p: _Parts, job: dict[str, Any], later: bool) -> list[Moment]:
-    """The moments of one step (the first, or a later one that finds the optimizer state)."""
+def _moments(
+    p: _Parts, job: dict[str, Any], later: bool, traced: list[Moment] | None = None
+) -> list[Moment]:
+    """The moments of one step (the first, or a later one that finds the optimizer state);
+    ``traced``: forward and backward read from a dry run (any other causal LM)."""
     state = p.state if later else 0
     out: list[Moment] = []
     for micro in range(min(job["grad_accum"], 2)):
@@ -597,6 +671,11 @@ def _moments(p: _Parts, job: dict[str, Any], later: bool) -> list[Moment]:
             "gradients": p.grads if micro else 0,
         }
         tag = f" (micro-batch {micro + 1})" if job["grad_accum"] > 1 else ""
+        if traced is not None:
+            for m in traced:
+                alive = {**m.alive, **base, "gradients": m.alive["gradients"] + base["gradients"]}
+                out.append(Moment(m.phase, m.label + tag, alive))
+            continue
         out += _forward_moments(p, base, tag)
         out += _backward_moments(p, job, base, bool(micro), tag)
     states = {
@@ -669,7 +748,8 @@ def training_peak(
         seq=b.details["seq"],
     )
     parts = _parts(config, b, job)
-    first, later = _moments(parts, job, False), _moments(parts, job, True)
+    traced = None if estimator.is_formula_family(config) else _dry_run(config, job, parts)
+    first, later = _moments(parts, job, False, traced), _moments(parts, job, True, traced)
     top = max(((m, "first") for m in first), key=lambda x: x[0].total)
     top_later = max(((m, "later") for m in later), key=lambda x: x[0].total)
     best, step = top_later if top_later[0].total >= top[0].total else top
