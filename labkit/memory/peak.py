@@ -522,10 +522,59 @@ def _prepare(model, config: Any, job: dict[str, Any]):
     return model
 
 
+def _period(text: Any) -> int | None:
+    """The smallest number of layers that repeats (``layer_types``: Gemma's sliding and global
+    layers), or None when the stack does not repeat (then the dry run keeps every layer)."""
+    types = list(getattr(text, "layer_types", None) or [])
+    n = int(text.num_hidden_layers)
+    if not types:
+        return 1
+    for p in range(1, n + 1):
+        if all(types[i] == types[i % p] for i in range(n)) and n % p == 0:
+            return p if p < n else None
+    return None
+
+
+def _with_layers(config: Any, layers: int):
+    """``config`` with ``layers`` decoder layers (``layer_types`` cut to match)."""
+    import copy
+
+    c = copy.deepcopy(architecture.transformers_config(config))
+    c.num_hidden_layers = layers
+    if getattr(c, "layer_types", None):
+        c.layer_types = list(c.layer_types[:layers])
+    return c
+
+
 def _dry_run(config: Any, job: dict[str, Any], p: _Parts) -> list[Moment]:
-    """Forward and backward of one step on fake tensors (:mod:`labkit.memory.dryrun`), traced by
-    :class:`labkit.memory.trace.StepTracker`: the largest live set of each phase, its weights
-    replaced by the stored ones (a QLoRA base is faked in 16 bit)."""
+    """Forward and backward of one step on fake tensors, traced: the largest live set of the
+    forward, and of the first and the second half of the backward (the loss spike and the top
+    blocks; the bottom blocks and the embeddings), with the stored weights.
+
+    A repeating stack is traced at 2 and 3 repeats of its period and each moment extrapolated
+    to the full depth: a moment's bytes grow by a constant per layer (the saved activations, or
+    the gradients, of one more layer), so two depths fix the line. A stack that does not repeat
+    is traced whole."""
+    text = architecture.transformers_config(config)
+    period = _period(text) if hasattr(text, "num_hidden_layers") else None
+    full = int(getattr(text, "num_hidden_layers", 0))
+    if period is None or full <= 3 * period:
+        return _traced_moments(config, job, p)
+    d1, d2 = 2 * period, 3 * period
+    m1 = _traced_moments(_with_layers(config, d1), job, p)
+    m2 = _traced_moments(_with_layers(config, d2), job, p)
+    out = []
+    for a, b in zip(m1, m2, strict=True):
+        alive = {
+            k: a.alive[k] + (b.alive[k] - a.alive[k]) * (full - d1) // (d2 - d1) for k in a.alive
+        }
+        alive["weights"], alive["inputs"] = p.weights, p.inputs
+        out.append(Moment(a.phase, a.label, alive))
+    return out
+
+
+def _traced_moments(config: Any, job: dict[str, Any], p: _Parts) -> list[Moment]:
+    """One fake forward and backward of ``config``, traced (see :func:`_dry_run`)."""
     import torch
 
     from labkit.memory import measure, trace
@@ -550,18 +599,40 @@ def _dry_run(config: Any, job: dict[str, Any], p: _Parts) -> list[Moment]:
             measure.enable_checkpointing(model, reentrant=False)
         vocab = model.get_input_embeddings().num_embeddings
         ids = torch.randint(0, vocab, (job["batch"], job["seq"]))
-        autocast = torch.bfloat16 if mixed and precision.startswith("bf16") else None
-        if mixed and autocast is None:
-            autocast = torch.float16
+        autocast = None
+        if mixed:
+            autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+        tracker = trace.StepTracker()
         step = trace.trace_training(
-            model, None, ids, steps=1, autocast_dtype=autocast, outputs_alive=job["outputs_alive"]
+            model,
+            None,
+            ids,
+            steps=1,
+            autocast_dtype=autocast,
+            outputs_alive=job["outputs_alive"],
+            tracker=tracker,
         )[0]
+    bwd = [i for i, ph in enumerate(step.phases) if ph == "backward"]
+    halves = {
+        "forward": [i for i, ph in enumerate(step.phases) if ph == "forward"],
+        "backward": bwd[: len(bwd) // 2],
+        "backward ": bwd[len(bwd) // 2 :],
+    }
     out = []
-    for phase in ("forward", "backward"):
-        alive = {k: step.phase_alive[phase].get(k, 0) for k in CATEGORIES}
-        alive["weights"] = p.weights
-        alive["inputs"] = p.inputs
-        out.append(Moment(phase, f"{phase} (dry run: largest live set)", alive))
+    for name, events in halves.items():
+        top = max(events, key=lambda i: (step.timeline[i], -i))
+        alive = dict.fromkeys(CATEGORIES, 0)
+        for rec in tracker.live_at(top):
+            alive[rec.category] += rec.nbytes
+        alive["weights"], alive["inputs"] = p.weights, p.inputs
+        label = {"forward": "forward", "backward": "backward, first half (loss, top blocks)"}
+        out.append(
+            Moment(
+                name.strip(),
+                f"{label.get(name, 'backward, second half (bottom blocks, embeddings)')} (dry run)",
+                alive,
+            )
+        )
     return out
 
 

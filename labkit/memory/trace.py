@@ -219,9 +219,9 @@ def _categorise(tracker: StepTracker, model, optimizer, grads: Iterable[torch.Te
 class _Step:
     """The state of one traced step: the tracker, the saved-tensor hook, the phase switch."""
 
-    def __init__(self, model, optimizer) -> None:
+    def __init__(self, model, optimizer, tracker: StepTracker | None = None) -> None:
         self.model, self.optimizer = model, optimizer
-        self.tracker = StepTracker()
+        self.tracker = tracker or StepTracker()
         self.params = {measure.storage_key(p) for p in measure.param_tensors(model)}
         self.seen_grads: list[torch.Tensor] = []
 
@@ -308,6 +308,7 @@ def trace_training(
     steps: int = 2,
     autocast_dtype: torch.dtype | None = None,
     outputs_alive: bool = True,
+    tracker: StepTracker | None = None,
 ) -> list[StepTrace]:
     """Run ``steps`` real training steps of ``model`` and trace each (see the module docstring).
 
@@ -327,9 +328,7 @@ def trace_training(
     if steps < 1:
         raise LabkitError(f"steps must be >= 1, got {steps}")
     if any(p.grad is not None for p in model.parameters()):
-        raise LabkitError(
-            "the model has gradients already; call zero_grad(set_to_none=True) first"
-        )
+        raise LabkitError("the model has gradients already; call zero_grad(set_to_none=True) first")
     model.train()
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -338,8 +337,8 @@ def trace_training(
         return torch.autocast("cpu", dtype=autocast_dtype)
 
     out = []
-    for _ in range(steps):
-        step = _Step(model, optimizer)
+    for n in range(steps):
+        step = _Step(model, optimizer, tracker if tracker is not None and n == steps - 1 else None)
         tr = step.tracker
         _categorise(tr, model, optimizer, step.grads())
         for ids in micro:
