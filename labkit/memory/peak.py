@@ -33,7 +33,7 @@ from labkit import LabkitError
 from labkit.checks import choice
 from labkit.memory import dryrun, estimator, step_parts
 from labkit.memory.step_parts import CATEGORIES
-from labkit.models import architecture
+from labkit.models import architecture, targets
 
 #: How the optimizer updates: ``foreach`` (lists of tensors at once: torch's default on CUDA),
 #: ``fused`` (one kernel), ``single`` (a loop over tensors: torch's default on CPU).
@@ -129,7 +129,7 @@ def _prepare(model, config: Any, job: dict[str, Any]):
     method = job["method"]
     if method == "frozen":
         keep = set(
-            architecture.trainable_shapes(config, "frozen", frozen_layers=job["frozen_layers"])
+            targets.trainable_shapes(config, "frozen", frozen_layers=job["frozen_layers"])
         )
         for name, p in model.named_parameters():
             p.requires_grad_(name in keep)
@@ -137,7 +137,7 @@ def _prepare(model, config: Any, job: dict[str, Any]):
         return model
     from peft import LoraConfig, get_peft_model
 
-    mods = architecture.lora_modules(config, job["lora_targets"])
+    mods = targets.lora_modules(config, job["lora_targets"])
     lora = LoraConfig(
         r=job["lora_r"],
         target_modules=[m.name for m in mods],
