@@ -111,9 +111,15 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
     formula families in the regimes :mod:`labkit.memory.activations` derives exactly. Not
     derived: GPT-2 and BLOOM under autocast (their activations are the pure 16-bit
     derivation's), LoRA on an fp32 base under autocast (which frozen weights' 16-bit copies a
-    matmul keeps), frozen layers (which blocks keep their inputs). QLoRA stays derived: its NF4
-    base cannot be faked."""
+    matmul keeps), frozen layers (which blocks keep their inputs), a LoRA dropout on an
+    adapter that reads the attention's output (``o_proj``: what its dropout keeps in the first
+    block is not derived). QLoRA stays derived: its NF4 base cannot be faked."""
     if not estimator.is_formula_family(config):
+        return False
+    if job["lora_dropout"] and any(
+        step_parts.reads(m.name) == "attn"
+        for m in targets.lora_modules(config, job["lora_targets"])
+    ):
         return False
     family = architecture.shape_of(config).family
     mixed = job["precision"].endswith("-mixed")
@@ -128,9 +134,7 @@ def _prepare(model, config: Any, job: dict[str, Any]):
     """Freeze / add LoRA adapters (peft, with the job's dropout) as the job trains."""
     method = job["method"]
     if method == "frozen":
-        keep = set(
-            targets.trainable_shapes(config, "frozen", frozen_layers=job["frozen_layers"])
-        )
+        keep = set(targets.trainable_shapes(config, "frozen", frozen_layers=job["frozen_layers"]))
         for name, p in model.named_parameters():
             p.requires_grad_(name in keep)
     if method not in {"lora", "qlora"}:
