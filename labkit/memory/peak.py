@@ -475,3 +475,40 @@ def training_peak(
         breakdown=b,
         details={"impl": impl, "parts": parts},
     )
+
+
+# ----------------------------------------------------------------------------- what a GPU adds
+#: What a GPU process holds beyond the live tensors the peak counts: named and sourced, never
+#: folded into the peak. Figures are ranges from the sources; the validation script measures
+#: them on the card it runs on (no GPU figure has been measured for this course yet).
+GPU_OVERHEADS = (
+    {
+        "name": "CUDA context",
+        "bytes": (300 * 2**20, 2 * 2**30),
+        "what": "driver, kernels and libraries loaded per process, outside PyTorch's allocator",
+        "source": "S. Bekman, ml-engineering, training/performance: 0.5-2 GB, measured "
+        "0.47-0.92 GB with PyTorch 2.1; course facts.md: 0.3-1 GiB",
+    },
+    {
+        "name": "allocator reserve",
+        "bytes": None,
+        "what": "blocks the caching allocator holds but no tensor uses (reserved - allocated), "
+        "with fragmentation; PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces it",
+        "source": "PyTorch docs, CUDA semantics / memory management "
+        "(torch.cuda.memory_reserved vs memory_allocated); measured per run by "
+        "scripts/gpu_validate_memory.py",
+    },
+    {
+        "name": "cuBLAS/cuBLASLt workspace",
+        "bytes": (2**20, 32 * 2**20),
+        "what": "per handle and stream: 1 MiB, 4 MiB on Ampere with >= 24 GB, 32 MiB on Hopper "
+        "(CUBLASLT_WORKSPACE_SIZE), plus CUBLAS_WORKSPACE_CONFIG's buffers",
+        "source": "pytorch/pytorch PR #120925 (cublasLtMatmul workspace, after NVIDIA's cuBLAS "
+        "reference) and PR #83461 (CUBLAS_WORKSPACE_CONFIG)",
+    },
+)
+
+
+def gpu_overheads() -> list[dict[str, Any]]:
+    """:data:`GPU_OVERHEADS`: the lines a GPU adds to the peak, each with its source."""
+    return [dict(item) for item in GPU_OVERHEADS]
