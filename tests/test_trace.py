@@ -103,3 +103,24 @@ def test_bad_input_is_one_line():
     model(input_ids=ids(config, 1, 4), labels=ids(config, 1, 4)).loss.backward()
     with pytest.raises(LabkitError, match="zero_grad"):
         trace.trace_training(model, opt, ids(config, 1, 4))
+
+
+def test_the_timeline_figure():
+    """labkit.memory.timeline draws one traced step with the predicted phase peaks (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.memory import peak, timeline
+
+    model, opt, config = zoo_llama("foreach")
+    step = trace.trace_training(model, opt, ids(config, 1, 8), steps=2)[1]
+    got = peak.training_peak(config, precision="fp32", batch=1, seq=8, device="cuda")
+    fig, ax = plt.subplots()
+    timeline.plot_step(ax, step, got, "zoo Llama, foreach AdamW")
+    spans = timeline.phase_spans(step)
+    assert list(spans) == ["forward", "backward", "optimizer", "zero_grad"]
+    assert "optimizer state" in timeline.alive_label(step.alive)
+    assert len(ax.collections) >= 4  # phase spans and the predicted segments
+    plt.close(fig)
