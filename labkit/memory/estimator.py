@@ -42,7 +42,7 @@ from typing import Any
 import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
-from labkit.dtypes import DTYPE_BYTES, quantized_bytes
+from labkit.dtypes import DTYPE_BYTES, OPTIMIZERS, PRECISIONS, quantized_bytes
 from labkit.memory.activations import (
     ADAPTER_DTYPES,
     activation_bytes,
@@ -63,11 +63,6 @@ from labkit.models.architecture import (
     transformers_config,
 )
 
-#: Precision regimes of training: ``fp32``; ``bf16-mixed``/``fp16-mixed`` (autocast with fp32
-#: master weights); ``bf16`` (pure: everything in bf16).
-PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
-#: Optimizers whose state the estimator sizes (and :func:`labkit.memory.measure.make_optimizer` builds).
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "adamw8bit")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
 #: bitsandbytes 8-bit optimizers keep 32-bit state for tensors smaller than this (``min_8bit_size``).

@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import labkit
 from labkit import LabkitError
-from labkit.memory.estimator import OPTIMIZERS
+from labkit.dtypes import OPTIMIZERS
 
 
 @dataclass
