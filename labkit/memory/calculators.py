@@ -251,7 +251,7 @@ def dry_run_measure(job: Job) -> dict[str, int]:
             if mixed
             else contextlib.nullcontext()
         )
-        with cast, dryrun._unpacked_positions():
+        with cast, dryrun.fake_inputs_context():
             saved = measure.saved_tensor_bytes(model, ids, checkpointing=False, backward=False)
         for p in model.parameters():  # what backward would leave: one gradient per trainable
             if p.requires_grad:  # tensor, in its dtype (skipping backward halves the time;

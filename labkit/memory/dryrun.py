@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from labkit import LabkitError
+from labkit import LabkitError, compat
 from labkit.checks import choice, positive
 from labkit.memory import measure
 from labkit.memory.activations import ADAPTER_DTYPES, ATTENTIONS, Activations
@@ -98,13 +99,11 @@ def to_fake(model: torch.nn.Module):
             made[id(t)] = new
         return made[id(t)]
 
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None:
-                mod._parameters[name] = fake(p)
-        for name, buf in list(mod._buffers.items()):
-            if buf is not None:
-                mod._buffers[name] = fake(buf)
+    for mod in model.modules():  # setattr on a registered name replaces it in place
+        for name, p in list(mod.named_parameters(recurse=False, remove_duplicate=False)):
+            setattr(mod, name, fake(p))
+        for name, buf in list(mod.named_buffers(recurse=False, remove_duplicate=False)):
+            setattr(mod, name, fake(buf))
         for name, value in list(vars(mod).items()):
             if isinstance(value, torch.Tensor) and value.device.type == "meta":
                 setattr(mod, name, fake(value))
@@ -137,39 +136,12 @@ def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_d
 
 
 @contextlib.contextmanager
-def _fp32_grouped_mm():
-    """torch's fake (meta) kernel of ``_grouped_mm`` (MoE experts in transformers 5) accepts bf16
-    only, as the CUDA kernel does; the CPU kernel also runs fp32 and fp16. Same output shape."""
-    from torch import _meta_registrations as meta
-
-    original = meta._meta_grouped_mm_common
-
-    def common(mat_a, mat_b, scale_a, scale_b, offs, bias, scale_result, out_dtype, **kw):
-        if scale_a is None and mat_a.dtype == mat_b.dtype != torch.bfloat16:
-            return meta._create_grouped_mm_output_tensor(mat_a, mat_b, offs, out_dtype)
-        return original(mat_a, mat_b, scale_a, scale_b, offs, bias, scale_result, out_dtype, **kw)
-
-    meta._meta_grouped_mm_common = common
-    try:
+def fake_inputs_context() -> Iterator[None]:
+    """What a forward on fake tensors needs from the libraries (:mod:`labkit.compat`): the batch
+    is not packed (the dry run's positions are 0..s-1; transformers cannot read fake ones), and
+    the meta ``_grouped_mm`` kernel takes fp32 and fp16 as the CPU kernel does."""
+    with compat.no_packed_sequences(), compat.grouped_mm_any_dtype():
         yield
-    finally:
-        meta._meta_grouped_mm_common = original
-
-
-@contextlib.contextmanager
-def _unpacked_positions():
-    """transformers looks for packed sequences in the position ids (a jump in them) when there is
-    no cache; on fake tensors it cannot read them and assumes packing, building a b·s² mask a real
-    step does not have. The dry run's positions are 0..s-1, so the answer is "not packed"."""
-    from transformers import masking_utils
-
-    original = masking_utils.find_packed_sequence_indices
-    masking_utils.find_packed_sequence_indices = lambda position_ids: None
-    try:
-        with _fp32_grouped_mm():
-            yield
-    finally:
-        masking_utils.find_packed_sequence_indices = original
 
 
 def training_activations(
@@ -229,7 +201,7 @@ def training_activations(
         vocab = model.get_input_embeddings().num_embeddings
         ids = torch.randint(0, vocab, (b, q))
         cast = torch.autocast("cpu", dtype=act) if autocast else contextlib.nullcontext()
-        with cast, _unpacked_positions():
+        with cast, fake_inputs_context():
             # without checkpointing all is saved by the end of the forward and the loss: the
             # backward (as slow as the forward on fake tensors) runs only to recompute blocks
             saved = measure.saved_tensor_bytes(
@@ -283,7 +255,7 @@ def _prefill(model, ids: torch.Tensor) -> tuple[int, int, int]:
     tracker = _LiveTensors()
     tracker.before = {measure.storage_key(t) for t in model.parameters()}
     tracker.before |= {measure.storage_key(t) for t in model.buffers()}
-    with torch.no_grad(), _unpacked_positions(), tracker:
+    with torch.no_grad(), fake_inputs_context(), tracker:
         out = model(input_ids=ids, use_cache=True)
         kv = cache_bytes(out.get("cache", out.get("past_key_values")))
         logits = out.logits.untyped_storage().nbytes()
