@@ -59,11 +59,12 @@ def on_checkpoint_recompute(callback: Callable[[], None]) -> Iterator[None]:
     import torch.utils.checkpoint
 
     function = torch.utils.checkpoint.CheckpointFunction
-    original = function.backward
+    original = vars(function)["backward"]  # the staticmethod itself, restored as it was
+    call = function.backward
 
     def backward(ctx, *grads):
         callback()
-        return original(ctx, *grads)
+        return call(ctx, *grads)
 
     function.backward = staticmethod(backward)
     try:
