@@ -42,12 +42,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from labkit import LabkitError, compat
 from labkit.checks import choice, positive
 from labkit.memory import measure
-from labkit.memory.activations import ADAPTER_DTYPES, ATTENTIONS, Activations
+from labkit.memory.activations import Activations
+from labkit.memory.job import ATTENTIONS, TrainingJob
 from labkit.models import architecture
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: What :func:`training_activations` accepts as ``method``.
-METHODS = ("full", "frozen", "lora", "qlora")
 
 
 @dataclass
@@ -110,20 +109,21 @@ def to_fake(model: torch.nn.Module):
     return model.train(), mode
 
 
-def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_dtype: str, k: int):
-    """Freeze / add LoRA adapters as :func:`labkit.models.architecture.trainable_shapes` counts them."""
-    if method == "frozen":
-        keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=k))
+def _apply_method(model, config, job: TrainingJob):
+    """Freeze / add LoRA adapters as :func:`labkit.models.architecture.trainable_shapes` counts
+    them (adapters in the job's adapter dtype, ``lora_dropout=0``)."""
+    if job.method == "frozen":
+        keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=job.frozen_layers))
         for name, p in model.named_parameters():
             p.requires_grad_(name in keep)
         return model
-    if method not in {"lora", "qlora"}:
+    if not job.lora:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # imports peft only for a LoRA dry run
 
-    mods = architecture.lora_modules(config, targets)
+    mods = architecture.lora_modules(config, job.lora_targets)
     lora = LoraConfig(
-        r=r,
+        r=job.lora_r,
         target_modules=[m.name for m in mods],
         lora_dropout=0.0,
         fan_in_fan_out=any(m.kind == "conv1d" for m in mods),
@@ -131,7 +131,7 @@ def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_d
     model = get_peft_model(model, lora, autocast_adapter_dtype=False)
     for name, p in model.named_parameters():
         if "lora_" in name:
-            p.data = p.data.to(TORCH_DTYPES[adapter_dtype])
+            p.data = p.data.to(TORCH_DTYPES[job.adapters])
     return model
 
 
@@ -144,73 +144,67 @@ def fake_inputs_context() -> Iterator[None]:
         yield
 
 
-def training_activations(
-    config: Any,
-    batch: int,
-    seq: int,
-    dtype: str = "bf16",
-    attention: str = "sdpa",
-    *,
-    checkpointing: bool = False,
-    dropout: bool = True,
-    autocast: bool = False,
-    method: str = "full",
-    lora_r: int = 8,
-    lora_targets: Any = "default",
-    adapter_dtype: str = "fp32",
-    base_dtype: str | None = None,
-    frozen_layers: int = 0,
-) -> DryRun:
-    """What autograd keeps for backward in one training step, by a dry run on fake tensors.
+@dataclass
+class FakeStep:
+    """One forward + loss of a job's model on fake tensors (:func:`fake_step`): the prepared
+    ``model`` (run more ops on it inside ``with mode:``), its ``weights`` dtype and what autograd
+    saved (``saved``, :class:`labkit.memory.measure.Saved`)."""
 
-    ``dtype``: the activation dtype; the weights are in ``dtype`` (pure 16-bit or fp32), or fp32
-    under ``autocast`` (mixed precision, autocast to ``dtype``). ``method``: ``full``, ``frozen``
-    (embeddings and the first ``frozen_layers`` blocks frozen), ``lora``/``qlora`` (frozen base in
-    ``base_dtype``, default: the weight dtype; QLoRA's NF4 base is dry-run as 16-bit; adapters in
-    ``adapter_dtype``, ``lora_dropout=0``). ``dropout``: train mode with the config's dropout, else
-    eval mode. The result's ``activations`` / ``logits`` / ``recompute`` mean what
-    :func:`labkit.memory.activations.activation_bytes` means (the measured ``Saved``'s).
+    model: torch.nn.Module
+    mode: FakeTensorMode
+    weights: str
+    saved: measure.Saved
+    seconds: float
+
+
+def fake_step(config: Any, job: TrainingJob) -> FakeStep:
+    """The model of ``job`` on fake CPU tensors (method applied: frozen layers, peft adapters),
+    one forward + loss measured by :func:`labkit.memory.measure.saved_tensor_bytes` (backward too
+    with checkpointing, the only case where it saves more: the recomputed blocks).
+
+    The weights are in the job's weight dtype (:attr:`TrainingJob.weight_dtype`; QLoRA's NF4 base,
+    which cannot be faked, in the compute dtype), under autocast for a mixed precision, in eval
+    mode without ``dropout``.
     """
-    b, q = positive("batch", batch), positive("sequence length", seq)
-    choice("method", method, METHODS)
-    choice("adapter dtype", adapter_dtype, ADAPTER_DTYPES)
-    act = _dtype(dtype)
-    positive("LoRA rank r", lora_r)
-    weights = "fp32" if autocast or dtype == "fp32" else dtype
-    if method == "qlora":
-        weights = dtype if dtype != "fp32" else "bf16"
-    if method == "lora" and base_dtype is not None:
-        weights = base_dtype
     start = time.perf_counter()
+    weights = job.precision.compute if job.method == "qlora" else job.weight_dtype
 
     def prepare(model):
-        return _apply_method(
-            model,
-            config,
-            method,
-            r=lora_r,
-            targets=lora_targets,
-            adapter_dtype=adapter_dtype,
-            k=frozen_layers,
-        )
+        return _apply_method(model, config, job)
 
-    model, mode = fake_model(config, attention=attention, dtype=weights, prepare=prepare)
+    model, mode = fake_model(config, attention=job.attention, dtype=weights, prepare=prepare)
     with mode:
-        if not dropout:
+        if not job.dropout:
             model.eval()
         vocab = model.get_input_embeddings().num_embeddings
-        ids = torch.randint(0, vocab, (b, q))
-        cast = torch.autocast("cpu", dtype=act) if autocast else contextlib.nullcontext()
+        ids = torch.randint(0, vocab, (job.batch, job.seq))
+        compute = TORCH_DTYPES[job.precision.compute]
+        mixed = job.precision.mixed
+        cast = torch.autocast("cpu", dtype=compute) if mixed else contextlib.nullcontext()
         with cast, fake_inputs_context():
             # without checkpointing all is saved by the end of the forward and the loss: the
             # backward (as slow as the forward on fake tensors) runs only to recompute blocks
             saved = measure.saved_tensor_bytes(
-                model, ids, checkpointing=checkpointing, backward=checkpointing
+                model, ids, checkpointing=job.checkpointing, backward=job.checkpointing
             )
-    seconds = time.perf_counter() - start
+    return FakeStep(model, mode, weights, saved, time.perf_counter() - start)
+
+
+def training_activations(config: Any, job: TrainingJob | None = None, **options: Any) -> DryRun:
+    """What autograd keeps for backward in one training step of ``job`` (or a
+    :class:`TrainingJob` of ``options``), by a dry run on fake tensors (:func:`fake_step`).
+
+    The result's ``activations`` / ``logits`` / ``recompute`` mean what
+    :func:`labkit.memory.activations.job_activation_bytes` means (the measured ``Saved``'s);
+    ``param_copies``: autocast's 16-bit copies of trainable weights.
+    """
+    job = TrainingJob.of(job, options)
+    step = fake_step(config, job)
+    saved = step.saved
     items = {"forward": saved.forward - saved.logits, "recompute_one_layer": saved.recompute}
     acts = Activations(saved.activations, saved.logits, 0, saved.recompute, items)
-    return DryRun(acts, saved.param_copies, seconds, {"method": method, "weights": weights})
+    details = {"method": job.method, "weights": step.weights}
+    return DryRun(acts, saved.param_copies, step.seconds, details)
 
 
 # ----------------------------------------------------------------------------- live tensors
