@@ -1,44 +1,98 @@
-"""labkit.memory.calculators: every calculator's gap to labkit is its named components, to the byte;
-DeepSpeed's formulas reproduce its printed figures; the calculator's verdict and figure."""
+"""labkit.memory.compare: each calculator's figure and its named gaps to labkit's total. The dry
+run and accelerate rows are checked against the tools' own code; the DeepSpeed and rule rows'
+gaps against the bytes their names describe, computed from the model's shapes; DeepSpeed's
+formulas against its printed example."""
 
 import math
-import sys
 
-import matplotlib
 import pytest
 
 from labkit import LabkitError
-from labkit.memory import calculators, estimator
+from labkit.memory import compare, estimator
 from labkit.models import architecture
 
-matplotlib.use("Agg")
-
 SMALL = {
-    "full": calculators.Job("full", "qwen2.5-0.5b", batch=1, seq=64),
-    "lora": calculators.Job(
-        "lora", "qwen2.5-0.5b", method="lora", base_dtype="bf16", batch=1, seq=64
-    ),
-    "inference": calculators.Job("inf", "gpt2", kind="inference", batch=1, seq=64),
+    "full": compare.Job("full", "qwen2.5-0.5b", batch=1, seq=64),
+    "lora": compare.Job("lora", "qwen2.5-0.5b", method="lora", base_dtype="bf16", batch=1, seq=64),
+    "inference": compare.Job("inf", "gpt2", kind="inference", batch=1, seq=64),
 }
 
 
 @pytest.mark.parametrize("kind", list(SMALL))
-def test_every_gap_is_its_named_components(kind):
+def test_rows_and_the_measured_and_accelerate_gaps(kind):
+    """The dry run and accelerate rows, whose figures come from other code (fake tensors,
+    accelerate's own functions), plus their named gaps are labkit's total to the byte."""
     job = SMALL[kind]
-    rows = calculators.compare(job)
-    total = calculators.labkit_breakdown(job).total
-    assert rows[0].source == "labkit estimate" and rows[0].figure == total
-    for row in rows:
-        assert row.explained() == total, (row.source, row.explained() - total)
-    sources = {r.source for r in rows}
-    assert "dry run (measured)" in sources and "accelerate estimate-memory" in sources
-    assert ("DeepSpeed ZeRO-2 (1 GPU)" in sources) == (kind != "inference")
+    rows = {r.source: r for r in compare.compare(job)}
+    total = compare.labkit_breakdown(job).total
+    assert next(iter(rows)) == "labkit estimate" and rows["labkit estimate"].figure == total
+    for source in ("dry run (measured)", "accelerate estimate-memory"):
+        assert rows[source].explained() == total, (source, rows[source].explained() - total)
+    assert ("DeepSpeed ZeRO-2 (1 GPU)" in rows) == (kind != "inference")
+
+
+def _gap(row, prefix):
+    (value,) = [v for k, v in row.gap.items() if k.startswith(prefix)]
+    return value
+
+
+def test_deepspeed_and_rule_gaps_are_what_their_names_say_full_fine_tuning():
+    """Full fine-tuning under bf16 autocast keeps fp32 weights (4 B) plus 2-byte copies of the
+    weights autocast casts, fp32 gradients (4) and AdamW's m, v (8) plus a 4-byte step per tensor.
+    Each tool's per-parameter accounting, set against that, gives every named gap."""
+    job = SMALL["full"]
+    shapes = architecture.param_shapes(job.model)
+    P, n_tensors = architecture.count_parameters(job.model), len(shapes)
+    cast = estimator.autocast_cast_parameters(job.model, shapes)
+    rows = {r.source: r for r in compare.compare(job)}
+    z2 = rows["DeepSpeed ZeRO-2 (1 GPU)"]
+    assert z2.figure == 2 * P + 18 * P  # DeepSpeed: 2 + 18 B for every parameter, one GPU
+    assert _gap(z2, "weights") == 4 * P + 2 * cast - (2 + 4) * P  # 16-bit + fp32 master
+    assert _gap(z2, "gradients") == 4 * P - (2 + 4) * P  # 16-bit + fp32 gradients
+    assert _gap(z2, "optimizer") == 4 * n_tensors  # AdamW's step counters
+    rule16 = rows["rule: 16 B/param (ZeRO's 2+2+12 = 8x fp16)"]
+    assert rule16.figure == 16 * P
+    assert _gap(rule16, "weights") == 4 * P + 2 * cast - 6 * P
+    assert _gap(rule16, "gradients") == 4 * P - 2 * P  # fp32 gradients, not 16-bit
+    assert _gap(rule16, "optimizer") == 4 * n_tensors
+    rule12 = rows["rule: 12 B/param (2 + 2 + 8)"]
+    assert rule12.figure == 12 * P
+    assert _gap(rule12, "weights") == 4 * P + 2 * cast - 2 * P  # the fp32 master left out
+    assert (_gap(rule12, "gradients"), _gap(rule12, "optimizer")) == (2 * P, 4 * n_tensors)
+    b = compare.labkit_breakdown(job)
+    for row in (z2, rule16, rule12):
+        assert _gap(row, "activations left out") == b.activations
+        assert _gap(row, "logits / loss buffer") == b.logits
+
+
+def test_deepspeed_and_rule_gaps_are_what_their_names_say_lora():
+    """LoRA on a bf16 base: 2 B per base weight, fp32 adapters (4 B) with their 2-byte autocast
+    copies, fp32 adapter gradients and AdamW state. DeepSpeed counts every parameter of the peft
+    model as trainable; "LoRA needs the 16-bit weights" counts the base alone."""
+    job = SMALL["lora"]
+    P = architecture.count_parameters(job.model)
+    adapters = architecture.trainable_shapes(job.model, "lora", r=8, targets="default")
+    n, t = sum(math.prod(s) for s in adapters.values()), len(adapters)
+    weights, grads, adam = 2 * P + (4 + 2) * n, 4 * n, 8 * n + 4 * t
+    rows = {r.source: r for r in compare.compare(job)}
+    z2 = rows["DeepSpeed ZeRO-2 (1 GPU)"]
+    assert z2.figure == 20 * (P + n)
+    assert _gap(z2, "weights") == weights - 6 * (P + n)
+    assert _gap(z2, "gradients") == grads - 6 * (P + n)
+    assert _gap(z2, "optimizer") == adam - 8 * (P + n)
+    rule = rows["rule: LoRA = the 16-bit weights"]
+    assert rule.figure == 2 * P
+    assert (_gap(rule, "weights"), _gap(rule, "gradients"), _gap(rule, "optimizer")) == (
+        6 * n,
+        grads,
+        adam,
+    )
 
 
 def test_dry_run_differs_by_transient_only_for_full_fine_tuning():
     job = SMALL["full"]
-    b = calculators.labkit_breakdown(job)
-    dry = calculators.dry_run_measure(job)
+    b = compare.labkit_breakdown(job)
+    dry = compare.dry_run_measure(job)
     assert (dry["weights"], dry["gradients"], dry["optimizer"]) == (
         b.weights,
         b.gradients,
@@ -49,84 +103,36 @@ def test_dry_run_differs_by_transient_only_for_full_fine_tuning():
 
 
 def test_accelerate_takes_the_max_not_the_sum():
-    acc = calculators.accelerate_estimate("gpt2")
+    acc = compare.accelerate_estimate("gpt2")
     parts = acc["training"]
     assert acc["training_figure"] == max(parts.values()) == parts["optimizer"]
     assert acc["total_size"] == 4 * (acc["numel"] + acc["buffers"])
     # AutoModel has no LM head: GPT-2's tied head adds nothing, its parameters are all there
     assert acc["numel"] == architecture.count_parameters("gpt2")
-    binary, decimal = calculators.printed_bytes(acc["printed_training"])  # "949.4 MB"
+    binary, decimal = compare.printed_bytes(acc["printed_training"])  # "949.4 MB"
     assert abs(binary - acc["training_figure"]) <= 0.005 * 2**20 < abs(decimal - binary)
-    assert calculators.printed_bytes("9.20GB (ZeRO)") == (9.2 * 2**30, 9.2e9)
+    assert compare.printed_bytes("9.20GB (ZeRO)") == (9.2 * 2**30, 9.2e9)
     with pytest.raises(LabkitError):
-        calculators.printed_bytes("lots")
+        compare.printed_bytes("lots")
 
 
 def test_deepspeed_formulas_reproduce_its_printed_example():
     # DeepSpeed's estimate_zero3_model_states_mem_needs_all_live on t5-small (60M params, 16M
     # largest layer) prints 1.08GB (no offload), 0.17GB (optimizer offloaded), 0.06GB (all)
     p, ll = 60_506_624, 32128 * 512
-    assert calculators.deepspeed_printed(calculators.zero3_model_states(p, ll)) == "1.08GB"
-    assert calculators.deepspeed_printed(calculators.zero3_model_states(p, ll, 1, "optimizer")) == (
+    assert compare.deepspeed_printed(compare.zero3_model_states(p, ll)) == "1.08GB"
+    assert compare.deepspeed_printed(compare.zero3_model_states(p, ll, 1, "optimizer")) == (
         "0.17GB"
     )
-    assert (
-        calculators.deepspeed_printed(calculators.zero3_model_states(p, ll, 1, "all")) == "0.06GB"
-    )
-    assert calculators.zero2_model_states(10**9) == 20 * 10**9
-    assert calculators.zero2_model_states(10**9, 8) == 2 * 10**9 + 18 * 10**9 // 8
-    assert calculators.zero2_model_states(10**9, 8, cpu_offload=True) == 2 * 10**9
-    assert calculators.largest_layer_params("gpt2") == 50257 * 768
+    assert compare.deepspeed_printed(compare.zero3_model_states(p, ll, 1, "all")) == "0.06GB"
+    assert compare.zero2_model_states(10**9) == 20 * 10**9
+    assert compare.zero2_model_states(10**9, 8) == 2 * 10**9 + 18 * 10**9 // 8
+    assert compare.zero2_model_states(10**9, 8, cpu_offload=True) == 2 * 10**9
+    assert compare.largest_layer_params("gpt2") == 50257 * 768
     with pytest.raises(LabkitError):
-        calculators.zero3_model_states(p, ll, 1, "disk")
-
-
-def test_calculate_verdict_and_sharding():
-    b, verdict = calculators.calculate(model="gpt2", method="full", seq=1024, gpu_gib=80)
-    assert verdict.startswith("fits on 1 x 80 GiB")
-    _, verdict = calculators.calculate(model="llama-3.1-8b", method="full", gpu_gib=80)
-    assert verdict.startswith("does not fit on 1 x 80 GiB")
-    one, _ = calculators.calculate(model="llama-3.1-8b", method="full", gpus=8, zero=0)
-    z3, _ = calculators.calculate(model="llama-3.1-8b", method="full", gpus=8, zero=3)
-    assert z3.total < one.total and z3.weights == math.ceil(one.weights / 8)
-    inf, _ = calculators.calculate(model="llama-3.1-8b", method="inference", seq=8192)
-    assert inf.kv_cache == estimator.kv_cache_bytes("llama-3.1-8b", 4, 8192)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [dict(zero=5), dict(method="prefix"), dict(precision="fp8"), dict(gpu_gib=0), dict(gpus=0)],
-)
-def test_calculate_bad_input_is_one_line(kwargs):
-    with pytest.raises(LabkitError) as err:
-        calculators.calculate(model="gpt2", seq=1024, **kwargs)
-    assert "\n" not in str(err.value)
+        compare.zero3_model_states(p, ll, 1, "disk")
 
 
 def test_compare_unknown_job():
     with pytest.raises(LabkitError):
-        calculators.compare("pretraining")
-
-
-def test_figure_names_the_verdict():
-    fig = calculators.figure(model="gpt2", method="full", seq=1024, gpu_gib=1)
-    assert "does not fit on 1 x 1 GiB" in fig.axes[0].get_title()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def test_widget_without_ipywidgets(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ipywidgets", None)
-    with pytest.raises(LabkitError, match="ipywidgets"):
-        calculators.widget()
-
-
-def test_widget_builds_its_controls_with_ipywidgets():
-    pytest.importorskip("ipywidgets")
-    import matplotlib.pyplot as plt
-
-    shown = calculators.widget()
-    names = {c.description for c in shown.widget.children if hasattr(c, "description")}
-    assert {"model", "method", "precision", "gpus", "gpu_gib"} <= names
-    plt.close("all")
+        compare.compare("pretraining")
