@@ -13,9 +13,8 @@ Mistral and Qwen2; and for LoRA on any targets of all five families in fp32 and 
   layers, LoRA and QLoRA, autocast);
 - :class:`Activations`: the result, item by item.
 
-One block function per family and kind of step (:data:`FULL_BLOCKS`, :data:`LORA_BLOCKS`): a
-new family adds one entry to each. They share one :class:`_Step` of sizes and switches, so rules
-that must agree (dropout masks, the SDPA math path, the fused q/k/v buffer) are written once.
+One block function per family and kind of step (:data:`FULL_BLOCKS`, :data:`LORA_BLOCKS`; a new
+family adds one entry to each), all over one :class:`_Step` of sizes and switches.
 """
 
 from __future__ import annotations

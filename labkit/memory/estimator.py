@@ -328,7 +328,7 @@ def cache_windows(config: Any) -> list[int | None]:
     with ``use_sliding_window``), read from the cache transformers builds for the config."""
     if isinstance(config, Shape):
         return [None] * config.layers
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # imports transformers: only for a real config
 
     cache = DynamicCache(config=transformers_config(config).get_text_config())
     return [getattr(layer, "sliding_window", None) for layer in cache.layers]

@@ -41,7 +41,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import labkit
-from labkit import LabkitError, compat
+from labkit import LabkitError, compat, hardware
 from labkit.dtypes import OPTIMIZERS
 
 
@@ -274,8 +274,6 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float = 1e-3) -> torch
 
         return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
     if name == "adamw8bit":
-        from labkit import hardware
-
         hardware.quiet_logs()
         import bitsandbytes as bnb
 
