@@ -1,11 +1,11 @@
-"""Every private internal of another library that labkit reads or patches, in one place.
+"""Every private internal of another library that labkit relies on, one small function each.
 
-A course breaks first when its libraries move. Each entry is one small function that names the
-internal it touches and why no public route exists; ``tests/test_compat.py`` holds a test per
-entry that fails with the library's version when the internal changes. Each function imports its
-library itself, so importing this module costs nothing and needs none of them.
-
-Keep it a flat list of small functions, one per internal.
+A library may rename or remove a private name in any release. Kept here, each such reliance is
+one function with a test in ``tests/test_compat.py`` that fails with a message naming the
+library, its version, the internal and the function to update. Nothing else in labkit touches
+them (ruff's SLF001 is on for the whole package). Each function imports its library itself, so
+importing this module costs nothing and needs none of them. Keep it a flat list of small
+functions.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
-# ----------------------------------------------------------------------------- torch
+# --- torch -------------------------------------------------------------------------------------
 def storage_id(storage: Any) -> int:
     """The identity of a storage's StorageImpl (``UntypedStorage._cdata``): views of one tensor
     share it, as they share an address. A fake tensor's storage has no address (its
@@ -73,7 +73,7 @@ def on_checkpoint_recompute(callback: Callable[[], None]) -> Iterator[None]:
         function.backward = original
 
 
-# ----------------------------------------------------------------------------- transformers
+# --- transformers ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def no_packed_sequences() -> Iterator[None]:
     """Tell transformers' mask builder that the batch holds no packed sequences.
@@ -91,3 +91,16 @@ def no_packed_sequences() -> Iterator[None]:
         yield
     finally:
         masking_utils.find_packed_sequence_indices = original
+
+
+# --- IPython -----------------------------------------------------------------------------------
+
+
+def show_traceback(shell: Any, etype: type, value: BaseException, lines: list[str]) -> None:
+    """Show ``lines`` as the running cell's error, in place of the traceback.
+
+    IPython's ``InteractiveShell._showtraceback(etype, evalue, stb)`` is what a custom exception
+    handler (``set_custom_exc``) must call to show its own lines; ipykernel overrides it to send
+    them as the cell's error output. IPython has no public call for it.
+    """
+    shell._showtraceback(etype, value, lines)  # noqa: SLF001 - no public way to show given lines

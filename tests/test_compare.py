@@ -9,7 +9,7 @@ import pytest
 
 from labkit import LabkitError
 from labkit.memory import compare, estimator
-from labkit.models import architecture
+from labkit.models import architecture, targets
 
 SMALL = {
     "full": compare.Job("full", "qwen2.5-0.5b", batch=1, seq=64),
@@ -71,7 +71,7 @@ def test_deepspeed_and_rule_gaps_are_what_their_names_say_lora():
     model as trainable; "LoRA needs the 16-bit weights" counts the base alone."""
     job = SMALL["lora"]
     P = architecture.count_parameters(job.model)
-    adapters = architecture.trainable_shapes(job.model, "lora", r=8, targets="default")
+    adapters = targets.trainable_shapes(job.model, "lora", r=8, targets="default")
     n, t = sum(math.prod(s) for s in adapters.values()), len(adapters)
     weights, grads, adam = 2 * P + (4 + 2) * n, 4 * n, 8 * n + 4 * t
     rows = {r.source: r for r in compare.compare(job)}

@@ -20,11 +20,6 @@ RECORD = ROOT / "benchmarks" / "forgetting_seeds.json"
 NOTEBOOK = ROOT / "notebooks" / "16_catastrophic_forgetting.ipynb"
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return zoo.load_tokenizer("zoo-llama")
-
-
 def test_probe_items_ask_only_unseen_facts():
     train = {(r["intent"], r["entity"]) for r in loaders.load_chat("train")}
     unseen = fg.unseen_facts()

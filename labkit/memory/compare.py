@@ -35,6 +35,7 @@ from labkit.checks import choice, positive
 from labkit.memory import dryrun, estimator, measure, rules
 from labkit.memory.job import Breakdown, TrainingJob
 from labkit.models import architecture, zoo
+from labkit.models.targets import trainable_shapes
 
 GiB = 2**30
 #: What a :class:`Job` may be.
@@ -366,7 +367,7 @@ def _dry_run_row(job: Job, b: Breakdown) -> Row:
     if job.method in {"lora", "qlora"} and job.training().precision.mixed:
         # autocast caches these but autograd does not save them (no gradient flows into the first
         # adapted block's input), so the saved-tensor measurement does not see them
-        shapes = architecture.trainable_shapes(job.model, job.method, r=8, targets="default")
+        shapes = trainable_shapes(job.model, job.method, r=8, targets="default")
         first_a = 2 * sum(
             math.prod(s) for n, s in shapes.items() if ".layers.0." in n and "lora_A" in n
         )

@@ -45,6 +45,7 @@ from labkit.memory import measure
 from labkit.memory.activations import Activations
 from labkit.memory.job import ATTENTIONS, TrainingJob
 from labkit.models import architecture
+from labkit.models.targets import lora_modules, trainable_shapes
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,10 +111,10 @@ def to_fake(model: torch.nn.Module):
 
 
 def _apply_method(model, config, job: TrainingJob):
-    """Freeze / add LoRA adapters as :func:`labkit.models.architecture.trainable_shapes` counts
-    them (adapters in the job's adapter dtype, ``lora_dropout=0``)."""
+    """Freeze / add LoRA adapters as :func:`labkit.models.targets.trainable_shapes` counts them
+    (adapters in the job's adapter dtype, ``lora_dropout=0``)."""
     if job.method == "frozen":
-        keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=job.frozen_layers))
+        keep = set(trainable_shapes(config, "frozen", frozen_layers=job.frozen_layers))
         for name, p in model.named_parameters():
             p.requires_grad_(name in keep)
         return model
@@ -121,7 +122,7 @@ def _apply_method(model, config, job: TrainingJob):
         return model
     from peft import LoraConfig, get_peft_model  # imports peft only for a LoRA dry run
 
-    mods = architecture.lora_modules(config, job.lora_targets)
+    mods = lora_modules(config, job.lora_targets)
     lora = LoraConfig(
         r=job.lora_r,
         target_modules=[m.name for m in mods],

@@ -18,7 +18,7 @@ What is exact and what is a model of reality:
   families in fp32 and pure bf16, eager and SDPA, checkpointing on and off, and under bf16 autocast
   (mixed precision) for Llama, Mistral and Qwen2, whose 16-bit weight copies equal the working
   copy counted with the weights (:func:`autocast_cast_parameters`). LoRA is derived the same way
-  for all five families (:func:`labkit.memory.activations.lora_activation_bytes`: a frozen op keeps
+  for all five families (:func:`labkit.memory.activations.job_activation_bytes`: a frozen op keeps
   only what a gradient still needs) and is exact for any targets in fp32 and pure bf16, eager
   and SDPA, checkpointing on and off, and on a bf16 base under bf16 autocast (Llama, Qwen2,
   SDPA);
@@ -47,18 +47,17 @@ from labkit.memory.sharding import gpus_needed, round_to_nodes, sharded
 from labkit.models.architecture import (
     FORMULA_FAMILIES,
     Shape,
-    _config_dict,
-    block_linears,
     count_parameters,
+    model_type_of,
     module_table,
     param_shapes,
     shape_of,
-    trainable_shapes,
     transformers_config,
 )
+from labkit.models.targets import block_linears, trainable_shapes
 
 __all__ = [  # what notebooks and other layers read here; sharding's three are re-exported:
-    # notebooks 01, 03, 15 and labkit.distributed.demo call them as estimator.sharded etc.
+    # notebooks 01, 03, 15, distributed.parallel and the exercise keys call estimator.sharded etc.
     "OPTIMIZERS",
     "PRECISIONS",
     "WEIGHT_DTYPES",
@@ -121,7 +120,7 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
 def is_formula_family(config: Any) -> bool:
     """True for a :class:`Shape` or a config of the five formula families (their activations are
     derived in :mod:`labkit.memory.activations`); any other causal LM goes through :mod:`labkit.memory.dryrun`."""
-    return isinstance(config, Shape) or _config_dict(config).get("model_type") in FORMULA_FAMILIES
+    return isinstance(config, Shape) or model_type_of(config) in FORMULA_FAMILIES
 
 
 def layers_and_vocab(config: Any) -> tuple[int, int]:
