@@ -15,11 +15,6 @@ from labkit.training import lm_loss
 from labkit.tuners import peft_methods
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return zoo.load_tokenizer("zoo-llama")
-
-
 def test_probe_items_ask_only_unseen_facts():
     train = {(r["intent"], r["entity"]) for r in loaders.load_chat("train")}
     unseen = fg.unseen_facts()

@@ -252,11 +252,11 @@ EXERCISES.update(
 def _absmax4_error() -> float:
     import torch
 
-    from labkit.quant import quantize
+    from labkit.quant import integer
 
     x = torch.tensor([1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4])
-    q, s = quantize.absmax_quantize(x, bits=4)
-    return (quantize.absmax_dequantize(q, s) - x).abs().max().item()
+    q, s = integer.absmax_quantize(x, bits=4)
+    return (integer.absmax_dequantize(q, s) - x).abs().max().item()
 
 
 EXERCISES.update(
@@ -274,7 +274,7 @@ EXERCISES.update(
     {
         "06.1": Exercise(
             number(
-                lambda: importlib.import_module("labkit.quant.quantize").bits_per_parameter(
+                lambda: importlib.import_module("labkit.quant.codebook").bits_per_parameter(
                     4, 128, True
                 ),
                 rel=1e-6,
@@ -291,7 +291,7 @@ EXERCISES.update(
         "07.1": Exercise(
             number(
                 lambda: (
-                    importlib.import_module("labkit.quant.quantize").bits_per_parameter(
+                    importlib.import_module("labkit.quant.codebook").bits_per_parameter(
                         8, 128, absmax_bits=16
                     )
                     - 8
