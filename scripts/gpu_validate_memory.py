@@ -99,6 +99,7 @@ def run_case(shape, method, ckpt, seq, device, batch=1):
         checkpointing=ckpt,
         attention="sdpa",
         lora_targets="default",  # the same targets as build()
+        **({"base_dtype": "fp32"} if method == "lora" else {}),  # build() loads the base in fp32
         device="cuda" if device == "cuda" else "cpu",
     )
     opt = measure.make_optimizer(model, "adamw")
