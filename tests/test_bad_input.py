@@ -424,7 +424,7 @@ ROWS = [
     ),
     row(
         "M11",
-        lambda c: mem().rule_weights(7e9, "nf4"),
+        lambda c: importlib.import_module("labkit.memory.rules").rule_weights(7e9, "nf4"),
         "unknown",
         "nf4",
         "fp16",

@@ -487,16 +487,16 @@ EXERCISES.update(
 # --- notebook 16 ---
 def _forgetting_first_epoch_share() -> float:
     """Share of full fine-tuning's corpus-loss rise after epoch 1 (from the seed record)."""
-    from labkit.training import forgetting
+    from labkit.studies import forgetting
 
-    return forgetting.first_epoch_share(forgetting.load_record(), "full")
+    return forgetting.first_epoch_share(forgetting.load(), "full")
 
 
 EXERCISES.update(
     {
         "16.1": Exercise(
             number(_forgetting_first_epoch_share, rel=1e-3),
-            "take the seed means per epoch from fg.epoch_bands(record, 'full')['mean'], then "
+            "take the seed means per epoch from fs.epoch_bands(record, 'full')['mean'], then "
             "(after epoch 1 - before) / (after the last epoch - before)",
         ),
     }
