@@ -405,6 +405,7 @@ is_param_copy = _is_param_copy
 
 
 def storage_id(t: torch.Tensor) -> int:
-    """The identity of ``t``'s StorageImpl (real and fake tensors alike; views share it). Unique
-    while the storage lives: a freed storage's number can come back for a new one."""
-    return t.untyped_storage()._cdata
+    """The identity of ``t``'s StorageImpl (real and fake tensors alike; views share it;
+    :func:`labkit.compat.storage_id`). Unique while the storage lives: a freed storage's number
+    can come back for a new one."""
+    return compat.storage_id(t.untyped_storage())

@@ -26,12 +26,14 @@ kernels' own workspaces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from labkit import LabkitError
 from labkit.checks import choice
+from labkit.dtypes import OPTIMIZERS as ESTIMATOR_OPTIMIZERS
 from labkit.memory import dryrun, estimator, step_parts
+from labkit.memory.job import Breakdown, TrainingJob
 from labkit.memory.step_parts import CATEGORIES
 from labkit.models import architecture, targets
 
@@ -39,7 +41,7 @@ from labkit.models import architecture, targets
 #: ``fused`` (one kernel), ``single`` (a loop over tensors: torch's default on CPU).
 IMPLS = ("foreach", "fused", "single")
 #: The optimizers the peak knows: the estimator's and SGD without momentum (no state).
-OPTIMIZERS = (*estimator.OPTIMIZERS, "sgd-nomomentum")
+OPTIMIZERS = (*ESTIMATOR_OPTIMIZERS, "sgd-nomomentum")
 
 
 def default_impl(device: str = "cuda") -> str:
@@ -77,7 +79,7 @@ class Peak:
     phases: dict[str, int]
     first: list[Moment]
     later: list[Moment]
-    breakdown: estimator.Breakdown
+    breakdown: Breakdown
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -127,7 +129,7 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
         return False
     if mixed and family != "llama" and job["method"] != "qlora":
         return False
-    return not (mixed and job["method"] == "lora" and job["base_dtype"] in {None, "fp32"})
+    return not (mixed and job["method"] == "lora" and job["tj"].weight_dtype == "fp32")
 
 
 def _prepare(model, config: Any, job: dict[str, Any]):
@@ -149,7 +151,7 @@ def _prepare(model, config: Any, job: dict[str, Any]):
         fan_in_fan_out=any(m.kind == "conv1d" for m in mods),
     )
     model = get_peft_model(model, lora, autocast_adapter_dtype=False)
-    adapters = "fp32" if job["precision"] == "fp32" else job["adapter_dtype"]
+    adapters = job["tj"].adapters
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.data = p.data.to(dryrun.TORCH_DTYPES[adapters])
@@ -213,13 +215,10 @@ def _traced_moments(config: Any, job: dict[str, Any], p: step_parts.Parts) -> li
 
     from labkit.memory import measure, trace
 
-    precision, method = job["precision"], job["method"]
-    mixed = precision.endswith("-mixed")
-    weights = "fp32" if precision == "fp32" or mixed else "bf16"
-    if method == "qlora":
-        weights = "bf16"
-    elif method == "lora" and job["base_dtype"]:
-        weights = job["base_dtype"]
+    tj = job["tj"]
+    mixed = tj.precision.mixed
+    # QLoRA's NF4 base cannot be faked: its 16-bit compute dtype stands in (weights are replaced)
+    weights = tj.precision.compute if tj.method == "qlora" else tj.weight_dtype
     model, mode = dryrun.fake_model(
         config,
         attention=job["attention"],
@@ -228,14 +227,14 @@ def _traced_moments(config: Any, job: dict[str, Any], p: step_parts.Parts) -> li
     )
     if not job["dropout"]:
         model.eval()
-    with mode, dryrun._unpacked_positions():  # noqa: SLF001 - the dry run's own patch
+    with mode, dryrun.fake_inputs_context():
         if job["checkpointing"]:
             measure.enable_checkpointing(model, reentrant=False)
         vocab = model.get_input_embeddings().num_embeddings
         ids = torch.randint(0, vocab, (job["batch"], job["seq"]))
         autocast = None
         if mixed:
-            autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+            autocast = dryrun.TORCH_DTYPES[tj.precision.compute]
         tracker = trace.StepTracker()
         step = trace.trace_training(
             model,
@@ -396,58 +395,40 @@ def _moments(
     return out
 
 
-#: The training options of :func:`labkit.memory.estimator.training_memory` the peak reads, with
-#: that function's defaults (the job as the estimator takes it today).
-JOB_DEFAULTS: dict[str, Any] = {
-    "method": "full",
-    "precision": "bf16-mixed",
-    "optimizer": "adamw",
-    "batch": 1,
-    "seq": 512,
-    "grad_accum": 1,
-    "checkpointing": False,
-    "attention": "sdpa",
-    "lora_r": 8,
-    "lora_targets": "default",
-    "frozen_layers": 0,
-    "adapter_dtype": "fp32",
-    "base_dtype": None,
-    "dropout": True,
-    "device": "cuda",
-}
-
-
 def training_peak(
     config: Any,
+    job: TrainingJob | None = None,
+    /,
     *,
     impl: str | None = None,
     lora_dropout: float = 0.0,
     outputs_alive: bool = True,
-    **job: Any,
+    **options: Any,
 ) -> Peak:
     """The peak of a training step of ``config`` (see the module docstring).
 
-    ``job``: the options of :func:`labkit.memory.estimator.training_memory` (:data:`JOB_DEFAULTS`;
-    ``optimizer`` also takes ``sgd-nomomentum``). The levers it adds: ``impl``, the optimizer's
-    implementation (:data:`IMPLS`; default: what torch picks on ``device``); ``lora_dropout``
-    (peft's ``lora_dropout``, its default 0.0: a dropout keeps a copy of each adapted input);
-    ``outputs_alive``: the model output (its b·s·V logits and KV cache) held until backward
-    ends, as ``out = model(**batch); out.loss.backward()`` does; False drops it before backward,
-    as transformers' Trainer does.
+    ``job``: a :class:`~labkit.memory.job.TrainingJob`, or its options as keywords (as
+    :func:`labkit.memory.estimator.training_memory` takes them; ``optimizer`` also takes
+    ``sgd-nomomentum``, SGD without state). The levers the peak adds: ``impl``, the optimizer's
+    implementation (:data:`IMPLS`; default: what torch picks on the job's ``device``);
+    ``lora_dropout`` (peft's ``lora_dropout``, its default 0.0: a dropout keeps a copy of each
+    adapted input); ``outputs_alive``: the model output (its b·s·V logits and KV cache) held until
+    backward ends, as ``out = model(**batch); out.loss.backward()`` does; False drops it before
+    backward, as transformers' Trainer does.
     """
-    unknown = set(job) - set(JOB_DEFAULTS)
-    if unknown:
-        raise LabkitError(
-            f"unknown training option {sorted(unknown)[0]!r}; accepted: "
-            f"{', '.join([*JOB_DEFAULTS, 'impl', 'lora_dropout', 'outputs_alive'])}"
-        )
-    job = {**JOB_DEFAULTS, **job}
-    impl = _check(job["optimizer"], impl, job["device"], lora_dropout, job["method"])
-    sgd0 = job["optimizer"] == "sgd-nomomentum"
-    b = estimator.training_memory(
-        config, **{**job, "optimizer": "sgd" if sgd0 else job["optimizer"]}
+    sgd0 = options.get("optimizer") == "sgd-nomomentum"
+    if sgd0:
+        options = {**options, "optimizer": "sgd"}
+    tj = TrainingJob.of(job, options)
+    impl = _check(
+        "sgd-nomomentum" if sgd0 else tj.optimizer, impl, tj.device, lora_dropout, tj.method
     )
+    b = estimator.training_memory(config, tj)
+    job = {f.name: getattr(tj, f.name) for f in fields(tj)}
     job.update(
+        tj=tj,
+        precision=tj.precision.name,
+        optimizer="sgd-nomomentum" if sgd0 else tj.optimizer,
         impl=impl,
         lora_dropout=lora_dropout,
         outputs_alive=outputs_alive,

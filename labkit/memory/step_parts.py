@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from labkit.dtypes import DTYPE_BYTES
 from labkit.memory import activations, estimator
+from labkit.memory.job import Breakdown, TrainingJob
 from labkit.models import architecture, targets
 
 #: The categories of live bytes (as :data:`labkit.memory.trace.CATEGORIES`).
@@ -135,23 +136,11 @@ def _buffers(config: Any, weight_b: int) -> int:
 NF4_TENSOR_CONSTANTS = 16 * 4 + 256 * 4 + 4
 
 
-def _qlora_autocast_activations(s: Any, job: dict[str, Any]) -> tuple[dict[str, int], int]:
-    """QLoRA's saved bytes under autocast: its adapters' matmuls run in 16 bit, as a 16-bit
-    LoRA base under autocast (:func:`labkit.memory.activations.lora_activation_bytes`)."""
-    acts = activations.lora_activation_bytes(
-        s,
-        job["batch"],
-        job["seq"],
-        job["lora_targets"],
-        job["lora_r"],
-        dtype=job["precision"][:4],
-        adapter_dtype=job["adapter_dtype"],
-        attention=job["attention"],
-        checkpointing=job["checkpointing"],
-        dropout=job["dropout"],
-        device=job["device"],
-        autocast=True,
-    )
+def _qlora_autocast_activations(s: Any, tj: TrainingJob) -> tuple[dict[str, int], int]:
+    """QLoRA's saved bytes under autocast: its adapters' matmuls run in 16 bit, as on a 16-bit
+    LoRA base under autocast (the NF4 base computes in the compute dtype)."""
+    as_lora = replace(tj, method="lora", base_dtype=tj.precision.compute)
+    acts = activations.job_activation_bytes(s, as_lora)
     return acts.items, acts.total
 
 
@@ -276,36 +265,31 @@ def _block_temp(s: Any, T: int, act_b: int, full: bool) -> int:
     return (k + (0 if full else 1)) * T * width * act_b
 
 
-def parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> Parts:
+def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
     """The sizes of :class:`Parts` from the estimator's breakdown and the job."""
     formula = estimator.is_formula_family(config)
     s = architecture.shape_of(config) if formula else config
-    method, precision = job["method"], job["precision"]
+    tj = job["tj"]  # the TrainingJob
+    method = tj.method
     batch, seq, T = job["batch"], job["seq"], job["batch"] * job["seq"]
     layers, vocab = estimator.layers_and_vocab(s)
-    mixed = precision.endswith("-mixed")
-    act_b = 4 if precision == "fp32" else 2
+    mixed = tj.precision.mixed
+    act_b = DTYPE_BYTES[tj.precision.compute]
     trainable = targets.trainable_shapes(
         s, method, r=job["lora_r"], targets=job["lora_targets"], frozen_layers=job["frozen_layers"]
     )
     n_train = sum(math.prod(x) for x in trainable.values())
-    if method in {"full", "frozen"}:
-        w_dtype = base = "fp32" if precision == "fp32" or mixed else "bf16"
-        stored = estimator.weight_bytes(s, w_dtype)
-        buf_b = DTYPE_BYTES[w_dtype]
-    else:
-        base = "nf4" if method == "qlora" else ("fp32" if precision == "fp32" or mixed else "bf16")
-        base = job["base_dtype"] or base
-        ab = 4 if precision == "fp32" else DTYPE_BYTES[job["adapter_dtype"]]
-        stored = estimator.weight_bytes(s, base) + n_train * ab
-        buf_b = 2 if base == "nf4" else DTYPE_BYTES[base]
+    base = tj.weight_dtype  # the model's own weights (LoRA's base, NF4 for QLoRA)
+    ab = DTYPE_BYTES[tj.adapters]
+    stored = estimator.weight_bytes(s, base) + (n_train * ab if tj.lora else 0)
+    buf_b = 2 if base == "nf4" else DTYPE_BYTES[base]
     copies = b.weights - stored
     if method == "qlora":
         stored += NF4_TENSOR_CONSTANTS * len(targets.block_linears(s))
     items = b.details["activation_items"]
     saved_total = b.activations + b.logits
     if method == "qlora" and mixed and formula:  # adapters compute in 16 bit under autocast
-        items, saved_total = _qlora_autocast_activations(s, job)
+        items, saved_total = _qlora_autocast_activations(s, tj)
     ids = items.get("input_ids", 0) if formula else (T * 8 if method == "full" else 0)
     recompute = items.get("recompute_one_layer", 0)
     saved = saved_total - recompute - ids
@@ -324,9 +308,7 @@ def parts(config: Any, b: estimator.Breakdown, job: dict[str, Any]) -> Parts:
     head_frozen = not groups["head_weight"] and not (full and tied)
     hidden = T * h * (4 if fp32_autocast else act_b) if head_frozen or fp32_autocast else 0
     if job["lora_dropout"]:
-        cast = DTYPE_BYTES[job["adapter_dtype"] if precision != "fp32" else "fp32"] != (
-            2 if base in {"bf16", "fp16", "nf4"} else 4
-        )
+        cast = ab != (2 if base in {"bf16", "fp16", "nf4"} else 4)
         adt = ab
         per_block = _lora_dropout_bytes(s, job, adt, cast, first=False)
         if job["checkpointing"]:
