@@ -36,3 +36,48 @@ def test_none_when_nothing_fits_and_the_position_limit():
 def test_bad_sizes_are_one_line(gib, reserve):
     with pytest.raises(LabkitError, match="GiB|reserve"):
         search.max_batch("gpt2", gib, reserve=reserve)
+
+
+def run(capsys, *argv):
+    from labkit import cli
+
+    rc = cli.main(["estimate", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_estimate_prints_the_peak_and_fits(capsys):
+    """``estimate --json`` gains the peak, its phase and the per-phase figures; ``--fit GIB``
+    the largest batch and the longest sequence; the table prints the peak first."""
+    import json
+
+    argv = ["tiny-llama", "--precision", "fp32", "--batch", "2", "--seq", "64", "--device", "cpu"]
+    rc, out, _ = run(capsys, *argv, "--json", "--fit", "0.01")
+    data = json.loads(out)
+    want = peak.training_peak("tiny-llama", precision="fp32", batch=2, seq=64, device="cpu")
+    assert rc == 0 and (data["peak"], data["peak_phase"]) == (want.peak, want.phase)
+    assert data["phases"] == want.phases and max(data["phases"].values()) == data["peak"]
+    found = search.fit("tiny-llama", 0.01, batch=2, seq=64, precision="fp32", device="cpu")
+    assert (data["max_batch"], data["max_seq"]) == (found["max_batch"], found["max_seq"])
+    rc, out, _ = run(capsys, *argv, "--optimizer-impl", "foreach", "--json")
+    foreach = json.loads(out)["phases"]["optimizer"]  # one more copy of the parameters
+    single = want.details["parts"].opt_temp  # two of the largest tensor (+ the one before)
+    assert foreach - data["phases"]["optimizer"] == want.breakdown.gradients - single
+    rc, out, _ = run(capsys, *argv)
+    assert out.splitlines()[1].lstrip().startswith("PEAK of a step")
+    rc, out, _ = run(capsys, "llama-2-7b", "--gpus", "8", "--zero", "3", "--json")
+    assert json.loads(out)["peak"] is None  # not modelled under sharding
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--optimizer", "sgd", "--optimizer-impl", "fused"], "fused applies to adamw"),
+        (["--lora-dropout", "0.1"], "needs --method lora"),
+        (["--lora-dropout", "2"], "--lora-dropout: expected a probability"),
+        (["--mode", "infer", "--fit", "24"], "--fit apply to --mode train"),
+    ],
+)
+def test_estimate_bad_levers_are_one_line(capsys, argv, match):
+    rc, _, err = run(capsys, "tiny-llama", *argv)
+    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1

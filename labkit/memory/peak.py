@@ -115,7 +115,10 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
     derivation's), LoRA on an fp32 base under autocast (which frozen weights' 16-bit copies a
     matmul keeps), frozen layers (which blocks keep their inputs), a LoRA dropout on an
     adapter that reads the attention's output (``o_proj``: what its dropout keeps in the first
-    block is not derived). QLoRA stays derived: its NF4 base cannot be faked."""
+    block is not derived). QLoRA stays derived: its NF4 base cannot be faked; so does a bare
+    :class:`~labkit.models.architecture.Shape` (no config to build a model from)."""
+    if isinstance(config, architecture.Shape):  # no config to build a fake model from
+        return True
     if not estimator.is_formula_family(config):
         return False
     if job["lora_dropout"] and any(
