@@ -183,16 +183,19 @@ def figure(**settings: Any):
     ax.axvline(args["gpu_gib"], color="k", ls="--")
     step = step_peak(Settings(**args))
     if step is not None:  # the largest live set, which the verdict reads
-        ax.axvline(step.peak / GiB, color="C3", ls=":")
+        x = step.peak / GiB
+        ax.axvline(x, color="C3", ls=":")
         ax.text(
-            step.peak / GiB,
-            -0.45,
-            f" peak {step.peak / GiB:.1f} ({step.phase})",
+            x,
+            0.3,
+            f"peak {x:.1f} ({step.phase}) ",
+            ha="right",
             va="center",
             fontsize=8,
             color="C3",
+            bbox={"fc": "white", "ec": "none", "alpha": 0.85},
         )
-    ax.text(args["gpu_gib"], 0.45, f" {args['gpu_gib']:g} GiB GPU", va="center", fontsize=8)
+        left = max(left, x)
     ax.set(
         yticks=[],
         xlabel="GiB per GPU",
