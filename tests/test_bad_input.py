@@ -73,6 +73,55 @@ def flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def damaged(
+    ctx: Ctx,
+    change,
+    pickle: bool = False,
+    flip_weights: bool = False,
+    drop_files: tuple[str, ...] = (),
+) -> Path:
+    """A copy of zoo-llama at a path of its own, ``change(state_dict, config)`` applied in place.
+
+    The copy keeps its ``provenance.json`` only for ``flip_weights`` or an unchanged state dict
+    and config (so a row tests the load checks, not the recorded digests)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = ctx.tmp / f"copy{len(list(ctx.tmp.glob('copy*')))}"
+    shutil.copytree(zoo.MODELS_DIR / "zoo-llama", folder)
+    sd = load_file(folder / "model.safetensors")
+    cfg = json.loads((folder / "config.json").read_text())
+    old_sd, old_cfg = dict(sd), dict(cfg)
+    change(sd, cfg)
+    changed = sd.keys() != old_sd.keys() or any(sd[k] is not old_sd[k] for k in sd)
+    if flip_weights:
+        flip(folder / "model.safetensors")
+    elif changed or cfg != old_cfg or pickle or drop_files:
+        (folder / "provenance.json").unlink()
+        (folder / "config.json").write_text(json.dumps(cfg))
+        (folder / "model.safetensors").unlink()
+        if pickle:
+            torch.save(sd, folder / "pytorch_model.bin")
+        else:
+            save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    for name in drop_files:
+        (folder / name).unlink()
+    return folder
+
+
+def drop(sd: dict, part: str) -> None:
+    for key in [k for k in sd if part in k]:
+        del sd[key]
+
+
+def nan_in(sd: dict, part: str) -> None:
+    for key in [k for k in sd if part in k]:
+        sd[key] = sd[key] * float("nan")
+
+
+def int8(t: torch.Tensor) -> torch.Tensor:
+    return (t * 10).round().clamp(-127, 127).to(torch.int8)
+
+
 def config_only(ctx: Ctx, name: str = "tiny-llama") -> Path:
     folder = ctx.tmp / "config-only"
     zoo.load_config(name).save_pretrained(folder)
@@ -255,6 +304,155 @@ ROWS = [
         lambda c: (c.mp.setenv("HF_HUB_OFFLINE", "true"), zoo.resolve("Qwen/Qwen2.5-0.5B")),
         "hub id but HF_HUB_OFFLINE=true",
     ),
+    # --- zoo, second sweep: real weights or one line; the remedy matches the cause ----------------
+    row(
+        "K2-05",
+        lambda c: zoo.load_model(
+            damaged(c, lambda sd, cfg: sd.update({k: int8(v) for k, v in sd.items()}))
+        ),
+        "stored as I8",
+        "quantization_config",
+    ),
+    row(
+        "K2-07",
+        lambda c: zoo.load_model(damaged(c, lambda sd, cfg: drop(sd, "layers.1.mlp.down_proj"))),
+        "lack model.layers.1.mlp.down_proj.weight",
+        "config and weights disagree",
+    ),
+    row(
+        "K2-07+bin",
+        lambda c: zoo.load_model(
+            damaged(c, lambda sd, cfg: drop(sd, "layers.0.self_attn.k_proj"), pickle=True)
+        ),
+        "lack model.layers.0.self_attn.k_proj.weight",
+    ),
+    row(
+        "K2-07+cls",
+        lambda c: zoo.load_model(
+            damaged(c, lambda sd, cfg: drop(sd, "model.norm")), task="sequence-classification"
+        ),
+        "lack model.norm.weight",
+    ),
+    row(
+        "K2-08",
+        lambda c: zoo.load_model(
+            damaged(c, lambda sd, cfg: nan_in(sd, "layers.0.self_attn.q_proj"))
+        ),
+        "layers.0.self_attn.q_proj.weight",
+        "NaN or inf",
+    ),
+    row(
+        "K2-09",
+        lambda c: zoo.load_model(damaged(c, lambda sd, cfg: cfg.update(num_hidden_layers=5))),
+        "lack model.layers.4.",
+        "config and weights disagree",
+    ),
+    row(
+        "K2-10",
+        lambda c: zoo.load_model(damaged(c, lambda sd, cfg: cfg.update(num_hidden_layers=3))),
+        "hold model.layers.3.",
+        "no place for",
+    ),
+    row(
+        "K2-10+base",
+        lambda c: zoo.load_model(
+            damaged(c, lambda sd, cfg: cfg.update(num_hidden_layers=2)), task="base"
+        ),
+        "hold model.layers.",
+        "no place for",
+    ),
+    row(
+        "K2-11",
+        lambda c: zoo.load_model(damaged(c, lambda sd, cfg: cfg.update(hidden_size=384))),
+        "in the weights but",
+        "config and weights disagree",
+        "!ignore_mismatched_sizes",
+    ),
+    row(
+        "K2-12",
+        lambda c: zoo.load_model(damaged(c, lambda sd, cfg: cfg.update(vocab_size=976))),
+        "[969, 192] in the weights but [976, 192]",
+    ),
+    row(
+        "K2-cp1",
+        lambda c: zoo.load_model(damaged(c, lambda sd, cfg: None, flip_weights=True)),
+        "model.safetensors has sha256",
+        "build-zoo --out",
+    ),
+    row(
+        "K2-cp2",
+        lambda c: zoo.load_tokenizer(
+            str(write(damaged(c, lambda sd, cfg: None) / "tokenizer.json", "{}").parent) + "/"
+        ),
+        "tokenizer.json has sha256",
+    ),
+    row(
+        "K2-cp3",
+        lambda c: zoo.load_config(
+            write(damaged(c, lambda sd, cfg: None) / "provenance.json", "[1]").parent
+        ),
+        "provenance.json is damaged",
+    ),
+    row(
+        "K2-20",
+        lambda c: (
+            torch.cuda.is_available() and pytest.skip("a CUDA GPU is here"),
+            zoo.load_model("zoo-llama", device_map="cuda"),
+        ),
+        "device_map='cuda'",
+        "torch.cuda.is_available() is False",
+        "!git checkout",
+    ),
+    row(
+        "K2-21",
+        lambda c: zoo.load_model("zoo-llama", task="sequence-classification", num_labels=0),
+        "num_labels must be a positive integer",
+    ),
+    row(
+        "K2-24",
+        lambda c: zoo.load_tokenizer(
+            damaged(c, lambda sd, cfg: None, drop_files=("tokenizer.json", "tokenizer_config.json"))
+        ),
+        "has no tokenizer files",
+        "save_pretrained",
+    ),
+    row("K2-26", lambda c: zoo.load_model("tiny-llama", seed="abc"), "seed", "0..2**32-1"),
+    row("K2-27", lambda c: zoo.load_model("tiny-llama", seed=2**70), "seed", "0..2**32-1"),
+    row("K2-28", lambda c: zoo.load_model("tiny-llama", seed=1.5), "seed", "1.5"),
+    row(
+        "K2-29",
+        lambda c: zoo.load_model("tiny-llama", random_init=False),
+        "random-initialised by design",
+        "!git checkout",
+    ),
+    row(
+        "K2-32",
+        lambda c: zoo.load_model("zoo-llama", dtype=torch.float8_e4m3fn),
+        "float8",
+        "torch.bfloat16",
+        "!git checkout",
+    ),
+    row(
+        "K2-35",
+        lambda c: zoo.load_model("zoo-llama", load_in_4bit=True),
+        "transformers 5",
+        "quantization_config=BitsAndBytesConfig",
+        "!git checkout",
+    ),
+    row(
+        "K2-36",
+        lambda c: zoo.load_model("zoo-llama", bogus_kwarg=1),
+        "bogus_kwarg",
+        "accepted:",
+        "!git checkout",
+    ),
+    row(
+        "K2-36+random",
+        lambda c: zoo.load_model("tiny-llama", bogus_kwarg=1),
+        "bogus_kwarg",
+        "!git checkout",
+    ),
+    row("K2-41", lambda c: zoo.load_model("zoo-llama", task=["causal-lm"]), "unknown task"),
     # --- commands ---------------------------------------------------------------------------------
     row("C1", lambda c: cli("frobnicate"), "unknown command 'frobnicate'", "estimate"),
     row("C2+", lambda c: cli("zoo", "--bogus"), "unrecognized arguments: --bogus"),
@@ -671,8 +869,11 @@ def test_bad_input_is_one_clear_line(call, expect, tmp_path, monkeypatch, tiny_l
         call(Ctx(tmp_path, monkeypatch, tiny_llama))
     msg = str(err.value)
     assert "\n" not in msg, msg
-    for part in expect:
-        assert part in msg, f"{part!r} not in {msg!r}"
+    for part in expect:  # "!text": text must not be in the message (a remedy for another cause)
+        if part.startswith("!"):
+            assert part[1:] not in msg, f"{part[1:]!r} in {msg!r}"
+        else:
+            assert part in msg, f"{part!r} not in {msg!r}"
 
 
 def test_the_table_covers_at_least_sixty_cases():
