@@ -43,3 +43,11 @@ def seed_value(name: str, value: Any) -> int:
     if not 0 <= value < 2**32:
         raise LabkitError(f"{name} must be an integer in {SEED_RANGE}, got {int(value)}")
     return int(value)
+
+
+def count(name: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is an integer >= 0 (a numpy integer too), else a one-line
+    error naming ``name``. Bools are refused (True is not 1 row)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise LabkitError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
