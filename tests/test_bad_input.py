@@ -405,6 +405,13 @@ ROWS = [
         "quantization_config",
     ),
     row(
+        "K2-05+bin",
+        lambda c: zoo.load_model(
+            damaged(c, lambda sd, cfg: sd.update({k: int8(v) for k, v in sd.items()}), pickle=True)
+        ),
+        "stored as int8",
+    ),
+    row(
         "K2-07",
         lambda c: zoo.load_model(damaged(c, lambda sd, cfg: drop(sd, "layers.1.mlp.down_proj"))),
         "lack model.layers.1.mlp.down_proj.weight",

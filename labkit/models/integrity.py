@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,42 +134,63 @@ def check_loading_info(
         )
 
 
-def safetensors_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """The safetensors files a folder's weights are in (one file, or the shards of its index)."""
+def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The files a folder's weights are in, as ``from_pretrained`` picks them: safetensors first
+    (one file, or the shards of its index), else ``pytorch_model.bin`` (or its shards)."""
     folder = Path(folder)
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    index = folder / "model.safetensors.index.json"
-    if not index.is_file():
-        return []
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            try:
+                shards = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+                names = sorted(set(shards.values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return []  # from_pretrained has already refused a broken index
+            return [folder / n for n in names if (folder / n).is_file()]
+    return []
+
+
+def _integer_tensors(path: Path) -> Iterator[tuple[str, str]]:
+    """(name, dtype) of each integer tensor stored in a weights file, reading headers only
+    (safetensors) or a memory map (a zip ``pytorch_model.bin``; an old pickle is not read)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                dtype = fh.get_slice(key).get_dtype()
+                if dtype.startswith(("I", "U", "BOOL")):
+                    yield key, dtype
+        return
     try:
-        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return []  # from_pretrained has already refused a broken index
-    return [folder / s for s in sorted(shards) if (folder / s).is_file()]
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, ValueError):
+        return  # not a zip checkpoint: from_pretrained has read it, nothing cheap to check
+    for key, tensor in state.items() if isinstance(state, dict) else ():
+        if isinstance(tensor, torch.Tensor) and not (
+            tensor.dtype.is_floating_point or tensor.dtype.is_complex
+        ):
+            yield key, str(tensor.dtype).removeprefix("torch.")
 
 
 def check_integer_tensors(model: torch.nn.Module, folder: str | os.PathLike[str], hint: str):
     """Refuse integer tensors in the files of a float parameter (they were cast, not
-    dequantized). Integer buffers (``position_ids``) are fine; only the headers are read."""
-    from safetensors import safe_open
-
+    dequantized). Integer buffers (``position_ids``) are fine."""
     floats = {k for k, v in model.state_dict().items() if v.is_floating_point()}
     prefix = getattr(model, "base_model_prefix", "") or ""
-    for path in safetensors_files(folder):
-        with safe_open(str(path), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
-                dtype = fh.get_slice(key).get_dtype()
-                if not dtype.startswith(("I", "U", "BOOL")):
-                    continue
-                names = {key, key.removeprefix(prefix + "."), f"{prefix}.{key}"}
-                if names & floats:
-                    raise LabkitError(
-                        f"tensor {key} in {shown(path)} is stored as {dtype} but the model's "
-                        "parameter is floating point: integer values would be cast, not "
-                        "dequantized; accepted: float weights, or a quantized checkpoint whose "
-                        f"config.json has its quantization_config; {hint}"
-                    )
+    for path in weight_files(folder):
+        for key, dtype in _integer_tensors(path):
+            if {key, key.removeprefix(prefix + "."), f"{prefix}.{key}"} & floats:
+                raise LabkitError(
+                    f"tensor {key} in {shown(path)} is stored as {dtype} but the model's "
+                    "parameter is floating point: integer values would be cast, not "
+                    "dequantized; accepted: float weights, or a quantized checkpoint whose "
+                    f"config.json has its quantization_config; {hint}"
+                )
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:
