@@ -230,9 +230,15 @@ def lp():
 
 
 def q():
-    from labkit.quant import quantize
+    from labkit.quant import integer
 
-    return quantize
+    return integer
+
+
+def q4():
+    from labkit.quant import codebook
+
+    return codebook
 
 
 def mem():
@@ -913,7 +919,7 @@ ROWS = [
     ),
     row(
         "M11",
-        lambda c: mem().rule_weights(7e9, "nf4"),
+        lambda c: importlib.import_module("labkit.memory.rules").rule_weights(7e9, "nf4"),
         "unknown",
         "nf4",
         "fp16",
@@ -966,11 +972,11 @@ ROWS = [
         "8 features",
         "6",
     ),
-    row("Q27", lambda c: q().bits_per_parameter(bits=0, blocksize=0), "bits"),
-    row("Q28", lambda c: q().bits_per_parameter(bits=-4), "bits"),
+    row("Q27", lambda c: q4().bits_per_parameter(bits=0, blocksize=0), "bits"),
+    row("Q28", lambda c: q4().bits_per_parameter(bits=-4), "bits"),
     row(
         "Q37",
-        lambda c: q().nf4_dequantize(torch.rand(32), torch.ones(1), (64,)),
+        lambda c: q4().nf4_dequantize(torch.rand(32), torch.ones(1), (64,)),
         "uint8",
     ),
     row(
@@ -1184,14 +1190,14 @@ def test_gpus_needed_in_json_never_reads_as_needs_none():
 
 def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit.memory import estimator
-    from labkit.quant import quantize
+    from labkit.quant import integer
 
     sweep = np.arange(256, 1024, 256)  # e.g. sequence lengths from a numpy sweep
     assert (
         estimator.training_memory("gpt2", seq=sweep[1]).total
         == estimator.training_memory("gpt2", seq=512).total
     )
-    quantize.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
+    integer.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
 
 
 def test_numpy_integers_are_integers():
