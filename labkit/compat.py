@@ -104,3 +104,17 @@ def show_traceback(shell: Any, etype: type, value: BaseException, lines: list[st
     them as the cell's error output. IPython has no public call for it.
     """
     shell._showtraceback(etype, value, lines)  # noqa: SLF001 - no public way to show given lines
+
+
+# --- nbclient ----------------------------------------------------------------------------------
+
+
+def nbclient_signalled(client: Any) -> bool:
+    """Whether a SIGINT (Ctrl-C) or SIGTERM reached a ``NotebookClient`` while it ran.
+
+    During ``execute`` nbclient replaces Python's SIGINT handler with its own, which only shuts
+    the kernel down (the cell then fails with an unrelated error) and sets
+    ``_async_cleanup_kernel_future``; nothing public says a signal came. The course runner
+    asks here so that Ctrl-C stops the run instead of going on to the next notebook.
+    """
+    return getattr(client, "_async_cleanup_kernel_future", None) is not None
