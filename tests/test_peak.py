@@ -223,15 +223,16 @@ def test_first_step_later_step_and_phases():
 
 
 def test_8b_in_seconds():
-    """Llama-3.1-8B by the derivation at once (full fine-tuning) and by the dry run (LoRA on an
-    fp32 base under autocast); an 8B-sized Qwen3 by the dry run (two shallow fake stacks,
-    extrapolated): each in under 10 s once transformers is imported."""
-    start = time.perf_counter()
+    """Llama-3.1-8B by the derivation at once; by the dry run (LoRA on an fp32 base under
+    autocast) and an 8B-sized Qwen3 by the dry run (two shallow fake stacks, extrapolated) in
+    under 10 s of this process's CPU time once transformers is imported (CPU time: the machine's
+    other load does not count)."""
+    start = time.process_time()
     got = peak.training_peak("llama-3.1-8b", batch=1, seq=2048)
-    assert time.perf_counter() - start < 1 and got.phase == "optimizer"
-    start = time.perf_counter()
-    got = peak.training_peak("llama-3.1-8b", method="lora", batch=1, seq=2048)
-    assert time.perf_counter() - start < 10 and got.phase == "backward"
+    assert time.process_time() - start < 1 and got.phase == "optimizer"
+    start = time.process_time()
+    got = peak.training_peak("llama-3.1-8b", method="lora", base_dtype="fp32", batch=1, seq=2048)
+    assert time.process_time() - start < 10 and got.phase == "backward"
     config = AutoConfig.for_model(
         "qwen3",
         hidden_size=4096,
@@ -243,9 +244,9 @@ def test_8b_in_seconds():
         vocab_size=151936,
         tie_word_embeddings=False,
     )
-    start = time.perf_counter()
+    start = time.process_time()
     got = peak.training_peak(config, batch=1, seq=1024)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert 140 * 2**30 < got.peak < 170 * 2**30 and got.phase == "optimizer"
 
 
