@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArgu
 import labkit
 from labkit import LabkitError
 from labkit.data import loaders
+from labkit.tuners.generation import greedy_answers
 
 IGNORE = -100
 
@@ -197,43 +198,26 @@ def train(
     return TrainRun(trainer, seconds, result.global_step, losses)
 
 
-def _is_prompt_learning(model) -> bool:
-    """Prompt tuning, P-tuning or prefix tuning: methods that add virtual tokens."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
-
-
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
     """Greedy answers, cut at the first newline, in the order of ``prompts``.
 
     Prompts of equal token length are generated together as one batch, so no padding is ever
     needed: the answers are the same as one prompt at a time, only faster. Prompt-learning
-    methods need ``use_cache=False``: with peft 0.21 + transformers 5, ``generate`` with the cache
-    silently drops a prefix-tuning prefix (the base model's answer), and for prompt tuning and
-    P-tuning the tokens after the first differ from greedy decoding of the model's own forward.
+    methods generate with ``use_cache=False`` (:func:`labkit.tuners.generation.greedy_answers`
+    says why).
     """
-    model.eval()
-    extra = {"use_cache": False} if _is_prompt_learning(model) else {}
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         groups.setdefault(len(ids), []).append(i)
     answers = [""] * len(prompts)
-    for length, idx in groups.items():
+    for idx in groups.values():
         ids = torch.tensor([encoded[i] for i in idx], device=model.device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **extra,
-        )
-        for row, i in zip(out[:, length:], idx, strict=True):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            answers[i] = text.strip().split("\n")[0].strip()
+        for i, answer in zip(
+            idx, greedy_answers(model, tokenizer, ids, None, max_new_tokens), strict=True
+        ):
+            answers[i] = answer
     return answers
 
 
