@@ -6,6 +6,7 @@
   ``PeftModel`` included, with today's ``TrainingArguments`` names;
 - :func:`generate_answers` / :func:`evaluate_chat` compute the held-out **exact match**: the
   greedy answer, up to the first newline, must equal the reference sentence;
+- :func:`chat_loss`: the answer tokens' loss (:mod:`labkit.training.lm_loss`);
 - :func:`side_by_side` shows answers before and after fine-tuning.
 """
 
@@ -25,6 +26,7 @@ from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArgu
 import labkit
 from labkit import LabkitError
 from labkit.data import loaders
+from labkit.training import lm_loss
 from labkit.tuners.generation import greedy_answers
 
 IGNORE = -100
@@ -247,14 +249,11 @@ def evaluate_chat(
     }
 
 
-@torch.no_grad()
 def chat_loss(model, tokenizer, split: str = "validation", target: str = "response") -> float:
-    """Mean answer-token cross-entropy on a chat split (nats per token)."""
+    """Mean answer-token cross-entropy on a chat split (nats per token; prompts are masked):
+    :func:`labkit.training.lm_loss.mean_loss` over the whole split as one batch."""
     feats = chat_features(tokenizer, loaders.load_chat(split), target)
-    batch = ChatCollator(tokenizer.pad_token_id)(feats)
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    model.eval()
-    return float(model(**batch).loss)
+    return lm_loss.mean_loss(model, [ChatCollator(tokenizer.pad_token_id)(feats)])
 
 
 def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> str:
