@@ -3,10 +3,12 @@
 - :func:`chat_features` turns ``Human: ... Assistant:`` records into token ids whose labels are
   masked (-100) on the prompt, so the loss is the answer's loss only;
 - :func:`train` runs the Hugging Face ``Trainer`` (with its progress bar) on any model, a
-  ``PeftModel`` included, with today's ``TrainingArguments`` names;
+  ``PeftModel`` included, with today's ``TrainingArguments`` names (:func:`training_arguments`),
+  callbacks and per-epoch evaluation; :func:`make_trainer` is the one place a ``Trainer`` is
+  built (forgetting and the Optuna trials use it too);
+- :func:`chat_loss`: the answer tokens' loss (:mod:`labkit.training.lm_loss`);
 - :func:`generate_answers` / :func:`evaluate_chat` compute the held-out **exact match**: the
   greedy answer, up to the first newline, must equal the reference sentence;
-- :func:`chat_loss`: the answer tokens' loss (:mod:`labkit.training.lm_loss`);
 - :func:`side_by_side` shows answers before and after fine-tuning.
 """
 
@@ -17,11 +19,18 @@ import math
 import numbers
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 import labkit
 from labkit import LabkitError
@@ -165,33 +174,74 @@ class TrainRun:
         return self.seconds / max(1, self.steps)
 
 
+def make_trainer(
+    model,
+    args: TrainingArguments,
+    train_dataset,
+    eval_dataset=None,
+    data_collator=None,
+    processing_class=None,
+    callbacks: Sequence[TrainerCallback] = (),
+    compute_metrics=None,
+) -> Trainer:
+    """The one place a ``Trainer`` is built (chat fine-tuning, forgetting, the Optuna trials).
+
+    Without progress bars (``disable_tqdm``) the Trainer adds a ``PrinterCallback`` that prints
+    every log dict; it is removed, so a quiet run is quiet.
+    """
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        processing_class=processing_class,
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+    )
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def train(
     model: PreTrainedModel,
     tokenizer,
     rows: list[dict] | None = None,
     target: str = "response",
     eval_rows: list[dict] | None = None,
+    *,
+    features: list[dict] | None = None,
+    eval_features: list[dict] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
     **args: Any,
 ) -> TrainRun:
     """Fine-tune ``model`` on chat ``rows`` (default: the train split) with the HF Trainer.
 
-    ``args`` override :func:`training_arguments` (``num_train_epochs``, ``learning_rate``...).
+    ``features``: ready token features (:func:`chat_features`, maybe mixed with other data)
+    instead of ``rows``. ``eval_rows`` / ``eval_features``: evaluated after every epoch unless
+    ``eval_strategy`` says otherwise. ``callbacks``: ``TrainerCallback`` objects. ``args``
+    override :func:`training_arguments` (``num_train_epochs``, ``learning_rate``...). The model
+    is left in eval mode.
     """
-    rows = loaders.load_chat("train") if rows is None else rows
-    if not isinstance(rows, str) and hasattr(rows, "__len__") and len(rows) == 0:
-        raise LabkitError("rows is empty; accepted: a non-empty list of chat rows (or None)")
+    if features is None:
+        rows = loaders.load_chat("train") if rows is None else rows
+        if not isinstance(rows, str) and hasattr(rows, "__len__") and len(rows) == 0:
+            raise LabkitError("rows is empty; accepted: a non-empty list of chat rows (or None)")
+        features = chat_features(tokenizer, rows, target)
     if eval_rows is not None:
+        eval_features = chat_features(tokenizer, eval_rows, target) if eval_rows else None
+    if eval_rows is not None or eval_features is not None:
         args.setdefault("eval_strategy", "epoch")
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(**args),
-        train_dataset=chat_features(tokenizer, rows, target),
-        eval_dataset=chat_features(tokenizer, eval_rows, target) if eval_rows else None,
-        data_collator=ChatCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
+    trainer = make_trainer(
+        model,
+        training_arguments(**args),
+        features,
+        eval_features,
+        ChatCollator(tokenizer.pad_token_id),
+        tokenizer,
+        callbacks,
     )
-    if trainer.args.disable_tqdm:  # without bars the Trainer prints every log dict instead
-        trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PrinterCallback, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from labkit import REPO_ROOT, LabkitError, unknown
 from labkit.data import generator, loaders
@@ -319,36 +318,24 @@ def train(
                 raise LabkitError(f"patience is a number of epochs (>= 1), got {patience}")
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     args.setdefault("disable_tqdm", True)
-    trainer = Trainer(
-        model=model,
-        args=finetune.training_arguments(**args),
-        train_dataset=feats,
-        eval_dataset=eval_feats,
-        data_collator=finetune.ChatCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
+    fit = finetune.train(
+        model, tokenizer, features=feats, eval_features=eval_feats, callbacks=callbacks, **args
     )
-    if trainer.args.disable_tqdm:
-        trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    trainer = fit.trainer
     best = None
     if keep_best:
         steps_per_epoch = trainer.state.max_steps / trainer.args.num_train_epochs
         best_epoch = round(trainer.state.best_global_step / steps_per_epoch, 3)
         best = {"epoch": best_epoch, **probe.measure(trainer.model)}
-    model.eval()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     chat_em = probe.chat_exact_match(trainer.model) if probe.chat_limit != 0 else float("nan")
     return Run(
         label=label,
         history=tracker.history,
         trainer=trainer,
-        seconds=seconds,
+        seconds=fit.seconds,
         chat_em=chat_em,
         best=best,
-        losses=losses,
+        losses=fit.losses,
     )
 
 
