@@ -29,7 +29,6 @@ TOO_LONG = {
     "labkit/memory/estimator.py",
     "labkit/models/architecture.py",
     "labkit/quant/quantize.py",
-    "labkit/training/tuning.py",
     "labkit/tuners/adapters.py",
 }
 LONG_FUNCTIONS = {
