@@ -16,7 +16,7 @@ PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_s
 # nbval runs copies of the notebooks with their <details> solutions appended as code cells
 NBVAL_DIR := build/nbval
 
-.PHONY: setup course test lint unit nbval nbval-copies lab notebooks exercises slides live-slides \
+.PHONY: setup course test quick lint unit nbval nbval-copies lab notebooks exercises slides live-slides \
 	bundle bundle-check browser-check zoo data clean
 
 $(STAMP): pyproject.toml
@@ -43,6 +43,11 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The fast inner loop: the unit tests without those marked slow (two-rank jobs, a venv install);
+# `make test` still runs everything.
+quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 nbval-copies: $(STAMP)
 	rm -rf $(NBVAL_DIR)

@@ -21,11 +21,3 @@ def test_environment_yml_lists_the_same_requirements_as_pyproject():
     assert sorted(map(_norm, pip_reqs)) == sorted(map(_norm, conda_reqs))
     assert 'requires-python = ">=3.11"' in (REPO_ROOT / "pyproject.toml").read_text()
     assert "python>=3.11" in yml
-
-
-def test_ci_runs_exactly_the_readme_test_command():
-    readme = (REPO_ROOT / "README.md").read_text()
-    ci = (REPO_ROOT / ".ci" / "run").read_text()
-    commands = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.startswith("#")]
-    assert commands[-1] == "make test"
-    assert "make test" in readme and "make course" in readme
