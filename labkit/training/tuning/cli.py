@@ -145,10 +145,10 @@ def cli_main(argv: list[str], objective: Callable[[optuna.Trial], float] | None 
     )
     storage = open_storage(request.storage, on_stale=report_stale(print))  # before heavy imports
     try:
-        from labkit import hardware
+        if objective is None:  # the training stack: quiet logs (one bar, for the search), threads
+            from labkit import hardware
 
-        hardware.setup()  # quiet logs (no bar per weight load: one bar for the search), threads
-        if objective is None:
+            hardware.setup()
             freeze_import_garbage()  # saves ~0.5 s per trial (see its docstring)
             objective = course_objective(request)
         result = search(request, objective, progress=True, storage=storage)
