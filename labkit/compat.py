@@ -118,3 +118,17 @@ def optuna_trial_failure_logger() -> logging.Logger:
     """The logger Optuna writes a failed trial's warning and traceback to (a private module's
     logger: ``labkit tune`` filters the traceback of a Ctrl-C out of it)."""
     return logging.getLogger(OPTUNA_TRIAL_FAILURE_LOGGER)
+
+
+# --- nbclient ----------------------------------------------------------------------------------
+
+
+def nbclient_signalled(client: Any) -> bool:
+    """Whether a SIGINT (Ctrl-C) or SIGTERM reached a ``NotebookClient`` while it ran.
+
+    During ``execute`` nbclient replaces Python's SIGINT handler with its own, which only shuts
+    the kernel down (the cell then fails with an unrelated error) and sets
+    ``_async_cleanup_kernel_future``; nothing public says a signal came. The course runner
+    asks here so that Ctrl-C stops the run instead of going on to the next notebook.
+    """
+    return getattr(client, "_async_cleanup_kernel_future", None) is not None

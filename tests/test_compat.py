@@ -193,3 +193,22 @@ def test_optuna_logs_a_failed_trial_through_the_logger_labkit_filters():
         "a failed trial's traceback no longer goes through it (labkit tune's Ctrl-C would print "
         "one); compat.optuna_trial_failure_logger",
     )
+
+
+# --- nbclient ----------------------------------------------------------------------------------
+
+
+def test_nbclient_notes_a_signal_in_its_cleanup_future():
+    import nbclient
+    import nbformat
+    from nbclient import NotebookClient
+
+    source = inspect.getsource(NotebookClient.async_setup_kernel)
+    assert "add_signal_handler(signal.SIGINT" in source and (
+        "self._async_cleanup_kernel_future =" in source
+    ), (
+        f"nbclient {nbclient.__version__}: NotebookClient.async_setup_kernel no longer sets "
+        "_async_cleanup_kernel_future on SIGINT; update labkit.compat.nbclient_signalled "
+        "(Ctrl-C in labkit.course.runner; tests/test_faults.py checks it end to end)"
+    )
+    assert not compat.nbclient_signalled(NotebookClient(nbformat.v4.new_notebook()))

@@ -275,7 +275,7 @@ def test_same_seed_same_trials_and_rerun_runs_nothing(tmp_path):
 
 
 def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("LABKIT_TEST_TRIAL_SECONDS", "0.5")  # the killed command's trials
+    monkeypatch.setenv("LABKIT_TEST_TRIAL_SECONDS", "2")  # long enough to be caught RUNNING
     url, n = f"sqlite:///{tmp_path / 'study.db'}", 4
     argv = ["--storage", url, "--study-name", "k", "--n-trials", str(n), "--budget", "smoke"]
     before = interrupt.kill_mid_search(argv, url, "k", timeout=60, command=QUICK_CLI)

@@ -40,7 +40,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from labkit import LabkitError, compat
+from labkit import LabkitError, checks, compat
 from labkit.training.tuning.search import Budget, get_budget
 
 NOTE_KEY = "labkit_note"
@@ -53,7 +53,6 @@ HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 60
 #: How often a waiting worker looks at the study again (seconds).
 POLL_SECONDS = 0.5
-SEED_MAX = 2**32 - 1
 #: A trial PRUNED before its objective ran records why under this user attribute.
 PRUNED_REASON_KEY = "pruned_reason"
 
@@ -71,10 +70,6 @@ class Request:
     seed: int = 0
     budget: Budget = field(default_factory=lambda: get_budget("fast"))
     gpu_memory: float | None = None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_positive_number(value: Any) -> bool:
@@ -101,14 +96,12 @@ def check_request(
     """Every option of a search checked, without touching the storage (a bad option never leaves
     a half-made study behind): a :class:`Request`, or a one-line :class:`LabkitError`. numpy
     integers count as integers and are stored as plain ones."""
-    if not _is_int(n_trials) or n_trials <= 0:
-        raise LabkitError(f"n_trials must be a whole number >= 1, got {n_trials!r}")
+    n_trials = checks.positive("n_trials", n_trials)
     if timeout is not None and not _is_positive_number(timeout):
         raise LabkitError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     if not isinstance(study_name, str) or not study_name.strip():
         raise LabkitError(f"study name is empty; accepted: any non-empty name, got {study_name!r}")
-    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
-        raise LabkitError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+    seed = checks.seed_value("seed", seed)
     if gpu_memory is not None and not _is_positive_number(gpu_memory):
         raise LabkitError(f"GPU memory must be a number of GiB > 0, got {gpu_memory!r}")
     b = get_budget(budget)
@@ -116,9 +109,9 @@ def check_request(
     return Request(
         storage,
         study_name,
-        int(n_trials),
+        n_trials,
         None if timeout is None else float(timeout),
-        int(seed),
+        seed,
         b,
         None if gpu_memory is None else float(gpu_memory),
     )
