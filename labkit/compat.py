@@ -11,6 +11,7 @@ functions.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,6 +105,19 @@ def show_traceback(shell: Any, etype: type, value: BaseException, lines: list[st
     them as the cell's error output. IPython has no public call for it.
     """
     shell._showtraceback(etype, value, lines)  # noqa: SLF001 - no public way to show given lines
+
+
+# --- optuna ------------------------------------------------------------------------------------
+
+#: The logger of Optuna's private ``optuna.study._optimize`` module: ``Study.optimize`` writes
+#: "Trial N failed with parameters ..." (with the traceback) to it.
+OPTUNA_TRIAL_FAILURE_LOGGER = "optuna.study._optimize"
+
+
+def optuna_trial_failure_logger() -> logging.Logger:
+    """The logger Optuna writes a failed trial's warning and traceback to (a private module's
+    logger: ``labkit tune`` filters the traceback of a Ctrl-C out of it)."""
+    return logging.getLogger(OPTUNA_TRIAL_FAILURE_LOGGER)
 
 
 # --- nbclient ----------------------------------------------------------------------------------

@@ -3,8 +3,10 @@ and behaves as labkit expects; a failure names the library, its version, the int
 function to update (or says the patch is no longer needed)."""
 
 import inspect
+import logging
 
 import IPython
+import optuna
 import pytest
 import torch
 import transformers
@@ -161,6 +163,35 @@ def test_show_traceback_shows_the_given_lines_only(capsys):
     assert out.strip() == "NameError: one line for the learner", (
         f"IPython {IPython.__version__}: _showtraceback printed {out!r}; "
         "update labkit.compat.show_traceback"
+    )
+
+
+# --- optuna ------------------------------------------------------------------------------------
+def test_optuna_logs_a_failed_trial_through_the_logger_labkit_filters():
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return False  # keep the test's output clean
+
+    def fails(trial):
+        raise ZeroDivisionError("on purpose")
+
+    logger, keep = compat.optuna_trial_failure_logger(), Keep()
+    logger.addFilter(keep)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.create_study().optimize(fails, n_trials=1, catch=(ZeroDivisionError,))
+    finally:
+        logger.removeFilter(keep)
+    with_traceback = [r for r in seen if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert with_traceback and "Trial 0 failed" in with_traceback[0].getMessage(), changed(
+        "optuna",
+        optuna.__version__,
+        f"the {compat.OPTUNA_TRIAL_FAILURE_LOGGER!r} logger",
+        "a failed trial's traceback no longer goes through it (labkit tune's Ctrl-C would print "
+        "one); compat.optuna_trial_failure_logger",
     )
 
 
