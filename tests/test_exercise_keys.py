@@ -8,7 +8,7 @@ The last tests tie the keys to the notebooks: the learner's answer cell under an
 calls the key of that notebook and tier, and every key has such a cell.
 
 The plumbing of ``check()`` (right, wrong, unanswered, unknown) is ``tests/test_exercises.py``;
-16.1 is checked against the forgetting record in ``tests/test_forgetting.py``.
+16.1 is checked against the forgetting record in ``tests/test_studies.py``.
 """
 
 from __future__ import annotations

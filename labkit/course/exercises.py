@@ -487,16 +487,16 @@ EXERCISES.update(
 # --- notebook 16 ---
 def _forgetting_first_epoch_share() -> float:
     """Share of full fine-tuning's corpus-loss rise after epoch 1 (from the seed record)."""
-    from labkit.training import forgetting
+    from labkit.studies import forgetting
 
-    return forgetting.first_epoch_share(forgetting.load_record(), "full")
+    return forgetting.first_epoch_share(forgetting.load(), "full")
 
 
 EXERCISES.update(
     {
         "16.1": Exercise(
             number(_forgetting_first_epoch_share, rel=1e-3),
-            "take the seed means per epoch from fg.epoch_bands(record, 'full')['mean'], then "
+            "take the seed means per epoch from fs.epoch_bands(record, 'full')['mean'], then "
             "(after epoch 1 - before) / (after the last epoch - before)",
         ),
     }
@@ -557,7 +557,7 @@ def check(exercise: str, answer: Any = None) -> bool | None:
     and Jupyter shows no ``Out[]`` line for it), so a notebook run top to bottom never fails on an
     exercise the learner has not done, and its stored output is the one printed line.
     """
-    if exercise not in EXERCISES:
+    if not isinstance(exercise, str) or exercise not in EXERCISES:
         raise unknown("exercise", exercise, sorted(EXERCISES) or ["(none registered)"])
     if answer is None or answer is ...:
         print(f"{exercise}: not answered yet; set `answer = ...` above and run this cell again")
