@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from labkit import LabkitError
-from labkit.course import notebook_format, runner, slides
+from labkit.course import notebook_format, runner, slide_fit, slides
 
 NOTEBOOKS = runner.course_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
@@ -149,9 +149,9 @@ def test_tall_sections_are_split_into_subslides_that_fit():
     for cell in shown:
         if cell.metadata["slideshow"]["slide_type"] in starts:
             slide_px.append(0)
-        slide_px[-1] += slides.cell_height(cell)
-    assert len(slide_px) > 3 and max(slide_px) <= slides.SLIDE_PX
-    assert slides.cell_height(_code("x = 1\n" * 200)) <= slides.CODE_MAX_PX + 40
+        slide_px[-1] += slide_fit.cell_height(cell)
+    assert len(slide_px) > 3 and max(slide_px) <= slide_fit.SLIDE_PX
+    assert slide_fit.cell_height(_code("x = 1\n" * 200)) <= slide_fit.CODE_MAX_PX + 40
 
 
 def test_structure_is_idempotent_and_keeps_the_exercises_runnable():
@@ -205,17 +205,19 @@ def test_note_sentences_are_whole_and_end_without_an_ellipsis():
         "Biderman et al. (2024) compare LoRA with full fine-tuning (e.g. on code). "
         "`model.eval()` turns dropout off. Next."
     )
-    assert slides.sentences(text) == [
+    assert slide_fit.sentences(text) == [
         "Biderman et al. (2024) compare LoRA with full fine-tuning (e.g. on code).",
         "`model.eval()` turns dropout off.",
         "Next.",
     ]
-    assert slides._first_sentence("Ends in 3.5 GB and 2 s. Then more.") == "Ends in 3.5 GB and 2 s."
+    assert (
+        slide_fit.first_sentence("Ends in 3.5 GB and 2 s. Then more.") == "Ends in 3.5 GB and 2 s."
+    )
     long = "A clause long enough to be a sentence on its own, " * 3 + "; " + "then more words " * 20
-    short = slides._first_sentence(long + ".")
+    short = slide_fit.first_sentence(long + ".")
     assert short.endswith(".") and not short.endswith(";.") and len(short) < len(long)
     assert short[:-1] in long  # cut at the clause break, never inside a word
-    assert slides._first_sentence("No full stop: a heading-like line") == (
+    assert slide_fit.first_sentence("No full stop: a heading-like line") == (
         "No full stop: a heading-like line."
     )
 
