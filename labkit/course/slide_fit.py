@@ -3,8 +3,9 @@ speaker notes cut to whole sentences.
 
 reveal.js draws a 1100x760 slide, scaled to the screen. The deck template
 (``labkit/assets/slides/offline_reveal.html.j2``) caps a code cell's input, a text output and a
-figure at :data:`CODE_MAX_PX`, :data:`TEXT_MAX_PX` and :data:`FIGURE_MAX_PX` (the rest scrolls
-inside its own box); :func:`cell_height` estimates a cell's height under those caps, and
+figure at :data:`CODE_MAX_PX`, :data:`TEXT_MAX_PX` and :data:`FIGURE_MAX_PX`, and all of a
+cell's outputs together at :data:`OUTPUT_MAX_PX` (the rest scrolls inside its own box);
+:func:`cell_height` estimates a cell's height under those caps, and
 :func:`fit_slides` starts a new sub-slide where the next cell would take a slide past
 :data:`SLIDE_PX`. A code cell whose output is long (:func:`is_long_output`) is tagged
 :data:`LONG_TAG`: the deck shows its code and one line instead of the output.
@@ -27,7 +28,7 @@ LONG_CELL_LINES = 32
 LONG_TABLE_ROWS = 12
 #: The height budget of a slide and the template's caps, px (see the module docstring).
 SLIDE_PX = 680
-CODE_MAX_PX, TEXT_MAX_PX, FIGURE_MAX_PX = 220, 200, 280
+CODE_MAX_PX, TEXT_MAX_PX, FIGURE_MAX_PX, OUTPUT_MAX_PX = 220, 200, 280, 440
 TEXT_LINE_PX, CODE_LINE_PX, TABLE_ROW_PX, CHARS_PER_LINE = 27, 22, 33, 100
 
 
@@ -106,7 +107,7 @@ def cell_height(cell) -> int:
             out += min(CODE_LINE_PX * o.get("text", "").count("\n"), TEXT_MAX_PX) + 24
         elif "text/plain" in data and "image/png" not in data:
             out += CODE_LINE_PX * (str(data["text/plain"]).count("\n") + 1) + 10
-    return code + out
+    return code + min(out, OUTPUT_MAX_PX + 10)
 
 
 def fit_slides(cells: list) -> None:
