@@ -886,7 +886,7 @@ ROWS = [
     ),
     row(
         "T1",
-        lambda c: importlib.import_module("labkit.training.tuning").open_storage(None),
+        lambda c: importlib.import_module("labkit.training.tuning.coordination").open_storage(None),
         "not a database URL",
     ),
     row(
@@ -897,7 +897,7 @@ ROWS = [
     ),
     row(
         "T8+",
-        lambda c: importlib.import_module("labkit.training.tuning").check_request(
+        lambda c: importlib.import_module("labkit.training.tuning.coordination").check_request(
             "sqlite:///x.db", "s", 3, None, "smoke", seed=np.int64(-3)
         ),
         "seed",
@@ -1201,11 +1201,11 @@ def test_numpy_integers_are_accepted_by_memory_and_quant():
 
 
 def test_numpy_integers_are_integers():
-    from labkit.training import tuning
+    from labkit.training.tuning import coordination
 
     assert (
-        tuning.check_request(
+        coordination.check_request(
             "sqlite:///:memory:", "s", np.int64(2), None, "smoke", seed=np.uint32(7)
-        )[0].name
+        ).budget.name
         == "smoke"
     )

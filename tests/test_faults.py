@@ -1,8 +1,9 @@
 """Fault tests: ``python -m labkit tune`` (two processes on one study, Ctrl-C and resume), and
 the course tooling, data and zoo under a full disk, read-only folders and Ctrl-C (below).
 
-Searches use the ``smoke`` budget; what is checked is the bookkeeping (no live trial failed,
-exactly N COMPLETE trials, different parameters per worker, one line on Ctrl-C), not the F1.
+The search command runs around a trivial objective (``tests/quick_tune.py``: sleep, return a
+number), so what is checked is the protocol itself (no live trial failed, exactly N COMPLETE
+trials, different parameters per worker, one line on Ctrl-C) and each test takes seconds.
 """
 
 import errno
@@ -21,14 +22,15 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell
 from optuna.trial import TrialState
+from quick_tune import quick_objective  # tests/quick_tune.py (pytest puts tests/ on sys.path)
 
 from labkit import DATA_DIR, REPO_ROOT, LabkitError, files, hardware
 from labkit import cli as labkit_cli
 from labkit.course import build_zoo, bundle, runner, slides
 from labkit.data import generator, loaders
-from labkit.training import tuning
+from labkit.training.tuning import cli, coordination
 
-CLI = [sys.executable, "-m", "labkit", "tune"]
+CLI = [sys.executable, str(REPO_ROOT / "tests" / "quick_tune.py")]
 ENV = {
     **os.environ,
     "LABKIT_THREADS": "1",
@@ -52,31 +54,30 @@ def _nothing_left_running():
             proc.communicate(timeout=30)
 
 
-def _start(url: str, name: str, n: int) -> subprocess.Popen:
+def _start(url: str, name: str, n: int, seconds: float) -> subprocess.Popen:
+    """The search command on a trivial objective whose trials last ``seconds``."""
     argv = ["--storage", url, "--study-name", name, "--n-trials", str(n), "--budget", "smoke"]
-    STARTED.append(_popen(argv))
-    return STARTED[-1]
-
-
-def _popen(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        CLI + argv,
-        cwd=REPO_ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    STARTED.append(
+        subprocess.Popen(
+            CLI + argv,
+            cwd=REPO_ROOT,
+            env={**ENV, "LABKIT_TEST_TRIAL_SECONDS": str(seconds)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     )
+    return STARTED[-1]
 
 
 def _trials(url: str, name: str):
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
-def _wait_for(url: str, name: str, states: set, proc: subprocess.Popen, timeout: float = 240):
+def _wait_for(url: str, name: str, states: set, proc: subprocess.Popen, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.3)
+        time.sleep(0.1)
         try:
             if states <= {t.state for t in _trials(url, name)}:
                 return True
@@ -95,8 +96,8 @@ def _check_study(url: str, name: str, n: int):
 
 def test_two_processes_started_together_on_a_new_study_share_it(tmp_path):
     url, n = f"sqlite:///{tmp_path / 'new.db'}", 3
-    procs = [_start(url, "s", n) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    procs = [_start(url, "s", n, seconds=0.3) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
         assert "Traceback" not in err and "cannot open storage" not in err
@@ -106,24 +107,24 @@ def test_two_processes_started_together_on_a_new_study_share_it(tmp_path):
 
 
 def test_second_process_joins_a_running_search_without_failing_its_trial(tmp_path):
-    url, n = f"sqlite:///{tmp_path / 'join.db'}", 3
-    first = _start(url, "s", n)
+    url, n = f"sqlite:///{tmp_path / 'join.db'}", 4
+    first = _start(url, "s", n, seconds=2.0)
     assert _wait_for(url, "s", {TrialState.RUNNING}, first)
-    second = _start(url, "s", n)
-    (out1, err1), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
+    second = _start(url, "s", n, seconds=2.0)
+    (out1, err1), (out2, err2) = first.communicate(timeout=120), second.communicate(timeout=120)
     assert first.returncode == 0 and second.returncode == 0, err1[-1500:] + err2[-1500:]
     assert "marked FAIL" not in out1 + err1 + out2 + err2
     trials = _check_study(url, "s", n)
     assert not [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs[tuning.WORKER_KEY] for t in trials)
+    assert all(t.user_attrs[coordination.WORKER_KEY] for t in trials)
 
 
 def test_ctrl_c_is_one_line_exit_130_and_the_search_resumes(tmp_path, capsys):
     url, n = f"sqlite:///{tmp_path / 'int.db'}", 3
-    proc = _start(url, "s", n)
+    proc = _start(url, "s", n, seconds=2.0)
     assert _wait_for(url, "s", {TrialState.COMPLETE, TrialState.RUNNING}, proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     last = err.strip().splitlines()[-1]
@@ -132,7 +133,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_search_resumes(tmp_path, capsys):
     assert before and not [t for t in _trials(url, "s") if t.state == TrialState.RUNNING]
 
     argv = ["--storage", url, "--study-name", "s", "--n-trials", str(n), "--budget", "smoke"]
-    assert tuning.cli_main(argv) == 0
+    assert cli.cli_main(argv, objective=quick_objective) == 0
     after = _check_study(url, "s", n)
     assert all(after[k].value == v for k, v in before.items())
 

@@ -28,14 +28,14 @@ def test_zoo_llama_loads_with_plain_from_pretrained_and_matches_provenance():
 
 
 def test_zoo_llama_heldout_loss_reproduces():
-    from labkit.course.build_zoo import mean_loss, pack
     from labkit.data import loaders
+    from labkit.training.lm_loss import blocks_loss, pack
 
     prov = json.loads((zoo.MODELS_DIR / "zoo-llama" / "provenance.json").read_text())
     model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
     blocks = pack(tok, loaders.load_corpus("validation"))
     assert blocks.numel() == prov["corpus_tokens"]["validation"]
-    assert mean_loss(model, blocks[:32]) == pytest.approx(prov["heldout_loss"], abs=0.1)
+    assert blocks_loss(model, blocks[:32]) == pytest.approx(prov["heldout_loss"], abs=0.1)
 
 
 def test_zoo_llama_generates_corpus_like_text():

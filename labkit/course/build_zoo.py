@@ -34,6 +34,7 @@ from labkit.data import loaders
 from labkit.files import sha256_file
 from labkit.files import shown as _shown
 from labkit.models.zoo import MODELS_DIR
+from labkit.training.lm_loss import blocks_loss, pack
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0, 1, 2, 3
 VOCAB_SIZE = 2048
@@ -97,25 +98,6 @@ def model_config(vocab_size: int = VOCAB_SIZE) -> LlamaConfig:
     )
 
 
-def pack(
-    tokenizer: PreTrainedTokenizerFast, texts: list[str], block: int = CONTEXT
-) -> torch.Tensor:
-    """Concatenate ``<s> text </s>`` for every text and cut into ``block``-token rows."""
-    ids: list[int] = []
-    for enc in tokenizer(texts)["input_ids"]:
-        ids.extend(enc + [tokenizer.eos_token_id])
-    n = len(ids) // block
-    return torch.tensor(ids[: n * block]).view(n, block)
-
-
-@torch.no_grad()
-def mean_loss(model: LlamaForCausalLM, blocks: torch.Tensor, batch: int = 16) -> float:
-    """Mean next-token cross-entropy over ``blocks`` (nats per token)."""
-    model.eval()
-    losses = [model(input_ids=b, labels=b).loss.item() for b in blocks.split(batch)]
-    return sum(losses) / len(losses)
-
-
 def build(
     out_dir: Path,
     steps: int = 900,
@@ -140,7 +122,7 @@ def build(
     train_blocks, val_blocks = pack(tokenizer, train_text), pack(tokenizer, val_text)
 
     model = LlamaForCausalLM(model_config(len(tokenizer)))
-    untrained_val = mean_loss(model, val_blocks)
+    untrained_val = blocks_loss(model, val_blocks)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -171,7 +153,7 @@ def build(
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-    val = mean_loss(model, val_blocks)
+    val = blocks_loss(model, val_blocks)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

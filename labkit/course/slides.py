@@ -9,8 +9,8 @@ notebooks (idempotent: a second run changes nothing):
 - a markdown cell is split before each ``##`` / ``###`` heading and before each solution, so
   exercises, solutions and the summary each get their own slide (``##`` starts a slide, ``###``
   and a solution a sub-slide);
-- a code cell whose stored output is long gets the tag ``slides-long-output``: the deck shows its
-  code and one line saying where the output is (the notebook), not 30 rows;
+- a code cell whose stored output is long gets the tag ``slides-long-output``, and a cell that
+  would take a slide past a 1280x720 screen starts a sub-slide (:mod:`labkit.course.slide_fit`);
 - each ``##`` section gets a speaker ``notes`` cell (tag ``speaker-notes``) with its minutes and
   what to say or skip, computed from the section itself and the notebook's measured CPU time.
 
@@ -36,18 +36,19 @@ import nbformat
 from labkit import REPO_ROOT, LabkitError, files
 from labkit.cli import Parser
 from labkit.course import notebook_format
+from labkit.course.slide_fit import (
+    LONG_TAG,
+    first_sentence,
+    fit_slides,
+    is_long_output,
+    output_size,
+)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SLIDES_DIR = REPO_ROOT / "build" / "slides"
 README = REPO_ROOT / "README.md"
 PRESENTING = REPO_ROOT / "docs" / "presenting.md"
 NOTES_TAG = "speaker-notes"
-LONG_TAG = "slides-long-output"
-#: A code cell's output is "long" (kept off its slide) past this many lines, or this many lines of
-#: code and output together, or this many HTML table rows.
-LONG_OUTPUT_LINES = 20
-LONG_CELL_LINES = 32
-LONG_TABLE_ROWS = 12
 #: Minutes a learner group needs per exercise tier, and for the title and summary slides.
 TIER_MINUTES = {"⭐": 5, "⭐⭐": 10, "⭐⭐⭐": 15}
 TITLE_MINUTES = 2
@@ -62,35 +63,6 @@ MAP_ROW_RE = re.compile(r"^\| \[(\d\d)\]\([^)]*\) \|[^|\n]*\|[^|\n]*\| (\d+) s \
 
 
 # ----------------------------------------------------------------------------- structure
-
-
-def _output_size(cell) -> tuple[int, int]:
-    """(lines of text output, HTML table rows) of a code cell's stored outputs."""
-    lines = rows = 0
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            lines += out.get("text", "").count("\n")
-        data = out.get("data", {})
-        if "text/html" in data:
-            rows += str(data["text/html"]).count("<tr")
-        elif "text/plain" in data and "image/png" not in data:
-            lines += str(data["text/plain"]).count("\n") + 1
-        if out.get("output_type") == "error":
-            lines += len(out.get("traceback", []))
-    return lines, rows
-
-
-def is_long_output(cell) -> bool:
-    """Whether a code cell's output would overflow its slide (see the LONG_* limits)."""
-    if cell.cell_type != "code":
-        return False
-    lines, rows = _output_size(cell)
-    code_lines = cell.source.count("\n") + 1
-    return (
-        lines > LONG_OUTPUT_LINES
-        or (lines > 8 and lines + code_lines > LONG_CELL_LINES)
-        or rows > LONG_TABLE_ROWS
-    )
 
 
 def _has_figure(cell) -> bool:
@@ -161,12 +133,6 @@ def _plain(markdown: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _first_sentence(text: str, limit: int = 220) -> str:
-    m = re.match(r"(.+?[.!?])(\s|$)", text)
-    sentence = m.group(1) if m else text
-    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
-
-
 def sections(nb: nbformat.NotebookNode) -> list[Section]:
     """The notebook's ``##`` sections with what their slides hold (speaker notes excluded)."""
     found: list[Section] = []
@@ -185,9 +151,9 @@ def sections(nb: nbformat.NotebookNode) -> list[Section]:
             tiers = map(notebook_format.tier, notebook_format.headings(src, level=3))
             sec.tiers += ["⭐" * t for t in tiers if t]
             if src.lstrip().startswith("**Check:**") and not sec.check:
-                sec.check = _first_sentence(plain.removeprefix("Check:").strip())
+                sec.check = first_sentence(plain.removeprefix("Check:").strip())
             elif plain and not sec.first_sentence and not src.lstrip().startswith("**Check"):
-                sec.first_sentence = _first_sentence(plain)
+                sec.first_sentence = first_sentence(plain)
         elif src.strip():
             sec.code_cells += 1
             sec.figures += _has_figure(cell)
@@ -315,6 +281,7 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
             cell.metadata["tags"] = tags
         else:
             cell.metadata.pop("tags", None)
+    fit_slides(cells)
     nb.cells = cells
     secs = iter(plan(nb, run_seconds))
     out = []
@@ -465,7 +432,7 @@ def _deck_preprocess(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type != "code":
             continue
         if LONG_TAG in cell.metadata.get("tags", []):
-            lines, rows = _output_size(cell)
+            lines, rows = output_size(cell)
             size = f"{rows} table rows" if rows > lines else f"{lines} lines"
             cell.outputs = [
                 nbformat.v4.new_output(

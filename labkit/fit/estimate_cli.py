@@ -317,8 +317,9 @@ def table(
     for name, rule in rules_of_thumb(b, args.mode).items():
         rows.append((f"rule of thumb ({name})", _gib(rule)))
     rows.append(("verdict", fit.verdict))
-    need = fit.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
-    rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
+    if args.mode == "train":  # ZeRO-3 sharding is a training notion: no such row for serving
+        need = fit.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
+        rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
     if decode is not None:
         line = roofline.prediction_line(decode, batch=args.batch, context=args.seq)
         rows.append(("predicted decode (roofline)", line))
