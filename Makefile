@@ -23,8 +23,8 @@ PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_s
 # nbval runs copies of the notebooks with their <details> solutions appended as code cells
 NBVAL_DIR := build/nbval
 
-.PHONY: setup venv-spec lock course test lint unit nbval nbval-copies lab notebooks exercises \
-	slides live-slides bundle bundle-check browser-check zoo data clean
+.PHONY: setup venv-spec lock course test quick lint unit nbval nbval-copies lab notebooks \
+	exercises slides live-slides bundle bundle-check browser-check zoo data clean
 
 # Re-runs when pyproject.toml or the lock changes: pip then moves every package to the lock.
 $(STAMP): pyproject.toml $(LOCK) | venv-spec
@@ -66,6 +66,11 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The fast inner loop: the unit tests without those marked slow (two-rank jobs, a venv install);
+# `make test` still runs everything.
+quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 nbval-copies: $(STAMP)
 	rm -rf $(NBVAL_DIR)

@@ -1,4 +1,4 @@
-"""Reference NF4 quantizer (labkit.quant.quantize) vs bitsandbytes' CPU quantize_4bit, side by side.
+"""Reference NF4 quantizer (labkit.quant.codebook) vs bitsandbytes' CPU quantize_4bit, side by side.
 
 Target (issue): labkit's readable, vectorised NF4 within 3x of bitsandbytes on a 4096x4096
 float32 matrix. Both run in the same process, interleaved, on the same input; the outputs are
@@ -17,7 +17,7 @@ import time
 import torch
 
 from labkit import hardware
-from labkit.quant import quantize
+from labkit.quant import codebook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return bnbf.quantize_4bit(x, quant_type="nf4", blocksize=64, compress_statistics=False)
 
     def run_labkit():
-        return quantize.nf4_quantize(x, blocksize=64)
+        return codebook.nf4_quantize(x, blocksize=64)
 
     (p_b, st), (p_l, a_l) = run_bnb(), run_labkit()  # warm-up, and the exactness check
     identical = torch.equal(p_b, p_l) and torch.equal(st.absmax, a_l)

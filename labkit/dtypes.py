@@ -44,7 +44,8 @@ def quantized_bytes(
     4 + 8/64 + 32/(64·256) = 4.127 bits per NF4 weight.
     """
     if isinstance(numel, bool) or not isinstance(numel, numbers.Integral) or numel < 0:
-        shown = int(numel) if isinstance(numel, numbers.Integral) else repr(numel)
+        whole = isinstance(numel, numbers.Integral) and not isinstance(numel, bool)
+        shown = int(numel) if whole else repr(numel)  # a numpy integer as a number
         raise LabkitError(f"number of weights must be an integer >= 0, got {shown}")
     for name, value in (("bits", bits), ("blocksize", blocksize)):
         positive(name, value)

@@ -22,7 +22,8 @@ import torch
 from labkit import LabkitError, hardware
 from labkit.cli import Parser
 from labkit.memory import estimator, measure
-from labkit.models import architecture, zoo
+from labkit.models import zoo
+from labkit.models.targets import PEFT_DEFAULT_TARGETS
 
 SHAPES = {  # name -> (catalog config, layers kept)
     "llama-3.1-8b/4L": ("llama-3.1-8b", 4),
@@ -71,7 +72,7 @@ def build(catalog: str, layers: int, method: str, device: str, ckpt: bool):
     if method in {"lora", "qlora"}:
         from peft import LoraConfig, get_peft_model
 
-        targets = list(architecture.PEFT_DEFAULT_TARGETS[config.model_type])  # peft's own default
+        targets = list(PEFT_DEFAULT_TARGETS[config.model_type])  # peft's own default
         if method == "lora":
             for p in model.parameters():
                 p.requires_grad_(False)

@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from labkit import LabkitError
 from labkit.models import zoo
-from labkit.tuners import adapters
+from labkit.tuners import adapters, quantized_merge
 
 ZOO_WEIGHTS = zoo.MODELS_DIR / "zoo-llama" / "model.safetensors"
 needs_zoo = pytest.mark.skipif(not ZOO_WEIGHTS.exists(), reason="zoo-llama is not built yet")
@@ -251,7 +251,7 @@ def test_quantized_merge_rounding_and_recipe(tmp_path):
     zoo.load_model("tiny-llama").save_pretrained(tmp_path / "base")
     model = lora("tiny-llama", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     model.save_pretrained(tmp_path / "adapter")
-    result = adapters.check_quantized_merge(
+    result = quantized_merge.check_quantized_merge(
         tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", dtype=torch.float32
     )
     assert result.adapter_effect > 1e-2
@@ -264,10 +264,11 @@ def test_quantized_merge_rounding_and_recipe(tmp_path):
 
 def test_keep_cpu_4bit_layout(tmp_path):
     zoo.load_model("tiny-gpt2").save_pretrained(tmp_path)
-    q = zoo.load_model(tmp_path, quantization_config=adapters.bnb_4bit_config())
-    assert adapters.keep_cpu_4bit_layout(q) == 8  # c_attn, c_proj, c_fc, mlp.c_proj x 2 layers
+    q = zoo.load_model(tmp_path, quantization_config=quantized_merge.bnb_4bit_config())
+    # c_attn, c_proj, c_fc, mlp.c_proj x 2 layers
+    assert quantized_merge.keep_cpu_4bit_layout(q) == 8
     with pytest.raises(LabkitError, match="nf4, fp4"):
-        adapters.bnb_4bit_config("int3")
+        quantized_merge.bnb_4bit_config("int3")
 
 
 def test_bad_inputs_are_labkit_errors():

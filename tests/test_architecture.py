@@ -3,12 +3,13 @@ real models; LoRA target matching; trainable parameters."""
 
 import pytest
 import torch
+from conftest import TINY_FAMILIES, tiny_config
 from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from labkit import LabkitError
 from labkit.memory import estimator
-from labkit.models import architecture, zoo
+from labkit.models import architecture, targets, zoo
 
 ALL = zoo.catalog_names() + ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
 TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bloom"]
@@ -39,24 +40,22 @@ def test_parameter_counts_match_facts(name, expected):
 
 def test_default_lora_targets_are_peft_s():
     """targets="default" is peft's own per-model-type choice (GPT-2: c_attn, BLOOM: qkv)."""
-    for model_type, targets in architecture.PEFT_DEFAULT_TARGETS.items():
-        assert list(targets) == architecture.default_target_modules(model_type)
-    assert architecture.lora_parameters("gpt2", 8, "default") == architecture.lora_parameters(
+    for model_type, names in targets.PEFT_DEFAULT_TARGETS.items():
+        assert list(names) == targets.default_target_modules(model_type)
+    assert targets.lora_parameters("gpt2", 8, "default") == targets.lora_parameters(
         "gpt2", 8, "c_attn"
     )
     bloom = estimator.training_memory("bloom-560m", method="lora", attention="eager")
-    assert bloom.trainable_parameters == architecture.lora_parameters(
-        "bloom-560m", 8, "query_key_value"
-    )
+    assert bloom.trainable_parameters == targets.lora_parameters("bloom-560m", 8, "query_key_value")
 
 
 def test_lora_parameters_match_facts():
-    assert architecture.lora_parameters("llama-2-7b", 8, ["q_proj", "v_proj"]) == 4_194_304
+    assert targets.lora_parameters("llama-2-7b", 8, ["q_proj", "v_proj"]) == 4_194_304
     # GQA: v_proj's d_out is n_kv * d
     s = architecture.shape_of("llama-3.1-8b")
     per_layer = 8 * (4096 + 4096) + 8 * (4096 + 1024)
-    assert architecture.lora_parameters(s, 8, "q_proj,v_proj") == s.layers * per_layer
-    assert architecture.lora_parameters("gpt2", 4, "all-linear") > architecture.lora_parameters(
+    assert targets.lora_parameters(s, 8, "q_proj,v_proj") == s.layers * per_layer
+    assert targets.lora_parameters("gpt2", 4, "all-linear") > targets.lora_parameters(
         "gpt2", 4, "c_attn"
     )
 
@@ -98,57 +97,42 @@ def test_module_table_from_formulas_equals_the_built_model(name):
 
 
 def test_linear_layers_regex_and_default_targets():
-    gpt2 = architecture.linear_layers("tiny-gpt2")
+    gpt2 = targets.linear_layers("tiny-gpt2")
     c_attn = next(m for m in gpt2 if m.name.endswith("h.0.attn.c_attn"))
     assert (c_attn.kind, c_attn.d_in, c_attn.d_out) == ("conv1d", 64, 192)
     assert gpt2[-1].name == "lm_head"
-    assert (
-        architecture.regex_matches("q_proj", "tiny-llama") == []
-    )  # a regex must match the whole name
-    assert architecture.regex_matches(r".*\.q_proj", "tiny-llama") == [
+    assert targets.regex_matches("q_proj", "tiny-llama") == []  # a regex must match the whole name
+    assert targets.regex_matches(r".*\.q_proj", "tiny-llama") == [
         "model.layers.0.self_attn.q_proj",
         "model.layers.1.self_attn.q_proj",
     ]
     model = zoo.load_model("tiny-llama")
-    assert architecture.regex_matches(r".*\.q_proj", model) == architecture.regex_matches(
+    assert targets.regex_matches(r".*\.q_proj", model) == targets.regex_matches(
         r".*\.q_proj", "tiny-llama"
     )
-    assert architecture.default_target_modules("bloom") == ["query_key_value"]
-    assert architecture.default_target_modules("llama") == ["q_proj", "v_proj"]
+    assert targets.default_target_modules("bloom") == ["query_key_value"]
+    assert targets.default_target_modules("llama") == ["q_proj", "v_proj"]
     with pytest.raises(LabkitError, match="no default LoRA targets"):
-        architecture.default_target_modules("not-a-model")
+        targets.default_target_modules("not-a-model")
     with pytest.raises(LabkitError, match="invalid regex"):
-        architecture.regex_matches("(", "tiny-llama")
+        targets.regex_matches("(", "tiny-llama")
 
 
 def test_all_linear_excludes_the_output_head():
     names = [
-        m.name
-        for m in architecture.lora_modules("tiny-bloom", LoraConfig(target_modules="all-linear"))
+        m.name for m in targets.lora_modules("tiny-bloom", LoraConfig(target_modules="all-linear"))
     ]
     assert "lm_head" not in names and len(names) == 2 * 4
 
 
-#: Tiny configs of families without a formula: the meta path must count them exactly.
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=96)
-HEADS = dict(num_attention_heads=4, num_key_value_heads=2)
-META_FAMILIES = {
-    "mixtral": dict(**SMALL, **HEADS, num_local_experts=4, num_experts_per_tok=2),
-    "gemma2": dict(**SMALL, **HEADS, head_dim=8),
-    "phi3": dict(**SMALL, **HEADS, pad_token_id=0),
-    "qwen3": dict(**SMALL, **HEADS, head_dim=8),
-    "gpt_neox": dict(**SMALL, num_attention_heads=4),
-}
-
-
-def _tiny(model_type):
-    return AutoConfig.for_model(model_type, **META_FAMILIES[model_type])
+#: Families without a formula (tiny configs in conftest): the meta path must count them exactly.
+META_FAMILIES = ["mixtral", "gemma2", "phi3", "qwen3", "gpt_neox"]
 
 
 @pytest.mark.parametrize("model_type", META_FAMILIES)
 def test_meta_path_counts_equal_a_real_tiny_model(model_type):
     """Tied weights once, MoE experts all counted: equal to a real (CPU, random-init) model."""
-    config = _tiny(model_type)
+    config = tiny_config(model_type)
     torch.manual_seed(0)
     real = AutoModelForCausalLM.from_config(config)
     shapes = {k: tuple(v.shape) for k, v in real.named_parameters()}
@@ -156,6 +140,21 @@ def test_meta_path_counts_equal_a_real_tiny_model(model_type):
     assert architecture.count_parameters(config) == sum(p.numel() for p in real.parameters())
     # the dict form works too (built through AutoConfig.for_model)
     assert architecture.count_parameters(config.to_dict()) == sum(map(_numel, shapes.values()))
+
+
+def test_meta_path_builds_each_config_once(monkeypatch):
+    """The meta-device table is cached under the config's JSON (functools.lru_cache): an equal
+    config, even a new object, is not built again, and each caller gets its own list."""
+    built = []
+    real = architecture.meta_model
+    monkeypatch.setattr(architecture, "meta_model", lambda c: built.append(c) or real(c))
+    config = dict(model_type="gpt_neox", **TINY_FAMILIES["gpt_neox"], rotary_pct=0.5)
+    first = architecture.module_table(config)
+    first.clear()  # a caller changing its list must not change the cached table
+    again = architecture.module_table(dict(config))
+    assert len(built) == 1 and again == architecture.table_from_model(real(config))
+    assert architecture.module_table({**config, "rotary_pct": 0.75}) == again
+    assert len(built) == 2
 
 
 def _numel(shape):
@@ -168,22 +167,22 @@ def _numel(shape):
 @pytest.mark.parametrize("model_type", META_FAMILIES)
 def test_meta_path_lora_and_frozen_trainable_equal_peft(model_type):
     """LoRA on the meta path uses peft's own matching: the count equals get_peft_model's."""
-    config = _tiny(model_type)
+    config = tiny_config(model_type)
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT
 
     # MoE: peft's all-linear also adapts the experts' fused parameters (target_parameters),
     # which this module does not model yet; the attention projections are matched
     first = ["q_proj", "v_proj"] if model_type == "mixtral" else "all-linear"
     both = model_type in DEFAULT and model_type != "mixtral"
-    for targets in (first, None) if both else (first,):
-        lora = LoraConfig(r=4, target_modules=targets)
-        got = architecture.trainable_shapes(config, "lora", r=4, targets=lora)
+    for wanted in (first, None) if both else (first,):
+        lora = LoraConfig(r=4, target_modules=wanted)
+        got = targets.trainable_shapes(config, "lora", r=4, targets=lora)
         with torch.device("meta"):
             model = get_peft_model(AutoModelForCausalLM.from_config(config), lora)
         assert sum(map(_numel, got.values())) == model.get_nb_trainable_parameters()[0]
-    full = architecture.trainable_shapes(config, "full")
+    full = targets.trainable_shapes(config, "full")
     assert full == architecture.param_shapes(config)
-    frozen = architecture.trainable_shapes(config, "frozen", frozen_layers=1)
+    frozen = targets.trainable_shapes(config, "frozen", frozen_layers=1)
     assert not any(".layers.0." in n for n in frozen) and any(".layers.1." in n for n in frozen)
 
 
@@ -193,25 +192,25 @@ def test_formula_equals_meta_path(name):
     config = zoo.load_config(name)
     meta = architecture.table_from_model(architecture.meta_model(config))
     assert architecture.module_table(config) == meta
-    for targets in ("default", "all-linear"):
-        by_formula = architecture.lora_modules(config, targets)
-        lora = LoraConfig(target_modules=None if targets == "default" else targets)
-        by_peft = architecture.lora_modules(config, lora)
+    for wanted in ("default", "all-linear"):
+        by_formula = targets.lora_modules(config, wanted)
+        lora = LoraConfig(target_modules=None if wanted == "default" else wanted)
+        by_peft = targets.lora_modules(config, lora)
         assert [m.name for m in by_formula] == [m.name for m in by_peft]
 
 
 def test_trainable_shapes_are_what_memory_trains():
     s = architecture.shape_of("llama-2-7b")
-    lora = architecture.trainable_shapes(s, "lora", r=8, targets="q_proj,v_proj")
+    lora = targets.trainable_shapes(s, "lora", r=8, targets="q_proj,v_proj")
     assert (
         sum(map(_numel, lora.values()))
         == 4_194_304
-        == architecture.lora_parameters(s, 8, "q_proj,v_proj")
+        == targets.lora_parameters(s, 8, "q_proj,v_proj")
     )
     est = estimator.training_memory(s, method="lora", lora_targets="q_proj,v_proj")
     assert est.trainable_parameters == 4_194_304
     with pytest.raises(LabkitError, match="unknown method"):
-        architecture.trainable_shapes(s, "dora")
+        targets.trainable_shapes(s, "dora")
 
 
 def test_unbuildable_config_is_one_line():

@@ -3,20 +3,15 @@
 Each row calls labkit the way a learner could get wrong and names what the message must contain
 (the problem, and where there is one, what is accepted). API rows must raise
 :class:`labkit.LabkitError` with a one-line message; command rows (``cli``) must exit with
-status 2 and print exactly one line on stderr. Row ids follow the reliability sweep
-(``shared/reviews/reliability-sweep.md``: E = estimate, C = commands, TU/T = tune, Z/K = zoo,
-M = memory, Q = quant, P = precision, F = peft, X = measure, R = training, V = evaluation);
-ids ending in ``+`` are new cases of the same kinds.
-
-Rows marked ``xfail(strict=True)`` are known defects whose fix lives in a module being
-restructured by another helper (``reason`` names it); strict, so the row fails as soon as the
-fix lands and the mark must go.
+status 2 and print exactly one line on stderr. Row ids follow the second reliability sweep
+(E = estimate, C = commands, TU/T = tune, Z/K = zoo, M = memory, Q = quant, P = precision,
+F = peft, X = measure, R = training, V = evaluation); ids ending in ``+`` are new cases of the
+same kinds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import io
 import json
@@ -37,6 +32,7 @@ from labkit.models import zoo
 class Ctx:
     tmp: Path
     mp: pytest.MonkeyPatch
+    tiny: tuple  # (model, tokenizer): the random-init tiny-llama (conftest.tiny_llama)
 
 
 def cli(*argv: str) -> None:
@@ -83,12 +79,6 @@ def config_only(ctx: Ctx, name: str = "tiny-llama") -> Path:
     return folder
 
 
-@functools.cache
-def tiny():
-    model = zoo.load_model("tiny-llama")
-    return model, zoo.load_tokenizer("tiny-llama")
-
-
 def x8() -> torch.Tensor:
     return torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
 
@@ -100,9 +90,15 @@ def lp():
 
 
 def q():
-    from labkit.quant import quantize
+    from labkit.quant import integer
 
-    return quantize
+    return integer
+
+
+def q4():
+    from labkit.quant import codebook
+
+    return codebook
 
 
 def mem():
@@ -111,12 +107,22 @@ def mem():
     return estimator
 
 
-def fix_in(module: str):
-    return pytest.mark.xfail(strict=True, reason=f"fix in {module} after the arch merge")
+def tune_argv(tmp: Path, *options: str, db: str = "a.db", study: str = "s", trials: str = "1"):
+    """``python -m labkit tune`` arguments with a study in ``tmp``, then ``options``."""
+    return [
+        "tune",
+        "--storage",
+        f"sqlite:///{tmp / db}",
+        "--study-name",
+        study,
+        "--n-trials",
+        trials,
+        *options,
+    ]
 
 
-def row(id_: str, call, *expect: str, marks=()):
-    return pytest.param(call, expect, id=id_, marks=marks)
+def row(id_: str, call, *expect: str):
+    return pytest.param(call, expect, id=id_)
 
 
 ROWS = [
@@ -335,43 +341,10 @@ ROWS = [
         "m.txt is not a text file",
     ),
     # --- tune -----------------------------------------------------------------------------------
+    row("TU11", lambda c: cli(*tune_argv(c.tmp, "--seed", "-1")), "seed", "0..2**32-1"),
+    row("TU22", lambda c: cli(*tune_argv(c.tmp, "--seed", "5000000000")), "seed"),
     row(
-        "TU11",
-        lambda c: cli(
-            "tune",
-            "--storage",
-            f"sqlite:///{c.tmp / 'a.db'}",
-            "--study-name",
-            "s",
-            "--n-trials",
-            "1",
-            "--seed",
-            "-1",
-        ),
-        "seed",
-        "0..2**32-1",
-    ),
-    row(
-        "TU22",
-        lambda c: cli(
-            "tune",
-            "--storage",
-            f"sqlite:///{c.tmp / 'a.db'}",
-            "--study-name",
-            "s",
-            "--n-trials",
-            "1",
-            "--seed",
-            "5000000000",
-        ),
-        "seed",
-    ),
-    row(
-        "TU1",
-        lambda c: cli(
-            "tune", "--storage", "sqlite:///x.db", "--study-name", "s", "--n-trials", "0"
-        ),
-        "n_trials must be a whole number >= 1",
+        "TU1", lambda c: cli(*tune_argv(c.tmp, trials="0")), "n_trials must be a whole number >= 1"
     ),
     row(
         "TU4",
@@ -379,41 +352,11 @@ ROWS = [
         "not a database URL",
         "sqlite:///",
     ),
-    row(
-        "TU9+",
-        lambda c: cli(
-            "tune",
-            "--storage",
-            "sqlite:///x.db",
-            "--study-name",
-            "s",
-            "--n-trials",
-            "2",
-            "--timeout",
-            "-5",
-        ),
-        "timeout",
-    ),
-    row(
-        "TU8",
-        lambda c: cli(
-            "tune", "--storage", "sqlite:///x.db", "--study-name", " ", "--n-trials", "2"
-        ),
-        "study name is empty",
-    ),
+    row("TU9+", lambda c: cli(*tune_argv(c.tmp, "--timeout", "-5", trials="2")), "timeout"),
+    row("TU8", lambda c: cli(*tune_argv(c.tmp, study=" ", trials="2")), "study name is empty"),
     row(
         "TU18",
-        lambda c: cli(
-            "tune",
-            "--storage",
-            "sqlite:///x.db",
-            "--study-name",
-            "s",
-            "--n-trials",
-            "2",
-            "--budget",
-            "huge",
-        ),
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "huge", trials="2")),
         "invalid choice: 'huge'",
     ),
     row(
@@ -424,17 +367,7 @@ ROWS = [
                 study_name="m",
                 directions=["maximize", "maximize"],
             ),
-            cli(
-                "tune",
-                "--storage",
-                f"sqlite:///{c.tmp / 'm.db'}",
-                "--study-name",
-                "m",
-                "--n-trials",
-                "1",
-                "--budget",
-                "smoke",
-            ),
+            cli(*tune_argv(c.tmp, "--budget", "smoke", db="m.db", study="m")),
         ),
         "2 objectives",
         "new --study-name",
@@ -443,17 +376,7 @@ ROWS = [
         "TU19",
         lambda c: (
             c.mp.setenv("LABKIT_THREADS", "0"),
-            cli(
-                "tune",
-                "--storage",
-                f"sqlite:///{c.tmp / 't.db'}",
-                "--study-name",
-                "s",
-                "--n-trials",
-                "1",
-                "--budget",
-                "smoke",
-            ),
+            cli(*tune_argv(c.tmp, "--budget", "smoke", db="t.db")),
         ),
         "LABKIT_THREADS",
     ),
@@ -461,17 +384,7 @@ ROWS = [
         "TU20",
         lambda c: (
             c.mp.setenv("LABKIT_THREADS", "two"),
-            cli(
-                "tune",
-                "--storage",
-                f"sqlite:///{c.tmp / 't.db'}",
-                "--study-name",
-                "s",
-                "--n-trials",
-                "1",
-                "--budget",
-                "smoke",
-            ),
+            cli(*tune_argv(c.tmp, "--budget", "smoke", db="t.db")),
         ),
         "LABKIT_THREADS",
         "'two'",
@@ -564,11 +477,11 @@ ROWS = [
         "8 features",
         "6",
     ),
-    row("Q27", lambda c: q().bits_per_parameter(bits=0, blocksize=0), "bits"),
-    row("Q28", lambda c: q().bits_per_parameter(bits=-4), "bits"),
+    row("Q27", lambda c: q4().bits_per_parameter(bits=0, blocksize=0), "bits"),
+    row("Q28", lambda c: q4().bits_per_parameter(bits=-4), "bits"),
     row(
         "Q37",
-        lambda c: q().nf4_dequantize(torch.rand(32), torch.ones(1), (64,)),
+        lambda c: q4().nf4_dequantize(torch.rand(32), torch.ones(1), (64,)),
         "uint8",
     ),
     row(
@@ -647,14 +560,14 @@ ROWS = [
     row(
         "X1",
         lambda c: importlib.import_module("labkit.memory.measure").make_optimizer(
-            tiny()[0], "lion"
+            c.tiny[0], "lion"
         ),
         "unknown optimizer 'lion'",
     ),
     row(
         "X3",
         lambda c: importlib.import_module("labkit.memory.measure").saved_tensor_bytes(
-            tiny()[0], torch.zeros(1, 8)
+            c.tiny[0], torch.zeros(1, 8)
         ),
         "input_ids",
         "integer",
@@ -662,7 +575,7 @@ ROWS = [
     row(
         "X4",
         lambda c: importlib.import_module("labkit.memory.measure").saved_tensor_bytes(
-            tiny()[0], torch.full((1, 8), 5000)
+            c.tiny[0], torch.full((1, 8), 5000)
         ),
         "5000",
         "vocab",
@@ -678,28 +591,28 @@ ROWS = [
     row(
         "R1",
         lambda c: importlib.import_module("labkit.training.finetune").chat_features(
-            tiny()[1], [{"prompt": "a", "response": "b"}], target="answer"
+            c.tiny[1], [{"prompt": "a", "response": "b"}], target="answer"
         ),
         "unknown target",
     ),
     row(
         "R2",
         lambda c: importlib.import_module("labkit.training.finetune").chat_features(
-            tiny()[1], [{"prompt": "Human: hi\nAssistant:"}]
+            c.tiny[1], [{"prompt": "Human: hi\nAssistant:"}]
         ),
         "response",
         "row 0",
     ),
     row(
         "R7",
-        lambda c: importlib.import_module("labkit.training.finetune").train(*tiny(), rows=[]),
+        lambda c: importlib.import_module("labkit.training.finetune").train(*c.tiny, rows=[]),
         "rows",
         "empty",
     ),
     row(
         "R9",
         lambda c: importlib.import_module("labkit.training.finetune").train(
-            *tiny(), rows=[{"prompt": "a", "response": "b"}], evaluation_strategy="epoch"
+            *c.tiny, rows=[{"prompt": "a", "response": "b"}], evaluation_strategy="epoch"
         ),
         "evaluation_strategy",
         "eval_strategy",
@@ -707,34 +620,34 @@ ROWS = [
     row(
         "R10",
         lambda c: importlib.import_module("labkit.training.finetune").train(
-            *tiny(), rows=[{"prompt": "a", "response": "b"}], num_train_epochs=-1
+            *c.tiny, rows=[{"prompt": "a", "response": "b"}], num_train_epochs=-1
         ),
         "num_train_epochs",
     ),
     row(
         "R8",
         lambda c: importlib.import_module("labkit.training.finetune").train(
-            *tiny(), rows=[{"prompt": "a", "response": "b"}], learning_rate=float("nan")
+            *c.tiny, rows=[{"prompt": "a", "response": "b"}], learning_rate=float("nan")
         ),
         "learning_rate",
         "nan",
     ),
     row(
         "V1",
-        lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(*tiny(), []),
+        lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(*c.tiny, []),
         "no texts",
     ),
     row(
         "V3",
         lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(
-            *tiny(), "a whole text"
+            *c.tiny, "a whole text"
         ),
         "list of strings",
     ),
     row(
         "V6",
         lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(
-            *tiny(), [None]
+            *c.tiny, [None]
         ),
         "list of strings",
     ),
@@ -759,9 +672,9 @@ ROWS = [
 
 
 @pytest.mark.parametrize("call, expect", ROWS)
-def test_bad_input_is_one_clear_line(call, expect, tmp_path, monkeypatch):
+def test_bad_input_is_one_clear_line(call, expect, tmp_path, monkeypatch, tiny_llama):
     with pytest.raises(LabkitError) as err:
-        call(Ctx(tmp_path, monkeypatch))
+        call(Ctx(tmp_path, monkeypatch, tiny_llama))
     msg = str(err.value)
     assert "\n" not in msg, msg
     for part in expect:
@@ -779,14 +692,14 @@ def test_gpus_needed_in_json_never_reads_as_needs_none():
 
 def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit.memory import estimator
-    from labkit.quant import quantize
+    from labkit.quant import integer
 
     sweep = np.arange(256, 1024, 256)  # e.g. sequence lengths from a numpy sweep
     assert (
         estimator.training_memory("gpt2", seq=sweep[1]).total
         == estimator.training_memory("gpt2", seq=512).total
     )
-    quantize.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
+    integer.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
 
 
 def test_numpy_integers_are_integers():

@@ -51,6 +51,7 @@ def _overlay(target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_bundle_installs_with_no_index_into_a_fresh_venv(tmp_path):
     out = bundle.build(tmp_path / "bundle", wheels=False)
     (out / "wheelhouse").mkdir()  # third-party wheels come from the overlay instead

@@ -5,31 +5,24 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL, tiny_config
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from labkit import LabkitError, cli
 from labkit.memory import activations, dryrun, estimator, measure
-from labkit.models import architecture
+from labkit.models.targets import trainable_shapes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=96)
-HEADS = dict(num_attention_heads=4, num_key_value_heads=2)
-#: Tiny configs of families without a formula (built here, no file needed), with LoRA targets.
-NEW = {
-    "mixtral": (
-        dict(**SMALL, **HEADS, num_local_experts=4, num_experts_per_tok=2),
-        "q_proj,v_proj",
-    ),
-    "qwen3_moe": (
-        dict(**SMALL, **HEADS, head_dim=8, num_experts=4, num_experts_per_tok=2),
-        "q_proj,v_proj",
-    ),
-    "gemma2": (dict(**SMALL, **HEADS, head_dim=8, sliding_window=8), "q_proj,v_proj"),
-    "gemma3_text": (dict(**SMALL, **HEADS, head_dim=8, sliding_window=8), "q_proj,o_proj"),
-    "phi3": (dict(**SMALL, **HEADS, pad_token_id=0), "qkv_proj"),
-    "qwen3": (dict(**SMALL, **HEADS, head_dim=8), "q_proj,v_proj"),
-    "gpt_neox": (dict(**SMALL, num_attention_heads=4), "query_key_value"),
+#: LoRA targets of the tiny families without a formula (conftest.TINY_FAMILIES).
+TARGETS = {
+    "mixtral": "q_proj,v_proj",
+    "qwen3_moe": "q_proj,v_proj",
+    "gemma2": "q_proj,v_proj",
+    "gemma3_text": "q_proj,o_proj",
+    "phi3": "qkv_proj",
+    "qwen3": "q_proj,v_proj",
+    "gpt_neox": "query_key_value",
 }
 #: (attention, checkpointing, dtype, method) per family: each switch on and off at least once.
 CASES = [
@@ -38,10 +31,6 @@ CASES = [
     ("sdpa", True, "fp32", "lora"),
     ("eager", False, "bf16", "lora"),
 ]
-
-
-def tiny(model_type):
-    return AutoConfig.for_model(model_type, **NEW[model_type][0])
 
 
 def real_saved(config, attn, ckpt, dtype, method, targets, b=2, s=12, autocast=False):
@@ -59,14 +48,14 @@ def real_saved(config, attn, ckpt, dtype, method, targets, b=2, s=12, autocast=F
     return measure.saved_tensor_bytes(model, ids, checkpointing=ckpt)
 
 
-@pytest.mark.parametrize("model_type", NEW)
+@pytest.mark.parametrize("model_type", TARGETS)
 @pytest.mark.parametrize(("attn", "ckpt", "dtype", "method"), CASES)
 def test_dry_run_equals_a_real_cpu_step(model_type, attn, ckpt, dtype, method):
     """Byte for byte: the dry run's activations, logits and recomputed block equal the saved
     tensors of a real CPU step on a tiny config (MoE experts through grouped_mm included).
     Gemma 2 has no SDPA in transformers 5: its SDPA cases are refused in one line instead."""
-    config = tiny(model_type)
-    targets = NEW[model_type][1]
+    config = tiny_config(model_type)
+    targets = TARGETS[model_type]
     kw = dict(checkpointing=ckpt, method=method, lora_r=4, lora_targets=targets)
     if model_type == "gemma2" and attn == "sdpa":
         with pytest.raises(LabkitError) as err:
@@ -84,13 +73,13 @@ def test_dry_run_equals_a_real_cpu_step(model_type, attn, ckpt, dtype, method):
 def test_dry_run_under_autocast_and_frozen_layers(model_type):
     """bf16 autocast on fp32 weights: activations and autocast's weight copies equal the real
     step's; frozen embeddings + first block: equal too."""
-    config = tiny(model_type)
+    config = tiny_config(model_type)
     got = real_saved(config, "sdpa", False, "fp32", "full", "", autocast=True)
     dry = dryrun.training_activations(config, 2, 12, "bf16", autocast=True)
     assert (dry.activations.total, dry.param_copies) == (got.total, got.param_copies)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).train()
-    keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=1))
+    keep = set(trainable_shapes(config, "frozen", frozen_layers=1))
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep)
     ids = torch.randint(3, 96, (2, 12))
@@ -172,7 +161,7 @@ def test_training_memory_and_estimate_use_the_dry_run_for_other_families(tmp_pat
     """A held-out family through the CLI (a config.json path, JSON): parameters equal the real
     model's numel, activations + logits the real saved-tensor measurement; the five families say
     "formula"."""
-    config = tiny("qwen3")
+    config = tiny_config("qwen3")
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config.to_dict()))
     argv = ["estimate", str(path), "--seq", "12", "--batch", "2", "--precision", "bf16", "--json"]

@@ -20,6 +20,8 @@ import pytest
 from labkit import LabkitError
 from labkit.distributed import launch
 
+pytestmark = pytest.mark.slow  # every test starts a two-rank job (make quick leaves them out)
+
 SLEEPER = "tests.launch_sleeper"
 MARK = "LABKIT_TEST_MARK"
 # a stop must return this many seconds after the timeout, on any machine

@@ -27,10 +27,7 @@ LIBRARIES = {
 TOO_LONG = {
     "labkit/memory/calculators.py",
     "labkit/memory/estimator.py",
-    "labkit/models/architecture.py",
-    "labkit/quant/quantize.py",
     "labkit/training/tuning.py",
-    "labkit/tuners/adapters.py",
 }
 LONG_FUNCTIONS = {
     "labkit/memory/activations.py",

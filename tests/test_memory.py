@@ -6,7 +6,7 @@ import pytest
 
 from labkit import LabkitError
 from labkit.memory import activations, estimator
-from labkit.models import architecture
+from labkit.models import architecture, targets
 
 
 def test_kv_cache_matches_facts_and_gqa_is_4x_smaller():
@@ -32,7 +32,7 @@ def test_weight_bytes_by_dtype_and_nf4_bits():
 def test_int8_keeps_embeddings_head_and_norms_in_16_bit():
     """LLM.int8 quantizes the block linears (1 byte each + one fp32 scale per output row); the
     embeddings, the output head and the norms stay 16-bit, as bitsandbytes leaves them."""
-    linears = {f"{m.name}.weight": m for m in architecture.block_linears("llama-2-7b")}
+    linears = {f"{m.name}.weight": m for m in targets.block_linears("llama-2-7b")}
     want = 0
     for name, shape in architecture.param_shapes("llama-2-7b").items():
         n = math.prod(shape)

@@ -10,9 +10,18 @@ import yaml
 from labkit import LabkitError
 from labkit.distributed import launch, parallel
 from labkit.memory import estimator
-from labkit.models import architecture, zoo
+from labkit.models import zoo
 
 JOB = parallel.Job(model="tiny-llama", steps=2, global_batch=2, seq=16)
+
+
+@pytest.fixture(scope="module")
+def single():
+    """One process on the whole batch, per method: the reference every strategy must match."""
+    return {
+        m: parallel.train(parallel.Job(**{**JOB.__dict__, "method": m}), "single")
+        for m in ("full", "lora")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +38,27 @@ def two_ranks():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_losses_match_one_process(two_ranks, method):
-    single = parallel.train(parallel.Job(**{**JOB.__dict__, "method": method}), "single")
+def test_losses_match_one_process(two_ranks, single, method):
     for strategy in ("ddp", "zero2", "zero3"):
         for rank in (0, 1):
             got = two_ranks[(method, strategy, rank)]["losses"]
-            assert got == pytest.approx(single["losses"], rel=1e-5, abs=1e-6), (strategy, rank)
+            want = single[method]["losses"]
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6), (strategy, rank)
 
 
-def test_bytes_per_rank(two_ranks):
-    single = parallel.train(JOB, "single")["bytes"]
+@pytest.mark.slow
+def test_bytes_per_rank(two_ranks, single):
+    one = single["full"]["bytes"]
     ddp = two_ranks[("full", "ddp", 0)]["bytes"]
-    assert ddp == single  # DDP replicates everything
+    assert ddp == one  # DDP replicates everything
     for strategy in ("zero2", "zero3"):
         ranks = [two_ranks[("full", strategy, r)]["bytes"] for r in (0, 1)]
         for key in ("weights", "gradients", "optimizer"):
-            assert sum(b[key] for b in ranks) == single[key], (strategy, key)  # a true split
+            assert sum(b[key] for b in ranks) == one[key], (strategy, key)  # a true split
         # AdamW's step counters are not sharded: every rank keeps all of them
-        assert all(b["optimizer_counters"] == single["optimizer_counters"] for b in ranks)
+        assert all(b["optimizer_counters"] == one["optimizer_counters"] for b in ranks)
     est = estimator.training_memory(
         zoo.load_config("tiny-llama"), precision="fp32", batch=2, seq=16
     )
@@ -56,11 +67,12 @@ def test_bytes_per_rank(two_ranks):
     assert abs(rank0["weights"] - z3.weights) <= 0.01 * z3.weights  # uneven dim-0 splits only
 
 
-def test_traffic_matches_textbook(two_ranks):
-    single = parallel.train(JOB, "single")["bytes"]
+@pytest.mark.slow
+def test_traffic_matches_textbook(two_ranks, single):
+    one = single["full"]["bytes"]
     for strategy in ("ddp", "zero2", "zero3"):
         run = two_ranks[("full", strategy, 0)]
-        want = parallel.textbook_payload(strategy, single["weights"], single["gradients"])
+        want = parallel.textbook_payload(strategy, one["weights"], one["gradients"])
         assert set(run["payload_per_step"]) == set(want)
         for op, nbytes in want.items():  # FSDP2 pads each shard to equal size: < 1% here
             assert nbytes <= run["payload_per_step"][op] <= 1.01 * nbytes, (strategy, op)
@@ -70,6 +82,7 @@ def test_traffic_matches_textbook(two_ranks):
     assert lora["payload_per_step"]["all_reduce"] == lora["bytes"]["gradients"]  # adapters only
 
 
+@pytest.mark.slow
 def test_job_and_launcher_errors():
     with pytest.raises(LabkitError, match="does not split over 3 processes"):
         parallel.Job(global_batch=4).check(3)
@@ -106,22 +119,27 @@ def test_launch_config_is_read_by_accelerate(nodes):
     assert f"--nnodes={nodes}" in command
 
 
-def test_notebook_03_demo_runs_through_the_launcher():
-    demo = launch.run("labkit.distributed.demo", 2, ["tiny-llama"], timeout=240)
+@pytest.mark.slow
+def test_notebook_03_memory_preset_matches_the_estimate():
+    demo = launch.run("labkit.distributed.parallel", 2, ["--preset", "memory"], timeout=240)
     assert demo.returncode == 0
     report = demo.reports[0]
+    assert report["model"] == "tiny-llama" and report["world_size"] == 2
     for rank in report["measured"]:
         assert rank["replicated"] == report["estimate"]["ddp"]
-        assert rank["sharded"]["weights"] == report["estimate"]["fsdp"]["weights"]
+        assert rank["sharded"] == report["estimate"]["fsdp"]
+    assert 2 * rank["sharded"]["weights"] == rank["replicated"]["weights"]
 
 
-def test_selfcheck_15(capsys):
-    from labkit.course.exercises import check
-
-    grads = 4 * architecture.count_parameters(zoo.load_config("zoo-llama"))
-    assert check("15.1", 1.5 * grads)
-    assert not check("15.1", grads)  # the payload, not what a rank sends
-    assert str(int(1.5 * grads)) not in capsys.readouterr().out
+def test_presets_are_defaults_that_options_override():
+    preset, strategies, methods, job = parallel.parse_args(["--preset", "memory", "--seq", "32"])
+    assert (preset, strategies, methods) == ("memory", ["ddp", "zero3"], ["full"])
+    assert job == {**job, "model": "tiny-llama", "steps": 1, "global_batch": 4, "seq": 32}
+    assert parallel.parse_args([])[1] == ["ddp", "zero2", "zero3"]
+    with pytest.raises(LabkitError, match="invalid choice: 'memry'"):
+        parallel.parse_args(["--preset", "memry"])
+    with pytest.raises(LabkitError, match="compares ddp with zero3, got zero2"):
+        parallel.memory_report([{"strategy": "zero2"}], JOB, rank=0, world=1)
 
 
 @pytest.fixture
@@ -138,6 +156,7 @@ def _ranks_running(mark: str) -> list:
     return launch.processes_with("LABKIT_TEST_MARK", mark)
 
 
+@pytest.mark.slow
 def test_failures_leave_no_process_and_say_one_line(mark):
     import socket
 
@@ -152,6 +171,7 @@ def test_failures_leave_no_process_and_say_one_line(mark):
             launch.run("labkit.distributed.parallel", 2, port=taken)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank(monkeypatch, mark):
     import subprocess as sp
 

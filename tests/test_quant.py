@@ -1,4 +1,4 @@
-"""labkit.quant.quantize: worked examples, bit-exactness against bitsandbytes, properties, layers, errors."""
+"""labkit.quant.integer, codebook and layers: worked examples, bit-exactness against bitsandbytes, properties, layers, errors."""
 
 import math
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from labkit import LabkitError, hardware
-from labkit.quant import quantize
+from labkit.quant import codebook, integer, layers
 
 hardware.quiet_logs()
 import bitsandbytes as bnb  # noqa: E402
@@ -20,14 +20,14 @@ SEED_VECTOR = [1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4]
 
 # ---- worked examples (docs/formulas.md) ---------------------------------------------------------------
 def test_absmax_worked_example():
-    q, scale = quantize.absmax_quantize(torch.tensor(SEED_VECTOR))
+    q, scale = integer.absmax_quantize(torch.tensor(SEED_VECTOR))
     assert q.tolist() == [28, -12, -101, 28, -73, 19, 56, 127]
     assert scale.item() == pytest.approx(127 / 5.4)
     assert round(scale.item(), 4) == 23.5185
 
 
 def test_zeropoint_worked_example():
-    q, scale, zp = quantize.zeropoint_quantize(torch.tensor(SEED_VECTOR))
+    q, scale, zp = integer.zeropoint_quantize(torch.tensor(SEED_VECTOR))
     assert q.tolist() == [17, -28, -128, 17, -96, 6, 48, 127]
     assert scale.item() == pytest.approx(255 / 9.7)
     assert zp.item() == -15
@@ -43,9 +43,9 @@ def test_4bit_bit_identical_to_bitsandbytes(shape, kind):
     x.view(-1)[-1] = 3.0  # an outlier
     packed, state = bnbf.quantize_4bit(x, quant_type=kind, blocksize=64, compress_statistics=False)
     fn, inv = (
-        (quantize.nf4_quantize, quantize.nf4_dequantize)
+        (codebook.nf4_quantize, codebook.nf4_dequantize)
         if kind == "nf4"
-        else (quantize.fp4_quantize, quantize.fp4_dequantize)
+        else (codebook.fp4_quantize, codebook.fp4_dequantize)
     )
     mine, absmax = fn(x)
     assert mine.dtype == packed.dtype and mine.shape == packed.shape
@@ -58,41 +58,41 @@ def test_4bit_bit_identical_to_bitsandbytes(shape, kind):
 @pytest.mark.parametrize("blocksize", [64, 128, 256])
 def test_nf4_blocksizes_and_ties(blocksize):
     # values exactly on the midpoints between NF4 levels: the tie rule must match too
-    mids = (quantize.NF4_CODE[:-1] + quantize.NF4_CODE[1:]) / 2
+    mids = (codebook.NF4_CODE[:-1] + codebook.NF4_CODE[1:]) / 2
     x = torch.cat([mids, -mids, torch.linspace(-1, 1, 2 * blocksize - 30)])
     x = x[: (x.numel() // blocksize) * blocksize]
     x[0] = 1.0  # absmax 1 keeps the midpoints exact in the first block
     packed, state = bnbf.quantize_4bit(
         x, quant_type="nf4", blocksize=blocksize, compress_statistics=False
     )
-    mine, absmax = quantize.nf4_quantize(x, blocksize)
+    mine, absmax = codebook.nf4_quantize(x, blocksize)
     assert torch.equal(mine, packed) and torch.equal(absmax, state.absmax)
 
 
 def test_nf4_table_derived_from_the_normal():
-    assert torch.equal(quantize.NF4_CODE, bnbf.get_4bit_type("nf4", device="cpu"))
-    assert torch.allclose(quantize.nf4_code_from_normal(), quantize.NF4_CODE, atol=1e-7)
-    assert torch.equal(quantize.FP4_CODE, bnbf.get_4bit_type("fp4", device="cpu"))
+    assert torch.equal(codebook.NF4_CODE, bnbf.get_4bit_type("nf4", device="cpu"))
+    assert torch.allclose(codebook.nf4_code_from_normal(), codebook.NF4_CODE, atol=1e-7)
+    assert torch.equal(codebook.FP4_CODE, bnbf.get_4bit_type("fp4", device="cpu"))
 
 
 def test_int8_vectorwise_matches_bitsandbytes():
     torch.manual_seed(0)
     x = torch.randn(16, 96)
     q, row_stats, _ = bnbf.int8_vectorwise_quant(x.clone())
-    mine, scale = quantize.absmax_quantize(x, 8, axis=-1)
+    mine, scale = integer.absmax_quantize(x, 8, axis=-1)
     assert torch.equal(mine, q)
     assert torch.allclose(127 / scale.squeeze(1), row_stats)
 
 
 def test_double_quantization_costs_and_accuracy():
-    assert quantize.bits_per_parameter(4, 64) == 4.5
-    assert round(quantize.bits_per_parameter(4, 64, double_quant=True), 3) == 4.127
+    assert codebook.bits_per_parameter(4, 64) == 4.5
+    assert round(codebook.bits_per_parameter(4, 64, double_quant=True), 3) == 4.127
     torch.manual_seed(0)
     x = torch.randn(256 * 64 * 3)
-    _, absmax = quantize.nf4_quantize(x)
-    q, scale, offset = quantize.double_quantize(absmax)
+    _, absmax = codebook.nf4_quantize(x)
+    q, scale, offset = codebook.double_quantize(absmax)
     assert q.dtype == torch.int8 and q.numel() == absmax.numel() and scale.numel() == 3
-    back = quantize.double_dequantize(q, scale, offset)
+    back = codebook.double_dequantize(q, scale, offset)
     step = 1 / scale.repeat_interleave(256)
     assert ((back - absmax).abs() <= step / 2 + 1e-6).all()
     # bitsandbytes' nested state: same number of 8-bit constants and 256-blocks
@@ -105,17 +105,17 @@ def test_quantile_and_int4_error_ordering():
     torch.manual_seed(0)
     w = torch.randn(128, 256) * 0.05
     err = {
-        k: quantize.quant_error(w, quantize.fake_quantize_4bit(w, k))["mse"]
+        k: integer.quant_error(w, codebook.fake_quantize_4bit(w, k))["mse"]
         for k in ("int4", "fp4", "nf4", "quantile")
     }
     # normal weights: NF4 beats uniform levels, FP4, and empirical quantiles (whose few outer
     # levels leave the largest weights with large errors)
     assert err["nf4"] < min(err["int4"], err["fp4"], err["quantile"])
-    code = quantize.quantile_code(w, 4, blocksize=64)
+    code = codebook.quantile_code(w, 4, blocksize=64)
     assert code.numel() == 16 and (code.diff() > 0).all() and code[0] == -1 and code[-1] == 1
     # the defining property: on the data it was fitted to, the inner levels split it evenly
     flat = (w / w.abs().max()).flatten()
-    inner = quantize.quantile_code(w, 4)[1:-1]
+    inner = codebook.quantile_code(w, 4)[1:-1]
     below = torch.tensor([(flat < c).float().mean() for c in inner])
     assert torch.allclose(below.diff(), torch.full((13,), 1 / 17), atol=0.01)
 
@@ -128,10 +128,10 @@ floats = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinit
 @given(st.lists(floats, min_size=1, max_size=64), st.integers(2, 8))
 def test_absmax_round_trip_within_half_step(values, bits):
     x = torch.tensor(values, dtype=torch.float32)
-    q, scale = quantize.absmax_quantize(x, bits)
-    lo, hi = quantize.qrange(bits)
+    q, scale = integer.absmax_quantize(x, bits)
+    lo, hi = integer.qrange(bits)
     assert q.min() >= lo and q.max() <= hi
-    err = (quantize.absmax_dequantize(q, scale) - x).abs()
+    err = (integer.absmax_dequantize(q, scale) - x).abs()
     step = 1 / scale
     assert (err <= step / 2 * (1 + 1e-5) + 1e-6 * x.abs()).all()
 
@@ -140,9 +140,9 @@ def test_absmax_round_trip_within_half_step(values, bits):
 @given(st.lists(floats, min_size=1, max_size=64), st.integers(2, 8))
 def test_zeropoint_round_trip_within_half_step(values, bits):
     x = torch.tensor(values, dtype=torch.float32)
-    q, scale, zp = quantize.zeropoint_quantize(x, bits)
+    q, scale, zp = integer.zeropoint_quantize(x, bits)
     assert q.min() >= -(2 ** (bits - 1)) and q.max() <= 2 ** (bits - 1) - 1
-    err = (quantize.zeropoint_dequantize(q, scale, zp) - x).abs()
+    err = (integer.zeropoint_dequantize(q, scale, zp) - x).abs()
     assert (err <= (1 / scale) / 2 * (1 + 1e-4) + 1e-5 * x.abs().max()).all()
 
 
@@ -160,19 +160,19 @@ def grouped_tensor(draw):
 def test_granularity_functions(xg, axis):
     x, g = xg
     # group-wise along the last axis: one absmax per group of g consecutive values in a row
-    am = quantize.group_reduce(x, "absmax", axis=-1, group_size=g)
+    am = integer.group_reduce(x, "absmax", axis=-1, group_size=g)
     assert am.shape == (x.shape[0], x.shape[1] // g)
     assert torch.equal(am, x.reshape(x.shape[0], -1, g).abs().amax(-1))
-    assert quantize.expand_groups(am, x.shape).shape == x.shape
-    assert (quantize.expand_groups(am, x.shape) >= x.abs()).all()
+    assert integer.expand_groups(am, x.shape).shape == x.shape
+    assert (integer.expand_groups(am, x.shape) >= x.abs()).all()
     # per-channel = one group spanning the axis; per-tensor = one value
-    ch = quantize.group_reduce(x, "absmax", axis=axis)
+    ch = integer.group_reduce(x, "absmax", axis=axis)
     assert torch.equal(ch, x.abs().amax(axis, keepdim=True))
-    assert quantize.group_reduce(x, "absmax").item() == x.abs().max().item()
+    assert integer.group_reduce(x, "absmax").item() == x.abs().max().item()
     # finer groups never err more than per-tensor on the worst element (same scale or smaller)
-    q, s = quantize.absmax_quantize(x, 8, axis=-1, group_size=g)
-    err = (quantize.absmax_dequantize(q, s) - x).abs()
-    assert (err <= quantize.expand_groups(1 / s, x.shape) / 2 * (1 + 1e-5) + 1e-6 * x.abs()).all()
+    q, s = integer.absmax_quantize(x, 8, axis=-1, group_size=g)
+    err = (integer.absmax_dequantize(q, s) - x).abs()
+    assert (err <= integer.expand_groups(1 / s, x.shape) / 2 * (1 + 1e-5) + 1e-6 * x.abs()).all()
 
 
 # ---- matmuls and layers -----------------------------------------------------------------------
@@ -180,17 +180,17 @@ def test_int8_matmul_equals_int32_accumulation():
     torch.manual_seed(0)
     a = torch.randint(-127, 128, (5, 300), dtype=torch.int8)
     b = torch.randint(-127, 128, (7, 300), dtype=torch.int8)
-    out = quantize.int8_matmul(a, b)
+    out = integer.int8_matmul(a, b)
     assert out.dtype == torch.int32
     assert torch.equal(out, a.to(torch.int32) @ b.to(torch.int32).T)
     with pytest.raises(LabkitError):
-        quantize.int8_matmul(a.float(), b)
+        integer.int8_matmul(a.float(), b)
 
 
 def test_vectorwise_int8_matmul_close_to_float():
     torch.manual_seed(0)
     x, w = torch.randn(8, 64), torch.randn(32, 64) * 0.1
-    y = quantize.int8_linear_vectorwise(x, w)
+    y = integer.int8_linear_vectorwise(x, w)
     ref = x @ w.T
     assert (y - ref).abs().max() < 0.05 * ref.abs().max()
 
@@ -200,17 +200,17 @@ def test_llm_int8_decomposition_recovers_outliers_and_matches_bnb():
     x, w = torch.randn(16, 64), torch.randn(48, 64) * 0.1
     x[:, [3, 40]] *= 40  # two outlier feature columns
     ref = x @ w.T
-    plain = (quantize.int8_linear_vectorwise(x, w) - ref).abs().mean()
-    mixed = (quantize.llm_int8_linear(x, w, 6.0) - ref).abs().mean()
+    plain = (integer.int8_linear_vectorwise(x, w) - ref).abs().mean()
+    mixed = (integer.llm_int8_linear(x, w, 6.0) - ref).abs().mean()
     assert mixed < plain / 5
-    assert quantize.outlier_columns(x, 6.0).tolist() == [3, 40]
+    assert integer.outlier_columns(x, 6.0).tolist() == [3, 40]
     layer = bnb.nn.Linear8bitLt(64, 48, bias=False, has_fp16_weights=False, threshold=6.0)
     layer.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
     layer = layer.to("cpu").eval()
     with torch.no_grad():
         theirs = layer(x)
     assert (
-        theirs.float() - quantize.llm_int8_linear(x, w, 6.0)
+        theirs.float() - integer.llm_int8_linear(x, w, 6.0)
     ).abs().max() < 1e-2 * ref.abs().max()
 
 
@@ -223,7 +223,7 @@ def _toy_model():
 def test_quantize_model_replaces_every_linear(kind):
     model, x = _toy_model(), torch.randn(5, 32)
     ref = model(x)
-    names = quantize.quantize_model(model, kind, skip=())
+    names = layers.quantize_model(model, kind, skip=())
     assert names == ["0", "2"]
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     tol = {"w8a16": 0.02, "w8a8": 0.03, "nf4": 0.2}[kind]
@@ -231,7 +231,7 @@ def test_quantize_model_replaces_every_linear(kind):
 
 
 def test_w8a16_dequantizes_to_input_dtype():
-    layer = quantize.W8A16Linear(nn.Linear(16, 8))
+    layer = layers.W8A16Linear(nn.Linear(16, 8))
     assert layer.qweight.dtype == torch.int8
     assert layer(torch.randn(2, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
@@ -241,59 +241,59 @@ def test_smoothquant_is_exact_before_rounding_and_helps_with_outliers():
     lin = nn.Linear(64, 32)
     x = torch.randn(4, 10, 64)
     x[..., 5] *= 50  # an outlier channel, as in LLM activations
-    stats = quantize.collect_input_absmax(nn.Sequential(lin), [{"input": x}], names=["0"])
+    stats = layers.collect_input_absmax(nn.Sequential(lin), [{"input": x}], names=["0"])
     assert torch.allclose(stats["0"], x.abs().amax((0, 1)))
-    s = quantize.smoothquant_scales(stats["0"], lin.weight, 0.5)
+    s = layers.smoothquant_scales(stats["0"], lin.weight, 0.5)
     ref = lin(x)
     smoothed = (x / s) @ (lin.weight * s).T + lin.bias
     assert torch.allclose(smoothed, ref, atol=1e-4)
-    plain = (quantize.W8A8Linear(lin)(x) - ref).abs().mean()
-    smooth = (quantize.W8A8Linear(lin, s)(x) - ref).abs().mean()
+    plain = (layers.W8A8Linear(lin)(x) - ref).abs().mean()
+    smooth = (layers.W8A8Linear(lin, s)(x) - ref).abs().mean()
     assert smooth < plain / 2
 
 
 def test_smoothquant_on_model_needs_stats():
     model = _toy_model()
     with pytest.raises(LabkitError, match="act_absmax"):
-        quantize.quantize_model(model, "smoothquant")
+        layers.quantize_model(model, "smoothquant")
     x = torch.randn(6, 32)
-    stats = quantize.collect_input_absmax(model, [{"input": x}], names=["0", "2"])
+    stats = layers.collect_input_absmax(model, [{"input": x}], names=["0", "2"])
     ref = model(x)
-    quantize.quantize_model(model, "smoothquant", skip=(), act_absmax=stats, alpha=0.5)
+    layers.quantize_model(model, "smoothquant", skip=(), act_absmax=stats, alpha=0.5)
     assert (model(x) - ref).abs().max() < 0.05 * ref.abs().max()
 
 
 def test_error_metrics():
     x = torch.tensor([1.0, -2.0, 3.0, 4.0])
-    e = quantize.quant_error(x, x + torch.tensor([0.1, -0.1, 0.1, -0.1]))
+    e = integer.quant_error(x, x + torch.tensor([0.1, -0.1, 0.1, -0.1]))
     assert e["mse"] == pytest.approx(0.01, rel=1e-5)
     assert e["max_error"] == pytest.approx(0.1)
     assert e["sqnr_db"] == pytest.approx(10 * math.log10(30 / 0.04))
-    assert quantize.quant_error(x, x)["sqnr_db"] == math.inf
-    assert quantize.bits_per_parameter(8, None) == 8.0
+    assert integer.quant_error(x, x)["sqnr_db"] == math.inf
+    assert codebook.bits_per_parameter(8, None) == 8.0
 
 
 # ---- bad input -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: quantize.absmax_quantize(torch.randn(8), bits=1),
-        lambda: quantize.absmax_quantize(torch.randn(8), bits=9),
-        lambda: quantize.zeropoint_quantize(torch.randn(8), bits=16),
-        lambda: quantize.absmax_quantize(torch.randn(4, 10), axis=-1, group_size=3),
-        lambda: quantize.absmax_quantize(torch.randn(4, 10), group_size=5),
-        lambda: quantize.absmax_quantize(torch.empty(0)),
-        lambda: quantize.absmax_quantize(torch.tensor([1.0, math.nan])),
-        lambda: quantize.zeropoint_quantize(torch.tensor([1.0, math.inf])),
-        lambda: quantize.nf4_quantize(torch.randn(100)),
-        lambda: quantize.nf4_quantize(torch.tensor([math.nan] * 64)),
-        lambda: quantize.nf4_dequantize(
+        lambda: integer.absmax_quantize(torch.randn(8), bits=1),
+        lambda: integer.absmax_quantize(torch.randn(8), bits=9),
+        lambda: integer.zeropoint_quantize(torch.randn(8), bits=16),
+        lambda: integer.absmax_quantize(torch.randn(4, 10), axis=-1, group_size=3),
+        lambda: integer.absmax_quantize(torch.randn(4, 10), group_size=5),
+        lambda: integer.absmax_quantize(torch.empty(0)),
+        lambda: integer.absmax_quantize(torch.tensor([1.0, math.nan])),
+        lambda: integer.zeropoint_quantize(torch.tensor([1.0, math.inf])),
+        lambda: codebook.nf4_quantize(torch.randn(100)),
+        lambda: codebook.nf4_quantize(torch.tensor([math.nan] * 64)),
+        lambda: codebook.nf4_dequantize(
             torch.zeros(32, 1, dtype=torch.uint8), torch.ones(1), (128,)
         ),
-        lambda: quantize.absmax_quantize(torch.arange(8)),
-        lambda: quantize.fake_quantize_4bit(torch.randn(64), "int3"),
-        lambda: quantize.smoothquant_scales(torch.ones(4), torch.ones(2, 4), alpha=1.5),
-        lambda: quantize.quantize_model(nn.Linear(2, 2), "w4a4"),
+        lambda: integer.absmax_quantize(torch.arange(8)),
+        lambda: codebook.fake_quantize_4bit(torch.randn(64), "int3"),
+        lambda: layers.smoothquant_scales(torch.ones(4), torch.ones(2, 4), alpha=1.5),
+        lambda: layers.quantize_model(nn.Linear(2, 2), "w4a4"),
     ],
 )
 def test_bad_input_raises_clear_error(call):

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from labkit import LabkitError
-from labkit.course import runner, slides
+from labkit.course import notebook_format, runner, slides
 
 NOTEBOOKS = runner.course_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
@@ -141,7 +141,7 @@ def test_structure_is_idempotent_and_keeps_the_exercises_runnable():
     text = nbformat.writes(once)
     twice = slides.structure(nbformat.reads(text, as_version=4), "99_toy.ipynb", run_seconds=40)
     assert nbformat.writes(twice) == text
-    assert [t for t, _ in runner.exercise_solutions(once)] == ["⭐ Warm-up"]
+    assert [t for t, _ in notebook_format.exercise_solutions(once)] == ["⭐ Warm-up"]
 
 
 def test_plan_minutes_grow_with_content_and_run_time():

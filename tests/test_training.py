@@ -21,11 +21,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return zoo.load_tokenizer("tiny-llama")
-
-
 def test_chat_features_mask_the_prompt(tok):
     feats = finetune.chat_features(tok, ROWS)
     for row, feat in zip(ROWS, feats, strict=True):

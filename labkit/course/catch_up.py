@@ -13,15 +13,13 @@ is JupyterLab's Run > Run All Above Selected Cell; this helper also works from a
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import nbformat
 
 from labkit import LabkitError, unknown
-
-HEADING_RE = re.compile(r"^##\s+(?P<title>.+)$", re.M)
+from labkit.course import notebook_format
 
 
 def find_notebook(notebook: str | Path) -> Path:
@@ -37,16 +35,6 @@ def find_notebook(notebook: str | Path) -> Path:
     return matches[0]
 
 
-def headings(nb: nbformat.NotebookNode) -> list[str]:
-    """The ``##`` section titles of a notebook, in order."""
-    return [
-        m.group("title").strip()
-        for c in nb.cells
-        if c.cell_type == "markdown"
-        for m in HEADING_RE.finditer(c.source)
-    ]
-
-
 def cells_before(nb: nbformat.NotebookNode, heading: str) -> list[str]:
     """Sources of the code cells above the ``##`` section whose title starts with ``heading``
     (``"4"`` matches ``"4. Outliers and LLM.int8()"``; case-insensitive)."""
@@ -54,7 +42,7 @@ def cells_before(nb: nbformat.NotebookNode, heading: str) -> list[str]:
     code: list[str] = []
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            titles = [m.group("title").strip().lower() for m in HEADING_RE.finditer(cell.source)]
+            titles = [t.lower() for t in notebook_format.headings(cell.source, level=2)]
             if any(
                 t == want
                 or t.startswith(want + ".")
@@ -65,7 +53,7 @@ def cells_before(nb: nbformat.NotebookNode, heading: str) -> list[str]:
                 return code
         elif cell.cell_type == "code" and cell.source.strip():
             code.append(cell.source)
-    raise unknown("section", heading, headings(nb) or ["(no ## sections)"])
+    raise unknown("section", heading, notebook_format.sections(nb) or ["(no ## sections)"])
 
 
 def run_until(notebook: str | Path, heading: str, namespace: dict | None = None) -> int:

@@ -252,11 +252,11 @@ EXERCISES.update(
 def _absmax4_error() -> float:
     import torch
 
-    from labkit.quant import quantize
+    from labkit.quant import integer
 
     x = torch.tensor([1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4])
-    q, s = quantize.absmax_quantize(x, bits=4)
-    return (quantize.absmax_dequantize(q, s) - x).abs().max().item()
+    q, s = integer.absmax_quantize(x, bits=4)
+    return (integer.absmax_dequantize(q, s) - x).abs().max().item()
 
 
 EXERCISES.update(
@@ -274,7 +274,7 @@ EXERCISES.update(
     {
         "06.1": Exercise(
             number(
-                lambda: importlib.import_module("labkit.quant.quantize").bits_per_parameter(
+                lambda: importlib.import_module("labkit.quant.codebook").bits_per_parameter(
                     4, 128, True
                 ),
                 rel=1e-6,
@@ -291,7 +291,7 @@ EXERCISES.update(
         "07.1": Exercise(
             number(
                 lambda: (
-                    importlib.import_module("labkit.quant.quantize").bits_per_parameter(
+                    importlib.import_module("labkit.quant.codebook").bits_per_parameter(
                         8, 128, absmax_bits=16
                     )
                     - 8
@@ -487,16 +487,16 @@ EXERCISES.update(
 # --- notebook 16 ---
 def _forgetting_first_epoch_share() -> float:
     """Share of full fine-tuning's corpus-loss rise after epoch 1 (from the seed record)."""
-    from labkit.training import forgetting
+    from labkit.studies import forgetting
 
-    return forgetting.first_epoch_share(forgetting.load_record(), "full")
+    return forgetting.first_epoch_share(forgetting.load(), "full")
 
 
 EXERCISES.update(
     {
         "16.1": Exercise(
             number(_forgetting_first_epoch_share, rel=1e-3),
-            "take the seed means per epoch from fg.epoch_bands(record, 'full')['mean'], then "
+            "take the seed means per epoch from fs.epoch_bands(record, 'full')['mean'], then "
             "(after epoch 1 - before) / (after the last epoch - before)",
         ),
     }

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labkit import compat
+
 HINT = "run the cells above first (Run > Run All Above Selected Cell)"
 _NAME = re.compile(r"name '([^']+)' is not defined")
 
@@ -85,7 +87,7 @@ def _handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: 
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
         return None
     stb = [message(shell, value)]
-    shell._showtraceback(etype, value, stb)  # what ipykernel turns into the cell's error output
+    compat.show_traceback(shell, etype, value, stb)  # ipykernel: the cell's error output
     return stb
 
 

@@ -29,6 +29,7 @@ import nbformat
 
 from labkit import REPO_ROOT, LabkitError
 from labkit.cli import Parser
+from labkit.course import notebook_format
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BUILD_DIR = REPO_ROOT / "build"
@@ -92,40 +93,13 @@ def execute(
     return nb, time.perf_counter() - start, error
 
 
-SOLUTION_RE = re.compile(r"<details><summary>Solution</summary>(?P<body>.*?)</details>", re.S)
-CODE_RE = re.compile(r"```python\n(?P<code>.*?)```", re.S)
-HEADING_RE = re.compile(r"^###\s+(?P<title>.+)$", re.M)
-
-
-def exercise_solutions(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
-    """``(exercise heading, solution code)`` for every python solution, in notebook order."""
-    found: list[tuple[str, str]] = []
-    title = "exercise"
-    for cell in nb.cells:
-        if cell.cell_type != "markdown":
-            continue
-        marks = [
-            (m.start(), "h", m.group("title").strip()) for m in HEADING_RE.finditer(cell.source)
-        ]
-        marks += [
-            (m.start(), "s", "".join(c.group("code") for c in CODE_RE.finditer(m.group("body"))))
-            for m in SOLUTION_RE.finditer(cell.source)
-        ]
-        for _, kind, text in sorted(marks):
-            if kind == "h":
-                title = text
-            elif text:  # a solution in words only has nothing to run
-                found.append((title, text))
-    return found
-
-
 def run_exercises(path: Path, timeout: int = 600) -> list[dict]:
     """Run a notebook, then each of its solutions in the same kernel; one row per solution.
 
     A failing solution does not stop the others (the kernel goes on, as in JupyterLab).
     """
     nb = nbformat.read(path, as_version=4)
-    solutions = exercise_solutions(nb)
+    solutions = notebook_format.exercise_solutions(nb)
     first = len(nb.cells)
     nb.cells += [nbformat.v4.new_code_cell(code) for _, code in solutions]
     nb, seconds, crashed = execute(path, timeout, nb=nb, allow_errors=True)
@@ -161,7 +135,7 @@ def with_solutions(nb: nbformat.NotebookNode, name: str = "") -> nbformat.Notebo
     The cells run after the whole notebook, in its kernel, as :func:`run_exercises` runs them.
     """
     out = nbformat.from_dict(json.loads(json.dumps(nb)))  # deep copy, plain nodes
-    for title, code in exercise_solutions(nb):
+    for title, code in notebook_format.exercise_solutions(nb):
         out.cells.append(nbformat.v4.new_code_cell(f"{SOLUTION_MARK} {name} {title}\n{code}"))
     return out
 
@@ -171,7 +145,7 @@ def write_solution_copies(paths: list[Path], out_dir: Path) -> list[Path]:
 
     The copies are plain notebooks in another folder: the kernel's working directory is
     ``out_dir``, so a notebook must find files through ``labkit.REPO_ROOT``, never ``../``
-    (``tests/test_course.py`` checks the committed notebooks for that).
+    (``tests/test_runner.py`` checks the committed notebooks for that).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -281,7 +255,9 @@ def cli_main(argv: list[str]) -> int:
         _check_notebook(p)
     if args.with_solutions:
         written = write_solution_copies(paths, args.with_solutions)
-        n = sum(len(exercise_solutions(nbformat.read(p, as_version=4))) for p in paths)
+        n = sum(
+            len(notebook_format.exercise_solutions(nbformat.read(p, as_version=4))) for p in paths
+        )
         print(
             f"{len(written)} notebooks with {n} solutions appended written to {args.with_solutions}"
         )

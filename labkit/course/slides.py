@@ -31,6 +31,7 @@ import nbformat
 
 from labkit import REPO_ROOT, LabkitError
 from labkit.cli import Parser
+from labkit.course import notebook_format
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SLIDES_DIR = REPO_ROOT / "build" / "slides"
@@ -52,32 +53,11 @@ WORDS_PER_MINUTE = 110
 MINUTES_PER_CODE_CELL = 0.75
 MINUTES_PER_FIGURE = 0.5
 
-HEADING_SPLIT = re.compile(r"^(?=#{2,3} )|^(?=<details><summary>Solution)", re.M)
 TIME_RE = re.compile(r"~(\d+) s on a 2-core CPU")
 MAP_ROW_RE = re.compile(r"^\| \[(\d\d)\]\([^)]*\) \|[^|\n]*\|[^|\n]*\| (\d+) s \|", re.M)
 
 
 # ----------------------------------------------------------------------------- structure
-
-
-def _split_markdown(source: str) -> list[str]:
-    """Split before each ``##``/``###`` heading and each solution, outside code fences and
-    outside ``<details>`` blocks (a solution's own text stays with it)."""
-    pieces, start, fence, details = [], 0, False, 0
-    pos = 0
-    for line in source.splitlines(keepends=True):
-        stripped = line.strip()
-        is_cut = not fence and details == 0 and pos > 0 and HEADING_SPLIT.match(line)
-        if is_cut and source[start:pos].strip():
-            pieces.append(source[start:pos].rstrip("\n"))
-            start = pos
-        if stripped.startswith("```"):
-            fence = not fence
-        elif not fence:
-            details += stripped.count("<details") - stripped.count("</details>")
-        pos += len(line)
-    pieces.append(source[start:].rstrip("\n"))
-    return [p for p in pieces if p.strip()]
 
 
 def _output_size(cell) -> tuple[int, int]:
@@ -113,6 +93,14 @@ def _has_figure(cell) -> bool:
     return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
 
 
+def _level(cell) -> int | None:
+    """The level of the heading a markdown cell starts with (None: no heading)."""
+    if cell.cell_type != "markdown":
+        return None
+    found = notebook_format.first_heading(cell.source)
+    return found[0] if found else None
+
+
 def _slide_type(cell, index: int, first_section: int) -> str:
     src = cell.source.lstrip()
     if index == 0:
@@ -122,9 +110,10 @@ def _slide_type(cell, index: int, first_section: int) -> str:
     if cell.cell_type == "code" and index < first_section:
         return "skip"  # imports and hardware.setup(): run, not presented
     if cell.cell_type == "markdown":
-        if src.startswith("## "):
+        level = _level(cell)
+        if level == 2:
             return "slide"
-        if src.startswith("### ") or src.startswith("<details><summary>Solution"):
+        if level == 3 or src.startswith(notebook_format.SOLUTION_START):
             return "subslide"
         if src.startswith("**Check:**"):
             return "fragment"
@@ -181,15 +170,16 @@ def sections(nb: nbformat.NotebookNode) -> list[Section]:
         if NOTES_TAG in cell.metadata.get("tags", []):
             continue
         src = cell.source
-        if cell.cell_type == "markdown" and src.lstrip().startswith("## "):
-            found.append(Section(heading=src.lstrip()[3:].splitlines()[0].strip()))
+        if _level(cell) == 2:
+            found.append(Section(heading=notebook_format.first_heading(src)[1]))
         if not found:
             continue
         sec = found[-1]
         if cell.cell_type == "markdown":
             plain = _plain(src)
             sec.words += len(plain.split())
-            sec.tiers += [t for t in re.findall(r"^### (⭐+)", src, re.M)]
+            tiers = map(notebook_format.tier, notebook_format.headings(src, level=3))
+            sec.tiers += ["⭐" * t for t in tiers if t]
             if src.lstrip().startswith("**Check:**") and not sec.check:
                 sec.check = _first_sentence(plain.removeprefix("Check:").strip())
             elif plain and not sec.first_sentence and not src.lstrip().startswith("**Check"):
@@ -297,7 +287,7 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
         if NOTES_TAG in cell.metadata.get("tags", []):
             continue  # regenerated below
         if cell.cell_type == "markdown":
-            pieces = _split_markdown(cell.source)
+            pieces = notebook_format.split(cell.source)
             for k, piece in enumerate(pieces):
                 new = nbformat.v4.new_markdown_cell(piece)
                 new.metadata = dict(cell.metadata) if k == 0 else {}
@@ -307,11 +297,7 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
         else:
             cells.append(cell)
     first_section = next(
-        (
-            i
-            for i, c in enumerate(cells)
-            if c.cell_type == "markdown" and c.source.startswith("## ")
-        ),
+        (i for i, c in enumerate(cells) if _level(c) == 2),
         len(cells),
     )
     for i, cell in enumerate(cells):
@@ -330,7 +316,7 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
     out = []
     for cell in nb.cells:
         out.append(cell)
-        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+        if _level(cell) == 2:
             out.append(_notes_cell(notes_text(next(secs), name), len(out)))
     nb.cells = out
     return nb

@@ -1,7 +1,8 @@
 """When one GPU is not enough: the same training job under DDP and FSDP2 sharding, measured.
 
-Run by :func:`labkit.distributed.launch.run` as ``python -m labkit.distributed.parallel --strategy zero3 ...`` on N CPU
-processes (gloo backend). Each rank trains the zoo model for a few steps on its share of one
+Run by :func:`labkit.distributed.launch.run` as ``python -m labkit.distributed.parallel
+--strategies zero3 ...`` on N CPU processes (gloo backend); ``--preset memory`` is notebook 03's
+demo (:data:`PRESETS`). Each rank trains the zoo model for a few steps on its share of one
 global batch and reports: the loss of every step (averaged over ranks, so it can be compared with
 one process on the whole batch), the bytes of ITS OWN parameters, gradients and optimizer state
 (``DTensor.to_local()`` for sharded ones), and the bytes its collectives moved.
@@ -387,40 +388,110 @@ def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Worker entry point under torchrun:
-    ``python -m labkit.distributed.parallel --strategies ddp,zero3 --methods full,lora [job options]``.
+#: Named settings of the worker (``--preset NAME``; options given after it still apply).
+#: ``memory``: notebook 03's demo, the bytes one AdamW step leaves on each of 2 ranks, replicated
+#: (DDP) vs fully sharded (ZeRO-3), next to :func:`labkit.memory.estimator.sharded`'s figures.
+PRESETS: dict[str, dict] = {
+    "memory": {
+        "model": "tiny-llama",
+        "strategies": "ddp,zero3",
+        "methods": "full",
+        "steps": 1,
+        "global_batch": 4,
+        "seq": 16,
+    },
+}
 
-    Runs every (method, strategy) pair in turn in the same processes (one start-up, one import)
-    and writes this rank's list of reports with :func:`labkit.distributed.launch.write_report`.
-    """
-    from labkit import hardware
+
+def _held(report: dict) -> dict[str, int]:
+    """Parameter and optimizer bytes of one run (AdamW's step counters counted as state)."""
+    held = report["bytes"]
+    return {"weights": held["weights"], "optimizer": held["optimizer"] + held["optimizer_counters"]}
+
+
+def memory_report(runs: list[dict], job: Job, rank: int, world: int) -> dict:
+    """The ``memory`` preset's report: every rank's replicated (``ddp``) and sharded (``zero3``)
+    bytes, gathered; rank 0's also holds the estimator's DDP and FSDP figures for the job."""
+    by_strategy = {r["strategy"]: r for r in runs}
+    if not {"ddp", "zero3"} <= set(by_strategy):
+        raise LabkitError(
+            f"the memory report compares ddp with zero3, got {', '.join(by_strategy)}; "
+            "accepted: --strategies with both ddp and zero3"
+        )
+    mine = {"replicated": _held(by_strategy["ddp"]), "sharded": _held(by_strategy["zero3"])}
+    gathered: list[dict] = [{} for _ in range(world)]
+    dist.all_gather_object(gathered, mine)
+    report: dict = {"model": job.model, "world_size": world, "rank": rank, "measured": gathered}
+    if rank == 0:
+        from labkit.memory import estimator
+        from labkit.models import zoo
+
+        est = estimator.training_memory(
+            zoo.load_config(job.model),
+            precision="fp32",
+            batch=job.global_batch // world,
+            seq=job.seq,
+        )
+        ddp, z3 = estimator.sharded(est, world, "ddp"), estimator.sharded(est, world, "fsdp")
+        report["estimate"] = {
+            "ddp": {"weights": ddp.weights, "optimizer": ddp.optimizer},
+            "fsdp": {"weights": z3.weights, "optimizer": z3.optimizer},
+        }
+    return report
+
+
+def parse_args(argv: list[str] | None) -> tuple[str | None, list[str], list[str], dict]:
+    """The worker's command line -> ``(preset, strategies, methods, Job fields)``; a preset's
+    settings are defaults, so options given with it win."""
     from labkit.cli import Parser
-    from labkit.distributed.launch import write_report
 
     parser = Parser(prog="python -m labkit.distributed.parallel")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="named settings (PRESETS)")
     parser.add_argument("--strategies", default="ddp,zero2,zero3", help="comma-separated")
     parser.add_argument("--methods", default="full", help="comma-separated: full, lora")
     for field, default in asdict(Job()).items():
         if field != "method":
             parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    preset = parser.parse_args(argv).preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = vars(parser.parse_args(argv))
+    del args["preset"]
     strategies = args.pop("strategies").split(",")
     methods = args.pop("methods").split(",")
     for name in strategies:
         if name not in STRATEGIES or name == "single":
             raise unknown("strategy", name, [s for s in STRATEGIES if s != "single"])
+    return preset, strategies, methods, args
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """Worker entry point under torchrun:
+    ``python -m labkit.distributed.parallel --strategies ddp,zero3 --methods full,lora [job options]``
+    or ``--preset memory`` (notebook 03).
+
+    Runs every (method, strategy) pair in turn in the same processes (one start-up, one import)
+    and writes this rank's list of reports with :func:`labkit.distributed.launch.write_report`
+    (the ``memory`` preset writes :func:`memory_report` instead).
+    """
+    from labkit import hardware
+    from labkit.distributed.launch import write_report
+
+    preset, strategies, methods, job_args = parse_args(argv)
     hardware.quiet_logs()
     torch.set_num_threads(1)
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        reports = [
-            train(Job(method=method, **args), strategy, rank, world)
+        runs = [
+            train(Job(method=method, **job_args), strategy, rank, world)
             for method in methods
             for strategy in strategies
         ]
-        write_report({"runs": reports}, rank)
+        if preset == "memory":
+            write_report(memory_report(runs, Job(**job_args), rank, world), rank)
+        else:
+            write_report({"runs": runs}, rank)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -428,4 +499,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli_main())

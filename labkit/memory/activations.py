@@ -26,7 +26,8 @@ import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES
-from labkit.models.architecture import Shape, lora_modules, shape_of
+from labkit.models.architecture import Shape, shape_of
+from labkit.models.targets import lora_modules
 
 ATTENTIONS = ("eager", "sdpa")
 DEVICES = ("cuda", "cpu")

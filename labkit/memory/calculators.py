@@ -28,6 +28,7 @@ from labkit import LabkitError
 from labkit.checks import choice, positive
 from labkit.memory import estimator
 from labkit.models import architecture
+from labkit.models.targets import trainable_shapes
 
 GiB = 2**30
 #: What a :class:`Job` may be.
@@ -371,7 +372,7 @@ def compare(job: Job | str) -> list[Row]:
     first_a = 0
     if lora:  # autocast caches these but autograd does not save them (no gradient flows into
         # the first adapted block's input), so the saved-tensor measurement does not see them
-        shapes = architecture.trainable_shapes(job.model, job.method, r=8, targets="default")
+        shapes = trainable_shapes(job.model, job.method, r=8, targets="default")
         first_a = 2 * sum(
             math.prod(s) for n, s in shapes.items() if ".layers.0." in n and "lora_A" in n
         )

@@ -43,6 +43,7 @@ from labkit.checks import choice, positive
 from labkit.memory import measure
 from labkit.memory.activations import ADAPTER_DTYPES, ATTENTIONS, Activations
 from labkit.models import architecture
+from labkit.models.targets import lora_modules, trainable_shapes
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: What :func:`training_activations` accepts as ``method``.
@@ -112,9 +113,9 @@ def to_fake(model: torch.nn.Module):
 
 
 def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_dtype: str, k: int):
-    """Freeze / add LoRA adapters as :func:`labkit.models.architecture.trainable_shapes` counts them."""
+    """Freeze / add LoRA adapters as :func:`labkit.models.targets.trainable_shapes` counts them."""
     if method == "frozen":
-        keep = set(architecture.trainable_shapes(config, "frozen", frozen_layers=k))
+        keep = set(trainable_shapes(config, "frozen", frozen_layers=k))
         for name, p in model.named_parameters():
             p.requires_grad_(name in keep)
         return model
@@ -122,7 +123,7 @@ def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_d
         return model
     from peft import LoraConfig, get_peft_model
 
-    mods = architecture.lora_modules(config, targets)
+    mods = lora_modules(config, targets)
     lora = LoraConfig(
         r=r,
         target_modules=[m.name for m in mods],

@@ -54,14 +54,13 @@ from labkit.models.architecture import (
     TRAINING_METHODS,
     Shape,
     _config_dict,
-    block_linears,
     count_parameters,
     module_table,
     param_shapes,
     shape_of,
-    trainable_shapes,
     transformers_config,
 )
+from labkit.models.targets import block_linears, trainable_shapes
 
 #: Precision regimes of training: ``fp32``; ``bf16-mixed``/``fp16-mixed`` (autocast with fp32
 #: master weights); ``bf16`` (pure: everything in bf16).

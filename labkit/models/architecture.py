@@ -10,32 +10,34 @@ memory estimator (:mod:`labkit.memory.estimator`) and the PEFT counts (:mod:`lab
   :func:`table_from_model`. A test shows formula == meta path on the five families, and meta path
   == the real model's ``numel`` on Mixtral (MoE), Gemma 2, Phi-3, Qwen3 and GPT-NeoX.
 - :func:`param_shapes` / :func:`count_parameters`: ``model.named_parameters()`` without building
-  the model (a tied weight once); :func:`trainable_shapes`: what full fine-tuning, frozen layers,
-  LoRA or QLoRA train.
-- Target discovery: :func:`linear_layers`, :func:`regex_matches`, :func:`default_target_modules`
-  and :func:`lora_modules` (peft's own matching, ``check_target_module_exists``).
+  the model (a tied weight once).
+
+Which modules LoRA adapts and what each training method trains are in :mod:`labkit.models.targets`,
+built on this table. A config may be given by name: names resolve through
+:func:`labkit.models.zoo.load_config` (the zoo sits below this module in the models layer; see
+``labkit/models/__init__.py``).
 
 A new formula family (say Gemma) is one ``_gemma(shape)`` builder in :data:`_BUILDERS` plus its
 fields in :func:`shape_of`; the meta path already covers it, and the formula == meta test checks it.
-
-It is one module of about 600 lines because the formula families and the meta-device path must
-produce the same table; keeping them together keeps them equal.
+The formula families and the meta-device path stay in one module because they must produce the
+same table.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import labkit
 from labkit import LabkitError
 from labkit.checks import positive
+from labkit.models import zoo
 
 #: Model types with a formula here (the rest go through the meta device).
 FORMULA_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "bloom")
@@ -45,17 +47,8 @@ LINEAR_NAMES = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
     "bloom": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
 }
-#: The LoRA targets peft picks when ``target_modules`` is None (its per-model-type mapping, held
-#: here so the estimator needs no peft import; a test compares them with
-#: :func:`default_target_modules`).
-PEFT_DEFAULT_TARGETS = {
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-    "gpt2": ("c_attn",),
-    "bloom": ("query_key_value",),
-}
-#: What :func:`trainable_shapes` accepts (``frozen``: embeddings and the first k blocks frozen).
+#: What :func:`labkit.models.targets.trainable_shapes` accepts (``frozen``: embeddings and the
+#: first k blocks frozen).
 TRAINING_METHODS = ("full", "lora", "qlora", "frozen")
 
 
@@ -89,9 +82,8 @@ class Shape:
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
+    """The config as a dict; a name or path is loaded with :func:`labkit.models.zoo.load_config`."""
     if isinstance(config, str | os.PathLike):
-        from labkit.models import zoo
-
         config = zoo.load_config(config)
     if isinstance(config, Mapping):
         return dict(config)
@@ -103,6 +95,13 @@ def _config_dict(config: Any) -> dict[str, Any]:
             f"got {type(config).__name__}"
         )
     return config.to_dict()
+
+
+def model_type_of(config: Any) -> str | None:
+    """The ``model_type`` of a config, a config dict, a model, a zoo/catalog name or a :class:`Shape`."""
+    if isinstance(config, Shape):
+        return config.model_type
+    return _config_dict(config).get("model_type")
 
 
 def shape_of(config: Any) -> Shape:
@@ -359,9 +358,19 @@ def meta_model(config: Any):
         return build_causal_lm(config)
 
 
-#: The module table of the last configs built on the meta device (an estimate reads the table of
-#: an 8B model several times; building it takes about a second).
-_TABLE_CACHE: dict[str, list[ModuleInfo]] = {}
+@dataclass(frozen=True)
+class _ConfigKey:
+    """A config under its JSON text: equal and hashed by the text, carrying the config itself."""
+
+    text: str
+    config: Any = field(compare=False, hash=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_table(key: _ConfigKey) -> tuple[ModuleInfo, ...]:
+    """The module table of the config built on the meta device, for the last 8 configs (an
+    estimate reads the table of an 8B model several times; building it takes about a second)."""
+    return tuple(table_from_model(meta_model(key.config)))
 
 
 def build_causal_lm(config: Any, **kwargs: Any):
@@ -430,12 +439,8 @@ def module_table(config: Any) -> list[ModuleInfo]:
     if c.get("model_type") in FORMULA_FAMILIES:
         s = shape_of(c)
         return _BUILDERS[s.family](s)
-    key = json.dumps(c, sort_keys=True, default=str)
-    if key not in _TABLE_CACHE:
-        if len(_TABLE_CACHE) >= 8:
-            _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
-        _TABLE_CACHE[key] = table_from_model(meta_model(config))
-    return list(_TABLE_CACHE[key])
+    key = _ConfigKey(json.dumps(c, sort_keys=True, default=str), config)
+    return list(_meta_table(key))
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -456,152 +461,3 @@ def count_parameters(config: Any) -> int:
     """Exact parameter count (tied embeddings once, GQA, biases, norms, MoE experts):
     ``sum(p.numel() for p in model.parameters())``."""
     return sum(math.prod(shp) for shp in param_shapes(config).values())
-
-
-def block_linears(config: Any) -> list[ModuleInfo]:
-    """The Linear / Conv1D layers of the blocks (not the output head): what int8 / NF4
-    quantization and autocast's casts act on."""
-    return [m for m in linear_layers(config) if m.name != "lm_head" and not m.tied]
-
-
-# ----------------------------------------------------------------------------- targets
-def linear_layers(config: Any) -> list[ModuleInfo]:
-    """The Linear / Conv1D layers LoRA can adapt (the output head ``lm_head`` included, last)."""
-    return [m for m in module_table(config) if m.kind in {"linear", "conv1d"}]
-
-
-def _strip(name: str) -> str:
-    return name.removeprefix("base_model.model.")
-
-
-def regex_matches(pattern: str, config: Any) -> list[str]:
-    """Module names ``pattern`` matches the way peft matches a string ``target_modules``.
-
-    peft uses ``re.fullmatch`` on the dotted name, so ``"q_proj"`` as a regex matches nothing
-    (write ``".*q_proj"``), unlike the list form ``["q_proj"]`` which matches name endings.
-    """
-    try:
-        rx = re.compile(pattern)
-    except re.error as err:
-        raise LabkitError(f"invalid regex {pattern!r}: {err}; accepted: a Python regex") from None
-    return [_strip(m.name) for m in module_table(config) if rx.fullmatch(_strip(m.name))]
-
-
-def default_target_modules(model_type: str) -> list[str]:
-    """The LoRA targets peft picks when ``target_modules`` is None, for a model type."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAPPING
-
-    if model_type not in MAPPING:
-        raise LabkitError(
-            f"peft has no default LoRA targets for model type {model_type!r}; "
-            f"known: {', '.join(sorted(MAPPING)[:12])}... (pass target_modules explicitly)"
-        )
-    return list(MAPPING[model_type])
-
-
-def _shorthand(table: list[ModuleInfo], model_type: str, targets: str | Iterable[str]):
-    """A peft ``target_modules`` from the estimator's shorthand: ``"default"``, ``"all-linear"``,
-    a comma-separated string or a list of module names (each must name a block linear)."""
-    linears = [m for m in table if m.kind in {"linear", "conv1d"} and m.name != "lm_head"]
-    names = list(dict.fromkeys(m.name.rsplit(".", 1)[-1] for m in linears))
-    if targets == "default":
-        targets = PEFT_DEFAULT_TARGETS.get(model_type) or default_target_modules(model_type)
-    elif isinstance(targets, str):
-        targets = names if targets == "all-linear" else [t for t in targets.split(",") if t]
-    targets = list(targets)
-    bad = [t for t in targets if t not in names]
-    if bad or not targets:
-        raise LabkitError(
-            f"unknown LoRA target(s) {bad or targets!r} for {model_type}; "
-            f"accepted: {', '.join(names)}, all-linear or default"
-        )
-    return targets
-
-
-def lora_modules(config: Any, targets: Any = "default") -> list[ModuleInfo]:
-    """The modules a LoRA adapter on ``targets`` adapts in the model ``config`` describes.
-
-    ``targets``: a peft ``LoraConfig`` (its ``target_modules``, ``exclude_modules``,
-    ``layers_to_transform``, ``modules_to_save`` as peft matches them, with peft's own
-    ``check_target_module_exists``), or the estimator's shorthand: module names
-    (``["q_proj", "v_proj"]``), a comma-separated string, ``"all-linear"`` (every linear in the
-    blocks, not the output head, as peft does) or ``"default"`` (peft's default for the model
-    type: q and v, GPT-2's ``c_attn``, BLOOM's ``query_key_value``).
-    """
-    table = module_table(config)
-    model_type = shape_of(config).model_type if isinstance(config, Shape) else None
-    model_type = model_type or _config_dict(config).get("model_type")
-    if not hasattr(targets, "target_modules"):  # shorthand: peft's list rule, a name's last part
-        wanted = _shorthand(table, model_type, targets)
-        linears = [m for m in table if m.kind in {"linear", "conv1d"} and m.name != "lm_head"]
-        return [m for m in linears if m.name.rsplit(".", 1)[-1] in wanted]
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    lora = targets
-    if getattr(lora, "target_parameters", None):
-        raise LabkitError("target_parameters is not supported here; accepted: target_modules")
-    wanted = lora.target_modules
-    if wanted is None:
-        wanted = default_target_modules(model_type)
-    elif isinstance(wanted, str) and wanted.lower() == "all-linear":
-        wanted = {m.name for m in table if m.kind in {"linear", "conv1d"}} - {"lm_head"}
-
-    resolved = copy.copy(lora)  # the config as peft sees it once target_modules is resolved
-    resolved.target_modules = wanted
-    found = [m for m in table if check_target_module_exists(resolved, m.name)]
-    bad = [m.name for m in found if m.kind not in {"linear", "conv1d", "embedding"}]
-    if bad:
-        raise LabkitError(
-            f"target module {bad[0]!r} is not a Linear, Conv1D or Embedding layer; accepted: "
-            "names or a regex that match only such layers (see labkit.models.architecture.linear_layers)"
-        )
-    if not found:
-        raise LabkitError(
-            f"target_modules={wanted!r} matches no module of this {model_type} model; "
-            "accepted: names from labkit.models.architecture.linear_layers(config) or a full-match regex"
-        )
-    return found
-
-
-def lora_parameters(config: Any, r: int, targets: Any = "default") -> int:
-    """LoRA trainable parameters: r·(d_in + d_out) per adapted matrix."""
-    positive("LoRA rank r", r)
-    return sum(r * (m.d_in + m.d_out) for m in lora_modules(config, targets))
-
-
-def trainable_shapes(
-    config: Any,
-    method: str = "full",
-    *,
-    r: int = 8,
-    targets: Any = "default",
-    frozen_layers: int = 0,
-) -> dict[str, tuple[int, ...]]:
-    """Shapes of the tensors ``method`` trains (see :data:`TRAINING_METHODS`).
-
-    ``full``: every parameter; ``lora`` / ``qlora``: ``lora_A`` (r, d_in) and ``lora_B``
-    (d_out, r) per adapted module; ``frozen``: all but the embeddings (and with them a tied head)
-    and the first ``frozen_layers`` blocks.
-    """
-    from labkit.checks import choice
-
-    choice("method", method, TRAINING_METHODS)
-    shapes = param_shapes(config)
-    if method == "full":
-        return shapes
-    if method in {"lora", "qlora"}:
-        out = {}
-        for m in lora_modules(config, targets):
-            out[f"{m.name}.weight.lora_A"], out[f"{m.name}.weight.lora_B"] = (
-                (r, m.d_in),
-                (m.d_out, r),
-            )
-        return out
-    emb = {f"{m.name}.weight" for m in module_table(config) if m.kind == "embedding"}
-    emb |= {n for n in shapes if "word_embeddings_layernorm" in n}
-    frozen = re.compile(rf"\.(h|layers)\.({'|'.join(str(k) for k in range(frozen_layers))})\.")
-    return {
-        n: shp
-        for n, shp in shapes.items()
-        if n not in emb and not (frozen_layers and frozen.search(n))
-    }

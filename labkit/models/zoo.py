@@ -86,12 +86,9 @@ def minilm_dir() -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """sha256 hex digest of a file, read in chunks by ``hashlib.file_digest`` (Python >= 3.11)."""
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _shown(path: str | os.PathLike[str]) -> str:

@@ -1,3 +1,11 @@
-"""Number formats and quantization from first principles: float formats bit by bit (``formats``), int8
-/ NF4 / FP4 quantization and quantized layers (``quantize``). Layer 2, beside ``memory``.
+"""Number formats and quantization from first principles, layer 2 beside ``memory``; one module per
+step of notebooks 04-07, each building on the ones before it:
+
+- ``formats``: float formats bit by bit (notebook 04);
+- ``integer``: absmax / zero-point quantization at any granularity, error metrics, int8 matmul and
+  LLM.int8() (notebooks 05, 07);
+- ``codebook``: 4-bit codebooks (int4, NF4, FP4, quantile), double quantization, bits per weight
+  (notebook 06);
+- ``layers``: ``W8A16Linear``, ``NF4Linear``, ``W8A8Linear`` with SmoothQuant, ``quantize_model``
+  (notebooks 05-07).
 """

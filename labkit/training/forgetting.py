@@ -20,18 +20,16 @@ fine-tuning data, :func:`replay_features`) and early stopping on the validation 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
-from labkit import REPO_ROOT, LabkitError, unknown
+from labkit import LabkitError, unknown
 from labkit.data import generator, loaders
 from labkit.training import finetune, lm_loss
 
@@ -379,86 +377,12 @@ def train(
     )
 
 
-# --- the course's runs (notebook 16 and benchmarks/forgetting_seeds.py) ----------------------
-
-#: Epochs per run: the same for every method, so curves compare like with like.
-EPOCHS = 5
-
-#: The runs the notebook and the seed record compare. ``method`` is a ``labkit.tuners.peft_methods`` method;
-#: learning rates are the course defaults (``labkit.tuners.peft_methods.TRAIN_ARGS``); ``peft`` overrides the
-#: adapter config; ``replay`` and ``keep_best`` go to :func:`train`.
-RUNS: dict[str, dict[str, Any]] = {
-    "full": {"method": "full", "learning_rate": 1e-3, "keep_best": True},
-    "lora": {"method": "lora", "learning_rate": 3e-3},
-    "prompt": {"method": "prompt", "learning_rate": 0.3, "lr_scheduler_type": "constant"},
-    "full lr 1e-4": {"method": "full", "learning_rate": 1e-4},
-    "full + 25% replay": {"method": "full", "learning_rate": 1e-3, "replay": 0.25},
-    "lora r=1": {"method": "lora", "learning_rate": 3e-3, "peft": {"r": 1, "lora_alpha": 2}},
-    "lora r=64": {"method": "lora", "learning_rate": 3e-3, "peft": {"r": 64, "lora_alpha": 128}},
-}
-
-
-def settings(fast: bool = True) -> dict[str, Any]:
-    """Everything a seed record depends on: epochs, runs, probe sizes (compared by a test)."""
-    return {"epochs": EPOCHS, "runs": RUNS, "probe": PROBE_SETTINGS["fast" if fast else "full"]}
-
-
-def run(
-    name: str, tokenizer, probe: Probe, seed: int = 0, model_id: str = "zoo-llama", **extra: Any
-) -> Run:
-    """Train the run ``name`` of :data:`RUNS` for :data:`EPOCHS` epochs with ``seed``.
-
-    The seed sets the adapter's initialisation, the data order and the replay sample.
-    ``extra`` overrides the run's settings (e.g. ``num_train_epochs``).
-    """
-    from labkit.tuners import peft_methods
-
-    if name not in RUNS:
-        raise unknown("run", name, RUNS)
-    spec = {**RUNS[name], **extra}
-    method, overrides = spec.pop("method"), spec.pop("peft", {})
-    model = peft_methods.attach(model_id, method, seed=seed, **overrides)
-    spec.setdefault("num_train_epochs", EPOCHS)
-    return train(model, tokenizer, probe, label=name, seed=seed, data_seed=seed, **spec)
-
-
 def forgetting(history: list[dict[str, float]], key: str = "corpus_loss") -> float:
     """How much worse the last row is than the first on ``key`` (loss up or probe down > 0)."""
     if not history or key not in history[0]:
         raise unknown("metric", key, sorted(history[0]) if history else [])
     first, last = history[0][key], history[-1][key]
     return last - first if key.endswith("loss") else first - last
-
-
-def _mean_spread(values: list[float]) -> tuple[float, float]:
-    """(mean, half the range): the error bar the course draws for a few seeds."""
-    return sum(values) / len(values), (max(values) - min(values)) / 2
-
-
-def summarize(record: dict[str, Any], row: str = "last") -> dict[str, dict[str, Any]]:
-    """Per run of a seed record: mean ± half-range over seeds of the final metrics.
-
-    ``row``: ``"last"`` (after the last epoch) or ``"best"`` (the epoch ``load_best_model_at_end``
-    reloaded; runs without ``keep_best`` are skipped). ``before`` is the untuned model's loss.
-    """
-    if row not in ("last", "best"):
-        raise unknown("row", row, ["last", "best"])
-    by_run: dict[str, list[dict]] = {}
-    for r in record["runs"]:
-        if row == "best" and not r.get("best"):
-            continue
-        by_run.setdefault(r["run"], []).append(r)
-    out = {}
-    for name, runs in by_run.items():
-        rows = [r["best"] if row == "best" else r["history"][-1] for r in runs]
-        out[name] = {
-            "before": runs[0]["history"][0]["corpus_loss"],
-            "seeds": len(runs),
-            "epoch": _mean_spread([x["epoch"] for x in rows]),
-            "chat_em": _mean_spread([r["chat_em"] for r in runs]),
-            **{k: _mean_spread([x[k] for x in rows]) for k in METRICS},
-        }
-    return out
 
 
 #: The per-epoch metrics a tracked row holds.
@@ -505,45 +429,3 @@ def loss_after_marker(
         "share_after": float(after.sum() / valid.sum()),
         "p_end_after": float(logp[..., tokenizer.eos_token_id].exp()[after].mean()),
     }
-
-
-# --- the seed record ------------------------------------------------------------------------
-
-#: Where ``benchmarks/forgetting_seeds.py`` writes its multi-seed record.
-RECORD = REPO_ROOT / "benchmarks" / "forgetting_seeds.json"
-
-
-def load_record(path: str | Path = RECORD) -> dict[str, Any]:
-    """The seed record; says how to make it when it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabkitError(
-            f"no seed record at {path.name}; accepted: run benchmarks/forgetting_seeds.py first"
-        )
-    return json.loads(path.read_text())
-
-
-def epoch_bands(record: dict[str, Any], name: str, key: str = "corpus_loss") -> dict[str, list]:
-    """Per epoch of run ``name``: mean, min and max of ``key`` over the recorded seeds."""
-    runs = [r for r in record["runs"] if r["run"] == name]
-    if not runs:
-        raise unknown("run", name, sorted({r["run"] for r in record["runs"]}))
-    if key not in runs[0]["history"][0]:
-        raise unknown("metric", key, sorted(runs[0]["history"][0]))
-    columns = list(zip(*[[row[key] for row in r["history"]] for r in runs], strict=True))
-    return {
-        "epoch": [row["epoch"] for row in runs[0]["history"]],
-        "mean": [sum(c) / len(c) for c in columns],
-        "min": [min(c) for c in columns],
-        "max": [max(c) for c in columns],
-    }
-
-
-def first_epoch_share(
-    record: dict[str, Any], name: str = "full", key: str = "corpus_loss"
-) -> float:
-    """How much of the whole rise of ``key`` (seed means) has happened after the first epoch."""
-    band = epoch_bands(record, name, key)["mean"]
-    if band[-1] == band[0]:
-        raise LabkitError(f"{key} of {name!r} did not change; the share is undefined")
-    return (band[1] - band[0]) / (band[-1] - band[0])

@@ -9,7 +9,7 @@
   It follows peft 0.21's own rules (which modules match, GQA-shaped prefixes, tied embeddings), so
   it equals ``PeftModel.get_nb_trainable_parameters()[0]``; :func:`count_terms` gives the parts.
   Which modules a model has, and which of them LoRA adapts, is :mod:`labkit.models.architecture`'s
-  (:func:`~labkit.models.architecture.module_table`, :func:`~labkit.models.architecture.lora_modules`).
+  (:func:`~labkit.models.architecture.module_table`, :func:`~labkit.models.targets.lora_modules`).
 - :func:`make_config` builds each method's config with the course defaults (:data:`DEFAULTS`),
   :func:`attach` loads a fresh base model and wraps it (``get_peft_model`` modifies its base in
   place, so every method needs its own base).
@@ -31,7 +31,8 @@ import torch
 import labkit
 from labkit import LabkitError
 from labkit.checks import positive
-from labkit.models.architecture import ModuleInfo, lora_modules, module_table, transformers_config
+from labkit.models.architecture import ModuleInfo, module_table, transformers_config
+from labkit.models.targets import lora_modules
 
 #: The methods this module configures, in course order ("full" = full fine-tuning, no peft).
 PEFT_METHODS = (
@@ -61,7 +62,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: Training arguments per method (``labkit.training.finetune.train(model, tok, **TRAIN_ARGS[method])``).
 #: Virtual-token methods need far larger learning rates than weight updates. Prompt tuning and
 #: P-tuning also keep the learning rate constant: with the Trainer's default linear decay to zero
-#: the same epochs scored lower on every seed (``benchmarks/peft_seeds.py --contrast``).
+#: the same epochs scored lower on every seed (seeds 0-2, measured 2026-11-28 by the first version
+#: of ``benchmarks/peft_seeds.py``, commit 89b1f10; the numbers are in ``benchmarks/README.md``).
 _CONSTANT = {"lr_scheduler_type": "constant"}
 TRAIN_ARGS: dict[str, dict[str, Any]] = {
     "prompt": {"num_train_epochs": 15, "learning_rate": 3e-1, **_CONSTANT},

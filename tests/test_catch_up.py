@@ -4,7 +4,7 @@ import nbformat
 import pytest
 
 from labkit import LabkitError
-from labkit.course import catch_up, runner
+from labkit.course import catch_up, notebook_format, runner
 
 
 def _toy(path):
@@ -48,4 +48,4 @@ def test_find_notebook_by_number_and_every_course_notebook_has_sections():
     with pytest.raises(LabkitError, match="unknown notebook '99'"):
         catch_up.find_notebook("99")
     for path in runner.course_notebooks():
-        assert catch_up.headings(nbformat.read(path, as_version=4)), path.name
+        assert notebook_format.sections(nbformat.read(path, as_version=4)), path.name

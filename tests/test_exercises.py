@@ -1,4 +1,7 @@
-"""labkit.course.exercises: right, wrong, unanswered and unknown exercises; labkit.unknown's wording."""
+"""labkit.course.exercises: right, wrong, unanswered and unknown exercises; labkit.unknown's wording.
+
+The answer keys themselves, against answers computed another way, and their place in the
+notebooks: tests/test_exercise_keys.py."""
 
 import numpy as np
 import pytest
@@ -48,22 +51,6 @@ def test_unknown_wording():
     err = unknown("optimizer", "adam9", ["adamw", "sgd"])
     assert isinstance(err, LabkitError)
     assert str(err) == "unknown optimizer 'adam9'; accepted: adamw, sgd"
-
-
-def test_each_registered_check_is_called_in_its_notebook():
-    """A check nobody can find is no help: the notebook NN shows check("NN.T", ...)."""
-    import nbformat
-
-    from labkit.course import runner
-
-    notebooks = {p.name[:2]: p for p in runner.course_notebooks()}
-    for key in exercises.EXERCISES:
-        assert key[:2] in notebooks, f"{key}: no notebook {key[:2]}"
-        nb = nbformat.read(notebooks[key[:2]], as_version=4)
-        text = "\n".join(c.source for c in nb.cells)
-        assert f'check("{key}"' in text, (
-            f"{notebooks[key[:2]].name} never calls check({key!r}, ...)"
-        )
 
 
 def test_a_check_in_a_notebook_never_fails_a_top_to_bottom_run(registry, capsys):

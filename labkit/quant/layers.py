@@ -1,0 +1,231 @@
+"""Quantized layers and model surgery (notebooks 05-07), built on :mod:`labkit.quant.integer`
+and :mod:`labkit.quant.codebook`.
+
+:class:`W8A16Linear` and :class:`NF4Linear` (one :class:`WeightOnlyLinear` base: they differ only
+in how they dequantize), :class:`W8A8Linear` (with SmoothQuant: :func:`smoothquant_scales`,
+:func:`collect_input_absmax`), :func:`quantize_model` to swap every ``nn.Linear``, and
+:func:`logit_difference` to compare the quantized model with the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+import labkit
+from labkit import LabkitError
+from labkit.quant.codebook import nf4_dequantize, nf4_quantize
+from labkit.quant.integer import absmax_dequantize, absmax_quantize, check_tensor, int8_matmul
+
+# --------------------------------------------------------------------------------------------
+# layers and model surgery
+# --------------------------------------------------------------------------------------------
+
+
+class WeightOnlyLinear(nn.Module):
+    """A linear layer that stores its weight quantized and dequantizes it inside ``forward``,
+    just before the matmul, which runs in the input's floating-point dtype. Subclasses differ
+    only in how they store the weight and how :meth:`dequantized_weight` recovers it."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        )
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(
+            x,
+            self.dequantized_weight(x.dtype),
+            None if self.bias is None else self.bias.to(x.dtype),
+        )
+
+
+class W8A16Linear(WeightOnlyLinear):
+    """Weight-only int8: int8 weights with per-output-channel (or per-group) absmax scales."""
+
+    def __init__(self, linear: nn.Linear, group_size: int | None = None):
+        super().__init__(linear)
+        q, scale = absmax_quantize(linear.weight.detach(), 8, axis=-1, group_size=group_size)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return absmax_dequantize(self.qweight, self.scale).to(dtype)
+
+
+class NF4Linear(WeightOnlyLinear):
+    """Weight-only NF4 (blockwise absmax, 64): packed 4-bit codes and one absmax per block."""
+
+    def __init__(self, linear: nn.Linear, blocksize: int = 64):
+        super().__init__(linear)
+        self.blocksize = blocksize
+        packed, absmax = nf4_quantize(linear.weight.detach().float(), blocksize)
+        self.register_buffer("packed", packed)
+        self.register_buffer("absmax", absmax)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        shape = (self.out_features, self.in_features)
+        return nf4_dequantize(self.packed, self.absmax, shape, self.blocksize).to(dtype)
+
+
+def smoothquant_scales(
+    act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5
+) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors ``s_j = max|X_j|^α / max|W_j|^(1-α)``.
+
+    Dividing activations by ``s`` and multiplying weight input-columns by ``s`` leaves
+    ``X @ W.T`` unchanged but moves the quantization difficulty from outlier activation channels
+    into the weights (α = 0: none moved; α = 1: all).
+    """
+    check_tensor(act_absmax, "act_absmax")
+    if not 0.0 <= alpha <= 1.0:
+        raise LabkitError(f"alpha must be in [0, 1], got {alpha}")
+    if act_absmax.shape != (weight.shape[-1],):
+        raise LabkitError(
+            f"act_absmax has shape {tuple(act_absmax.shape)}, expected ({weight.shape[-1]},)"
+        )
+    w_absmax = weight.detach().float().abs().amax(dim=0)
+    s = act_absmax.float().clamp(min=1e-5) ** alpha / w_absmax.clamp(min=1e-5) ** (1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+class W8A8Linear(nn.Module):
+    """W8A8: int8 weights (per output channel) and int8 activations quantized per token on the
+    fly, int32 accumulation, one rescale after the matmul (:func:`int8_linear_vectorwise`).
+
+    With ``smooth`` (from :func:`smoothquant_scales`) the weight columns are multiplied by it and
+    the input divided by it first. In a deployed model ``1/s`` is folded into the previous
+    LayerNorm/RMSNorm weight for free; here it is an explicit multiply so any ``nn.Linear`` works.
+    """
+
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach().float()
+        if smooth is not None:
+            w = w * smooth.float().unsqueeze(0)
+            self.register_buffer("inv_smooth", 1.0 / smooth.float())
+        else:
+            self.inv_smooth = None
+        q, scale = absmax_quantize(w, 8, axis=-1)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale)
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float() if self.inv_smooth is None else x.float() * self.inv_smooth
+        x2 = xf.reshape(-1, self.in_features)
+        qx, sx = absmax_quantize(x2, 8, axis=-1)  # per token, computed at run time
+        acc = int8_matmul(qx, self.qweight)
+        y = acc.float() / (sx * self.scale.T)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def linear_names(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[str]:
+    """Names of the ``nn.Linear`` modules of ``model`` whose last name part is not in ``skip``."""
+    skip = set(skip)
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.split(".")[-1] not in skip
+    ]
+
+
+@torch.no_grad()
+def collect_input_absmax(
+    model: nn.Module, batches: Iterable[dict], names: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-input-channel ``max |x|`` seen by each ``nn.Linear`` over calibration ``batches``
+    (dicts passed as ``model(**batch)``): the statistic SmoothQuant needs.
+    """
+    names = list(linear_names(model) if names is None else names)
+    stats: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def hook(name):
+        def fn(_module, inputs, _output):
+            a = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().amax(0)
+            stats[name] = a if name not in stats else torch.maximum(stats[name], a)
+
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        for batch in batches:
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def quantize_model(
+    model: nn.Module,
+    kind: str = "w8a16",
+    skip: Iterable[str] = ("lm_head",),
+    act_absmax: dict[str, torch.Tensor] | None = None,
+    alpha: float = 0.5,
+) -> list[str]:
+    """Replace every ``nn.Linear`` (except names ending in ``skip``) in place; returns their names.
+
+    ``kind``: ``w8a16`` (:class:`W8A16Linear`), ``nf4`` (:class:`NF4Linear`), ``w8a8``
+    (:class:`W8A8Linear`) or ``smoothquant`` (W8A8 after smoothing with ``act_absmax`` from
+    :func:`collect_input_absmax` and migration strength ``alpha``).
+    """
+    kinds = ("w8a16", "nf4", "w8a8", "smoothquant")
+    if kind not in kinds:
+        raise labkit.unknown("kind", kind, kinds)
+    if kind == "smoothquant" and act_absmax is None:
+        raise LabkitError(
+            "smoothquant needs act_absmax (from collect_input_absmax); accepted: a dict name -> tensor"
+        )
+    names = linear_names(model, skip)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        if kind == "w8a16":
+            new = W8A16Linear(linear)
+        elif kind == "nf4":
+            new = NF4Linear(linear)
+        elif kind == "w8a8":
+            new = W8A8Linear(linear)
+        else:
+            if name not in act_absmax:
+                raise LabkitError(
+                    f"no activation statistics for {name!r}; run collect_input_absmax on this model"
+                )
+            new = W8A8Linear(linear, smoothquant_scales(act_absmax[name], linear.weight, alpha))
+        setattr(parent, child, new)
+    return names
+
+
+@torch.no_grad()
+def logit_difference(
+    model_a: nn.Module, model_b: nn.Module, input_ids: torch.Tensor
+) -> dict[str, float]:
+    """Max and mean absolute difference of two models' logits on ``input_ids``, and how often
+    their next-token argmax agrees."""
+    a = model_a(input_ids=input_ids).logits.float()
+    b = model_b(input_ids=input_ids).logits.float()
+    d = (a - b).abs()
+    return {
+        "max_abs": float(d.max()),
+        "mean_abs": float(d.mean()),
+        "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+    }
