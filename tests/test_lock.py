@@ -170,8 +170,9 @@ def test_a_made_venv_refuses_another_torch_spec_instead_of_ignoring_it(made_venv
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_a_changed_lock_reinstalls_through_it_with_the_recorded_torch(made_venv):
     assert "pip install" not in _make(made_venv, "-n", "setup").stdout  # up to date
-    (made_venv / ".venv" / ".torch-spec").write_text("torch==2.13.0+cu128\n")
+    cuda_build = f"{locked_torch_spec()}+cu128"  # a TORCH_SPEC chosen at setup
+    (made_venv / ".venv" / ".torch-spec").write_text(cuda_build + "\n")
     os.utime(made_venv / "constraints.txt")  # newer than the stamp, as after a `git pull`
     plan = _make(made_venv, "-n", "setup").stdout
-    assert '-m pip install -q -c constraints.txt "torch==2.13.0+cu128"' in plan
+    assert f'-m pip install -q -c constraints.txt "{cuda_build}"' in plan
     assert '-m pip install -q -c constraints.txt -e ".[test]"' in plan

@@ -556,7 +556,7 @@ def check(exercise: str, answer: Any = None) -> bool:
     ``None`` or ``...`` means "not answered yet": it prints how to answer and returns False, so a
     notebook run top to bottom never fails on an exercise the learner has not done.
     """
-    if exercise not in EXERCISES:
+    if not isinstance(exercise, str) or exercise not in EXERCISES:
         raise unknown("exercise", exercise, sorted(EXERCISES) or ["(none registered)"])
     if answer is None or answer is ...:
         print(f"{exercise}: not answered yet; set `answer = ...` above and run this cell again")

@@ -16,6 +16,10 @@ notebooks (idempotent: a second run changes nothing):
 
 ``--times build/course-report.json`` also writes the measured seconds into each notebook's header
 and the README's course map, so the three agree (``tests/test_slides.py`` compares them).
+
+Every file is replaced through a temporary file and an atomic rename; a broken notebook, a
+report that is not a course report, a negative time, or an output folder that cannot be written
+is one line before anything is written.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import nbformat
 
-from labkit import REPO_ROOT, LabkitError
+from labkit import REPO_ROOT, LabkitError, files
 from labkit.cli import Parser
 from labkit.course import notebook_format
 
@@ -335,6 +339,39 @@ def set_times(nb: nbformat.NotebookNode, seconds: float) -> bool:
     return changed
 
 
+REPORT_ACCEPTED = "accepted: the build/course-report.json that `python -m labkit course` writes"
+
+
+def read_times(report: Path) -> dict[str, float]:
+    """Notebook name -> measured seconds, from the ``ok`` rows of a course report; one line for
+    a file that is not a course report or a time that is not a number of seconds >= 0."""
+    if not report.is_file():
+        raise LabkitError(f"no course report at {report}; run `make course` first")
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LabkitError(f"{report} is not a text file; {REPORT_ACCEPTED}") from None
+    except json.JSONDecodeError as err:
+        raise LabkitError(f"{report} is not valid JSON ({err.msg}); {REPORT_ACCEPTED}") from None
+    rows = data.get("notebooks") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise LabkitError(f"{report} holds no list of notebooks; {REPORT_ACCEPTED}")
+    measured = {}
+    for k, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("notebook"), str):
+            raise LabkitError(f"{report}: row {k} names no notebook; {REPORT_ACCEPTED}")
+        if row.get("status") != "ok":
+            continue
+        sec = row.get("seconds")
+        if isinstance(sec, bool) or not isinstance(sec, int | float) or not 0 <= sec < math.inf:
+            raise LabkitError(
+                f"{report}: {row['notebook']} has seconds {sec!r}; accepted: a number of "
+                "seconds >= 0"
+            )
+        measured[row["notebook"]] = float(sec)
+    return measured
+
+
 def set_readme_times(readme_text: str, seconds: dict[str, float]) -> str:
     """The README with the course map's CPU time of each ``NN`` in ``seconds`` replaced."""
 
@@ -399,7 +436,8 @@ def update_plan(guide: Path, paths: list[Path], readme: Path = README) -> bool:
     head, rest = text.split(PLAN_START, 1)
     tail = rest.split(PLAN_END, 1)[1]
     new = head + plan_table(paths, readme) + tail
-    guide.write_text(new)
+    if new != text:
+        files.replace_text(guide, new)
     return new != text
 
 
@@ -447,8 +485,18 @@ def build_decks(paths: list[Path], out_dir: Path = SLIDES_DIR) -> list[Path]:
     """One offline reveal.js deck per notebook in ``out_dir`` (with ``out_dir/reveal.js/``)."""
     from nbconvert import SlidesExporter
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ASSETS / "reveal.js", out_dir / "reveal.js", dirs_exist_ok=True)
+    files.writable_folder(out_dir)
+    notebooks = [notebook_format.read(p) for p in paths]
+    try:
+        shutil.copytree(ASSETS / "reveal.js", out_dir / "reveal.js", dirs_exist_ok=True)
+    except shutil.Error as err:  # a list of (source, target, why), one per file that failed
+        failed = err.args[0] if err.args and isinstance(err.args[0], list) else [("", "", err)]
+        raise LabkitError(
+            f"cannot copy reveal.js into {files.shown(out_dir)} ({failed[0][-1]}); accepted: a "
+            "writable folder with free space"
+        ) from None
+    except OSError as err:
+        raise files.write_error(out_dir / "reveal.js", err, kept=False) from None
     exporter = SlidesExporter(
         extra_template_paths=[str(ASSETS / "slides")],
         template_file="offline_reveal.html.j2",
@@ -457,14 +505,15 @@ def build_decks(paths: list[Path], out_dir: Path = SLIDES_DIR) -> list[Path]:
         reveal_transition="none",
     )
     written = []
-    for path in paths:
-        nb = _deck_preprocess(nbformat.read(path, as_version=4))
-        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    for path, nb in zip(paths, notebooks, strict=True):
+        body, _ = exporter.from_notebook_node(
+            _deck_preprocess(nb), resources={"metadata": {"name": path.stem}}
+        )
         remote = remote_references(body)
         if remote:
             raise LabkitError(f"{path.name}: the deck would load from the network: {remote[0]!r}")
         target = out_dir / f"{path.stem}.slides.html"
-        target.write_text(body)
+        files.replace_text(target, body)
         written.append(target)
     return written
 
@@ -502,22 +551,21 @@ def cli_main(argv: list[str]) -> int:
         decks = build_decks(paths, args.out)
         print(f"{len(decks)} offline decks in {args.out} (open one in a browser; S: speaker view)")
         return 0
-    measured: dict[str, float] = {}
-    if args.times:
-        if not args.times.is_file():
-            raise LabkitError(f"no course report at {args.times}; run `make course` first")
-        rows = json.loads(args.times.read_text()).get("notebooks", [])
-        measured = {r["notebook"][:2]: r["seconds"] for r in rows if r.get("status") == "ok"}
-        README.write_text(set_readme_times(README.read_text(), measured))
+    notebooks = [notebook_format.read(p) for p in paths]  # every one readable before any write
+    measured = read_times(args.times) if args.times else {}
+    if measured:
+        course = {p.name for p in course_notebooks()}  # the README maps the course only
+        on_map = {name[:2]: sec for name, sec in measured.items() if name in course}
+        files.replace_text(README, set_readme_times(README.read_text(), on_map))
     changed = 0
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
+    for path, nb in zip(paths, notebooks, strict=True):
         before = nbformat.writes(nb)
-        if path.name[:2] in measured:
-            set_times(nb, measured[path.name[:2]])
+        if path.name in measured:
+            set_times(nb, measured[path.name])
         structure(nb, path.name, cpu_seconds(path.name))
         if nbformat.writes(nb) != before:
-            nbformat.write(nb, path)
+            with files.replacing(path) as fh:
+                nbformat.write(nb, fh)
             changed += 1
     if PRESENTING.is_file():
         update_plan(PRESENTING, course_notebooks())
