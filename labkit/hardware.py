@@ -10,14 +10,18 @@ import importlib.metadata as md
 import logging
 import os
 import platform
+import re
 import warnings
+from pathlib import Path
 
 import torch
 
-from labkit import LabkitError
+from labkit import REPO_ROOT, LabkitError
 from labkit.checks import positive
 
 STACK = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna")
+#: Every package version the course is tested with (``make setup`` installs through it).
+LOCK_FILE = REPO_ROOT / "constraints.txt"
 
 
 def pick_device() -> torch.device:
@@ -145,6 +149,50 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "missing"
     return out
+
+
+def _normalize(name: str) -> str:
+    """A package name as PyPI compares them (``PyYAML`` == ``pyyaml``, ``a_b`` == ``a-b``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions(lock: Path = LOCK_FILE) -> dict[str, str]:
+    """``{package: version}`` of the lock file's ``name==version`` lines (names normalized)."""
+    pins = {}
+    for n, line in enumerate(lock.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise LabkitError(f"{lock}:{n}: {line!r} is not a pin; accepted: name==version")
+        pins[_normalize(name.strip())] = version.strip()
+    return pins
+
+
+def locked_torch_spec(lock: Path = LOCK_FILE) -> str:
+    """The lock's torch requirement (``torch==X.Y.Z``): the one place the torch pin is written."""
+    return f"torch=={locked_versions(lock)['torch']}"
+
+
+def version_drift(lock: Path = LOCK_FILE, skip: tuple[str, ...] = ()) -> list[str]:
+    """One line per locked package whose installed version differs (empty: the lock holds).
+
+    The fix: ``python -m pip install -c constraints.txt -e ".[test]"`` (what ``make setup`` runs).
+    A build label is not a version (``2.13.0+cpu`` is the lock's ``2.13.0``); ``skip`` names
+    packages not to compare.
+    """
+    lines = []
+    for name, want in locked_versions(lock).items():
+        if name in skip:
+            continue
+        try:
+            have = f"{md.version(name)} is installed"
+        except md.PackageNotFoundError:
+            have = "is not installed"
+        if have.split(" ", 1)[0].split("+", 1)[0] != want:
+            lines.append(f"{name} {have}; the course is tested with {want} ({lock.name})")
+    return lines
 
 
 def env_report() -> str:

@@ -151,8 +151,8 @@ def test_prefill_peak_and_kv_cache_equal_a_live_tensor_measurement(model_type, e
     assert est == real and est["peak"] > est["kv_cache"] + est["logits"]
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
-        out = model(input_ids=ids[:, :1], past_key_values=out.past_key_values, use_cache=True)
-    cache = dryrun.cache_bytes(out.past_key_values)
+        out = model(input_ids=ids[:, :1], cache=out.cache, use_cache=True)
+    cache = dryrun.cache_bytes(out.cache)
     assert estimator.kv_cache_bytes(config, 2, 21, "fp32") == cache
     kv, d = estimator.kv_heads_and_dim(config)
     all_full = 2 * kv * d * 21 * 4 * 2 * 4  # every layer keeping all 21 tokens

@@ -31,6 +31,39 @@ def test_weight_bytes_by_dtype_and_nf4_bits():
     )
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])  # untied and tied embeddings
+def test_from_pretrained_without_dtype_loads_the_dtype_the_config_names(tmp_path, name):
+    """transformers 5 defaults ``from_pretrained`` to ``dtype="auto"``: a checkpoint saved in bf16
+    loads in bf16, not fp32 (transformers 4's default); ``weight_bytes(config, "auto")`` is the
+    model as loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from labkit.models import zoo
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(zoo.load_config(name), dtype=torch.bfloat16).save_pretrained(
+        tmp_path
+    )
+    assert zoo.load_config(tmp_path).dtype == torch.bfloat16  # config.json names bfloat16
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # no dtype=
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    as_loaded = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    assert estimator.loaded_dtype(tmp_path) == "bf16"
+    assert estimator.weight_bytes(tmp_path, "auto") == as_loaded
+    assert estimator.weight_bytes(tmp_path, "bf16") == as_loaded
+    fp32 = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert estimator.loaded_dtype("zoo-llama") == "fp32"  # the zoo model's config says float32
+
+
+def test_loaded_dtype_refuses_a_config_that_names_none():
+    with pytest.raises(LabkitError, match="names no weight dtype"):
+        estimator.loaded_dtype("llama-2-7b")  # the catalog configs carry architecture only
+    with pytest.raises(LabkitError, match="unknown weight dtype"):
+        estimator.weight_bytes("zoo-llama", "float64")
+
+
 def test_int8_keeps_embeddings_head_and_norms_in_16_bit():
     """LLM.int8 quantizes the block linears (1 byte each + one fp32 scale per output row); the
     embeddings, the output head and the norms stay 16-bit, as bitsandbytes leaves them."""

@@ -184,7 +184,9 @@ def test_notebook_03_memory_preset_matches_the_estimate():
     for rank in report["measured"]:
         assert rank["replicated"] == report["estimate"]["ddp"]
         assert rank["sharded"] == report["estimate"]["fsdp"]
-    assert 2 * rank["sharded"]["weights"] == rank["replicated"]["weights"]
+    for part in ("weights", "gradients"):  # FSDP2 shards the gradients too
+        assert 2 * rank["sharded"][part] == rank["replicated"][part]
+    assert rank["replicated"]["gradients"] == rank["replicated"]["weights"]  # fp32, all trainable
 
 
 def test_presets_are_defaults_that_options_override():

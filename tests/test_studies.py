@@ -219,6 +219,29 @@ def test_forgetting_summary_and_bands():
         forgetting.epoch_bands(record, "full", "accuracy")
 
 
+def test_at_task_loss_interpolates_in_log_chat_loss_between_measured_epochs():
+    def row(epoch, chat, corpus):
+        return {"epoch": float(epoch), "chat_loss": chat, "corpus_loss": corpus}
+
+    history = [row(0, 3.0, 0.5), row(1, 0.4, 1.0), row(2, 0.1, 2.0), row(3, 0.2, 2.5)]
+    early = [row(0, 3.0, 0.5), row(1, 0.01, 1.5), row(2, 0.005, 1.6)]  # below 0.2 within epoch 1
+    record = {
+        "settings": {"points": [{"run": "full"}]},
+        "runs": [{"run": "full", "seed": 0, "history": history},
+                 {"run": "full", "seed": 1, "history": early}],
+    }  # fmt: skip
+    at = forgetting.at_task_loss(record, "full", 0.2)
+    assert at[0] == pytest.approx(1.5)  # 0.2 is halfway from 0.4 to 0.1 in log: ln 2 / ln 4
+    assert at[1] is None  # reached inside epoch 1, where nothing was measured
+    assert forgetting.at_task_loss(record, "full", 0.05) == [None, None]  # never reached
+    with pytest.raises(LabkitError, match="chat_loss must be a number > 0"):
+        forgetting.at_task_loss(record, "full", 0)
+    with pytest.raises(LabkitError, match="unknown run"):
+        forgetting.at_task_loss(record, "lora", 0.2)
+    with pytest.raises(LabkitError, match="unknown metric"):
+        forgetting.at_task_loss(record, "full", 0.2, key="probe_em")
+
+
 def test_forgetting_unknown_run_is_one_line():
     tok = zoo.load_tokenizer("tiny-llama")
     probe = fg.Probe(tok, fg.probe_items(counts=1)[:2], fg.corpus_texts(2), chat_limit=0)

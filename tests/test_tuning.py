@@ -119,6 +119,33 @@ def test_pruning_savings_counts_steps_of_pruned_trials():
     }
 
 
+def test_pruning_callback_never_prunes_after_the_last_epoch():
+    """A trial that has trained in full is kept: pruning it then saves nothing."""
+    from transformers import TrainerControl, TrainerState
+
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE,
+            value=0.9,
+            intermediate_values={1: 0.9, 2: 0.9},
+            params={},
+            distributions={},
+        )
+    )
+    for global_step, last in ((4, False), (8, True)):  # 4 steps per epoch, 2 epochs planned
+        callback = search.pruning_callback(study.ask())
+        state = TrainerState(epoch=global_step / 4, global_step=global_step, max_steps=8)
+        metrics = {"eval_f1": 0.1}  # below the median of the complete trial
+        if last:
+            callback.on_evaluate(None, state, TrainerControl(), metrics=metrics)  # not pruned
+            assert callback.last_value == 0.1
+        else:
+            with pytest.raises(optuna.TrialPruned):
+                callback.on_evaluate(None, state, TrainerControl(), metrics=metrics)
+
+
 def test_fail_orphans_fails_only_trials_whose_process_is_gone(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")

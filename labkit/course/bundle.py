@@ -4,9 +4,9 @@
 
 - ``course.tar.gz``: the repository as committed-or-edited files (``git ls-files``), models and
   data included, under ``course/``;
-- ``wheelhouse/``: a wheel of every package ``make setup`` installs, for this platform and Python
-  (torch first, as the Makefile pins it, then the project with its test extra, plus the build
-  backend an editable install needs);
+- ``wheelhouse/``: a wheel of every package ``make setup`` installs, for this platform and Python,
+  at the versions of the lock (constraints.txt, torch included), plus the build backend an
+  editable install needs;
 - ``INSTALL.md``: the commands below.
 
 On a machine with no network::
@@ -37,11 +37,12 @@ from pathlib import Path
 from labkit import REPO_ROOT, LabkitError, files
 from labkit.cli import Parser
 from labkit.data import loaders
+from labkit.hardware import LOCK_FILE, locked_torch_spec
 
 BUNDLE_DIR = REPO_ROOT / "build" / "bundle"
 #: The file ``--check`` leaves in the folder it makes: only such a folder is ever removed.
 CHECK_MARK = ".labkit-bundle-check"
-TORCH_SPEC = "torch==2.13.0"
+TORCH_SPEC = locked_torch_spec()
 #: What an editable install (``pip install -e``) builds with, offline.
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
 
@@ -119,8 +120,11 @@ def fill_wheelhouse(wheelhouse: Path, torch_spec: str = TORCH_SPEC) -> int:
     """
     wheelhouse.mkdir(parents=True, exist_ok=True)
     torch = [] if torch_spec == "none" else [torch_spec]
-    # one resolve, so the torch pin holds for every package that needs torch
-    _pip("download", "-q", "-d", str(wheelhouse), *torch, *BUILD_REQUIREMENTS, *requirements())
+    # one resolve through the lock, so the wheels are the versions `make setup` installs
+    lock = ["-c", str(LOCK_FILE)]
+    _pip(
+        "download", "-q", "-d", str(wheelhouse), *lock, *torch, *BUILD_REQUIREMENTS, *requirements()
+    )
     sdists = [p.name for p in wheelhouse.iterdir() if not p.name.endswith(".whl")]
     if sdists:  # an sdist would need its build tools on the offline machine
         _pip(

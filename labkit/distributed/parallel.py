@@ -461,14 +461,21 @@ PRESETS: dict[str, dict] = {
 
 
 def _held(report: dict) -> dict[str, int]:
-    """Parameter and optimizer bytes of one run (AdamW's step counters counted as state)."""
+    """Parameter, gradient and optimizer bytes of one run (AdamW's step counters counted as
+    state). DDP's gradient buckets (a second gradient-sized buffer unless
+    ``gradient_as_bucket_view=True``) live inside its reducer and are not counted."""
     held = report["bytes"]
-    return {"weights": held["weights"], "optimizer": held["optimizer"] + held["optimizer_counters"]}
+    return {
+        "weights": held["weights"],
+        "gradients": held["gradients"],
+        "optimizer": held["optimizer"] + held["optimizer_counters"],
+    }
 
 
 def memory_report(runs: list[dict], job: Job, rank: int, world: int) -> dict:
     """The ``memory`` preset's report: every rank's replicated (``ddp``) and sharded (``zero3``)
-    bytes, gathered; rank 0's also holds the estimator's DDP and FSDP figures for the job."""
+    weight, gradient and optimizer bytes, gathered; rank 0's also holds the estimator's DDP and
+    FSDP figures for the job."""
     by_strategy = {r["strategy"]: r for r in runs}
     if not {"ddp", "zero3"} <= set(by_strategy):
         raise LabkitError(
@@ -491,8 +498,8 @@ def memory_report(runs: list[dict], job: Job, rank: int, world: int) -> dict:
         )
         ddp, z3 = estimator.sharded(est, world, "ddp"), estimator.sharded(est, world, "fsdp")
         report["estimate"] = {
-            "ddp": {"weights": ddp.weights, "optimizer": ddp.optimizer},
-            "fsdp": {"weights": z3.weights, "optimizer": z3.optimizer},
+            name: {k: getattr(b, k) for k in ("weights", "gradients", "optimizer")}
+            for name, b in (("ddp", ddp), ("fsdp", z3))
         }
     return report
 

@@ -165,6 +165,8 @@ def calculate(**settings: Any) -> tuple[Breakdown, str]:
 
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "transient")
+#: a part's name in the figure's legend, where the field's name would mislead
+LEGEND = {"logits": "loss buffer", "optimizer": "optimizer state", "kv_cache": "KV cache"}
 
 
 def figure(**settings: Any):
@@ -177,10 +179,11 @@ def figure(**settings: Any):
     left = 0.0
     for part in PARTS:
         v = getattr(b, part) / GiB
-        if v > 0:
-            ax.barh([0], [v], left=left, label=f"{part} {v:.1f}")
+        if v > 0:  # a part too small to see gets no legend entry ("gradients 0.0")
+            label = f"{LEGEND.get(part, part)} {v:.1f}" if v >= 0.05 else "_nolegend_"
+            ax.barh([0], [v], left=left, label=label)
             left += v
-    ax.axvline(args["gpu_gib"], color="k", ls="--")
+    ax.axvline(args["gpu_gib"], color="k", ls="--", label=f"GPU {args['gpu_gib']:g} GiB")
     step = step_peak(Settings(**args))
     if step is not None:  # the largest live set, which the verdict reads
         x = step.peak / GiB
@@ -203,7 +206,7 @@ def figure(**settings: Any):
         title=f"{args['model']}, {b.details.get('regime', '')}\n{verdict}",
     )
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.42))
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.42))
     fig.tight_layout()
     return fig
 

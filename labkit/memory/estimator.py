@@ -40,7 +40,7 @@ from typing import Any
 import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
-from labkit.dtypes import DTYPE_BYTES, OPTIMIZERS, PRECISIONS, quantized_bytes
+from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES, OPTIMIZERS, PRECISIONS, quantized_bytes
 from labkit.memory.activations import job_activation_bytes
 from labkit.memory.job import Breakdown, TrainingJob
 from labkit.memory.sharding import gpus_needed, round_to_nodes, sharded
@@ -71,6 +71,7 @@ __all__ = [  # what notebooks and other layers read here; sharding's three are r
     "kv_cache_bytes",
     "kv_heads_and_dim",
     "layers_and_vocab",
+    "loaded_dtype",
     "nf4_bytes",
     "optimizer_bytes",
     "optimizer_unsharded_bytes",
@@ -95,13 +96,38 @@ def nf4_bytes(numel: int, double_quant: bool = True, blocksize: int = 64) -> flo
     return quantized_bytes(numel, 4, blocksize, double_quant=double_quant)
 
 
+def loaded_dtype(config: Any) -> str:
+    """The weights' dtype of a model loaded with ``from_pretrained`` and no ``dtype=``: the dtype
+    the config names (``fp32``, ``bf16`` or ``fp16``).
+
+    transformers 5 loads with ``dtype="auto"`` by default: the dtype in ``config.json`` (the
+    checkpoint's own; most hub LLMs store bf16 or fp16), not fp32 as transformers 4 did. A config
+    that names none is refused: transformers then reads the dtype from the checkpoint's first
+    floating-point tensor, which a config alone cannot tell.
+    """
+    c = transformers_config(config).get_text_config()
+    named = getattr(c, "dtype", None)
+    name = str(named).removeprefix("torch.") if named is not None else None
+    if name not in DTYPE_NAMES or DTYPE_NAMES[name] == "int8":
+        raise LabkitError(
+            f"this {c.model_type} config names no weight dtype ({named!r}), so from_pretrained "
+            "without dtype= reads it from the checkpoint's tensors; accepted: a config whose "
+            "dtype is float32, bfloat16 or float16, or a dtype given explicitly"
+        )
+    return DTYPE_NAMES[name]
+
+
 def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) -> int:
     """Bytes of all weights in ``dtype``; int8/nf4 quantize the block linears only.
 
     Embeddings, norms and the output head stay 16-bit under int8/nf4, as bitsandbytes does.
     int8 (LLM.int8) adds one fp32 scale per output row; nf4 adds its quant-state (absmax).
+    ``dtype="auto"``: the model as ``from_pretrained`` loads it without ``dtype=``, in the dtype
+    its config names (:func:`loaded_dtype`).
     """
-    choice("weight dtype", dtype, WEIGHT_DTYPES)
+    choice("weight dtype", dtype, (*WEIGHT_DTYPES, "auto"))
+    if dtype == "auto":
+        dtype = loaded_dtype(config)
     s = shape_of(config) if is_formula_family(config) else config
     quantized = {f"{m.name}.weight": m.d_out for m in block_linears(s)}
     total = 0.0
@@ -218,6 +244,8 @@ def training_memory(config: Any, job: TrainingJob | None = None, /, **options: A
     16-bit copies of its linears that each matmul keeps). ``transient``: the logits the model
     output keeps (b·s·V, activation dtype) plus the fp32 loss gradient at the start of backward.
     ``details["regime"]`` names the regime in words (:attr:`TrainingJob.regime`).
+    ``master_weights``: under mixed precision, the fp32 trainable weights (or fp32 adapters): the
+    master copy the optimizer updates, which ZeRO-1/2 shard with the optimizer state.
 
     The five formula families (:func:`is_formula_family`) take their activations from the
     derivation in :mod:`labkit.memory.activations`; any other causal LM transformers can build from
@@ -248,6 +276,8 @@ def training_memory(config: Any, job: TrainingJob | None = None, /, **options: A
     gradients = n_train * state_b
     opt = optimizer_bytes(trainable, job.optimizer, state_b)
     transient = job.batch * job.seq * vocab * (DTYPE_BYTES[job.precision.compute] + 4)
+    # mixed precision: the fp32 trainable weights are the master copy the optimizer updates
+    master = n_train * state_b if job.precision.mixed and state_b == DTYPE_BYTES["fp32"] else 0
     details = {
         **{k: getattr(job, k) for k in ("method", "optimizer", "batch", "seq", "grad_accum")},
         "precision": job.precision.name,
@@ -270,6 +300,7 @@ def training_memory(config: Any, job: TrainingJob | None = None, /, **options: A
         transient=transient,
         total=weights + gradients + opt + acts.activations + acts.logits + transient,
         optimizer_unsharded=optimizer_unsharded_bytes(trainable, job.optimizer),
+        master_weights=master,
         details=details,
     )
 

@@ -34,7 +34,11 @@ LORA_METHODS = ("lora", "qlora")
 class Breakdown:
     """A memory breakdown in bytes (counts where named), as the ``estimate`` command prints it.
     ``optimizer_unsharded``: the part of ``optimizer`` that every rank keeps in full under ZeRO
-    and FSDP (step counters, quantile maps: :func:`labkit.memory.estimator.optimizer_unsharded_bytes`)."""
+    and FSDP (step counters, quantile maps: :func:`labkit.memory.estimator.optimizer_unsharded_bytes`).
+    ``master_weights``: the part of ``weights`` that is the fp32 master copy of the trainable
+    weights under mixed precision (what the optimizer updates; autocast computes with 16-bit copies
+    of it): ZeRO-1 and -2 shard it with the optimizer state (:func:`labkit.memory.sharding.sharded`).
+    0 in fp32 and pure 16-bit training, which keep no separate master copy."""
 
     parameters: int
     trainable_parameters: int
@@ -47,6 +51,7 @@ class Breakdown:
     transient: int
     total: int
     optimizer_unsharded: int = 0
+    master_weights: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,8 +107,9 @@ class TrainingJob:
     ``adapter_dtype`` (peft 0.21 upcasts them to fp32; fp32 anyway under ``precision="fp32"``).
     ``precision``: a :class:`labkit.dtypes.Precision` (or its name). ``base_dtype``: LoRA's frozen
     base; by default the compute dtype (bf16 under ``bf16-mixed`` and ``bf16``, fp32 under
-    ``fp32``), as practitioners load it (``dtype=torch.bfloat16``); ``"fp32"`` is what
-    ``from_pretrained`` gives without ``dtype=``. ``grad_accum`` changes no memory (the same
+    ``fp32``), as practitioners load it (``dtype=torch.bfloat16``, or transformers 5's default
+    ``dtype="auto"`` for a checkpoint stored in bf16: :func:`labkit.memory.estimator.loaded_dtype`);
+    ``"fp32"`` is a base loaded with ``dtype=torch.float32`` (or stored in fp32). ``grad_accum`` changes no memory (the same
     micro-batch runs N times). ``dropout``: train mode with the config's dropout; ``device``:
     ``cuda`` (1-byte dropout masks) or ``cpu``.
     """

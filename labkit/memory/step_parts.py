@@ -19,18 +19,8 @@ from typing import Any
 from labkit.dtypes import DTYPE_BYTES
 from labkit.memory import activations, estimator
 from labkit.memory.job import Breakdown, TrainingJob
+from labkit.memory.trace import CATEGORIES  # the trace's categories: one list, re-exported
 from labkit.models import architecture, targets
-
-#: The categories of live bytes (as :data:`labkit.memory.trace.CATEGORIES`).
-CATEGORIES = (
-    "weights",
-    "weight_copies",
-    "gradients",
-    "optimizer_state",
-    "saved_activations",
-    "temporaries",
-    "inputs",
-)
 
 
 @dataclass

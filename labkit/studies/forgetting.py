@@ -4,11 +4,15 @@
 tuning, a lower learning rate, replay, LoRA ranks), each trained for :data:`EPOCHS` epochs by
 :func:`run` with the per-epoch tracking of :mod:`labkit.training.forgetting`. The notebook trains
 seed 0 live; :data:`STUDY` records seeds 0, 1, 2 (:mod:`labkit.studies.study`), and
-:func:`epoch_bands` / :func:`summary` read the record per epoch or after the last one.
+:func:`epoch_bands` / :func:`summary` read the record per epoch or after the last one, and
+:func:`at_task_loss` compares runs at the same chat validation loss (like with like: runs that
+differ in learning rate as well as method learn different amounts).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 from labkit import LabkitError, unknown
@@ -137,3 +141,34 @@ def first_epoch_share(
     if band[-1] == band[0]:
         raise LabkitError(f"{key} of {name!r} did not change; the share is undefined")
     return (band[1] - band[0]) / (band[-1] - band[0])
+
+
+def at_task_loss(
+    record: dict[str, Any], name: str, chat_loss: float, key: str = "corpus_loss"
+) -> list[float | None]:
+    """Per recorded seed of run ``name``: ``key`` at the moment its chat validation loss first
+    fell to ``chat_loss``, for comparing runs at the same amount of learning.
+
+    Between the two measured epochs around that moment, ``key`` is interpolated linearly in the
+    log of the chat loss. Only epochs 1 and later count: a seed whose loss was already below
+    ``chat_loss`` after epoch 1 (it got there inside the first epoch, where nothing was measured)
+    or never reached it gives None.
+    """
+    if not (isinstance(chat_loss, int | float) and math.isfinite(chat_loss) and chat_loss > 0):
+        raise LabkitError(f"chat_loss must be a number > 0 (nats/token), got {chat_loss!r}")
+    runs = study.runs_of(record, {"run": name})
+    if not runs:
+        raise unknown("run", name, [p["run"] for p in record["settings"]["points"]])
+    if key not in runs[0]["history"][0]:
+        raise unknown("metric", key, sorted(runs[0]["history"][0]))
+    out: list[float | None] = []
+    for r in runs:
+        rows = r["history"][1:]
+        value = None
+        for a, b in itertools.pairwise(rows):
+            if a["chat_loss"] >= chat_loss >= b["chat_loss"] and a["chat_loss"] > b["chat_loss"]:
+                t = math.log(a["chat_loss"] / chat_loss) / math.log(a["chat_loss"] / b["chat_loss"])
+                value = a[key] + t * (b[key] - a[key])
+                break
+        out.append(value)
+    return out

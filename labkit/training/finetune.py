@@ -116,9 +116,9 @@ def training_arguments(
     defaults (what a hyperparameter search varies), plus ``overrides``; a fresh temporary
     ``output_dir`` unless given.
 
-    Old tutorials' ``evaluation_strategy``, ``no_cuda``, ``overwrite_output_dir`` and
-    ``logging_dir`` were removed in transformers 5 (use ``eval_strategy``, ``use_cpu``, nothing,
-    and nothing).
+    Old tutorials' ``evaluation_strategy`` (deprecated since transformers 4.41), ``no_cuda``,
+    ``overwrite_output_dir`` and ``logging_dir`` are refused by transformers 5 (use
+    ``eval_strategy``, ``use_cpu``, nothing, and nothing).
     """
     settings: dict[str, Any] = {"output_dir": output_dir or tempfile.mkdtemp(prefix="labkit-run-")}
     if course_defaults:
@@ -130,7 +130,7 @@ def training_arguments(
     return TrainingArguments(**settings)
 
 
-#: Names old tutorials use that transformers 5 removed, and what replaces them.
+#: Names old tutorials use that transformers 5 no longer accepts, and what replaces them.
 REMOVED_ARGUMENTS = {
     "evaluation_strategy": "use eval_strategy",
     "no_cuda": "use use_cpu",
@@ -145,7 +145,10 @@ def _check_training_overrides(overrides: dict[str, Any]) -> None:
     fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     for key in overrides:
         if key in REMOVED_ARGUMENTS:
-            raise LabkitError(f"{key} was removed in transformers 5; {REMOVED_ARGUMENTS[key]}")
+            raise LabkitError(
+                f"{key} is no longer a TrainingArguments field (transformers 5 refuses it); "
+                f"{REMOVED_ARGUMENTS[key]}"
+            )
         if key not in fields:
             raise LabkitError(
                 f"unknown training argument {key!r}; accepted: the fields of "

@@ -456,7 +456,9 @@ def search(
         result.complete = count(study, TrialState.COMPLETE)
         return result
 
-    from tqdm.auto import tqdm
+    # tqdm.std, not tqdm.auto: called from a notebook, auto would draw a widget that the
+    # notebook stores (and a redirected stderr cannot hide); std writes text to stderr
+    from tqdm.std import tqdm
 
     bar = tqdm(
         total=n_trials,
