@@ -2,31 +2,54 @@
 #   make course   run every notebook headless, write build/ and the report
 #   make test     lint + unit tests + every notebook under nbval, with its exercise solutions
 #                 appended (copies in build/nbval/: each notebook runs once, then its solutions)
-# Both create .venv/ on their first run (torch first, CPU build: see README "GPU or existing torch").
+# Both create .venv/ on their first run, at the versions of constraints.txt (torch first, CPU
+# build: see README "GPU, or a torch you already have" and "Versions").
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch requirement installed before everything else; TORCH_SPEC=none keeps the torch you have
-# (use with VENV_FLAGS=--system-site-packages), TORCH_SPEC=torch takes PyPI's default (CUDA) build.
-TORCH_SPEC ?= torch==2.13.0
-VENV_FLAGS ?=
+# Every package version the course is tested with, torch included (README "Versions"); setup
+# installs through it, `make lock` rewrites it on purpose.
+LOCK := constraints.txt
+LOCKED_TORCH := $(shell grep -m1 '^torch==' $(LOCK))
+# torch requirement installed before everything else (the lock's by default). TORCH_SPEC=none keeps
+# the torch you have (with VENV_FLAGS=--system-site-packages; the lock's torch line is then left
+# out), TORCH_SPEC=torch==VERSION+cu128 picks a build. The venv records both (.venv/.torch-spec,
+# .venv/.venv-flags) and keeps them; asking a made venv for others fails (venv-spec).
+TORCH_SPEC ?= $(or $(shell cat $(VENV)/.torch-spec 2>/dev/null),$(LOCKED_TORCH))
+VENV_FLAGS ?= $(shell cat $(VENV)/.venv-flags 2>/dev/null)
 STAMP := $(VENV)/.installed
 PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 # nbval runs copies of the notebooks with their <details> solutions appended as code cells
 NBVAL_DIR := build/nbval
 
-.PHONY: setup course test quick lint unit nbval nbval-copies lab notebooks exercises slides live-slides \
-	bundle bundle-check browser-check zoo data clean
+.PHONY: setup venv-spec lock course test quick lint unit nbval nbval-copies lab notebooks \
+	exercises slides live-slides bundle bundle-check browser-check zoo data clean
 
-$(STAMP): pyproject.toml
+# Re-runs when pyproject.toml or the lock changes: pip then moves every package to the lock.
+$(STAMP): pyproject.toml $(LOCK) | venv-spec
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	if [ "$(TORCH_SPEC)" != "none" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install -q -e ".[test]"
+	echo '$(TORCH_SPEC)' > $(VENV)/.torch-spec && echo '$(VENV_FLAGS)' > $(VENV)/.venv-flags
+	grep -v '^torch==' $(LOCK) > $(VENV)/constraints-own-torch.txt
+	if [ "$(TORCH_SPEC)" != "none" ]; then $(BIN)/python -m pip install -q -c $(LOCK) "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install -q -c $(if $(filter none,$(TORCH_SPEC)),$(VENV)/constraints-own-torch.txt,$(LOCK)) -e ".[test]"
 	# JupyterLab for a room with no network: RISE's theme with local fonts, no news/update fetch
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp labkit/assets/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
+
+# A venv's torch and its view of system packages are fixed when it is made: a different
+# TORCH_SPEC or VENV_FLAGS for an existing .venv fails here instead of being ignored. (A venv
+# made before the record existed counts as made with the defaults.)
+venv-spec:
+	@if [ -d $(VENV) ]; then \
+	  had="TORCH_SPEC=$$(cat $(VENV)/.torch-spec 2>/dev/null || echo '$(LOCKED_TORCH)') VENV_FLAGS=$$(cat $(VENV)/.venv-flags 2>/dev/null)"; \
+	  want="TORCH_SPEC=$(TORCH_SPEC) VENV_FLAGS=$(VENV_FLAGS)"; \
+	  if [ "$$had" != "$$want" ]; then \
+	    echo "error: $(VENV) was made with $$had, not $$want; remove it (rm -rf $(VENV)) and run make setup with what you want" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 setup: $(STAMP)
 
@@ -94,6 +117,24 @@ zoo: $(STAMP)
 
 data: $(STAMP)
 	$(BIN)/python -m labkit build-data
+
+# Re-resolve the lock on purpose: the newest versions pyproject.toml's ranges allow, in a throwaway
+# venv (build/lock-venv), torch as LOCK_TORCH says; LOCK_HOLD="pkg==x.y ..." holds packages back.
+# Then: git diff constraints.txt, make setup, make test, and commit the lock with what it changed.
+LOCK_TORCH ?= $(LOCKED_TORCH)
+LOCK_HOLD ?=
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install -q "$(LOCK_TORCH)"
+	build/lock-venv/bin/python -m pip install -q -e ".[test]" $(LOCK_HOLD)
+	( echo "# Every package version the course is tested with (README \"Versions\"). make setup and the"; \
+	  echo "# bundle install through it (pip -c); make lock rewrites it (pip freeze, torch's build label cut)."; \
+	  echo "# made on: $$(build/lock-venv/bin/python -c 'import platform as p; print("python", p.python_version(), p.system(), p.machine())')"; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)[+].*/\1/' \
+	) > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf build/lock-venv
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

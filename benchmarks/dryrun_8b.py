@@ -19,6 +19,7 @@ import torch
 import transformers
 
 from labkit.memory import activations, dryrun
+from labkit.memory.job import TrainingJob
 
 CASES = [  # (label, checkpointing, method)
     ("full, no checkpointing", False, "full"),
@@ -35,24 +36,23 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name, b, s = "llama-3.1-8b", 1, 4096
-    dryrun.training_activations("tiny-llama", 1, 8)  # imports and first-call set-up
+    dryrun.training_activations("tiny-llama", batch=1, seq=8)  # imports and first-call set-up
     rows = []
     for label, ckpt, method in CASES:
         times = []
+        job = TrainingJob(
+            method=method, precision="bf16", batch=b, seq=s, checkpointing=ckpt, device="cpu"
+        )
         for _ in range(args.repeat):
             start = time.perf_counter()
-            got = dryrun.training_activations(
-                name, b, s, "bf16", "sdpa", checkpointing=ckpt, method=method
-            ).activations
+            got = dryrun.training_activations(name, job).activations
             times.append(time.perf_counter() - start)
         if method == "full":
             est = activations.activation_bytes(
                 name, b, s, "bf16", "sdpa", checkpointing=ckpt, device="cpu"
             )
         else:
-            est = activations.lora_activation_bytes(
-                name, b, s, "default", 8, dtype="bf16", checkpointing=ckpt, device="cpu"
-            )
+            est = activations.job_activation_bytes(name, job)
         rows.append(
             {
                 "case": label,

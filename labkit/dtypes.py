@@ -1,17 +1,19 @@
-"""Sizes every estimator shares: bytes per dtype and bytes of a blockwise-quantized tensor (the
-one home of the NF4 / double-quantization formula).
+"""Sizes every estimator shares: bytes per dtype, bytes of a blockwise-quantized tensor (the
+one home of the NF4 / double-quantization formula), the precision regimes of training
+(:class:`Precision`) and the optimizers whose state is sized (:data:`OPTIMIZERS`).
 
 Pure Python (no torch), at the bottom of the layers: the models, memory and quantization layers
-import it.
+import it, and so does the oracle (:mod:`labkit.memory.measure`) without importing the estimator.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 from labkit import LabkitError
-from labkit.checks import positive
+from labkit.checks import choice, positive
 
 #: bytes per element of the dtypes the estimators accept (``nf4`` is sized by
 #: :func:`quantized_bytes`).
@@ -27,6 +29,54 @@ DTYPE_BYTES = {
 #: one short name per dtype (``bfloat16`` and ``bf16`` are the same dtype).
 DTYPE_NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
 DTYPE_NAMES |= {"fp16": "fp16", "float16": "fp16", "int8": "int8"}
+
+#: The optimizers whose state the estimator sizes (:func:`labkit.memory.estimator.optimizer_bytes`)
+#: and :func:`labkit.memory.measure.make_optimizer` builds: what each keeps per trainable parameter.
+OPTIMIZERS = {
+    "adamw": "m and v in the parameter's dtype (8 B per fp32 parameter) + a 4-byte step per tensor",
+    "sgd": "one momentum buffer in the parameter's dtype (4 B per fp32 parameter)",
+    "adafactor": "a row and a column of second moments per matrix + a 4-byte RMS per tensor",
+    "adamw8bit": "uint8 m and v (2 B per parameter) + an fp32 absmax per 256 values",
+}
+
+#: Precision regimes of training: ``fp32``; ``bf16-mixed``/``fp16-mixed`` (autocast with fp32
+#: master weights); ``bf16`` (pure: everything in bf16).
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision regime of training, read once instead of sliced from its name.
+
+    ``name``: one of :data:`PRECISIONS` (or a pure ``fp16``, which only the activation
+    derivation takes). ``compute``: the dtype activations are computed in; ``mixed``: autocast
+    to ``compute`` on fp32 master weights; ``weights``: the dtype the trainable weights (and
+    their gradients and optimizer state) are kept in.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        choice("precision", self.name, (*PRECISIONS, "fp16"))
+
+    @property
+    def mixed(self) -> bool:
+        return self.name.endswith("-mixed")
+
+    @property
+    def compute(self) -> str:
+        return self.name.removesuffix("-mixed")
+
+    @property
+    def weights(self) -> str:
+        return "fp32" if self.mixed else self.compute
+
+    @property
+    def words(self) -> str:
+        """The regime in words: "fp32", "pure bf16", "bf16 autocast"."""
+        if self.mixed:
+            return f"{self.compute} autocast"
+        return self.name if self.name == "fp32" else f"pure {self.name}"
 
 
 def quantized_bytes(

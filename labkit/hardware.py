@@ -10,16 +10,19 @@ import importlib.metadata as md
 import logging
 import os
 import platform
+import re
 import subprocess
 import warnings
 from pathlib import Path
 
 import torch
 
-from labkit import LabkitError
+from labkit import REPO_ROOT, LabkitError
 from labkit.checks import positive
 
 STACK = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna")
+#: Every package version the course is tested with (``make setup`` installs through it).
+LOCK_FILE = REPO_ROOT / "constraints.txt"
 
 
 def pick_device() -> torch.device:
@@ -37,8 +40,11 @@ def set_threads(n: int | None = None) -> int:
 
     Default: the ``LABKIT_THREADS`` environment variable, else the number of CPUs this process
     may use, capped at 8 (small models gain nothing from more threads, and a shared 2-core machine
-    slows down sharply when threads are oversubscribed).
+    slows down sharply when threads are oversubscribed). Any count, ``LABKIT_THREADS`` included,
+    is capped at the CPUs this process may use, with a warning: 1000 threads on 2 cores turn a
+    2-second trial into minutes.
     """
+    cpus = usable_cpus()
     if n is None:
         env = os.environ.get("LABKIT_THREADS", "").strip()
         if env and not (env.isdigit() and int(env) >= 1):
@@ -46,19 +52,24 @@ def set_threads(n: int | None = None) -> int:
                 f"LABKIT_THREADS={env!r} is not a thread count; accepted: a whole number >= 1 "
                 "(or unset it to use this machine's CPUs, at most 8)"
             )
-        n = (
-            int(env)
-            if env
-            else min(
-                8,
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1),
-            )
-        )
+        n = int(env) if env else min(8, cpus)
     n = positive("thread count", n)
+    if n > cpus:
+        warnings.warn(
+            f"{n} threads asked for, but this process may use {cpus} CPU(s): using {cpus} "
+            "(more threads than CPUs only slow torch down)",
+            stacklevel=2,
+        )
+        n = cpus
     torch.set_num_threads(n)
     return n
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may use (its affinity where the OS tells, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 #: CPU feature flags that give native bf16 dot products: x86 AVX512-BF16 and AMX-BF16 (Linux
@@ -195,6 +206,50 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "missing"
     return out
+
+
+def _normalize(name: str) -> str:
+    """A package name as PyPI compares them (``PyYAML`` == ``pyyaml``, ``a_b`` == ``a-b``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions(lock: Path = LOCK_FILE) -> dict[str, str]:
+    """``{package: version}`` of the lock file's ``name==version`` lines (names normalized)."""
+    pins = {}
+    for n, line in enumerate(lock.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise LabkitError(f"{lock}:{n}: {line!r} is not a pin; accepted: name==version")
+        pins[_normalize(name.strip())] = version.strip()
+    return pins
+
+
+def locked_torch_spec(lock: Path = LOCK_FILE) -> str:
+    """The lock's torch requirement (``torch==X.Y.Z``): the one place the torch pin is written."""
+    return f"torch=={locked_versions(lock)['torch']}"
+
+
+def version_drift(lock: Path = LOCK_FILE, skip: tuple[str, ...] = ()) -> list[str]:
+    """One line per locked package whose installed version differs (empty: the lock holds).
+
+    The fix: ``python -m pip install -c constraints.txt -e ".[test]"`` (what ``make setup`` runs).
+    A build label is not a version (``2.13.0+cpu`` is the lock's ``2.13.0``); ``skip`` names
+    packages not to compare.
+    """
+    lines = []
+    for name, want in locked_versions(lock).items():
+        if name in skip:
+            continue
+        try:
+            have = f"{md.version(name)} is installed"
+        except md.PackageNotFoundError:
+            have = "is not installed"
+        if have.split(" ", 1)[0].split("+", 1)[0] != want:
+            lines.append(f"{name} {have}; the course is tested with {want} ({lock.name})")
+    return lines
 
 
 def env_report() -> str:

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from labkit import LabkitError, cli
 from labkit.memory import activations, dryrun, estimator, measure
+from labkit.memory.job import TrainingJob
 from labkit.models.targets import trainable_shapes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -31,6 +32,11 @@ CASES = [
     ("sdpa", True, "fp32", "lora"),
     ("eager", False, "bf16", "lora"),
 ]
+
+
+def step(precision, attention="sdpa", batch=2, seq=12, **options):
+    """The training job of a dry run: ``precision`` "fp32", "bf16" (pure) or "bf16-mixed"."""
+    return TrainingJob(precision=precision, attention=attention, batch=batch, seq=seq, **options)
 
 
 def real_saved(config, attn, ckpt, dtype, method, targets, b=2, s=12, autocast=False):
@@ -59,11 +65,11 @@ def test_dry_run_equals_a_real_cpu_step(model_type, attn, ckpt, dtype, method):
     kw = dict(checkpointing=ckpt, method=method, lora_r=4, lora_targets=targets)
     if model_type == "gemma2" and attn == "sdpa":
         with pytest.raises(LabkitError) as err:
-            dryrun.training_activations(config, 2, 12, dtype, attn, **kw)
+            dryrun.training_activations(config, step(dtype, attn, **kw))
         assert "\n" not in str(err.value)
         return
     got = real_saved(config, attn, ckpt, dtype, method, targets)
-    est = dryrun.training_activations(config, 2, 12, dtype, attn, **kw).activations
+    est = dryrun.training_activations(config, step(dtype, attn, **kw)).activations
     assert (est.total, est.logits, est.recompute) == (got.total, got.logits, got.recompute)
     if ckpt:
         assert est.recompute > 0
@@ -75,7 +81,7 @@ def test_dry_run_under_autocast_and_frozen_layers(model_type):
     step's; frozen embeddings + first block: equal too."""
     config = tiny_config(model_type)
     got = real_saved(config, "sdpa", False, "fp32", "full", "", autocast=True)
-    dry = dryrun.training_activations(config, 2, 12, "bf16", autocast=True)
+    dry = dryrun.training_activations(config, step("bf16-mixed"))
     assert (dry.activations.total, dry.param_copies) == (got.total, got.param_copies)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).train()
@@ -84,7 +90,7 @@ def test_dry_run_under_autocast_and_frozen_layers(model_type):
         p.requires_grad_(name in keep)
     ids = torch.randint(3, 96, (2, 12))
     got = measure.saved_tensor_bytes(model, ids)
-    dry = dryrun.training_activations(config, 2, 12, "fp32", method="frozen", frozen_layers=1)
+    dry = dryrun.training_activations(config, step("fp32", method="frozen", frozen_layers=1))
     assert dry.activations.total == got.total
 
 
@@ -106,17 +112,16 @@ def test_formula_and_dry_run_agree_on_the_five_families(name, attn, ckpt, dtype)
     """The taught derivation (labkit.memory.activations, device="cpu") == the dry run, to the byte:
     full fine-tuning and LoRA on all linears (an 8B config at sequence 256 included)."""
     b, s = (1, 256) if name == "llama-3.1-8b" else (2, 16)
-    dry = dryrun.training_activations(name, b, s, dtype, attn, checkpointing=ckpt).activations
+    dry = dryrun.training_activations(name, step(dtype, attn, b, s, checkpointing=ckpt))
+    dry = dry.activations
     est = activations.activation_bytes(name, b, s, dtype, attn, checkpointing=ckpt, device="cpu")
     assert (dry.total, dry.logits, dry.recompute) == (est.total, est.logits, est.recompute)
     if name == "llama-3.1-8b":
         return
     kw = dict(method="lora", lora_r=4, lora_targets="all-linear", checkpointing=ckpt)
-    dry = dryrun.training_activations(name, b, s, dtype, attn, **kw).activations
-    est = activations.lora_activation_bytes(
-        name, b, s, "all-linear", 4, dtype=dtype, attention=attn, checkpointing=ckpt, device="cpu"
-    )
-    assert dry.total == est.total
+    job = step(dtype, attn, b, s, device="cpu", **kw)
+    dry = dryrun.training_activations(name, job).activations
+    assert dry.total == activations.job_activation_bytes(name, job).total
 
 
 @pytest.mark.parametrize(
@@ -146,8 +151,8 @@ def test_prefill_peak_and_kv_cache_equal_a_live_tensor_measurement(model_type, e
     assert est == real and est["peak"] > est["kv_cache"] + est["logits"]
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
-        out = model(input_ids=ids[:, :1], past_key_values=out.past_key_values, use_cache=True)
-    cache = dryrun.cache_bytes(out.past_key_values)
+        out = model(input_ids=ids[:, :1], cache=out.cache, use_cache=True)
+    cache = dryrun.cache_bytes(out.cache)
     assert estimator.kv_cache_bytes(config, 2, 21, "fp32") == cache
     kv, d = estimator.kv_heads_and_dim(config)
     all_full = 2 * kv * d * 21 * 4 * 2 * 4  # every layer keeping all 21 tokens
@@ -190,7 +195,7 @@ def test_training_memory_and_estimate_use_the_dry_run_for_other_families(tmp_pat
 )
 def test_unsupported_configs_are_one_line(bad, capsys):
     with pytest.raises(LabkitError) as err:
-        dryrun.training_activations(bad, 1, 4)
+        dryrun.training_activations(bad, batch=1, seq=4)
     assert "\n" not in str(err.value)
     with pytest.raises(LabkitError):
         estimator.training_memory(bad)
@@ -203,6 +208,6 @@ def test_bad_sizes_are_one_line():
     with pytest.raises(LabkitError, match="unknown attention"):
         dryrun.fake_model("tiny-llama", attention="flash")
     with pytest.raises(LabkitError, match="unknown method"):
-        dryrun.training_activations("tiny-llama", 1, 4, method="dora")
+        dryrun.training_activations("tiny-llama", batch=1, seq=4, method="dora")
     with pytest.raises(LabkitError):
         dryrun.prefill_peak("tiny-llama", 0, 4)

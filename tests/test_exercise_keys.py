@@ -8,7 +8,7 @@ The last tests tie the keys to the notebooks: the learner's answer cell under an
 calls the key of that notebook and tier, and every key has such a cell.
 
 The plumbing of ``check()`` (right, wrong, unanswered, unknown) is ``tests/test_exercises.py``;
-16.1 is checked against the forgetting record in ``tests/test_forgetting.py``.
+16.1 is checked against the forgetting record in ``tests/test_studies.py``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,9 @@ def test_03_3_is_every_state_split_eight_ways_plus_unsharded_activations():
     b = estimator.training_memory("llama-3.1-8b", batch=1, seq=2048, checkpointing=True)
     states = b.weights + b.gradients + b.optimizer
     per_gpu = (states / 8 + b.activations + b.logits + b.transient) / 2**30
-    zero2 = (b.weights + (b.gradients + b.optimizer) / 8 + b.total - states) / 2**30
+    # ZeRO-2 (a wrong answer here): the 16-bit copies whole, master, gradients and state / 8
+    copies = b.weights - b.master_weights
+    zero2 = (copies + (b.master_weights + b.gradients + b.optimizer) / 8 + b.total - states) / 2**30
     _right_and_wrong("03.3", per_gpu, zero2, b.total / 8 / 2**30)
 
 

@@ -1,23 +1,18 @@
 """labkit.training.forgetting: the probe (= greedy decoding), corpus loss through prompt tuning, replay,
-the tracked Trainer run with keep-best, summaries, and that the seed record is current."""
+the tracked Trainer run with keep-best (the runs of notebook 16 and their seed record:
+tests/test_studies.py)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from labkit import LabkitError
-from labkit.course import exercises
 from labkit.data import generator, loaders
 from labkit.models import zoo
 from labkit.training import forgetting as fg
 from labkit.training import lm_loss
 from labkit.tuners import peft_methods
-
-ROOT = Path(__file__).resolve().parents[1]
-RECORD = ROOT / "benchmarks" / "forgetting_seeds.json"
-NOTEBOOK = ROOT / "notebooks" / "16_catastrophic_forgetting.ipynb"
 
 
 def test_probe_items_ask_only_unseen_facts():
@@ -57,17 +52,17 @@ def test_probe_accuracy_equals_greedy_decoding(tok):
         fg.probe_accuracy(model, tok, [])
 
 
-def test_lm_view_drops_virtual_tokens(tok):
+def test_losses_and_the_probe_drop_virtual_tokens(tok):
     texts = fg.corpus_texts(4)
     base_loss = lm_loss.causal_lm_loss(zoo.load_model("zoo-llama"), tok, texts)
     prompt = peft_methods.attach("zoo-llama", "prompt", seed=0)
     ids = tok(texts[:1], return_tensors="pt")["input_ids"]
     assert prompt(input_ids=ids).logits.shape[1] == ids.shape[1] + 8
-    assert fg.lm_view(prompt)(input_ids=ids).logits.shape[1] == ids.shape[1]
-    with_prompt = lm_loss.causal_lm_loss(fg.lm_view(prompt), tok, texts)
+    assert lm_loss.aligned_logits(prompt, ids).shape[1] == ids.shape[1]
+    with_prompt = lm_loss.causal_lm_loss(prompt, tok, texts)
     assert with_prompt != base_loss and abs(with_prompt - base_loss) < 0.5
     lora = peft_methods.attach("zoo-llama", "lora", seed=0)  # B = 0: exactly the base model
-    assert lm_loss.causal_lm_loss(fg.lm_view(lora), tok, texts) == pytest.approx(base_loss)
+    assert lm_loss.causal_lm_loss(lora, tok, texts) == pytest.approx(base_loss)
 
 
 def test_replay_mix(tok):
@@ -100,62 +95,6 @@ def test_tracked_run_keeps_the_best_epoch(tok):
         fg.forgetting(run.history, "accuracy")
     with pytest.raises(LabkitError, match="patience needs keep_best"):
         fg.train(model, tok, probe, patience=1)
-    with pytest.raises(LabkitError, match="unknown run"):
-        fg.run("fulll", tok, probe)
-
-
-def test_summarize_gives_mean_and_half_range():
-    def row(seed, loss):
-        history = [
-            {
-                "epoch": 0.0,
-                "corpus_loss": 0.5,
-                "probe_em": 1.0,
-                "probe_token_acc": 1.0,
-                "chat_loss": 3.0,
-            }
-        ]
-        history.append({**history[0], "epoch": 2.0, "corpus_loss": loss})
-        return {"run": "full", "seed": seed, "chat_em": 1.0, "history": history, "best": None}
-
-    record = {"runs": [row(0, 1.0), row(1, 2.0), row(2, 1.2)]}
-    s = fg.summarize(record)["full"]
-    assert s["seeds"] == 3 and s["before"] == 0.5
-    assert s["corpus_loss"] == pytest.approx((1.4, 0.5))
-    assert fg.summarize({"runs": [row(0, 1.0)]}, row="best") == {}
-    with pytest.raises(LabkitError, match="unknown row"):
-        fg.summarize({"runs": []}, row="first")
-    band = fg.epoch_bands(record, "full", "corpus_loss")
-    assert band["epoch"] == [0.0, 2.0] and band["min"] == [0.5, 1.0] and band["max"] == [0.5, 2.0]
-    assert fg.first_epoch_share(record, "full") == pytest.approx(1.0)
-    with pytest.raises(LabkitError, match="unknown run"):
-        fg.epoch_bands(record, "lora")
-    with pytest.raises(LabkitError, match="unknown metric"):
-        fg.epoch_bands(record, "full", "accuracy")
-
-
-def test_load_record_says_how_to_make_it(tmp_path):
-    with pytest.raises(LabkitError, match="run benchmarks/forgetting_seeds.py"):
-        fg.load_record(tmp_path / "missing.json")
-
-
-def test_seed_record_is_current():
-    """benchmarks/forgetting_seeds.json was made with today's settings (rerun it if not)."""
-    record = json.loads(RECORD.read_text())
-    assert record["settings"] == json.loads(json.dumps(fg.settings(fast=True))), (
-        "labkit.training.forgetting settings changed: rerun benchmarks/forgetting_seeds.py"
-    )
-    seeds = {(r["run"], r["seed"]) for r in record["runs"]}
-    assert seeds == {(name, s) for name in fg.RUNS for s in range(3)}
-    for r in record["runs"]:
-        assert [row["epoch"] for row in r["history"]] == [float(e) for e in range(fg.EPOCHS + 1)]
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    params = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
-    scope: dict = {}
-    exec("".join(params["source"]), scope)
-    assert scope["EPOCHS"] == fg.EPOCHS
-    assert scope["RUNS_LIVE"] and set(scope["RUNS_LIVE"]) <= set(fg.RUNS)
-    assert exercises.check("16.1", fg.first_epoch_share(record, "full"))
 
 
 def test_probe_tracker_measures_prompt_tuning(tok):
@@ -170,7 +109,7 @@ def test_loss_after_marker_splits_the_corpus_loss(tok):
     model = zoo.load_model("zoo-llama")
     texts = fg.corpus_texts(6)
     split = fg.loss_after_marker(model, tok, texts)
-    assert split["all"] == pytest.approx(lm_loss.causal_lm_loss(model, tok, texts), rel=1e-4)
+    assert split["all"] == lm_loss.causal_lm_loss(model, tok, texts)  # the same computation
     mixed = split["share_after"] * split["after"] + (1 - split["share_after"]) * split["rest"]
     assert mixed == pytest.approx(split["all"], rel=1e-4)
     assert 0 < split["share_after"] < 0.2 and split["p_end_after"] < 0.01

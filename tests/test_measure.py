@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from labkit import LabkitError
 from labkit.memory import activations, estimator, measure
+from labkit.memory.job import TrainingJob
 from labkit.models import architecture, zoo
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -87,9 +88,10 @@ def test_checkpointing_measured_saving_and_frozen_layers():
     for p in model.model.layers[0].parameters():
         p.requires_grad_(False)
     got = measure.saved_tensor_bytes(model, x)
-    est = activations.activation_bytes(
-        config, 2, 64, "fp32", "sdpa", device="cpu", trainable_from_layer=1
+    frozen = TrainingJob(
+        method="frozen", frozen_layers=1, precision="fp32", batch=2, seq=64, device="cpu"
     )
+    est = activations.job_activation_bytes(config, frozen)
     assert est.total == got.total
 
 
@@ -121,9 +123,17 @@ def test_frozen_layers_exact(name, attn, dtype):
         model, config = fresh(name, attn, dtype)
         freeze_first(model, k)
         got = measure.saved_tensor_bytes(model, ids_for(config, 2, 16), checkpointing=ckpt)
-        est = activations.activation_bytes(
-            config, 2, 16, dtype, attn, checkpointing=ckpt, device="cpu", trainable_from_layer=k
+        job = TrainingJob(
+            method="frozen",
+            frozen_layers=k,
+            precision=dtype,
+            batch=2,
+            seq=16,
+            attention=attn,
+            checkpointing=ckpt,
+            device="cpu",
         )
+        est = activations.job_activation_bytes(config, job)
         assert (est.total, est.recompute) == (got.total, got.recompute), (k, ckpt, est.items)
 
 
@@ -218,18 +228,18 @@ def test_lora_activations_exact(name, attn, ckpt, dtype, targets):
     model = with_lora(model, config, targets)
     for b, s in ((2, 16), (1, 40)):  # batch 1: GPT-2's and BLOOM's q, k, v views of the fused qkv
         got = measure.saved_tensor_bytes(model, ids_for(config, b, s), checkpointing=ckpt)
-        est = activations.lora_activation_bytes(
-            config,
-            b,
-            s,
-            targets,
-            4,
-            dtype=dtype,
-            adapter_dtype="fp32",
+        job = TrainingJob(
+            method="lora",
+            precision=dtype,  # pure: the base in fp32 or bf16, peft's adapters in fp32
+            lora_targets=targets,
+            lora_r=4,
+            batch=b,
+            seq=s,
             attention=attn,
             checkpointing=ckpt,
             device="cpu",
         )
+        est = activations.job_activation_bytes(config, job)
         assert (est.total, est.recompute) == (got.total, got.recompute), est.items
 
 

@@ -1,4 +1,5 @@
-"""labkit.memory.estimator, labkit.models.architecture and labkit.memory.activations: exact counts against real (meta-device) models and the published figures in docs/formulas.md."""
+"""labkit.memory.estimator, labkit.models.architecture and labkit.memory.activations: exact counts
+against real (meta-device) models and the published figures in docs/formulas.md."""
 
 import math
 
@@ -6,6 +7,7 @@ import pytest
 
 from labkit import LabkitError
 from labkit.memory import activations, estimator
+from labkit.memory.job import TrainingJob
 from labkit.models import architecture, targets
 
 
@@ -27,6 +29,39 @@ def test_weight_bytes_by_dtype_and_nf4_bits():
     assert estimator.weight_bytes("llama-2-7b", "nf4") < estimator.weight_bytes(
         "llama-2-7b", "int8"
     )
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])  # untied and tied embeddings
+def test_from_pretrained_without_dtype_loads_the_dtype_the_config_names(tmp_path, name):
+    """transformers 5 defaults ``from_pretrained`` to ``dtype="auto"``: a checkpoint saved in bf16
+    loads in bf16, not fp32 (transformers 4's default); ``weight_bytes(config, "auto")`` is the
+    model as loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from labkit.models import zoo
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(zoo.load_config(name), dtype=torch.bfloat16).save_pretrained(
+        tmp_path
+    )
+    assert zoo.load_config(tmp_path).dtype == torch.bfloat16  # config.json names bfloat16
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # no dtype=
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    as_loaded = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    assert estimator.loaded_dtype(tmp_path) == "bf16"
+    assert estimator.weight_bytes(tmp_path, "auto") == as_loaded
+    assert estimator.weight_bytes(tmp_path, "bf16") == as_loaded
+    fp32 = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert estimator.loaded_dtype("zoo-llama") == "fp32"  # the zoo model's config says float32
+
+
+def test_loaded_dtype_refuses_a_config_that_names_none():
+    with pytest.raises(LabkitError, match="names no weight dtype"):
+        estimator.loaded_dtype("llama-2-7b")  # the catalog configs carry architecture only
+    with pytest.raises(LabkitError, match="unknown weight dtype"):
+        estimator.weight_bytes("zoo-llama", "float64")
 
 
 def test_int8_keeps_embeddings_head_and_norms_in_16_bit():
@@ -72,11 +107,12 @@ def test_optimizer_bytes_per_family():
 def test_lora_and_qlora_shrink_states_and_activations():
     kw = dict(batch=2, seq=256, precision="bf16-mixed")
     full = estimator.training_memory("llama-2-7b", **kw)
-    lora = estimator.training_memory("llama-2-7b", method="lora", **kw)
+    lora = estimator.training_memory("llama-2-7b", method="lora", **kw)  # bf16 base (default)
+    lora32 = estimator.training_memory("llama-2-7b", method="lora", base_dtype="fp32", **kw)
     qlora = estimator.training_memory("llama-2-7b", method="qlora", **kw)
     assert lora.trainable_parameters == 4_194_304 == qlora.trainable_parameters
-    assert qlora.weights < lora.weights / 6 < full.weights
-    assert lora.gradients == 4 * 4_194_304
+    assert qlora.weights < lora.weights / 3 < lora32.weights / 6 < full.weights
+    assert lora.gradients == 4 * 4_194_304 == lora32.gradients
     # a frozen linear keeps no input, but norms, attention and the MLP products still do
     assert full.activations / 2 < lora.activations < full.activations
     # GPT-2 too: adapting c_attn keeps less than full fine-tuning, but adapting every linear keeps
@@ -87,28 +123,36 @@ def test_lora_and_qlora_shrink_states_and_activations():
     assert gpt2_lora.activations < gpt2_full.activations < gpt2_all.activations
 
 
-def test_lora_activation_bytes_bad_input():
+def test_job_activation_bytes_bad_input():
+    def lora(config, **options):
+        return activations.job_activation_bytes(
+            config, TrainingJob(method="lora", batch=1, seq=8, **options)
+        )
+
     with pytest.raises(LabkitError, match="not supported") as err:
-        activations.lora_activation_bytes({"model_type": "t5", "vocab_size": 8}, 1, 8)
+        lora({"model_type": "t5", "vocab_size": 8})
     assert "\n" not in str(err.value)
     with pytest.raises(LabkitError, match="unknown LoRA target"):
-        activations.lora_activation_bytes("gpt2", 1, 8, "q_proj,v_proj")  # Llama names on GPT-2
+        lora("gpt2", lora_targets="q_proj,v_proj")  # Llama names on GPT-2
     with pytest.raises(LabkitError, match="no SDPA"):
-        activations.lora_activation_bytes("tiny-bloom", 1, 8, "query_key_value", attention="sdpa")
+        lora("tiny-bloom", lora_targets="query_key_value", attention="sdpa")
     with pytest.raises(LabkitError, match="LoRA rank"):
-        activations.lora_activation_bytes("tiny-llama", 1, 8, r=0)
+        lora("tiny-llama", lora_r=0)
     with pytest.raises(LabkitError, match="unknown LoRA target"):
-        activations.lora_activation_bytes("tiny-llama", 1, 8, targets="c_attn")
+        lora("tiny-llama", lora_targets="c_attn")
     with pytest.raises(LabkitError, match="adapter dtype"):
-        activations.lora_activation_bytes("tiny-llama", 1, 8, adapter_dtype="int8")
+        lora("tiny-llama", adapter_dtype="int8")
+    with pytest.raises(LabkitError, match="frozen_layers must be between 0 and 2, got 3"):
+        activations.job_activation_bytes(
+            "tiny-llama", TrainingJob(method="frozen", frozen_layers=3)
+        )
 
 
 def test_frozen_layers_and_checkpointing_cut_activations():
     base = activations.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa")
     ckpt = activations.activation_bytes("llama-2-7b", 1, 1024, "bf16", "sdpa", checkpointing=True)
-    half = activations.activation_bytes(
-        "llama-2-7b", 1, 1024, "bf16", "sdpa", trainable_from_layer=16
-    )
+    frozen = TrainingJob(method="frozen", frozen_layers=16, precision="bf16", seq=1024)
+    half = activations.job_activation_bytes("llama-2-7b", frozen)
     assert ckpt.activations < base.activations / 5
     assert half.activations == pytest.approx(base.activations / 2, rel=0.02)
     eager = activations.activation_bytes("llama-2-7b", 1, 1024, "bf16", "eager")
@@ -121,42 +165,10 @@ def test_logits_dominate_for_small_models_with_large_vocab():
     assert acts.logits >= 4096 * 151_936 * 4
 
 
-def test_sharding_and_gpu_count():
-    b = estimator.training_memory("llama-2-7b", batch=1, seq=512)
-    z1, z2, z3 = (estimator.sharded(b, 8, f"zero{k}") for k in (1, 2, 3))
-    assert estimator.sharded(b, 8, "ddp").total == b.total
-    whole = 4 * len(architecture.param_shapes("llama-2-7b"))  # AdamW's step counters
-    assert b.details["optimizer_unsharded"] == whole
-    assert z1.optimizer == math.ceil((b.optimizer - whole) / 8) + whole
-    assert z1.gradients == b.gradients
-    assert z2.gradients == math.ceil(b.gradients / 8) and z2.weights == b.weights
-    assert z3.total < z2.total < z1.total < b.total
-    assert estimator.round_to_nodes(17) == 24 and estimator.round_to_nodes(5) == 5
-    n = estimator.gpus_needed(b, 80 * 2**30, "zero3")
-    assert estimator.sharded(b, n, "zero3").total <= 80 * 2**30
-    assert n == 1 or estimator.sharded(b, n - 1, "zero3").total > 80 * 2**30 or n > 8
-
-
-def test_fsdp_keeps_the_step_counters_whole_as_measured_on_two_ranks():
-    """notebook 03's two-process FSDP2 run measured 920,916 B of AdamW state per rank for
-    tiny-llama in fp32: half the moments plus every tensor's 4-byte step counter."""
-    b = estimator.training_memory("tiny-llama", precision="fp32", batch=1, seq=8)
-    assert b.optimizer == 1_841_748
-    assert estimator.sharded(b, 2, "fsdp").optimizer == 920_916
-
-
 def test_training_time_gpt3_is_about_34_days():
     days = estimator.training_days(175e9, 300e9, 1024, 140e12, recompute=True)
     assert 33 <= days <= 35
     assert estimator.training_flops(1, 1) == 6 and estimator.training_flops(1, 1, True) == 8
-
-
-def test_rules_of_thumb():
-    assert estimator.rule_weights(6e9, "fp16") == 12e9
-    assert estimator.rule_training_12(1e9) == 12e9
-    assert estimator.rule_training_8x(1e9) == 16e9
-    assert estimator.rule_inference_2x(1e9) == 4e9
-    assert estimator.rule_activations_korthikanti(1, 1, 1, 1, 1) == 39
 
 
 def test_bad_sizes_and_options_raise():
@@ -166,7 +178,3 @@ def test_bad_sizes_and_options_raise():
         estimator.training_memory("tiny-llama", optimizer="lion")
     with pytest.raises(LabkitError):
         activations.activation_bytes("tiny-bloom", 1, 8, attention="sdpa")
-    with pytest.raises(LabkitError):
-        estimator.gpus_needed(
-            estimator.training_memory("llama-2-7b", precision="fp32"), 2**20, "ddp"
-        )

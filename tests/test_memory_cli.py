@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from labkit import REPO_ROOT, cli
+from labkit import REPO_ROOT, LabkitError, cli
 from labkit.fit import estimate_cli
-from labkit.memory import estimator
+from labkit.memory import calculator, estimator
+from labkit.memory.job import TrainingJob
 from labkit.models import architecture
 
 
@@ -54,6 +55,7 @@ def test_card_adds_the_roofline_decode_prediction(capsys):
     line = roofline.prediction_line(want, batch=4, context=2048)
     row = next(r for r in out.splitlines() if "predicted decode (roofline)" in r)
     assert rc == 0 and row.endswith(line)
+    assert "ZeRO-3" not in out  # a training notion: not in the serving table
     rc, out, _ = run(capsys, "llama-2-7b", "--mode", "infer", "--json")
     assert "card" not in json.loads(out)
 
@@ -117,7 +119,8 @@ def test_lora_defaults_to_a_bf16_base_and_names_its_regime(capsys):
     rc, out, _ = run(capsys, "llama-2-7b", "--method", "lora", "--base-dtype", "fp32", "--json")
     fp32 = json.loads(out)
     assert fp32["regime"] == "LoRA: fp32 base + fp32 adapters, bf16 autocast"
-    assert fp32["total"] == estimator.training_memory("llama-2-7b", method="lora").total
+    base32 = estimator.training_memory("llama-2-7b", method="lora", base_dtype="fp32")
+    assert fp32["total"] == base32.total
     assert fp32["weights"] > 2.5 * data["weights"]
     rc, out, _ = run(capsys, "llama-2-7b", "--method", "qlora", "--json")
     assert json.loads(out)["regime"] == "QLoRA: NF4 base + fp32 adapters, bf16 autocast"
@@ -127,3 +130,71 @@ def test_lora_defaults_to_a_bf16_base_and_names_its_regime(capsys):
     assert json.loads(out)["regime"] == "bf16 autocast with fp32 master weights"
     rc, out, err = run(capsys, "llama-2-7b", "--base-dtype", "bf16")
     assert rc == 2 and "--method lora" in err
+
+
+@pytest.mark.parametrize(
+    ("precision", "base"),
+    [("bf16-mixed", "bf16"), ("bf16", "bf16"), ("fp16-mixed", "fp16"), ("fp32", "fp32")],
+)
+def test_one_default_for_loras_base_everywhere(capsys, precision, base):
+    """The command, the notebook's calculator and training_memory put LoRA's base in the compute
+    dtype unless told: one default (TrainingJob), not one per front end."""
+    job = TrainingJob(method="lora", precision=precision)
+    assert job.weight_dtype == base
+    rc, out, _ = run(capsys, "llama-2-7b", "--method", "lora", "--precision", precision, "--json")
+    data = json.loads(out)
+    api = estimator.training_memory("llama-2-7b", method="lora", precision=precision)
+    assert rc == 0 and data["total"] == api.total and data["regime"] == api.details["regime"]
+    assert f"LoRA: {base} base" in data["regime"]
+    explicit = estimator.training_memory("llama-2-7b", job, base_dtype=base)
+    assert explicit.total == api.total
+    if precision in calculator.REGIMES:
+        per, _ = calculator.calculate(
+            model="llama-2-7b",
+            method="lora",
+            precision=precision,
+            batch=1,
+            seq=512,
+            checkpointing=False,
+        )
+        assert per.total == api.total and per.details["regime"] == api.details["regime"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags", "parameters"),
+    [
+        (
+            ["--method", "qlora", "--precision", "fp32"],
+            "--method qlora needs a 16-bit --precision",
+            "method='qlora' needs a 16-bit precision",
+        ),
+        (
+            ["--frozen-layers", "2"],
+            "--frozen-layers needs --method frozen",
+            "frozen_layers needs method='frozen'",
+        ),
+        (
+            ["--method", "frozen", "--frozen-layers", "40"],
+            "--frozen-layers must be between 0 and 32",
+            "frozen_layers must be between 0 and 32",
+        ),
+        (
+            ["--method", "lora", "--precision", "fp32", "--base-dtype", "bf16"],
+            "--base-dtype bf16 needs a 16-bit --precision",
+            "base_dtype='bf16' needs a 16-bit precision",
+        ),
+    ],
+)
+def test_errors_name_parameters_in_the_api_and_flags_on_the_command_line(
+    capsys, argv, flags, parameters
+):
+    rc, _, err = run(capsys, "llama-2-7b", *argv)
+    assert rc == 2 and flags in err and "_" not in err.split(":", 1)[1]
+    options = {"method": "full", "precision": "bf16-mixed", "frozen_layers": 0}
+    pairs = dict(zip(argv[::2], argv[1::2], strict=True))
+    for name, value in pairs.items():
+        key = name.removeprefix("--").replace("-", "_")
+        options[key] = int(value) if value.isdigit() else value
+    with pytest.raises(LabkitError) as api_err:
+        estimator.training_memory("llama-2-7b", **options)
+    assert parameters in str(api_err.value) and "--" not in str(api_err.value)

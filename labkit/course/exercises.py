@@ -487,16 +487,16 @@ EXERCISES.update(
 # --- notebook 16 ---
 def _forgetting_first_epoch_share() -> float:
     """Share of full fine-tuning's corpus-loss rise after epoch 1 (from the seed record)."""
-    from labkit.training import forgetting
+    from labkit.studies import forgetting
 
-    return forgetting.first_epoch_share(forgetting.load_record(), "full")
+    return forgetting.first_epoch_share(forgetting.load(), "full")
 
 
 EXERCISES.update(
     {
         "16.1": Exercise(
             number(_forgetting_first_epoch_share, rel=1e-3),
-            "take the seed means per epoch from fg.epoch_bands(record, 'full')['mean'], then "
+            "take the seed means per epoch from fs.epoch_bands(record, 'full')['mean'], then "
             "(after epoch 1 - before) / (after the last epoch - before)",
         ),
     }
@@ -550,17 +550,18 @@ EXERCISES.update(
 )
 
 
-def check(exercise: str, answer: Any = None) -> bool:
+def check(exercise: str, answer: Any = None) -> bool | None:
     """Say whether ``answer`` is right for ``exercise`` (e.g. ``"05.1"``); return True if it is.
 
-    ``None`` or ``...`` means "not answered yet": it prints how to answer and returns False, so a
-    notebook run top to bottom never fails on an exercise the learner has not done.
+    ``None`` or ``...`` means "not answered yet": it prints how to answer and returns None (falsy,
+    and Jupyter shows no ``Out[]`` line for it), so a notebook run top to bottom never fails on an
+    exercise the learner has not done, and its stored output is the one printed line.
     """
-    if exercise not in EXERCISES:
+    if not isinstance(exercise, str) or exercise not in EXERCISES:
         raise unknown("exercise", exercise, sorted(EXERCISES) or ["(none registered)"])
     if answer is None or answer is ...:
         print(f"{exercise}: not answered yet; set `answer = ...` above and run this cell again")
-        return False
+        return None
     entry = EXERCISES[exercise]
     try:
         ok = bool(entry.accept(answer))

@@ -4,9 +4,16 @@ MODEL is a config.json path, a model folder, a catalog or zoo name, or (online) 
 config is read. Any causal LM transformers can build is estimated: the five formula families
 (Llama, Mistral, Qwen2, GPT-2, BLOOM) by the derivation, any other (Mixtral, Gemma, Phi-3, Qwen3,
 GPT-NeoX...) by a dry run on fake tensors; ``activations_from`` says which. Inference reports the
-prefill's peak (a dry run) besides weights + KV cache + logits. Every total names its precision regime; ``--method lora`` keeps the frozen base in
-bf16 as practitioners do (``--base-dtype fp32`` for the fp32-base figure). Bad input is one line
-on stderr with exit status 2 (see :mod:`labkit.cli`).
+prefill's peak (a dry run) besides weights + KV cache + logits. Every total names its precision
+regime; ``--method lora`` keeps the frozen base in the compute dtype as practitioners do
+(``--base-dtype fp32`` for the fp32-base figure). The job, its defaults and its checks are
+:class:`labkit.memory.job.TrainingJob`'s, the verdict :func:`labkit.memory.calculator.fit`'s: the
+same path as notebook 01's calculator. Training on one GPU also reports the peak of a step
+(:func:`labkit.memory.peak.training_peak`: the largest live set, its phase, each phase's largest;
+``--optimizer-impl``, ``--device``, ``--lora-dropout`` move it), which the verdict reads; ``--fit
+GIB`` answers the inverse question (:mod:`labkit.fit.search`). Bad input is one line on stderr
+with exit status 2 (see
+:mod:`labkit.cli`); the memory API's errors name its parameters, :func:`flag` re-spells them.
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ from typing import Any
 
 from labkit import LabkitError
 from labkit.cli import Parser
-from labkit.memory import activations, estimator
-from labkit.models import architecture
+from labkit.dtypes import OPTIMIZERS, PRECISIONS
+from labkit.fit import search
+from labkit.inference import roofline
+from labkit.memory import calculator, estimator, peak, rules, sharding
+from labkit.memory.job import ATTENTIONS, DEVICES, OptionError, TrainingJob
+from labkit.models import architecture, zoo
 
 #: Keys of the ``--json`` object (bytes unless the name is a count; ``gpus_needed`` is null when
 #: even 4096 GPUs fully sharded are not enough, never 0, which would read as "needs none").
@@ -37,6 +48,35 @@ JSON_KEYS = (
     "regime",
     "activations_from",
 )
+#: The flag of each parameter of the memory API whose flag is not ``--`` + its name with dashes.
+FLAGS = {"context": "--seq", "gpu_gib": "--gpu-memory"}
+#: Options of a training job the command passes on when given (the job's defaults otherwise).
+JOB_OPTIONS = (
+    "method",
+    "precision",
+    "optimizer",
+    "batch",
+    "seq",
+    "grad_accum",
+    "checkpointing",
+    "attention",
+    "lora_r",
+    "lora_targets",
+    "frozen_layers",
+    "base_dtype",
+    "device",
+)
+#: Keys the ``--json`` object gains in training on one GPU: the peak of a step (bytes), its
+#: phase and moment, what is alive then, the largest live bytes of each phase; with ``--fit``,
+#: ``max_batch`` and ``max_seq`` (null when not even 1 fits).
+PEAK_KEYS = ("peak", "peak_phase", "peak_moment", "peak_step", "peak_alive", "phases")
+
+
+def flag(name: str, value: str = "") -> str:
+    """The command's spelling of the API parameter ``name`` (and its ``value``): the one place
+    where the memory API's errors, which name parameters, are turned into flags."""
+    spelled = FLAGS.get(name, "--" + name.replace("_", "-"))
+    return f"{spelled} {value}" if value else spelled
 
 
 def _number(convert, accepted, what: str):
@@ -57,38 +97,67 @@ def _number(convert, accepted, what: str):
 _positive_int = _number(int, lambda v: v > 0, "a positive integer")
 _nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
+_dropout = _number(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m labkit estimate", description=__doc__.splitlines()[0])
     p.add_argument("model", help="config.json path, model folder, zoo/catalog name or hub id")
     p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--method", choices=architecture.TRAINING_METHODS, default="full")
-    p.add_argument("--precision", choices=estimator.PRECISIONS, default="bf16-mixed")
-    p.add_argument("--optimizer", choices=estimator.OPTIMIZERS, default="adamw")
+    # None: not given, the job's own default (TrainingJob) applies
+    job = TrainingJob
+    p.add_argument("--method", choices=architecture.TRAINING_METHODS, help=f"({job.method})")
+    p.add_argument("--precision", choices=PRECISIONS, help=f"({job.precision})")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help=f"({job.optimizer})")
     p.add_argument("--batch", type=_positive_int, default=1, help="micro-batch per GPU")
     p.add_argument("--seq", type=_positive_int, default=512, help="sequence / context length")
-    p.add_argument("--grad-accum", type=_positive_int, default=1)
+    p.add_argument("--grad-accum", type=_positive_int, help=f"({job.grad_accum})")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
-    p.add_argument("--attention", choices=activations.ATTENTIONS, default="sdpa")
+    p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument(
         "--base-dtype",
         choices=("bf16", "fp16", "fp32"),
         default=None,
-        help="LoRA's frozen base (default: bf16, as in practice; fp32 with --precision fp32)",
+        help="LoRA's frozen base (default: the compute dtype, as in practice)",
     )
-    p.add_argument("--lora-r", type=_positive_int, default=None, help="with --method lora (8)")
+    p.add_argument("--lora-r", type=_positive_int, help=f"with --method lora ({job.lora_r})")
     p.add_argument(
         "--lora-targets",
         default=None,
         help="with --method lora: comma list, all-linear, or default (peft's default)",
     )
-    p.add_argument("--frozen-layers", type=_nonneg_int, default=0, help="with --method frozen")
+    p.add_argument("--frozen-layers", type=_nonneg_int, default=None, help="with --method frozen")
     p.add_argument(
         "--dtype", choices=estimator.WEIGHT_DTYPES, default=None, help="--mode infer weights (bf16)"
     )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=None,
+        help=f"where the step runs: dropout masks, the optimizer torch picks ({job.device})",
+    )
+    p.add_argument(
+        "--optimizer-impl",
+        choices=peak.IMPLS,
+        default=None,
+        help="the optimizer's implementation (default: what torch picks on --device: "
+        "foreach on cuda, single on cpu)",
+    )
+    p.add_argument("--lora-dropout", type=_dropout, default=0.0, help="peft's lora_dropout (0.0)")
+    p.add_argument(
+        "--fit",
+        type=_positive_float,
+        default=None,
+        metavar="GIB",
+        help="the largest --batch at --seq and the longest --seq at --batch whose peak fits GIB",
+    )
     p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
-    p.add_argument("--zero", choices=("0", "1", "2", "3"), default="0", help="ZeRO stage (0 = DDP)")
+    p.add_argument(
+        "--zero",
+        choices=[str(z) for z in sharding.ZERO_STAGES],
+        default="0",
+        help="ZeRO stage (0 = DDP)",
+    )
     p.add_argument("--gpu-memory", type=_positive_float, default=80.0, help="GiB per GPU")
     p.add_argument(
         "--card",
@@ -102,8 +171,6 @@ def _load(model: str):
     """The config of MODEL: a ``.json`` file is read as a dict by :func:`labkit.models.zoo.read_config_file`
     (zoo's one-line messages for a damaged file; only the numbers are needed, no transformers
     validation), anything else by :func:`labkit.models.zoo.load_config`."""
-    from labkit.models import zoo
-
     path = Path(model)
     if path.suffix == ".json" or path.name == "config.json":
         if not path.is_file():
@@ -115,96 +182,105 @@ def _load(model: str):
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Refuse options that the chosen mode or method ignores (they would change nothing, silently),
-    then fill in their defaults."""
-    lora = args.mode == "train" and args.method in {"lora", "qlora"}
-    given = [
-        f
-        for f, v in (("--lora-targets", args.lora_targets), ("--lora-r", args.lora_r))
-        if v is not None
-    ]
+    """Refuse options that the chosen mode ignores (they would change nothing, silently)."""
+    infer = args.mode == "infer"
+    lora = not infer and args.method in {"lora", "qlora"}
+    given = [flag(n) for n in ("lora_targets", "lora_r") if getattr(args, n) is not None]
     if given and not lora:
         raise LabkitError(
-            f"{' and '.join(given)} apply to --method lora or qlora (with --mode train)"
+            f"{' and '.join(given)} apply to {flag('method', 'lora')} or qlora "
+            f"(with {flag('mode', 'train')})"
         )
-    if args.dtype is not None and args.mode != "infer":
+    train_only = [
+        flag(n)
+        for n, v in (("optimizer_impl", args.optimizer_impl), ("lora_dropout", args.lora_dropout))
+        + (("fit", args.fit),)
+        if v
+    ]
+    if train_only and infer:
+        raise LabkitError(f"{' and '.join(train_only)} apply to {flag('mode', 'train')}")
+    if args.dtype is not None and not infer:
         raise LabkitError(
-            "--dtype sets the weights of --mode infer; for training use --precision or --method"
+            f"{flag('dtype')} sets the weights of {flag('mode', 'infer')}; for training use "
+            f"{flag('precision')} or {flag('method')}"
         )
-    args.lora_r = 8 if args.lora_r is None else args.lora_r
-    args.lora_targets = args.lora_targets or "default"
-    args.dtype = args.dtype or "bf16"
 
 
-def _base_dtype(args: argparse.Namespace) -> str | None:
-    """LoRA's base: bf16 unless asked (practice loads the frozen base in 16 bit)."""
-    if args.method != "lora":
-        if args.base_dtype is not None:
-            raise LabkitError("--base-dtype applies to --method lora (QLoRA's base is NF4)")
-        return None
-    return args.base_dtype or ("fp32" if args.precision == "fp32" else "bf16")
+def _job(args: argparse.Namespace) -> TrainingJob:
+    """The training job of the given options (the job's own defaults for the others)."""
+    options = {name: getattr(args, name) for name in JOB_OPTIONS}
+    return TrainingJob(**{k: v for k, v in options.items() if v is not None})
 
 
-def estimate(args: argparse.Namespace) -> estimator.Breakdown:
-    """The breakdown for parsed arguments (per GPU, after sharding), with ``gpus_needed`` set."""
+def estimate(args: argparse.Namespace) -> calculator.Fit:
+    """The job of the parsed arguments on ``--gpus`` GPUs (per GPU, after sharding), and the
+    fewest GPUs it needs; the API's errors name parameters, re-spelled here as flags."""
     _check_options(args)
     config = _load(args.model)
-    if estimator.is_formula_family(config):
-        config = architecture.shape_of(config) if args.mode == "train" else config
-    if args.mode == "infer":
-        b = estimator.inference_memory(
-            config,
-            dtype=args.dtype,
-            batch=args.batch,
-            context=args.seq,
-            prefill=True,
-            attention=args.attention,
-        )
-    else:
-        b = estimator.training_memory(
-            config,
-            method=args.method,
-            precision=args.precision,
-            optimizer=args.optimizer,
-            batch=args.batch,
-            seq=args.seq,
-            grad_accum=args.grad_accum,
-            checkpointing=args.checkpointing,
-            attention=args.attention,
-            lora_r=args.lora_r,
-            lora_targets=args.lora_targets,
-            frozen_layers=args.frozen_layers,
-            base_dtype=_base_dtype(args),
-        )
-    strategy = "ddp" if args.zero == "0" else f"zero{args.zero}"
-    per_gpu = estimator.sharded(b, args.gpus, strategy)
     try:
-        per_gpu.gpus_needed = estimator.gpus_needed(b, args.gpu_memory * 2**30, "zero3")
-    except LabkitError:
-        per_gpu.gpus_needed = None  # does not fit even fully sharded (0 would read as "none")
-    per_gpu.details["rule_of_thumb"] = (
-        estimator.rule_inference_2x(b.parameters)
-        if args.mode == "infer"
-        else estimator.rule_training_8x(b.parameters)
-    )
-    if args.mode == "infer":
-        per_gpu.details["regime"] = f"inference, {args.dtype} weights"
-        per_gpu.details["activations_from"] = "dry-run (prefill peak)"
-    else:
-        per_gpu.details["rule_mixed_adamw"] = estimator.rule_training_mixed_adamw(b.parameters)
-    return per_gpu
+        if args.mode == "infer":
+            dtype = {"dtype": args.dtype} if args.dtype else {}
+            b = estimator.inference_memory(
+                config,
+                batch=args.batch,
+                context=args.seq,
+                prefill=True,
+                attention=args.attention,
+                **dtype,
+            )
+        else:
+            shape = config
+            if estimator.is_formula_family(config):
+                shape = architecture.shape_of(config)
+            job = _job(args)
+            b = estimator.training_memory(shape, job)
+            one_gpu = args.gpus == 1 and int(args.zero) == 0
+            step = peak.training_peak(config, job, **_levers(args)) if one_gpu else None
+            return calculator.fit(
+                b, gpus=args.gpus, zero=int(args.zero), gpu_gib=args.gpu_memory, peak=step
+            )
+        return calculator.fit(b, gpus=args.gpus, zero=int(args.zero), gpu_gib=args.gpu_memory)
+    except OptionError as err:
+        raise LabkitError(err.spelled(flag)) from None
 
 
-def decode_prediction(args: argparse.Namespace) -> dict[str, Any] | None:
+def _levers(args: argparse.Namespace) -> dict[str, Any]:
+    """The peak's options beyond the job: the optimizer's implementation, LoRA's dropout."""
+    return {"impl": args.optimizer_impl, "lora_dropout": args.lora_dropout}
+
+
+def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
+    """``--fit GIB``: the largest micro-batch at ``--seq`` and the longest sequence at
+    ``--batch`` whose peak fits (:mod:`labkit.fit.search`)."""
+    job = _job(args)
+    options = {k: v for k, v in vars(job).items() if k not in {"batch", "seq"}}
+    options["precision"] = job.precision.name
+    return search.fit(config, args.fit, batch=args.batch, seq=args.seq, **options, **_levers(args))
+
+
+def rules_of_thumb(b: estimator.Breakdown, mode: str) -> dict[str, float]:
+    """The rules of thumb the table shows beside the total: 2x the fp16 weights (inference);
+    8x the fp16 weights and mixed-precision AdamW's 16 B/param (training)."""
+    if mode == "infer":
+        return {"2x the fp16 weights": rules.rule_inference_2x(b.parameters)}
+    return {
+        "8x the fp16 weights": rules.rule_training_8x(b.parameters),
+        "mixed-precision AdamW, 2+2+12 = 16 B/param, no activations": (
+            rules.rule_training_mixed_adamw(b.parameters)
+        ),
+    }
+
+
+def decode_prediction(args: argparse.Namespace, dtype: str) -> dict[str, Any] | None:
     """The roofline decode prediction for ``--card`` (None without it); inference only."""
     if args.card is None:
         return None
     if args.mode != "infer":
-        raise LabkitError("--card applies to --mode infer (it predicts decode speed)")
-    from labkit.inference import roofline  # imports torch: only when asked
-
+        raise LabkitError(
+            f"{flag('card')} applies to {flag('mode', 'infer')} (it predicts decode speed)"
+        )
     return roofline.predict(
-        _load(args.model), args.card, dtype=args.dtype, batch=args.batch, context=args.seq
+        _load(args.model), args.card, dtype=dtype, batch=args.batch, context=args.seq
     )
 
 
@@ -213,9 +289,20 @@ def _gib(n: float) -> str:
 
 
 def table(
-    b: estimator.Breakdown, args: argparse.Namespace, decode: dict[str, Any] | None = None
+    fit: calculator.Fit, args: argparse.Namespace, decode: dict[str, Any] | None = None
 ) -> str:
-    rows = [
+    b = fit.per_gpu
+    rows = []
+    if fit.peak is not None:
+        p = fit.peak
+        rows.append((f"PEAK of a step ({p.phase}, {p.step} step)", _gib(p.peak)))
+        rows.append(("  at", p.label))
+        for phase, value in p.phases.items():
+            rows.append((f"  largest in {phase}", _gib(value)))
+        rows.append(("  impl", f"{p.details['impl']} {b.details['optimizer']}"))
+    elif args.mode == "train":
+        rows.append(("PEAK of a step", "not modelled over several GPUs (one GPU only)"))
+    rows += [
         ("parameters", f"{b.parameters:,}"),
         ("trainable parameters", f"{b.trainable_parameters:,}"),
     ]
@@ -227,46 +314,66 @@ def table(
     rows.append((f"transient ({transient})", _gib(b.transient)))
     rows.append(("activations from", b.details["activations_from"]))
     rows.append((f"total per GPU ({b.details['regime']})", _gib(b.total)))
-    rule = b.details["rule_of_thumb"]
-    name = "2x the fp16 weights" if args.mode == "infer" else "8x the fp16 weights"
-    rows.append((f"rule of thumb ({name})", _gib(rule)))
-    if args.mode == "train":
-        rule16 = "mixed-precision AdamW, 2+2+12 = 16 B/param, no activations"
-        rows.append((f"rule of thumb ({rule16})", _gib(b.details["rule_mixed_adamw"])))
-    need = b.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
-    rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
+    for name, rule in rules_of_thumb(b, args.mode).items():
+        rows.append((f"rule of thumb ({name})", _gib(rule)))
+    rows.append(("verdict", fit.verdict))
+    if args.mode == "train":  # ZeRO-3 sharding is a training notion: no such row for serving
+        need = fit.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
+        rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
     if decode is not None:
-        from labkit.inference import roofline
-
         line = roofline.prediction_line(decode, batch=args.batch, context=args.seq)
         rows.append(("predicted decode (roofline)", line))
     width = max(len(r[0]) for r in rows)
     head = f"{args.model}: {args.mode}"
     if args.mode == "train":
-        head += f", {args.method}, {b.details['regime']}, {args.optimizer}"
-        head += f", batch {args.batch} x seq {args.seq}"
-        head += f", {'zero' + args.zero if args.zero != '0' else 'ddp'} on {args.gpus} GPU(s)"
+        d = b.details
+        head += f", {d['method']}, {d['regime']}, {d['optimizer']}"
+        head += f", batch {args.batch} x seq {args.seq}, {fit.strategy} on {args.gpus} GPU(s)"
     else:
-        head += f", {args.dtype} weights, batch {args.batch}, context {args.seq}"
+        head += f", {b.details['dtype']} weights, batch {args.batch}, context {args.seq}"
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``python -m labkit estimate``."""
     args = build_parser().parse_args(argv)
-    b = estimate(args)  # checks the options and fills their defaults first
-    decode = decode_prediction(args)
-    if args.json:
-        out = {
-            k: b.details[k] if k in {"regime", "activations_from"} else getattr(b, k)
-            for k in JSON_KEYS
-        }
-        if "prefill_peak" in b.details:
-            out["prefill_peak"] = b.details["prefill_peak"]
-        out.update(transient=b.transient, rule_of_thumb=int(b.details["rule_of_thumb"]))
-        if decode is not None:
-            out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
-        print(json.dumps(out))
-    else:
-        print(table(b, args, decode))
+    fit = estimate(args)  # checks the options first
+    b = fit.per_gpu
+    decode = decode_prediction(args, b.details.get("dtype", "bf16"))
+    found = fit_search(args, _load(args.model)) if args.fit else None
+    if not args.json:
+        print(table(fit, args, decode))
+        if found is not None:
+            print(
+                f"  fits {args.fit:g} GiB: largest --batch at --seq {args.seq}: "
+                f"{found['max_batch']}; longest --seq at --batch {args.batch}: {found['max_seq']}"
+            )
+        return 0
+    out = {k: getattr(b, k) for k in JSON_KEYS if hasattr(b, k)}
+    out.update(
+        gpus_needed=fit.gpus_needed,
+        regime=b.details["regime"],
+        activations_from=b.details["activations_from"],
+    )
+    out = {k: out[k] for k in JSON_KEYS}
+    if "prefill_peak" in b.details:
+        out["prefill_peak"] = b.details["prefill_peak"]
+    rule = next(iter(rules_of_thumb(b, args.mode).values()))
+    out.update(transient=b.transient, rule_of_thumb=int(rule))
+    if args.mode == "train":
+        step = fit.peak.as_dict() if fit.peak is not None else {}
+        out.update(
+            peak=step.get("peak"),
+            peak_phase=step.get("peak_phase"),
+            peak_moment=step.get("peak_moment"),
+            peak_step=step.get("peak_step"),
+            peak_alive=step.get("peak_alive"),
+            phases=step.get("phases"),
+            fits=fit.fits,
+        )
+    if found is not None:
+        out.update(found)
+    if decode is not None:
+        out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
+    print(json.dumps(out))
     return 0

@@ -8,31 +8,27 @@ sharing and views autograd really has. It is exact (equal to the saved-tensor me
 and pure bf16, eager and SDPA, checkpointing on and off, and under bf16 autocast for Llama,
 Mistral and Qwen2; and for LoRA on any targets of all five families in fp32 and pure bf16.
 
-- :func:`activation_bytes`: full fine-tuning (and frozen first layers);
-- :func:`lora_activation_bytes`: a frozen base with LoRA adapters;
+- :func:`activation_bytes`: full fine-tuning, from sizes alone;
+- :func:`job_activation_bytes`: any :class:`labkit.memory.job.TrainingJob` (frozen first
+  layers, LoRA and QLoRA, autocast);
 - :class:`Activations`: the result, item by item.
 
-This module is long (about 500 lines) because the derivation is one piece: the block functions
-share one :class:`_Step` of sizes and switches, and splitting them would separate rules that must
-agree (dropout masks, the SDPA math path, the fused q/k/v buffer).
+One block function per family and kind of step (:data:`FULL_BLOCKS`, :data:`LORA_BLOCKS`; a new
+family adds one entry to each), all over one :class:`_Step` of sizes and switches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES
+from labkit.memory.job import ATTENTIONS, DEVICES, TrainingJob
 from labkit.models.architecture import Shape, shape_of
 from labkit.models.targets import lora_modules
-
-ATTENTIONS = ("eager", "sdpa")
-DEVICES = ("cuda", "cpu")
-#: dtypes an adapter can compute in
-ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -96,10 +92,9 @@ def activation_bytes(
     checkpointing: bool = False,
     dropout: bool = True,
     device: str = "cuda",
-    trainable_from_layer: int = 0,
-    autocast: bool = False,
 ) -> Activations:
-    """Bytes autograd keeps for backward in one training step (the saved-tensor measurement).
+    """Bytes autograd keeps for backward in one step of full fine-tuning (the saved-tensor
+    measurement), from the sizes alone.
 
     Derived from the transformers 5.24 modeling code, op by op (what each op saves for backward):
     RMSNorm saves its fp32 input, the rsqrt, the normalised value and its output; LayerNorm its
@@ -110,149 +105,236 @@ def activation_bytes(
     inside SDPA falls back to the math kernel, which keeps the s² terms). Dropout keeps a mask of
     the activation dtype on CPU and 1 byte on CUDA.
 
-    ``dtype``: activation dtype (``fp32``, ``bf16``, ``fp16``). ``dropout``: training mode (the
-    config's dropout probabilities apply). ``checkpointing``: layer inputs only are kept in forward,
-    plus one block recomputed during backward (``recompute``); the total is their sum.
-    ``trainable_from_layer``: with the embeddings and the first k blocks frozen, autograd saves
-    nothing for them; the first trainable block's RMSNorm keeps no input (no gradient flows into
-    it) and a tied head, frozen with the embeddings, keeps no input either. With (reentrant)
-    checkpointing transformers makes the embeddings' output require grad, so the frozen blocks
-    are checkpointed and recomputed too. Exact in fp32 and bf16; under autocast an approximation.
-
-    ``autocast``: mixed precision (fp32 weights, ``dtype`` = the autocast dtype). Derived for the
-    Llama family without attention dropout: the residual stream and the norms stay fp32, every
-    linear keeps its own 16-bit cast of its input (q, k and v: three copies), RoPE's fp32 tables
-    promote q and k to fp32 and attention keeps 16-bit casts of them. The 16-bit copies of the
-    weights are not activations here: :func:`training_memory` counts them with the weights. For
-    GPT-2, BLOOM and attention dropout the pure 16-bit derivation is used (an approximation).
+    ``dtype``: activation dtype (``fp32``, ``bf16``, ``fp16``; pure, no autocast). ``dropout``:
+    training mode (the config's dropout probabilities apply). ``checkpointing``: layer inputs only
+    are kept in forward, plus one block recomputed during backward (``recompute``); the total is
+    their sum. Frozen first layers, autocast and LoRA: :func:`job_activation_bytes`.
     """
     s = shape_of(config)
     b, q = positive("batch", batch), sequence_length(s, seq)
     _check_attention(s, attention)
     choice("device", device, DEVICES)
-    _activation_dtype(dtype)
-    if not 0 <= trainable_from_layer <= s.layers:
-        raise LabkitError(
-            f"frozen layers must be between 0 and {s.layers}, got {trainable_from_layer}"
-        )
-    dt = DTYPE_BYTES[dtype]
     st = _Step(
         s=s,
         b=b,
         q=q,
-        dt=dt,
+        dt=DTYPE_BYTES[_activation_dtype(dtype)],
         attention=attention,
         device=device,
         dropout=dropout,
         checkpointing=checkpointing,
     )
-    fp32 = dt == 4
-    T = b * q  # tokens
-    h, a, kv, d, i = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
-    p_on, mask_b = st.p_on, st.mask_b
+    return _full_activations(st, frozen_layers=0, autocast=False)
 
-    # --- one block --------------------------------------------------------------------------
-    blk: dict[str, int] = {}
-    # the layer input as saved by the first norm (RMSNorm: fp32 copy; LayerNorm: as is)
-    llama = s.family == "llama"
-    if llama:
-        norm = {"input": T * h * 4, "stats": T * 4, "normed": T * h * dt, "output": T * h * dt}
-    else:  # LayerNorm mean and rstd: fp32 on CUDA, the input dtype on CPU
-        stat_b = 4 if device == "cuda" else dt
-        norm = {"input": T * h * dt, "stats": 2 * T * stat_b, "output": T * h * dt}
-    for k, v in norm.items():
-        blk[f"norm1.{k}"] = v
-    ad = a * d
-    s2 = b * a * q * q
-    math_path = st.math_path  # on CPU, SDPA with dropout: the eager ops, upcast to fp32
-    if attention == "eager" or math_path:
-        qb = 4 if math_path else dt
-        blk["attn.q"] = blk["attn.k"] = blk["attn.v"] = T * ad * qb  # k, v repeated to a heads
-        soft32 = s.family != "gpt2" or math_path  # GPT-2's eager softmax stays in the input dtype
-        blk["attn.softmax"] = s2 * (4 if soft32 else dt)
-        if p_on(s.attn_dropout):
-            blk["attn.dropout_mask"] = s2 * (4 if math_path else mask_b)
-            blk["attn.probs"] = s2 * qb
-        elif soft32 and not fp32:
-            blk["attn.probs"] = s2 * dt  # the 16-bit copy of the fp32 softmax
-        blk["attn.out"] = T * ad * dt
+
+def job_activation_bytes(config: Any, job: TrainingJob) -> Activations:
+    """Bytes autograd keeps for backward in one step of ``job`` (a formula family).
+
+    Full fine-tuning as :func:`activation_bytes` derives it, with two more switches:
+
+    - frozen first layers (``method="frozen"``): with the embeddings and the first k blocks
+      frozen, autograd saves nothing for them; the first trainable block's RMSNorm keeps no input
+      (no gradient flows into it) and a tied head, frozen with the embeddings, keeps no input
+      either. With (reentrant) checkpointing transformers makes the embeddings' output require
+      grad, so the frozen blocks are checkpointed and recomputed too. Exact in fp32 and bf16.
+    - autocast (``precision="bf16-mixed"``: fp32 weights, 16-bit compute). Derived for the Llama
+      family without attention dropout: the residual stream and the norms stay fp32, every
+      linear keeps its own 16-bit cast of its input (q, k and v: three copies), RoPE's fp32 tables
+      promote q and k to fp32 and attention keeps 16-bit casts of them. The 16-bit copies of the
+      weights are not activations here: the estimator counts them with the weights. For GPT-2,
+      BLOOM and attention dropout the pure 16-bit derivation is used (an approximation).
+
+    LoRA and QLoRA (a frozen base, ``lora_dropout=0``; QLoRA's NF4 base computes in the compute
+    dtype), for every family and any targets. A frozen op saves only what the gradient of an
+    input that requires grad needs: a frozen linear keeps nothing (its weight is a parameter), a
+    frozen norm weight no normalised value, and before the first adapted module nothing at all
+    (the embeddings are frozen). Kept in every family: each adapter's input (one shared tensor
+    when the adapter computes in the base dtype, one cast copy per adapter otherwise: peft 0.21
+    keeps adapters in fp32 under a 16-bit base) and its rank-r output; attention's q, k, v,
+    output and logsumexp (SDPA) or what each eager matmul/softmax needs (on CPU, SDPA with
+    dropout runs the math kernel: fp32 copies and the s² terms); dropout masks where a gradient
+    flows; the loss as in full fine-tuning. Per family:
+
+    - Llama, Mistral, Qwen2: the RMSNorms' fp32 input and rsqrt, RoPE's tables, the MLP's gate,
+      up and silu(gate) as far as their gradients flow;
+    - GPT-2, BLOOM: the LayerNorms' input, mean and rstd; the MLP activation's saved tensors
+      (gelu_new: four b·s·i, BLOOM's GeLU: its input); q, k, v split from one fused projection,
+      whose whole buffer a saved view keeps alive, and without checkpointing the KV cache's copies
+      of k and v (transformers keeps the cache on in training); GPT-2's eager causal mask is a
+      checkpointed block's input. BLOOM has eager attention only.
+
+    With checkpointing, the layer inputs are kept, and transformers makes the embeddings' output
+    require grad (``enable_input_require_grads``), so the block recomputed during backward is a
+    block whose stream carries a gradient (RoPE's tables, GPT-2's embedding dropout mask and
+    BLOOM's embedding LayerNorm included). A 16-bit base under autocast
+    (:attr:`TrainingJob.adapters_autocast`): each adapter's matmuls run in the compute dtype, so
+    its input copy and its rank-r output are kept in it, not in the adapter dtype.
+    """
+    s = shape_of(config)
+    q = sequence_length(s, job.seq)
+    _check_attention(s, job.attention)
+    job.check_layers(s.layers)
+    compute = job.precision.compute
+    st = _Step(
+        s=s,
+        b=job.batch,
+        q=q,
+        dt=DTYPE_BYTES[compute],
+        attention=job.attention,
+        device=job.device,
+        dropout=job.dropout,
+        checkpointing=job.checkpointing,
+    )
+    if not job.lora:
+        return _full_activations(st, job.frozen_layers, autocast=job.precision.mixed)
+    adapters = job.adapters
+    targets = lora_modules(s, job.lora_targets)
+    st = replace(
+        st,
+        r=job.lora_r,
+        adapted=frozenset(m.name.rsplit(".", 1)[-1] for m in targets),
+        adt=st.dt if job.adapters_autocast else DTYPE_BYTES[adapters],
+        cast=DTYPE_NAMES[adapters] != DTYPE_NAMES[compute],
+    )
+    return _lora_activations(st)
+
+
+# ----------------------------------------------------------------------------- full fine-tuning
+def _norm_items(st: _Step) -> dict[str, int]:
+    """What a norm whose input and weight need gradients saves: RMSNorm its fp32 input, the
+    rsqrt, the normalised value and its output; LayerNorm its input, mean and rstd (fp32 on CUDA,
+    the input dtype on CPU) and its output."""
+    T, h, dt = st.tokens, st.s.hidden, st.dt
+    if st.s.family == "llama":
+        return {"input": T * h * 4, "stats": T * 4, "normed": T * h * dt, "output": T * h * dt}
+    stat_b = 4 if st.device == "cuda" else dt
+    return {"input": T * h * dt, "stats": 2 * T * stat_b, "output": T * h * dt}
+
+
+def _full_attention(st: _Step) -> dict[str, int]:
+    """Attention of a block whose q, k and v all need gradients."""
+    s, b, q, T, dt = st.s, st.b, st.q, st.tokens, st.dt
+    ad, s2 = s.heads * s.head_dim, b * s.heads * q * q
+    out: dict[str, int] = {}
+    if st.attention == "eager" or st.math_path:  # the math path: the eager ops, upcast to fp32
+        qb = 4 if st.math_path else dt
+        out["attn.q"] = out["attn.k"] = out["attn.v"] = T * ad * qb  # k, v repeated to a heads
+        soft32 = s.family != "gpt2" or st.math_path  # GPT-2's eager softmax stays 16-bit
+        out["attn.softmax"] = s2 * (4 if soft32 else dt)
+        if st.p_on(s.attn_dropout):
+            out["attn.dropout_mask"] = s2 * (4 if st.math_path else st.mask_b)
+            out["attn.probs"] = s2 * qb
+        elif soft32 and dt != 4:
+            out["attn.probs"] = s2 * dt  # the 16-bit copy of the fp32 softmax
+        out["attn.out"] = T * ad * dt
     else:
-        blk["attn.q"], blk["attn.out"] = T * ad * dt, T * ad * dt
-        blk["attn.k"] = blk["attn.v"] = T * kv * d * dt
-        blk["attn.logsumexp"] = b * a * q * 4
-    if p_on(s.resid_dropout):
-        blk["attn.resid_dropout_mask"] = T * h * mask_b
-    for k, v in norm.items():
-        blk[f"norm2.{k}"] = v
-    if s.activation == "gelu_new":
-        mlp = 5  # x, tanh(.), 1 + tanh(.), 0.5·x, product
-    elif s.family == "llama":
-        mlp = 4  # gate, up, silu(gate), silu(gate)·up
-    else:
-        mlp = 2  # input and output of a fused GeLU
-    blk["mlp"] = mlp * T * i * dt
-    if p_on(s.resid_dropout):
-        blk["mlp.resid_dropout_mask"] = T * h * mask_b
+        out["attn.q"], out["attn.out"] = T * ad * dt, T * ad * dt
+        out["attn.k"] = out["attn.v"] = T * s.kv_heads * s.head_dim * dt
+        out["attn.logsumexp"] = b * s.heads * q * 4
+    return out
+
+
+def _full_block(st: _Step, mlp_tensors: int) -> dict[str, int]:
+    """One block of full fine-tuning: norm, attention, norm, an MLP keeping ``mlp_tensors``
+    b·s·i tensors, the residual dropout masks and (GPT-2, BLOOM) the fused q/k/v buffer."""
+    s, T, h = st.s, st.tokens, st.s.hidden
+    norm = _norm_items(st)
+    blk = {f"norm1.{k}": v for k, v in norm.items()}
+    blk.update(_full_attention(st))
+    if st.p_on(s.resid_dropout):
+        blk["attn.resid_dropout_mask"] = T * h * st.mask_b
+    blk.update({f"norm2.{k}": v for k, v in norm.items()})
+    blk["mlp"] = mlp_tensors * T * s.intermediate * st.dt
+    if st.p_on(s.resid_dropout):
+        blk["mlp.resid_dropout_mask"] = T * h * st.mask_b
     if buffer := _fused_qkv_buffer(st):  # GPT-2 and BLOOM compute q, k, v in one projection
         blk["attn.fused_qkv_buffer"] = buffer
-    mixed = autocast and llama and not p_on(s.attn_dropout) and not fp32
-    if mixed:
-        blk = _autocast_llama_block(s, b, q, dt, attention)
-    per_layer = sum(blk.values())
+    return blk
 
-    # --- outside the blocks -----------------------------------------------------------------
-    items: dict[str, int] = {}
-    n_train = s.layers - trainable_from_layer
-    first_trainable = trainable_from_layer == 0
+
+def _full_llama_block(st: _Step) -> dict[str, int]:
+    """Llama, Mistral, Qwen2: RMSNorms, SwiGLU keeping gate, up, silu(gate) and the product."""
+    return _full_block(st, mlp_tensors=4)
+
+
+def _full_layernorm_block(st: _Step) -> dict[str, int]:
+    """GPT-2 and BLOOM: LayerNorms; GPT-2's ``gelu_new`` (written in Python) keeps x, tanh(.),
+    1 + tanh(.), 0.5·x and the product, BLOOM's fused GeLU its input and output."""
+    return _full_block(st, mlp_tensors=5 if st.s.activation == "gelu_new" else 2)
+
+
+def _full_activations(st: _Step, frozen_layers: int, autocast: bool) -> Activations:
+    """Full fine-tuning (the first ``frozen_layers`` blocks frozen), under ``autocast`` or not."""
+    s, T, h = st.s, st.tokens, st.s.hidden
+    llama = s.family == "llama"
+    mixed = autocast and llama and not st.p_on(s.attn_dropout) and st.dt != 4
+    blk = _autocast_llama_block(st) if mixed else FULL_BLOCKS[s.family](st)
+    per_layer = sum(blk.values())
+    n_train = s.layers - frozen_layers
+    items = _full_outside(st, frozen_layers, mixed)
+    recompute = 0
+    if st.checkpointing:  # every block is checkpointed and, with a gradient stream, recomputed
+        items["layer_inputs"] = s.layers * T * h * (4 if mixed else st.dt)
+        # the recomputed block re-saves everything except its input when the norm saves the
+        # input tensor itself (LayerNorm, or RMSNorm in fp32)
+        keeps_input = not llama or st.dt == 4 or mixed
+        layer_input = T * h * 4 if mixed else blk["norm1.input"]
+        recompute = per_layer - (layer_input if keeps_input else 0)
+        if not n_train and not mixed:  # only frozen blocks are recomputed: they keep what the
+            # stream's gradient needs, as a LoRA block without adapters does
+            frozen = sum(LORA_BLOCKS[s.family](st, True)[0].values())
+            recompute = frozen - (T * h * st.dt if keeps_input else 0)
+        if llama:
+            recompute += items.pop("rope.cos_sin")
+    else:
+        items["layers"] = n_train * per_layer
+        if llama and n_train and frozen_layers:
+            # the first trainable block's input carries no gradient: its RMSNorm keeps only the
+            # normalised value (for the weight's gradient), not what the input's gradient needs
+            items["layers"] -= st.norm()
+    items["recompute_one_layer"] = recompute
+    blocks = {f"block.{k}": v for k, v in blk.items()}
+    logits = _loss_bytes(s, st.b, st.q)
+    return Activations(sum(items.values()), logits, per_layer, recompute, {**items, **blocks})
+
+
+def _full_outside(st: _Step, frozen_layers: int, mixed: bool) -> dict[str, int]:
+    """What full fine-tuning keeps outside the blocks: token ids, the embeddings' entry, RoPE's
+    tables and the final norm (with checkpointing the layer inputs are added by the caller)."""
+    s, T, q, h = st.s, st.tokens, st.q, st.s.hidden
+    llama = s.family == "llama"
+    n_train = s.layers - frozen_layers
+    first_trainable = frozen_layers == 0
     # with reentrant checkpointing transformers makes the embeddings' output require grad
     # (enable_input_require_grads), so the stream carries a gradient through frozen blocks too
-    stream_grad = first_trainable or checkpointing
+    stream_grad = first_trainable or st.checkpointing
+    items: dict[str, int] = {}
     if first_trainable:  # the embedding weights' gradients need the ids
         items["input_ids"] = T * 8
         if s.family == "gpt2":
             items["position_ids"] = q * 8
     items.update(_entry_items(st, stream_grad))
-    if llama and (n_train or checkpointing):
-        items["rope.cos_sin"] = 2 * q * d * (4 if mixed else dt)  # shared by all layers
-    final = dict(norm)
+    if llama and (n_train or st.checkpointing):
+        items["rope.cos_sin"] = 2 * q * s.head_dim * (4 if mixed else st.dt)  # all layers share
+    final = _norm_items(st)
     if mixed:  # fp32 input, rsqrt, fp32 normalised value; the head keeps a 16-bit input cast
-        final = {"input": T * h * 4, "stats": T * 4, "normed": T * h * 4, "head_input": T * h * dt}
+        final = {
+            "input": T * h * 4,
+            "stats": T * 4,
+            "normed": T * h * 4,
+            "head_input": T * h * st.dt,
+        }
     if s.tied and not first_trainable:  # the head's weight is the frozen embedding matrix:
         final.pop("head_input" if mixed else "output")  # it keeps no input for a gradient
     if llama and not stream_grad and not n_train:  # all blocks frozen: no gradient reaches
         del final["input"], final["stats"]  # the final RMSNorm's input, only its weight's
     items.update({f"final_norm.{k}": v for k, v in final.items()})
-    logits = _loss_bytes(s, b, q)
-
-    recompute = 0
-    if checkpointing:  # every block is checkpointed and, with a gradient stream, recomputed
-        items["layer_inputs"] = s.layers * T * h * (4 if mixed else dt)
-        # the recomputed block re-saves everything except its input when the norm saves the
-        # input tensor itself (LayerNorm, or RMSNorm in fp32)
-        keeps_input = not llama or fp32 or mixed
-        layer_input = T * h * 4 if mixed else blk["norm1.input"]
-        recompute = per_layer - (layer_input if keeps_input else 0)
-        if not n_train and not mixed:  # only frozen blocks are recomputed: they keep what the
-            # stream's gradient needs, as a LoRA block without adapters does
-            frozen_block = _lora_llama_block if llama else _lora_layernorm_block
-            recompute = sum(frozen_block(st, True)[0].values()) - (T * h * dt if keeps_input else 0)
-        if llama:
-            recompute += items.pop("rope.cos_sin")
-    else:
-        items["layers"] = n_train * per_layer
-        if llama and n_train and not stream_grad:
-            # the first trainable block's input carries no gradient: its RMSNorm keeps only the
-            # normalised value (for the weight's gradient), not what the input's gradient needs
-            items["layers"] -= st.norm()
-    items["recompute_one_layer"] = recompute
-    acts = sum(items.values())
-    return Activations(
-        acts, logits, per_layer, recompute, {**items, **{f"block.{k}": v for k, v in blk.items()}}
-    )
+    return items
 
 
-def _autocast_llama_block(s: Shape, b: int, q: int, dt: int, attention: str) -> dict[str, int]:
-    """One Llama-family block under autocast (see :func:`activation_bytes`), no dropout."""
+def _autocast_llama_block(st: _Step) -> dict[str, int]:
+    """One Llama-family block under autocast (see :func:`job_activation_bytes`), no dropout."""
+    s, b, q, dt, attention = st.s, st.b, st.q, st.dt, st.attention
     T = b * q
     h, a, kv, d, i = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
     ad, s2 = a * d, b * a * q * q
@@ -466,78 +548,16 @@ def _lora_layernorm_block(st: _Step, g: bool) -> tuple[dict[str, int], bool, boo
     return blk, False, g2 or mlp_g
 
 
-def lora_activation_bytes(
-    config: Any,
-    batch: int,
-    seq: int,
-    targets: Any = "default",
-    r: int = 8,
-    *,
-    dtype: str = "bf16",
-    adapter_dtype: str = "fp32",
-    attention: str = "sdpa",
-    checkpointing: bool = False,
-    dropout: bool = True,
-    device: str = "cuda",
-    autocast: bool = False,
-) -> Activations:
-    """Bytes autograd keeps for backward in a LoRA step (frozen base, ``lora_dropout=0``).
-
-    Every family (Llama, Mistral, Qwen2, GPT-2, BLOOM), any targets. A frozen op saves only what
-    the gradient of an input that requires grad needs: a frozen linear keeps nothing (its weight
-    is a parameter), a frozen norm weight no normalised value, and before the first adapted module
-    nothing at all (the embeddings are frozen). Kept in every family: each adapter's input (one
-    shared tensor when the adapter computes in the base dtype, one cast copy per adapter
-    otherwise: peft 0.21 keeps adapters in fp32 under a 16-bit base) and its rank-r output;
-    attention's q, k, v, output and logsumexp (SDPA) or what each eager matmul/softmax needs
-    (on CPU, SDPA with dropout runs the math kernel: fp32 copies and the s² terms); dropout masks
-    where a gradient flows (the activation dtype on CPU, 1 byte on CUDA); the loss as in full
-    fine-tuning. Per family:
-
-    - Llama, Mistral, Qwen2: the RMSNorms' fp32 input and rsqrt, RoPE's tables, the MLP's gate,
-      up and silu(gate) as far as their gradients flow;
-    - GPT-2, BLOOM: the LayerNorms' input, mean and rstd; the MLP activation's saved tensors
-      (gelu_new: four b·s·i, BLOOM's GeLU: its input); q, k, v split from one fused projection,
-      whose whole buffer a saved view keeps alive, and without checkpointing the KV cache's copies
-      of k and v (transformers keeps the cache on in training); GPT-2's eager causal mask is a
-      checkpointed block's input. BLOOM has eager attention only.
-
-    With checkpointing, the layer inputs are kept, and transformers makes the embeddings' output
-    require grad (``enable_input_require_grads``), so the block recomputed during backward is a
-    block whose stream carries a gradient (RoPE's tables, GPT-2's embedding dropout mask and
-    BLOOM's embedding LayerNorm included).
-
-    ``autocast``: a 16-bit base (``dtype``) under autocast of the same dtype with adapters in
-    ``adapter_dtype``: each adapter's matmuls run in ``dtype``, so its input copy and its rank-r
-    output are kept in ``dtype`` (autocast's casts), not in the adapter dtype.
-    """
-    s = shape_of(config)
-    b, q = positive("batch", batch), sequence_length(s, seq)
-    positive("LoRA rank r", r)
-    _check_attention(s, attention)
-    choice("device", device, DEVICES)
-    _activation_dtype(dtype)
-    choice("adapter dtype", adapter_dtype, ADAPTER_DTYPES)
-    st = _Step(
-        s=s,
-        b=b,
-        q=q,
-        r=r,
-        adapted=frozenset(m.name.rsplit(".", 1)[-1] for m in lora_modules(s, targets)),
-        dt=DTYPE_BYTES[dtype],
-        adt=DTYPE_BYTES[dtype] if autocast else DTYPE_BYTES[adapter_dtype],
-        cast=DTYPE_NAMES.get(adapter_dtype) != DTYPE_NAMES.get(dtype),
-        attention=attention,
-        device=device,
-        dropout=dropout,
-        checkpointing=checkpointing,
-    )
-    block = _lora_llama_block if s.family == "llama" else _lora_layernorm_block
-    T, h = st.tokens, s.hidden
+def _lora_activations(st: _Step) -> Activations:
+    """A LoRA or QLoRA step (see :func:`job_activation_bytes`): the blocks in order, each
+    entered with or without a gradient-carrying stream, or with checkpointing one recomputed
+    block whose stream carries a gradient."""
+    s, T, h = st.s, st.tokens, st.s.hidden
+    block = LORA_BLOCKS[s.family]
     items: dict[str, int] = {}
-    rope_b = 2 * q * s.head_dim * st.dt  # cos and sin, shared by all layers
+    rope_b = 2 * st.q * s.head_dim * st.dt  # cos and sin, shared by all layers
     recompute = 0
-    if checkpointing:
+    if st.checkpointing:
         blk, _, _ = block(st, True)
         per_layer = sum(blk.values())
         items["layer_inputs"] = s.layers * T * h * st.dt
@@ -561,5 +581,20 @@ def lora_activation_bytes(
     items["final_norm"] = st.norm()
     items["recompute_one_layer"] = recompute
     items = {k: v for k, v in items.items() if v}
-    logits = _loss_bytes(s, b, q)
+    logits = _loss_bytes(s, st.b, st.q)
     return Activations(sum(items.values()), logits, per_layer, recompute, items)
+
+
+#: One block of full fine-tuning per family: ``(step) -> items``.
+FULL_BLOCKS = {
+    "llama": _full_llama_block,
+    "gpt2": _full_layernorm_block,
+    "bloom": _full_layernorm_block,
+}
+#: One block of a frozen base with adapters per family: ``(step, stream carries a gradient) ->
+#: (items, keeps RoPE's tables, output carries a gradient)``.
+LORA_BLOCKS = {
+    "llama": _lora_llama_block,
+    "gpt2": _lora_layernorm_block,
+    "bloom": _lora_layernorm_block,
+}

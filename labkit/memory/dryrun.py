@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,16 +39,15 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from labkit import LabkitError
+from labkit import LabkitError, compat
 from labkit.checks import choice, positive
 from labkit.memory import measure
-from labkit.memory.activations import ADAPTER_DTYPES, ATTENTIONS, Activations
+from labkit.memory.activations import Activations
+from labkit.memory.job import ATTENTIONS, TrainingJob
 from labkit.models import architecture
 from labkit.models.targets import lora_modules, trainable_shapes
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: What :func:`training_activations` accepts as ``method``.
-METHODS = ("full", "frozen", "lora", "qlora")
 
 
 @dataclass
@@ -99,33 +99,32 @@ def to_fake(model: torch.nn.Module):
             made[id(t)] = new
         return made[id(t)]
 
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None:
-                mod._parameters[name] = fake(p)
-        for name, buf in list(mod._buffers.items()):
-            if buf is not None:
-                mod._buffers[name] = fake(buf)
+    for mod in model.modules():  # setattr on a registered name replaces it in place
+        for name, p in list(mod.named_parameters(recurse=False, remove_duplicate=False)):
+            setattr(mod, name, fake(p))
+        for name, buf in list(mod.named_buffers(recurse=False, remove_duplicate=False)):
+            setattr(mod, name, fake(buf))
         for name, value in list(vars(mod).items()):
             if isinstance(value, torch.Tensor) and value.device.type == "meta":
                 setattr(mod, name, fake(value))
     return model.train(), mode
 
 
-def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_dtype: str, k: int):
-    """Freeze / add LoRA adapters as :func:`labkit.models.targets.trainable_shapes` counts them."""
-    if method == "frozen":
-        keep = set(trainable_shapes(config, "frozen", frozen_layers=k))
+def _apply_method(model, config, job: TrainingJob):
+    """Freeze / add LoRA adapters as :func:`labkit.models.targets.trainable_shapes` counts them
+    (adapters in the job's adapter dtype, ``lora_dropout=0``)."""
+    if job.method == "frozen":
+        keep = set(trainable_shapes(config, "frozen", frozen_layers=job.frozen_layers))
         for name, p in model.named_parameters():
             p.requires_grad_(name in keep)
         return model
-    if method not in {"lora", "qlora"}:
+    if not job.lora:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # imports peft only for a LoRA dry run
 
-    mods = lora_modules(config, targets)
+    mods = lora_modules(config, job.lora_targets)
     lora = LoraConfig(
-        r=r,
+        r=job.lora_r,
         target_modules=[m.name for m in mods],
         lora_dropout=0.0,
         fan_in_fan_out=any(m.kind == "conv1d" for m in mods),
@@ -133,113 +132,80 @@ def _apply_method(model, config, method: str, *, r: int, targets: Any, adapter_d
     model = get_peft_model(model, lora, autocast_adapter_dtype=False)
     for name, p in model.named_parameters():
         if "lora_" in name:
-            p.data = p.data.to(TORCH_DTYPES[adapter_dtype])
+            p.data = p.data.to(TORCH_DTYPES[job.adapters])
     return model
 
 
 @contextlib.contextmanager
-def _fp32_grouped_mm():
-    """torch's fake (meta) kernel of ``_grouped_mm`` (MoE experts in transformers 5) accepts bf16
-    only, as the CUDA kernel does; the CPU kernel also runs fp32 and fp16. Same output shape."""
-    from torch import _meta_registrations as meta
-
-    original = meta._meta_grouped_mm_common
-
-    def common(mat_a, mat_b, scale_a, scale_b, offs, bias, scale_result, out_dtype, **kw):
-        if scale_a is None and mat_a.dtype == mat_b.dtype != torch.bfloat16:
-            return meta._create_grouped_mm_output_tensor(mat_a, mat_b, offs, out_dtype)
-        return original(mat_a, mat_b, scale_a, scale_b, offs, bias, scale_result, out_dtype, **kw)
-
-    meta._meta_grouped_mm_common = common
-    try:
+def fake_inputs_context() -> Iterator[None]:
+    """What a forward on fake tensors needs from the libraries (:mod:`labkit.compat`): the batch
+    is not packed (the dry run's positions are 0..s-1; transformers cannot read fake ones), and
+    the meta ``_grouped_mm`` kernel takes fp32 and fp16 as the CPU kernel does."""
+    with compat.no_packed_sequences(), compat.grouped_mm_any_dtype():
         yield
-    finally:
-        meta._meta_grouped_mm_common = original
 
 
-@contextlib.contextmanager
-def _unpacked_positions():
-    """transformers looks for packed sequences in the position ids (a jump in them) when there is
-    no cache; on fake tensors it cannot read them and assumes packing, building a b·s² mask a real
-    step does not have. The dry run's positions are 0..s-1, so the answer is "not packed"."""
-    from transformers import masking_utils
+@dataclass
+class FakeStep:
+    """One forward + loss of a job's model on fake tensors (:func:`fake_step`): the prepared
+    ``model`` (run more ops on it inside ``with mode:``), its ``weights`` dtype and what autograd
+    saved (``saved``, :class:`labkit.memory.measure.Saved`)."""
 
-    original = masking_utils.find_packed_sequence_indices
-    masking_utils.find_packed_sequence_indices = lambda position_ids: None
-    try:
-        with _fp32_grouped_mm():
-            yield
-    finally:
-        masking_utils.find_packed_sequence_indices = original
+    model: torch.nn.Module
+    mode: FakeTensorMode
+    weights: str
+    saved: measure.Saved
+    seconds: float
 
 
-def training_activations(
-    config: Any,
-    batch: int,
-    seq: int,
-    dtype: str = "bf16",
-    attention: str = "sdpa",
-    *,
-    checkpointing: bool = False,
-    dropout: bool = True,
-    autocast: bool = False,
-    method: str = "full",
-    lora_r: int = 8,
-    lora_targets: Any = "default",
-    adapter_dtype: str = "fp32",
-    base_dtype: str | None = None,
-    frozen_layers: int = 0,
-) -> DryRun:
-    """What autograd keeps for backward in one training step, by a dry run on fake tensors.
+def fake_step(config: Any, job: TrainingJob) -> FakeStep:
+    """The model of ``job`` on fake CPU tensors (method applied: frozen layers, peft adapters),
+    one forward + loss measured by :func:`labkit.memory.measure.saved_tensor_bytes` (backward too
+    with checkpointing, the only case where it saves more: the recomputed blocks).
 
-    ``dtype``: the activation dtype; the weights are in ``dtype`` (pure 16-bit or fp32), or fp32
-    under ``autocast`` (mixed precision, autocast to ``dtype``). ``method``: ``full``, ``frozen``
-    (embeddings and the first ``frozen_layers`` blocks frozen), ``lora``/``qlora`` (frozen base in
-    ``base_dtype``, default: the weight dtype; QLoRA's NF4 base is dry-run as 16-bit; adapters in
-    ``adapter_dtype``, ``lora_dropout=0``). ``dropout``: train mode with the config's dropout, else
-    eval mode. The result's ``activations`` / ``logits`` / ``recompute`` mean what
-    :func:`labkit.memory.activations.activation_bytes` means (the measured ``Saved``'s).
+    The weights are in the job's weight dtype (:attr:`TrainingJob.weight_dtype`; QLoRA's NF4 base,
+    which cannot be faked, in the compute dtype), under autocast for a mixed precision, in eval
+    mode without ``dropout``.
     """
-    b, q = positive("batch", batch), positive("sequence length", seq)
-    choice("method", method, METHODS)
-    choice("adapter dtype", adapter_dtype, ADAPTER_DTYPES)
-    act = _dtype(dtype)
-    positive("LoRA rank r", lora_r)
-    weights = "fp32" if autocast or dtype == "fp32" else dtype
-    if method == "qlora":
-        weights = dtype if dtype != "fp32" else "bf16"
-    if method == "lora" and base_dtype is not None:
-        weights = base_dtype
     start = time.perf_counter()
+    weights = job.precision.compute if job.method == "qlora" else job.weight_dtype
 
     def prepare(model):
-        return _apply_method(
-            model,
-            config,
-            method,
-            r=lora_r,
-            targets=lora_targets,
-            adapter_dtype=adapter_dtype,
-            k=frozen_layers,
-        )
+        return _apply_method(model, config, job)
 
-    model, mode = fake_model(config, attention=attention, dtype=weights, prepare=prepare)
+    model, mode = fake_model(config, attention=job.attention, dtype=weights, prepare=prepare)
     with mode:
-        if not dropout:
+        if not job.dropout:
             model.eval()
         vocab = model.get_input_embeddings().num_embeddings
-        ids = torch.randint(0, vocab, (b, q))
-        cast = torch.autocast("cpu", dtype=act) if autocast else contextlib.nullcontext()
-        with cast, _unpacked_positions():
+        ids = torch.randint(0, vocab, (job.batch, job.seq))
+        compute = TORCH_DTYPES[job.precision.compute]
+        mixed = job.precision.mixed
+        cast = torch.autocast("cpu", dtype=compute) if mixed else contextlib.nullcontext()
+        with cast, fake_inputs_context():
             # without checkpointing all is saved by the end of the forward and the loss: the
             # backward (as slow as the forward on fake tensors) runs only to recompute blocks
             saved = measure.saved_tensor_bytes(
-                model, ids, checkpointing=checkpointing, backward=checkpointing
+                model, ids, checkpointing=job.checkpointing, backward=job.checkpointing
             )
-    seconds = time.perf_counter() - start
+    return FakeStep(model, mode, weights, saved, time.perf_counter() - start)
+
+
+def training_activations(config: Any, job: TrainingJob | None = None, **options: Any) -> DryRun:
+    """What autograd keeps for backward in one training step of ``job`` (or a
+    :class:`TrainingJob` of ``options``), by a dry run on fake tensors (:func:`fake_step`).
+
+    The result's ``activations`` / ``logits`` / ``recompute`` mean what
+    :func:`labkit.memory.activations.job_activation_bytes` means (the measured ``Saved``'s);
+    ``param_copies``: autocast's 16-bit copies of trainable weights.
+    """
+    job = TrainingJob.of(job, options)
+    step = fake_step(config, job)
+    saved = step.saved
     items = {"forward": saved.forward - saved.logits, "recompute_one_layer": saved.recompute}
     acts = Activations(saved.activations, saved.logits, 0, saved.recompute, items)
-    return DryRun(acts, saved.param_copies, seconds, {"method": method, "weights": weights})
+    details = {"method": job.method, "weights": step.weights}
+    return DryRun(acts, saved.param_copies, step.seconds, details)
 
 
 # ----------------------------------------------------------------------------- live tensors
@@ -284,7 +250,7 @@ def _prefill(model, ids: torch.Tensor) -> tuple[int, int, int]:
     tracker = _LiveTensors()
     tracker.before = {measure.storage_key(t) for t in model.parameters()}
     tracker.before |= {measure.storage_key(t) for t in model.buffers()}
-    with torch.no_grad(), _unpacked_positions(), tracker:
+    with torch.no_grad(), fake_inputs_context(), tracker:
         out = model(input_ids=ids, use_cache=True)
         kv = cache_bytes(out.get("cache", out.get("past_key_values")))
         logits = out.logits.untyped_storage().nbytes()

@@ -37,13 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.utils.checkpoint
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import labkit
-from labkit import LabkitError
-from labkit.memory.estimator import OPTIMIZERS
+from labkit import LabkitError, compat, hardware
+from labkit.dtypes import OPTIMIZERS
 
 
 @dataclass
@@ -100,7 +99,7 @@ def storage_key(t: torch.Tensor) -> int:
     data) the identity of its StorageImpl, which views of it share as they share an address."""
     st = t.untyped_storage()
     if isinstance(t, FakeTensor):
-        return st._cdata
+        return compat.storage_id(st)
     return st.data_ptr()
 
 
@@ -242,24 +241,17 @@ def saved_tensor_bytes(
                 )
         return t
 
-    ckpt_fn = torch.utils.checkpoint.CheckpointFunction
-    original = ckpt_fn.backward
-
-    def backward_marking_segment(ctx, *grads):  # one recomputed block per call
-        segments.append({})
-        return original(ctx, *grads)
-
-    ckpt_fn.backward = staticmethod(backward_marking_segment)
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits = model(input_ids=input_ids).logits
-            state["phase"] = "loss"
-            loss = lm_loss(model, logits, input_ids)
-            state["phase"] = "backward"
-            if backward:
-                loss.backward()
-    finally:
-        ckpt_fn.backward = original
+    # one recomputed block per checkpointed segment's backward
+    with (
+        compat.on_checkpoint_recompute(lambda: segments.append({})),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        logits = model(input_ids=input_ids).logits
+        state["phase"] = "loss"
+        loss = lm_loss(model, logits, input_ids)
+        state["phase"] = "backward"
+        if backward:
+            loss.backward()
     keep.clear()
     recompute = max((sum(s.values()) for s in segments), default=0)
     copied = sum(copies.values())
@@ -282,8 +274,6 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float = 1e-3) -> torch
 
         return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
     if name == "adamw8bit":
-        from labkit import hardware
-
         hardware.quiet_logs()
         import bitsandbytes as bnb
 
@@ -405,3 +395,17 @@ def operator_calls(fn: Callable[[], Any]) -> int:
     with _CallCounter() as counter:
         fn()
     return counter.calls
+
+
+# ----------------------------------------------------------------------------- for the step tracer
+#: Public names of the helpers above, for :mod:`labkit.memory.trace`.
+param_tensors = _param_tensors
+check_input_ids = _check_input_ids
+is_param_copy = _is_param_copy
+
+
+def storage_id(t: torch.Tensor) -> int:
+    """The identity of ``t``'s StorageImpl (real and fake tensors alike; views share it;
+    :func:`labkit.compat.storage_id`). Unique while the storage lives: a freed storage's number
+    can come back for a new one."""
+    return compat.storage_id(t.untyped_storage())

@@ -2,30 +2,31 @@
 
 - :func:`train_point`: one LoRA training on the zoo chat task from ``labkit.tuners.peft_methods.TRAIN_ARGS``
   with a given rank ``r``, ``lora_alpha`` and seed, scored by held-out exact match and the
-  validation answer loss. The notebook (one seed) and the benchmark (three seeds) share it, so the
-  notebook's seed-0 run is one cell of the benchmark's table.
+  validation answer loss. The notebook (one seed) and the benchmark (two more seeds) share it, so
+  the notebook's seed-0 run is one cell of the benchmark's table.
 - :func:`update_size`: how far a few AdamW steps move the adapted weights, ``|ΔW| / |W|``
   averaged over the adapted layers: the measurement behind "alpha is only a scale on ΔW".
-- :func:`load_record` / :func:`spread`: the benchmark's recorded multi-seed table, refused when
-  it was recorded for another grid or other training arguments (a stale record).
+- :data:`STUDY` / :func:`load` / :func:`summary`: the benchmark's multi-seed record
+  (:mod:`labkit.studies.study`), refused when it was recorded for another grid or other training
+  arguments (a stale record), and its min / mean / max per (r, alpha).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from labkit import REPO_ROOT, LabkitError
+from labkit import LabkitError
+from labkit.studies import study
+from labkit.tuners import adapters, peft_methods
 
 MODEL_ID = "zoo-llama"
-#: (r, lora_alpha): rank 1 against rank 8 at the course's scale alpha/r = 2, then alpha at r = 8.
-GRID: tuple[tuple[int, int], ...] = ((1, 2), (8, 16), (8, 2), (8, 128))
+_R, _ALPHA = peft_methods.DEFAULTS["lora"]["r"], peft_methods.DEFAULTS["lora"]["lora_alpha"]
+#: (r, lora_alpha): rank 1 against the default rank 8 at the course's scale alpha/r = 2, then
+#: alpha at r = 8 (the default 16, 2 and 128).
+GRID: tuple[tuple[int, int], ...] = ((1, _ALPHA // _R), (_R, _ALPHA), (_R, 2), (_R, 128))
 #: Seeds the benchmark records; notebook 11 trains seed 0 itself, so three seeds in all.
 SEEDS: tuple[int, ...] = (1, 2)
-RECORD = REPO_ROOT / "benchmarks" / "lora_rank_alpha.json"
-RERUN = ".venv/bin/python benchmarks/lora_rank_alpha.py"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,6 @@ def train_point(tok, r: int, alpha: int, seed: int = 0, limit: int | None = None
     held-out questions (None: all 84).
     """
     from labkit.training import finetune
-    from labkit.tuners import peft_methods
 
     _check_rank_alpha(r, alpha)
     model = peft_methods.attach(MODEL_ID, "lora", seed=seed, r=int(r), lora_alpha=alpha)
@@ -99,7 +99,6 @@ def update_size(
 
     from labkit.data import loaders
     from labkit.training import finetune
-    from labkit.tuners import peft_methods
 
     _check_rank_alpha(r, alpha)
     model = peft_methods.attach(
@@ -115,57 +114,42 @@ def update_size(
         model(**batch).loss.backward()
         opt.step()
         opt.zero_grad()
-    with torch.no_grad():
-        ratios = [_relative_update(m) for m in model.modules() if _is_lora_layer(m)]
+    ratios = [
+        float(adapters.lora_delta(m).norm() / adapters.base_weight(m).norm())
+        for m in adapters.lora_layers(model).values()
+    ]
     return sum(ratios) / len(ratios)
 
 
-def _is_lora_layer(module) -> bool:
-    return hasattr(module, "lora_A") and "default" in module.lora_A
-
-
-def _relative_update(module) -> float:
-    """``|s·B·A| / |W|`` of one peft LoRA layer (Frobenius norms)."""
-    delta = module.scaling["default"] * (
-        module.lora_B["default"].weight @ module.lora_A["default"].weight
-    )
-    return float(delta.norm() / module.base_layer.weight.norm())
-
-
-def record_config() -> dict[str, Any]:
-    """What a current record must have been made with: model, grid, seeds, training arguments."""
-    from labkit.tuners import peft_methods
-
+def settings() -> dict[str, Any]:
+    """What a current record was made with besides its grid and seeds: model, training
+    arguments, what is scored."""
     return {
         "model": MODEL_ID,
-        "grid": [list(p) for p in GRID],
-        "seeds": list(SEEDS),
         "train_args": dict(peft_methods.TRAIN_ARGS["lora"]),
         "eval": "correct answers on all 84 test questions; answer loss on the validation split",
     }
 
 
-def load_record(path: Path = RECORD) -> dict[str, Any]:
-    """The benchmark's record, or a one-line error if it is missing or stale."""
-    try:
-        rel = path.relative_to(REPO_ROOT)
-    except ValueError:
-        rel = path
-    if not path.is_file():
-        raise LabkitError(f"no record at {rel}; make it with {RERUN}")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LabkitError(f"{rel} is not valid JSON ({err.msg}); re-make it with {RERUN}") from None
-    if record.get("config") != record_config():
-        raise LabkitError(
-            f"{rel} was recorded for another grid or other training arguments "
-            f"({record.get('config')}); re-make it with {RERUN}"
-        )
-    return record
+def _run(point: study.Point, seed: int) -> dict[str, Any]:
+    """One point of the benchmark: :func:`train_point` on all 84 held-out questions."""
+    from labkit.models import zoo
+
+    p = train_point(zoo.load_tokenizer(MODEL_ID), point["r"], point["alpha"], seed=seed)
+    return {"steps": p.steps, "losses": p.losses, "val_loss": p.val_loss, "correct": p.correct}
 
 
-def spread(
+STUDY = study.Study(
+    name="lora_rank_alpha",
+    points=tuple({"r": r, "alpha": a} for r, a in GRID),
+    seeds=SEEDS,
+    run=_run,
+    settings=settings,
+)
+load = STUDY.load
+
+
+def summary(
     record: dict[str, Any], extra: list[Point] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Per (r, alpha): exact match and validation loss over the seeds (min, mean, max).
@@ -174,20 +158,23 @@ def spread(
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
     """
     out = []
-    for r, alpha in record["config"]["grid"]:
-        rows = [p for p in record["points"] if p["r"] == r and p["alpha"] == alpha]
+    for point in record["settings"]["points"]:
+        r, alpha = point["r"], point["alpha"]
+        rows = study.runs_of(record, point)
         rows += [
             {"val_loss": p.val_loss, "correct": p.correct, "seed": p.seed}
             for p in extra
             if p.r == r and p.alpha == alpha
         ]
         if not rows:
-            raise LabkitError(f"record has no point r={r}, alpha={alpha}; re-make it with {RERUN}")
+            raise LabkitError(
+                f"record has no point r={r}, alpha={alpha}; re-make it: {STUDY.rerun}"
+            )
         n = limit or min(len(p["correct"]) for p in rows)
         if any(len(p["correct"]) < n for p in rows):
             raise LabkitError(f"exact match over {n} questions asked; some points scored fewer")
-        em = [sum(p["correct"][:n]) / n for p in rows]
-        val = [p["val_loss"] for p in rows]
+        em = study.spread([sum(p["correct"][:n]) / n for p in rows])
+        val = study.spread([p["val_loss"] for p in rows])
         out.append(
             {
                 "r": r,
@@ -195,12 +182,12 @@ def spread(
                 "scale": alpha / r,
                 "seeds": sorted(p["seed"] for p in rows),
                 "questions": n,
-                "em_min": min(em),
-                "em_mean": sum(em) / len(em),
-                "em_max": max(em),
-                "val_min": min(val),
-                "val_mean": sum(val) / len(val),
-                "val_max": max(val),
+                "em_min": em.min,
+                "em_mean": em.mean,
+                "em_max": em.max,
+                "val_min": val.min,
+                "val_mean": val.mean,
+                "val_max": val.max,
             }
         )
     return out

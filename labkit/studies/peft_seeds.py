@@ -3,52 +3,54 @@
 One training run per (configuration, seed) takes 10-40 s on a CPU, so the notebooks cannot afford
 three seeds of every variant they compare. The benchmark trains each configuration of
 :data:`GRID` with three seeds and records which held-out questions each run got right; the
-notebooks read that record (:func:`load`), show the spread over seeds (:func:`summary`), and check
-that their own live single-seed run lies inside it (:func:`within`). The record stores the
-defaults it was made with (:func:`current_defaults`, :func:`grid_as_json`); a test compares them
-with today's, so a changed learning rate or data set makes the record stale and the test fails.
+notebooks read that record (:func:`load`, which refuses it when the defaults, the Trainer
+settings or the chat data changed since), show the spread over seeds (:func:`summary`), and
+check that their own live single-seed run lies inside it (:func:`labkit.studies.study.within`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
-from labkit import REPO_ROOT, LabkitError, unknown
+from labkit import LabkitError, unknown
+from labkit.studies import study
+from labkit.tuners import peft_methods
 
-RECORD = REPO_ROOT / "benchmarks" / "peft_seeds.json"
-
-_CONST = {"lr_scheduler_type": "constant"}
-
-
-def _prompt(lr: float) -> dict[str, Any]:
-    return {"num_train_epochs": 15, "learning_rate": lr, **_CONST}
+MODEL_ID = "zoo-llama"
 
 
-def _ptune(lr: float) -> dict[str, Any]:
-    return {"num_train_epochs": 15, "learning_rate": lr, **_CONST}
+def _default(method: str, **change: Any) -> tuple[str, dict[str, Any]]:
+    """``(method, TRAIN_ARGS[method])`` with ``change`` applied."""
+    return method, {**peft_methods.TRAIN_ARGS[method], **change}
 
 
-def _prefix(lr: float) -> dict[str, Any]:
-    return {"num_train_epochs": 10, "learning_rate": lr}
-
-
-#: Per notebook: the (method, training arguments) it compares, three seeds each. Prompt tuning:
-#: text init at three learning rates (0.3 is the course default; 0.01 moves the rows by about the
-#: same fraction of their scale as 0.3 moves random N(0,1) rows), random init at 0.3, all 15
-#: epochs. P-tuning: both encoders at the same 15 epochs, each at its own learning rate. Prefix
-#: tuning: with and without projection at the same 10 epochs, each at its own learning rate.
-#: Notebook 12 adds LoRA and full fine-tuning at their defaults (its other
-#: methods are above). Sized to finish in about an hour on a shared 2-core machine.
+#: Per notebook: the (method, training arguments) it compares, three seeds each, from the course
+#: defaults (``peft_methods.TRAIN_ARGS``). Prompt tuning: text init at the default learning rate
+#: (0.3) and at 0.03 and 0.01 (0.01 moves the rows by about the same fraction of their scale as
+#: 0.3 moves random N(0,1) rows), random init at the default. P-tuning: both encoders at the MLP's
+#: 15 epochs, each at its own learning rate (the LSTM's default is 20 epochs: see "defaults").
+#: Prefix tuning: with and without projection at their defaults. Notebook 12 adds LoRA and full
+#: fine-tuning at their defaults (its other methods are above).
 GRID: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "08": [("prompt-text", _prompt(lr)) for lr in (0.3, 0.03, 0.01)] + [("prompt", _prompt(0.3))],
-    "09": [("p-tuning-mlp", _ptune(0.01)), ("p-tuning-lstm", _ptune(0.03))],
-    "10": [("prefix", _prefix(0.1)), ("prefix-projection", _prefix(0.01))],
-    "12": [("lora", {"num_train_epochs": 4, "learning_rate": 3e-3})]
-    + [("full", {"num_train_epochs": 4, "learning_rate": 1e-3})],
+    "08": [_default("prompt-text")]
+    + [_default("prompt-text", learning_rate=lr) for lr in (0.03, 0.01)]
+    + [_default("prompt")],
+    "09": [
+        _default("p-tuning-mlp"),
+        _default(
+            "p-tuning-lstm",
+            num_train_epochs=peft_methods.TRAIN_ARGS["p-tuning-mlp"]["num_train_epochs"],
+        ),
+    ],
+    "10": [_default("prefix"), _default("prefix-projection")],
+    "12": [_default("lora"), _default("full")],
 }
+#: "defaults": every course default no notebook compares (P-tuning's LSTM at its 20 epochs), so
+#: that :func:`defaults_below` judges every entry of ``TRAIN_ARGS``.
+_COMPARED = [config for configs in GRID.values() for config in configs]
+GRID["defaults"] = [_default(m) for m in peft_methods.TRAIN_ARGS if _default(m) not in _COMPARED]
 
 #: Trainer settings every run shares (from ``labkit.training.finetune.training_arguments``).
 _TRAINER_KEYS = (
@@ -64,90 +66,113 @@ _TRAINER_KEYS = (
 )
 
 
-def studies() -> list[str]:
-    """The notebooks with a seed study, e.g. ``['08', '09', '10', '12']``."""
-    return list(GRID)
-
-
-def grid_as_json() -> dict[str, list[list]]:
-    """:data:`GRID` as JSON-ready lists (what the record stores)."""
-    return {k: [[m, dict(a)] for m, a in v] for k, v in GRID.items()}
-
-
 def _digest(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def current_defaults() -> dict[str, Any]:
+def settings() -> dict[str, Any]:
     """Everything a run depends on besides the grid: peft defaults, Trainer defaults, data."""
     from labkit.data import loaders
     from labkit.training import finetune
-    from labkit.tuners import peft_methods
 
     args = finetune.training_arguments()
     trainer = {k: getattr(args, k) for k in _TRAINER_KEYS}
-    trainer = {k: (v.value if hasattr(v, "value") else v) for k, v in trainer.items()}
-    return json.loads(
-        json.dumps(
-            {
-                "peft.DEFAULTS": peft_methods.DEFAULTS,
-                "peft.TRAIN_ARGS": peft_methods.TRAIN_ARGS,
-                "trainer": trainer,
-                "chat data sha256": {s: _digest(loaders.load_chat(s)) for s in ("train", "test")},
-            }
-        )
+    return {
+        "peft_methods.DEFAULTS": peft_methods.DEFAULTS,
+        "peft_methods.TRAIN_ARGS": peft_methods.TRAIN_ARGS,
+        "trainer": {k: (v.value if hasattr(v, "value") else v) for k, v in trainer.items()},
+        "chat data sha256": {s: _digest(loaders.load_chat(s)) for s in ("train", "test")},
+    }
+
+
+def _correct(model, tok) -> list[int]:
+    """1 per held-out question (all 84) the model answers exactly, else 0."""
+    from labkit.training import finetune
+
+    ev = finetune.evaluate_chat(model, tok, "test")
+    return [
+        int(p.strip() == r.strip())
+        for p, r in zip(ev["predictions"], ev["references"], strict=True)
+    ]
+
+
+def _run(point: study.Point, seed: int) -> dict[str, Any]:
+    """One training run of ``point`` (its method and training arguments) with ``seed``."""
+    from labkit.models import zoo
+    from labkit.training import finetune
+
+    tok = zoo.load_tokenizer(MODEL_ID)
+    model = peft_methods.attach(MODEL_ID, point["method"], seed=seed)
+    result = finetune.train(
+        model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **point["args"]
     )
+    return {
+        "correct": _correct(model, tok),
+        "final_loss": result.losses[-1],
+        "val_loss": finetune.chat_loss(model, tok, "validation"),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+    }
 
 
-def load(path: str | Path = RECORD) -> dict:
-    """The record written by ``benchmarks/peft_seeds.py`` (a clear error if it is missing)."""
-    path = Path(path)
-    if not path.exists():
-        raise LabkitError(
-            f"no seed record at {path.name}; run: python benchmarks/peft_seeds.py --jobs 2"
-        )
-    return json.loads(path.read_text())
+def _base_correct() -> list[int]:
+    """The untuned base model's answers (the record's ``baseline``)."""
+    from labkit.models import zoo
+
+    tok = zoo.load_tokenizer(MODEL_ID)
+    return _correct(zoo.load_model(MODEL_ID), tok)
+
+
+STUDY = study.Study(
+    name="peft_seeds",
+    points=tuple(
+        {"group": g, "method": m, "args": a} for g, configs in GRID.items() for m, a in configs
+    ),
+    seeds=(0, 1, 2),
+    run=_run,
+    settings=settings,
+    baseline=_base_correct,
+)
+load = STUDY.load
 
 
 def scores(record: dict, method: str, args: dict, limit: int | None = None) -> list[float]:
     """Exact match per seed of one configuration, on the first ``limit`` held-out questions."""
-    found = [r for r in record["runs"] if r["method"] == method and r["args"] == args]
+    found = study.runs_of(record, {"method": method, "args": args})
     if not found:
         known = sorted({f"{r['method']} {r['args']}" for r in record["runs"]})
         raise unknown("configuration", f"{method} {args}", known)
-    found.sort(key=lambda r: r["seed"])
     return [sum(r["correct"][:limit]) / len(r["correct"][:limit]) for r in found]
 
 
 def base_score(record: dict, limit: int | None = None) -> float:
     """The untuned base model's exact match on the first ``limit`` held-out questions."""
-    correct = record["base_correct"][:limit]
+    correct = record["baseline"][:limit]
     return sum(correct) / len(correct)
 
 
-def summary(record: dict, study: str, limit: int | None = None) -> list[dict]:
-    """One row per configuration of ``study``: method, lr, epochs, steps, EM per seed, mean,
-    min, max, and the mean final training / validation loss."""
-    if study not in GRID:
-        raise unknown("study", study, studies())
+def summary(record: dict, group: str, limit: int | None = None) -> list[dict]:
+    """One row per configuration of ``group`` (a notebook, or "defaults"): method, lr, epochs,
+    steps, EM per seed, mean, min, max, and the mean final training / validation loss."""
+    if group not in GRID:
+        raise unknown("group", group, GRID)
     rows = []
-    for method, args in GRID[study]:
-        runs = [r for r in record["runs"] if r["method"] == method and r["args"] == args]
-        if not runs:
-            continue
-        em = scores(record, method, args, limit)
+    for method, args in GRID[group]:
+        em = study.spread(scores(record, method, args, limit))
+        runs = study.runs_of(record, {"method": method, "args": args})
+        losses = [study.spread([r[k] for r in runs]).mean for k in ("final_loss", "val_loss")]
         rows.append(
             {
                 "method": method,
                 "lr": args["learning_rate"],
                 "epochs": args["num_train_epochs"],
                 "steps": runs[0]["steps"],
-                "em": em,
-                "mean": sum(em) / len(em),
-                "min": min(em),
-                "max": max(em),
-                "final_loss": sum(r["final_loss"] for r in runs) / len(runs),
-                "val_loss": sum(r["val_loss"] for r in runs) / len(runs),
+                "em": list(em.values),
+                "mean": em.mean,
+                "min": em.min,
+                "max": em.max,
+                "final_loss": losses[0],
+                "val_loss": losses[1],
             }
         )
     return rows
@@ -169,39 +194,34 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def within(value: float, seeds: list[float], slack: float = 0.0) -> bool:
-    """Whether ``value`` lies in [min(seeds) - slack, max(seeds) + slack]."""
-    return min(seeds) - slack <= value <= max(seeds) + slack
-
-
-def gap_exceeds_spread(a: list[float], b: list[float]) -> bool:
-    """True when the two configurations' seed ranges do not overlap (a gap larger than noise)."""
-    return min(a) > max(b) or min(b) > max(a)
-
-
 def markdown_table(record: dict, limit: int | None = None) -> str:
-    """Every study of the record as one Markdown table (for benchmarks/README.md)."""
-    seeds = record["seeds"]
-    head = "| notebook | method | lr | epochs | steps | " + " | ".join(f"seed {s}" for s in seeds)
+    """Every group of the record as one Markdown table (for benchmarks/README.md)."""
+    seeds = record["settings"]["seeds"]
+    head = "| group | method | lr | epochs | steps | " + " | ".join(f"seed {s}" for s in seeds)
     lines = [head + " | mean |", "|---|---|---:|---:|---:|" + "---:|" * (len(seeds) + 1)]
-    for study in studies():
-        for r in summary(record, study, limit):
+    for group in GRID:
+        for r in summary(record, group, limit):
             cells = " | ".join(f"{x:.2f}" for x in r["em"])
             lines.append(
-                f"| {study} | {r['method']} | {r['lr']:g} | {r['epochs']} | {r['steps']} | "
+                f"| {group} | {r['method']} | {r['lr']:g} | {r['epochs']} | {r['steps']} | "
                 f"{cells} | {r['mean']:.2f} |"
             )
     return "\n".join(lines)
 
 
 def defaults_below(record: dict, min_gain: float) -> list[str]:
-    """Course defaults (``TRAIN_ARGS``) that gain less than ``min_gain`` on some seed."""
-    from labkit.tuners import peft_methods
+    """Course defaults (``TRAIN_ARGS``) that gain less than ``min_gain`` on some seed.
 
+    Every default must have runs in ``record``; one without is an error, not a pass.
+    """
     base = base_score(record)
     out = []
     for method, args in peft_methods.TRAIN_ARGS.items():
-        runs = [r for r in record["runs"] if r["method"] == method and r["args"] == args]
-        if runs and min(scores(record, method, args)) - base < min_gain:
+        if not study.runs_of(record, {"method": method, "args": args}):
+            raise LabkitError(
+                f"the record has no runs of the course default {method} {args}; "
+                f"re-make it with {STUDY.rerun} --resume"
+            )
+        if min(scores(record, method, args)) - base < min_gain:
             out.append(method)
     return out

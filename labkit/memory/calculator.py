@@ -1,0 +1,243 @@
+"""Does a job fit? The one job -> breakdown -> verdict path behind notebook 01's calculator
+(:func:`calculate`, :func:`figure`, :func:`widget`) and the ``estimate`` command
+(:mod:`labkit.fit.estimate_cli`).
+
+A training job is a :class:`labkit.memory.job.TrainingJob` (its defaults are the only ones: LoRA
+on a base in the compute dtype, rank 8, peft's default targets); :func:`fit` shards its breakdown
+over the GPUs (:mod:`labkit.memory.sharding`), finds the fewest GPUs it needs and says whether it
+fits.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import labkit
+from labkit import LabkitError
+from labkit.checks import choice, positive
+from labkit.memory import estimator, peak, sharding
+from labkit.memory.job import Breakdown, TrainingJob
+
+GiB = 2**30
+
+
+@dataclass
+class Fit:
+    """A job's memory on ``gpus`` GPUs of ``gpu_gib`` GiB: ``per_gpu`` (after sharding with
+    ``strategy``), and ``gpus_needed``, the fewest GPUs it fits on fully sharded (ZeRO-3, whole
+    nodes of 8 beyond one node), None when even 4096 are not enough (never 0, which would read
+    as "needs none")."""
+
+    per_gpu: Breakdown
+    gpus: int
+    strategy: str
+    gpu_gib: float
+    gpus_needed: int | None
+    #: the peak of a training step on one GPU (:func:`labkit.memory.peak.training_peak`), None
+    #: for inference and under sharding (the peak is not modelled over several GPUs)
+    peak: Any = None
+
+    @property
+    def needed(self) -> int:
+        """The bytes the verdict reads: the peak of a training step when it is known, else the
+        breakdown's total."""
+        return self.peak.peak if self.peak is not None else self.per_gpu.total
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.gpu_gib * GiB
+
+    @property
+    def verdict(self) -> str:
+        """ "fits on 1 x 24 GiB: peak 20.1 GiB in backward (84%)" (the peak when known, else
+        "32.5 GiB per GPU") or "does not fit on ... needed"."""
+        need, budget = self.needed, self.gpu_gib * GiB
+        where = f"{self.gpus} x {self.gpu_gib:g} GiB"
+        what = (
+            f"peak {need / GiB:.1f} GiB in {self.peak.phase}"
+            if self.peak is not None
+            else f"{need / GiB:.1f} GiB per GPU"
+        )
+        if self.fits:
+            return f"fits on {where}: {what} ({need / budget:.0%})"
+        return f"does not fit on {where}: {what} needed"
+
+
+def fit(
+    b: Breakdown, *, gpus: int = 1, zero: int = 0, gpu_gib: float = 80.0, peak: Any = None
+) -> Fit:
+    """``b`` (one GPU's breakdown) on ``gpus`` GPUs of ``gpu_gib`` GiB with ZeRO stage ``zero``
+    (0: DDP, every GPU holds everything); ``peak``: the step's peak on one GPU
+    (:class:`labkit.memory.peak.Peak`), which the verdict reads on one GPU without sharding."""
+    positive("number of GPUs", gpus)
+    if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, numbers.Real) or not gpu_gib > 0:
+        raise LabkitError(f"GPU memory must be a positive number of GiB, got {gpu_gib!r}")
+    strategy = sharding.strategy(zero)
+    try:
+        needed = sharding.gpus_needed(b, gpu_gib * GiB, "zero3")
+    except LabkitError:
+        needed = None  # does not fit even fully sharded
+    one_gpu = gpus == 1 and strategy == "ddp"
+    return Fit(
+        sharding.sharded(b, gpus, strategy),
+        gpus,
+        strategy,
+        gpu_gib,
+        needed,
+        peak if one_gpu else None,
+    )
+
+
+# ----------------------------------------------------------------------------- the notebook's
+#: What the notebook-01 calculator offers.
+METHODS = ("full", "lora", "qlora", "inference")
+REGIMES = ("fp32", "bf16-mixed", "bf16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The calculator's controls, with the values notebook 01 shows without a live frontend.
+    ``method="inference"``: ``seq`` is the context, weights in bf16 unless ``precision="fp32"``,
+    KV cache included."""
+
+    model: str = "llama-3.1-8b"
+    method: str = "lora"
+    precision: str = "bf16-mixed"
+    batch: int = 4
+    seq: int = 2048
+    checkpointing: bool = True
+    gpus: int = 1
+    zero: int = 0
+    gpu_gib: float = 24.0
+
+
+DEFAULTS = asdict(Settings())
+
+
+def breakdown(settings: Settings) -> Breakdown:
+    """One GPU's breakdown for the calculator's ``settings`` (the job's own defaults for all it
+    does not set: rank 8, peft's default targets, LoRA's base in the compute dtype)."""
+    choice("method", settings.method, METHODS)
+    choice("precision regime", settings.precision, REGIMES)
+    if settings.method == "inference":
+        dtype = "fp32" if settings.precision == "fp32" else "bf16"
+        return estimator.inference_memory(
+            settings.model, dtype=dtype, batch=settings.batch, context=settings.seq
+        )
+    return estimator.training_memory(settings.model, _job(settings))
+
+
+def _job(settings: Settings) -> TrainingJob:
+    return TrainingJob(
+        method=settings.method,
+        precision=settings.precision,
+        batch=settings.batch,
+        seq=settings.seq,
+        checkpointing=settings.checkpointing,
+    )
+
+
+def step_peak(settings: Settings):
+    """The peak of one training step of ``settings`` on one GPU (:mod:`labkit.memory.peak`),
+    None for inference and under sharding, whose peak is not modelled."""
+    if settings.method == "inference" or settings.gpus > 1 or settings.zero:
+        return None
+    return peak.training_peak(settings.model, _job(settings))
+
+
+def calculate(**settings: Any) -> tuple[Breakdown, str]:
+    """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB" (read
+    from the peak of a training step on one GPU, from the per-GPU total otherwise).
+
+    ``settings``: any of :class:`Settings`' fields (``model``, ``method`` in :data:`METHODS`,
+    ``precision`` in :data:`REGIMES`, ``batch``, ``seq``, ``checkpointing``, ``gpus``, ``zero``
+    (0 = DDP, 1-3 = ZeRO stages), ``gpu_gib``); the others keep :data:`DEFAULTS`.
+    """
+    names = [f.name for f in fields(Settings)]
+    for name in settings:
+        if name not in names:
+            raise labkit.unknown("calculator setting", name, names)
+    s = Settings(**settings)
+    result = fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib, peak=step_peak(s))
+    return result.per_gpu, result.verdict
+
+
+PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "transient")
+#: a part's name in the figure's legend, where the field's name would mislead
+LEGEND = {"logits": "loss buffer", "optimizer": "optimizer state", "kv_cache": "KV cache"}
+
+
+def figure(**settings: Any):
+    """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory."""
+    import matplotlib.pyplot as plt  # matplotlib only for the drawing
+
+    b, verdict = calculate(**settings)
+    args = {**DEFAULTS, **settings}
+    fig, ax = plt.subplots(figsize=(8, 3.0))
+    left = 0.0
+    for part in PARTS:
+        v = getattr(b, part) / GiB
+        if v > 0:  # a part too small to see gets no legend entry ("gradients 0.0")
+            label = f"{LEGEND.get(part, part)} {v:.1f}" if v >= 0.05 else "_nolegend_"
+            ax.barh([0], [v], left=left, label=label)
+            left += v
+    ax.axvline(args["gpu_gib"], color="k", ls="--", label=f"GPU {args['gpu_gib']:g} GiB")
+    step = step_peak(Settings(**args))
+    if step is not None:  # the largest live set, which the verdict reads
+        x = step.peak / GiB
+        ax.axvline(x, color="C3", ls=":")
+        ax.text(
+            x,
+            0.3,
+            f"peak {x:.1f} ({step.phase}) ",
+            ha="right",
+            va="center",
+            fontsize=8,
+            color="C3",
+            bbox={"fc": "white", "ec": "none", "alpha": 0.85},
+        )
+        left = max(left, x)
+    ax.set(
+        yticks=[],
+        xlabel="GiB per GPU",
+        xlim=(0, max(left, args["gpu_gib"]) * 1.15),
+        title=f"{args['model']}, {b.details.get('regime', '')}\n{verdict}",
+    )
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.42))
+    fig.tight_layout()
+    return fig
+
+
+def widget():
+    """The interactive calculator (ipywidgets sliders around :func:`figure`); needs ipywidgets
+    and a live notebook frontend."""
+    try:
+        import ipywidgets as w
+    except ImportError:
+        raise LabkitError(
+            "the interactive calculator needs ipywidgets (pip install ipywidgets); "
+            "calculator.figure(...) draws the same chart without it"
+        ) from None
+    import matplotlib.pyplot as plt
+
+    from labkit.models import zoo  # the catalog's names, for the model menu
+
+    def show(**kw):
+        figure(**kw)
+        plt.show()
+
+    return w.interact(
+        show,
+        model=w.Dropdown(options=zoo.catalog_names(), value=DEFAULTS["model"]),
+        method=w.Dropdown(options=METHODS, value=DEFAULTS["method"]),
+        precision=w.Dropdown(options=REGIMES, value=DEFAULTS["precision"]),
+        batch=w.IntSlider(value=DEFAULTS["batch"], min=1, max=64),
+        seq=w.IntSlider(value=DEFAULTS["seq"], min=128, max=32768, step=128),
+        checkpointing=w.Checkbox(value=DEFAULTS["checkpointing"]),
+        gpus=w.IntSlider(value=DEFAULTS["gpus"], min=1, max=64),
+        zero=w.Dropdown(options=list(sharding.ZERO_STAGES), value=DEFAULTS["zero"]),
+        gpu_gib=w.Dropdown(options=[16.0, 24.0, 40.0, 48.0, 80.0, 141.0], value=24.0),
+    )

@@ -1,0 +1,105 @@
+"""Memory per GPU under data parallelism: what DDP replicates and ZeRO / FSDP shard, and how many
+GPUs a job needs. The ZeRO stage -> strategy mapping is :data:`ZERO_STAGES`, written once.
+
+What each stage shards is what DeepSpeed shards (Rajbhandari et al. 2020, "ZeRO", §5; DeepSpeed's
+per-stage model-state figures): mixed-precision Adam keeps K = 12 bytes of optimizer state per
+parameter, the fp32 master copy of the weights (4) and m, v (8), beside the 16-bit weights (2)
+and gradients (2). Per GPU over N GPUs:
+
+====================  ===========================
+DDP                   (2 + 2 + K)·P
+ZeRO-1 (P_os)         2·P + 2·P + K·P/N
+ZeRO-2 (P_os+g)       2·P + (2 + K)·P/N
+ZeRO-3 (P_os+g+p)     (2 + 2 + K)·P/N
+====================  ===========================
+
+The fp32 master copy is part of the optimizer state, so ZeRO-1 already shards it. labkit's
+breakdown counts it with the weights (under PyTorch autocast the fp32 weights ARE the master copy;
+:attr:`labkit.memory.job.Breakdown.master_weights`), and :func:`sharded` shards it from stage 1 on;
+the 16-bit copies stay whole until stage 3. FSDP's full shard is ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import labkit
+from labkit import LabkitError
+from labkit.checks import choice, positive
+from labkit.memory.job import Breakdown
+
+#: ZeRO stage -> strategy: 0 is DDP (every GPU holds everything); 1 shards the optimizer state,
+#: 2 also the gradients, 3 also the weights.
+ZERO_STAGES = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
+#: FSDP's full shard is ZeRO-3.
+STRATEGIES = (*ZERO_STAGES.values(), "fsdp")
+_STAGE = {name: stage for stage, name in ZERO_STAGES.items()} | {"fsdp": 3}
+
+
+def strategy(zero: int) -> str:
+    """The strategy of ZeRO stage ``zero`` (0 = DDP)."""
+    if isinstance(zero, bool) or zero not in ZERO_STAGES:
+        raise labkit.unknown("ZeRO stage", zero, tuple(ZERO_STAGES))
+    return ZERO_STAGES[zero]
+
+
+def sharded(b: Breakdown, n_gpus: int, strategy: str = "ddp") -> Breakdown:
+    """Per-GPU memory under data parallelism over ``n_gpus`` (see the module docstring).
+
+    DDP replicates everything; ZeRO-1 shards the optimizer state, including the fp32 master
+    weights of mixed precision (``b.master_weights``); ZeRO-2 also the gradients; ZeRO-3 / FSDP
+    full shard also the remaining weights (plus one gathered block in flight, ignored here). The
+    parts every rank keeps whole (``b.optimizer_unsharded``: AdamW's step counters) stay whole.
+    Activations are per GPU (each GPU runs its own micro-batch) and never sharded.
+    """
+    positive("number of GPUs", n_gpus)
+    choice("strategy", strategy, STRATEGIES)
+    stage = _STAGE[strategy]
+    whole = b.optimizer_unsharded  # scalars every rank keeps in full
+    opt = math.ceil((b.optimizer - whole) / n_gpus) + whole if stage >= 1 else b.optimizer
+    grads = math.ceil(b.gradients / n_gpus) if stage >= 2 else b.gradients
+    master = math.ceil(b.master_weights / n_gpus) if stage >= 1 else b.master_weights
+    if stage >= 3:
+        weights = math.ceil(b.weights / n_gpus)
+    else:  # the master copy goes with the optimizer state; the 16-bit copies stay whole
+        weights = b.weights - b.master_weights + master
+    total = weights + grads + opt + b.activations + b.logits + b.kv_cache + b.transient
+    details = {**b.details, "strategy": strategy, "n_gpus": n_gpus}
+    return replace(
+        b,
+        weights=weights,
+        gradients=grads,
+        optimizer=opt,
+        master_weights=master,
+        total=total,
+        details=details,
+    )
+
+
+def round_to_nodes(n_gpus: int, per_node: int = 8) -> int:
+    """GPUs come in nodes of 8: up to one node any count works, beyond it whole nodes (17 → 24)."""
+    positive("number of GPUs", n_gpus)
+    return n_gpus if n_gpus <= per_node else per_node * math.ceil(n_gpus / per_node)
+
+
+def gpus_needed(
+    b: Breakdown, gpu_bytes: float, strategy: str = "zero3", max_gpus: int = 4096
+) -> int:
+    """The fewest GPUs (whole 8-GPU nodes beyond one node) on which ``b`` fits per GPU.
+
+    Raises :class:`LabkitError` when even ``max_gpus`` are not enough (e.g. DDP, or activations
+    alone larger than one GPU).
+    """
+    if gpu_bytes <= 0:
+        raise LabkitError(f"GPU memory must be positive, got {gpu_bytes}")
+    n = 1
+    while n <= max_gpus:
+        n = round_to_nodes(n)
+        if sharded(b, n, strategy).total <= gpu_bytes:
+            return n
+        n += 1
+    raise LabkitError(
+        f"does not fit on {max_gpus} GPUs of {gpu_bytes / 2**30:.0f} GiB with {strategy}; "
+        "shard more (zero3), use checkpointing or a smaller micro-batch"
+    )

@@ -1,0 +1,75 @@
+"""labkit.memory.calculator: the notebook's calculator and the shared job -> breakdown -> verdict
+path (``fit``)."""
+
+import math
+import sys
+
+import matplotlib
+import pytest
+
+from labkit import LabkitError
+from labkit.memory import calculator, estimator
+
+matplotlib.use("Agg")
+
+
+def test_calculate_verdict_and_sharding():
+    b, verdict = calculator.calculate(model="gpt2", method="full", seq=1024, gpu_gib=80)
+    assert verdict.startswith("fits on 1 x 80 GiB")
+    _, verdict = calculator.calculate(model="llama-3.1-8b", method="full", gpu_gib=80)
+    assert verdict.startswith("does not fit on 1 x 80 GiB")
+    one, _ = calculator.calculate(model="llama-3.1-8b", method="full", gpus=8, zero=0)
+    z3, _ = calculator.calculate(model="llama-3.1-8b", method="full", gpus=8, zero=3)
+    assert z3.total < one.total and z3.weights == math.ceil(one.weights / 8)
+    inf, _ = calculator.calculate(model="llama-3.1-8b", method="inference", seq=8192)
+    assert inf.kv_cache == estimator.kv_cache_bytes("llama-3.1-8b", 4, 8192)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(zero=5), dict(method="prefix"), dict(precision="fp8"), dict(gpu_gib=0), dict(gpus=0)],
+)
+def test_calculate_bad_input_is_one_line(kwargs):
+    with pytest.raises(LabkitError) as err:
+        calculator.calculate(model="gpt2", seq=1024, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_figure_names_the_verdict():
+    fig = calculator.figure(model="gpt2", method="full", seq=1024, gpu_gib=1)
+    assert "does not fit on 1 x 1 GiB" in fig.axes[0].get_title()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_widget_without_ipywidgets(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    with pytest.raises(LabkitError, match="ipywidgets"):
+        calculator.widget()
+
+
+def test_widget_builds_its_controls_with_ipywidgets():
+    pytest.importorskip("ipywidgets")
+    import matplotlib.pyplot as plt
+
+    shown = calculator.widget()
+    names = {c.description for c in shown.widget.children if hasattr(c, "description")}
+    assert {"model", "method", "precision", "gpus", "gpu_gib"} <= names
+    plt.close("all")
+
+
+def test_fit_says_how_many_gpus_and_never_zero():
+    b = estimator.training_memory("llama-3.1-8b", batch=4, seq=2048, checkpointing=True)
+    f = calculator.fit(b, gpus=1, zero=0, gpu_gib=80)
+    assert not f.fits and f.gpus_needed == 3 and f.strategy == "ddp"
+    assert f.verdict == f"does not fit on 1 x 80 GiB: {b.total / 2**30:.1f} GiB per GPU needed"
+    on3 = calculator.fit(b, gpus=3, zero=3, gpu_gib=80)
+    assert on3.fits and on3.per_gpu.total == estimator.sharded(b, 3, "zero3").total
+    huge = estimator.training_memory("llama-3.1-8b", batch=10**6, seq=2048)
+    assert calculator.fit(huge, gpu_gib=80).gpus_needed is None
+
+
+def test_unknown_setting_is_one_line():
+    with pytest.raises(LabkitError, match="unknown calculator setting 'gpu'"):
+        calculator.calculate(gpu=4)

@@ -1,0 +1,260 @@
+"""The three studies on top of labkit.studies.study: each record the notebooks read is current
+(``load()`` refuses it otherwise), each grid comes from the course defaults, and each study's
+summary reads a synthetic record right. LoRA's update size and one short training point too."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labkit import LabkitError
+from labkit.course import exercises
+from labkit.models import zoo
+from labkit.studies import forgetting, lora_rank, peft_seeds, study
+from labkit.training import forgetting as fg
+from labkit.tuners import peft_methods
+
+NOTEBOOK_16 = Path(__file__).resolve().parents[1] / "notebooks" / "16_catastrophic_forgetting.ipynb"
+
+
+# --- the records are current -----------------------------------------------------------------
+
+
+def test_peft_seeds_record_is_current():
+    """If this fails, re-make the record: LABKIT_THREADS=1 .venv/bin/python benchmarks/peft_seeds.py --jobs 2"""
+    record = peft_seeds.load()
+    assert len(record["baseline"]) == 84
+    assert all(len(r["correct"]) == 84 and r["steps"] > 0 for r in record["runs"])
+    assert peft_seeds.defaults_below(record, min_gain=0.3) == []
+    table = peft_seeds.markdown_table(record)
+    assert "| 12 | lora | 0.003 | 4 | 44 | 1.00 | 1.00 | 1.00 | 1.00 |" in table
+    assert "| defaults | p-tuning-lstm | 0.03 | 20 | 220 |" in table
+
+
+def test_lora_rank_record_is_current():
+    """If this fails, re-make the record: .venv/bin/python benchmarks/lora_rank_alpha.py --jobs 2"""
+    record = lora_rank.load()
+    assert all(len(p["correct"]) == 84 and p["val_loss"] > 0 for p in record["runs"])
+
+
+def test_forgetting_record_is_current_and_matches_notebook_16():
+    """If this fails, re-make the record: .venv/bin/python benchmarks/forgetting_seeds.py --jobs 2"""
+    record = forgetting.load()
+    for r in record["runs"]:
+        epochs = [row["epoch"] for row in r["history"]]
+        assert epochs == [float(e) for e in range(forgetting.EPOCHS + 1)]
+    cells = json.loads(NOTEBOOK_16.read_text())["cells"]
+    params = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    scope: dict = {}
+    exec("".join(params["source"]), scope)
+    assert scope["EPOCHS"] == forgetting.EPOCHS
+    assert scope["RUNS_LIVE"] and set(scope["RUNS_LIVE"]) <= set(forgetting.RUNS)
+    # 16.1 by hand from the raw runs (seed means per epoch), not through first_epoch_share
+    full = [r["history"] for r in record["runs"] if r["run"] == "full"]
+    mean = [sum(h[e]["corpus_loss"] for h in full) / len(full) for e in (0, 1, -1)]
+    share = (mean[1] - mean[0]) / (mean[2] - mean[0])
+    seed0 = [full[0][e]["corpus_loss"] for e in (0, 1, -1)]
+    assert forgetting.first_epoch_share(record, "full") == pytest.approx(share, rel=1e-12)
+    assert exercises.check("16.1", share)
+    for wrong in (1 - share, (seed0[1] - seed0[0]) / (seed0[2] - seed0[0]), mean[1] / mean[2]):
+        assert not exercises.check("16.1", wrong), wrong
+
+
+def test_grids_come_from_the_course_defaults():
+    ta = peft_methods.TRAIN_ARGS
+    compared = {(m, json.dumps(a, sort_keys=True)) for p in peft_seeds.STUDY.points
+                for m, a in [(p["method"], p["args"])]}  # fmt: skip
+    assert all((m, json.dumps(a, sort_keys=True)) in compared for m, a in ta.items())
+    assert peft_seeds.GRID["defaults"] == [("p-tuning-lstm", ta["p-tuning-lstm"])]
+    lstm_09 = dict(peft_seeds.GRID["09"])["p-tuning-lstm"]
+    assert lstm_09["num_train_epochs"] == ta["p-tuning-mlp"]["num_train_epochs"] == 15
+    assert lstm_09["num_train_epochs"] != ta["p-tuning-lstm"]["num_train_epochs"]
+    lora = peft_methods.DEFAULTS["lora"]
+    assert (lora["r"], lora["lora_alpha"]) in lora_rank.GRID
+    for name, spec in forgetting.RUNS.items():
+        if name != "full lr 1e-4":
+            assert spec["learning_rate"] == ta[spec["method"]]["learning_rate"], name
+
+
+# --- peft_seeds on a synthetic record --------------------------------------------------------
+
+LORA = dict(peft_seeds.GRID["12"])["lora"]
+
+
+def _peft_record(with_full=True):
+    runs = [
+        {"group": "12", "method": "lora", "args": LORA, "seed": s, "correct": correct,
+         "final_loss": 0.1 * (s + 1), "val_loss": 1.0, "steps": 44}
+        for s, correct in enumerate([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
+    ]  # fmt: skip
+    if with_full:
+        full = dict(peft_seeds.GRID["12"])["full"]
+        runs += [{**r, "method": "full", "args": full, "correct": [1, 1, 1, 1]} for r in runs]
+    return {"runs": runs, "baseline": [0, 0, 0, 1], "settings": {"seeds": [0, 1, 2]}}
+
+
+def test_peft_scores_summary_and_tables():
+    rec = _peft_record()
+    assert peft_seeds.scores(rec, "lora", LORA) == [0.5, 0.25, 0.75]
+    assert peft_seeds.scores(rec, "lora", LORA, limit=2) == [1.0, 0.5, 1.0]
+    assert peft_seeds.base_score(rec) == 0.25 and peft_seeds.base_score(rec, limit=3) == 0.0
+    lora_row, full_row = peft_seeds.summary(rec, "12")
+    assert (lora_row["min"], lora_row["max"], lora_row["mean"]) == (0.25, 0.75, 0.5)
+    assert lora_row["final_loss"] == pytest.approx(0.2) and full_row["em"] == [1.0, 1.0, 1.0]
+    assert "lora" in peft_seeds.format_summary([lora_row])
+
+
+def test_peft_errors_are_one_line():
+    with pytest.raises(LabkitError, match="unknown configuration"):
+        peft_seeds.scores(_peft_record(), "prefix", LORA)
+    with pytest.raises(LabkitError, match="unknown group '07'; accepted: 08, 09, 10, 12, defaults"):
+        peft_seeds.summary(_peft_record(), "07")
+    with pytest.raises(LabkitError, match='unknown configuration "full '):
+        peft_seeds.summary(_peft_record(with_full=False), "12")  # no silent skip
+
+
+def test_defaults_below_fails_on_a_default_without_runs():
+    with pytest.raises(LabkitError, match="no runs of the course default prompt "):
+        peft_seeds.defaults_below(_peft_record(), min_gain=0.3)
+
+
+def test_peft_settings_cover_defaults_trainer_and_data():
+    s = peft_seeds.settings()
+    assert {
+        "peft_methods.DEFAULTS",
+        "peft_methods.TRAIN_ARGS",
+        "trainer",
+        "chat data sha256",
+    } == set(s)
+    assert s["trainer"]["per_device_train_batch_size"] == 16
+
+
+# --- lora_rank ---------------------------------------------------------------------------------
+
+
+def _lora_record():
+    runs = [
+        {"r": r, "alpha": a, "seed": s, "steps": 4, "losses": [1.0], "val_loss": 0.5 + s,
+         "correct": [True, s == 1, False, True]}
+        for r, a in lora_rank.GRID for s in lora_rank.SEEDS
+    ]  # fmt: skip
+    return {"settings": lora_rank.STUDY.current_settings(), "runs": runs}
+
+
+def test_lora_summary_adds_the_notebook_seed_and_cuts_questions():
+    extra = [
+        lora_rank.Point(
+            r=1, alpha=2, seed=0, steps=4, losses=[1.0], val_loss=0.1, correct=[False] * 4
+        )
+    ]
+    rows = lora_rank.summary(_lora_record(), extra=extra, limit=2)
+    first = rows[0]
+    assert (first["r"], first["alpha"], first["scale"]) == (1, 2, 2.0)
+    assert first["seeds"] == [0, 1, 2] and first["questions"] == 2
+    assert first["em_min"] == 0.0 and first["em_max"] == 1.0
+    assert first["val_min"] == 0.1 and first["val_max"] == 2.5
+    assert rows[1]["seeds"] == [1, 2]  # no extra point for r=8, alpha=16
+    with pytest.raises(LabkitError, match="scored fewer"):
+        lora_rank.summary(_lora_record(), limit=10)
+    with pytest.raises(LabkitError, match="record has no point r=1, alpha=2"):
+        lora_rank.summary({**_lora_record(), "runs": []})
+
+
+def test_update_size_follows_the_scaling_rule():
+    tok = zoo.load_tokenizer(lora_rank.MODEL_ID)
+    plain = [lora_rank.update_size(tok, r, 16, steps=1) for r in (1, 16)]
+    rs = [lora_rank.update_size(tok, r, 16, use_rslora=True, steps=1) for r in (1, 16)]
+    assert plain[0] == pytest.approx(rs[0])  # sqrt(1) = 1: the same model
+    assert plain[1] < 0.5 * plain[0]  # alpha/r: a bigger rank takes smaller steps
+    assert 0.6 < rs[1] / rs[0] < 1.6  # alpha/sqrt(r): about the same size
+
+
+def test_train_point_short(monkeypatch):
+    monkeypatch.setitem(peft_methods.TRAIN_ARGS, "lora", {"max_steps": 2, "learning_rate": 3e-3})
+    tok = zoo.load_tokenizer(lora_rank.MODEL_ID)
+    p = lora_rank.train_point(tok, 2, 4, seed=1, limit=3)
+    assert (p.r, p.alpha, p.seed, p.steps, p.scale) == (2, 4, 1, 2, 2.0)
+    assert len(p.correct) == 3 and 0 <= p.exact_match <= 1 and p.val_loss > 0
+
+
+@pytest.mark.parametrize("r, alpha", [(0, 2), (-1, 2), (2, 0), ("8", 16), (True, 2)])
+def test_bad_rank_or_alpha(r, alpha):
+    tok = None  # refused before the tokenizer is used
+    with pytest.raises(LabkitError, match="must be a number > 0"):
+        lora_rank.train_point(tok, r, alpha)
+    with pytest.raises(LabkitError, match="must be a number > 0"):
+        lora_rank.update_size(tok, r, alpha)
+
+
+# --- forgetting ------------------------------------------------------------------------------
+
+
+def _forgetting_record():
+    def row(seed, loss):
+        first = {"epoch": 0.0, "corpus_loss": 0.5, "probe_em": 1.0, "probe_token_acc": 1.0,
+                 "chat_loss": 3.0}  # fmt: skip
+        history = [first, {**first, "epoch": 2.0, "corpus_loss": loss}]
+        return {"run": "full", "seed": seed, "chat_em": 1.0, "history": history, "best": None}
+
+    points = [{"run": name} for name in forgetting.RUNS]
+    return {"settings": {"points": points}, "runs": [row(0, 1.0), row(1, 2.0), row(2, 1.2)]}
+
+
+def test_forgetting_summary_and_bands():
+    record = _forgetting_record()
+    s = forgetting.summary(record)["full"]
+    assert list(forgetting.summary(record)) == ["full"]  # runs without seeds are left out
+    assert s["seeds"] == 3 and s["before"] == 0.5
+    assert s["corpus_loss"] == pytest.approx((1.4, 0.5))
+    assert forgetting.summary(record, row="best") == {}
+    with pytest.raises(LabkitError, match="unknown row"):
+        forgetting.summary(record, row="first")
+    band = forgetting.epoch_bands(record, "full", "corpus_loss")
+    assert band["epoch"] == [0.0, 2.0] and band["min"] == [0.5, 1.0] and band["max"] == [0.5, 2.0]
+    assert band["mean"] == pytest.approx([0.5, 1.4])
+    assert forgetting.first_epoch_share(record, "full") == pytest.approx(1.0)
+    with pytest.raises(LabkitError, match="unknown run"):
+        forgetting.epoch_bands(record, "lora")
+    with pytest.raises(LabkitError, match="unknown metric"):
+        forgetting.epoch_bands(record, "full", "accuracy")
+
+
+def test_at_task_loss_interpolates_in_log_chat_loss_between_measured_epochs():
+    def row(epoch, chat, corpus):
+        return {"epoch": float(epoch), "chat_loss": chat, "corpus_loss": corpus}
+
+    history = [row(0, 3.0, 0.5), row(1, 0.4, 1.0), row(2, 0.1, 2.0), row(3, 0.2, 2.5)]
+    early = [row(0, 3.0, 0.5), row(1, 0.01, 1.5), row(2, 0.005, 1.6)]  # below 0.2 within epoch 1
+    record = {
+        "settings": {"points": [{"run": "full"}]},
+        "runs": [{"run": "full", "seed": 0, "history": history},
+                 {"run": "full", "seed": 1, "history": early}],
+    }  # fmt: skip
+    at = forgetting.at_task_loss(record, "full", 0.2)
+    assert at[0] == pytest.approx(1.5)  # 0.2 is halfway from 0.4 to 0.1 in log: ln 2 / ln 4
+    assert at[1] is None  # reached inside epoch 1, where nothing was measured
+    assert forgetting.at_task_loss(record, "full", 0.05) == [None, None]  # never reached
+    with pytest.raises(LabkitError, match="chat_loss must be a number > 0"):
+        forgetting.at_task_loss(record, "full", 0)
+    with pytest.raises(LabkitError, match="unknown run"):
+        forgetting.at_task_loss(record, "lora", 0.2)
+    with pytest.raises(LabkitError, match="unknown metric"):
+        forgetting.at_task_loss(record, "full", 0.2, key="probe_em")
+
+
+def test_forgetting_unknown_run_is_one_line():
+    tok = zoo.load_tokenizer("tiny-llama")
+    probe = fg.Probe(tok, fg.probe_items(counts=1)[:2], fg.corpus_texts(2), chat_limit=0)
+    with pytest.raises(LabkitError, match="unknown run 'fulll'"):
+        forgetting.run("fulll", tok, probe)
+
+
+def test_every_study_is_one_study():
+    studies = (peft_seeds.STUDY, lora_rank.STUDY, forgetting.STUDY)
+    assert all(isinstance(s, study.Study) for s in studies)
+    assert [s.record.name for s in studies] == [
+        "peft_seeds.json", "lora_rank_alpha.json", "forgetting_seeds.json"
+    ]  # fmt: skip
+    assert all(
+        (Path(__file__).parents[1] / "benchmarks" / f"{s.name}.py").is_file() for s in studies
+    )
