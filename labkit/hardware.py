@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import re
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -71,12 +72,68 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def bf16_supported(device: torch.device | str | None = None) -> bool:
-    """Whether bf16 math is supported natively on ``device`` (CUDA: compute capability >= 8.0)."""
+#: CPU feature flags that give native bf16 dot products: x86 AVX512-BF16 and AMX-BF16 (Linux
+#: ``/proc/cpuinfo`` "flags"), Arm's BF16 extension ("Features": ``bf16``; macOS: FEAT_BF16).
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 flags this CPU reports (from ``cpuinfo``, default ``/proc/cpuinfo``;
+    on macOS ``sysctl hw.optional.arm.FEAT_BF16``); empty when it reports none or cannot tell."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+        if not cpuinfo and platform.system() == "Darwin":
+            try:
+                out = subprocess.run(
+                    ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=False,
+                ).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            return ["bf16"] if out == "1" else []
+    found: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in {"flags", "features"}:
+            found |= set(value.split())
+    return [f for f in CPU_BF16_FLAGS if f in found]
+
+
+def bf16_support(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """Whether ``device`` does bf16 math **natively**, and the evidence, as one short phrase.
+
+    CUDA: compute capability >= 8.0 (Ampere and newer; ROCm GPUs too). torch's own
+    ``torch.cuda.is_bf16_supported()`` defaults to ``including_emulation=True`` and so also says
+    yes on a T4 or V100, where bf16 runs emulated and slowly. CPU: any CPU computes in bf16 (the
+    kernels widen to fp32), natively only with AVX512-BF16, AMX-BF16 or Arm BF16. MPS: macOS 14+.
+    """
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return device.type in {"cpu", "mps"}
+        if torch.version.hip:
+            return True, "ROCm GPU"
+        if not torch.cuda.is_available():
+            return False, "no CUDA GPU visible"
+        major, minor = torch.cuda.get_device_capability(device)
+        cc = f"compute capability {major}.{minor}"
+        return (True, f"{cc} >= 8.0") if major >= 8 else (False, f"{cc} < 8.0: emulated only")
+    if device.type == "mps":
+        ok = torch.backends.mps.is_macos_or_newer(14, 0)
+        return ok, "MPS on macOS 14+" if ok else "MPS needs macOS 14+ for bf16"
+    flags = cpu_bf16_flags()
+    if flags:
+        return True, "CPU flag " + ", ".join(flags)
+    return False, "CPU without AVX512-BF16/AMX/Arm BF16: emulated only (slow)"
+
+
+def bf16_supported(device: torch.device | str | None = None) -> bool:
+    """Whether bf16 math is native on ``device`` (:func:`bf16_support` gives the reason)."""
+    return bf16_support(device)[0]
 
 
 def bnb_gpu_usable() -> tuple[bool, str]:
@@ -203,7 +260,8 @@ def env_report() -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(0)
         hw += f", GPU {props.name} {props.total_memory / 2**30:.1f} GiB"
-    hw += f", bf16 {'yes' if bf16_supported(device) else 'no'}"
+    native, why = bf16_support(device)
+    hw += f", bf16 native: {'yes' if native else 'no'} ({why})"
     ok, why = bnb_gpu_usable()
     hw += f", bitsandbytes GPU path: {'yes' if ok else 'no (' + why + ')'}"
     lines.append(hw)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from labkit import hardware
@@ -28,3 +29,65 @@ def test_env_report_names_versions_and_hardware():
 def test_bnb_gpu_usable_explains_itself():
     ok, why = hardware.bnb_gpu_usable()
     assert isinstance(ok, bool) and why
+
+
+def _fake_gpu(monkeypatch, major, minor):
+    """A CUDA device of the given compute capability, without a GPU (torch's own emulation check
+    would say yes for any of them: it only tries to create a bf16 tensor)."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
+
+
+@pytest.mark.parametrize(
+    ("capability", "native"),
+    [((7, 0), False), ((7, 5), False), ((8, 0), True), ((8, 9), True), ((9, 0), True)],
+)
+def test_bf16_native_only_from_compute_capability_8(monkeypatch, capability, native):
+    _fake_gpu(monkeypatch, *capability)  # V100, T4, A100, L4/RTX 40xx, H100
+    ok, why = hardware.bf16_support("cuda")
+    assert ok is native and hardware.bf16_supported("cuda") is native
+    assert f"{capability[0]}.{capability[1]}" in why
+    if not native:
+        assert "emulated" in why
+
+
+def test_bf16_on_rocm_is_native(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", "6.0")
+    assert hardware.bf16_support("cuda") == (True, "ROCm GPU")
+
+
+X86_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+X86_AMX = "flags\t\t: fpu avx512f amx_tile amx_bf16 amx_int8\n"
+X86_OLD = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+ARM_BF16 = "Features\t: fp asimd sve bf16 i8mm\n"
+ARM_OLD = "Features\t: fp asimd evtstrm aes crc32\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "flags"),
+    [(X86_BF16, ["avx512_bf16"]), (X86_AMX, ["amx_bf16"]), (X86_OLD, []), (ARM_BF16, ["bf16"])]
+    + [(ARM_OLD, []), ("", [])],
+)
+def test_cpu_bf16_flags_read_from_cpuinfo(cpuinfo, flags):
+    assert hardware.cpu_bf16_flags(cpuinfo) == flags
+
+
+def test_bf16_on_cpu_follows_its_flags(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda cpuinfo=None: [])
+    ok, why = hardware.bf16_support("cpu")
+    assert not ok and "emulated" in why
+    monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda cpuinfo=None: ["amx_bf16"])
+    assert hardware.bf16_support("cpu") == (True, "CPU flag amx_bf16")
+    report = hardware.env_report()
+    assert ("bf16 native: yes (CPU flag amx_bf16)" in report) or "cuda" in report
+
+
+def test_bf16_on_this_cpu_agrees_with_bitsandbytes():
+    """bitsandbytes reads the same AVX512-BF16 bit for its CPU kernels (notebook 06 prints it)."""
+    import bitsandbytes.functional as bnbf
+
+    if not hasattr(bnbf, "has_avx512bf16") or hardware.pick_device().type != "cpu":
+        pytest.skip("needs bitsandbytes' CPU feature probe on a CPU-only machine")
+    flags = hardware.cpu_bf16_flags()
+    assert bool(bnbf.has_avx512bf16()) == ("avx512_bf16" in flags)

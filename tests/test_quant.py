@@ -120,6 +120,33 @@ def test_quantile_and_int4_error_ordering():
     assert torch.allclose(below.diff(), torch.full((13,), 1 / 17), atol=0.01)
 
 
+def test_equal_count_is_symmetric_and_splits_evenly_while_quantile_is_lopsided():
+    torch.manual_seed(0)
+    w = torch.randn(256, 256)
+    eq = codebook.equal_count_code(w, 4, blocksize=64)
+    q = codebook.quantile_code(w, 4, blocksize=64)
+    assert eq.numel() == 16 and (eq.diff() > 0).all()
+    assert torch.allclose(eq, -eq.flip(0), atol=0.02)  # normal data: mirror image
+    # each level is the median of its 1/16 share: 1/16 of the data between consecutive levels
+    blocks = w.reshape(-1, 64)
+    flat = (blocks / blocks.abs().amax(1, keepdim=True)).flatten()
+    below = torch.tensor([(flat < c).float().mean() for c in eq])
+    assert torch.allclose(below, (torch.arange(16) + 0.5) / 16, atol=0.005)
+    # QLoRA's estimator: the top level before pinning is the mean of Q(15/17) and Q(16/17),
+    # well inside (0.3, 0.5) on block-scaled normal data, so +1 sits far from level 14
+    assert 0.3 < q[-2] < 0.5 and -q[1] > q[-2] + 0.05
+    err = {
+        k: integer.quant_error(w, codebook.fake_quantize_4bit(w, k)) for k in ("nf4", "equal-count")
+    }
+    assert err["nf4"]["mse"] < err["equal-count"]["mse"]
+
+
+def test_int4_and_fp4_have_15_distinct_levels():
+    assert torch.unique(codebook.INT4_CODE).numel() == 15
+    assert codebook.FP4_CODE.numel() == 16 and torch.unique(codebook.FP4_CODE).numel() == 15
+    assert torch.unique(codebook.NF4_CODE).numel() == 16
+
+
 # ---- properties (hypothesis) --------------------------------------------------------------------
 floats = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False, width=32)
 
@@ -261,6 +288,86 @@ def test_smoothquant_on_model_needs_stats():
     ref = model(x)
     layers.quantize_model(model, "smoothquant", skip=(), act_absmax=stats, alpha=0.5)
     assert (model(x) - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+class _Logits(nn.Module):
+    """A stand-in causal LM: logits = a fixed table indexed by token id, plus ``bump`` on pads."""
+
+    def __init__(self, bump=0.0):
+        super().__init__()
+        self.table = torch.arange(12.0).reshape(4, 3)
+        self.bump = bump
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.table[input_ids].clone()
+        if attention_mask is not None:
+            logits[attention_mask == 0] += self.bump
+        return type("Out", (), {"logits": logits})()
+
+
+def test_logit_difference_counts_real_tokens_only():
+    ids = torch.tensor([[1, 2, 0, 0], [3, 1, 2, 0]])
+    mask = (ids != 0).long()
+    d = layers.logit_difference(_Logits(), _Logits(bump=5.0), ids, mask)
+    assert d == {"max_abs": 0.0, "mean_abs": 0.0, "top1_agreement": 1.0}
+    # without the mask the pad rows count (no mask reaches the models either: nothing differs)
+    assert layers.logit_difference(_Logits(), _Logits(bump=5.0), ids)["max_abs"] == 0.0
+    with pytest.raises(LabkitError, match="attention_mask"):
+        layers.logit_difference(_Logits(), _Logits(), ids, mask[:, :2])
+
+
+class _PostLN(nn.Module):
+    """BERT's pattern: the LayerNorm's output feeds a linear AND the residual."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, input):
+        h = self.norm(input)
+        return h + self.fc(h)
+
+
+def test_norm_fed_linears_and_foldability_on_a_pre_ln_llama(tiny_llama):
+    model, tok = tiny_llama
+    batch = dict(tok(["the fox lives in the forest"], return_tensors="pt"))
+    feeds = layers.norm_fed_linears(model, batch)
+    kinds = {n.split(".")[-1] for n in feeds}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}  # lm_head skipped
+    n_layers = model.config.num_hidden_layers
+    assert len(feeds) == 5 * n_layers
+    assert layers.smoothquant_foldable(model, batch) == feeds  # pre-LN: nothing else reads them
+    import copy
+
+    folded = copy.deepcopy(model)
+    stats = layers.collect_input_absmax(model, [batch])
+    smoothed = layers.fold_smoothquant(folded, stats, feeds, alpha=0.5)
+    assert sorted(smoothed) == sorted(feeds)
+    with torch.no_grad():
+        ref, out = model(**batch).logits, folded(**batch).logits
+    assert (out - ref).abs().max() < 1e-4 * ref.abs().max()
+    assert not torch.equal(
+        folded.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight
+    )
+
+
+def test_post_ln_norm_feeds_a_linear_but_cannot_be_folded():
+    model = _PostLN().eval()
+    batch = {"input": torch.randn(3, 5, 16) * 4}
+    assert layers.norm_fed_linears(model, batch) == {"fc": "norm"}
+    assert layers.smoothquant_foldable(model, batch) == {}
+    before = [p.clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_quantize_model_smooth_only_smooths_the_named_linears():
+    model = _toy_model()
+    x = torch.randn(6, 32)
+    stats = layers.collect_input_absmax(model, [{"input": x}], names=["0", "2"])
+    layers.quantize_model(model, "smoothquant", skip=(), act_absmax=stats, smooth_only=["2"])
+    assert model[0].inv_smooth is None and model[2].inv_smooth is not None
 
 
 def test_error_metrics():

@@ -170,6 +170,23 @@ def test_plan_minutes_grow_with_content_and_run_time():
     assert ex.kind == "exercises" and ex.minutes == 15
 
 
+def test_optional_sections_are_timed_but_left_out_of_the_paths(tmp_path):
+    nb = _toy()
+    nb.cells.insert(
+        -1, _md("## 2. Optional: more\n\nFor self-study. " + "Words to read here. " * 60)
+    )
+    secs = slides.plan(nb, None)  # the header's 40 s, as plan_table without a README
+    assert [s.kind for s in secs][:2] == ["lesson", "optional"] and secs[1].minutes >= 2
+    path = tmp_path / "01_toy.ipynb"  # 01 is on both paths
+    nbformat.write(nb, path)
+    row = slides.plan_table([path], readme=tmp_path / "none.md").splitlines()[3]
+    lesson = slides.TITLE_MINUTES + sum(s.minutes for s in secs if s.kind in ("lesson", "summary"))
+    assert f"§2 optional {secs[1].minutes}" in row
+    assert row.endswith(f"| {lesson} | 5 / 15 | {lesson + 5} | {lesson + 5} |"), row
+    notes = slides.notes_text(secs[1], "01_toy.ipynb")
+    assert "Optional: self-study" in notes and "Short on time" not in notes
+
+
 def test_deck_drops_warnings_and_replaces_long_outputs():
     nb = slides.structure(_toy(), "99_toy.ipynb", run_seconds=40)
     k = next(i for i, c in enumerate(nb.cells) if c.source == "print(1)")

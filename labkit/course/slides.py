@@ -120,6 +120,8 @@ class Section:
             return "exercises"
         if low.startswith("summary"):
             return "summary"
+        if re.match(r"(\d+\.\s*)?optional\b", low):
+            return "optional"  # self-study: timed, but not part of a workshop path
         return "lesson"
 
 
@@ -228,7 +230,9 @@ def notes_text(sec: Section, notebook: str) -> str:
             "- On a CPU-only room its CUDA cell prints why it skipped: say in one sentence what "
             "it measures on a GPU."
         )
-    if sec.minutes >= 6:
+    if sec.kind == "optional":
+        lines.append("- Optional: self-study; in a workshop, skip it (the paths leave it out).")
+    elif sec.minutes >= 6:
         lines.append("- Short on time: run it, show the check's line, move on.")
     return "\n".join(lines)
 
@@ -374,12 +378,15 @@ def plan_table(paths: list[Path], readme: Path = README) -> str:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         secs = plan(nb, cpu_seconds(path.name, readme))
-        lesson = TITLE_MINUTES + sum(s.minutes for s in secs if s.kind != "exercises")
+        lesson = TITLE_MINUTES + sum(s.minutes for s in secs if s.kind in ("lesson", "summary"))
+        optional = sum(s.minutes for s in secs if s.kind == "optional")
         ex_all = sum(s.minutes for s in secs if s.kind == "exercises")
         ex_one = TIER_MINUTES["⭐"] if ex_all else 0
         parts = " · ".join(
             f"§{s.heading.split('.')[0]} {s.minutes}"
             if s.kind == "lesson"
+            else f"§{s.heading.split('.')[0]} optional {s.minutes}"
+            if s.kind == "optional"
             else f"{s.kind} {s.minutes}"
             for s in secs
             if s.kind != "exercises"
@@ -387,7 +394,7 @@ def plan_table(paths: list[Path], readme: Path = README) -> str:
         nn = path.name[:2]
         t = lesson + ex_one if nn in THREE_HOUR_PATH else 0
         d = lesson + ex_one if nn in FULL_DAY_PATH else 0
-        three, day, everything = three + t, day + d, everything + lesson + ex_all
+        three, day, everything = three + t, day + d, everything + lesson + optional + ex_all
         rows.append(
             f"| {nn} | {parts} | {lesson} | {ex_one} / {ex_all} | {t or '—'} | {d or '—'} |"
         )

@@ -1,7 +1,8 @@
 """4-bit codebook quantization from first principles (notebook 06).
 
-Each value, scaled by its block's absmax, maps to the nearest of 16 levels: linear int4, NF4,
-bitsandbytes' FP4, or quantile levels fitted to the data. :func:`nf4_quantize` is bit-identical to
+Each value, scaled by its block's absmax, maps to the nearest level of a 16-code table: linear
+int4 (15 distinct levels), NF4 (16), bitsandbytes' FP4 (15: it has ±0), or levels fitted to the
+data (QLoRA's quantile estimator, symmetric equal-count). :func:`nf4_quantize` is bit-identical to
 bitsandbytes' ``quantize_4bit(..., quant_type="nf4")``. Double quantization of the block constants
 (QLoRA) and what 4-bit really costs per weight (:func:`bits_per_parameter`, from the one bytes
 formula :func:`labkit.dtypes.quantized_bytes`). Builds on :mod:`labkit.quant.integer`.
@@ -59,7 +60,9 @@ FP4_CODE = (
     / 12.0
 )
 
-#: Linear (uniform) symmetric int4 levels -7..7 scaled to [-1, 1] (15 levels; one code unused).
+#: Linear (uniform) symmetric int4 levels -7..7 scaled to [-1, 1] (15 levels: one of the 16
+#: codes is unused, so that 0 is exact and the levels are symmetric). FP4 above has 16 codes but
+#: 15 distinct values (+0 and -0).
 INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7.0
 
 
@@ -76,31 +79,51 @@ def nf4_code_from_normal(offset: float = 0.9677083) -> torch.Tensor:
     return values / values.max()
 
 
-def quantile_code(x: torch.Tensor, bits: int = 4, blocksize: int | None = None) -> torch.Tensor:
-    """Quantile quantization levels fitted to ``x``: each level takes about the same number of
-    values. With ``p_i = i / (2^b + 1)``, level ``i = (Q(p_i) + Q(p_(i+1))) / 2`` for
-    ``i < 2^b`` (QLoRA's estimator), ``Q`` the empirical quantile of ``x`` scaled into [-1, 1]
-    (per block of ``blocksize`` if given, as the levels will be used).
-    """
-    check_bits(bits)
+def _scaled_sample(x: torch.Tensor, blocksize: int | None) -> torch.Tensor:
+    """``x`` scaled into [-1, 1] (per block of ``blocksize`` if given), flat; subsampled to
+    torch.quantile's input limit (2^24 values) with a fixed seed."""
     check_tensor(x)
-    k = 2**bits
     if blocksize is None:
         flat = (x.float() / x.abs().max().clamp(min=1e-38)).flatten()
     else:
         _check_blocks(x, blocksize)
         blocks = x.float().reshape(-1, blocksize)
         flat = (blocks / blocks.abs().amax(1, keepdim=True).clamp(min=1e-38)).flatten()
-    if flat.numel() > 2**24:  # torch.quantile's input limit; a fixed subsample estimates it well
-        flat = flat[
-            torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]
-        ]
+    if flat.numel() > 2**24:
+        keep = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]
+        flat = flat[keep]
+    return flat
+
+
+def quantile_code(x: torch.Tensor, bits: int = 4, blocksize: int | None = None) -> torch.Tensor:
+    """QLoRA's quantile-quantization estimator fitted to ``x``: with ``p_i = i / (2^b + 1)``,
+    level ``i = (Q(p_i) + Q(p_(i+1))) / 2`` for ``i < 2^b``, ``Q`` the empirical quantile of
+    ``x`` scaled into [-1, 1] (per block of ``blocksize`` if given, as the levels will be used);
+    the end levels are then pinned to ±1, where every block's largest value lands.
+
+    The estimator is lopsided: the lowest level starts from ``Q(0) = -1`` but the highest stops at
+    ``Q(2^b / (2^b + 1))``, so on bell-shaped data pinning leaves a wide gap below +1 (about
+    0.4 → 1). :func:`equal_count_code` is the symmetric version.
+    """
+    check_bits(bits)
+    flat = _scaled_sample(x, blocksize)
+    k = 2**bits
     q = torch.quantile(flat, torch.arange(k + 1, dtype=torch.float32) / (k + 1))
     levels = ((q[:-1] + q[1:]) / 2).sort().values
     # every block's largest value scales to exactly ±1: pin the end levels there (as NF4 does),
-    # otherwise the estimator's outermost levels (~±0.8) clip the most important weights
+    # otherwise the estimator's outermost levels clip the most important weights
     levels[0], levels[-1] = -1.0, 1.0
     return levels
+
+
+def equal_count_code(x: torch.Tensor, bits: int = 4, blocksize: int | None = None) -> torch.Tensor:
+    """Symmetric equal-count levels fitted to ``x``: level ``i`` is the empirical quantile at
+    ``(i + 0.5) / 2^b`` of ``x`` scaled into [-1, 1] (per block of ``blocksize`` if given), so
+    each level is the median of its own equal share of the values; nothing pinned."""
+    check_bits(bits)
+    flat = _scaled_sample(x, blocksize)
+    k = 2**bits
+    return torch.quantile(flat, (torch.arange(k, dtype=torch.float32) + 0.5) / k)
 
 
 def _check_blocks(x: torch.Tensor, blocksize: int) -> None:
@@ -226,18 +249,21 @@ def _check_packed(
 
 
 def fake_quantize_4bit(x: torch.Tensor, kind: str = "nf4", blocksize: int = 64) -> torch.Tensor:
-    """Quantize to a 4-bit codebook and back (``kind``: int4, nf4, fp4, quantile), same dtype as x.
+    """Quantize to a 4-bit codebook and back, same dtype as x. ``kind``: ``int4``, ``nf4``,
+    ``fp4``, ``quantile`` or ``equal-count``.
 
-    ``int4`` is linear (uniform) absmax with levels -7..7; ``quantile`` uses levels fitted to
-    ``x`` itself by :func:`quantile_code` (stored per tensor, 16 floats).
+    ``int4`` is linear (uniform) absmax with levels -7..7; ``quantile`` and ``equal-count`` use
+    levels fitted to ``x`` itself (:func:`quantile_code`, :func:`equal_count_code`; stored per
+    tensor, 16 floats).
     """
     codes = {"int4": INT4_CODE, "nf4": NF4_CODE, "fp4": FP4_CODE}
-    if kind == "quantile":
-        code = quantile_code(x, 4, blocksize)
+    fitted = {"quantile": quantile_code, "equal-count": equal_count_code}
+    if kind in fitted:
+        code = fitted[kind](x, 4, blocksize)
     elif kind in codes:
         code = codes[kind]
     else:
-        raise labkit.unknown("4-bit kind", kind, ("int4", "nf4", "fp4", "quantile"))
+        raise labkit.unknown("4-bit kind", kind, [*codes, *fitted])
     idx, absmax = codebook_quantize(x, code.to(x.device), blocksize)
     return codebook_dequantize(idx, absmax, code.to(x.device), x.shape, blocksize).to(x.dtype)
 

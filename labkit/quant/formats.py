@@ -88,6 +88,13 @@ FORMATS: dict[str, FloatFormat] = {
     )
 }
 
+#: What each convention spends its top exponent on (the "special" column of the table).
+SPECIAL_VALUES = {
+    "ieee": "±inf, NaN (top exponent reserved)",
+    "fn": "NaN only (top exponent holds numbers)",
+    "none": "no inf, no NaN",
+}
+
 _INT_VIEW = {64: torch.int64, 32: torch.int32, 16: torch.int16, 8: torch.uint8}
 
 
@@ -234,6 +241,7 @@ def format_table(names: list[str] | None = None) -> list[dict]:
                 "eps": f.eps,
                 "decimal_digits": round(f.decimal_digits, 2),
                 "has_inf": f.special == "ieee",
+                "special": SPECIAL_VALUES[f.special],
             }
         )
     return rows
@@ -252,6 +260,7 @@ def format_table_markdown(names: list[str] | None = None) -> str:
         "smallest_subnormal",
         "eps",
         "decimal_digits",
+        "special",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

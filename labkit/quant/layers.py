@@ -3,8 +3,9 @@ and :mod:`labkit.quant.codebook`.
 
 :class:`W8A16Linear` and :class:`NF4Linear` (one :class:`WeightOnlyLinear` base: they differ only
 in how they dequantize), :class:`W8A8Linear` (with SmoothQuant: :func:`smoothquant_scales`,
-:func:`collect_input_absmax`), :func:`quantize_model` to swap every ``nn.Linear``, and
-:func:`logit_difference` to compare the quantized model with the original.
+:func:`collect_input_absmax`; folded into the norms where a deployed model can:
+:func:`norm_fed_linears`, :func:`fold_smoothquant`), :func:`quantize_model` to swap every
+``nn.Linear``, and :func:`logit_difference` to compare the quantized model with the original.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ class W8A8Linear(nn.Module):
     fly, int32 accumulation, one rescale after the matmul (:func:`int8_linear_vectorwise`).
 
     With ``smooth`` (from :func:`smoothquant_scales`) the weight columns are multiplied by it and
-    the input divided by it first. In a deployed model ``1/s`` is folded into the previous
-    LayerNorm/RMSNorm weight for free; here it is an explicit multiply so any ``nn.Linear`` works.
+    the input divided by it first, an explicit multiply so any ``nn.Linear`` works. A deployed
+    model folds ``1/s`` into the preceding LayerNorm/RMSNorm for free, which only exists for the
+    linears :func:`norm_fed_linears` finds (:func:`fold_smoothquant`).
     """
 
     def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None):
@@ -174,18 +176,151 @@ def collect_input_absmax(
     return stats
 
 
+NORM_CLASSES = ("LayerNorm", "RMSNorm")
+
+
+def _first_output(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+@torch.no_grad()
+def norm_fed_linears(
+    model: nn.Module, batch: dict, skip: Iterable[str] = ("lm_head",)
+) -> dict[str, str]:
+    """``{linear name: norm name}`` for every ``nn.Linear`` (names ending in ``skip`` left out)
+    whose input IS a LayerNorm's or RMSNorm's output, seen on one forward pass of ``batch`` in
+    eval mode (dropout passes the tensor through). A linear after an activation (BERT's FFN
+    ``output.dense`` after GELU) or after attention (``o_proj``) is not one of them."""
+    candidates = set(linear_names(model, skip))
+    norms = {
+        n: m
+        for n, m in model.named_modules()
+        if type(m).__name__.endswith(NORM_CLASSES) and getattr(m, "weight", None) is not None
+    }
+    produced: dict[tuple[int, tuple[int, ...]], tuple[str, torch.Tensor]] = {}
+    feeds: dict[str, str] = {}
+
+    def norm_hook(name):
+        def fn(_module, _inputs, out):  # the tensor is kept alive: its memory is not reused
+            produced[(out.data_ptr(), tuple(out.shape))] = (name, out)
+
+        return fn
+
+    def linear_hook(name):
+        def fn(_module, inputs):
+            hit = produced.get((inputs[0].data_ptr(), tuple(inputs[0].shape)))
+            if hit is not None:
+                feeds[name] = hit[0]
+
+        return fn
+
+    handles = [m.register_forward_hook(norm_hook(n)) for n, m in norms.items()]
+    handles += [
+        model.get_submodule(n).register_forward_pre_hook(linear_hook(n)) for n in candidates
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return feeds
+
+
+def _scale_group(model: nn.Module, norm_name: str, linears: list[str], s: torch.Tensor) -> None:
+    """Divide the norm's weight (and bias) by ``s``, multiply the linears' columns by it."""
+    norm = model.get_submodule(norm_name)
+    norm.weight.div_(s.to(norm.weight.dtype))
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.div_(s.to(norm.bias.dtype))
+    for n in linears:
+        w = model.get_submodule(n).weight
+        w.mul_(s.to(w.dtype))
+
+
+def _groups(feeds: dict[str, str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for linear, norm in feeds.items():
+        groups.setdefault(norm, []).append(linear)
+    return groups
+
+
+@torch.no_grad()
+def smoothquant_foldable(
+    model: nn.Module, batch: dict, skip: Iterable[str] = ("lm_head",), rtol: float = 1e-4
+) -> dict[str, str]:
+    """The linears SmoothQuant can smooth for free, ``{linear: norm}``: those of
+    :func:`norm_fed_linears` whose norm's output reaches nothing else. Tested, one norm at a time:
+    scale the norm by random factors in [0.5, 2] and those linears' columns by their inverse;
+    the model's output on ``batch`` must not move (beyond ``rtol`` of its largest value). It
+    does move in a post-LN model (BERT), where each LayerNorm's output also feeds the residual."""
+    feeds = norm_fed_linears(model, batch, skip)
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    kept: dict[str, str] = {}
+    try:
+        ref = _first_output(model(**batch)).float()
+        for norm_name, linears in _groups(feeds).items():
+            modules = [model.get_submodule(n) for n in [norm_name, *linears]]
+            params = [p for m in modules for p in m.parameters(recurse=False)]
+            saved = [p.detach().clone() for p in params]
+            width = model.get_submodule(linears[0]).in_features
+            _scale_group(model, norm_name, linears, 0.5 + 1.5 * torch.rand(width, generator=gen))
+            out = _first_output(model(**batch)).float()
+            for p, old in zip(params, saved, strict=True):
+                p.copy_(old)
+            if (out - ref).abs().max() <= rtol * ref.abs().max():
+                kept.update(dict.fromkeys(linears, norm_name))
+    finally:
+        model.train(was_training)
+    return kept
+
+
+@torch.no_grad()
+def fold_smoothquant(
+    model: nn.Module,
+    act_absmax: dict[str, torch.Tensor],
+    feeds: dict[str, str],
+    alpha: float = 0.5,
+) -> list[str]:
+    """SmoothQuant as deployed, in place: for each norm and the linears that read it (``feeds``
+    from :func:`smoothquant_foldable`), one ``s`` from the shared input's ``max|X_j|`` and the
+    largest ``max|W_j|`` over those linears; the norm's weight and bias are divided by ``s``, the
+    linears' weight columns multiplied by it. The float model computes the same function (up to
+    rounding); quantize it afterwards (``quantize_model(m, "w8a8")``). Returns the smoothed
+    linears' names."""
+    groups = _groups(feeds)
+    for norm_name, linears in groups.items():
+        missing = [n for n in linears if n not in act_absmax]
+        if missing:
+            raise LabkitError(
+                f"no activation statistics for {missing[0]!r}; run collect_input_absmax on this model"
+            )
+        weights = torch.cat([model.get_submodule(n).weight.detach() for n in linears])
+        s = smoothquant_scales(act_absmax[linears[0]], weights, alpha)
+        _scale_group(model, norm_name, linears, s)
+    return [n for linears in groups.values() for n in linears]
+
+
 def quantize_model(
     model: nn.Module,
     kind: str = "w8a16",
     skip: Iterable[str] = ("lm_head",),
     act_absmax: dict[str, torch.Tensor] | None = None,
     alpha: float = 0.5,
+    smooth_only: Iterable[str] | None = None,
 ) -> list[str]:
     """Replace every ``nn.Linear`` (except names ending in ``skip``) in place; returns their names.
 
     ``kind``: ``w8a16`` (:class:`W8A16Linear`), ``nf4`` (:class:`NF4Linear`), ``w8a8``
-    (:class:`W8A8Linear`) or ``smoothquant`` (W8A8 after smoothing with ``act_absmax`` from
-    :func:`collect_input_absmax` and migration strength ``alpha``).
+    (:class:`W8A8Linear`) or ``smoothquant`` (W8A8 after smoothing EVERY linear with
+    ``act_absmax`` from :func:`collect_input_absmax` and migration strength ``alpha``, as an
+    explicit multiply: also where no norm precedes it, so more than a deployed model can fold;
+    :func:`fold_smoothquant` + ``w8a8`` is the deployable variant). ``smooth_only``: smooth
+    only these linears, plain W8A8 for the rest.
     """
     kinds = ("w8a16", "nf4", "w8a8", "smoothquant")
     if kind not in kinds:
@@ -195,6 +330,7 @@ def quantize_model(
             "smoothquant needs act_absmax (from collect_input_absmax); accepted: a dict name -> tensor"
         )
     names = linear_names(model, skip)
+    smooth_only = None if smooth_only is None else set(smooth_only)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -204,6 +340,8 @@ def quantize_model(
         elif kind == "nf4":
             new = NF4Linear(linear)
         elif kind == "w8a8":
+            new = W8A8Linear(linear)
+        elif smooth_only is not None and name not in smooth_only:
             new = W8A8Linear(linear)
         else:
             if name not in act_absmax:
@@ -217,15 +355,30 @@ def quantize_model(
 
 @torch.no_grad()
 def logit_difference(
-    model_a: nn.Module, model_b: nn.Module, input_ids: torch.Tensor
+    model_a: nn.Module,
+    model_b: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Max and mean absolute difference of two models' logits on ``input_ids``, and how often
-    their next-token argmax agrees."""
-    a = model_a(input_ids=input_ids).logits.float()
-    b = model_b(input_ids=input_ids).logits.float()
-    d = (a - b).abs()
+    their next-token argmax agrees, over the real tokens only when ``attention_mask`` is given
+    (padding positions predict nothing anyone reads; counting them would blur both figures)."""
+    real = (
+        torch.ones(input_ids.shape, dtype=torch.bool)
+        if attention_mask is None
+        else attention_mask.bool()
+    )
+    if real.shape != input_ids.shape:
+        raise LabkitError(
+            f"attention_mask has shape {tuple(real.shape)}, input_ids {tuple(input_ids.shape)}; "
+            "accepted: the tokenizer's attention_mask for these input_ids"
+        )
+    kw = {} if attention_mask is None else {"attention_mask": attention_mask}
+    a = model_a(input_ids=input_ids, **kw).logits.float()
+    b = model_b(input_ids=input_ids, **kw).logits.float()
+    d = (a - b).abs()[real]
     return {
         "max_abs": float(d.max()),
         "mean_abs": float(d.mean()),
-        "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+        "top1_agreement": float((a.argmax(-1) == b.argmax(-1))[real].float().mean()),
     }
