@@ -244,7 +244,7 @@ def test_modules_to_save_blocks_combination():
     line = adapters.error_line(
         model.add_weighted_adapter, ["default", "B"], [1.0, 1.0], "x", combination_type="linear"
     )
-    assert "modules_to_save" in line or "modules" in line
+    assert "modules_to_save" in line
 
 
 def test_quantized_merge_rounding_and_recipe(tmp_path):
@@ -260,6 +260,15 @@ def test_quantized_merge_rounding_and_recipe(tmp_path):
     assert result.original_base_merge > 1e-3  # the base's quantization error comes back
     assert result.requantized_merge > 1e-3
     assert "re-quantize" in result.summary()
+    assert result.positions == 3 * 12 - 3  # sample_inputs: 3 rows of 12, the last 3 padded
+    assert result.lost["dequantized merge"] <= 1e-4 < result.lost["4-bit merge"]
+    assert "float32 compute" in result.regime and result.scores == {}
+    scored = quantized_merge.check_quantized_merge(
+        tmp_path / "base", tmp_path / "adapter", tmp_path / "merged2",
+        compute_dtype=torch.bfloat16, score=lambda m: float(m.config.vocab_size),
+    )  # fmt: skip
+    assert "bfloat16 compute" in scored.regime
+    assert set(scored.scores) == {"served (4-bit + adapter)", *quantized_merge.ROUTES}
 
 
 def test_keep_cpu_4bit_layout(tmp_path):
