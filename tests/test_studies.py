@@ -260,3 +260,20 @@ def test_every_study_is_one_study():
     assert all(
         (Path(__file__).parents[1] / "benchmarks" / f"{s.name}.py").is_file() for s in studies
     )
+
+
+def test_lora_verdict_needs_three_seeds_and_a_gap_beyond_the_widths():
+    row = {"r": 1, "alpha": 2, "seeds": [0, 1, 2], "val_min": 0.12, "val_max": 0.19}
+    low = {
+        "r": 8,
+        "alpha": 16,
+        "rslora": True,
+        "seeds": [0, 1, 2],
+        "val_min": 0.01,
+        "val_max": 0.02,
+    }
+    assert lora_rank.verdict(row, low).startswith("r=8, alpha=16, rsLoRA: lower validation loss")
+    assert lora_rank.verdict(low, row) == lora_rank.verdict(row, low)
+    close = {**low, "val_min": 0.05, "val_max": 0.10}  # gap 0.02 < widths 0.07 + 0.05
+    assert "no conclusion" in lora_rank.verdict(row, close)
+    assert lora_rank.verdict(row, {**low, "seeds": [0]}) == "only 1 seed(s): no conclusion"

@@ -209,3 +209,25 @@ def summary(
             }
         )
     return out
+
+
+def name(row: dict[str, Any]) -> str:
+    """``r=8, alpha=16`` (``, rsLoRA`` when the point uses alpha/sqrt(r))."""
+    return f"r={row['r']}, alpha={row['alpha']}" + (", rsLoRA" if row.get("rslora") else "")
+
+
+def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Compare the validation loss of two :func:`summary` rows against their spread over seeds.
+
+    A finding needs three seeds on each side and a gap between the two seed ranges larger than
+    the ranges' widths added (conservative: three seeds understate the spread).
+    """
+    seeds = min(len(a["seeds"]), len(b["seeds"]))
+    if seeds < 3:
+        return f"only {seeds} seed(s): no conclusion"
+    widths = (a["val_max"] - a["val_min"]) + (b["val_max"] - b["val_min"])
+    for low, high in ((a, b), (b, a)):
+        gap = high["val_min"] - low["val_max"]
+        if gap > widths:
+            return f"{name(low)}: lower validation loss on every seed (gap {gap:.3f} > widths {widths:.3f})"
+    return f"gap not larger than the seed ranges' widths {widths:.3f}: no conclusion"

@@ -77,9 +77,18 @@ def _entry(config: tuple) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     return method, args, (rest[0] if rest else None)
 
 
+#: Methods whose exact match is decoded with the model's own forward pass
+#: (``peft_methods.greedy_answers``): for prefix tuning ``generate()`` is not faithful on this
+#: stack, cached or not (notebook 10, section 6). Every other method uses
+#: ``finetune.generate_answers``, which equals the forward-pass decoding for them.
+FORWARD_DECODED = ("prefix", "prefix-projection")
+
+
 def _point(group: str, config: tuple) -> dict[str, Any]:
     method, args, options = _entry(config)
     point = {"group": group, "method": method, "args": args}
+    if method in FORWARD_DECODED:
+        point["decode"] = "forward"
     return point if options is None else {**point, "attach": options}
 
 
@@ -129,15 +138,19 @@ def settings() -> dict[str, Any]:
     }
 
 
-def _correct(model, tok) -> list[int]:
-    """1 per held-out question (all 84) the model answers exactly, else 0."""
+def _correct(model, tok, decode: str = "generate") -> list[int]:
+    """1 per held-out question (all 84) the model answers exactly, else 0; ``decode="forward"``
+    decodes with the model's own forward pass (``peft_methods.greedy_answers``)."""
+    from labkit.data import loaders
     from labkit.training import finetune
 
-    ev = finetune.evaluate_chat(model, tok, "test")
-    return [
-        int(p.strip() == r.strip())
-        for p, r in zip(ev["predictions"], ev["references"], strict=True)
-    ]
+    rows = loaders.load_chat("test")
+    prompts = [r["prompt"] for r in rows]
+    if decode == "forward":
+        predictions = peft_methods.greedy_answers(model, tok, prompts)
+    else:
+        predictions = finetune.generate_answers(model, tok, prompts)
+    return [int(p.strip() == r["response"].strip()) for p, r in zip(predictions, rows, strict=True)]
 
 
 def _run(point: study.Point, seed: int) -> dict[str, Any]:
@@ -151,7 +164,7 @@ def _run(point: study.Point, seed: int) -> dict[str, Any]:
         model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **point["args"]
     )
     return {
-        "correct": _correct(model, tok),
+        "correct": _correct(model, tok, point.get("decode", "generate")),
         "final_loss": result.losses[-1],
         "val_loss": finetune.chat_loss(model, tok, "validation"),
         "steps": result.steps,

@@ -176,12 +176,15 @@ def count_terms(peft_config, model_config) -> dict[str, int]:
             terms["MLP head 2e->2e"] = 2 * e * 2 * e + 2 * e
             terms["MLP head 2e->h"] = 2 * e * h + h
     else:  # PREFIX_TUNING
+        # h here is peft's token_dim: d_kv = n_kv * head_dim, the width of one layer's keys
         if peft_config.prefix_projection:
-            terms["prefix token embeddings n*h"] = n * h
-            terms["projection h->e (h*e+e)"] = h * e + e
-            terms["projection e->2*L*h (e*2Lh+2Lh)"] = e * 2 * layers * h + 2 * layers * h
+            terms["prefix token embeddings n*d_kv"] = n * h
+            terms["projection d_kv->e (d_kv*e+e)"] = h * e + e
+            terms["projection e->2*L*d_kv (e*2L*d_kv+2L*d_kv)"] = (
+                e * 2 * layers * h + 2 * layers * h
+            )
         else:
-            terms["key/value prefixes n*L*2*h"] = n * layers * 2 * h
+            terms["key/value prefixes n*L*2*d_kv"] = n * layers * 2 * h
     terms.update(_modules_to_save_terms(peft_config, table))
     return terms
 
@@ -365,6 +368,41 @@ def attach(
         with torch.no_grad():
             rows.mul_(init_rms / rows.pow(2).mean().sqrt())
     return model
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
+    """Greedy answers decoded with the model's own forward pass, cut at the first newline.
+
+    Each new token is the argmax of ``model(input_ids).logits`` over the whole sequence so far:
+    the computation training optimised, with no ``generate()`` and no KV cache. Slow (every step
+    re-runs the sequence) but faithful, which ``generate()`` is not for prefix tuning with peft
+    0.21 + transformers 5: cached, it drops the prefix; with ``use_cache=False`` every step after
+    the first differs from this forward pass (notebook 10). Prompts of equal token length decode
+    together, so no padding is needed.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    answers = [""] * len(prompts)
+    for length, idx in groups.items():
+        ids = torch.tensor([encoded[i] for i in idx], device=device)
+        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= nxt == tokenizer.eos_token_id
+            if bool(done.all()):
+                break
+        for row, i in zip(ids[:, length:], idx, strict=True):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            answers[i] = text.strip().split("\n")[0].strip()
+    return answers
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
