@@ -178,7 +178,7 @@ def test_lora_summary_adds_the_notebook_seed_and_cuts_questions():
     assert rows[1]["val_max"] == 2.5  # the plain r=8, alpha=16 runs only, not the rsLoRA ones
     rs8 = next(row for row in rows if row["rslora"] and row["r"] == 8)
     assert rs8["val_min"] == 11.5 and rs8["scale"] == pytest.approx(16 / 8**0.5)
-    assert first["gap_min"] == pytest.approx(0.1) and first["gap_max"] == pytest.approx(2.5)
+    assert first["ratio_min"] == pytest.approx(0.1) and first["ratio_max"] == pytest.approx(2.5)
     with pytest.raises(LabkitError, match="scored fewer"):
         lora_rank.summary(_lora_record(), limit=10)
     with pytest.raises(LabkitError, match="record has no point r=1, alpha=2"):

@@ -189,7 +189,7 @@ def summary(
             raise LabkitError(f"exact match over {n} questions asked; some points scored fewer")
         em = study.spread([sum(p["correct"][:n]) / n for p in rows])
         val = study.spread([p["val_loss"] for p in rows])
-        gap = study.spread([p["val_loss"] / p["losses"][-1] for p in rows])
+        ratio = study.spread([p["val_loss"] / p["losses"][-1] for p in rows])
         out.append(
             {
                 "r": r,
@@ -204,8 +204,8 @@ def summary(
                 "val_min": val.min,
                 "val_mean": val.mean,
                 "val_max": val.max,
-                "gap_min": gap.min,
-                "gap_max": gap.max,
+                "ratio_min": ratio.min,
+                "ratio_max": ratio.max,
             }
         )
     return out
