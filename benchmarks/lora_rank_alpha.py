@@ -1,6 +1,7 @@
 """LoRA rank and alpha at equal steps, over three seeds (the record notebook 11 reads).
 
 Every point of ``labkit.studies.lora_rank.GRID`` (rank 1 vs 8 at alpha/r = 2, then alpha at r = 8)
+and of ``RSLORA_GRID`` (rank 1 vs 8 at alpha 16 with rsLoRA's alpha/sqrt(r))
 trains from ``labkit.tuners.peft_methods.TRAIN_ARGS["lora"]`` (same epochs, so the same steps) with
 seeds 1 and 2 (the notebook trains seed 0 itself), and is scored on all 84 held-out questions
 (which ones are answered exactly, so any first-N exact match can be recomputed) and by the
@@ -23,11 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     record = lora_rank.STUDY.make(
         args.out, jobs=args.jobs, resume=args.resume, replace=args.replace
     )
-    print("| r | alpha | alpha/r | EM min | EM mean | EM max | val loss mean |")
+    print("| r | alpha | scale s | EM min | EM mean | EM max | val loss mean |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in lora_rank.summary(record):
+        rule = "alpha/sqrt(r)" if row["rslora"] else "alpha/r"
         print(
-            f"| {row['r']} | {row['alpha']} | {row['scale']:g} | {row['em_min']:.2f} | "
+            f"| {row['r']} | {row['alpha']} | {row['scale']:.3g} ({rule}) | {row['em_min']:.2f} | "
             f"{row['em_mean']:.2f} | {row['em_max']:.2f} | {row['val_mean']:.3f} |"
         )
     return 0

@@ -214,6 +214,34 @@ def test_combine_variants(kind, extra):
     assert adapters.max_logit_diff(combined, adapters.logits(model, x)) > 1e-4
 
 
+def test_combine_again_under_the_active_name_replaces_it_quietly():
+    """Re-combining under the name of the active adapter (a weight sweep) replaces it without
+    peft's "was active which is now deleted" warning from every layer."""
+    import warnings
+
+    model = two_adapter_model()
+    adapters.combine(model, ["default", "B"], [0.25, 0.75], "linear", name="sweep")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        adapters.combine(model, ["default", "B"], [0.75, 0.25], "linear", name="sweep")
+    assert model.active_adapters == ["sweep"] and list(model.peft_config).count("sweep") == 1
+
+
+def test_linear_combines_the_factors_and_is_not_the_weighted_sum_of_the_updates():
+    """peft's linear mixes A's and B's separately (sqrt(w*s) on each), so its B·A holds cross
+    terms; cat is exactly the weighted sum of the ΔW's."""
+    model = two_adapter_model()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    target = 0.5 * adapters.lora_delta(layer, "default") + 0.5 * adapters.lora_delta(layer, "B")
+    for kind in ("linear", "cat"):
+        adapters.combine(model, ["default", "B"], [0.5, 0.5], kind, name=kind)
+    error = {
+        k: float((adapters.lora_delta(layer, k) - target).norm() / target.norm())
+        for k in ("linear", "cat")
+    }
+    assert error["cat"] < 1e-5 < 0.1 < error["linear"]
+
+
 def test_cat_of_two_adapters_with_weight_one_is_their_sum():
     model = two_adapter_model()
     adapters.combine(model, ["default", "B"], [1.0, 1.0], "cat", name="both")
@@ -244,7 +272,7 @@ def test_modules_to_save_blocks_combination():
     line = adapters.error_line(
         model.add_weighted_adapter, ["default", "B"], [1.0, 1.0], "x", combination_type="linear"
     )
-    assert "modules_to_save" in line or "modules" in line
+    assert "modules_to_save" in line
 
 
 def test_quantized_merge_rounding_and_recipe(tmp_path):
@@ -260,6 +288,15 @@ def test_quantized_merge_rounding_and_recipe(tmp_path):
     assert result.original_base_merge > 1e-3  # the base's quantization error comes back
     assert result.requantized_merge > 1e-3
     assert "re-quantize" in result.summary()
+    assert result.positions == 3 * 12 - 3  # sample_inputs: 3 rows of 12, the last 3 padded
+    assert result.lost["dequantized merge"] <= 1e-4 < result.lost["4-bit merge"]
+    assert "float32 compute" in result.regime and result.scores == {}
+    scored = quantized_merge.check_quantized_merge(
+        tmp_path / "base", tmp_path / "adapter", tmp_path / "merged2",
+        compute_dtype=torch.bfloat16, score=lambda m: float(m.config.vocab_size),
+    )  # fmt: skip
+    assert "bfloat16 compute" in scored.regime
+    assert set(scored.scores) == {"served (4-bit + adapter)", *quantized_merge.ROUTES}
 
 
 def test_keep_cpu_4bit_layout(tmp_path):

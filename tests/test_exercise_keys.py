@@ -215,14 +215,22 @@ def test_08_1_is_peft_prompt_tuning_count():
     _right_and_wrong("08.1", n, n + 1, 20 * 768)
 
 
-def test_08_2_is_a_real_first_adam_step_over_the_embedding_rms():
+def test_08_2_is_the_lr_giving_text_rows_random_rows_relative_first_step():
+    """A real first Adam step: lr 0.3 on N(0, 1) rows moves them by 0.3 of their RMS; the answer
+    moves the token embeddings (what text rows are) by the same fraction."""
     weight = zoo.load_model("zoo-llama").get_input_embeddings().weight.detach()
-    p = torch.nn.Parameter(weight.clone())
-    p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(0))
-    torch.optim.Adam([p], lr=0.3).step()
-    step_rms = (p.detach() - weight).pow(2).mean().sqrt()
-    ratio = (step_rms / weight.pow(2).mean().sqrt()).item()
-    _right_and_wrong("08.2", ratio, ratio * 1.1, 1 / ratio)
+    gen = torch.Generator().manual_seed(0)
+
+    def relative_step(rows: torch.Tensor, lr: float) -> float:
+        p = torch.nn.Parameter(rows.clone())
+        p.grad = torch.randn(p.shape, generator=gen)
+        torch.optim.Adam([p], lr=lr).step()
+        return ((p.detach() - rows).pow(2).mean().sqrt() / rows.pow(2).mean().sqrt()).item()
+
+    target = relative_step(torch.randn(8, weight.shape[1], generator=gen), 0.3)
+    answer = 0.3 * weight.pow(2).mean().sqrt().item()
+    assert relative_step(weight, answer) == pytest.approx(target, rel=0.05)
+    _right_and_wrong("08.2", answer, 0.3 / weight.pow(2).mean().sqrt().item(), 0.3)
 
 
 def test_09_1_is_peft_p_tuning_mlp_count():

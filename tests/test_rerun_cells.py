@@ -99,7 +99,7 @@ def _digest(folder: Path) -> str:
 def test_notebook_11_training_cell_reruns_from_a_fresh_model():
     k = Kernel(
         NOTEBOOKS / "11_lora.ipynb",
-        "EVAL_LIMIT = 8\nSWEEP = []\nSCALING_RANKS = [1, 4]",
+        "EVAL_LIMIT = 8\nSWEEP = []\nRS_SWEEP = []\nSCALING_RANKS = [1, 4]",
     )
     with k.client.setup_kernel():
         k.run_all()

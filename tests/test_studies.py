@@ -113,6 +113,23 @@ def test_peft_errors_are_one_line():
         peft_seeds.summary(_peft_record(with_full=False), "12")  # no silent skip
 
 
+def test_peft_runs_with_attach_options_are_their_own_configuration():
+    """Notebook 08's rescaled text init has the same method and args as the plain text init:
+    its runs must never count as the plain one's, nor the other way round."""
+    args = dict(peft_seeds.GRID["08"][0][1])
+    plain = [{"group": "08", "method": "prompt-text", "args": args, "seed": s, "correct": [1, 0],
+              "final_loss": 1.0, "val_loss": 1.0, "steps": 165} for s in range(3)]  # fmt: skip
+    scaled = [{**r, "attach": {"init_rms": 1.0}, "correct": [1, 1]} for r in plain]
+    rec = {"runs": plain + scaled, "baseline": [0, 0]}
+    assert peft_seeds.scores(rec, "prompt-text", args) == [0.5, 0.5, 0.5]
+    assert peft_seeds.scores(rec, "prompt-text", args, attach={"init_rms": 1.0}) == [1.0] * 3
+    assert peft_seeds.label("prompt-text", {"init_rms": 1.0}) == "prompt-text (init_rms 1)"
+    points = [p for p in peft_seeds.STUDY.points if p["group"] == "08"]
+    assert sum("attach" in p for p in points) == 1
+    with pytest.raises(LabkitError, match=r'unknown configuration "prompt-text \(init_rms 2\)'):
+        peft_seeds.scores(rec, "prompt-text", args, attach={"init_rms": 2.0})
+
+
 def test_defaults_below_fails_on_a_default_without_runs():
     with pytest.raises(LabkitError, match="no runs of the course default prompt "):
         peft_seeds.defaults_below(_peft_record(), min_gain=0.3)
@@ -138,6 +155,10 @@ def _lora_record():
          "correct": [True, s == 1, False, True]}
         for r, a in lora_rank.GRID for s in lora_rank.SEEDS
     ]  # fmt: skip
+    runs += [  # the rsLoRA points: val loss 10 higher, so a mix-up with the plain ones shows
+        {**run, "r": r, "alpha": a, "rslora": True, "val_loss": run["val_loss"] + 10}
+        for r, a in lora_rank.RSLORA_GRID for run in runs[: len(lora_rank.SEEDS)]
+    ]  # fmt: skip
     return {"settings": lora_rank.STUDY.current_settings(), "runs": runs}
 
 
@@ -154,6 +175,10 @@ def test_lora_summary_adds_the_notebook_seed_and_cuts_questions():
     assert first["em_min"] == 0.0 and first["em_max"] == 1.0
     assert first["val_min"] == 0.1 and first["val_max"] == 2.5
     assert rows[1]["seeds"] == [1, 2]  # no extra point for r=8, alpha=16
+    assert rows[1]["val_max"] == 2.5  # the plain r=8, alpha=16 runs only, not the rsLoRA ones
+    rs8 = next(row for row in rows if row["rslora"] and row["r"] == 8)
+    assert rs8["val_min"] == 11.5 and rs8["scale"] == pytest.approx(16 / 8**0.5)
+    assert first["ratio_min"] == pytest.approx(0.1) and first["ratio_max"] == pytest.approx(2.5)
     with pytest.raises(LabkitError, match="scored fewer"):
         lora_rank.summary(_lora_record(), limit=10)
     with pytest.raises(LabkitError, match="record has no point r=1, alpha=2"):
@@ -258,3 +283,20 @@ def test_every_study_is_one_study():
     assert all(
         (Path(__file__).parents[1] / "benchmarks" / f"{s.name}.py").is_file() for s in studies
     )
+
+
+def test_lora_verdict_needs_three_seeds_and_a_gap_beyond_the_widths():
+    row = {"r": 1, "alpha": 2, "seeds": [0, 1, 2], "val_min": 0.12, "val_max": 0.19}
+    low = {
+        "r": 8,
+        "alpha": 16,
+        "rslora": True,
+        "seeds": [0, 1, 2],
+        "val_min": 0.01,
+        "val_max": 0.02,
+    }
+    assert lora_rank.verdict(row, low).startswith("r=8, alpha=16, rsLoRA: lower validation loss")
+    assert lora_rank.verdict(low, row) == lora_rank.verdict(row, low)
+    close = {**low, "val_min": 0.05, "val_max": 0.10}  # gap 0.02 < widths 0.07 + 0.05
+    assert "no conclusion" in lora_rank.verdict(row, close)
+    assert lora_rank.verdict(row, {**low, "seeds": [0]}) == "only 1 seed(s): no conclusion"

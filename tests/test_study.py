@@ -107,6 +107,32 @@ def test_resume_refuses_a_record_made_with_other_settings(tmp_path, monkeypatch)
     assert s.make(out, replace=True)["settings"]["learning_rate"] == 0.2
 
 
+def test_resume_runs_only_the_points_a_grid_gained(tmp_path):
+    """A grid that gains a point (here one with an extra field, like notebook 08's rescaled text
+    init next to the plain one) keeps every recorded run and runs only the new point's seeds;
+    load() says to --resume, not to start afresh."""
+    out = tmp_path / "fake.json"
+    old = _study(tmp_path, xs=(1,), seeds=(0, 1))
+    first = old.make(out)
+    grown = study.Study(
+        name="fake",
+        points=(*old.points, {**old.points[0], "extra": True}),
+        seeds=(0, 1),
+        run=fake_run,
+        settings=_settings,
+        baseline=fake_baseline,
+    )
+    with pytest.raises(LabkitError, match=r"changed: points\); run the new points with --resume"):
+        grown.load(out)
+    before = len(_calls(tmp_path))
+    record = grown.make(out, resume=True)
+    assert sorted(_calls(tmp_path)[before:]) == ["1 0", "1 1"]  # the new point's two seeds only
+    assert [r for r in record["runs"] if "extra" not in r] == first["runs"]
+    assert len(study.runs_of(record, grown.points[1])) == 2 and len(record["runs"]) == 4
+    assert grown.load(out)["settings"]["points"] == list(grown.points)
+    assert [r.get("extra", False) for r in record["runs"]] == [False, False, True, True]
+
+
 def test_load_refuses_a_stale_record(tmp_path, monkeypatch):
     out = tmp_path / "fake.json"
     _study(tmp_path, seeds=(0,)).make(out)

@@ -310,12 +310,13 @@ def _zoo_hidden() -> int:
     return zoo.load_config("zoo-llama").hidden_size
 
 
-def _first_step_over_embedding_rms(lr: float = 0.3) -> float:
-    """Adam's first step (~lr per coordinate) over the RMS of zoo-llama's token embeddings."""
+def _lr_matching_random_step(lr: float = 0.3) -> float:
+    """The learning rate whose first Adam step (~lr per coordinate) moves text-initialised rows
+    (RMS = zoo-llama's token embeddings') by the fraction ``lr`` moves N(0, 1) rows (RMS 1)."""
     from labkit.models import zoo
 
     weight = zoo.load_model("zoo-llama").get_input_embeddings().weight.detach()
-    return lr / weight.pow(2).mean().sqrt().item()
+    return lr * weight.pow(2).mean().sqrt().item()
 
 
 EXERCISES.update(
@@ -325,9 +326,10 @@ EXERCISES.update(
             "each virtual token is one row as wide as the model's hidden size",
         ),
         "08.2": Exercise(
-            number(_first_step_over_embedding_rms, rel=0.02),
-            "Adam's first update is about lr on every coordinate; divide by the RMS of the "
-            "embedding matrix (square, mean, square root)",
+            number(_lr_matching_random_step, rel=0.05),
+            "Adam's first update is about lr on every coordinate, so the relative step is "
+            "lr / RMS of the rows; random rows have RMS 1, text rows the embedding matrix's RMS "
+            "(square, mean, square root)",
         ),
     }
 )

@@ -25,6 +25,9 @@ _R, _ALPHA = peft_methods.DEFAULTS["lora"]["r"], peft_methods.DEFAULTS["lora"]["
 #: (r, lora_alpha): rank 1 against the default rank 8 at the course's scale alpha/r = 2, then
 #: alpha at r = 8 (the default 16, 2 and 128).
 GRID: tuple[tuple[int, int], ...] = ((1, _ALPHA // _R), (_R, _ALPHA), (_R, 2), (_R, 128))
+#: (r, lora_alpha) with rsLoRA (scale alpha/sqrt(r)): rank 1 against rank 8 at one alpha, so that
+#: both take updates of about the same size (notebook 11, section 6) and only the rank differs.
+RSLORA_GRID: tuple[tuple[int, int], ...] = ((1, _ALPHA), (_R, _ALPHA))
 #: Seeds the benchmark records; notebook 11 trains seed 0 itself, so three seeds in all.
 SEEDS: tuple[int, ...] = (1, 2)
 
@@ -40,6 +43,7 @@ class Point:
     losses: list[float]
     val_loss: float
     correct: list[bool]
+    rslora: bool = False
 
     @property
     def exact_match(self) -> float:
@@ -48,8 +52,8 @@ class Point:
 
     @property
     def scale(self) -> float:
-        """peft's scaling of ΔW = B·A without rsLoRA: ``alpha / r``."""
-        return self.alpha / self.r
+        """peft's scaling of ΔW = B·A: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
+        return self.alpha / self.r**0.5 if self.rslora else self.alpha / self.r
 
 
 def _check_rank_alpha(r: Any, alpha: Any) -> None:
@@ -58,8 +62,11 @@ def _check_rank_alpha(r: Any, alpha: Any) -> None:
             raise LabkitError(f"{what} must be a number > 0, got {value!r}")
 
 
-def train_point(tok, r: int, alpha: int, seed: int = 0, limit: int | None = None) -> Point:
-    """Train LoRA (all linear layers, rank ``r``, ``lora_alpha``) from a fresh base and score it.
+def train_point(
+    tok, r: int, alpha: int, seed: int = 0, limit: int | None = None, rslora: bool = False
+) -> Point:
+    """Train LoRA (all linear layers, rank ``r``, ``lora_alpha``; ``rslora``: scale alpha/sqrt(r))
+    from a fresh base and score it.
 
     Training arguments are ``labkit.tuners.peft_methods.TRAIN_ARGS["lora"]`` (same epochs, so the same number of
     steps, for every point); ``seed`` sets the adapter init and the data order. ``limit`` cuts the
@@ -68,7 +75,9 @@ def train_point(tok, r: int, alpha: int, seed: int = 0, limit: int | None = None
     from labkit.training import finetune
 
     _check_rank_alpha(r, alpha)
-    model = peft_methods.attach(MODEL_ID, "lora", seed=seed, r=int(r), lora_alpha=alpha)
+    model = peft_methods.attach(
+        MODEL_ID, "lora", seed=seed, r=int(r), lora_alpha=alpha, use_rslora=bool(rslora)
+    )
     run = finetune.train(
         model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **peft_methods.TRAIN_ARGS["lora"]
     )
@@ -83,6 +92,7 @@ def train_point(tok, r: int, alpha: int, seed: int = 0, limit: int | None = None
         losses=list(run.losses),
         val_loss=val,
         correct=correct,
+        rslora=bool(rslora),
     )
 
 
@@ -135,13 +145,15 @@ def _run(point: study.Point, seed: int) -> dict[str, Any]:
     """One point of the benchmark: :func:`train_point` on all 84 held-out questions."""
     from labkit.models import zoo
 
-    p = train_point(zoo.load_tokenizer(MODEL_ID), point["r"], point["alpha"], seed=seed)
+    rs = point.get("rslora", False)
+    p = train_point(zoo.load_tokenizer(MODEL_ID), point["r"], point["alpha"], seed=seed, rslora=rs)
     return {"steps": p.steps, "losses": p.losses, "val_loss": p.val_loss, "correct": p.correct}
 
 
 STUDY = study.Study(
     name="lora_rank_alpha",
-    points=tuple({"r": r, "alpha": a} for r, a in GRID),
+    points=tuple({"r": r, "alpha": a} for r, a in GRID)
+    + tuple({"r": r, "alpha": a, "rslora": True} for r, a in RSLORA_GRID),
     seeds=SEEDS,
     run=_run,
     settings=settings,
@@ -152,34 +164,38 @@ load = STUDY.load
 def summary(
     record: dict[str, Any], extra: list[Point] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """Per (r, alpha): exact match and validation loss over the seeds (min, mean, max).
+    """Per (r, alpha, rslora): exact match, validation loss, and the validation loss over the
+    last logged training loss (held-out gap) over the seeds (min, mean, max).
 
     ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
     """
     out = []
     for point in record["settings"]["points"]:
-        r, alpha = point["r"], point["alpha"]
-        rows = study.runs_of(record, point)
+        r, alpha, rs = point["r"], point["alpha"], point.get("rslora", False)
+        rows = [p for p in study.runs_of(record, point) if p.get("rslora", False) == rs]
         rows += [
-            {"val_loss": p.val_loss, "correct": p.correct, "seed": p.seed}
+            {"val_loss": p.val_loss, "correct": p.correct, "seed": p.seed, "losses": p.losses}
             for p in extra
-            if p.r == r and p.alpha == alpha
+            if (p.r, p.alpha, p.rslora) == (r, alpha, rs)
         ]
         if not rows:
             raise LabkitError(
-                f"record has no point r={r}, alpha={alpha}; re-make it: {STUDY.rerun}"
+                f"record has no point r={r}, alpha={alpha}{', rsLoRA' if rs else ''}; "
+                f"re-make it: {STUDY.rerun}"
             )
         n = limit or min(len(p["correct"]) for p in rows)
         if any(len(p["correct"]) < n for p in rows):
             raise LabkitError(f"exact match over {n} questions asked; some points scored fewer")
         em = study.spread([sum(p["correct"][:n]) / n for p in rows])
         val = study.spread([p["val_loss"] for p in rows])
+        ratio = study.spread([p["val_loss"] / p["losses"][-1] for p in rows])
         out.append(
             {
                 "r": r,
                 "alpha": alpha,
-                "scale": alpha / r,
+                "rslora": rs,
+                "scale": alpha / r**0.5 if rs else alpha / r,
                 "seeds": sorted(p["seed"] for p in rows),
                 "questions": n,
                 "em_min": em.min,
@@ -188,6 +204,30 @@ def summary(
                 "val_min": val.min,
                 "val_mean": val.mean,
                 "val_max": val.max,
+                "ratio_min": ratio.min,
+                "ratio_max": ratio.max,
             }
         )
     return out
+
+
+def name(row: dict[str, Any]) -> str:
+    """``r=8, alpha=16`` (``, rsLoRA`` when the point uses alpha/sqrt(r))."""
+    return f"r={row['r']}, alpha={row['alpha']}" + (", rsLoRA" if row.get("rslora") else "")
+
+
+def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Compare the validation loss of two :func:`summary` rows against their spread over seeds.
+
+    A finding needs three seeds on each side and a gap between the two seed ranges larger than
+    the ranges' widths added (conservative: three seeds understate the spread).
+    """
+    seeds = min(len(a["seeds"]), len(b["seeds"]))
+    if seeds < 3:
+        return f"only {seeds} seed(s): no conclusion"
+    widths = (a["val_max"] - a["val_min"]) + (b["val_max"] - b["val_min"])
+    for low, high in ((a, b), (b, a)):
+        gap = high["val_min"] - low["val_max"]
+        if gap > widths:
+            return f"{name(low)}: lower validation loss on every seed (gap {gap:.3f} > widths {widths:.3f})"
+    return f"gap not larger than the seed ranges' widths {widths:.3f}: no conclusion"

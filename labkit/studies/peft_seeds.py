@@ -26,17 +26,26 @@ def _default(method: str, **change: Any) -> tuple[str, dict[str, Any]]:
     return method, {**peft_methods.TRAIN_ARGS[method], **change}
 
 
-#: Per notebook: the (method, training arguments) it compares, three seeds each, from the course
-#: defaults (``peft_methods.TRAIN_ARGS``). Prompt tuning: text init at the default learning rate
-#: (0.3) and at 0.03 and 0.01 (0.01 moves the rows by about the same fraction of their scale as
-#: 0.3 moves random N(0,1) rows), random init at the default. P-tuning: both encoders at the MLP's
+#: The peft docs' prompt-tuning recipe (``docs/source/task_guides/prompt_based_methods.md``):
+#: AdamW at 3e-2 with linear decay to zero for 50 epochs of a 50-example set in batches of 16,
+#: i.e. 200 steps. Here 18 epochs of 11 batches: 198 steps (weight decay stays the course's 0).
+PEFT_DOCS_PROMPT = {"num_train_epochs": 18, "learning_rate": 3e-2, "lr_scheduler_type": "linear"}
+
+#: Per notebook: the (method, training arguments[, attach options]) it compares, three seeds
+#: each, from the course defaults (``peft_methods.TRAIN_ARGS``). Prompt tuning: text init at the
+#: default learning rate (0.3) and at 0.03 and 0.01 (0.01 moves the rows by about the same
+#: fraction of their scale as 0.3 moves random N(0,1) rows), random init at the default, the peft
+#: docs' recipe, and the text init rescaled to the random rows' RMS (``init_rms=1``) at 0.3: the
+#: same relative step as random, only the direction differs. P-tuning: both encoders at the MLP's
 #: 15 epochs, each at its own learning rate (the LSTM's default is 20 epochs: see "defaults").
-#: Prefix tuning: with and without projection at their defaults. Notebook 12 adds LoRA and full
-#: fine-tuning at their defaults (its other methods are above).
-GRID: dict[str, list[tuple[str, dict[str, Any]]]] = {
+#: Prefix tuning: with and without projection at their defaults, and each at the other's learning
+#: rate. Notebook 12 adds LoRA and full fine-tuning at their defaults (its other methods are above).
+GRID: dict[str, list[tuple]] = {
     "08": [_default("prompt-text")]
     + [_default("prompt-text", learning_rate=lr) for lr in (0.03, 0.01)]
-    + [_default("prompt")],
+    + [_default("prompt")]
+    + [("prompt-text", PEFT_DOCS_PROMPT)]
+    + [(*_default("prompt-text"), {"init_rms": 1.0})],
     "09": [
         _default("p-tuning-mlp"),
         _default(
@@ -44,13 +53,57 @@ GRID: dict[str, list[tuple[str, dict[str, Any]]]] = {
             num_train_epochs=peft_methods.TRAIN_ARGS["p-tuning-mlp"]["num_train_epochs"],
         ),
     ],
-    "10": [_default("prefix"), _default("prefix-projection")],
+    "10": [
+        _default("prefix"),
+        _default("prefix-projection"),
+        _default(
+            "prefix", learning_rate=peft_methods.TRAIN_ARGS["prefix-projection"]["learning_rate"]
+        ),
+        _default(
+            "prefix-projection", learning_rate=peft_methods.TRAIN_ARGS["prefix"]["learning_rate"]
+        ),
+    ],
     "12": [_default("lora"), _default("full")],
 }
 #: "defaults": every course default no notebook compares (P-tuning's LSTM at its 20 epochs), so
 #: that :func:`defaults_below` judges every entry of ``TRAIN_ARGS``.
 _COMPARED = [config for configs in GRID.values() for config in configs]
 GRID["defaults"] = [_default(m) for m in peft_methods.TRAIN_ARGS if _default(m) not in _COMPARED]
+
+
+def _entry(config: tuple) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """``(method, args, attach options or None)`` of a :data:`GRID` entry."""
+    method, args, *rest = config
+    return method, args, (rest[0] if rest else None)
+
+
+#: Methods whose exact match is decoded with the model's own forward pass
+#: (``peft_methods.greedy_answers``): for prefix tuning ``generate()`` is not faithful on this
+#: stack, cached or not (notebook 10, section 6). Every other method uses
+#: ``finetune.generate_answers``, which equals the forward-pass decoding for them.
+FORWARD_DECODED = ("prefix", "prefix-projection")
+
+
+def _point(group: str, config: tuple) -> dict[str, Any]:
+    method, args, options = _entry(config)
+    point = {"group": group, "method": method, "args": args}
+    if method in FORWARD_DECODED:
+        point["decode"] = "forward"
+    return point if options is None else {**point, "attach": options}
+
+
+def _runs(record: dict, method: str, args: dict, attach: dict | None = None) -> list[dict]:
+    """The recorded runs of one configuration; ``attach`` must match too (a run made with
+    ``init_rms`` is not a run of the plain text init)."""
+    found = study.runs_of(record, {"method": method, "args": args})
+    return [r for r in found if r.get("attach") == attach]
+
+
+def label(method: str, attach: dict | None = None) -> str:
+    """The name a table shows for a configuration: the method, plus its attach options."""
+    extra = ", ".join(f"{k} {v:g}" for k, v in (attach or {}).items())
+    return f"{method} ({extra})" if extra else method
+
 
 #: Trainer settings every run shares (from ``labkit.training.finetune.training_arguments``).
 _TRAINER_KEYS = (
@@ -85,15 +138,19 @@ def settings() -> dict[str, Any]:
     }
 
 
-def _correct(model, tok) -> list[int]:
-    """1 per held-out question (all 84) the model answers exactly, else 0."""
+def _correct(model, tok, decode: str = "generate") -> list[int]:
+    """1 per held-out question (all 84) the model answers exactly, else 0; ``decode="forward"``
+    decodes with the model's own forward pass (``peft_methods.greedy_answers``)."""
+    from labkit.data import loaders
     from labkit.training import finetune
 
-    ev = finetune.evaluate_chat(model, tok, "test")
-    return [
-        int(p.strip() == r.strip())
-        for p, r in zip(ev["predictions"], ev["references"], strict=True)
-    ]
+    rows = loaders.load_chat("test")
+    prompts = [r["prompt"] for r in rows]
+    if decode == "forward":
+        predictions = peft_methods.greedy_answers(model, tok, prompts)
+    else:
+        predictions = finetune.generate_answers(model, tok, prompts)
+    return [int(p.strip() == r["response"].strip()) for p, r in zip(predictions, rows, strict=True)]
 
 
 def _run(point: study.Point, seed: int) -> dict[str, Any]:
@@ -102,12 +159,12 @@ def _run(point: study.Point, seed: int) -> dict[str, Any]:
     from labkit.training import finetune
 
     tok = zoo.load_tokenizer(MODEL_ID)
-    model = peft_methods.attach(MODEL_ID, point["method"], seed=seed)
+    model = peft_methods.attach(MODEL_ID, point["method"], seed=seed, **point.get("attach", {}))
     result = finetune.train(
         model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **point["args"]
     )
     return {
-        "correct": _correct(model, tok),
+        "correct": _correct(model, tok, point.get("decode", "generate")),
         "final_loss": result.losses[-1],
         "val_loss": finetune.chat_loss(model, tok, "validation"),
         "steps": result.steps,
@@ -125,9 +182,7 @@ def _base_correct() -> list[int]:
 
 STUDY = study.Study(
     name="peft_seeds",
-    points=tuple(
-        {"group": g, "method": m, "args": a} for g, configs in GRID.items() for m, a in configs
-    ),
+    points=tuple(_point(g, c) for g, configs in GRID.items() for c in configs),
     seeds=(0, 1, 2),
     run=_run,
     settings=settings,
@@ -136,12 +191,16 @@ STUDY = study.Study(
 load = STUDY.load
 
 
-def scores(record: dict, method: str, args: dict, limit: int | None = None) -> list[float]:
+def scores(
+    record: dict, method: str, args: dict, limit: int | None = None, attach: dict | None = None
+) -> list[float]:
     """Exact match per seed of one configuration, on the first ``limit`` held-out questions."""
-    found = study.runs_of(record, {"method": method, "args": args})
+    found = _runs(record, method, args, attach)
     if not found:
-        known = sorted({f"{r['method']} {r['args']}" for r in record["runs"]})
-        raise unknown("configuration", f"{method} {args}", known)
+        known = sorted(
+            {f"{label(r['method'], r.get('attach'))} {r['args']}" for r in record["runs"]}
+        )
+        raise unknown("configuration", f"{label(method, attach)} {args}", known)
     return [sum(r["correct"][:limit]) / len(r["correct"][:limit]) for r in found]
 
 
@@ -152,19 +211,24 @@ def base_score(record: dict, limit: int | None = None) -> float:
 
 
 def summary(record: dict, group: str, limit: int | None = None) -> list[dict]:
-    """One row per configuration of ``group`` (a notebook, or "defaults"): method, lr, epochs,
-    steps, EM per seed, mean, min, max, and the mean final training / validation loss."""
+    """One row per configuration of ``group`` (a notebook, or "defaults"): method (``name`` adds
+    its attach options), lr, schedule, epochs, steps, EM per seed, mean, min, max, and the mean
+    final training / validation loss."""
     if group not in GRID:
         raise unknown("group", group, GRID)
     rows = []
-    for method, args in GRID[group]:
-        em = study.spread(scores(record, method, args, limit))
-        runs = study.runs_of(record, {"method": method, "args": args})
+    for config in GRID[group]:
+        method, args, attach = _entry(config)
+        em = study.spread(scores(record, method, args, limit, attach))
+        runs = _runs(record, method, args, attach)
         losses = [study.spread([r[k] for r in runs]).mean for k in ("final_loss", "val_loss")]
         rows.append(
             {
                 "method": method,
+                "attach": attach,
+                "name": label(method, attach),
                 "lr": args["learning_rate"],
+                "schedule": args.get("lr_scheduler_type", "linear"),
                 "epochs": args["num_train_epochs"],
                 "steps": runs[0]["steps"],
                 "em": list(em.values),
@@ -181,12 +245,13 @@ def summary(record: dict, group: str, limit: int | None = None) -> list[dict]:
 def format_summary(rows: list[dict]) -> str:
     """The rows of :func:`summary` as an aligned text table."""
     n = max((len(r["em"]) for r in rows), default=0)
-    head = f"{'method':<18}{'lr':>7}{'epochs':>7}{'steps':>6}"
+    width = max([18] + [len(r["name"]) + 1 for r in rows])
+    head = f"{'method':<{width}}{'lr':>7}{'schedule':>9}{'epochs':>7}{'steps':>6}"
     head += "".join(f"{'seed ' + str(s):>8}" for s in range(n))
     head += f"{'mean':>7}{'spread':>8}{'train loss':>11}{'val loss':>9}"
     lines = [head]
     for r in rows:
-        line = f"{r['method']:<18}{r['lr']:>7g}{r['epochs']:>7}{r['steps']:>6}"
+        line = f"{r['name']:<{width}}{r['lr']:>7g}{r['schedule']:>9}{r['epochs']:>7}{r['steps']:>6}"
         line += "".join(f"{x:>8.2f}" for x in r["em"])
         line += f"{r['mean']:>7.2f}{r['max'] - r['min']:>8.2f}"
         line += f"{r['final_loss']:>11.3f}{r['val_loss']:>9.3f}"
@@ -203,7 +268,7 @@ def markdown_table(record: dict, limit: int | None = None) -> str:
         for r in summary(record, group, limit):
             cells = " | ".join(f"{x:.2f}" for x in r["em"])
             lines.append(
-                f"| {group} | {r['method']} | {r['lr']:g} | {r['epochs']} | {r['steps']} | "
+                f"| {group} | {r['name']} | {r['lr']:g} | {r['epochs']} | {r['steps']} | "
                 f"{cells} | {r['mean']:.2f} |"
             )
     return "\n".join(lines)
@@ -217,7 +282,7 @@ def defaults_below(record: dict, min_gain: float) -> list[str]:
     base = base_score(record)
     out = []
     for method, args in peft_methods.TRAIN_ARGS.items():
-        if not study.runs_of(record, {"method": method, "args": args}):
+        if not _runs(record, method, args):
             raise LabkitError(
                 f"the record has no runs of the course default {method} {args}; "
                 f"re-make it with {STUDY.rerun} --resume"

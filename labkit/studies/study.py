@@ -69,6 +69,14 @@ def is_run_of(run: dict[str, Any], point: Point) -> bool:
     return all(k in run and run[k] == v for k, v in point.items())
 
 
+def _exactly(run: dict[str, Any], point: Point, points: Sequence[Point]) -> bool:
+    """Whether ``run`` belongs to ``point`` and to no point with more fields (a run of
+    ``{"r": 8, "rslora": True}`` is also a run of ``{"r": 8}`` by :func:`is_run_of`)."""
+    return not any(
+        len(other) > len(point) and is_run_of(run, other) for other in points if other != point
+    )
+
+
 def runs_of(record: dict[str, Any], point: Point) -> list[dict[str, Any]]:
     """The recorded runs of ``point``, by seed."""
     return sorted((r for r in record["runs"] if is_run_of(r, point)), key=lambda r: r["seed"])
@@ -163,10 +171,17 @@ class Study:
             )
         return record
 
-    def _check_settings(self, record: dict[str, Any], path: Path, fix: str) -> None:
+    def _changed(self, record: dict[str, Any]) -> list[str]:
         today = self.current_settings()
         made = record.get("settings", {})
-        changed = sorted(k for k in today.keys() | made.keys() if today.get(k) != made.get(k))
+        return sorted(k for k in today.keys() | made.keys() if today.get(k) != made.get(k))
+
+    def _check_settings(
+        self, record: dict[str, Any], path: Path, fix: str, grid_may_change: bool = False
+    ) -> None:
+        changed = self._changed(record)
+        if grid_may_change:
+            changed = [k for k in changed if k != "points"]
         if changed:
             raise LabkitError(
                 f"{_rel(path)} was made with other settings than today's "
@@ -177,7 +192,9 @@ class Study:
         """The record, or a one-line error if it is missing, broken, stale or incomplete."""
         path = Path(path) if path is not None else self.record
         record = self._read(path)
-        self._check_settings(record, path, f"re-make it with {self.rerun} --replace")
+        only_grid = self._changed(record) == ["points"]
+        fix = "run the new points with --resume" if only_grid else "re-make it with --replace"
+        self._check_settings(record, path, f"{fix}: {self.rerun} {fix.split()[-1]}")
         missing = self.missing(record)
         if missing or not record.get("complete"):
             raise LabkitError(
@@ -204,13 +221,20 @@ class Study:
                 "runs": [],
             }
         old = self._read(out)
-        self._check_settings(old, out, "make it afresh with --replace")
-        runs = [r for p in self.points for r in runs_of(old, p)]
+        # a grid that gained (or lost) points keeps the runs of the points it still has: each
+        # run is identified by its point, and everything else it depends on is unchanged
+        self._check_settings(old, out, "make it afresh with --replace", grid_may_change=True)
+        runs = [r for p in self.points for r in runs_of(old, p) if _exactly(r, p, self.points)]
         resumed = [*old.get("resumed", []), {**session, "threads_per_run": 1}]
-        return {**old, "complete": False, "resumed": resumed, "runs": runs}
+        settings = self.current_settings()
+        return {**old, "settings": settings, "complete": False, "resumed": resumed, "runs": runs}
 
     def _index(self, run: dict[str, Any]) -> int:
-        return next(i for i, p in enumerate(self.points) if is_run_of(run, p))
+        return next(
+            i
+            for i, p in enumerate(self.points)
+            if is_run_of(run, p) and _exactly(run, p, self.points)
+        )
 
     def _add(self, record: dict[str, Any], point: Point, seed: int, result: dict) -> None:
         clash = sorted(set(result) & (set(point) | {"seed"}))

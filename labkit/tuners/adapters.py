@@ -502,6 +502,8 @@ def combine(
         raise LabkitError(f"need one weight per adapter: {list(adapters)} vs {list(weights)}")
     name = name or f"{combination_type}({'+'.join(adapters)})"
     if name in peft_model.peft_config:
+        if name in peft_model.active_adapters:  # deleting the active one warns once per layer
+            peft_model.set_adapter(adapters[0])
         peft_model.delete_adapter(name)
     peft_model.add_weighted_adapter(
         list(adapters),

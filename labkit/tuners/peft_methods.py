@@ -176,12 +176,15 @@ def count_terms(peft_config, model_config) -> dict[str, int]:
             terms["MLP head 2e->2e"] = 2 * e * 2 * e + 2 * e
             terms["MLP head 2e->h"] = 2 * e * h + h
     else:  # PREFIX_TUNING
+        # h here is peft's token_dim: d_kv = n_kv * head_dim, the width of one layer's keys
         if peft_config.prefix_projection:
-            terms["prefix token embeddings n*h"] = n * h
-            terms["projection h->e (h*e+e)"] = h * e + e
-            terms["projection e->2*L*h (e*2Lh+2Lh)"] = e * 2 * layers * h + 2 * layers * h
+            terms["prefix token embeddings n*d_kv"] = n * h
+            terms["projection d_kv->e (d_kv*e+e)"] = h * e + e
+            terms["projection e->2*L*d_kv (e*2L*d_kv+2L*d_kv)"] = (
+                e * 2 * layers * h + 2 * layers * h
+            )
         else:
-            terms["key/value prefixes n*L*2*h"] = n * layers * 2 * h
+            terms["key/value prefixes n*L*2*d_kv"] = n * layers * 2 * h
     terms.update(_modules_to_save_terms(peft_config, table))
     return terms
 
@@ -325,15 +328,28 @@ def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
     return LoraConfig(task_type=task, **kw)
 
 
-def attach(model_id: str, method: str, seed: int = 0, **overrides: Any):
+def attach(
+    model_id: str, method: str, seed: int = 0, init_rms: float | None = None, **overrides: Any
+):
     """A fresh base model wrapped for ``method`` (``full``: the base itself, all trainable).
 
     Always loads a new base: ``get_peft_model`` injects layers into the model it is given.
+    ``init_rms`` (``prompt-text`` only) rescales the text-initialised virtual tokens to that
+    root-mean-square, keeping each row's direction: the text init at the scale of a random
+    N(0, 1) init (``init_rms=1.0``), so that one learning rate moves both by the same fraction.
     """
     from peft import get_peft_model
 
     from labkit.models import zoo
 
+    if init_rms is not None:
+        if method != "prompt-text":
+            raise LabkitError(
+                f"init_rms rescales a text init; accepted with 'prompt-text', not {method!r}"
+            )
+        ok = isinstance(init_rms, numbers.Real) and not isinstance(init_rms, bool)
+        if not ok or not 0 < init_rms < float("inf"):
+            raise LabkitError(f"init_rms must be a finite number > 0, got {init_rms!r}")
     config = None if method == "full" else make_config(method, model_id, **overrides)
     if method == "full" and overrides:
         raise LabkitError(f"'full' takes no peft options, got {', '.join(overrides)}")
@@ -346,7 +362,47 @@ def attach(model_id: str, method: str, seed: int = 0, **overrides: Any):
             p.requires_grad_(True)
         return base
     torch.manual_seed(seed)
-    return get_peft_model(base, config)
+    model = get_peft_model(base, config)
+    if init_rms is not None:
+        rows = model.prompt_encoder["default"].embedding.weight
+        with torch.no_grad():
+            rows.mul_(init_rms / rows.pow(2).mean().sqrt())
+    return model
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
+    """Greedy answers decoded with the model's own forward pass, cut at the first newline.
+
+    Each new token is the argmax of ``model(input_ids).logits`` over the whole sequence so far:
+    the computation training optimised, with no ``generate()`` and no KV cache. Slow (every step
+    re-runs the sequence) but faithful, which ``generate()`` is not for prefix tuning with peft
+    0.21 + transformers 5: cached, it drops the prefix; with ``use_cache=False`` every step after
+    the first differs from this forward pass (notebook 10). Prompts of equal token length decode
+    together, so no padding is needed.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    answers = [""] * len(prompts)
+    for length, idx in groups.items():
+        ids = torch.tensor([encoded[i] for i in idx], device=device)
+        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= nxt == tokenizer.eos_token_id
+            if bool(done.all()):
+                break
+        for row, i in zip(ids[:, length:], idx, strict=True):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            answers[i] = text.strip().split("\n")[0].strip()
+    return answers
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -357,13 +413,15 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def training_state_bytes(model: torch.nn.Module, optimizer=None) -> dict[str, int]:
-    """Bytes of the training state a method adds: trainable weights, their gradients, optimizer.
+def training_state_bytes(model: torch.nn.Module, optimizer=None, *, batch: dict) -> dict[str, int]:
+    """Bytes of the training state a method adds, each read from real tensors: the trainable
+    weights, their gradients and the optimizer state (activations are not included).
 
-    Weights and optimizer state are read from the real tensors (``labkit.memory.measure.state_bytes``
-    for the optimizer, after at least one step); gradients are one tensor per trainable weight of
-    the same dtype (the Trainer frees them after each step, so they are sized from the weights).
-    Activations are not included.
+    The ``Trainer`` frees the gradients after every step, so they are measured here: one
+    forward and backward pass on ``batch`` (a collated training batch), the bytes of every
+    ``.grad`` summed (``labkit.memory.measure.state_bytes``), then freed again. The optimizer
+    state is read from ``optimizer`` (after at least one step; AdamW keeps two moments per
+    trainable number and one ``step`` counter per tensor).
     """
     from labkit.memory import measure
 
@@ -373,5 +431,12 @@ def training_state_bytes(model: torch.nn.Module, optimizer=None) -> dict[str, in
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             weights += p.numel() * p.element_size()
+    was_training = model.training
+    model.zero_grad(set_to_none=True)
+    model.train()
+    model(**batch).loss.backward()
+    grads = measure.state_bytes(model).gradients
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
     opt = measure.state_bytes(model, optimizer).optimizer if optimizer is not None else 0
-    return {"trainable weights": weights, "gradients": weights, "optimizer state": opt}
+    return {"trainable weights": weights, "gradients": grads, "optimizer state": opt}

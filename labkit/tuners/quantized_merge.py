@@ -10,8 +10,10 @@ of :mod:`labkit.tuners.adapters`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,9 +49,21 @@ def keep_cpu_4bit_layout(model) -> int:
     return count
 
 
+#: The routes of :func:`check_quantized_merge`, in the order of the recipe.
+ROUTES = ("4-bit merge", "original-base merge", "dequantized merge", "re-quantized merge")
+
+
 @dataclass
 class QuantizedMerge:
-    """Logit gaps against the unmerged 4-bit base + adapter (what QLoRA trained and serves)."""
+    """Logit gaps against the unmerged 4-bit base + adapter (what QLoRA trained and serves).
+
+    ``adapter_effect`` and the four ``*_merge`` fields are worst cases: the largest absolute
+    logit gap over every real (unpadded) position and every vocabulary entry. ``lost`` holds, per
+    route, the median over positions of ``|route - served| / |served - base|`` (Euclidean norms
+    over the vocabulary at one position): the typical share of the adapter's effect a route
+    changes. ``scores`` (when a scorer was given) holds the scorer's value for the served model
+    and for every route, e.g. the exact match of their greedy answers.
+    """
 
     adapter_effect: float
     naive_merge: float
@@ -57,6 +71,24 @@ class QuantizedMerge:
     dequantized_merge: float
     requantized_merge: float
     dequantized_dtype: str
+    compute_dtype: str = "float32"
+    quant_type: str = "nf4"
+    positions: int = 0
+    lost: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def regime(self) -> str:
+        """The precisions behind the numbers, for a figure's title."""
+        return (
+            f"{self.quant_type.upper()} base with {self.compute_dtype} compute, "
+            f"original base in float32, dequantized route in {self.dequantized_dtype}"
+        )
+
+    def worst(self) -> dict[str, float]:
+        """Per route, the largest logit gap against the served model."""
+        values = (self.naive_merge, self.original_base_merge, self.dequantized_merge)
+        return dict(zip(ROUTES, (*values, self.requantized_merge), strict=True))
 
     def rows(self) -> list[tuple[str, float]]:
         """(label, max logit gap) pairs in the order of the recipe."""
@@ -69,7 +101,26 @@ class QuantizedMerge:
         ]
 
     def summary(self) -> str:
-        return "\n".join(f"{label:<54} {value:.4f}" for label, value in self.rows())
+        """The worst-case gaps, and the median share of the effect and the scores per route."""
+        lines = [f"{'':<54} {'max gap':>8} {'median lost':>12}"]
+        lost = [None, *(self.lost.get(r) for r in ROUTES)]
+        for (text, value), share in zip(self.rows(), lost, strict=True):
+            tail = f"{share:>12.1%}" if share is not None else f"{'':>12}"
+            lines.append(f"{text:<54} {value:>8.4f} {tail}")
+        lines.append(f"({self.positions} positions; {self.regime})")
+        if self.scores:
+            lines.append("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in self.scores.items()))
+        return "\n".join(lines)
+
+
+def _lost_share(route: torch.Tensor, served: torch.Tensor, base: torch.Tensor, mask) -> float:
+    """Median over the real positions of ``|route - served| / |served - base|`` (per position,
+    Euclidean norm over the vocabulary)."""
+    keep = mask.bool().reshape(-1)
+    vocab = served.shape[-1]
+    gap = (route - served).reshape(-1, vocab)[keep].norm(dim=-1)
+    effect = (served - base).reshape(-1, vocab)[keep].norm(dim=-1)
+    return float((gap / effect.clamp_min(1e-12)).median())
 
 
 def check_quantized_merge(
@@ -79,16 +130,23 @@ def check_quantized_merge(
     inputs: dict[str, torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
     quant_type: str = "nf4",
+    compute_dtype: torch.dtype = torch.float32,
+    score: Callable[[Any], float] | None = None,
 ) -> QuantizedMerge:
     """Measure ways of merging an adapter served on a 4-bit base, against the unmerged model.
 
-    The reference is the 4-bit base + adapter, unmerged (how QLoRA trains and serves it).
+    The reference is the 4-bit base (``compute_dtype`` for its matmuls) + adapter, unmerged (how
+    QLoRA trains and serves it).
     1. ``merge_and_unload`` on the 4-bit model: peft dequantizes, adds ΔW and rounds the sum back
        to 4 bits (it warns about rounding);
-    2. merging into the original full-precision base from ``base_folder``: the adapter was trained
-       against the *quantized* weights, so the base's quantization error comes back;
+    2. merging into the original float32 base from ``base_folder``: for an adapter trained on the
+       4-bit base (QLoRA), the base's quantization error comes back; for one trained on the
+       original base, this is the trained model itself;
     3. the recipe: 4-bit base → ``dequantize(dtype)`` → adapter → ``merge_and_unload``;
     4. the recipe's merged model saved to ``work_folder`` and re-quantized to 4 bits on load.
+
+    ``score(model) -> float`` (optional) is called on the served model and on every route's
+    model, e.g. the exact match of their answers: what a reader decides on.
     """
     import warnings
 
@@ -96,37 +154,51 @@ def check_quantized_merge(
 
     from labkit.models import zoo
 
-    qcfg = bnb_4bit_config(quant_type)
+    qcfg = bnb_4bit_config(quant_type, compute_dtype)
+    scores: dict[str, float] = {}
 
     def load_4bit(folder):
         model = zoo.load_model(str(folder), quantization_config=qcfg)
         keep_cpu_4bit_layout(model)
         return model
 
+    def scored(name: str, model) -> torch.Tensor:
+        out = logits(model, inputs)
+        if score is not None:
+            scores[name] = float(score(model))
+        return out
+
     quantized = load_4bit(base_folder)
     inputs = inputs if inputs is not None else sample_inputs(quantized)
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     base_logits = logits(quantized, inputs)
     served = PeftModel.from_pretrained(quantized, str(adapter_folder))
-    reference = logits(served, inputs)
+    reference = scored("served (4-bit + adapter)", served)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*(4|8)[- ]?bit.*")
         naive = served.merge_and_unload()
-    naive_logits = logits(naive, inputs)
+    routes = {ROUTES[0]: scored(ROUTES[0], naive)}
 
     original = zoo.load_model(str(base_folder))
     original = PeftModel.from_pretrained(original, str(adapter_folder)).merge_and_unload()
-    original_logits = logits(original, inputs)
+    routes[ROUTES[1]] = scored(ROUTES[1], original)
 
     dequantized = load_4bit(base_folder).dequantize(dtype=dtype).to(dtype)
     merged = PeftModel.from_pretrained(dequantized, str(adapter_folder)).merge_and_unload()
-    merged_logits = logits(merged, inputs)
+    routes[ROUTES[2]] = scored(ROUTES[2], merged)
     merged.save_pretrained(str(work_folder))
-    requant_logits = logits(load_4bit(work_folder), inputs)
+    routes[ROUTES[3]] = scored(ROUTES[3], load_4bit(work_folder))
+    gaps = [max_logit_diff(routes[r], reference) for r in ROUTES]
     return QuantizedMerge(
         adapter_effect=max_logit_diff(reference, base_logits),
-        naive_merge=max_logit_diff(naive_logits, reference),
-        original_base_merge=max_logit_diff(original_logits, reference),
-        dequantized_merge=max_logit_diff(merged_logits, reference),
-        requantized_merge=max_logit_diff(requant_logits, reference),
+        naive_merge=gaps[0],
+        original_base_merge=gaps[1],
+        dequantized_merge=gaps[2],
+        requantized_merge=gaps[3],
         dequantized_dtype=str(dtype).removeprefix("torch."),
+        compute_dtype=str(compute_dtype).removeprefix("torch."),
+        quant_type=quant_type,
+        positions=int(mask.sum()),
+        lost={r: _lost_share(routes[r], reference, base_logits, mask) for r in ROUTES},
+        scores=scores,
     )
