@@ -79,6 +79,32 @@ def config_only(ctx: Ctx, name: str = "tiny-llama") -> Path:
     return folder
 
 
+def catalog(name: str) -> dict:
+    """The catalog config ``name`` (data/configs) as a dict."""
+    return json.loads((zoo.CONFIGS_DIR / name / "config.json").read_text())
+
+
+def cfg(ctx: Ctx, base: str | dict, name: str = "c.json", **changes) -> str:
+    """A config file in ``ctx.tmp``: the catalog config ``base`` (or a dict) with ``changes``."""
+    data = catalog(base) if isinstance(base, str) else base
+    return str(write(ctx.tmp / name, json.dumps({**data, **changes})))
+
+
+#: A small Mixtral (a family without a formula: the meta device and the dry run)
+MIXTRAL = {
+    "model_type": "mixtral",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "vocab_size": 1000,
+}
+BNB4 = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+
+
 def x8() -> torch.Tensor:
     return torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
 
@@ -339,6 +365,187 @@ ROWS = [
         "E35+",
         lambda c: cli("estimate", str(write(c.tmp / "d" / "m.txt", b"\xff"))),
         "m.txt is not a text file",
+    ),
+    # --- estimate: sized correctly or refused, never sized as something else (sweep 2)
+    row(
+        "E2-01",
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", num_hidden_layers=10**6)),
+        "1000000 layers",
+        "1..512",
+    ),
+    row(
+        "E2-01+meta",
+        lambda c: cli("estimate", cfg(c, MIXTRAL, num_hidden_layers=10**6), "--mode", "infer"),
+        "1000000 layers",
+    ),
+    row(
+        "E2-14",
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", tie_word_embeddings="false"), "--json"),
+        "tie_word_embeddings",
+        "expected bool",
+    ),
+    row(
+        "E2-14+meta",
+        lambda c: mem().training_memory({**MIXTRAL, "tie_word_embeddings": "false"}),
+        "transformers refuses this mixtral config",
+        "tie_word_embeddings",
+    ),
+    row(
+        "E2-14+zero",
+        lambda c: cli(
+            "estimate",
+            str(Path(cfg(c, MIXTRAL, "d/config.json", num_attention_heads=0)).parent),
+        ),
+        "mixtral",
+        "division",
+    ),
+    row(
+        "E2-19",
+        lambda c: cli(
+            "estimate", cfg(c, "llama-3.1-8b", quantization_config=BNB4), "--mode", "infer"
+        ),
+        "already quantized by bitsandbytes (4-bit",
+        "--dtype nf4 or --method qlora",
+    ),
+    row(
+        "E2-19+8bit",
+        lambda c: mem().inference_memory(
+            {
+                **catalog("gpt2"),
+                "quantization_config": {**BNB4, "load_in_4bit": False, "load_in_8bit": True},
+            }
+        ),
+        "8-bit",
+        "dtype='int8'",
+    ),
+    row(
+        "E2-20",
+        lambda c: cli(
+            "estimate",
+            cfg(c, "llama-3.1-8b", quantization_config={"quant_method": "gptq", "bits": 4}),
+        ),
+        "already quantized with gptq (4-bit",
+        "unquantized",
+    ),
+    row(
+        "E2-20+awq",
+        lambda c: mem().weight_bytes(
+            {**MIXTRAL, "quantization_config": {"quant_method": "awq", "bits": 4}}, "bf16"
+        ),
+        "awq",
+        "unquantized",
+    ),
+    row(
+        "E2-29",
+        lambda c: cli("estimate", cfg(c, "gpt2", n_positions=0)),
+        "n_positions",
+        "got 0",
+    ),
+    row("E2-32", lambda c: cli("estimate", cfg(c, {"model_type": "bert"})), "bert is an encoder"),
+    row(
+        "E2-36",
+        lambda c: cli("estimate", cfg(c, MIXTRAL, num_local_experts=0), "--json"),
+        "2 of 0 experts",
+        "num_experts_per_tok",
+    ),
+    row(
+        "E2-38",
+        lambda c: cli(
+            "estimate",
+            cfg(
+                c, {"model_type": "bart", "d_model": 768, "encoder_layers": 6, "vocab_size": 50265}
+            ),
+        ),
+        "bart is an encoder-decoder model",
+        "decoder-only",
+    ),
+    row(
+        "E2-39",
+        lambda c: cli("estimate", cfg(c, {"model_type": "whisper", "d_model": 384}), "--json"),
+        "whisper is an encoder-decoder model",
+    ),
+    row(
+        "E2-39+t5",
+        lambda c: mem().inference_memory({"model_type": "t5", "vocab_size": 100}),
+        "t5 is an encoder-decoder model",
+    ),
+    row(
+        "E2-40",
+        lambda c: cli(
+            "estimate",
+            cfg(c, {**MIXTRAL, "model_type": "gemma2", "head_dim": 16, "sliding_window": 16}),
+            "--mode",
+            "infer",
+            "--seq",
+            "64",
+        ),
+        "gemma2 has no SDPA attention",
+        "use --attention eager",
+    ),
+    row("E2-41", lambda c: cli("estimate", "minilm"), "bert is an encoder"),
+    row(
+        "E2-43",
+        lambda c: cli(
+            "estimate", str(((c.tmp / "d" / "config.json").mkdir(parents=True), c.tmp / "d")[1])
+        ),
+        "config.json is a folder",
+    ),
+    row(
+        "E2-62",
+        lambda c: cli("estimate", "llama-3.1-8b", "--mode", "infer", "--method", "qlora"),
+        "--method",
+        "--mode infer ignores",
+    ),
+    row(
+        "E2-63",
+        lambda c: cli(
+            "estimate",
+            "llama-3.1-8b",
+            "--mode",
+            "infer",
+            "--optimizer",
+            "sgd",
+            "--precision",
+            "fp32",
+            "--checkpointing",
+            "--grad-accum",
+            "64",
+        ),
+        "--precision --optimizer --grad-accum --checkpointing",
+        "accepted with it: --batch",
+    ),
+    row(
+        "E2-65",
+        lambda c: cli(
+            "estimate",
+            "llama-3.1-8b",
+            "--mode",
+            "infer",
+            "--method",
+            "frozen",
+            "--frozen-layers",
+            "4",
+        ),
+        "--method --frozen-layers",
+    ),
+    row(
+        "E2-66",
+        lambda c: cli("estimate", "gpt2", "--mode", "infer", "--seq", "100000"),
+        "100000",
+        "1024 learned positions",
+    ),
+    row(
+        "E2-77",
+        lambda c: cli(
+            "estimate", "llama-3.1-8b", "--method", "lora", "--lora-targets", "all-linear,q_proj"
+        ),
+        "all-linear, which stands alone",
+    ),
+    row(
+        "E2-85",
+        lambda c: cli("estimate", "bloom-560m", "--mode", "infer"),
+        "bloom has no SDPA attention",
+        "use --attention eager",
     ),
     # --- tune -----------------------------------------------------------------------------------
     row("TU11", lambda c: cli(*tune_argv(c.tmp, "--seed", "-1")), "seed", "0..2**32-1"),

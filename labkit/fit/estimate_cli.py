@@ -43,6 +43,8 @@ JSON_KEYS = (
     "regime",
     "activations_from",
 )
+#: The options ``--mode infer`` uses; it refuses every other option of a training job.
+INFER_OPTIONS = ("batch", "seq", "attention")
 #: The flag of each parameter of the memory API whose flag is not ``--`` + its name with dashes.
 FLAGS = {"context": "--seq", "gpu_gib": "--gpu-memory"}
 #: Options of a training job the command passes on when given (the job's defaults otherwise).
@@ -101,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=1, help="micro-batch per GPU")
     p.add_argument("--seq", type=_positive_int, default=512, help="sequence / context length")
     p.add_argument("--grad-accum", type=_positive_int, help=f"({job.grad_accum})")
-    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    p.add_argument(
+        "--checkpointing", action="store_true", default=None, help="gradient checkpointing on"
+    )
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument(
         "--base-dtype",
@@ -137,21 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(model: str):
     """The config of MODEL: a ``.json`` file is read as a dict by :func:`labkit.models.zoo.read_config_file`
-    (zoo's one-line messages for a damaged file; only the numbers are needed, no transformers
-    validation), anything else by :func:`labkit.models.zoo.load_config`."""
+    (zoo's one-line messages for a damaged file), checked by labkit's own one-line checks of a
+    formula family's sizes, then by transformers' own config validation as any other route
+    (:func:`labkit.models.zoo.load_config`: what it refuses, ``estimate`` refuses); anything else
+    is loaded by :func:`labkit.models.zoo.load_config`."""
     path = Path(model)
     if path.suffix == ".json" or path.name == "config.json":
         if not path.is_file():
             raise LabkitError(
                 f"config file {model!r} does not exist; give a config.json path, folder or name"
             )
-        return zoo.read_config_file(path)
+        config = zoo.read_config_file(path)
+        if estimator.is_formula_family(config):
+            architecture.shape_of(config)  # labkit's messages first (heads that do not divide...)
+        zoo.load_config(path)  # transformers' validation ("tie_word_embeddings": "false"...)
+        return config
     return zoo.load_config(model)
 
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that the chosen mode ignores (they would change nothing, silently)."""
     infer = args.mode == "infer"
+    ignored = [n for n in JOB_OPTIONS if n not in INFER_OPTIONS and getattr(args, n) is not None]
+    if infer and ignored:
+        kept = [flag(n) for n in (*INFER_OPTIONS, "dtype", "card", "gpus", "zero", "gpu_memory")]
+        raise LabkitError(
+            f"{' '.join(flag(n) for n in ignored)}: options of a training job, which "
+            f"{flag('mode', 'infer')} ignores; accepted with it: {', '.join(kept)}"
+        )
     lora = not infer and args.method in {"lora", "qlora"}
     given = [flag(n) for n in ("lora_targets", "lora_r") if getattr(args, n) is not None]
     if given and not lora:
@@ -189,8 +206,6 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
                 **dtype,
             )
         else:
-            if estimator.is_formula_family(config):
-                config = architecture.shape_of(config)
             b = estimator.training_memory(config, _job(args))
         return calculator.fit(b, gpus=args.gpus, zero=int(args.zero), gpu_gib=args.gpu_memory)
     except OptionError as err:

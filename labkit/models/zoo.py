@@ -219,11 +219,13 @@ def resolve(name: str | os.PathLike[str]) -> str:
         if text in CHECKSUMMED:
             verify(text)
         return str(folder)
-    if (CONFIGS_DIR / text / "config.json").exists():
+    if Path(text).name == text and (CONFIGS_DIR / text / "config.json").is_file():
         return str(CONFIGS_DIR / text)
     path = Path(text).expanduser()
     if path.exists():
         folder = path.parent if path.is_file() else path
+        if path.is_dir() and (path / "config.json").is_dir():
+            raise LabkitError(f"{_shown(path / 'config.json')} is a folder; {_local_hint()}")
         if path.is_dir() and not (path / "config.json").is_file():
             raise LabkitError(f"folder {_shown(path)} has no config.json; {_local_hint()}")
         return str(folder)
@@ -294,7 +296,14 @@ def load_config(name: str | os.PathLike[str]) -> PretrainedConfig:
         data = read_config_file(local)
         try:
             return AutoConfig.from_pretrained(str(local))
-        except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as err:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            ArithmeticError,
+            StrictDataclassError,
+        ) as err:
             # transformers' config validation wraps its ValueError: show the cause
             raise LabkitError(
                 f"{_shown(local)}: cannot make a config of model_type {data['model_type']!r} "
