@@ -133,6 +133,12 @@ def mem():
     return estimator
 
 
+def rules():
+    from labkit.memory import rules
+
+    return rules
+
+
 def tune_argv(tmp: Path, *options: str, db: str = "a.db", study: str = "s", trials: str = "1"):
     """``python -m labkit tune`` arguments with a study in ``tmp``, then ``options``."""
     return [
@@ -642,6 +648,42 @@ ROWS = [
         "M15",
         lambda c: mem().training_days(7e9, 1e12, 8, float("nan")),
         "nan",
+    ),
+    row("M2-01", lambda c: mem().training_flops(-7e9, 1e12), "parameters", ">= 0", "-7"),
+    row("M2-01+", lambda c: mem().training_flops(7e9, float("nan")), "tokens", "nan"),
+    row("M2-02", lambda c: rules().rule_training_8x(float("nan")), "parameters", "nan"),
+    row("M2-03", lambda c: rules().rule_inference_2x(-1e9), "parameters", ">= 0"),
+    row("M2-03+", lambda c: rules().rule_training_12("7e9"), "parameters", "'7e9'"),
+    row(
+        "M2-07",
+        lambda c: importlib.import_module("labkit.memory.sharding").gpus_needed(
+            mem().training_memory("tiny-llama"), float("nan")
+        ),
+        "GPU memory",
+        "nan",
+    ),
+    row(
+        "M2-08",
+        lambda c: mem().weight_bytes("gpt2", "nf4", double_quant="no"),
+        "double_quant must be True or False",
+        "'no'",
+    ),
+    row(
+        "M2-09",
+        lambda c: mem().training_memory("llama-3.1-8b", checkpointing="no"),
+        "checkpointing must be True or False",
+    ),
+    row(
+        "M2-10",
+        lambda c: mem().training_memory("llama-3.1-8b", method="frozen", frozen_layers=True),
+        "frozen_layers",
+        "True",
+    ),
+    row(
+        "M2-11",
+        lambda c: mem().training_memory("llama-3.1-8b", method="frozen", frozen_layers=2.5),
+        "frozen_layers",
+        "2.5",
     ),
     # --- quant ----------------------------------------------------------------------------------
     row("Q2", lambda c: q().absmax_quantize(torch.tensor([1.0, float("nan")])), "NaN or inf"),
