@@ -738,6 +738,56 @@ ROWS = [
         lambda c: q().quant_error(x8(), torch.full((4, 8), float("inf"))),
         "inf",
     ),
+    row(
+        "Q2-01",
+        lambda c: q().absmax_quantize(x8(), axis=-1, group_size=np.int64(3)),
+        "group size 3 does not divide the axis of length 8",
+    ),
+    row(
+        "Q2-02",
+        lambda c: q().absmax_quantize(x8(), axis=-1, group_size=4.0),
+        "group size must be a positive integer, got 4.0",
+    ),
+    row(
+        "Q2-03",
+        lambda c: q().absmax_quantize(x8(), axis=-1, group_size=True),
+        "group size must be a positive integer, got True",
+    ),
+    row("Q2-04", lambda c: q().absmax_quantize(x8(), axis=True), "axis must be an integer"),
+    row(
+        "Q2-08",
+        lambda c: q().absmax_quantize(torch.empty(4, 8, device="meta")),
+        "meta device",
+        "a tensor with values",
+    ),
+    row(
+        "Q2-09",
+        lambda c: q().absmax_quantize(x8().to(torch.float8_e4m3fn)),
+        "float8_e4m3fn",
+        "torch.bfloat16",
+    ),
+    row(
+        "Q2-14",
+        lambda c: q().llm_int8_linear(x8(), torch.randn(3, 8), threshold=float("nan")),
+        "threshold must be a number (not NaN), got nan",
+    ),
+    row(
+        "Q2-16",
+        lambda c: q().llm_int8_linear(x8(), torch.randn(3, 8), threshold="6"),
+        "threshold",
+        "'6'",
+    ),
+    row(
+        "Q2-19",
+        lambda c: q4().nf4_quantize(torch.randn(128), blocksize=np.int64(48)),
+        "do not split into blocks of 48",
+    ),
+    row(
+        "Q2-23",
+        lambda c: importlib.import_module("labkit.quant.layers").quantize_model("zoo-llama"),
+        "torch.nn.Module",
+        "zoo.load_model('zoo-llama')",
+    ),
     # --- precision --------------------------------------------------------------------------------
     row(
         "P4",
@@ -755,6 +805,25 @@ ROWS = [
         lambda c: importlib.import_module("labkit.quant.formats").encode(0, 127.9, 0, "bf16"),
         "127.9",
         "integer",
+    ),
+    row(
+        "P2-05",
+        lambda c: importlib.import_module("labkit.quant.formats").decode(10**400, "fp32"),
+        "401 digits",
+        "float64",
+    ),
+    row(
+        "P2-12",
+        lambda c: importlib.import_module("labkit.quant.formats").round_to([1.0, "a"], "bf16"),
+        "x must be a number, a list of numbers or a tensor",
+    ),
+    row(
+        "P2-13",
+        lambda c: importlib.import_module("labkit.quant.formats").representable_values(
+            "fp8_e4m3", "yes"
+        ),
+        "lo",
+        "'yes'",
     ),
     # --- peft -------------------------------------------------------------------------------------
     row("F8", lambda c: lp().make_config("lora-x"), "unknown PEFT method 'lora-x'"),
@@ -941,7 +1010,7 @@ def test_gpus_needed_in_json_never_reads_as_needs_none():
 
 def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit.memory import estimator
-    from labkit.quant import integer
+    from labkit.quant import codebook, integer
 
     sweep = np.arange(256, 1024, 256)  # e.g. sequence lengths from a numpy sweep
     assert (
@@ -949,6 +1018,12 @@ def test_numpy_integers_are_accepted_by_memory_and_quant():
         == estimator.training_memory("gpt2", seq=512).total
     )
     integer.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
+    # Q2-01, Q2-19: numpy integers were refused as group size and blocksize
+    assert integer.absmax_quantize(torch.ones(4, 8), axis=-1, group_size=np.int64(4))[1].shape == (
+        4,
+        2,
+    )
+    assert codebook.nf4_quantize(torch.randn(128), blocksize=np.int64(64))[1].shape == (2,)
 
 
 def test_numpy_integers_are_integers():
