@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from labkit import LabkitError
+from labkit.checks import number, positive
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -46,9 +47,11 @@ def sample_inputs(
     ``vocab_size`` may be a model: its ``config.vocab_size`` is used. The padded row checks that
     every path handles the attention mask the same way.
     """
-    if not isinstance(vocab_size, int):
+    if hasattr(vocab_size, "config"):  # a model
         vocab_size = int(vocab_size.config.vocab_size)
-    if vocab_size < 4 or batch < 1 or seq < 2:
+    vocab_size = positive("vocab_size (or a model)", vocab_size)
+    batch, seq = positive("batch", batch), positive("seq", seq)
+    if vocab_size < 4 or seq < 2:
         raise LabkitError(
             f"need vocab_size >= 4, batch >= 1, seq >= 2; got {vocab_size}, {batch}, {seq}"
         )
@@ -89,11 +92,16 @@ def max_logit_diff(a, b, inputs: dict[str, torch.Tensor] | None = None) -> float
     la, lb = _as_logits(a, inputs), _as_logits(b, inputs)
     if la.shape != lb.shape:
         raise LabkitError(f"logits shapes differ: {tuple(la.shape)} vs {tuple(lb.shape)}")
+    if la.numel() == 0:
+        raise LabkitError(
+            f"the logits are empty (shape {tuple(la.shape)}); accepted: logits with values"
+        )
     return float((la - lb).abs().max())
 
 
 def logits_close(a, b, inputs: dict[str, torch.Tensor] | None = None, atol: float = 1e-4) -> bool:
     """Whether two models (or logits tensors) agree within ``atol`` on every logit."""
+    atol = number("atol", atol, low=0)  # NaN would call identical logits different
     return max_logit_diff(a, b, inputs) <= atol
 
 
