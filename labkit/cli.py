@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "labkit.fit.estimate_cli:cli_main",
         "estimate memory and time for training or inference",
     ),
-    "tune": ("labkit.training.tuning:cli_main", "hyperparameter search with Optuna (resumable)"),
+    "tune": (
+        "labkit.training.tuning.cli:cli_main",
+        "hyperparameter search with Optuna (resumable)",
+    ),
     "course": (
         "labkit.course.runner:cli_main",
         "execute every notebook and write build/course-report.json",

@@ -11,6 +11,7 @@ functions.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,3 +105,61 @@ def show_traceback(shell: Any, etype: type, value: BaseException, lines: list[st
     them as the cell's error output. IPython has no public call for it.
     """
     shell._showtraceback(etype, value, lines)  # noqa: SLF001 - no public way to show given lines
+
+
+# --- optuna ------------------------------------------------------------------------------------
+
+#: The logger of Optuna's private ``optuna.study._optimize`` module: ``Study.optimize`` writes
+#: "Trial N failed with parameters ..." (with the traceback) to it.
+OPTUNA_TRIAL_FAILURE_LOGGER = "optuna.study._optimize"
+
+
+def optuna_trial_failure_logger() -> logging.Logger:
+    """The logger Optuna writes a failed trial's warning and traceback to (a private module's
+    logger: ``labkit tune`` filters the traceback of a Ctrl-C out of it)."""
+    return logging.getLogger(OPTUNA_TRIAL_FAILURE_LOGGER)
+
+
+# --- nbclient ----------------------------------------------------------------------------------
+
+
+def nbclient_signalled(client: Any) -> bool:
+    """Whether a SIGINT (Ctrl-C) or SIGTERM reached a ``NotebookClient`` while it ran.
+
+    During ``execute`` nbclient replaces Python's SIGINT handler with its own, which only shuts
+    the kernel down (the cell then fails with an unrelated error) and sets
+    ``_async_cleanup_kernel_future``; nothing public says a signal came. The course runner
+    asks here so that Ctrl-C stops the run instead of going on to the next notebook.
+    """
+    return getattr(client, "_async_cleanup_kernel_future", None) is not None
+
+
+# --- accelerate --------------------------------------------------------------------------------
+
+
+def accelerate_torchrun_args(config_file: str, script: str = "train.py") -> tuple[dict, dict]:
+    """What ``accelerate launch --config_file FILE SCRIPT`` hands torchrun: ``(options, env)``.
+
+    ``options`` maps torchrun's options (``nnodes``, ``nproc-per-node``, ``node-rank``,
+    ``master-port``, ``rdzv-endpoint``...) to their values; ``env`` holds the ``ACCELERATE_*`` and
+    ``FSDP_*`` variables through which the file's settings reach ``Accelerator()`` in each
+    process. accelerate reads the file into its launch arguments in the private
+    ``accelerate.commands.launch._validate_launch_command``; ``prepare_multi_gpu_env`` (public)
+    then sets torchrun's arguments. Nothing is started.
+    """
+    from accelerate.commands.launch import (
+        _validate_launch_command,  # noqa: PLC2701 - accelerate reads the config file only here
+        launch_command_parser,
+    )
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), script])
+    args = _validate_launch_command(args)[0]
+    env = prepare_multi_gpu_env(args)
+    keys = ("nnodes", "nproc_per_node", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
+    options = {
+        k.replace("_", "-"): str(getattr(args, k))
+        for k in keys
+        if getattr(args, k, None) is not None
+    }
+    return options, {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}

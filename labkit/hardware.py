@@ -35,8 +35,11 @@ def set_threads(n: int | None = None) -> int:
 
     Default: the ``LABKIT_THREADS`` environment variable, else the number of CPUs this process
     may use, capped at 8 (small models gain nothing from more threads, and a shared 2-core machine
-    slows down sharply when threads are oversubscribed).
+    slows down sharply when threads are oversubscribed). Any count, ``LABKIT_THREADS`` included,
+    is capped at the CPUs this process may use, with a warning: 1000 threads on 2 cores turn a
+    2-second trial into minutes.
     """
+    cpus = usable_cpus()
     if n is None:
         env = os.environ.get("LABKIT_THREADS", "").strip()
         if env and not (env.isdigit() and int(env) >= 1):
@@ -44,19 +47,24 @@ def set_threads(n: int | None = None) -> int:
                 f"LABKIT_THREADS={env!r} is not a thread count; accepted: a whole number >= 1 "
                 "(or unset it to use this machine's CPUs, at most 8)"
             )
-        n = (
-            int(env)
-            if env
-            else min(
-                8,
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1),
-            )
-        )
+        n = int(env) if env else min(8, cpus)
     n = positive("thread count", n)
+    if n > cpus:
+        warnings.warn(
+            f"{n} threads asked for, but this process may use {cpus} CPU(s): using {cpus} "
+            "(more threads than CPUs only slow torch down)",
+            stacklevel=2,
+        )
+        n = cpus
     torch.set_num_threads(n)
     return n
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may use (its affinity where the OS tells, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def bf16_supported(device: torch.device | str | None = None) -> bool:

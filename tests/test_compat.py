@@ -3,8 +3,10 @@ and behaves as labkit expects; a failure names the library, its version, the int
 function to update (or says the patch is no longer needed)."""
 
 import inspect
+import logging
 
 import IPython
+import optuna
 import pytest
 import torch
 import transformers
@@ -162,3 +164,77 @@ def test_show_traceback_shows_the_given_lines_only(capsys):
         f"IPython {IPython.__version__}: _showtraceback printed {out!r}; "
         "update labkit.compat.show_traceback"
     )
+
+
+# --- optuna ------------------------------------------------------------------------------------
+def test_optuna_logs_a_failed_trial_through_the_logger_labkit_filters():
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return False  # keep the test's output clean
+
+    def fails(trial):
+        raise ZeroDivisionError("on purpose")
+
+    logger, keep = compat.optuna_trial_failure_logger(), Keep()
+    logger.addFilter(keep)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.create_study().optimize(fails, n_trials=1, catch=(ZeroDivisionError,))
+    finally:
+        logger.removeFilter(keep)
+    with_traceback = [r for r in seen if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert with_traceback and "Trial 0 failed" in with_traceback[0].getMessage(), changed(
+        "optuna",
+        optuna.__version__,
+        f"the {compat.OPTUNA_TRIAL_FAILURE_LOGGER!r} logger",
+        "a failed trial's traceback no longer goes through it (labkit tune's Ctrl-C would print "
+        "one); compat.optuna_trial_failure_logger",
+    )
+
+
+# --- nbclient ----------------------------------------------------------------------------------
+
+
+def test_nbclient_notes_a_signal_in_its_cleanup_future():
+    import nbclient
+    import nbformat
+    from nbclient import NotebookClient
+
+    source = inspect.getsource(NotebookClient.async_setup_kernel)
+    assert "add_signal_handler(signal.SIGINT" in source and (
+        "self._async_cleanup_kernel_future =" in source
+    ), (
+        f"nbclient {nbclient.__version__}: NotebookClient.async_setup_kernel no longer sets "
+        "_async_cleanup_kernel_future on SIGINT; update labkit.compat.nbclient_signalled "
+        "(Ctrl-C in labkit.course.runner; tests/test_faults.py checks it end to end)"
+    )
+    assert not compat.nbclient_signalled(NotebookClient(nbformat.v4.new_notebook()))
+
+
+# --- accelerate --------------------------------------------------------------------------------
+
+
+def test_accelerate_reads_a_config_file_into_torchrun_options(tmp_path):
+    import accelerate
+    from accelerate.commands import launch as accelerate_launch
+
+    assert callable(getattr(accelerate_launch, "_validate_launch_command", None)), (
+        f"accelerate {accelerate.__version__}: commands.launch._validate_launch_command is gone; "
+        "update labkit.compat.accelerate_torchrun_args (notebook 15's launch check)"
+    )
+    config = tmp_path / "two_nodes.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 2\n"
+        "num_processes: 16\nmachine_rank: 1\nmain_process_ip: node0\nmain_process_port: 29511\n"
+        "mixed_precision: bf16\n"
+    )
+    options, env = compat.accelerate_torchrun_args(str(config))
+    want = {"nnodes": "2", "nproc-per-node": "8", "node-rank": "1", "rdzv-endpoint": "node0:29511"}
+    assert {k: options.get(k) for k in want} == want, (
+        f"accelerate {accelerate.__version__}: a 2-node file became torchrun options {options}; "
+        "update labkit.compat.accelerate_torchrun_args"
+    )
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"

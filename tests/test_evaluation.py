@@ -1,4 +1,5 @@
-"""labkit.training.lm_loss: held-out loss equals a hand-computed cross-entropy; padding is ignored."""
+"""labkit.training.lm_loss: held-out loss equals a hand-computed cross-entropy; padding is ignored;
+the loss is token-weighted whatever the batching (texts, packed blocks, labelled batches)."""
 
 import math
 
@@ -61,3 +62,55 @@ def test_bad_input(lm):
         lm_loss.causal_lm_loss(model, tokenizer, [])
     with pytest.raises(LabkitError):
         lm_loss.causal_lm_loss(model, tokenizer, ["fox"])
+
+
+def test_token_weighted_whatever_the_batching(lm):
+    model, tokenizer = lm
+    words = ("the fox lives in the forest . a bear lives in a cave . " * 4).split()
+    ids = [WORDS.index(w) if w in WORDS else 1 for w in words][:35]
+    blocks = torch.tensor(ids).view(7, 5)  # 7 blocks: batches of 2 leave a short last one
+    by = {b: lm_loss.blocks_loss(model, blocks, batch_size=b) for b in (1, 2, blocks.shape[0])}
+    assert by[1] == pytest.approx(by[2], rel=1e-5) and by[1] == pytest.approx(
+        by[blocks.shape[0]], rel=1e-5
+    )
+    # a mean of per-batch means would weigh the short last batch's block as much as two
+    per_block = [lm_loss.blocks_loss(model, b[None]) for b in blocks]
+    batch_means = [
+        sum(per_block[i : i + 2]) / len(per_block[i : i + 2]) for i in range(0, len(per_block), 2)
+    ]
+    assert by[2] == pytest.approx(sum(per_block) / len(per_block), rel=1e-5)
+    assert sum(batch_means) / len(batch_means) != pytest.approx(by[2], rel=1e-5)
+
+
+def test_labelled_batch_equals_the_models_own_loss(lm):
+    """With labels (-100 on a masked prompt and on padding) the loss is the model's own loss."""
+    model, tokenizer = lm
+    enc = tokenizer(
+        ["the fox lives in the forest .", "a bear ."], return_tensors="pt", padding=True
+    )
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    labels[:, :2] = -100  # a masked prompt
+    batch = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": labels,
+    }
+    with torch.no_grad():
+        own = float(model(**batch).loss)
+    assert lm_loss.mean_loss(model, [batch]) == pytest.approx(own, rel=1e-6)
+
+
+def test_pack_cuts_texts_with_end_of_text_into_blocks():
+    from labkit.models import zoo
+
+    tok = zoo.load_tokenizer("zoo-llama")
+    texts = ["The fox lives in the forest.", "A bear sleeps in a cave."] * 20
+    blocks = lm_loss.pack(tok, texts, block=16)
+    flat = [i for t in texts for i in tok(t)["input_ids"] + [tok.eos_token_id]]
+    assert (
+        blocks.shape == (len(flat) // 16, 16)
+        and blocks.flatten().tolist() == flat[: blocks.numel()]
+    )
+    assert lm_loss.pack(tok, texts).shape[1] == tok.model_max_length  # the zoo Llama's context
+    with pytest.raises(LabkitError, match="block"):
+        lm_loss.pack(tok, texts, block=1)

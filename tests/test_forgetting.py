@@ -52,17 +52,17 @@ def test_probe_accuracy_equals_greedy_decoding(tok):
         fg.probe_accuracy(model, tok, [])
 
 
-def test_lm_view_drops_virtual_tokens(tok):
+def test_losses_and_the_probe_drop_virtual_tokens(tok):
     texts = fg.corpus_texts(4)
     base_loss = lm_loss.causal_lm_loss(zoo.load_model("zoo-llama"), tok, texts)
     prompt = peft_methods.attach("zoo-llama", "prompt", seed=0)
     ids = tok(texts[:1], return_tensors="pt")["input_ids"]
     assert prompt(input_ids=ids).logits.shape[1] == ids.shape[1] + 8
-    assert fg.lm_view(prompt)(input_ids=ids).logits.shape[1] == ids.shape[1]
-    with_prompt = lm_loss.causal_lm_loss(fg.lm_view(prompt), tok, texts)
+    assert lm_loss.aligned_logits(prompt, ids).shape[1] == ids.shape[1]
+    with_prompt = lm_loss.causal_lm_loss(prompt, tok, texts)
     assert with_prompt != base_loss and abs(with_prompt - base_loss) < 0.5
     lora = peft_methods.attach("zoo-llama", "lora", seed=0)  # B = 0: exactly the base model
-    assert lm_loss.causal_lm_loss(fg.lm_view(lora), tok, texts) == pytest.approx(base_loss)
+    assert lm_loss.causal_lm_loss(lora, tok, texts) == pytest.approx(base_loss)
 
 
 def test_replay_mix(tok):
@@ -109,7 +109,7 @@ def test_loss_after_marker_splits_the_corpus_loss(tok):
     model = zoo.load_model("zoo-llama")
     texts = fg.corpus_texts(6)
     split = fg.loss_after_marker(model, tok, texts)
-    assert split["all"] == pytest.approx(lm_loss.causal_lm_loss(model, tok, texts), rel=1e-4)
+    assert split["all"] == lm_loss.causal_lm_loss(model, tok, texts)  # the same computation
     mixed = split["share_after"] * split["after"] + (1 - split["share_after"]) * split["rest"]
     assert mixed == pytest.approx(split["all"], rel=1e-4)
     assert 0 < split["share_after"] < 0.2 and split["p_end_after"] < 0.01

@@ -55,6 +55,7 @@ def test_card_adds_the_roofline_decode_prediction(capsys):
     line = roofline.prediction_line(want, batch=4, context=2048)
     row = next(r for r in out.splitlines() if "predicted decode (roofline)" in r)
     assert rc == 0 and row.endswith(line)
+    assert "ZeRO-3" not in out  # a training notion: not in the serving table
     rc, out, _ = run(capsys, "llama-2-7b", "--mode", "infer", "--json")
     assert "card" not in json.loads(out)
 

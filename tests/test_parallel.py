@@ -25,17 +25,44 @@ def single():
 
 
 @pytest.fixture(scope="module")
-def two_ranks():
+def launched():
+    """One 2-rank launch: fp32 for both methods and every strategy, bf16 for full fine-tuning."""
     args = ["--model", "tiny-llama", "--steps", "2", "--global-batch", "2", "--seq", "16"]
     result = launch.run(
-        "labkit.distributed.parallel", 2, [*args, "--methods", "full,lora"], timeout=240
+        "labkit.distributed.parallel",
+        2,
+        [*args, "--methods", "full,lora", "--precisions", "fp32,bf16"],
+        timeout=240,
     )
     assert result.returncode == 0
     return {
-        (r["job"]["method"], r["strategy"], r["rank"]): r
+        (r["job"]["method"], r["job"]["precision"], r["strategy"], r["rank"]): r
         for rep in result.reports
         for r in rep["runs"]
     }
+
+
+@pytest.fixture(scope="module")
+def two_ranks(launched):
+    return {(m, s, r): run for (m, p, s, r), run in launched.items() if p == "fp32"}
+
+
+@pytest.mark.slow
+def test_bf16_halves_fsdp_traffic_but_not_ddp_under_autocast(launched, single):
+    """DDP under autocast keeps fp32 weights and gradients: it all-reduces the fp32 gradient
+    bytes. FSDP2 with a bf16 MixedPrecisionPolicy gathers and reduces half the bytes."""
+    one = single["full"]["bytes"]
+    ddp = launched[("full", "bf16", "ddp", 0)]
+    assert ddp["payload_per_step"] == {"all_reduce": one["gradients"]}
+    for strategy in ("zero2", "zero3"):
+        fp32 = launched[("full", "fp32", strategy, 0)]["payload_per_step"]
+        bf16 = launched[("full", "bf16", strategy, 0)]["payload_per_step"]
+        assert bf16.keys() == fp32.keys()
+        for op in fp32:
+            assert 2 * bf16[op] == pytest.approx(fp32[op], rel=0.01), (strategy, op)
+    losses = launched[("full", "bf16", "zero3", 0)]["losses"]
+    ref = single["full"]["losses"]
+    assert all(abs(a - b) < 0.05 * b for a, b in zip(losses, ref, strict=True))
 
 
 @pytest.mark.slow
@@ -107,16 +134,45 @@ def test_comm_time_and_links():
 
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_launch_config_is_read_by_accelerate(nodes):
+    """accelerate reads the file, and hands torchrun the options of the printed line."""
     from accelerate.commands.config.config_args import load_config_from_file
+
+    from labkit import compat
 
     config, command = parallel.launch_config(8, nodes, "zero3")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
         yaml.safe_dump(config, fh)
         fh.flush()
         loaded = load_config_from_file(fh.name)
+        options, env = compat.accelerate_torchrun_args(fh.name)
     assert loaded.num_processes == 8 * nodes and loaded.num_machines == nodes
     assert loaded.fsdp_config["fsdp_version"] == 2
-    assert f"--nnodes={nodes}" in command
+    ours = dict(arg.removeprefix("--").split("=", 1) for arg in command[1:-1])
+    assert ours.pop("nnodes") == str(nodes) and options.pop("nnodes", "1") == str(nodes)
+    if nodes > 1:  # our line leaves the node's rank to fill in; the file says node 0
+        assert ours.pop("node-rank") == f"<0..{nodes - 1}>" and options.pop("node-rank") == "0"
+    assert ours == options
+    assert env["FSDP_VERSION"] == "2" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def test_hybrid_sharding_sends_only_gradient_shards_between_nodes():
+    w = g = 16 * 10**9
+    hsdp = parallel.hybrid_comm_seconds(
+        w, g, gpus_per_node=8, nodes=2, intra="nvlink4", inter="ib-hdr"
+    )
+    inside = parallel.comm_seconds(parallel.textbook_payload("zero3", w, g), 8, "nvlink4")
+    # each of 8 GPUs all-reduces its 2 GB gradient shard with its peer: 2 * 1/2 * 2 GB sent, all
+    # through the node's one 25 GB/s port: 16 GB / 25 GB/s
+    assert hsdp["inside"] == pytest.approx(inside)
+    assert hsdp["between"] == pytest.approx(16 / 25)
+    full = parallel.comm_seconds(parallel.textbook_payload("zero3", w, g), 16, "ib-hdr")
+    assert hsdp["total"] < full / 2
+    ports = parallel.hybrid_comm_seconds(
+        w, g, gpus_per_node=8, nodes=2, intra="nvlink4", inter="ib-hdr", ports_per_node=8
+    )
+    assert ports["between"] == pytest.approx(hsdp["between"] / 8)
+    with pytest.raises(LabkitError, match="unknown link"):
+        parallel.hybrid_comm_seconds(w, g, gpus_per_node=8, nodes=2, intra="x", inter="ib-hdr")
 
 
 @pytest.mark.slow
@@ -132,12 +188,16 @@ def test_notebook_03_memory_preset_matches_the_estimate():
 
 
 def test_presets_are_defaults_that_options_override():
-    preset, strategies, methods, job = parallel.parse_args(["--preset", "memory", "--seq", "32"])
-    assert (preset, strategies, methods) == ("memory", ["ddp", "zero3"], ["full"])
+    preset, strategies, kinds, job = parallel.parse_args(["--preset", "memory", "--seq", "32"])
+    assert (preset, strategies, kinds) == ("memory", ["ddp", "zero3"], [("full", "fp32")])
     assert job == {**job, "model": "tiny-llama", "steps": 1, "global_batch": 4, "seq": 32}
     assert parallel.parse_args([])[1] == ["ddp", "zero2", "zero3"]
     with pytest.raises(LabkitError, match="invalid choice: 'memry'"):
         parallel.parse_args(["--preset", "memry"])
+    kinds = parallel.parse_args(["--methods", "full,lora", "--precisions", "fp32,bf16"])[2]
+    assert kinds == [("full", "fp32"), ("lora", "fp32"), ("full", "bf16"), ("lora", "bf16")]
+    with pytest.raises(LabkitError, match="unknown precision 'fp8'; accepted: fp32, bf16"):
+        parallel.parse_args(["--precisions", "fp8"])
     with pytest.raises(LabkitError, match="compares ddp with zero3, got zero2"):
         parallel.memory_report([{"strategy": "zero2"}], JOB, rank=0, world=1)
 
@@ -187,3 +247,25 @@ def test_ctrl_c_stops_every_rank(monkeypatch, mark):
         launch.run("labkit.distributed.parallel", 2, ["--model", "tiny-llama"], timeout=60)
     monkeypatch.undo()
     assert _ranks_running(mark) == []
+
+
+@pytest.mark.slow
+def test_a_tied_bf16_model_in_the_hubs_layout_trains_under_every_engine(tmp_path):
+    """Notebook 15's MODEL_ID may be a hub download: a bf16 checkpoint with tied embeddings and
+    its tokenizer in one folder. The workers load it in fp32 and every engine matches one process."""
+    import torch
+
+    folder = tmp_path / "tied-bf16"
+    zoo.load_model("tiny-qwen2").to(torch.bfloat16).save_pretrained(folder)
+    zoo.load_tokenizer("zoo-llama").save_pretrained(folder)
+    job = parallel.Job(model=str(folder), steps=2, global_batch=2, seq=16)
+    one = parallel.train(job, "single")
+    params = sum(p.numel() for p in zoo.load_model(folder).parameters())  # tied: counted once
+    assert one["bytes"]["weights"] == 4 * params  # fp32, whatever the checkpoint's dtype
+    args = ["--model", str(folder), "--steps", "2", "--global-batch", "2", "--seq", "16"]
+    result = launch.run(
+        "labkit.distributed.parallel", 2, [*args, "--strategies", "ddp,zero3"], timeout=240
+    )
+    for report in result.reports:
+        for run in report["runs"]:
+            assert run["losses"] == pytest.approx(one["losses"], rel=1e-5), run["strategy"]

@@ -28,9 +28,13 @@ def test_cli_refuses_to_overwrite_without_force(tmp_path):
     from labkit import LabkitError
 
     (tmp_path / "model.safetensors").write_bytes(b"learner's model")
-    with pytest.raises(LabkitError, match="--force"):
-        build_zoo.cli_main(["--out", str(tmp_path)])
+    for force in ([], ["--force"]):  # not a folder build-zoo wrote: --force does not help
+        with pytest.raises(LabkitError, match="replaces only a model folder it wrote"):
+            build_zoo.cli_main(["--out", str(tmp_path), *force])
     assert (tmp_path / "model.safetensors").read_bytes() == b"learner's model"
+    (tmp_path / "provenance.json").write_text("{}")  # the course's own folder: needs --force
+    with pytest.raises(LabkitError, match="already holds a model; pass --force"):
+        build_zoo.cli_main(["--out", str(tmp_path)])
 
 
 def _old_model(folder):

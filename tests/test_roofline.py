@@ -1,9 +1,7 @@
-"""labkit.inference.roofline: card table, bytes and FLOPs per decode step, roofline predictions, measurements."""
-
-import math
+"""labkit.inference.roofline: card table, bytes and FLOPs per decode step, roofline predictions
+(the measurements that feed :func:`roofline.machine` are tests/test_bench.py)."""
 
 import pytest
-import torch
 
 from labkit import LabkitError
 from labkit.inference import roofline
@@ -42,7 +40,8 @@ def test_decode_cost_llama_3_1_8b():
     assert c.flops_per_token == 2 * (P - V * h - norms)
     assert c.kv_bytes_per_token == 128 * 1024  # docs/formulas.md: 128 KiB per token in bf16
     assert c.attn_flops_per_position == 4 * 32 * 32 * 128
-    # quantized weights: fewer bytes, same FLOPs (weight-only quantization dequantizes)
+    # quantized weights: fewer bytes, the same number of multiply-adds (NF4 dequantizes inside the
+    # kernel; LLM.int8 multiplies int8 x int8 with its outlier columns in 16-bit)
     q = roofline.decode_cost(cfg, "nf4")
     assert q.flops_per_token == c.flops_per_token and q.weight_bytes < c.weight_bytes / 3
     assert q.weight_bytes == estimator.weight_bytes(cfg, "nf4") - 2 * V * h
@@ -119,37 +118,6 @@ def test_bad_sizes():
         roofline.prefill_tokens_per_s(c, "l40s", prompt=0)
     with pytest.raises(LabkitError, match="bandwidth and flops must be > 0"):
         roofline.machine(0, 1)
-
-
-def test_measurements_are_positive_and_consistent():
-    bw = roofline.copy_bandwidth(4 * 2**20, repeats=2, n_threads=1)
-    rd = roofline.read_bandwidth(4 * 2**20, repeats=2, n_threads=1)
-    fl = roofline.matmul_flops(64, repeats=2, n_threads=1)
-    assert bw > 1e8 and rd > 1e8 and fl > 1e7
-    m = roofline.machine(bw, fl)
-    assert m.bandwidth == pytest.approx(bw) and m.flops == pytest.approx(fl)
-    before = torch.get_num_threads()
-    with roofline.threads(1) as n:
-        assert n == 1
-    assert torch.get_num_threads() == before
-    with pytest.raises(LabkitError, match="nbytes must be >= 1 MiB"):
-        roofline.copy_bandwidth(1000)
-    assert roofline.best_seconds(lambda: None, repeats=3) < 0.01
-    calls = []
-    roofline.best_seconds(lambda: calls.append("f"), repeats=2, before=lambda: calls.append("b"))
-    assert calls == ["f", "b", "f", "b", "f"]  # warmup, then before + run per repeat
-    flush = roofline.evict_caches(2**20)
-    assert float(flush()) == 2**18
-    with pytest.raises(LabkitError, match="repeats must be >= 1"):
-        roofline.best_seconds(lambda: None, repeats=0)
-
-
-def test_measure_decode_with_and_without_cache():
-    model = zoo.load_model("tiny-llama")
-    kw = dict(batch=2, prompt=4, new_tokens=3, repeats=1)
-    on = roofline.measure_decode(model, **kw)
-    off = roofline.measure_decode(model, use_cache=False, **kw)
-    assert on.use_cache and not off.use_cache and on.batch == 2 and on.context == 6
-    assert math.isfinite(on.tokens_per_s) and on.tokens_per_s == pytest.approx(2 / on.step_s)
-    with pytest.raises(LabkitError, match="prompt and new_tokens must be >= 1"):
-        roofline.measure_decode(model, new_tokens=0)
+    m = roofline.machine(8e9, 9e10)
+    assert m.bandwidth == pytest.approx(8e9) and m.flops == pytest.approx(9e10)
+    assert m.ridge == pytest.approx(11.25)

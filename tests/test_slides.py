@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from labkit import LabkitError
-from labkit.course import notebook_format, runner, slides
+from labkit.course import notebook_format, runner, slide_fit, slides
 
 NOTEBOOKS = runner.course_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
@@ -136,6 +136,24 @@ def test_structure_splits_skips_tags_and_adds_notes():
     }
 
 
+def test_tall_sections_are_split_into_subslides_that_fit():
+    """A section of many cells becomes several sub-slides, each within SLIDE_PX by the estimate
+    (the deck template caps a long code cell or figure; browser_check measures the real decks)."""
+    nb = nbformat.v4.new_notebook()
+    block = "\n".join(f"x{i} = {i}" for i in range(12))
+    nb.cells = [_md("# 99 · Toy"), _md("## 1. Long\n\nOne sentence.")]
+    nb.cells += [_code(block, text="".join(f"{i}\n" for i in range(6))) for _ in range(6)]
+    nb = slides.structure(nb, "99_toy.ipynb", run_seconds=40)
+    shown = [c for c in nb.cells if c.metadata["slideshow"]["slide_type"] not in ("skip", "notes")]
+    slide_px, starts = [], ("slide", "subslide")
+    for cell in shown:
+        if cell.metadata["slideshow"]["slide_type"] in starts:
+            slide_px.append(0)
+        slide_px[-1] += slide_fit.cell_height(cell)
+    assert len(slide_px) > 3 and max(slide_px) <= slide_fit.SLIDE_PX
+    assert slide_fit.cell_height(_code("x = 1\n" * 200)) <= slide_fit.CODE_MAX_PX + 40
+
+
 def test_structure_is_idempotent_and_keeps_the_exercises_runnable():
     once = slides.structure(_toy(), "99_toy.ipynb", run_seconds=40)
     text = nbformat.writes(once)
@@ -180,6 +198,42 @@ def test_committed_notebook_has_its_slide_structure(path):
         f"{path.name}: slide structure or speaker notes out of date; run "
         "`python -m labkit slides --structure` (then commit the notebooks and docs/presenting.md)"
     )
+
+
+def test_note_sentences_are_whole_and_end_without_an_ellipsis():
+    text = (
+        "Biderman et al. (2024) compare LoRA with full fine-tuning (e.g. on code). "
+        "`model.eval()` turns dropout off. Next."
+    )
+    assert slide_fit.sentences(text) == [
+        "Biderman et al. (2024) compare LoRA with full fine-tuning (e.g. on code).",
+        "`model.eval()` turns dropout off.",
+        "Next.",
+    ]
+    assert (
+        slide_fit.first_sentence("Ends in 3.5 GB and 2 s. Then more.") == "Ends in 3.5 GB and 2 s."
+    )
+    long = "A clause long enough to be a sentence on its own, " * 3 + "; " + "then more words " * 20
+    short = slide_fit.first_sentence(long + ".")
+    assert short.endswith(".") and not short.endswith(";.") and len(short) < len(long)
+    assert short[:-1] in long  # cut at the clause break, never inside a word
+    assert slide_fit.first_sentence("No full stop: a heading-like line") == (
+        "No full stop: a heading-like line."
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_speaker_notes_are_whole_sentences(path):
+    """Every bullet of the committed speaker notes ends a sentence: no ellipsis, no cut word."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if slides.NOTES_TAG not in cell.metadata.get("tags", []):
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("- "):
+                end = line.rstrip()
+                assert not end.endswith(("…", "...")), f"{path.name}: cut note {line[:70]!r}"
+                assert end[-1] in ".!?)", f"{path.name}: note is not a sentence: {line[-70:]!r}"
 
 
 #: the header and the README map (both written by `slides --structure --times`) agree within

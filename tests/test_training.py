@@ -56,18 +56,29 @@ def test_exact_match():
 
 
 def test_train_runs_the_trainer_and_lowers_the_loss(tok, capsys):
+    from transformers import TrainerCallback
+
+    class Epochs(TrainerCallback):
+        seen: list[float] = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.seen.append(metrics["eval_loss"])
+
     model = peft_methods.attach("tiny-llama", "lora", r=4)
     before = finetune.chat_loss(model, tok, "validation")
     run = finetune.train(
         model,
         tok,
         rows=loaders.load_chat("train")[:32],
+        eval_features=finetune.chat_features(tok, loaders.load_chat("validation")[:8]),
+        callbacks=[Epochs()],
         num_train_epochs=2,
         logging_steps=1,
         learning_rate=1e-2,
         disable_tqdm=True,
     )
     assert run.steps == 4 and len(run.losses) == 4 and run.seconds_per_step > 0
+    assert len(Epochs.seen) == 2  # eval_strategy "epoch" by default when there is eval data
     assert "'loss'" not in capsys.readouterr().out  # no log dicts printed when bars are off
     assert finetune.chat_loss(model, tok, "validation") < before
     assert not model.training

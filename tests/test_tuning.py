@@ -1,24 +1,30 @@
 """labkit.training.tuning: metrics, search space, model_init, resumable seeded search, the CLI.
 
-Searches use the ``smoke`` budget (32 sentences, 1-2 epochs): they check the machinery (counts,
-resume, seeding, pruning bookkeeping), not the quality of the numbers.
+The search protocol (counts, resume, seeding) is tested with a trivial objective
+(``tests/quick_tune.py``: sleep, return a number), so those tests take seconds; one smoke test
+trains MiniLM for real (``smoke`` budget: 32 sentences, 1-2 epochs) through the course's objective.
 """
 
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
+from quick_tune import quick_objective  # tests/quick_tune.py (pytest puts tests/ on sys.path)
 from transformers import EvalPrediction
 
 from labkit import REPO_ROOT, LabkitError
+from labkit.course import interrupt
 from labkit.training import tuning
+from labkit.training.tuning import cli, coordination, footprint, search
 
 CLI = [sys.executable, "-m", "labkit", "tune"]
+QUICK_CLI = (sys.executable, str(REPO_ROOT / "tests" / "quick_tune.py"))
 ENV = {**os.environ, "LABKIT_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -30,15 +36,15 @@ def _trials(url: str, name: str, state: TrialState | None = None):
 def test_compute_metrics_and_objective():
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])  # predicts 0, 1, 1, 0
     labels = np.array([0, 1, 0, 1])
-    metrics = tuning.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+    metrics = search.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
     assert metrics == {"accuracy": 0.5, "f1": 0.5}  # tp 1, fp 1, fn 1
-    assert tuning.compute_objective({"eval_f1": 0.75, "eval_loss": 0.3}) == 0.75
+    assert search.compute_objective({"eval_f1": 0.75, "eval_loss": 0.3}) == 0.75
     with pytest.raises(LabkitError, match="eval_f1"):
-        tuning.compute_objective({"eval_loss": 0.3})
+        search.compute_objective({"eval_loss": 0.3})
 
 
 def test_default_params_are_the_library_defaults():
-    params = tuning.default_params()
+    params = search.default_params()
     assert params.pop("optim") in {"adamw_torch_fused", "adamw_torch"}  # fused: transformers 5
     assert params == {
         "learning_rate": 5e-5,
@@ -53,8 +59,8 @@ def test_default_params_are_the_library_defaults():
 def test_model_init_suggests_lora_and_shares_the_seed_with_hp_space():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     trial = study.ask()
-    model = tuning.model_init(trial)  # the Trainer calls model_init before hp_space
-    space = tuning.hp_space(trial, max_epochs=2)
+    model = search.model_init(trial)  # the Trainer calls model_init before hp_space
+    space = search.hp_space(trial, max_epochs=2)
     assert set(trial.params) == {
         "lora_r",
         "lora_alpha",
@@ -76,7 +82,7 @@ def test_model_init_suggests_lora_and_shares_the_seed_with_hp_space():
     )
     assert not any("key" in n for n in trainable)
     # a fresh base every call: a second model has no adapters stacked on the first
-    again = tuning.model_init(trial)
+    again = search.model_init(trial)
     assert sum("lora_A" in n for n, _ in again.named_parameters()) == sum(
         "lora_A" in n for n, _ in model.named_parameters()
     )
@@ -86,7 +92,7 @@ def test_freeze_import_garbage_takes_the_loaded_stack_out_of_collections():
     import gc
 
     try:
-        frozen = tuning.freeze_import_garbage()
+        frozen = search.freeze_import_garbage()
         assert "transformers.trainer" in sys.modules and "peft" in sys.modules
         assert frozen == gc.get_freeze_count() > 100_000  # the stack's long-lived objects
     finally:
@@ -105,7 +111,7 @@ def test_pruning_savings_counts_steps_of_pruned_trials():
             distributions={},
         )
         study.add_trial(trial)
-    assert tuning.pruning_savings(study) == {
+    assert search.pruning_savings(study) == {
         "pruned_trials": 1,
         "steps_run": 12,
         "steps_saved": 8,
@@ -132,17 +138,19 @@ def test_fail_orphans_fails_only_trials_whose_process_is_gone(tmp_path):
     for worker in workers.values():
         trial = study.ask()
         if worker is not None:
-            trial.set_user_attr(tuning.WORKER_KEY, worker)
+            trial.set_user_attr(coordination.WORKER_KEY, worker)
     lines = []
-    assert tuning.fail_orphans(optuna.load_study(study_name="s", storage=url), lines.append) == [0]
+    assert coordination.fail_orphans(
+        optuna.load_study(study_name="s", storage=url), lines.append
+    ) == [0]
     states = [t.state for t in _trials(url, "s")]
     assert states == [TrialState.FAIL] + [TrialState.RUNNING] * 3
-    assert len(lines) == 1 and "process" in lines[0] and tuning.INTERRUPTED_NOTE in lines[0]
+    assert len(lines) == 1 and "process" in lines[0] and coordination.INTERRUPTED_NOTE in lines[0]
 
 
 def test_trial_samplers_differ_by_trial_and_repeat_by_seed():
     def draw(seed, number):
-        study = optuna.create_study(sampler=tuning.trial_sampler(seed, number))
+        study = optuna.create_study(sampler=coordination.trial_sampler(seed, number))
         return study.ask().suggest_float("x", 0, 1)
 
     assert draw(0, 0) == draw(0, 0)
@@ -159,6 +167,8 @@ def test_trial_samplers_differ_by_trial_and_repeat_by_seed():
         ({"timeout": "10"}, "timeout"),
         ({"study_name": None}, "study name"),
         ({"budget": "huge"}, "unknown budget"),
+        ({"gpu_memory": 0}, "GPU memory"),
+        ({"gpu_memory": True}, "GPU memory"),
     ],
 )
 def test_bad_options_are_refused_before_the_storage_is_touched(tmp_path, kwargs, match):
@@ -169,11 +179,14 @@ def test_bad_options_are_refused_before_the_storage_is_touched(tmp_path, kwargs,
     assert not db.exists()
 
 
-def test_numpy_integers_are_integers(tmp_path):
-    budget, storage = tuning.check_request(
-        f"sqlite:///{tmp_path / 'n.db'}", "s", np.int64(3), None, "smoke", seed=np.int32(4)
+def test_numpy_integers_are_integers_and_the_storage_is_not_opened(tmp_path):
+    db = tmp_path / "n.db"
+    request = coordination.check_request(
+        f"sqlite:///{db}", "s", np.int64(3), None, "smoke", seed=np.int32(4)
     )
-    assert budget.name == "smoke" and storage is not None
+    assert request.budget.name == "smoke" and (request.n_trials, request.seed) == (3, 4)
+    assert type(request.n_trials) is int and type(request.seed) is int
+    assert not db.exists()
 
 
 def test_multi_objective_or_foreign_study_is_one_line(tmp_path):
@@ -241,26 +254,31 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, extra):
     assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("labkit tune:")
 
 
-def test_same_seed_same_best_trial_and_rerun_runs_nothing(tmp_path):
-    results = []
-    for name in ("a", "b"):
-        url = f"sqlite:///{tmp_path / name}.db"
-        result = tuning.run_search(url, "s", 2, seed=7, budget="smoke", log=lambda _: None)
-        assert result.finished and tuning.count(result.study, TrialState.COMPLETE) == 2
-        best = result.study.best_trial
-        results.append((best.number, best.params, best.value))
-    assert results[0] == results[1]
-    again = tuning.run_search(url, "s", 2, seed=7, budget="smoke", log=lambda _: None)
-    assert again.started == 0 and len(again.study.trials) == len(result.study.trials)
+def _quick_search(url: str, name: str, n: int, seed: int = 0) -> coordination.SearchResult:
+    request = coordination.check_request(url, name, n, None, "smoke", seed=seed)
+    return coordination.search(request, quick_objective, log=lambda _: None)
+
+
+def test_same_seed_same_trials_and_rerun_runs_nothing(tmp_path):
+    def params(seed: int, name: str) -> list[dict]:
+        result = _quick_search(f"sqlite:///{tmp_path / name}.db", "s", 3, seed=seed)
+        assert result.finished and coordination.count(result.study, TrialState.COMPLETE) == 3
+        return [t.params for t in result.study.trials]
+
+    assert params(7, "a") == params(7, "b") != params(8, "c")
+    url = f"sqlite:///{tmp_path / 'b'}.db"
+    again = _quick_search(url, "s", 3, seed=7)
+    assert again.started == 0 and len(again.study.trials) == 3
     with pytest.raises(LabkitError, match="same options"):
-        tuning.run_search(url, "s", 2, seed=8, budget="smoke")
-    assert "best trial: #" in tuning.summary(again.study)
+        _quick_search(url, "s", 3, seed=8)
+    assert "best trial: #" in cli.summary(again.study)
 
 
-def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
-    url, n = f"sqlite:///{tmp_path / 'study.db'}", 3
+def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LABKIT_TEST_TRIAL_SECONDS", "2")  # long enough to be caught RUNNING
+    url, n = f"sqlite:///{tmp_path / 'study.db'}", 4
     argv = ["--storage", url, "--study-name", "k", "--n-trials", str(n), "--budget", "smoke"]
-    before = tuning.kill_mid_search(argv, url, "k", timeout=240)
+    before = interrupt.kill_mid_search(argv, url, "k", timeout=60, command=QUICK_CLI)
     complete_before = {
         t.number: (t.params, t.value) for t in before if t.state == TrialState.COMPLETE
     }
@@ -268,7 +286,7 @@ def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
     assert 1 <= len(complete_before) < n and running
 
     # the same command again, in this process (saves a second interpreter start-up)
-    assert tuning.cli_main(argv) == 0
+    assert cli.cli_main(argv, objective=quick_objective) == 0
     out = capsys.readouterr().out
     after = _trials(url, "k")
     complete = [t for t in after if t.state == TrialState.COMPLETE]
@@ -285,13 +303,31 @@ def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys):
     assert "marked FAIL on resume" in out and "best trial: #" in out
 
 
+def test_a_trial_runs_only_while_complete_plus_running_ahead_is_below_n(tmp_path):
+    """The exactly-N rule: trials ahead (RUNNING, lower number) keep their slot; once N are
+    COMPLETE a waiting trial gives up (the search then prunes it as surplus)."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.tell(study.ask(), 0.1)  # 1 COMPLETE
+    ahead = study.ask()  # another worker's live trial
+    ahead.set_user_attr(coordination.WORKER_KEY, f"{socket.gethostname()}:{os.getppid()}")
+    mine = study.ask()
+    assert coordination.wait_for_room(study, 3, before=mine.number)  # 3 - 1 - 1 = 1 slot
+    now = time.monotonic()
+    assert not coordination.wait_for_room(study, 2, before=mine.number, deadline=now)  # 0 slots
+    assert coordination.wait_for_room(study, 2, before=ahead.number)  # the earlier one goes on
+    study.tell(ahead, 0.2)  # 2 COMPLETE: the study is done
+    assert not coordination.wait_for_room(study, 2, before=mine.number)
+    assert [t.state for t in _trials(url, "s")][1:] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+
 def test_trial_footprint_dry_run_equals_a_real_forward():
     import torch
 
     from labkit.memory import measure
 
-    fp = tuning.trial_footprint(4, 8, "adamw_torch", max_length=16)
-    model = tuning.build_model(8, 16, 1).train()
+    fp = footprint.trial_footprint(4, 8, "adamw_torch", max_length=16)
+    model = search.build_model(8, 16, 1).train()
     params = set(measure._storages(measure._param_tensors(model)))
     saved = {}
 
@@ -306,13 +342,14 @@ def test_trial_footprint_dry_run_equals_a_real_forward():
     states = measure.state_bytes(model)
     assert fp["activations"] == sum(saved.values())
     assert fp["weights"] == states.weights and fp["gradients"] == 4 * states.trainable_parameters
-    sgd = tuning.trial_footprint(4, 8, "sgd", max_length=16)
+    sgd = footprint.trial_footprint(4, 8, "sgd", max_length=16)
     assert sgd["optimizer"] == 0 < fp["optimizer"]
 
 
-def test_gpu_memory_prunes_trials_that_do_not_fit_before_training(tmp_path):
-    small = max(tuning.trial_footprint(8, r, "adamw_torch")["total"] for r in tuning.LORA_RANKS)
-    large = min(tuning.trial_footprint(16, r, "sgd")["total"] for r in tuning.LORA_RANKS)
+def test_minilm_smoke_search_trains_and_prunes_what_does_not_fit(tmp_path):
+    """The one search that trains for real: the course's objective through run_search."""
+    small = max(footprint.trial_footprint(8, r, "adamw_torch")["total"] for r in search.LORA_RANKS)
+    large = min(footprint.trial_footprint(16, r, "sgd")["total"] for r in search.LORA_RANKS)
     assert small < large
     gib = (small + large) / 2 / 2**30
     url = f"sqlite:///{tmp_path / 'g.db'}"
@@ -323,11 +360,12 @@ def test_gpu_memory_prunes_trials_that_do_not_fit_before_training(tmp_path):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(complete) == 1 and complete[0].params["per_device_train_batch_size"] == 8
-    assert "train_steps" in complete[0].user_attrs  # it trained
+    assert complete[0].user_attrs["train_steps"] > 0  # it trained
+    assert 0 <= complete[0].value <= 1 and complete[0].intermediate_values  # an F1 per epoch
     assert pruned, "seed 2 draws batch 32 first"
     for t in pruned:
         assert t.params["per_device_train_batch_size"] > 8
-        assert "--gpu-memory" in t.user_attrs[tuning.PRUNED_REASON_KEY]
+        assert "--gpu-memory" in t.user_attrs[coordination.PRUNED_REASON_KEY]
         assert "train_steps" not in t.user_attrs  # never trained
     with pytest.raises(LabkitError, match="GPU memory"):
         tuning.run_search(url, "g", 1, budget="smoke", gpu_memory=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from labkit import REPO_ROOT, LabkitError
+from labkit import REPO_ROOT, LabkitError, files
 from labkit.models import zoo
 
 
@@ -28,14 +28,14 @@ def test_zoo_llama_loads_with_plain_from_pretrained_and_matches_provenance():
 
 
 def test_zoo_llama_heldout_loss_reproduces():
-    from labkit.course.build_zoo import mean_loss, pack
     from labkit.data import loaders
+    from labkit.training.lm_loss import blocks_loss, pack
 
     prov = json.loads((zoo.MODELS_DIR / "zoo-llama" / "provenance.json").read_text())
     model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
     blocks = pack(tok, loaders.load_corpus("validation"))
     assert blocks.numel() == prov["corpus_tokens"]["validation"]
-    assert mean_loss(model, blocks[:32]) == pytest.approx(prov["heldout_loss"], abs=0.1)
+    assert blocks_loss(model, blocks[:32]) == pytest.approx(prov["heldout_loss"], abs=0.1)
 
 
 def test_zoo_llama_generates_corpus_like_text():
@@ -150,8 +150,8 @@ def test_damaged_zoo_tokenizer_is_caught_by_its_checksum(zoo_copy):
 
 def test_each_zoo_file_is_hashed_once_per_process_until_it_changes(zoo_copy, monkeypatch):
     calls = []
-    real = zoo.sha256_file
-    monkeypatch.setattr(zoo, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: calls.append(p) or real(p))
     zoo.verify("zoo-llama")
     first = len(calls)
     zoo.verify("zoo-llama")
@@ -211,3 +211,28 @@ def test_cli_zoo_lists_and_cli_errors_are_one_line():
         run + ["frobnicate"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_loads_that_keep_every_real_weight_still_pass(tmp_path):
+    """The load checks refuse random or dropped tensors only: a tensor of no module is left out
+    (as transformers does), a new task head is the one random part, integer buffers are fine."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(zoo.MODELS_DIR / "zoo-llama", tmp_path / "m")
+    (tmp_path / "m" / "provenance.json").unlink()  # the weights change below
+    sd = load_file(tmp_path / "m" / "model.safetensors")
+    save_file({**sd, "evil.weight": torch.zeros(3)}, tmp_path / "m" / "model.safetensors")
+    assert _same_weights(zoo.load_model(tmp_path / "m"), zoo.load_model("zoo-llama"))
+    cls = zoo.load_model("zoo-llama", task="sequence-classification", num_labels=3)
+    assert cls.score.weight.shape == (3, 192)
+    assert type(zoo.load_model("zoo-llama", task="base")).__name__ == "LlamaModel"
+    assert zoo.load_model("minilm", task="base").embeddings.position_ids.dtype == torch.int64
+
+
+def test_a_copy_with_its_provenance_is_checked_wherever_it_lives(tmp_path):
+    shutil.copytree(zoo.MODELS_DIR / "zoo-llama", tmp_path / "copy")
+    assert _same_weights(zoo.load_model(tmp_path / "copy"), zoo.load_model("zoo-llama"))
+    _flip(tmp_path / "copy" / "model.safetensors")
+    for call in (zoo.load_model, zoo.load_tokenizer, zoo.load_config):
+        with pytest.raises(LabkitError, match="model.safetensors has sha256.*build-zoo --out"):
+            call(str(tmp_path / "copy"))

@@ -4,6 +4,10 @@
 tokenizer files, provenance.json). It is seeded and runs on a fixed thread count, so the same
 command on the same software gives the same weights; the provenance file records the seed, steps,
 tokens seen, final train and held-out loss, the untrained model's held-out loss, and sha256s.
+
+``--force`` replaces only a folder this command wrote (it holds its ``provenance.json`` and
+nothing but :data:`BUILT_FILES`), never a learner's files; the new folder is readable by everyone
+the umask allows, as any file the learner writes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -19,17 +24,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from labkit import LabkitError, hardware
 from labkit.cli import Parser
 from labkit.data import loaders
-from labkit.models.zoo import MODELS_DIR, _shown, sha256_file
+from labkit.files import sha256_file
+from labkit.files import shown as _shown
+from labkit.models.zoo import MODELS_DIR
+from labkit.training.lm_loss import blocks_loss, pack
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0, 1, 2, 3
 VOCAB_SIZE = 2048
 CONTEXT = 256
+#: Every file a build writes: a folder holding these only, with provenance.json, is the course's.
+BUILT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "provenance.json",
+    }
+)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
@@ -76,25 +98,6 @@ def model_config(vocab_size: int = VOCAB_SIZE) -> LlamaConfig:
     )
 
 
-def pack(
-    tokenizer: PreTrainedTokenizerFast, texts: list[str], block: int = CONTEXT
-) -> torch.Tensor:
-    """Concatenate ``<s> text </s>`` for every text and cut into ``block``-token rows."""
-    ids: list[int] = []
-    for enc in tokenizer(texts)["input_ids"]:
-        ids.extend(enc + [tokenizer.eos_token_id])
-    n = len(ids) // block
-    return torch.tensor(ids[: n * block]).view(n, block)
-
-
-@torch.no_grad()
-def mean_loss(model: LlamaForCausalLM, blocks: torch.Tensor, batch: int = 16) -> float:
-    """Mean next-token cross-entropy over ``blocks`` (nats per token)."""
-    model.eval()
-    losses = [model(input_ids=b, labels=b).loss.item() for b in blocks.split(batch)]
-    return sum(losses) / len(losses)
-
-
 def build(
     out_dir: Path,
     steps: int = 900,
@@ -119,7 +122,7 @@ def build(
     train_blocks, val_blocks = pack(tokenizer, train_text), pack(tokenizer, val_text)
 
     model = LlamaForCausalLM(model_config(len(tokenizer)))
-    untrained_val = mean_loss(model, val_blocks)
+    untrained_val = blocks_loss(model, val_blocks)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -150,7 +153,7 @@ def build(
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-    val = mean_loss(model, val_blocks)
+    val = blocks_loss(model, val_blocks)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -188,15 +191,24 @@ def build_into(out_dir: Path, force: bool = False, **kwargs: Any) -> dict:
     into place, then the old one deleted (two renames on the same file system).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LabkitError(f"--out {out_dir} is a file; accepted: a folder (new or a zoo model)")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise LabkitError(f"{_shown(out_dir)} already holds a model; pass --force to replace it")
-    if not out_dir.parent.is_dir():
-        raise LabkitError(f"--out {out_dir}: folder {out_dir.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-building-", dir=out_dir.parent))
+    _check_out(out_dir, force)
     try:
-        record = build(tmp, **kwargs)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-building-", dir=out_dir.parent))
+    except OSError as err:
+        raise LabkitError(
+            f"cannot write into {_shown(out_dir.parent)} ({err.strerror}); accepted: --out in "
+            "a writable folder"
+        ) from None
+    try:
+        try:
+            record = build(tmp, **kwargs)
+        except (OSError, SafetensorError) as err:  # a full disk while saving
+            why = getattr(err, "strerror", None) or str(err).splitlines()[0][:160]
+            raise LabkitError(
+                f"cannot write the model for {_shown(out_dir)} ({why}); the folder there was "
+                "kept as it was; accepted: a writable folder with free space"
+            ) from None
+        _readable(tmp)
         old = None
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
@@ -214,6 +226,41 @@ def build_into(out_dir: Path, force: bool = False, **kwargs: Any) -> dict:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def _check_out(out_dir: Path, force: bool) -> None:
+    """Refuse an ``--out`` build-zoo may not write: a file, a missing parent, a folder of files it
+    did not write (with or without ``--force``), or its own model without ``--force``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LabkitError(f"--out {out_dir} is a file; accepted: a folder (new or a zoo model)")
+    if not out_dir.parent.is_dir():
+        raise LabkitError(f"--out {out_dir}: folder {out_dir.parent} does not exist")
+    entries = list(out_dir.iterdir()) if out_dir.is_dir() else []
+    if not entries:
+        return
+    foreign = sorted(p.name for p in entries if p.name not in BUILT_FILES or not p.is_file())
+    if foreign or not (out_dir / "provenance.json").is_file():
+        what = (
+            f"files build-zoo did not write ({', '.join(foreign[:3])})"
+            if foreign
+            else "files but no provenance.json"
+        )
+        raise LabkitError(
+            f"{_shown(out_dir)} holds {what}: build-zoo replaces only a model folder it wrote "
+            "itself, never other files; accepted: a new or empty folder, or move those files away"
+        )
+    if not force:
+        raise LabkitError(f"{_shown(out_dir)} already holds a model; pass --force to replace it")
+
+
+def _readable(folder: Path) -> None:
+    """Give a built folder the permissions of any new folder and file under the umask (mkdtemp
+    makes it 0700, and other users of a shared install must read the zoo)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _positive(text: str) -> int:

@@ -17,6 +17,11 @@ On a machine with no network::
 
 ``--check`` installs the bundle that way into a fresh folder and runs notebook 00 from it
 (``make bundle-check``): the proof that the wheelhouse is complete.
+
+The bundle is the room's only copy, so it is refused rather than packed short or damaged: every
+tracked file must be on disk, and every file with a recorded sha256 (``data/README.md``'s
+manifest: data, configs, the zoo Llama) must match it. The archive is written to a temporary file
+and renamed into place; ``--check`` removes only a check folder it made itself.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from labkit import REPO_ROOT, LabkitError
+from labkit import REPO_ROOT, LabkitError, files
 from labkit.cli import Parser
+from labkit.data import loaders
 
 BUNDLE_DIR = REPO_ROOT / "build" / "bundle"
+#: The file ``--check`` leaves in the folder it makes: only such a folder is ever removed.
+CHECK_MARK = ".labkit-bundle-check"
 TORCH_SPEC = "torch==2.13.0"
 #: What an editable install (``pip install -e``) builds with, offline.
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
@@ -60,7 +68,8 @@ def requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
 
 
 def tracked_files(repo: Path = REPO_ROOT) -> list[str]:
-    """Files git tracks in ``repo`` (as they are on disk now), sorted."""
+    """Files git tracks in ``repo`` (as they are on disk now), sorted; one line when a tracked
+    file is missing on disk (the bundle would silently lack it)."""
     try:
         out = subprocess.run(
             ["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True, text=True
@@ -69,17 +78,32 @@ def tracked_files(repo: Path = REPO_ROOT) -> list[str]:
         raise LabkitError(
             f"the bundle packs `git ls-files`, which failed in {repo}: {err}"
         ) from err
-    return sorted(f for f in out.split("\0") if f and (repo / f).is_file())
+    names = sorted(f for f in out.split("\0") if f)
+    missing = [f for f in names if not (repo / f).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise LabkitError(
+            f"{len(missing)} tracked file(s) are missing on disk ({missing[0]}{more}), so the "
+            "bundle would lack them; restore them (git checkout -- FILE) or commit their "
+            "removal (git rm FILE)"
+        )
+    return names
 
 
 def pack_repository(target: Path, repo: Path = REPO_ROOT) -> int:
-    """Write ``target`` (tar.gz of the tracked files under ``course/``); returns the file count."""
-    files = tracked_files(repo)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(target, "w:gz") as tar:
-        for name in files:
+    """Write ``target`` (tar.gz of the tracked files under ``course/``); returns the file count.
+
+    Refused in one line, before anything is written: a tracked file missing on disk, or a file
+    whose sha256 differs from the one ``data/README.md`` records (damaged zoo weights or data).
+    The archive is written to a temporary file and renamed into place.
+    """
+    names = tracked_files(repo)
+    loaders.verify_all(repo / "data")
+    files.writable_folder(target.parent)
+    with files.replacing(target, binary=True) as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
+        for name in names:
             tar.add(repo / name, arcname=f"course/{name}", recursive=False)
-    return len(files)
+    return len(names)
 
 
 def _pip(*args: str) -> None:
@@ -114,16 +138,17 @@ def fill_wheelhouse(wheelhouse: Path, torch_spec: str = TORCH_SPEC) -> int:
 
 def build(out: Path = BUNDLE_DIR, torch_spec: str = TORCH_SPEC, wheels: bool = True) -> Path:
     """Write the bundle into ``out`` (``wheels=False``: repository and INSTALL.md only)."""
-    out.mkdir(parents=True, exist_ok=True)
+    files.writable_folder(out)
     n = pack_repository(out / "course.tar.gz")
     print(f"course.tar.gz: {n} files", flush=True)
     if wheels:
         count = fill_wheelhouse(out / "wheelhouse", torch_spec)
         print(f"wheelhouse: {count} wheels", flush=True)
-    (out / "INSTALL.md").write_text(
+    files.replace_text(
+        out / "INSTALL.md",
         INSTALL.format(
             python=f"{sys.version_info.major}.{sys.version_info.minor}", platform=sys.platform
-        )
+        ),
     )
     return out
 
@@ -136,10 +161,27 @@ def unpack(bundle: Path, dest: Path) -> Path:
     return dest / "course"
 
 
+def _fresh_check_folder(work: Path) -> None:
+    """Empty ``work`` for a new check: only a folder an earlier check made (it holds
+    :data:`CHECK_MARK`) or an empty one is removed, never a folder of someone else's."""
+    if work.is_dir() and any(work.iterdir()) and not (work / CHECK_MARK).is_file():
+        raise LabkitError(
+            f"{files.shown(work)} holds files an earlier bundle check did not write; move them "
+            "away (the check unpacks the bundle there)"
+        )
+    if work.exists() and not work.is_dir():
+        raise LabkitError(f"{files.shown(work)} is a file; accepted: a folder for the check")
+    shutil.rmtree(work, ignore_errors=True)
+    files.writable_folder(work)
+    (work / CHECK_MARK).write_text("made by python -m labkit bundle --check\n")
+
+
 def check(bundle: Path = BUNDLE_DIR, work: Path | None = None) -> int:
     """Install the bundle as INSTALL.md says, with no index, in a fresh folder; run notebook 00."""
+    if not (bundle / "course.tar.gz").is_file() or not (bundle / "wheelhouse").is_dir():
+        raise LabkitError(f"no bundle in {bundle}; run `make bundle` first")
     work = work or bundle / "check"
-    shutil.rmtree(work, ignore_errors=True)
+    _fresh_check_folder(work)
     course = unpack(bundle, work)
     env = {
         **os.environ,
@@ -154,7 +196,8 @@ def check(bundle: Path = BUNDLE_DIR, work: Path | None = None) -> int:
         [".venv/bin/python", "-m", "labkit", "course", "notebooks/00_setup_and_tour.ipynb"],
     ):
         print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=course, env=env, check=True)
+        if subprocess.run(cmd, cwd=course, env=env).returncode:
+            raise LabkitError(f"the bundle check failed at `{' '.join(cmd)}` (see above) in {work}")
     print(f"bundle check passed: installed with no index and ran notebook 00 in {work}")
     return 0
 
@@ -173,8 +216,6 @@ def cli_main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     if args.check:
-        if not (args.out / "wheelhouse").is_dir():
-            raise LabkitError(f"no bundle in {args.out}; run `make bundle` first")
         return check(args.out)
     build(args.out, args.torch, wheels=not args.no_wheels)
     print(f"bundle: {args.out} (see {args.out / 'INSTALL.md'})")

@@ -13,6 +13,7 @@ is JupyterLab's Run > Run All Above Selected Cell; this helper also works from a
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def find_notebook(notebook: str | Path) -> Path:
     """``"05"``, ``"05_int8_quantization"`` or a path -> the notebook's path."""
     from labkit.course.runner import NOTEBOOKS_DIR, course_notebooks
 
+    if not isinstance(notebook, str | os.PathLike):
+        raise LabkitError(
+            f"notebook must be a string such as '05' or a path, got {type(notebook).__name__} "
+            f"{notebook!r}; accepted: {', '.join(p.stem[:2] for p in course_notebooks())}"
+        )
     path = Path(notebook)
     if path.suffix == ".ipynb" and path.is_file():
         return path
@@ -38,6 +44,12 @@ def find_notebook(notebook: str | Path) -> Path:
 def cells_before(nb: nbformat.NotebookNode, heading: str) -> list[str]:
     """Sources of the code cells above the ``##`` section whose title starts with ``heading``
     (``"4"`` matches ``"4. Outliers and LLM.int8()"``; case-insensitive)."""
+    if not isinstance(heading, str):
+        raise LabkitError(
+            f"heading must be a string such as '4' or '4. Outliers', got "
+            f"{type(heading).__name__} {heading!r}; accepted: "
+            f"{', '.join(notebook_format.sections(nb)) or '(no ## sections)'}"
+        )
     want = heading.strip().lower()
     code: list[str] = []
     for cell in nb.cells:
@@ -63,8 +75,13 @@ def run_until(notebook: str | Path, heading: str, namespace: dict | None = None)
     with ``namespace``, they are executed in that dict. Stops at the first failing cell with a
     one-line error naming it.
     """
+    if namespace is not None and not isinstance(namespace, dict):
+        raise LabkitError(
+            f"namespace must be a dict (the globals the cells run in), got "
+            f"{type(namespace).__name__}; accepted: a dict, or None for this kernel"
+        )
     path = find_notebook(notebook)
-    sources = cells_before(nbformat.read(path, as_version=4), heading)
+    sources = cells_before(notebook_format.read(path), heading)
     shell = None
     if namespace is None:
         try:

@@ -550,17 +550,18 @@ EXERCISES.update(
 )
 
 
-def check(exercise: str, answer: Any = None) -> bool:
+def check(exercise: str, answer: Any = None) -> bool | None:
     """Say whether ``answer`` is right for ``exercise`` (e.g. ``"05.1"``); return True if it is.
 
-    ``None`` or ``...`` means "not answered yet": it prints how to answer and returns False, so a
-    notebook run top to bottom never fails on an exercise the learner has not done.
+    ``None`` or ``...`` means "not answered yet": it prints how to answer and returns None (falsy,
+    and Jupyter shows no ``Out[]`` line for it), so a notebook run top to bottom never fails on an
+    exercise the learner has not done, and its stored output is the one printed line.
     """
-    if exercise not in EXERCISES:
+    if not isinstance(exercise, str) or exercise not in EXERCISES:
         raise unknown("exercise", exercise, sorted(EXERCISES) or ["(none registered)"])
     if answer is None or answer is ...:
         print(f"{exercise}: not answered yet; set `answer = ...` above and run this cell again")
-        return False
+        return None
     entry = EXERCISES[exercise]
     try:
         ok = bool(entry.accept(answer))

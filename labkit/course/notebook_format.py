@@ -18,16 +18,38 @@ into slides) all read the format through this module.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nbformat
+
+from labkit import LabkitError
 
 HEADING_RE = re.compile(r"^(?P<hashes>#{1,6})[ \t]+(?P<title>\S.*?)\s*$")
 SOLUTION_START = "<details><summary>Solution"
 #: Title given to a solution that comes before any ``###`` heading.
 NO_HEADING = "exercise"
+
+
+def read(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
+    """The notebook at ``path``, or one line saying it is missing or not a notebook (cut or
+    empty JSON, another JSON shape, not UTF-8): what ``course``, ``slides`` and ``catch_up``
+    all refuse the same way."""
+    path = Path(path)
+    try:
+        return nbformat.read(path, as_version=4)
+    except FileNotFoundError:
+        raise LabkitError(f"no such notebook: {path}") from None
+    except IsADirectoryError:
+        raise LabkitError(f"{path} is a folder, not a notebook") from None
+    except Exception as err:  # JSON, schema or encoding errors: all say "not a notebook"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise LabkitError(
+            f"{path.name} is not a notebook ({first}); accepted: .ipynb files saved by Jupyter"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,27 @@ solution's status. Nothing is stored in ``notebooks/``.
 code cells (stored outputs kept): ``make test`` runs nbval on those copies, so CI checks every
 notebook's outputs *and* every solution while running each notebook once.
 
-A run of some notebooks updates their rows in ``build/course-report.json`` and keeps the others.
+A run of some notebooks updates their rows in ``build/course-report.json`` and keeps the others
+(those of the course, and of the folders this run's notebooks are in). Every file is written
+through a temporary file and an atomic rename (a full disk never leaves a cut notebook), the
+output folder is checked for writing before any notebook runs, and Ctrl-C stops the whole run
+(exit 130) keeping the rows of the notebooks that finished.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
 
-from labkit import REPO_ROOT, LabkitError
+from labkit import REPO_ROOT, LabkitError, compat, files
 from labkit.cli import Parser
 from labkit.course import notebook_format
 
@@ -37,6 +44,15 @@ NAME_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 #: Cell metadata keys kept in committed notebooks; everything else (timings, ids of widgets,
 #: collapsed state...) is volatile and stripped.
 KEEP_CELL_METADATA = {"slideshow", "tags", "editable", "deletable"}
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run in ``notebook``; ``kept`` says what was written before it."""
+
+    def __init__(self, notebook: str, kept: str):
+        super().__init__(notebook)
+        self.notebook, self.kept = notebook, kept
 
 
 def course_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -76,7 +92,7 @@ def execute(
     nb = nbformat.read(path, as_version=4) if nb is None else nb
     client = NotebookClient(
         nb,
-        timeout=timeout,
+        timeout=None if timeout == -1 else timeout,
         kernel_name="python3",
         allow_errors=allow_errors,
         resources={"metadata": {"path": str(path.parent)}},
@@ -85,11 +101,16 @@ def execute(
     error = None
     try:
         client.execute()
+    except KeyboardInterrupt:
+        raise
     except CellExecutionError as err:
-        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        lines = [ln for ln in ANSI_RE.sub("", str(err)).splitlines() if ln.strip()]
         error = lines[-1][:300] if lines else "cell failed"
     except Exception as err:  # kernel died, timeout...
-        error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        text = ANSI_RE.sub("", str(err))
+        error = f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    if compat.nbclient_signalled(client):  # Ctrl-C: nbclient stopped the kernel and went on
+        raise KeyboardInterrupt
     return nb, time.perf_counter() - start, error
 
 
@@ -147,24 +168,46 @@ def write_solution_copies(paths: list[Path], out_dir: Path) -> list[Path]:
     ``out_dir``, so a notebook must find files through ``labkit.REPO_ROOT``, never ``../``
     (``tests/test_runner.py`` checks the committed notebooks for that).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.writable_folder(out_dir)
     written = []
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         target = out_dir / path.name
-        nbformat.write(with_solutions(nb, name=path.name[:2]), target)
+        write_notebook(with_solutions(nb, name=path.name[:2]), target)
         written.append(target)
     return written
 
 
-def merge_report(old: dict | None, rows: list[dict], folder: Path) -> dict:
+def write_notebook(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Write ``nb`` to ``path`` through a temporary file and an atomic rename: a full disk or a
+    kill leaves the old file whole, and fails in one line (:func:`labkit.files.replacing`)."""
+    with files.replacing(path) as fh:
+        nbformat.write(nb, fh)
+
+
+def _report_rows(old: object) -> list[dict]:
+    """The rows of an old report, if it is one (a list, a string or broken rows: none)."""
+    rows = old.get("notebooks", []) if isinstance(old, dict) else []
+    return [
+        r
+        for r in (rows if isinstance(rows, list) else [])
+        if isinstance(r, dict)
+        and isinstance(r.get("notebook"), str)
+        and isinstance(r.get("seconds"), int | float)
+        and isinstance(r.get("status"), str)
+    ]
+
+
+def merge_report(old: object, rows: list[dict], folder: Path | Iterable[Path]) -> dict:
     """The course report after a run of ``rows``: their entries replace the old ones, entries of
-    notebooks not run this time are kept (if the notebook still exists in ``folder``)."""
+    notebooks not run this time are kept if the notebook still exists in ``folder`` (one folder,
+    or several: the course's and those of this run's notebooks)."""
+    folders = [folder] if isinstance(folder, Path) else list(folder)
     ran = {r["notebook"] for r in rows}
     kept = [
         r
-        for r in (old or {}).get("notebooks", [])
-        if r.get("notebook") not in ran and (folder / str(r.get("notebook"))).is_file()
+        for r in _report_rows(old)
+        if r["notebook"] not in ran and any((f / r["notebook"]).is_file() for f in folders)
     ]
     merged = sorted(kept + rows, key=lambda r: r["notebook"])
     return {
@@ -183,54 +226,99 @@ def report_table(rows: list[dict], total: float) -> str:
     return "\n".join(lines)
 
 
-def run_course(
-    paths: list[Path], inplace: bool = False, out_dir: Path = BUILD_DIR, timeout: int = 600
-) -> dict:
-    """Execute ``paths`` in order; write executed copies (or store in place) and the report."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in paths:
-        print(f"running {path.name} ...", flush=True)
-        nb, seconds, error = execute(path, timeout=timeout)
-        strip_volatile(nb)
-        target = path if inplace and error is None else out_dir / path.name
-        nbformat.write(nb, target)
-        rows.append(
-            {
-                "notebook": path.name,
-                "seconds": round(seconds, 1),
-                "status": "ok" if error is None else f"FAILED: {error}",
-            }
-        )
+def _run_one(path: Path, inplace: bool, out_dir: Path, timeout: int) -> dict:
+    """Execute one notebook, write its executed copy (or store it in place) and return its row;
+    ``KeyboardInterrupt`` when Ctrl-C was pressed during it (nothing written then)."""
+    print(f"running {path.name} ...", flush=True)
+    nb, seconds, error = execute(path, timeout=timeout)
+    strip_volatile(nb)
+    write_notebook(nb, path if inplace and error is None else out_dir / path.name)
+    status = "ok" if error is None else f"FAILED: {error}"
+    return {"notebook": path.name, "seconds": round(seconds, 1), "status": status}
+
+
+def _write_report(out_dir: Path, rows: list[dict], folders: set[Path]) -> dict:
     report_path = out_dir / "course-report.json"
     try:
         old = json.loads(report_path.read_text()) if report_path.is_file() else None
-    except json.JSONDecodeError:
-        old = None  # a broken report is rebuilt from this run
-    report = merge_report(old, rows, folder=paths[0].parent if paths else NOTEBOOKS_DIR)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        old = None  # a broken report is rebuilt from this run (and the notebooks' own rows)
+    report = merge_report(old, rows, folders)
+    files.replace_text(report_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def run_course(
+    paths: list[Path], inplace: bool = False, out_dir: Path = BUILD_DIR, timeout: int = 600
+) -> dict:
+    """Execute ``paths`` in order; write executed copies (or store in place) and the report.
+
+    The folders written to are checked first (one line, before any notebook runs). Ctrl-C
+    stops the run: the report keeps the notebooks that finished, and :class:`Interrupted` says
+    where it stopped.
+    """
+    files.writable_folder(out_dir)
+    if inplace:
+        for folder in {p.parent for p in paths}:
+            files.writable_folder(folder)
+    folders = {NOTEBOOKS_DIR, *(p.parent for p in paths)}
+    rows: list[dict] = []
+    for path in paths:
+        try:
+            rows.append(_run_one(path, inplace, out_dir, timeout))
+        except KeyboardInterrupt:
+            _write_report(out_dir, rows, folders)
+            kept = f"the report keeps the {len(rows)} notebook(s) that finished"
+            raise Interrupted(path.name, kept) from None
+    report = _write_report(out_dir, rows, folders)
     print(report_table(rows, round(sum(r["seconds"] for r in rows), 1)))
     if len(report["notebooks"]) > len(rows):
         print(f"(report: {len(rows)} notebook(s) updated, {len(report['notebooks'])} in total)")
     return report
 
 
-def _check_notebook(path: Path) -> None:
-    """One line for a file that is not a notebook, before any notebook runs."""
+def _timeout(text: str) -> int:
+    """``--timeout``: seconds per cell (>= 1), or -1 for no limit (0 is refused, not "none")."""
     try:
-        nbformat.read(path, as_version=4)
-    except Exception as err:  # JSON, schema or encoding errors: all say "not a notebook"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise LabkitError(
-            f"{path.name} is not a notebook ({first}); accepted: .ipynb files saved by Jupyter"
-        ) from None
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds per cell >= 1, or -1 for no limit, got {text!r}"
+        )
+    return value
+
+
+def _run_exercises(paths: list[Path], timeout: int) -> int:
+    """``--exercises``: every notebook then its solutions; writes build/exercises-report.json."""
+    files.writable_folder(BUILD_DIR)
+    rows = []
+    for p in paths:
+        try:
+            rows += run_exercises(p, timeout=timeout)
+        except KeyboardInterrupt:
+            raise Interrupted(p.name, "no exercises report was written") from None
+    out = BUILD_DIR / "exercises-report.json"
+    files.replace_text(out, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    width = max([len(r["notebook"]) + len(r["exercise"]) + 3 for r in rows] + [10])
+    for r in rows:
+        print(f"{r['notebook'] + ' · ' + r['exercise']:<{width}}  {r['status']}")
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - failed} of {len(rows)} solutions ran; report: {out}")
+    return 1 if failed else 0
 
 
 def cli_main(argv: list[str]) -> int:
     parser = Parser(prog="python -m labkit course", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="notebook paths (default: every NN_*.ipynb)")
     parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=600,
+        help="seconds per cell (default 600; -1: no limit)",
+    )
     parser.add_argument(
         "--exercises", action="store_true", help="run each notebook's exercise solutions after it"
     )
@@ -252,7 +340,20 @@ def cli_main(argv: list[str]) -> int:
     if not paths:
         raise LabkitError(f"no NN_topic.ipynb notebooks in {NOTEBOOKS_DIR}")
     for p in paths:
-        _check_notebook(p)
+        notebook_format.read(p)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # nbclient's orphan tasks on Ctrl-C
+    try:
+        return _run(args, paths)
+    except Interrupted as stop:
+        print(
+            f"labkit course: interrupted (Ctrl-C) in {stop.notebook}; {stop.kept}; run the same "
+            "command again to redo it",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run(args: argparse.Namespace, paths: list[Path]) -> int:
     if args.with_solutions:
         written = write_solution_copies(paths, args.with_solutions)
         n = sum(
@@ -263,16 +364,7 @@ def cli_main(argv: list[str]) -> int:
         )
         return 0
     if args.exercises:
-        rows = [row for p in paths for row in run_exercises(p, timeout=args.timeout)]
-        BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        out = BUILD_DIR / "exercises-report.json"
-        out.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
-        width = max([len(r["notebook"]) + len(r["exercise"]) + 3 for r in rows] + [10])
-        for r in rows:
-            print(f"{r['notebook'] + ' · ' + r['exercise']:<{width}}  {r['status']}")
-        failed = sum(r["status"] != "ok" for r in rows)
-        print(f"{len(rows) - failed} of {len(rows)} solutions ran; report: {out}")
-        return 1 if failed else 0
-    report = run_course(paths, inplace=args.inplace, timeout=args.timeout)
+        return _run_exercises(paths, args.timeout)
+    report = run_course(paths, inplace=args.inplace, out_dir=BUILD_DIR, timeout=args.timeout)
     print(f"report: {BUILD_DIR / 'course-report.json'}", file=sys.stderr)
     return 1 if report["failed"] else 0

@@ -9,13 +9,17 @@ notebooks (idempotent: a second run changes nothing):
 - a markdown cell is split before each ``##`` / ``###`` heading and before each solution, so
   exercises, solutions and the summary each get their own slide (``##`` starts a slide, ``###``
   and a solution a sub-slide);
-- a code cell whose stored output is long gets the tag ``slides-long-output``: the deck shows its
-  code and one line saying where the output is (the notebook), not 30 rows;
+- a code cell whose stored output is long gets the tag ``slides-long-output``, and a cell that
+  would take a slide past a 1280x720 screen starts a sub-slide (:mod:`labkit.course.slide_fit`);
 - each ``##`` section gets a speaker ``notes`` cell (tag ``speaker-notes``) with its minutes and
   what to say or skip, computed from the section itself and the notebook's measured CPU time.
 
 ``--times build/course-report.json`` also writes the measured seconds into each notebook's header
 and the README's course map, so the three agree (``tests/test_slides.py`` compares them).
+
+Every file is replaced through a temporary file and an atomic rename; a broken notebook, a
+report that is not a course report, a negative time, or an output folder that cannot be written
+is one line before anything is written.
 """
 
 from __future__ import annotations
@@ -29,21 +33,22 @@ from pathlib import Path
 
 import nbformat
 
-from labkit import REPO_ROOT, LabkitError
+from labkit import REPO_ROOT, LabkitError, files
 from labkit.cli import Parser
 from labkit.course import notebook_format
+from labkit.course.slide_fit import (
+    LONG_TAG,
+    first_sentence,
+    fit_slides,
+    is_long_output,
+    output_size,
+)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SLIDES_DIR = REPO_ROOT / "build" / "slides"
 README = REPO_ROOT / "README.md"
 PRESENTING = REPO_ROOT / "docs" / "presenting.md"
 NOTES_TAG = "speaker-notes"
-LONG_TAG = "slides-long-output"
-#: A code cell's output is "long" (kept off its slide) past this many lines, or this many lines of
-#: code and output together, or this many HTML table rows.
-LONG_OUTPUT_LINES = 20
-LONG_CELL_LINES = 32
-LONG_TABLE_ROWS = 12
 #: Minutes a learner group needs per exercise tier, and for the title and summary slides.
 TIER_MINUTES = {"⭐": 5, "⭐⭐": 10, "⭐⭐⭐": 15}
 TITLE_MINUTES = 2
@@ -58,35 +63,6 @@ MAP_ROW_RE = re.compile(r"^\| \[(\d\d)\]\([^)]*\) \|[^|\n]*\|[^|\n]*\| (\d+) s \
 
 
 # ----------------------------------------------------------------------------- structure
-
-
-def _output_size(cell) -> tuple[int, int]:
-    """(lines of text output, HTML table rows) of a code cell's stored outputs."""
-    lines = rows = 0
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            lines += out.get("text", "").count("\n")
-        data = out.get("data", {})
-        if "text/html" in data:
-            rows += str(data["text/html"]).count("<tr")
-        elif "text/plain" in data and "image/png" not in data:
-            lines += str(data["text/plain"]).count("\n") + 1
-        if out.get("output_type") == "error":
-            lines += len(out.get("traceback", []))
-    return lines, rows
-
-
-def is_long_output(cell) -> bool:
-    """Whether a code cell's output would overflow its slide (see the LONG_* limits)."""
-    if cell.cell_type != "code":
-        return False
-    lines, rows = _output_size(cell)
-    code_lines = cell.source.count("\n") + 1
-    return (
-        lines > LONG_OUTPUT_LINES
-        or (lines > 8 and lines + code_lines > LONG_CELL_LINES)
-        or rows > LONG_TABLE_ROWS
-    )
 
 
 def _has_figure(cell) -> bool:
@@ -157,12 +133,6 @@ def _plain(markdown: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _first_sentence(text: str, limit: int = 220) -> str:
-    m = re.match(r"(.+?[.!?])(\s|$)", text)
-    sentence = m.group(1) if m else text
-    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
-
-
 def sections(nb: nbformat.NotebookNode) -> list[Section]:
     """The notebook's ``##`` sections with what their slides hold (speaker notes excluded)."""
     found: list[Section] = []
@@ -181,9 +151,9 @@ def sections(nb: nbformat.NotebookNode) -> list[Section]:
             tiers = map(notebook_format.tier, notebook_format.headings(src, level=3))
             sec.tiers += ["⭐" * t for t in tiers if t]
             if src.lstrip().startswith("**Check:**") and not sec.check:
-                sec.check = _first_sentence(plain.removeprefix("Check:").strip())
+                sec.check = first_sentence(plain.removeprefix("Check:").strip())
             elif plain and not sec.first_sentence and not src.lstrip().startswith("**Check"):
-                sec.first_sentence = _first_sentence(plain)
+                sec.first_sentence = first_sentence(plain)
         elif src.strip():
             sec.code_cells += 1
             sec.figures += _has_figure(cell)
@@ -311,6 +281,7 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
             cell.metadata["tags"] = tags
         else:
             cell.metadata.pop("tags", None)
+    fit_slides(cells)
     nb.cells = cells
     secs = iter(plan(nb, run_seconds))
     out = []
@@ -333,6 +304,39 @@ def set_times(nb: nbformat.NotebookNode, seconds: float) -> bool:
     changed = new != nb.cells[0].source
     nb.cells[0].source = new
     return changed
+
+
+REPORT_ACCEPTED = "accepted: the build/course-report.json that `python -m labkit course` writes"
+
+
+def read_times(report: Path) -> dict[str, float]:
+    """Notebook name -> measured seconds, from the ``ok`` rows of a course report; one line for
+    a file that is not a course report or a time that is not a number of seconds >= 0."""
+    if not report.is_file():
+        raise LabkitError(f"no course report at {report}; run `make course` first")
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LabkitError(f"{report} is not a text file; {REPORT_ACCEPTED}") from None
+    except json.JSONDecodeError as err:
+        raise LabkitError(f"{report} is not valid JSON ({err.msg}); {REPORT_ACCEPTED}") from None
+    rows = data.get("notebooks") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise LabkitError(f"{report} holds no list of notebooks; {REPORT_ACCEPTED}")
+    measured = {}
+    for k, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("notebook"), str):
+            raise LabkitError(f"{report}: row {k} names no notebook; {REPORT_ACCEPTED}")
+        if row.get("status") != "ok":
+            continue
+        sec = row.get("seconds")
+        if isinstance(sec, bool) or not isinstance(sec, int | float) or not 0 <= sec < math.inf:
+            raise LabkitError(
+                f"{report}: {row['notebook']} has seconds {sec!r}; accepted: a number of "
+                "seconds >= 0"
+            )
+        measured[row["notebook"]] = float(sec)
+    return measured
 
 
 def set_readme_times(readme_text: str, seconds: dict[str, float]) -> str:
@@ -399,7 +403,8 @@ def update_plan(guide: Path, paths: list[Path], readme: Path = README) -> bool:
     head, rest = text.split(PLAN_START, 1)
     tail = rest.split(PLAN_END, 1)[1]
     new = head + plan_table(paths, readme) + tail
-    guide.write_text(new)
+    if new != text:
+        files.replace_text(guide, new)
     return new != text
 
 
@@ -427,7 +432,7 @@ def _deck_preprocess(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type != "code":
             continue
         if LONG_TAG in cell.metadata.get("tags", []):
-            lines, rows = _output_size(cell)
+            lines, rows = output_size(cell)
             size = f"{rows} table rows" if rows > lines else f"{lines} lines"
             cell.outputs = [
                 nbformat.v4.new_output(
@@ -447,8 +452,18 @@ def build_decks(paths: list[Path], out_dir: Path = SLIDES_DIR) -> list[Path]:
     """One offline reveal.js deck per notebook in ``out_dir`` (with ``out_dir/reveal.js/``)."""
     from nbconvert import SlidesExporter
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ASSETS / "reveal.js", out_dir / "reveal.js", dirs_exist_ok=True)
+    files.writable_folder(out_dir)
+    notebooks = [notebook_format.read(p) for p in paths]
+    try:
+        shutil.copytree(ASSETS / "reveal.js", out_dir / "reveal.js", dirs_exist_ok=True)
+    except shutil.Error as err:  # a list of (source, target, why), one per file that failed
+        failed = err.args[0] if err.args and isinstance(err.args[0], list) else [("", "", err)]
+        raise LabkitError(
+            f"cannot copy reveal.js into {files.shown(out_dir)} ({failed[0][-1]}); accepted: a "
+            "writable folder with free space"
+        ) from None
+    except OSError as err:
+        raise files.write_error(out_dir / "reveal.js", err, kept=False) from None
     exporter = SlidesExporter(
         extra_template_paths=[str(ASSETS / "slides")],
         template_file="offline_reveal.html.j2",
@@ -457,14 +472,15 @@ def build_decks(paths: list[Path], out_dir: Path = SLIDES_DIR) -> list[Path]:
         reveal_transition="none",
     )
     written = []
-    for path in paths:
-        nb = _deck_preprocess(nbformat.read(path, as_version=4))
-        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    for path, nb in zip(paths, notebooks, strict=True):
+        body, _ = exporter.from_notebook_node(
+            _deck_preprocess(nb), resources={"metadata": {"name": path.stem}}
+        )
         remote = remote_references(body)
         if remote:
             raise LabkitError(f"{path.name}: the deck would load from the network: {remote[0]!r}")
         target = out_dir / f"{path.stem}.slides.html"
-        target.write_text(body)
+        files.replace_text(target, body)
         written.append(target)
     return written
 
@@ -502,22 +518,21 @@ def cli_main(argv: list[str]) -> int:
         decks = build_decks(paths, args.out)
         print(f"{len(decks)} offline decks in {args.out} (open one in a browser; S: speaker view)")
         return 0
-    measured: dict[str, float] = {}
-    if args.times:
-        if not args.times.is_file():
-            raise LabkitError(f"no course report at {args.times}; run `make course` first")
-        rows = json.loads(args.times.read_text()).get("notebooks", [])
-        measured = {r["notebook"][:2]: r["seconds"] for r in rows if r.get("status") == "ok"}
-        README.write_text(set_readme_times(README.read_text(), measured))
+    notebooks = [notebook_format.read(p) for p in paths]  # every one readable before any write
+    measured = read_times(args.times) if args.times else {}
+    if measured:
+        course = {p.name for p in course_notebooks()}  # the README maps the course only
+        on_map = {name[:2]: sec for name, sec in measured.items() if name in course}
+        files.replace_text(README, set_readme_times(README.read_text(), on_map))
     changed = 0
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
+    for path, nb in zip(paths, notebooks, strict=True):
         before = nbformat.writes(nb)
-        if path.name[:2] in measured:
-            set_times(nb, measured[path.name[:2]])
+        if path.name in measured:
+            set_times(nb, measured[path.name])
         structure(nb, path.name, cpu_seconds(path.name))
         if nbformat.writes(nb) != before:
-            nbformat.write(nb, path)
+            with files.replacing(path) as fh:
+                nbformat.write(nb, fh)
             changed += 1
     if PRESENTING.is_file():
         update_plan(PRESENTING, course_notebooks())

@@ -19,7 +19,9 @@ import random
 from pathlib import Path
 
 from labkit import DATA_DIR
+from labkit.checks import count, seed_value
 from labkit.data.loaders import SPLITS
+from labkit.files import replace_text, write_error
 
 SEED = 1234
 
@@ -305,7 +307,8 @@ def make_corpus(
 ) -> dict[str, list[str]]:
     """Stories over the tiny world's facts, one per line. Validation stories are new stories
     (new combinations and wording) about the same facts."""
-    rng = random.Random(seed)
+    n_train, n_validation = count("n_train", n_train), count("n_validation", n_validation)
+    rng = random.Random(seed_value("seed", seed))
     all_facts = facts()
     return {
         "train": [_story(rng, all_facts) for _ in range(n_train)],
@@ -326,7 +329,7 @@ def make_chat(seed: int = SEED) -> dict[str, list[dict]]:
     Each record: ``prompt``, ``response`` (full sentence), ``short`` (the bare answer, a second
     style used in the adapters notebook), ``intent``, ``entity``.
     """
-    rng = random.Random(seed + 1)
+    rng = random.Random(seed_value("seed", seed) + 1)
     by_intent: dict[str, list[dict]] = {}
     for f in facts():
         by_intent.setdefault(f["intent"], []).append(f)
@@ -448,7 +451,8 @@ def make_sentiment(n: int = 1500, seed: int = SEED) -> dict[str, list[dict]]:
     Negation, contrast ("X was bad, but Y was good": the clause after *but* decides) and 5%
     flipped labels (annotator noise) keep it hard enough that accuracy moves with hyperparameters.
     """
-    rng = random.Random(seed + 2)
+    n = count("n", n)
+    rng = random.Random(seed_value("seed", seed) + 2)
     seen, rows = set(), []
     while len(rows) < n:
         text, label = _sentiment_example(rng)
@@ -467,24 +471,26 @@ def make_sentiment(n: int = 1500, seed: int = SEED) -> dict[str, list[dict]]:
 
 
 # --- files ------------------------------------------------------------------------------------
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def _write(path: Path, text: str) -> Path:
+    """Replace ``path`` through a temporary file and a rename: a full disk or a kill leaves the
+    old file whole (never a cut one that would load), and fails in one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+    replace_text(path, text)
+    return path
 
 
 def write_all(data_dir: Path = DATA_DIR) -> list[Path]:
-    """Regenerate every data file; returns the paths written."""
+    """Regenerate every data file, each replaced atomically; returns the paths written."""
     written = []
     for split, lines in make_corpus().items():
-        path = data_dir / "corpus" / f"{split}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
-        written.append(path)
+        written.append(_write(data_dir / "corpus" / f"{split}.txt", "\n".join(lines) + "\n"))
     for name, maker in (("chat", make_chat), ("sentiment", make_sentiment)):
         for split, rows in maker().items():
-            path = data_dir / name / f"{split}.jsonl"
-            _write_jsonl(path, rows)
-            written.append(path)
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            written.append(_write(data_dir / name / f"{split}.jsonl", text))
     return written
 
 

@@ -1,56 +1,112 @@
 """Loading the course's data sets (written by :mod:`labkit.data.generator`) and their manifest.
 
-A missing, cut or non-JSON file is one line naming the file and the fix.
+Every file is checked against the sha256 that the manifest of ``data/README.md`` records, once
+per file and process (:mod:`labkit.files`): a file cut by a full disk or an interrupted
+``build-data``, or emptied, never loads as fewer rows. A missing, cut, changed or non-JSON file is
+one line naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import labkit
-from labkit import DATA_DIR, LabkitError
+from labkit import DATA_DIR, LabkitError, files
 
 SPLITS = ("train", "validation", "test")
+FIX = "restore it (git checkout data/) or regenerate it (python -m labkit build-data)"
+#: A row of the manifest table in data/README.md: | `path` | bytes | `sha256` |
+MANIFEST_ROW = re.compile(r"^\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|\s*$", re.M)
+#: (README path, mtime_ns) -> its manifest, read once per process until it changes.
+_MANIFESTS: dict[tuple[str, int], dict[str, str]] = {}
 
 
 def _check_split(split: str, accepted: tuple[str, ...]) -> None:
-    if split not in accepted:
+    if not isinstance(split, str) or split not in accepted:
         raise labkit.unknown("split", split, accepted)
+
+
+def recorded_digests(data_dir: Path | None = None) -> dict[str, str]:
+    """File (relative to the data folder, ``chat/train.jsonl``) -> the sha256 recorded in the
+    manifest of that folder's ``README.md``; a copy of the data files without one is checked
+    against the course's own ``data/README.md``."""
+    readme = (data_dir or DATA_DIR) / "README.md"
+    if not readme.is_file():
+        readme = labkit.DATA_DIR / "README.md"
+    try:
+        key = (str(readme.resolve()), readme.stat().st_mtime_ns)
+        if key not in _MANIFESTS:
+            text = readme.read_text(encoding="utf-8")
+            _MANIFESTS[key] = dict(MANIFEST_ROW.findall(text))
+    except (OSError, UnicodeDecodeError) as err:
+        raise LabkitError(
+            f"cannot read the data manifest {files.shown(readme)} ({type(err).__name__}); "
+            "restore it: git checkout data/README.md"
+        ) from None
+    return _MANIFESTS[key]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return f"data/{path.relative_to(DATA_DIR).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
+def _check_digest(path: Path) -> None:
+    """``path`` against its recorded sha256 (once per file and process)."""
+    rel = path.relative_to(DATA_DIR).as_posix()
+    expected = recorded_digests().get(rel)
+    if expected is None:
+        raise LabkitError(
+            f"the manifest of data/README.md records no sha256 for {rel}; restore data/README.md "
+            "(git checkout data/README.md)"
+        )
+    files.checked_sha256(path, expected, FIX)
+
+
+def _read_text(path: Path) -> str:
+    """The text of a data file, or one line naming the file and the fix."""
+    shown = _shown(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabkitError(f"{shown} is missing; {FIX}") from None
+    except UnicodeDecodeError:
+        raise LabkitError(f"{shown} is not a text file (not UTF-8); {FIX}") from None
+    except OSError as err:
+        raise LabkitError(f"cannot read {shown} ({err.strerror}); {FIX}") from None
 
 
 def load_corpus(split: str = "train") -> list[str]:
     """The pretraining corpus, one story per line (``train`` or ``validation``)."""
     _check_split(split, ("train", "validation"))
-    return (DATA_DIR / "corpus" / f"{split}.txt").read_text().splitlines()
+    path = DATA_DIR / "corpus" / f"{split}.txt"
+    lines = _read_text(path).splitlines()
+    _check_digest(path)
+    return lines
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file, or one line naming the file (and the line) and the fix."""
-    try:
-        shown = f"data/{path.relative_to(DATA_DIR).as_posix()}"
-    except ValueError:
-        shown = str(path)
-    fix = "restore it (git checkout data/) or regenerate it (python -m labkit build-data)"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LabkitError(f"{shown} is missing; {fix}") from None
-    except UnicodeDecodeError:
-        raise LabkitError(f"{shown} is not a text file (not UTF-8); {fix}") from None
+    """The records of a JSON-lines file, or one line naming the file (and the line) and the fix;
+    then the file is checked against its recorded sha256."""
+    shown = _shown(path)
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise LabkitError(
-                f"{shown} line {number} is not valid JSON ({err.msg}); {fix}"
+                f"{shown} line {number} is not valid JSON ({err.msg}); {FIX}"
             ) from None
         if not isinstance(record, dict):
-            raise LabkitError(f"{shown} line {number} is not a JSON object; {fix}")
+            raise LabkitError(f"{shown} line {number} is not a JSON object; {FIX}")
         records.append(record)
+    _check_digest(path)
     return records
 
 
@@ -66,14 +122,25 @@ def load_sentiment(split: str = "train") -> list[dict]:
     return _read_jsonl(DATA_DIR / "sentiment" / f"{split}.jsonl")
 
 
+def verify_all(data_dir: Path = DATA_DIR) -> int:
+    """Check every file the manifest of ``data/README.md`` records (data, configs, the zoo
+    Llama) against its sha256; returns how many. One line for the first that differs."""
+    digests = recorded_digests(data_dir)
+    for rel, expected in digests.items():
+        files.checked_sha256(data_dir / rel, expected, FIX)
+    return len(digests)
+
+
 def manifest(data_dir: Path = DATA_DIR) -> list[dict]:
     """Every shipped data file (not the MiniLM package) with its size and sha256."""
-    from labkit.models.zoo import sha256_file
-
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name != "README.md")
+    found = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name != "README.md")
     return [
-        {"path": str(p.relative_to(data_dir)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in files
+        {
+            "path": str(p.relative_to(data_dir)),
+            "bytes": p.stat().st_size,
+            "sha256": files.sha256_file(p),
+        }
+        for p in found
     ]
 
 

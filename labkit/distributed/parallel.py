@@ -15,6 +15,11 @@ Strategies (the engines as they are, nothing home-made):
   the backward pass, so less memory in flight and one more all-gather per step.
 - ``offload``: ``zero3`` plus ``CPUOffloadPolicy``: sharded parameters, gradients and the
   optimizer step live in CPU memory (on a GPU machine; here everything is on the CPU already).
+
+Precisions (:data:`PRECISIONS`, ``--precisions fp32,bf16``): ``fp32`` everywhere, or ``bf16`` the
+way each engine does it: DDP (and one process) under ``torch.autocast`` with fp32 weights and
+gradients, FSDP2 with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16)``, which
+gathers and reduces in bf16.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ STRATEGIES = {
     "zero3": "FSDP2 fully_shard: states sharded, weights re-gathered in backward",
     "offload": "FSDP2 fully_shard + CPUOffloadPolicy: sharded states live in CPU memory",
 }
+#: Precision name -> how each engine runs it (see the module docstring).
+PRECISIONS = {
+    "fp32": "fp32 weights, gradients, compute and collectives",
+    "bf16": "DDP: bf16 autocast, fp32 weights and gradients; FSDP2: MixedPrecisionPolicy "
+    "(param_dtype=bf16, reduce_dtype=bf16), fp32 sharded weights",
+}
 #: The collectives whose payload bytes are counted (what FSDP2 and our DDP hook call).
 COLLECTIVES = ("all_gather_single", "reduce_scatter_single", "all_reduce")
 
@@ -55,9 +66,11 @@ class Job:
     lr: float = 1e-3
     lora_r: int = 8
     seed: int = 0
+    precision: str = "fp32"
 
     def check(self, world: int = 1) -> Job:
         choice("method", self.method, ("full", "lora"))
+        choice("precision", self.precision, PRECISIONS)
         for name in ("steps", "global_batch", "seq", "lora_r"):
             positive(name, getattr(self, name))
         if self.global_batch % world:
@@ -261,12 +274,44 @@ def comm_seconds(payload: dict[str, int], world: int, link: str) -> float:
     return ring_sent(payload, world) / (LINKS[link].gb_per_s * 1e9)
 
 
+def hybrid_comm_seconds(
+    weight_bytes: int,
+    grad_bytes: int,
+    *,
+    gpus_per_node: int,
+    nodes: int,
+    intra: str,
+    inter: str,
+    ports_per_node: int = 1,
+) -> dict[str, float]:
+    """Seconds per step of hybrid sharding (FSDP2 HSDP, ZeRO++ hpZ): ZeRO-3 inside each node over
+    ``intra``, the nodes holding replicas; only the gradient shards cross ``inter``.
+
+    Inside a node: two all-gathers of the weights and a reduce-scatter of the gradients over
+    ``gpus_per_node`` ranks. Between nodes: each GPU all-reduces its 1/``gpus_per_node`` gradient
+    shard with its peers on the other nodes (a ring over ``nodes`` ranks); the node's GPUs share
+    its ``ports_per_node`` ports. Bandwidth only (a lower bound), as :func:`comm_seconds`.
+    """
+    for name, value in (("gpus_per_node", gpus_per_node), ("nodes", nodes)):
+        positive(name, value)
+    positive("ports_per_node", ports_per_node)
+    choice("link", inter, LINKS)
+    inside = comm_seconds(textbook_payload("zero3", weight_bytes, grad_bytes), gpus_per_node, intra)
+    shard = grad_bytes / gpus_per_node
+    per_node = gpus_per_node * ring_sent({"all_reduce": shard}, nodes)  # all the node's GPUs
+    ports = min(ports_per_node, gpus_per_node)
+    between = per_node / (ports * LINKS[inter].gb_per_s * 1e9)
+    return {"inside": inside, "between": between, "total": inside + between}
+
+
 def launch_config(
     gpus_per_node: int = 8, nodes: int = 1, strategy: str = "zero3", main_host: str = "node0"
 ) -> tuple[dict, list[str]]:
     """An ``accelerate launch`` config (as a dict to write as YAML) and the matching ``torchrun``
     command for ``nodes`` x ``gpus_per_node`` GPUs. Run the same on every node, with its own rank
-    (``machine_rank`` / ``--node-rank``): that is the only line that differs between nodes."""
+    (``machine_rank`` / ``--node-rank``): that is the only line that differs between nodes. The
+    torchrun options are those ``accelerate launch`` derives from the file (notebook 15 checks it
+    with :func:`labkit.compat.accelerate_torchrun_args`)."""
     choice("strategy", strategy, ("ddp", "zero2", "zero3"))
     positive("gpus_per_node", gpus_per_node)
     positive("nodes", nodes)
@@ -288,13 +333,13 @@ def launch_config(
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
         }
     config = {k: v for k, v in config.items() if v is not None}
+    # the options accelerate itself hands torchrun for this file (its prepare_multi_gpu_env):
+    # one node: the port; several: each node's rank and the rendezvous on the main node
     torchrun = ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={gpus_per_node}"]
     if nodes > 1:
-        torchrun += [
-            f"--node-rank=<0..{nodes - 1}>",
-            f"--master-addr={main_host}",
-            "--master-port=29500",
-        ]
+        torchrun += [f"--node-rank=<0..{nodes - 1}>", f"--rdzv-endpoint={main_host}:29500"]
+    else:
+        torchrun += ["--master-port=29500"]
     return config, [*torchrun, "train.py"]
 
 
@@ -320,8 +365,14 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def wrap(model: torch.nn.Module, strategy: str, traffic: Traffic | None = None) -> torch.nn.Module:
-    """Apply ``strategy`` to ``model`` inside an initialised process group."""
+def wrap(
+    model: torch.nn.Module,
+    strategy: str,
+    traffic: Traffic | None = None,
+    precision: str = "fp32",
+) -> torch.nn.Module:
+    """Apply ``strategy`` to ``model`` inside an initialised process group; ``precision="bf16"``
+    gives FSDP2 a bf16 ``MixedPrecisionPolicy`` (DDP's bf16 is autocast, in :func:`train`)."""
     if strategy == "single":
         return model
     if strategy == "ddp":
@@ -329,9 +380,13 @@ def wrap(model: torch.nn.Module, strategy: str, traffic: Traffic | None = None) 
         if traffic is not None:
             ddp.register_comm_hook(None, _ddp_hook(traffic))
         return ddp
-    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     options: dict = {"reshard_after_forward": strategy != "zero2"}
+    if precision == "bf16":
+        options["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16
+        )
     if strategy == "offload":
         options["offload_policy"] = CPUOffloadPolicy()
     for block in _blocks(model):
@@ -356,17 +411,19 @@ def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
     traffic = Traffic()
     micro = job.global_batch // world
     with traffic.installed():
-        model = wrap(build_model(job).to(device), strategy, traffic)
+        model = wrap(build_model(job).to(device), strategy, traffic, job.precision)
+        autocast = job.precision == "bf16" and strategy in ("single", "ddp")
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=job.lr)
         losses = []
         for step in range(job.steps):
             ids = data[step, rank * micro : (rank + 1) * micro]
             with traffic.counting():
-                loss = model(input_ids=ids, labels=ids).loss
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
                 optimizer.step()
-            mean = loss.detach().clone()
+            mean = loss.detach().float().clone()
             if world > 1:
                 dist.all_reduce(mean)
                 mean /= world
@@ -440,17 +497,20 @@ def memory_report(runs: list[dict], job: Job, rank: int, world: int) -> dict:
     return report
 
 
-def parse_args(argv: list[str] | None) -> tuple[str | None, list[str], list[str], dict]:
-    """The worker's command line -> ``(preset, strategies, methods, Job fields)``; a preset's
-    settings are defaults, so options given with it win."""
+def parse_args(
+    argv: list[str] | None,
+) -> tuple[str | None, list[str], list[tuple[str, str]], dict]:
+    """The worker's command line -> ``(preset, strategies, [(method, precision), ...], Job
+    fields)``; a preset's settings are defaults, so options given with it win."""
     from labkit.cli import Parser
 
     parser = Parser(prog="python -m labkit.distributed.parallel")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named settings (PRESETS)")
     parser.add_argument("--strategies", default="ddp,zero2,zero3", help="comma-separated")
     parser.add_argument("--methods", default="full", help="comma-separated: full, lora")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16")
     for field, default in asdict(Job()).items():
-        if field != "method":
+        if field not in ("method", "precision"):
             parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
     preset = parser.parse_args(argv).preset
     if preset:
@@ -459,15 +519,19 @@ def parse_args(argv: list[str] | None) -> tuple[str | None, list[str], list[str]
     del args["preset"]
     strategies = args.pop("strategies").split(",")
     methods = args.pop("methods").split(",")
+    precisions = args.pop("precisions").split(",")
     for name in strategies:
         if name not in STRATEGIES or name == "single":
             raise unknown("strategy", name, [s for s in STRATEGIES if s != "single"])
-    return preset, strategies, methods, args
+    for name in precisions:
+        choice("precision", name, PRECISIONS)
+    return preset, strategies, [(m, p) for p in precisions for m in methods], args
 
 
 def cli_main(argv: list[str] | None = None) -> int:
     """Worker entry point under torchrun:
-    ``python -m labkit.distributed.parallel --strategies ddp,zero3 --methods full,lora [job options]``
+    ``python -m labkit.distributed.parallel --strategies ddp,zero3 --methods full,lora
+    --precisions fp32,bf16 [job options]``
     or ``--preset memory`` (notebook 03).
 
     Runs every (method, strategy) pair in turn in the same processes (one start-up, one import)
@@ -477,15 +541,15 @@ def cli_main(argv: list[str] | None = None) -> int:
     from labkit import hardware
     from labkit.distributed.launch import write_report
 
-    preset, strategies, methods, job_args = parse_args(argv)
+    preset, strategies, kinds, job_args = parse_args(argv)
     hardware.quiet_logs()
     torch.set_num_threads(1)
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         runs = [
-            train(Job(method=method, **job_args), strategy, rank, world)
-            for method in methods
+            train(Job(method=method, precision=precision, **job_args), strategy, rank, world)
+            for method, precision in kinds
             for strategy in strategies
         ]
         if preset == "memory":

@@ -8,7 +8,11 @@ prefill's peak (a dry run) besides weights + KV cache + logits. Every total name
 regime; ``--method lora`` keeps the frozen base in the compute dtype as practitioners do
 (``--base-dtype fp32`` for the fp32-base figure). The job, its defaults and its checks are
 :class:`labkit.memory.job.TrainingJob`'s, the verdict :func:`labkit.memory.calculator.fit`'s: the
-same path as notebook 01's calculator. Bad input is one line on stderr with exit status 2 (see
+same path as notebook 01's calculator. Training on one GPU also reports the peak of a step
+(:func:`labkit.memory.peak.training_peak`: the largest live set, its phase, each phase's largest;
+``--optimizer-impl``, ``--device``, ``--lora-dropout`` move it), which the verdict reads; ``--fit
+GIB`` answers the inverse question (:mod:`labkit.fit.search`). Bad input is one line on stderr
+with exit status 2 (see
 :mod:`labkit.cli`); the memory API's errors name its parameters, :func:`flag` re-spells them.
 """
 
@@ -22,9 +26,10 @@ from typing import Any
 from labkit import LabkitError
 from labkit.cli import Parser
 from labkit.dtypes import OPTIMIZERS, PRECISIONS
+from labkit.fit import search
 from labkit.inference import roofline
-from labkit.memory import calculator, estimator, rules, sharding
-from labkit.memory.job import ATTENTIONS, OptionError, TrainingJob
+from labkit.memory import calculator, estimator, peak, rules, sharding
+from labkit.memory.job import ATTENTIONS, DEVICES, OptionError, TrainingJob
 from labkit.models import architecture, zoo
 
 #: Keys of the ``--json`` object (bytes unless the name is a count; ``gpus_needed`` is null when
@@ -61,7 +66,12 @@ JOB_OPTIONS = (
     "lora_targets",
     "frozen_layers",
     "base_dtype",
+    "device",
 )
+#: Keys the ``--json`` object gains in training on one GPU: the peak of a step (bytes), its
+#: phase and moment, what is alive then, the largest live bytes of each phase; with ``--fit``,
+#: ``max_batch`` and ``max_seq`` (null when not even 1 fits).
+PEAK_KEYS = ("peak", "peak_phase", "peak_moment", "peak_step", "peak_alive", "phases")
 
 
 def flag(name: str, value: str = "") -> str:
@@ -89,6 +99,7 @@ def _number(convert, accepted, what: str):
 _positive_int = _number(int, lambda v: v > 0, "a positive integer")
 _nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
+_dropout = _number(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frozen-layers", type=_nonneg_int, default=None, help="with --method frozen")
     p.add_argument(
         "--dtype", choices=estimator.WEIGHT_DTYPES, default=None, help="--mode infer weights (bf16)"
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=None,
+        help=f"where the step runs: dropout masks, the optimizer torch picks ({job.device})",
+    )
+    p.add_argument(
+        "--optimizer-impl",
+        choices=peak.IMPLS,
+        default=None,
+        help="the optimizer's implementation (default: what torch picks on --device: "
+        "foreach on cuda, single on cpu)",
+    )
+    p.add_argument("--lora-dropout", type=_dropout, default=None, help="peft's lora_dropout (0.0)")
+    p.add_argument(
+        "--fit",
+        type=_positive_float,
+        default=None,
+        metavar="GIB",
+        help="the largest --batch at --seq and the longest --seq at --batch whose peak fits GIB",
     )
     p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
     p.add_argument(
@@ -176,6 +208,14 @@ def _check_options(args: argparse.Namespace) -> None:
             f"{' and '.join(given)} apply to {flag('method', 'lora')} or qlora "
             f"(with {flag('mode', 'train')})"
         )
+    train_only = [
+        flag(n)
+        for n, v in (("optimizer_impl", args.optimizer_impl), ("lora_dropout", args.lora_dropout))
+        + (("fit", args.fit),)
+        if v is not None  # --lora-dropout 0 given in infer mode is ignored too
+    ]
+    if train_only and infer:
+        raise LabkitError(f"{' and '.join(train_only)} apply to {flag('mode', 'train')}")
     if args.dtype is not None and not infer:
         raise LabkitError(
             f"{flag('dtype')} sets the weights of {flag('mode', 'infer')}; for training use "
@@ -206,10 +246,31 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
                 **dtype,
             )
         else:
-            b = estimator.training_memory(config, _job(args))
+            job = _job(args)
+            b = estimator.training_memory(config, job)
+            one_gpu = args.gpus == 1 and int(args.zero) == 0
+            step = peak.training_peak(config, job, **_levers(args)) if one_gpu else None
+            return calculator.fit(
+                b, gpus=args.gpus, zero=int(args.zero), gpu_gib=args.gpu_memory, peak=step
+            )
         return calculator.fit(b, gpus=args.gpus, zero=int(args.zero), gpu_gib=args.gpu_memory)
     except OptionError as err:
         raise LabkitError(err.spelled(flag)) from None
+
+
+def _levers(args: argparse.Namespace) -> dict[str, Any]:
+    """The peak's options beyond the job: the optimizer's implementation, LoRA's dropout."""
+    dropout = 0.0 if args.lora_dropout is None else args.lora_dropout
+    return {"impl": args.optimizer_impl, "lora_dropout": dropout}
+
+
+def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
+    """``--fit GIB``: the largest micro-batch at ``--seq`` and the longest sequence at
+    ``--batch`` whose peak fits (:mod:`labkit.fit.search`)."""
+    job = _job(args)
+    options = {k: v for k, v in vars(job).items() if k not in {"batch", "seq"}}
+    options["precision"] = job.precision.name
+    return search.fit(config, args.fit, batch=args.batch, seq=args.seq, **options, **_levers(args))
 
 
 def rules_of_thumb(b: estimator.Breakdown, mode: str) -> dict[str, float]:
@@ -246,7 +307,17 @@ def table(
     fit: calculator.Fit, args: argparse.Namespace, decode: dict[str, Any] | None = None
 ) -> str:
     b = fit.per_gpu
-    rows = [
+    rows = []
+    if fit.peak is not None:
+        p = fit.peak
+        rows.append((f"PEAK of a step ({p.phase}, {p.step} step)", _gib(p.peak)))
+        rows.append(("  at", p.label))
+        for phase, value in p.phases.items():
+            rows.append((f"  largest in {phase}", _gib(value)))
+        rows.append(("  impl", f"{p.details['impl']} {b.details['optimizer']}"))
+    elif args.mode == "train":
+        rows.append(("PEAK of a step", "not modelled over several GPUs (one GPU only)"))
+    rows += [
         ("parameters", f"{b.parameters:,}"),
         ("trainable parameters", f"{b.trainable_parameters:,}"),
     ]
@@ -260,8 +331,10 @@ def table(
     rows.append((f"total per GPU ({b.details['regime']})", _gib(b.total)))
     for name, rule in rules_of_thumb(b, args.mode).items():
         rows.append((f"rule of thumb ({name})", _gib(rule)))
-    need = fit.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
-    rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
+    rows.append(("verdict", fit.verdict))
+    if args.mode == "train":  # ZeRO-3 sharding is a training notion: no such row for serving
+        need = fit.gpus_needed or f"more than 4096 x {args.gpu_memory:g} GiB"
+        rows.append((f"GPUs needed ({args.gpu_memory:g} GiB, ZeRO-3, nodes of 8)", str(need)))
     if decode is not None:
         line = roofline.prediction_line(decode, batch=args.batch, context=args.seq)
         rows.append(("predicted decode (roofline)", line))
@@ -282,8 +355,14 @@ def cli_main(argv: list[str]) -> int:
     fit = estimate(args)  # checks the options first
     b = fit.per_gpu
     decode = decode_prediction(args, b.details.get("dtype", "bf16"))
+    found = fit_search(args, _load(args.model)) if args.fit else None
     if not args.json:
         print(table(fit, args, decode))
+        if found is not None:
+            print(
+                f"  fits {args.fit:g} GiB: largest --batch at --seq {args.seq}: "
+                f"{found['max_batch']}; longest --seq at --batch {args.batch}: {found['max_seq']}"
+            )
         return 0
     out = {k: getattr(b, k) for k in JSON_KEYS if hasattr(b, k)}
     out.update(
@@ -296,6 +375,19 @@ def cli_main(argv: list[str]) -> int:
         out["prefill_peak"] = b.details["prefill_peak"]
     rule = next(iter(rules_of_thumb(b, args.mode).values()))
     out.update(transient=b.transient, rule_of_thumb=int(rule))
+    if args.mode == "train":
+        step = fit.peak.as_dict() if fit.peak is not None else {}
+        out.update(
+            peak=step.get("peak"),
+            peak_phase=step.get("peak_phase"),
+            peak_moment=step.get("peak_moment"),
+            peak_step=step.get("peak_step"),
+            peak_alive=step.get("peak_alive"),
+            phases=step.get("phases"),
+            fits=fit.fits,
+        )
+    if found is not None:
+        out.update(found)
     if decode is not None:
         out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
     print(json.dumps(out))

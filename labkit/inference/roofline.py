@@ -9,20 +9,15 @@ tokens per weight read) is compute-bound instead.
 
 :data:`CARDS` holds vendor figures (memory, type, bandwidth, dense BF16 tensor TFLOPS) with the
 URL each comes from; :func:`decode_cost` turns a model config into bytes and FLOPs per decode step;
-the ``*_tokens_per_s`` functions predict speed; :func:`copy_bandwidth`, :func:`matmul_flops` and
-:func:`measure_decode` measure the same quantities on the machine you are on.
+the ``*_tokens_per_s`` functions predict speed; :func:`machine` turns figures measured on the
+machine you are on (:mod:`labkit.inference.bench`) into a :class:`Card` for the same predictors.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import torch
 
 from labkit import LabkitError, dtypes, unknown
 from labkit.memory import estimator
@@ -361,99 +356,6 @@ def prediction_line(p: dict[str, Any], *, batch: int, context: int) -> str:
     return line if p["fits"] else line + "; does NOT fit in its memory"
 
 
-# ----------------------------------------------------------------------------- measurement
-@contextmanager
-def threads(n: int | None) -> Iterator[int]:
-    """Run a block with ``n`` torch threads (None: leave as is), restoring the count after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        if n < 1:
-            raise LabkitError(f"thread count must be >= 1, got {n}")
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
-def best_seconds(
-    fn: Callable[[], Any],
-    repeats: int = 5,
-    warmup: int = 1,
-    before: Callable[[], Any] | None = None,
-) -> float:
-    """Fastest wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs).
-
-    The minimum, not the mean: noise from other processes only ever adds time. ``before`` runs
-    untimed ahead of every run (e.g. :func:`evict_caches`, so ``fn`` reads from memory, as a
-    layer does in a model whose other layers have pushed it out of the caches).
-    """
-    if repeats < 1:
-        raise LabkitError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    best = math.inf
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def evict_caches(nbytes: int = 256 * 2**20) -> Callable[[], Any]:
-    """A function that reads ``nbytes`` of other data, pushing earlier data out of the CPU caches
-    (give it more than the last-level cache holds); pass it as ``best_seconds(before=...)``."""
-    if nbytes < 2**20:
-        raise LabkitError(f"nbytes must be >= 1 MiB, got {nbytes}")
-    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
-    return lambda: buffer.sum()
-
-
-def copy_bandwidth(
-    nbytes: int = 256 * 2**20, *, repeats: int = 5, n_threads: int | None = None
-) -> float:
-    """Measured memory bandwidth, bytes/s: copy a buffer of ``nbytes`` (far larger than the
-    caches) into another, counting the bytes read plus the bytes written; best of ``repeats``."""
-    if nbytes < 2**20:
-        raise LabkitError(f"nbytes must be >= 1 MiB to measure memory, not cache; got {nbytes}")
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    with threads(n_threads):
-        t = best_seconds(lambda: dst.copy_(src), repeats)
-    return 2 * src.numel() * 4 / t
-
-
-def read_bandwidth(
-    nbytes: int = 256 * 2**20, *, repeats: int = 5, n_threads: int | None = None
-) -> float:
-    """Measured read bandwidth, bytes/s: sum a buffer of ``nbytes`` (reads only); best of N."""
-    if nbytes < 2**20:
-        raise LabkitError(f"nbytes must be >= 1 MiB to measure memory, not cache; got {nbytes}")
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
-    with threads(n_threads):
-        t = best_seconds(lambda: src.sum(), repeats)
-    return src.numel() * 4 / t
-
-
-def matmul_flops(
-    n: int = 1024,
-    *,
-    dtype: torch.dtype = torch.float32,
-    repeats: int = 5,
-    n_threads: int | None = None,
-) -> float:
-    """Measured matrix-multiply throughput, FLOP/s: an n×n by n×n product (2·n³ FLOPs), best of N."""
-    if n < 16:
-        raise LabkitError(f"n must be >= 16, got {n}")
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    with threads(n_threads):
-        t = best_seconds(lambda: a @ b, repeats)
-    return 2 * n**3 / t
-
-
 def machine(bandwidth: float, flops: float, name: str = "this machine") -> Card:
     """A :class:`Card` for measured figures (bytes/s and FLOP/s), to reuse the predictors."""
     if bandwidth <= 0 or flops <= 0:
@@ -466,61 +368,3 @@ def machine(bandwidth: float, flops: float, name: str = "this machine") -> Card:
         bf16_tflops=flops / TERA,
         source="measured here",
     )
-
-
-@dataclass(frozen=True)
-class DecodeTiming:
-    """A measured decode run: ``tokens_per_s`` summed over the batch, ``step_s`` per step."""
-
-    batch: int
-    context: int
-    use_cache: bool
-    step_s: float
-    tokens_per_s: float
-
-
-def measure_decode(
-    model: torch.nn.Module,
-    *,
-    batch: int = 1,
-    prompt: int = 16,
-    new_tokens: int = 4,
-    use_cache: bool = True,
-    repeats: int = 2,
-) -> DecodeTiming:
-    """Time greedy decoding of ``new_tokens`` tokens after a random ``prompt``-token prompt.
-
-    The prompt is processed first (prefill, not timed); then each step feeds the last token with
-    the KV cache (``use_cache=True``) or the whole sequence again without one (``use_cache=False``
-    recomputes the prefix every step). Best of ``repeats``. ``context`` is the mean length seen.
-    Runs on the model's device (CUDA is synchronised before the clock is read).
-    """
-    from transformers import DynamicCache
-
-    _check_sizes(batch, prompt)
-    if new_tokens < 1 or prompt < 1:
-        raise LabkitError(f"prompt and new_tokens must be >= 1, got {prompt} and {new_tokens}")
-    vocab = model.config.vocab_size
-    gen = torch.Generator().manual_seed(0)
-    device = next(model.parameters()).device
-    ids = torch.randint(0, vocab, (batch, prompt), generator=gen).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = math.inf
-    with torch.no_grad():
-        for _ in range(repeats):
-            cache = DynamicCache(config=model.config) if use_cache else None
-            out = model(ids, cache=cache, use_cache=use_cache)
-            nxt = out.logits[:, -1:].argmax(-1)
-            seq = torch.cat([ids, nxt], 1)
-            sync()
-            t = time.perf_counter()
-            for _ in range(new_tokens):
-                if use_cache:
-                    out = model(nxt, cache=cache, use_cache=True)
-                else:
-                    out = model(seq, use_cache=False)
-                nxt = out.logits[:, -1:].argmax(-1)
-                seq = torch.cat([seq, nxt], 1)
-            sync()
-            best = min(best, (time.perf_counter() - t) / new_tokens)
-    return DecodeTiming(batch, prompt + (new_tokens + 1) // 2, use_cache, best, batch / best)

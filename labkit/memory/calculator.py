@@ -17,7 +17,7 @@ from typing import Any
 import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
-from labkit.memory import estimator, sharding
+from labkit.memory import estimator, peak, sharding
 from labkit.memory.job import Breakdown, TrainingJob
 
 GiB = 2**30
@@ -35,24 +35,42 @@ class Fit:
     strategy: str
     gpu_gib: float
     gpus_needed: int | None
+    #: the peak of a training step on one GPU (:func:`labkit.memory.peak.training_peak`), None
+    #: for inference and under sharding (the peak is not modelled over several GPUs)
+    peak: Any = None
+
+    @property
+    def needed(self) -> int:
+        """The bytes the verdict reads: the peak of a training step when it is known, else the
+        breakdown's total."""
+        return self.peak.peak if self.peak is not None else self.per_gpu.total
 
     @property
     def fits(self) -> bool:
-        return self.per_gpu.total <= self.gpu_gib * GiB
+        return self.needed <= self.gpu_gib * GiB
 
     @property
     def verdict(self) -> str:
-        """ "fits on 8 x 80 GiB: 32.5 GiB per GPU (41%)" or "does not fit on ... needed"."""
-        total, budget = self.per_gpu.total, self.gpu_gib * GiB
+        """ "fits on 1 x 24 GiB: peak 20.1 GiB in backward (84%)" (the peak when known, else
+        "32.5 GiB per GPU") or "does not fit on ... needed"."""
+        need, budget = self.needed, self.gpu_gib * GiB
         where = f"{self.gpus} x {self.gpu_gib:g} GiB"
+        what = (
+            f"peak {need / GiB:.1f} GiB in {self.peak.phase}"
+            if self.peak is not None
+            else f"{need / GiB:.1f} GiB per GPU"
+        )
         if self.fits:
-            return f"fits on {where}: {total / GiB:.1f} GiB per GPU ({total / budget:.0%})"
-        return f"does not fit on {where}: {total / GiB:.1f} GiB per GPU needed"
+            return f"fits on {where}: {what} ({need / budget:.0%})"
+        return f"does not fit on {where}: {what} needed"
 
 
-def fit(b: Breakdown, *, gpus: int = 1, zero: int = 0, gpu_gib: float = 80.0) -> Fit:
+def fit(
+    b: Breakdown, *, gpus: int = 1, zero: int = 0, gpu_gib: float = 80.0, peak: Any = None
+) -> Fit:
     """``b`` (one GPU's breakdown) on ``gpus`` GPUs of ``gpu_gib`` GiB with ZeRO stage ``zero``
-    (0: DDP, every GPU holds everything)."""
+    (0: DDP, every GPU holds everything); ``peak``: the step's peak on one GPU
+    (:class:`labkit.memory.peak.Peak`), which the verdict reads on one GPU without sharding."""
     positive("number of GPUs", gpus)
     if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, numbers.Real) or not gpu_gib > 0:
         raise LabkitError(f"GPU memory must be a positive number of GiB, got {gpu_gib!r}")
@@ -61,7 +79,15 @@ def fit(b: Breakdown, *, gpus: int = 1, zero: int = 0, gpu_gib: float = 80.0) ->
         needed = sharding.gpus_needed(b, gpu_gib * GiB, "zero3")
     except LabkitError:
         needed = None  # does not fit even fully sharded
-    return Fit(sharding.sharded(b, gpus, strategy), gpus, strategy, gpu_gib, needed)
+    one_gpu = gpus == 1 and strategy == "ddp"
+    return Fit(
+        sharding.sharded(b, gpus, strategy),
+        gpus,
+        strategy,
+        gpu_gib,
+        needed,
+        peak if one_gpu else None,
+    )
 
 
 # ----------------------------------------------------------------------------- the notebook's
@@ -100,18 +126,30 @@ def breakdown(settings: Settings) -> Breakdown:
         return estimator.inference_memory(
             settings.model, dtype=dtype, batch=settings.batch, context=settings.seq
         )
-    job = TrainingJob(
+    return estimator.training_memory(settings.model, _job(settings))
+
+
+def _job(settings: Settings) -> TrainingJob:
+    return TrainingJob(
         method=settings.method,
         precision=settings.precision,
         batch=settings.batch,
         seq=settings.seq,
         checkpointing=settings.checkpointing,
     )
-    return estimator.training_memory(settings.model, job)
+
+
+def step_peak(settings: Settings):
+    """The peak of one training step of ``settings`` on one GPU (:mod:`labkit.memory.peak`),
+    None for inference and under sharding, whose peak is not modelled."""
+    if settings.method == "inference" or settings.gpus > 1 or settings.zero:
+        return None
+    return peak.training_peak(settings.model, _job(settings))
 
 
 def calculate(**settings: Any) -> tuple[Breakdown, str]:
-    """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB".
+    """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB" (read
+    from the peak of a training step on one GPU, from the per-GPU total otherwise).
 
     ``settings``: any of :class:`Settings`' fields (``model``, ``method`` in :data:`METHODS`,
     ``precision`` in :data:`REGIMES`, ``batch``, ``seq``, ``checkpointing``, ``gpus``, ``zero``
@@ -122,7 +160,7 @@ def calculate(**settings: Any) -> tuple[Breakdown, str]:
         if name not in names:
             raise labkit.unknown("calculator setting", name, names)
     s = Settings(**settings)
-    result = fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib)
+    result = fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib, peak=step_peak(s))
     return result.per_gpu, result.verdict
 
 
@@ -143,7 +181,21 @@ def figure(**settings: Any):
             ax.barh([0], [v], left=left, label=f"{part} {v:.1f}")
             left += v
     ax.axvline(args["gpu_gib"], color="k", ls="--")
-    ax.text(args["gpu_gib"], 0.45, f" {args['gpu_gib']:g} GiB GPU", va="center", fontsize=8)
+    step = step_peak(Settings(**args))
+    if step is not None:  # the largest live set, which the verdict reads
+        x = step.peak / GiB
+        ax.axvline(x, color="C3", ls=":")
+        ax.text(
+            x,
+            0.3,
+            f"peak {x:.1f} ({step.phase}) ",
+            ha="right",
+            va="center",
+            fontsize=8,
+            color="C3",
+            bbox={"fc": "white", "ec": "none", "alpha": 0.85},
+        )
+        left = max(left, x)
     ax.set(
         yticks=[],
         xlabel="GiB per GPU",

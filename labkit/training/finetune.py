@@ -3,7 +3,10 @@
 - :func:`chat_features` turns ``Human: ... Assistant:`` records into token ids whose labels are
   masked (-100) on the prompt, so the loss is the answer's loss only;
 - :func:`train` runs the Hugging Face ``Trainer`` (with its progress bar) on any model, a
-  ``PeftModel`` included, with today's ``TrainingArguments`` names;
+  ``PeftModel`` included, with today's ``TrainingArguments`` names (:func:`training_arguments`),
+  callbacks and per-epoch evaluation; :func:`make_trainer` is the one place a ``Trainer`` is
+  built (forgetting and the Optuna trials use it too);
+- :func:`chat_loss`: the answer tokens' loss (:mod:`labkit.training.lm_loss`);
 - :func:`generate_answers` / :func:`evaluate_chat` compute the held-out **exact match**: the
   greedy answer, up to the first newline, must equal the reference sentence;
 - :func:`side_by_side` shows answers before and after fine-tuning.
@@ -16,15 +19,24 @@ import math
 import numbers
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 import labkit
 from labkit import LabkitError
 from labkit.data import loaders
+from labkit.training import lm_loss
+from labkit.tuners.generation import greedy_answers
 
 IGNORE = -100
 
@@ -162,33 +174,74 @@ class TrainRun:
         return self.seconds / max(1, self.steps)
 
 
+def make_trainer(
+    model,
+    args: TrainingArguments,
+    train_dataset,
+    eval_dataset=None,
+    data_collator=None,
+    processing_class=None,
+    callbacks: Sequence[TrainerCallback] = (),
+    compute_metrics=None,
+) -> Trainer:
+    """The one place a ``Trainer`` is built (chat fine-tuning, forgetting, the Optuna trials).
+
+    Without progress bars (``disable_tqdm``) the Trainer adds a ``PrinterCallback`` that prints
+    every log dict; it is removed, so a quiet run is quiet.
+    """
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        processing_class=processing_class,
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+    )
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def train(
     model: PreTrainedModel,
     tokenizer,
     rows: list[dict] | None = None,
     target: str = "response",
     eval_rows: list[dict] | None = None,
+    *,
+    features: list[dict] | None = None,
+    eval_features: list[dict] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
     **args: Any,
 ) -> TrainRun:
     """Fine-tune ``model`` on chat ``rows`` (default: the train split) with the HF Trainer.
 
-    ``args`` override :func:`training_arguments` (``num_train_epochs``, ``learning_rate``...).
+    ``features``: ready token features (:func:`chat_features`, maybe mixed with other data)
+    instead of ``rows``. ``eval_rows`` / ``eval_features``: evaluated after every epoch unless
+    ``eval_strategy`` says otherwise. ``callbacks``: ``TrainerCallback`` objects. ``args``
+    override :func:`training_arguments` (``num_train_epochs``, ``learning_rate``...). The model
+    is left in eval mode.
     """
-    rows = loaders.load_chat("train") if rows is None else rows
-    if not isinstance(rows, str) and hasattr(rows, "__len__") and len(rows) == 0:
-        raise LabkitError("rows is empty; accepted: a non-empty list of chat rows (or None)")
+    if features is None:
+        rows = loaders.load_chat("train") if rows is None else rows
+        if not isinstance(rows, str) and hasattr(rows, "__len__") and len(rows) == 0:
+            raise LabkitError("rows is empty; accepted: a non-empty list of chat rows (or None)")
+        features = chat_features(tokenizer, rows, target)
     if eval_rows is not None:
+        eval_features = chat_features(tokenizer, eval_rows, target) if eval_rows else None
+    if eval_rows is not None or eval_features is not None:
         args.setdefault("eval_strategy", "epoch")
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(**args),
-        train_dataset=chat_features(tokenizer, rows, target),
-        eval_dataset=chat_features(tokenizer, eval_rows, target) if eval_rows else None,
-        data_collator=ChatCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
+    trainer = make_trainer(
+        model,
+        training_arguments(**args),
+        features,
+        eval_features,
+        ChatCollator(tokenizer.pad_token_id),
+        tokenizer,
+        callbacks,
     )
-    if trainer.args.disable_tqdm:  # without bars the Trainer prints every log dict instead
-        trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
@@ -197,43 +250,26 @@ def train(
     return TrainRun(trainer, seconds, result.global_step, losses)
 
 
-def _is_prompt_learning(model) -> bool:
-    """Prompt tuning, P-tuning or prefix tuning: methods that add virtual tokens."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
-
-
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
     """Greedy answers, cut at the first newline, in the order of ``prompts``.
 
     Prompts of equal token length are generated together as one batch, so no padding is ever
     needed: the answers are the same as one prompt at a time, only faster. Prompt-learning
-    methods need ``use_cache=False``: with peft 0.21 + transformers 5, ``generate`` with the cache
-    silently drops a prefix-tuning prefix (the base model's answer), and for prompt tuning and
-    P-tuning the tokens after the first differ from greedy decoding of the model's own forward.
+    methods generate with ``use_cache=False`` (:func:`labkit.tuners.generation.greedy_answers`
+    says why).
     """
-    model.eval()
-    extra = {"use_cache": False} if _is_prompt_learning(model) else {}
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         groups.setdefault(len(ids), []).append(i)
     answers = [""] * len(prompts)
-    for length, idx in groups.items():
+    for idx in groups.values():
         ids = torch.tensor([encoded[i] for i in idx], device=model.device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **extra,
-        )
-        for row, i in zip(out[:, length:], idx, strict=True):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            answers[i] = text.strip().split("\n")[0].strip()
+        for i, answer in zip(
+            idx, greedy_answers(model, tokenizer, ids, None, max_new_tokens), strict=True
+        ):
+            answers[i] = answer
     return answers
 
 
@@ -263,14 +299,11 @@ def evaluate_chat(
     }
 
 
-@torch.no_grad()
 def chat_loss(model, tokenizer, split: str = "validation", target: str = "response") -> float:
-    """Mean answer-token cross-entropy on a chat split (nats per token)."""
+    """Mean answer-token cross-entropy on a chat split (nats per token; prompts are masked):
+    :func:`labkit.training.lm_loss.mean_loss` over the whole split as one batch."""
     feats = chat_features(tokenizer, loaders.load_chat(split), target)
-    batch = ChatCollator(tokenizer.pad_token_id)(feats)
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    model.eval()
-    return float(model(**batch).loss)
+    return lm_loss.mean_loss(model, [ChatCollator(tokenizer.pad_token_id)(feats)])
 
 
 def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> str:

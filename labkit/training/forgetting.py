@@ -21,13 +21,12 @@ fine-tuning data, :func:`replay_features`) and early stopping on the validation 
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PrinterCallback, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from labkit import LabkitError, unknown
 from labkit.data import generator, loaders
@@ -85,30 +84,6 @@ def probe_items(per_fact: int = 1, counts: int = 16, seed: int = 0) -> list[Prob
     return items
 
 
-class _Plain(nn.Module):
-    """A causal LM whose logits line up with its input ids, also for prompt-learning methods.
-
-    Prompt tuning prepends virtual tokens inside ``forward``, so the peft model's logits have
-    ``num_virtual_tokens`` extra positions in front; this drops them. Any other model passes
-    through unchanged.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.inner = model
-
-    def forward(self, input_ids, attention_mask=None):
-        out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
-        if out.logits.shape[1] != input_ids.shape[1]:
-            out.logits = out.logits[:, -input_ids.shape[1] :]
-        return out
-
-
-def lm_view(model: nn.Module) -> nn.Module:
-    """``model`` as a plain causal LM for :func:`labkit.training.lm_loss.causal_lm_loss` and the probe."""
-    return model if isinstance(model, _Plain) else _Plain(model)
-
-
 def _encode(tokenizer, item: ProbeItem) -> tuple[list[int], int]:
     prompt_ids = tokenizer(item.prompt)["input_ids"]
     full = tokenizer(item.prompt + " " + item.answer)["input_ids"]
@@ -126,17 +101,15 @@ def probe_accuracy(model: nn.Module, tokenizer, items: list[ProbeItem]) -> dict[
     """
     if not items:
         raise LabkitError("no probe items; accepted: a non-empty list from probe_items()")
-    view = lm_view(model)
-    was_training = view.training
-    view.eval()
     encoded = [_encode(tokenizer, it) for it in items]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in encoded])
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded])
-    device = next(view.parameters()).device
-    pred = view(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
-    view.train(was_training)
+    device = next(model.parameters()).device
+    with lm_loss.evaluating(model):
+        logits = lm_loss.aligned_logits(model, ids.to(device), mask.to(device))
+    pred = logits.argmax(-1).cpu()
     exact, tokens_right, tokens = [], 0, 0
     for row, (x, n_prompt) in enumerate(encoded):
         hits = [int(pred[row, p - 1]) == x[p] for p in range(n_prompt, len(x))]
@@ -179,10 +152,9 @@ class Probe:
     def measure(self, model: nn.Module) -> dict[str, float]:
         """Task (chat validation loss) and forgetting (corpus loss, probe) in one dict."""
         tok = self.tokenizer
-        view = lm_view(model)
-        probe = probe_accuracy(view, tok, self.items)
+        probe = probe_accuracy(model, tok, self.items)
         row = {
-            "corpus_loss": lm_loss.causal_lm_loss(view, tok, self.texts, self.max_length),
+            "corpus_loss": lm_loss.causal_lm_loss(model, tok, self.texts, self.max_length),
             "probe_em": probe["exact_match"],
             "probe_token_acc": probe["token_accuracy"],
             "chat_loss": finetune.chat_loss(model, tok, "validation"),
@@ -344,36 +316,24 @@ def train(
                 raise LabkitError(f"patience is a number of epochs (>= 1), got {patience}")
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     args.setdefault("disable_tqdm", True)
-    trainer = Trainer(
-        model=model,
-        args=finetune.training_arguments(**args),
-        train_dataset=feats,
-        eval_dataset=eval_feats,
-        data_collator=finetune.ChatCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
+    fit = finetune.train(
+        model, tokenizer, features=feats, eval_features=eval_feats, callbacks=callbacks, **args
     )
-    if trainer.args.disable_tqdm:
-        trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    trainer = fit.trainer
     best = None
     if keep_best:
         steps_per_epoch = trainer.state.max_steps / trainer.args.num_train_epochs
         best_epoch = round(trainer.state.best_global_step / steps_per_epoch, 3)
         best = {"epoch": best_epoch, **probe.measure(trainer.model)}
-    model.eval()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     chat_em = probe.chat_exact_match(trainer.model) if probe.chat_limit != 0 else float("nan")
     return Run(
         label=label,
         history=tracker.history,
         trainer=trainer,
-        seconds=seconds,
+        seconds=fit.seconds,
         chat_em=chat_em,
         best=best,
-        losses=losses,
+        losses=fit.losses,
     )
 
 
@@ -402,30 +362,24 @@ def loss_after_marker(
     marker_id = tokenizer.convert_tokens_to_ids(marker)
     if marker_id is None or marker_id == tokenizer.unk_token_id:
         raise LabkitError(f"marker {marker!r} is not one token; accepted: e.g. '.', ','")
-    view = lm_view(model)
-    was_training, side = view.training, tokenizer.padding_side
-    view.eval()
-    tokenizer.padding_side = "right"
-    try:
-        enc = tokenizer(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        )
-        device = next(view.parameters()).device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        logp = torch.log_softmax(
-            view(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1
-        )
-    finally:
-        view.train(was_training)
-        tokenizer.padding_side = side
-    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
-    valid = mask[:, 1:].bool()
-    after = valid & (ids[:, :-1] == marker_id)
-    rest = valid & ~after
+    nll_all, n_all = 0.0, 0
+    after_nll, rest_nll, p_end = [], [], []
+    with lm_loss.evaluating(model):
+        for batch in lm_loss.text_batches(tokenizer, texts, max_length):
+            logp, target = lm_loss.log_probs(model, batch)
+            nll, n = lm_loss.summed_nll(logp, target)
+            nll_all, n_all = nll_all + nll, n_all + n
+            valid = target != lm_loss.IGNORE
+            after = valid & (batch["input_ids"][:, :-1].to(target.device) == marker_id)
+            token_nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+            after_nll.append(token_nll[after])
+            rest_nll.append(token_nll[valid & ~after])
+            p_end.append(logp[..., tokenizer.eos_token_id].exp()[after])
+    after_nll, rest_nll = torch.cat(after_nll), torch.cat(rest_nll)
     return {
-        "all": float(nll[valid].mean()),
-        "after": float(nll[after].mean()),
-        "rest": float(nll[rest].mean()),
-        "share_after": float(after.sum() / valid.sum()),
-        "p_end_after": float(logp[..., tokenizer.eos_token_id].exp()[after].mean()),
+        "all": nll_all / n_all,
+        "after": float(after_nll.mean()),
+        "rest": float(rest_nll.mean()),
+        "share_after": len(after_nll) / n_all,
+        "p_end_after": float(torch.cat(p_end).mean()),
     }

@@ -1,4 +1,4 @@
 """The PEFT methods: one registry of configs, defaults and trainable-parameter formulas
-(``peft_methods``), saving, merging and mixing adapters (``adapters``), and merging into a 4-bit
-base (``quantized_merge``). Layer 3.
+(``peft_methods``), saving, merging and mixing adapters (``adapters``), merging into a 4-bit
+base (``quantized_merge``), and greedy answers from any of them (``generation``). Layer 3.
 """

@@ -33,6 +33,7 @@ import torch
 
 from labkit import LabkitError
 from labkit.checks import number, positive
+from labkit.tuners.generation import greedy_answers, padding_side
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -480,23 +481,16 @@ def generate_mixed(
     """Greedy answers for a left-padded batch whose rows use different adapters, cut at newline."""
     if len(prompts) != len(adapter_names):
         raise LabkitError(f"need one adapter per prompt: {len(prompts)} vs {len(adapter_names)}")
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
+    with padding_side(tokenizer, "left"):
         enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = side
-    peft_model.eval()
-    out = peft_model.generate(
-        **enc,
+    return greedy_answers(
+        peft_model,
+        tokenizer,
+        enc["input_ids"],
+        enc["attention_mask"],
+        max_new_tokens,
         adapter_names=list(adapter_names),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [t.strip().split("\n")[0].strip() for t in texts]
 
 
 # --- combining adapters --------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Crashing a search on purpose: notebook 14's demo (and the tests') of what a resume must handle.
+
+:func:`kill_mid_search` starts ``python -m labkit tune`` and SIGKILLs it while a trial runs, as a
+crash or a closed laptop would: no handler runs, the trial stays RUNNING in the study.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from labkit import REPO_ROOT
+
+TUNE = (sys.executable, "-m", "labkit", "tune")
+
+
+def kill_mid_search(
+    argv: list[str],
+    storage: str,
+    study_name: str,
+    timeout: float = 300.0,
+    command: tuple[str, ...] = TUNE,
+) -> list[optuna.trial.FrozenTrial]:
+    """Start ``command ARGV`` (``python -m labkit tune`` by default) and SIGKILL it mid-trial;
+    return the study's trials.
+
+    It waits until at least one trial is COMPLETE and another is RUNNING, so the kill leaves a
+    RUNNING trial behind. The process is gone when this returns, whatever happened.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [*command, *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    killed = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name=study_name, storage=storage).trials
+            except Exception:  # the study does not exist yet, or the file is busy
+                continue
+            states = {t.state for t in trials}
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    if not killed:
+        raise RuntimeError(f"the search ended (status {proc.returncode}) before it could be killed")
+    return optuna.load_study(study_name=study_name, storage=storage).trials

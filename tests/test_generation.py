@@ -1,0 +1,45 @@
+"""labkit.tuners.generation: the padding side comes back, answers are greedy and cut at newline."""
+
+import pytest
+import torch
+
+from labkit import LabkitError
+from labkit.models import zoo
+from labkit.tuners import generation
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return zoo.load_tokenizer("tiny-llama")
+
+
+def test_padding_side_is_restored_even_after_an_error(tok):
+    side = tok.padding_side
+    other = "left" if side == "right" else "right"
+    with generation.padding_side(tok, other):
+        assert tok.padding_side == other
+    assert tok.padding_side == side
+    with pytest.raises(ZeroDivisionError), generation.padding_side(tok, other):
+        raise ZeroDivisionError
+    assert tok.padding_side == side
+    with pytest.raises(LabkitError, match="unknown padding side 'middle'"):
+        with generation.padding_side(tok, "middle"):
+            pass
+
+
+def test_greedy_answers_are_generate_cut_at_the_first_newline(tok):
+    model = zoo.load_model("tiny-llama")
+    ids = tok(["Human: Where does the fox live?\nAssistant:"], return_tensors="pt")["input_ids"]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert generation.greedy_answers(model, tok, ids, max_new_tokens=8) == [
+        generation.first_line(text)
+    ]
+    assert generation.first_line("  The fox.\nHuman: more\n") == "The fox."
+    assert not model.training
