@@ -255,6 +255,12 @@ def lp():
     return peft_methods
 
 
+def ad():
+    from labkit.tuners import adapters
+
+    return adapters
+
+
 def q():
     from labkit.quant import integer
 
@@ -1051,9 +1057,7 @@ ROWS = [
     # --- tune -----------------------------------------------------------------------------------
     row("TU11", lambda c: cli(*tune_argv(c.tmp, "--seed", "-1")), "seed", "0..2**32-1"),
     row("TU22", lambda c: cli(*tune_argv(c.tmp, "--seed", "5000000000")), "seed"),
-    row(
-        "TU1", lambda c: cli(*tune_argv(c.tmp, trials="0")), "n_trials must be a whole number >= 1"
-    ),
+    row("TU1", lambda c: cli(*tune_argv(c.tmp, trials="0")), "n_trials must be a positive integer"),
     row(
         "TU4",
         lambda c: cli("tune", "--storage", "study.db", "--study-name", "s", "--n-trials", "2"),
@@ -1369,6 +1373,54 @@ ROWS = [
         "rank",
         "larger",
     ),
+    row(
+        "F2-01",
+        lambda c: lp().attach("tiny-llama", "lora", lora_alpha=float("nan")),
+        "lora_alpha",
+        "nan",
+    ),
+    row("F2-02", lambda c: lp().attach("tiny-llama", "lora", lora_alpha=0), "lora_alpha", "> 0"),
+    row("F2-07", lambda c: lp().attach("tiny-llama", "lora", seed="x"), "seed", "0..2**32-1"),
+    row(
+        "F2-08",
+        lambda c: lp().count_trainable(
+            lp().make_config("prompt", num_virtual_tokens=10**6), "zoo-llama"
+        ),
+        "num_virtual_tokens=1000000",
+        "context of 256",
+        "1..255",
+    ),
+    row(
+        "F2-08+attach",
+        lambda c: lp().attach("tiny-llama", "prefix", num_virtual_tokens=256),
+        "num_virtual_tokens=256",
+        "1..255",
+    ),
+    row("F2-09", lambda c: lp().make_config("prompt-text", init_text=""), "init_text", "non-empty"),
+    row("F2-09+", lambda c: lp().make_config("prompt-text", init_text=["a"]), "init_text", "str"),
+    row("F2-14", lambda c: lp().attach("minilm", "prefix"), "bert is an encoder", "accepted"),
+    # --- adapters / quantized merge ---------------------------------------------------------------
+    row("A2-01+", lambda c: ad().sample_inputs("1000"), "vocab_size", "positive integer"),
+    row("A2-02", lambda c: ad().sample_inputs(1000, batch=2.5), "batch", "positive integer"),
+    row(
+        "A2-03",
+        lambda c: ad().max_logit_diff(torch.zeros(0), torch.zeros(0)),
+        "logits are empty",
+    ),
+    row(
+        "A2-04",
+        lambda c: ad().logits_close(torch.ones(2, 3), torch.ones(2, 3), atol=float("nan")),
+        "atol",
+        "nan",
+    ),
+    row(
+        "A2-08",
+        lambda c: importlib.import_module("labkit.tuners.quantized_merge").bnb_4bit_config(
+            "nf4", compute_dtype=torch.int8
+        ),
+        "compute dtype torch.int8",
+        "torch.bfloat16",
+    ),
     # --- measure / training / evaluation / datasets ---------------------------------------------
     row(
         "X1",
@@ -1522,6 +1574,10 @@ def test_numpy_integers_are_accepted_by_memory_and_quant():
         2,
     )
     assert codebook.nf4_quantize(torch.randn(128), blocksize=np.int64(64))[1].shape == (2,)
+    # A2-01: a numpy vocabulary size was read as a model (AttributeError)
+    from labkit.tuners import adapters
+
+    assert adapters.sample_inputs(np.int64(1000))["input_ids"].max() < 1000
 
 
 def test_numpy_integers_are_integers():

@@ -451,7 +451,7 @@ def check_decoder_only(config: Any) -> None:
         why = ""
     if why:
         raise LabkitError(
-            f"{mt} is {why}; labkit sizes decoder-only causal LMs; accepted: a causal LM config "
+            f"{mt} is {why}; labkit sizes and tunes decoder-only causal LMs; accepted: a causal LM config "
             f"({', '.join(FORMULA_FAMILIES)}, mixtral...)"
         )
     text = cfg.get_text_config()
