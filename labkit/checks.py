@@ -89,3 +89,23 @@ def boolean(name: str, value: Any) -> bool:
     if kind is bool or (kind.__module__ == "numpy" and kind.__name__ in {"bool", "bool_"}):
         return bool(value)
     raise LabkitError(f"{name} must be True or False, got {value!r}")
+
+
+def strings(name: str, value: Any) -> list[str]:
+    """``value`` as a list of ``str`` if it is a list (or tuple, or other sequence) of strings,
+    else one line: a single string would be read character by character."""
+    if isinstance(value, str | bytes):
+        raise LabkitError(
+            f"{name} is one string, which would be read character by character; accepted: a "
+            "list of strings (wrap it: [text])"
+        )
+    if not isinstance(value, Iterable):
+        raise LabkitError(f"{name} must be a list of strings, got {value!r}")
+    value = list(value)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise LabkitError(
+                f"{name}[{i}] is {type(item).__name__} ({item!r:.40}), not a string; accepted: "
+                "a list of strings"
+            )
+    return value

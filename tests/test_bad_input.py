@@ -261,6 +261,22 @@ def ad():
     return adapters
 
 
+def ft():
+    from labkit.training import finetune
+
+    return finetune
+
+
+def ll():
+    from labkit.training import lm_loss
+
+    return lm_loss
+
+
+#: One chat row to train on.
+CHAT = [{"prompt": "Human: hi\nAssistant:", "response": " yo"}]
+
+
 def q():
     from labkit.quant import integer
 
@@ -297,6 +313,51 @@ def tune_argv(tmp: Path, *options: str, db: str = "a.db", study: str = "s", tria
         trials,
         *options,
     ]
+
+
+SECRET_URL = "postgresql://learner:S3cretPassw0rd@127.0.0.1:1/optuna"
+
+
+def memory_argv(url: str) -> list[str]:
+    return ["--storage", url, "--study-name", "s", "--n-trials", "1", "--budget", "smoke"]
+
+
+def sqlite_file(ctx: Ctx, name: str, table: str) -> str:
+    """An SQLite file in ``ctx.tmp`` holding one table of another program."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(ctx.tmp / name)) as db:
+        db.execute(f"create table {table} (id integer)")
+        db.commit()
+    return name
+
+
+def foreign_study(ctx: Ctx, param: str = "dropout") -> str:
+    """A study made by another script (budget and seed set by hand like labkit tune's) whose 2
+    COMPLETE trials searched ``param`` over 0.1..0.5."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=f"sqlite:///{ctx.tmp / 'f.db'}", study_name="s", direction="maximize"
+    )
+    study.set_user_attr("budget", "smoke")
+    study.set_user_attr("seed", 0)
+    study.optimize(lambda t: t.suggest_float(param, 0.1, 0.5), n_trials=2)
+    return "f.db"
+
+
+def damaged_study(ctx: Ctx) -> str:
+    """A 2-trial study file whose pages 3-5 are scrambled."""
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{ctx.tmp / 'd.db'}", study_name="s").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    path = ctx.tmp / "d.db"
+    data = bytearray(path.read_bytes())
+    data[2 * 4096 : 5 * 4096] = bytes((b * 7 + 13) % 256 for b in data[2 * 4096 : 5 * 4096])
+    path.write_bytes(bytes(data))
+    return "d.db"
 
 
 def row(id_: str, call, *expect: str):
@@ -1065,6 +1126,58 @@ ROWS = [
         "sqlite:///",
     ),
     row("TU9+", lambda c: cli(*tune_argv(c.tmp, "--timeout", "-5", trials="2")), "timeout"),
+    row(
+        "T2-02",
+        lambda c: cli("tune", "--storage", SECRET_URL, "--study-name", "s", "--n-trials", "1"),
+        "learner:***@127.0.0.1",
+        "!S3cretPassw0rd",
+    ),
+    row(
+        "T2-03",
+        lambda c: cli("tune", *memory_argv("sqlite:///:memory:")),
+        "in-memory database",
+        "sqlite:///path/to/study.db",
+    ),
+    row("T2-04", lambda c: cli("tune", *memory_argv("sqlite://")), "in-memory database"),
+    row(
+        "T2-08",
+        lambda c: cli(*tune_argv(c.tmp, db=sqlite_file(c, "app.db", "customers"))),
+        "app.db is another program's SQLite database (tables: customers)",
+        "new file name",
+    ),
+    row(
+        "T2-09",
+        lambda c: cli(*tune_argv(c.tmp, db=sqlite_file(c, "other.db", "alembic_version"))),
+        "(tables: alembic_version), not an Optuna study storage",
+    ),
+    row(
+        "T2-10",
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "smoke", db=damaged_study(c), trials="3")),
+        "d.db is damaged or not an SQLite database",
+        "restore it from a copy",
+    ),
+    row(
+        "T2-14b",
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "smoke", db=foreign_study(c), trials="2")),
+        "holds trials of another search",
+        "parameter 'dropout', which this search does not have",
+        "new --study-name",
+    ),
+    row(
+        "T2-14",
+        lambda c: cli(
+            *tune_argv(c.tmp, "--budget", "smoke", db=foreign_study(c, "learning_rate"), trials="4")
+        ),
+        "'learning_rate' over FloatDistribution(high=0.5",
+        "new --study-name",
+    ),
+    row(
+        "T2-25d",
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "smoke", "--gpu-memory", "1e-9", trials="2")),
+        "--gpu-memory 1e-09 GiB is below the smallest trial's estimated",
+        "no trial could train",
+        "accepted: at least",
+    ),
     row("TU8", lambda c: cli(*tune_argv(c.tmp, study=" ", trials="2")), "study name is empty"),
     row(
         "TU18",
@@ -1498,6 +1611,65 @@ ROWS = [
         "nan",
     ),
     row(
+        "R2-10",
+        lambda c: ft().exact_match("abc", "abd"),
+        "predictions is one string",
+        "a list of strings",
+    ),
+    row("R2-11", lambda c: ft().exact_match([1], [1]), "predictions[0] is int", "list of strings"),
+    row(
+        "R2-12",
+        lambda c: ft().generate_answers(*c.tiny, "Human: hi\nAssistant:"),
+        "prompts is one string",
+        "wrap it",
+    ),
+    row(
+        "R2-13",
+        lambda c: ft().generate_answers(*c.tiny, ["Human: hi\nAssistant:"], max_new_tokens=0),
+        "max_new_tokens must be a positive integer",
+    ),
+    row(
+        "R2-15",
+        lambda c: ft().evaluate_chat(*c.tiny, split="validation", limit=-1),
+        "limit",
+        "positive integer",
+        "None for all",
+    ),
+    row("R2-16", lambda c: ft().evaluate_chat(*c.tiny, limit=0), "limit", "got 0"),
+    row(
+        "R2-17",
+        lambda c: ft().train(*c.tiny, rows=CHAT, weight_decay=float("nan")),
+        "weight_decay",
+        "nan",
+    ),
+    row(
+        "R2-17+beta",
+        lambda c: ft().train(*c.tiny, rows=CHAT, adam_beta2=1.0),
+        "adam_beta2",
+        "[0, 1)",
+    ),
+    row(
+        "R2-18",
+        lambda c: ft().train(*c.tiny, rows=CHAT, per_device_train_batch_size=0),
+        "per_device_train_batch_size must be a positive integer",
+    ),
+    row(
+        "R2-19",
+        lambda c: ft().train(
+            zoo.load_model("tiny-llama").requires_grad_(False), c.tiny[1], rows=CHAT
+        ),
+        "every parameter of the model is frozen",
+        "attach a PEFT method",
+    ),
+    row(
+        "R2-23",
+        lambda c: ft().train(*c.tiny, rows=CHAT, gradient_accumulation_steps=0),
+        "gradient_accumulation_steps must be a positive integer",
+    ),
+    row("V2-05", lambda c: ll().perplexity(float("nan")), "loss", ">= 0", "nan"),
+    row("V2-05+", lambda c: ll().perplexity(1000), "too large for a perplexity", "0..709.8"),
+    row("V2-06", lambda c: ll().perplexity(-1.0), "loss", ">= 0", "-1.0"),
+    row(
         "V1",
         lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(*c.tiny, []),
         "no texts",
@@ -1585,7 +1757,7 @@ def test_numpy_integers_are_integers():
 
     assert (
         coordination.check_request(
-            "sqlite:///:memory:", "s", np.int64(2), None, "smoke", seed=np.uint32(7)
+            "sqlite:///study.db", "s", np.int64(2), None, "smoke", seed=np.uint32(7)
         ).budget.name
         == "smoke"
     )

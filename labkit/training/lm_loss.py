@@ -21,13 +21,14 @@ Models with virtual tokens (prompt tuning, P-tuning) are scored on their real to
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from labkit import LabkitError
+from labkit import LabkitError, checks
 from labkit.tuners.generation import padding_side
 
 IGNORE = -100
@@ -113,16 +114,9 @@ def mean_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> f
 
 
 def _check_texts(texts: list[str]) -> list[str]:
-    if isinstance(texts, str | bytes):  # a string would be scored character by character
-        raise LabkitError("texts is one string; accepted: a list of strings (wrap it: [text])")
+    texts = checks.strings("texts", texts)  # a string would be scored character by character
     if not texts:
         raise LabkitError("no texts to evaluate; accepted: a non-empty list of strings")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise LabkitError(
-                f"text {i} is {type(text).__name__}, not a string; accepted: a list of strings"
-            )
     return texts
 
 
@@ -185,11 +179,21 @@ def pack(tokenizer, texts: list[str], block: int | None = None) -> torch.Tensor:
 
 def blocks_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
     """Mean next-token cross-entropy over packed ``blocks`` (:func:`pack`), nats per token."""
-    if batch_size < 1:
-        raise LabkitError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = checks.positive("batch_size", batch_size)
     return mean_loss(model, ({"input_ids": b} for b in blocks.split(batch_size)))
 
 
+#: The largest x whose exp(x) is a finite float64.
+LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
 def perplexity(loss: float) -> float:
-    """``exp(loss)``: the effective number of equally likely next tokens."""
+    """``exp(loss)``: the effective number of equally likely next tokens. A cross-entropy is at
+    least 0 (perplexity >= 1); one above ~709 nats has no float perplexity."""
+    loss = checks.number("loss (a mean cross-entropy in nats)", loss, low=0)
+    if loss > LOG_FLOAT_MAX:
+        raise LabkitError(
+            f"loss {loss:g} nats is too large for a perplexity (exp overflows a float above "
+            f"{LOG_FLOAT_MAX:.1f}); accepted: a mean cross-entropy in 0..{LOG_FLOAT_MAX:.1f} nats"
+        )
     return math.exp(loss)

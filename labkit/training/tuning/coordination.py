@@ -29,6 +29,7 @@ import contextlib
 import logging
 import numbers
 import os
+import re
 import socket
 import time
 import warnings
@@ -76,10 +77,82 @@ def _is_positive_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and value > 0
 
 
+def shown(url: str) -> str:
+    """``url`` as it may be printed: a password replaced by ``***`` (error lines end up on
+    screens and in CI logs)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: mask what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file of an ``sqlite://`` URL, '' for an in-memory database, None for other URLs."""
+    if not url.lower().startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database or ""
+    except Exception:
+        return None  # left to open_storage's one line
+    memory = database in ("", ":memory:") or "mode=memory" in url.lower()
+    return "" if memory else database
+
+
 def _check_url(url: Any) -> None:
     if not isinstance(url, str) or "://" not in url:
+        shown_url = shown(url) if isinstance(url, str) else url
         raise LabkitError(
-            f"storage {url!r} is not a database URL; accepted: e.g. sqlite:///path/to/study.db"
+            f"storage {shown_url!r} is not a database URL; accepted: e.g. "
+            "sqlite:///path/to/study.db"
+        )
+    if _sqlite_file(url) == "":
+        raise LabkitError(
+            f"storage {url!r} is an in-memory database: the study would vanish when the command "
+            "ends, so it could never be resumed; accepted: a file, e.g. sqlite:///path/to/study.db"
+        )
+
+
+#: The tables every Optuna RDB storage has; an SQLite file with tables but not these is another
+#: program's database, which opening it as a storage would fill with Optuna's 13 tables.
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+
+
+def check_sqlite_storage(url: str) -> None:
+    """Refuse in one line an existing SQLite file that is not an Optuna storage (another
+    program's database, a damaged file): opening it would add Optuna's tables to it or fail
+    with a misleading message. A missing or empty file is fine (a new study storage)."""
+    path = _sqlite_file(url)
+    if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        ) as db:
+            tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+            check = db.execute("pragma quick_check").fetchone()[0]
+    except sqlite3.Error as err:
+        raise LabkitError(
+            f"{path} is damaged or not an SQLite database ({err}); restore it from a copy, or "
+            "give a study file that labkit tune or Optuna made, or a new file name"
+        ) from None
+    if check != "ok":
+        raise LabkitError(
+            f"{path} is damaged (SQLite integrity check: {check[:80]}); restore it from a copy "
+            "or start a new study file"
+        )
+    if tables and not OPTUNA_TABLES <= tables:
+        other = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise LabkitError(
+            f"{path} is another program's SQLite database (tables: {other}), not an Optuna "
+            "study storage; accepted: a study file that labkit tune or Optuna made, or a new "
+            "file name"
         )
 
 
@@ -138,6 +211,7 @@ def open_storage(
     for each trial Optuna's heartbeat check marks FAIL.
     """
     _check_url(url)
+    check_sqlite_storage(url)
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
@@ -153,11 +227,22 @@ def open_storage(
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            password = _password(url)
+            first = first.replace(password, "***") if password else first
             raise LabkitError(
-                f"cannot open storage {url!r} ({type(err).__name__}: {first}); accepted: a "
+                f"cannot open storage {shown(url)!r} ({type(err).__name__}: {first}); accepted: a "
                 "reachable database URL, e.g. sqlite:///path/to/study.db in an existing folder"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:
+        return None
 
 
 def worker_id() -> str:
@@ -350,6 +435,24 @@ def _open_study(rdb: optuna.storages.RDBStorage, request: Request) -> optuna.Stu
     return study
 
 
+def check_space(study: optuna.Study, space: dict[str, Any]) -> None:
+    """Refuse in one line a study whose stored trials searched other parameters or ranges than
+    ``space`` (name -> distribution): another script's study, whose best trial this search
+    would report as its own or whose ranges it would clash with."""
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if name not in space:
+                why = f"parameter {name!r}, which this search does not have"
+            elif dist != space[name]:
+                why = f"{name!r} over {dist}, this search over {space[name]}"
+            else:
+                continue
+            raise LabkitError(
+                f"study {study.study_name!r} holds trials of another search (trial {t.number} "
+                f"searched {why}); use a new --study-name"
+            )
+
+
 def _coordinated(
     study: optuna.Study,
     request: Request,
@@ -418,6 +521,7 @@ def search(
     log: Callable[[str], None] = print,
     progress: bool = False,
     storage: optuna.storages.RDBStorage | None = None,
+    space: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Run (or resume) ``request``'s study until it holds ``n_trials`` COMPLETE trials.
 
@@ -429,12 +533,16 @@ def search(
     resuming with different ones is refused. ``timeout`` (seconds) stops starting new trials, as
     in ``study.optimize``. ``progress``: a progress bar (lines are then written above it).
     ``storage``: the request's storage if the caller opened it already (:func:`open_storage`).
+    ``space`` (name -> Optuna distribution): the objective's parameters; a study whose trials
+    searched others is refused (:func:`check_space`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     compat.optuna_trial_failure_logger().addFilter(_INTERRUPT_FILTER)
     if storage is None:
         storage = open_storage(request.storage, on_stale=report_stale(log))
     study = _open_study(storage, request)
+    if space is not None:
+        check_space(study, space)
     n_trials = request.n_trials
     failed = fail_orphans(study, log)
     deadline = None if request.timeout is None else time.monotonic() + request.timeout
