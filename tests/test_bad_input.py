@@ -267,6 +267,18 @@ def ft():
     return finetune
 
 
+def fg():
+    from labkit.training import forgetting
+
+    return forgetting
+
+
+def st():
+    from labkit.studies import study
+
+    return study
+
+
 def ll():
     from labkit.training import lm_loss
 
@@ -1512,6 +1524,31 @@ ROWS = [
     row("F2-09", lambda c: lp().make_config("prompt-text", init_text=""), "init_text", "non-empty"),
     row("F2-09+", lambda c: lp().make_config("prompt-text", init_text=["a"]), "init_text", "str"),
     row("F2-14", lambda c: lp().attach("minilm", "prefix"), "bert is an encoder", "accepted"),
+    row(
+        "F2-12+",
+        lambda c: lp().make_config("lora", target_modules=5),
+        "target_modules",
+        "list of strings",
+    ),
+    row("F2-14+", lambda c: lp().trainable_parameters(None), "model must be a torch model"),
+    row(
+        "F2-14+opt",
+        lambda c: lp().training_state_bytes(c.tiny[0], optimizer="adam"),
+        "optimizer must be a torch optimizer",
+    ),
+    row(
+        "A2-04+std",
+        lambda c: ad().randomize_lora(lp().attach("tiny-llama", "lora"), std=float("nan")),
+        "std",
+        "nan",
+    ),
+    row(
+        "A2-04+seed",
+        lambda c: ad().randomize_lora(lp().attach("tiny-llama", "lora"), seed="x"),
+        "seed",
+        "0..2**32-1",
+    ),
+    row("A2-03+plain", lambda c: ad().hand_merge_max_diff(c.tiny[0]), "not a PeftModel"),
     # --- adapters / quantized merge ---------------------------------------------------------------
     row("A2-01+", lambda c: ad().sample_inputs("1000"), "vocab_size", "positive integer"),
     row("A2-02", lambda c: ad().sample_inputs(1000, batch=2.5), "batch", "positive integer"),
@@ -1666,6 +1703,69 @@ ROWS = [
         lambda c: ft().train(*c.tiny, rows=CHAT, gradient_accumulation_steps=0),
         "gradient_accumulation_steps must be a positive integer",
     ),
+    row(
+        "R2-16+target",
+        lambda c: ft().evaluate_chat(*c.tiny, target="bogus", limit=1),
+        "unknown target 'bogus'",
+        "response",
+    ),
+    row(
+        "R2-17+eval",
+        lambda c: ft().training_arguments(eval_strategy="bogus"),
+        "TrainingArguments refused these settings",
+        "bogus is not a valid IntervalStrategy",
+    ),
+    row("R2-17+seed", lambda c: ft().training_arguments(seed=-1), "seed", "0..2**32-1"),
+    row("R2-18+steps", lambda c: ft().training_arguments(max_steps="10"), "max_steps", "'10'"),
+    row(
+        "R2-10+table",
+        lambda c: ft().side_by_side(CHAT * 3, ["a"] * 2, ["b"] * 3),
+        "one answer before and after per row",
+        "2 before",
+    ),
+    row("R2-15+sbs", lambda c: ft().side_by_side(CHAT, ["a"], ["b"], n=-1), "n (rows to show)"),
+    row(
+        "R2-15+corpus",
+        lambda c: fg().corpus_texts(n=-1),
+        "n (stories) must be a positive integer",
+        "-1",
+    ),
+    row("R2-11+counts", lambda c: fg().probe_items(counts="x"), "counts", "integer >= 0"),
+    row("R2-11+per_fact", lambda c: fg().probe_items(per_fact="1"), "per_fact", "'1'"),
+    row("R2-18+replay", lambda c: fg().replay_features(c.tiny[1], 10**9), "the corpus has"),
+    row("R2-18+mix", lambda c: fg().replay_count(-5, 0.5), "n_task", "integer >= 0"),
+    row("R2-12+probe", lambda c: fg().probe_accuracy(*c.tiny, "abc"), "item 0 is str"),
+    row(
+        "V2-03+",
+        lambda c: list(ll().text_batches(c.tiny[1], ["a b"], max_length="128")),
+        "max_length must be a positive integer",
+    ),
+    row(
+        "V2-04+",
+        lambda c: ll().blocks_loss(c.tiny[0], [[1, 2, 3]]),
+        "blocks must be a 2-D tensor of token ids",
+        "pack(",
+    ),
+    row("V2-06+within", lambda c: st().within(0.5, []), "no values to summarise"),
+    row("V2-06+nan", lambda c: st().within(float("nan"), [0.1, 0.2]), "value", "nan"),
+    row("V2-06+slack", lambda c: st().within(0.1, [0.1, 0.2], slack=-1), "slack", ">= 0"),
+    row("V2-06+gap", lambda c: st().gap_exceeds_spread("ab", [1.0]), "a must be a list of numbers"),
+    row(
+        "F2-02+rank",
+        lambda c: importlib.import_module("labkit.studies.lora_rank").train_point(
+            c.tiny[1], 2.5, 16
+        ),
+        "LoRA rank r must be a positive integer",
+        "2.5",
+    ),
+    row(
+        "F2-01+alpha",
+        lambda c: importlib.import_module("labkit.studies.lora_rank").update_size(
+            c.tiny[1], 8, float("nan")
+        ),
+        "lora_alpha",
+        "nan",
+    ),
     row("V2-05", lambda c: ll().perplexity(float("nan")), "loss", ">= 0", "nan"),
     row("V2-05+", lambda c: ll().perplexity(1000), "too large for a perplexity", "0..709.8"),
     row("V2-06", lambda c: ll().perplexity(-1.0), "loss", ">= 0", "-1.0"),
@@ -1750,6 +1850,11 @@ def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit.tuners import adapters
 
     assert adapters.sample_inputs(np.int64(1000))["input_ids"].max() < 1000
+    # lm_loss.pack refused a numpy block size as "not a whole number"
+    from labkit.training import lm_loss
+
+    blocks = lm_loss.pack(zoo.load_tokenizer("tiny-llama"), ["a b c d e"] * 20, block=np.int64(16))
+    assert blocks.shape[1] == 16
 
 
 def test_numpy_integers_are_integers():

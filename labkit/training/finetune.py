@@ -125,7 +125,14 @@ def training_arguments(
         settings["dataloader_pin_memory"] = torch.cuda.is_available()
     _check_training_overrides(overrides)
     settings.update(overrides)
-    return TrainingArguments(**settings)
+    try:
+        return TrainingArguments(**settings)
+    except (ValueError, TypeError) as err:  # transformers' own checks: one line, not a traceback
+        first = " ".join(str(err).split())[:240]
+        raise LabkitError(
+            f"transformers.TrainingArguments refused these settings: {first}; accepted: the "
+            "values its documentation lists"
+        ) from None
 
 
 #: Names old tutorials use that transformers 5 removed, and what replaces them.
@@ -179,6 +186,12 @@ def _check_training_overrides(overrides: dict[str, Any]) -> None:
     for key in COUNT_ARGUMENTS:
         if overrides.get(key) is not None:
             checks.positive(key, overrides[key])
+    steps = overrides.get("max_steps", -1)
+    if steps != -1 or isinstance(steps, bool):  # -1: train num_train_epochs instead
+        checks.positive("max_steps (or -1 for num_train_epochs)", steps)
+    for key in ("seed", "data_seed"):
+        if overrides.get(key) is not None:
+            checks.seed_value(key, overrides[key])
 
 
 @dataclass
@@ -322,6 +335,7 @@ def evaluate_chat(
     predictions (for side-by-side tables)."""
     if limit is not None:  # [:-1] would silently drop the last row, [:0] evaluate nothing
         limit = checks.positive("limit (rows to evaluate, or None for all)", limit)
+    checks.choice("target", target, ("response", "short"))
     rows = loaders.load_chat(split)[:limit]
     preds = generate_answers(model, tokenizer, [r["prompt"] for r in rows])
     refs = [r[target] for r in rows]
@@ -342,6 +356,12 @@ def chat_loss(model, tokenizer, split: str = "validation", target: str = "respon
 
 def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> str:
     """A small text table: question, answer before and after fine-tuning, reference."""
+    n = checks.positive("n (rows to show)", n)
+    if not len(rows) == len(before) == len(after):
+        raise LabkitError(
+            f"need one answer before and after per row; got {len(rows)} rows, {len(before)} "
+            f"before, {len(after)} after"
+        )
     lines = []
     for row, b, a in list(zip(rows, before, after, strict=True))[:n]:
         question = row["prompt"].removeprefix("Human: ").removesuffix("\nAssistant:")

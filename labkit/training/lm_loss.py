@@ -21,6 +21,7 @@ Models with virtual tokens (prompt tuning, P-tuning) are scored on their real to
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -126,10 +127,12 @@ def text_batches(
     """``texts`` tokenized (truncated to ``max_length``) in batches padded on the right, so that
     positions match an unpadded run; the tokenizer's own padding side is left as it was."""
     texts = _check_texts(texts)
-    if max_length < 2 or batch_size < 1:
-        raise LabkitError(
-            f"max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}"
-        )
+    max_length, batch_size = (
+        checks.positive("max_length", max_length),
+        checks.positive("batch_size", batch_size),
+    )
+    if max_length < 2:  # one token has nothing to predict
+        raise LabkitError(f"max_length must be >= 2 tokens, got {max_length}")
     return _text_batches(tokenizer, texts, max_length, batch_size)
 
 
@@ -168,11 +171,13 @@ def pack(tokenizer, texts: list[str], block: int | None = None) -> torch.Tensor:
     (default: the tokenizer's ``model_max_length``, the zoo Llama's context); the rest is dropped.
     """
     block = tokenizer.model_max_length if block is None else block
-    if not isinstance(block, int) or not 2 <= block <= 1_000_000:
+    numeric = isinstance(block, numbers.Integral) and not isinstance(block, bool)
+    if not numeric or not 2 <= block <= 1_000_000:
         raise LabkitError(f"block must be a whole number of tokens in 2..1e6, got {block!r}")
     ids: list[int] = []
     for enc in tokenizer(_check_texts(texts))["input_ids"]:
         ids.extend(enc + [tokenizer.eos_token_id])
+    block = int(block)
     n = len(ids) // block
     return torch.tensor(ids[: n * block]).view(n, block)
 
@@ -180,6 +185,16 @@ def pack(tokenizer, texts: list[str], block: int | None = None) -> torch.Tensor:
 def blocks_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
     """Mean next-token cross-entropy over packed ``blocks`` (:func:`pack`), nats per token."""
     batch_size = checks.positive("batch_size", batch_size)
+    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.is_floating_point():
+        got = (
+            f"a {blocks.dim()}-D {blocks.dtype} tensor"
+            if isinstance(blocks, torch.Tensor)
+            else type(blocks).__name__
+        )
+        raise LabkitError(
+            f"blocks must be a 2-D tensor of token ids (rows x block), got {got}; accepted: "
+            "pack(tokenizer, texts)"
+        )
     return mean_loss(model, ({"input_ids": b} for b in blocks.split(batch_size)))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from labkit import LabkitError
-from labkit.checks import number, positive
+from labkit.checks import number, positive, seed_value
 from labkit.tuners.generation import greedy_answers, padding_side
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -237,7 +237,12 @@ def hand_merge_max_diff(peft_model, adapter: str | None = None) -> float:
 
 
 def _single_active(peft_model) -> str:
-    active = peft_model.active_adapters
+    active = getattr(peft_model, "active_adapters", None)
+    if not isinstance(active, list | tuple):  # a plain model: active_adapters is missing/a method
+        raise LabkitError(
+            f"{type(peft_model).__name__} is not a PeftModel with LoRA adapters; accepted: "
+            "e.g. peft.get_peft_model(model, LoraConfig(...))"
+        )
     if len(active) != 1:
         raise LabkitError(f"expected one active adapter, got {active}; name one with adapter=")
     return active[0]
@@ -415,6 +420,8 @@ def randomize_lora(peft_model, adapter: str | None = None, std: float = 0.05, se
 
     peft initialises B to zero so a fresh adapter is a no-op; merge tests need a real delta.
     """
+    std = number("std", std, above=0)  # 0 (or NaN) leaves the adapter a no-op (or NaN)
+    seed = seed_value("seed", seed)
     adapter = adapter or _single_active(peft_model)
     gen = torch.Generator().manual_seed(seed)
     count = 0

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 import labkit
-from labkit import LabkitError
+from labkit import LabkitError, checks
 from labkit.checks import number, positive, seed_value
 from labkit.models.architecture import (
     ModuleInfo,
@@ -294,6 +294,9 @@ def _check_overrides(method: str, cls: type, kw: dict[str, Any]) -> None:
     p = kw.get("lora_dropout", 0.0)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
         raise LabkitError(f"lora_dropout must be a probability in [0, 1), got {p!r}")
+    targets = kw.get("target_modules")
+    if targets is not None and not isinstance(targets, str):
+        checks.strings("target_modules (module names, or one regex or 'all-linear')", targets)
     if "lora_alpha" in kw:  # NaN gives NaN logits; 0 scales every update to nothing
         number("lora_alpha", kw["lora_alpha"], above=0)
     text = kw.get("init_text", "x")
@@ -383,8 +386,17 @@ def attach(model_id: str, method: str, seed: int = 0, **overrides: Any):
     return get_peft_model(base, config)
 
 
+def _check_module(model: Any) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise LabkitError(
+            f"model must be a torch model, got {type(model).__name__}; accepted: e.g. "
+            "attach(model_id, method) or zoo.load_model(name)"
+        )
+
+
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, all) parameters of any model, peft's way (shared tensors once)."""
+    _check_module(model)
     if hasattr(model, "get_nb_trainable_parameters"):
         return model.get_nb_trainable_parameters()
     params = list(model.parameters())  # deduplicated by torch
@@ -401,6 +413,12 @@ def training_state_bytes(model: torch.nn.Module, optimizer=None) -> dict[str, in
     """
     from labkit.memory import measure
 
+    _check_module(model)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise LabkitError(
+            f"optimizer must be a torch optimizer (after at least one step), got {optimizer!r}; "
+            "accepted: e.g. torch.optim.AdamW(model.parameters()), or None"
+        )
     seen: set[int] = set()
     weights = 0
     for p in model.parameters():
