@@ -1152,6 +1152,23 @@ ROWS = [
     ),
     row("T2-04", lambda c: cli("tune", *memory_argv("sqlite://")), "in-memory database"),
     row(
+        "T2-08+folder",
+        lambda c: cli("tune", *memory_argv(f"sqlite:///{c.tmp}")),
+        "is a folder",
+        "study.db",
+    ),
+    row(
+        "T2-08+nofolder",
+        lambda c: cli("tune", *memory_argv(f"sqlite:///{c.tmp / 'no' / 's.db'}")),
+        "does not exist",
+    ),
+    row(
+        "T2-07",
+        lambda c: cli("tune", *memory_argv("mysql://root:Pw0rd@127.0.0.1:1/db")),
+        "root:***@",
+        "!Pw0rd",
+    ),
+    row(
         "T2-08",
         lambda c: cli(*tune_argv(c.tmp, db=sqlite_file(c, "app.db", "customers"))),
         "app.db is another program's SQLite database (tables: customers)",

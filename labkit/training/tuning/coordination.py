@@ -29,7 +29,6 @@ import contextlib
 import logging
 import numbers
 import os
-import re
 import socket
 import time
 import warnings
@@ -43,6 +42,7 @@ from optuna.trial import TrialState
 
 from labkit import LabkitError, checks, compat
 from labkit.training.tuning.search import Budget, get_budget
+from labkit.training.tuning.storage import check_sqlite_storage, check_url, hide_password, shown
 
 NOTE_KEY = "labkit_note"
 WORKER_KEY = "labkit_worker"
@@ -77,85 +77,6 @@ def _is_positive_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and value > 0
 
 
-def shown(url: str) -> str:
-    """``url`` as it may be printed: a password replaced by ``***`` (error lines end up on
-    screens and in CI logs)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy parses: mask what looks like user:password@
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def _sqlite_file(url: str) -> str | None:
-    """The file of an ``sqlite://`` URL, '' for an in-memory database, None for other URLs."""
-    if not url.lower().startswith("sqlite"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    try:
-        database = make_url(url).database or ""
-    except Exception:
-        return None  # left to open_storage's one line
-    memory = database in ("", ":memory:") or "mode=memory" in url.lower()
-    return "" if memory else database
-
-
-def _check_url(url: Any) -> None:
-    if not isinstance(url, str) or "://" not in url:
-        shown_url = shown(url) if isinstance(url, str) else url
-        raise LabkitError(
-            f"storage {shown_url!r} is not a database URL; accepted: e.g. "
-            "sqlite:///path/to/study.db"
-        )
-    if _sqlite_file(url) == "":
-        raise LabkitError(
-            f"storage {url!r} is an in-memory database: the study would vanish when the command "
-            "ends, so it could never be resumed; accepted: a file, e.g. sqlite:///path/to/study.db"
-        )
-
-
-#: The tables every Optuna RDB storage has; an SQLite file with tables but not these is another
-#: program's database, which opening it as a storage would fill with Optuna's 13 tables.
-OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
-
-
-def check_sqlite_storage(url: str) -> None:
-    """Refuse in one line an existing SQLite file that is not an Optuna storage (another
-    program's database, a damaged file): opening it would add Optuna's tables to it or fail
-    with a misleading message. A missing or empty file is fine (a new study storage)."""
-    path = _sqlite_file(url)
-    if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    import sqlite3
-    from urllib.parse import quote
-
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
-        ) as db:
-            tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
-            check = db.execute("pragma quick_check").fetchone()[0]
-    except sqlite3.Error as err:
-        raise LabkitError(
-            f"{path} is damaged or not an SQLite database ({err}); restore it from a copy, or "
-            "give a study file that labkit tune or Optuna made, or a new file name"
-        ) from None
-    if check != "ok":
-        raise LabkitError(
-            f"{path} is damaged (SQLite integrity check: {check[:80]}); restore it from a copy "
-            "or start a new study file"
-        )
-    if tables and not OPTUNA_TABLES <= tables:
-        other = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise LabkitError(
-            f"{path} is another program's SQLite database (tables: {other}), not an Optuna "
-            "study storage; accepted: a study file that labkit tune or Optuna made, or a new "
-            "file name"
-        )
-
-
 def check_request(
     storage: str,
     study_name: str,
@@ -178,7 +99,7 @@ def check_request(
     if gpu_memory is not None and not _is_positive_number(gpu_memory):
         raise LabkitError(f"GPU memory must be a number of GiB > 0, got {gpu_memory!r}")
     b = get_budget(budget)
-    _check_url(storage)
+    check_url(storage)
     return Request(
         storage,
         study_name,
@@ -210,7 +131,7 @@ def open_storage(
     (``attempts`` times, a fraction of a second apart) instead of failing. ``on_stale`` is called
     for each trial Optuna's heartbeat check marks FAIL.
     """
-    _check_url(url)
+    check_url(url)
     check_sqlite_storage(url)
     for attempt in range(attempts):
         try:
@@ -227,22 +148,12 @@ def open_storage(
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            password = _password(url)
-            first = first.replace(password, "***") if password else first
+            first = hide_password(first, url)  # a driver may quote the URL
             raise LabkitError(
                 f"cannot open storage {shown(url)!r} ({type(err).__name__}: {first}); accepted: a "
                 "reachable database URL, e.g. sqlite:///path/to/study.db in an existing folder"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).password
-    except Exception:
-        return None
 
 
 def worker_id() -> str:
