@@ -506,3 +506,26 @@ def test_T2_01_T2_13_a_storage_failing_mid_search_is_one_line(tmp_path):
     assert "\n" not in msg and "the storage failed during the search" in msg, msg
     assert "database or disk is full" in msg and "keeps 1 of 3 complete trials" in msg, msg
     assert "run the same command again" in msg
+
+
+def test_T2_08_a_storage_being_created_or_written_by_another_worker_is_not_refused(tmp_path):
+    """The check that refuses another program's SQLite file (T2-08) must not refuse a study
+    file another worker is creating (some of Optuna's tables only) or writing (locked)."""
+    import sqlite3
+
+    from labkit.training.tuning import storage
+
+    half = tmp_path / "half.db"
+    with sqlite3.connect(half) as db:
+        db.execute("create table studies (study_id integer)")
+    storage.check_sqlite_storage(f"sqlite:///{half}")
+
+    busy = tmp_path / "busy.db"
+    optuna.create_study(storage=f"sqlite:///{busy}", study_name="s")
+    writer = sqlite3.connect(busy, isolation_level=None)
+    try:
+        writer.execute("begin exclusive")  # a worker in the middle of a write
+        storage.check_sqlite_storage(f"sqlite:///{busy}")
+    finally:
+        writer.execute("rollback")
+        writer.close()

@@ -53,54 +53,87 @@ def check_url(url: Any) -> None:
         )
 
 
-#: The tables every Optuna RDB storage has; an SQLite file with tables but not these is another
-#: program's database, which opening it as a storage would fill with Optuna's 13 tables.
-OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+#: Every table of an Optuna RDB storage. A file holding another table is another program's
+#: database, which opening it as a storage would fill with Optuna's tables; a file holding some
+#: of these only may be a storage another worker is creating at this moment.
+OPTUNA_TABLES = frozenset(
+    {
+        "alembic_version",
+        "studies",
+        "study_directions",
+        "study_system_attributes",
+        "study_user_attributes",
+        "trial_heartbeats",
+        "trial_intermediate_values",
+        "trial_params",
+        "trial_system_attributes",
+        "trial_user_attributes",
+        "trial_values",
+        "trials",
+        "version_info",
+    }
+)
 
 
-def check_sqlite_storage(url: str) -> None:
-    """Refuse in one line an existing SQLite file that is not an Optuna storage (another
-    program's database, a damaged file): opening it would add Optuna's tables to it or fail
-    with a misleading message. A missing or empty file is fine (a new study storage)."""
-    path = sqlite_file(url)
-    folder = os.path.dirname(os.path.abspath(path)) if path else ""
-    if path and os.path.isdir(path):
+def _check_path(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
         raise LabkitError(f"{path} is a folder; accepted: a study file, e.g. {path}/study.db")
-    if path and not os.path.isdir(folder):
+    if not os.path.isdir(folder):
         raise LabkitError(
             f"folder {folder} does not exist; create it or give a study file in an existing folder"
         )
-    if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
+
+
+def check_sqlite_storage(url: str) -> None:
+    """Refuse in one line an SQLite path that is not an Optuna storage (a folder, another
+    program's database, a damaged file): opening it would add Optuna's tables to it or fail
+    with a misleading message. A missing or empty file is fine (a new study storage), and so is
+    a file another process holds locked (a worker writing to the study)."""
+    path = sqlite_file(url)
+    if not path:
+        return
+    _check_path(path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     import sqlite3
     from urllib.parse import quote
 
     try:
         with contextlib.closing(
-            sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+            sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=2)
         ) as db:
             tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
             check = db.execute("pragma quick_check").fetchone()[0]
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err) or "busy" in str(err):
+            return  # another worker is writing: Optuna waits for it
+        raise _damaged(path, err) from None
     except sqlite3.Error as err:
-        raise LabkitError(
-            f"{path} is damaged or not an SQLite database ({err}); restore it from a copy, or "
-            "give a study file that labkit tune or Optuna made, or a new file name"
-        ) from None
+        raise _damaged(path, err) from None
     if check != "ok":
+        raise _damaged(path, f"SQLite integrity check: {check[:80]}")
+    other = sorted(tables - OPTUNA_TABLES)
+    if "alembic_version" in tables and "studies" not in tables:  # another tool's migrations
+        other = sorted(tables)
+    if other:
+        shown_tables = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
         raise LabkitError(
-            f"{path} is damaged (SQLite integrity check: {check[:80]}); restore it from a copy "
-            "or start a new study file"
+            f"{path} is another program's SQLite database (tables: {shown_tables}), not an "
+            "Optuna study storage; accepted: a study file that labkit tune or Optuna made, or "
+            "a new file name"
         )
-    if tables and not OPTUNA_TABLES <= tables:
-        other = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise LabkitError(
-            f"{path} is another program's SQLite database (tables: {other}), not an Optuna "
-            "study storage; accepted: a study file that labkit tune or Optuna made, or a new "
-            "file name"
-        )
+
+
+def _damaged(path: str, why: object) -> LabkitError:
+    return LabkitError(
+        f"{path} is damaged or not an SQLite database ({why}); restore it from a copy, or give "
+        "a study file that labkit tune or Optuna made, or a new file name"
+    )
 
 
 def password(url: str) -> str | None:
+    """The password in ``url``, or None."""
     from sqlalchemy.engine import make_url
 
     try:
