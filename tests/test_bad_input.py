@@ -1783,6 +1783,30 @@ ROWS = [
         "lora_alpha",
         "nan",
     ),
+    row(
+        "R2-15+seeds",
+        lambda c: importlib.import_module("labkit.studies.peft_seeds").base_score(
+            {"baseline": [1, 0, 1]}, limit=-1
+        ),
+        "limit (questions, or None for all) must be a positive integer",
+        "-1",
+    ),
+    row(
+        "R2-16+rank",
+        lambda c: importlib.import_module("labkit.studies.lora_rank").summary(
+            {"settings": {"points": []}}, limit=0
+        ),
+        "limit",
+        "got 0",
+    ),
+    row(
+        "V2-06+gain",
+        lambda c: importlib.import_module("labkit.studies.peft_seeds").defaults_below(
+            {"baseline": [1]}, float("nan")
+        ),
+        "min_gain",
+        "nan",
+    ),
     row("V2-05", lambda c: ll().perplexity(float("nan")), "loss", ">= 0", "nan"),
     row("V2-05+", lambda c: ll().perplexity(1000), "too large for a perplexity", "0..709.8"),
     row("V2-06", lambda c: ll().perplexity(-1.0), "loss", ">= 0", "-1.0"),

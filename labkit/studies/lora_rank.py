@@ -157,6 +157,7 @@ def summary(
     ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
     """
+    limit = study.question_limit(limit)
     out = []
     for point in record["settings"]["points"]:
         r, alpha = point["r"], point["alpha"]

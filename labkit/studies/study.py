@@ -110,6 +110,12 @@ def gap_exceeds_spread(a: Sequence[float], b: Sequence[float]) -> bool:
     return sa.min > sb.max or sb.min > sa.max
 
 
+def question_limit(limit: Any) -> int | None:
+    """``limit`` (the first held-out questions to count) checked: None (all) or an integer >= 1;
+    ``[:-1]`` would silently drop the last question and ``[:0]`` count none."""
+    return None if limit is None else checks.positive("limit (questions, or None for all)", limit)
+
+
 def _numbers(name: str, values: Sequence[float]) -> list[float]:
     """``values`` (one per seed) as finite floats, or one line naming the bad one."""
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
