@@ -988,6 +988,12 @@ ROWS = [
         "--dtype nf4 or --method qlora",
     ),
     row(
+        "E2-19+str",
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", quantization_config="bnb")),
+        "quantization_config must be a JSON object",
+        "'bnb'",
+    ),
+    row(
         "E2-19+8bit",
         lambda c: mem().inference_memory(
             {

@@ -289,9 +289,16 @@ def load_config(name: str | os.PathLike[str]) -> PretrainedConfig:
     local = path if path.is_file() else Path(where) / "config.json"
     if local.is_file():
         data = read_config_file(local)
+        quant = data.get("quantization_config")
+        if quant is not None and not isinstance(quant, dict):
+            raise LabkitError(
+                f"{_shown(local)}: quantization_config must be a JSON object such as "
+                f'{{"quant_method": "bitsandbytes", ...}}, got {quant!r:.40}'
+            )
         try:
             return AutoConfig.from_pretrained(str(local))
         except (
+            AttributeError,  # a field of the wrong kind that transformers uses as an object
             OSError,
             ValueError,
             KeyError,
