@@ -219,6 +219,32 @@ def config_only(ctx: Ctx, name: str = "tiny-llama") -> Path:
     return folder
 
 
+def catalog(name: str) -> dict:
+    """The catalog config ``name`` (data/configs) as a dict."""
+    return json.loads((zoo.CONFIGS_DIR / name / "config.json").read_text())
+
+
+def cfg(ctx: Ctx, base: str | dict, name: str = "c.json", **changes) -> str:
+    """A config file in ``ctx.tmp``: the catalog config ``base`` (or a dict) with ``changes``."""
+    data = catalog(base) if isinstance(base, str) else base
+    return str(write(ctx.tmp / name, json.dumps({**data, **changes})))
+
+
+#: A small Mixtral (a family without a formula: the meta device and the dry run)
+MIXTRAL = {
+    "model_type": "mixtral",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "vocab_size": 1000,
+}
+BNB4 = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+
+
 def x8() -> torch.Tensor:
     return torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
 
@@ -227,6 +253,40 @@ def lp():
     from labkit.tuners import peft_methods
 
     return peft_methods
+
+
+def ad():
+    from labkit.tuners import adapters
+
+    return adapters
+
+
+def ft():
+    from labkit.training import finetune
+
+    return finetune
+
+
+def fg():
+    from labkit.training import forgetting
+
+    return forgetting
+
+
+def st():
+    from labkit.studies import study
+
+    return study
+
+
+def ll():
+    from labkit.training import lm_loss
+
+    return lm_loss
+
+
+#: One chat row to train on.
+CHAT = [{"prompt": "Human: hi\nAssistant:", "response": " yo"}]
 
 
 def q():
@@ -247,6 +307,12 @@ def mem():
     return estimator
 
 
+def rules():
+    from labkit.memory import rules
+
+    return rules
+
+
 def tune_argv(tmp: Path, *options: str, db: str = "a.db", study: str = "s", trials: str = "1"):
     """``python -m labkit tune`` arguments with a study in ``tmp``, then ``options``."""
     return [
@@ -259,6 +325,51 @@ def tune_argv(tmp: Path, *options: str, db: str = "a.db", study: str = "s", tria
         trials,
         *options,
     ]
+
+
+SECRET_URL = "postgresql://learner:S3cretPassw0rd@127.0.0.1:1/optuna"
+
+
+def memory_argv(url: str) -> list[str]:
+    return ["--storage", url, "--study-name", "s", "--n-trials", "1", "--budget", "smoke"]
+
+
+def sqlite_file(ctx: Ctx, name: str, table: str) -> str:
+    """An SQLite file in ``ctx.tmp`` holding one table of another program."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(ctx.tmp / name)) as db:
+        db.execute(f"create table {table} (id integer)")
+        db.commit()
+    return name
+
+
+def foreign_study(ctx: Ctx, param: str = "dropout") -> str:
+    """A study made by another script (budget and seed set by hand like labkit tune's) whose 2
+    COMPLETE trials searched ``param`` over 0.1..0.5."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=f"sqlite:///{ctx.tmp / 'f.db'}", study_name="s", direction="maximize"
+    )
+    study.set_user_attr("budget", "smoke")
+    study.set_user_attr("seed", 0)
+    study.optimize(lambda t: t.suggest_float(param, 0.1, 0.5), n_trials=2)
+    return "f.db"
+
+
+def damaged_study(ctx: Ctx) -> str:
+    """A 2-trial study file whose pages 3-5 are scrambled."""
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{ctx.tmp / 'd.db'}", study_name="s").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    path = ctx.tmp / "d.db"
+    data = bytearray(path.read_bytes())
+    data[2 * 4096 : 5 * 4096] = bytes((b * 7 + 13) % 256 for b in data[2 * 4096 : 5 * 4096])
+    path.write_bytes(bytes(data))
+    return "d.db"
 
 
 def row(id_: str, call, *expect: str):
@@ -835,6 +946,193 @@ ROWS = [
         lambda c: cli("estimate", str(write(c.tmp / "d" / "m.txt", b"\xff"))),
         "m.txt is not a text file",
     ),
+    # --- estimate: sized correctly or refused, never sized as something else (sweep 2)
+    row(
+        "E2-01",
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", num_hidden_layers=10**6)),
+        "1000000 layers",
+        "1..512",
+    ),
+    row(
+        "E2-01+meta",
+        lambda c: cli("estimate", cfg(c, MIXTRAL, num_hidden_layers=10**6), "--mode", "infer"),
+        "1000000 layers",
+    ),
+    row(
+        "E2-14",
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", tie_word_embeddings="false"), "--json"),
+        "tie_word_embeddings",
+        "expected bool",
+    ),
+    row(
+        "E2-14+meta",
+        lambda c: mem().training_memory({**MIXTRAL, "tie_word_embeddings": "false"}),
+        "transformers refuses this mixtral config",
+        "tie_word_embeddings",
+    ),
+    row(
+        "E2-14+zero",
+        lambda c: cli(
+            "estimate",
+            str(Path(cfg(c, MIXTRAL, "d/config.json", num_attention_heads=0)).parent),
+        ),
+        "mixtral",
+        "division",
+    ),
+    row(
+        "E2-19",
+        lambda c: cli(
+            "estimate", cfg(c, "llama-3.1-8b", quantization_config=BNB4), "--mode", "infer"
+        ),
+        "already quantized by bitsandbytes (4-bit",
+        "--dtype nf4 or --method qlora",
+    ),
+    row(
+        "E2-19+str",
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", quantization_config="bnb")),
+        "quantization_config must be a JSON object",
+        "'bnb'",
+    ),
+    row(
+        "E2-19+8bit",
+        lambda c: mem().inference_memory(
+            {
+                **catalog("gpt2"),
+                "quantization_config": {**BNB4, "load_in_4bit": False, "load_in_8bit": True},
+            }
+        ),
+        "8-bit",
+        "dtype='int8'",
+    ),
+    row(
+        "E2-20",
+        lambda c: cli(
+            "estimate",
+            cfg(c, "llama-3.1-8b", quantization_config={"quant_method": "gptq", "bits": 4}),
+        ),
+        "already quantized with gptq (4-bit",
+        "unquantized",
+    ),
+    row(
+        "E2-20+awq",
+        lambda c: mem().weight_bytes(
+            {**MIXTRAL, "quantization_config": {"quant_method": "awq", "bits": 4}}, "bf16"
+        ),
+        "awq",
+        "unquantized",
+    ),
+    row(
+        "E2-29",
+        lambda c: cli("estimate", cfg(c, "gpt2", n_positions=0)),
+        "n_positions",
+        "got 0",
+    ),
+    row("E2-32", lambda c: cli("estimate", cfg(c, {"model_type": "bert"})), "bert is an encoder"),
+    row(
+        "E2-36",
+        lambda c: cli("estimate", cfg(c, MIXTRAL, num_local_experts=0), "--json"),
+        "2 of 0 experts",
+        "num_experts_per_tok",
+    ),
+    row(
+        "E2-38",
+        lambda c: cli(
+            "estimate",
+            cfg(
+                c, {"model_type": "bart", "d_model": 768, "encoder_layers": 6, "vocab_size": 50265}
+            ),
+        ),
+        "bart is an encoder-decoder model",
+        "decoder-only",
+    ),
+    row(
+        "E2-39",
+        lambda c: cli("estimate", cfg(c, {"model_type": "whisper", "d_model": 384}), "--json"),
+        "whisper is an encoder-decoder model",
+    ),
+    row(
+        "E2-39+t5",
+        lambda c: mem().inference_memory({"model_type": "t5", "vocab_size": 100}),
+        "t5 is an encoder-decoder model",
+    ),
+    row(
+        "E2-40",
+        lambda c: cli(
+            "estimate",
+            cfg(c, {**MIXTRAL, "model_type": "gemma2", "head_dim": 16, "sliding_window": 16}),
+            "--mode",
+            "infer",
+            "--seq",
+            "64",
+        ),
+        "gemma2 has no SDPA attention",
+        "use --attention eager",
+    ),
+    row("E2-41", lambda c: cli("estimate", "minilm"), "bert is an encoder"),
+    row(
+        "E2-43",
+        lambda c: cli(
+            "estimate", str(((c.tmp / "d" / "config.json").mkdir(parents=True), c.tmp / "d")[1])
+        ),
+        "config.json is a folder",
+    ),
+    row(
+        "E2-62",
+        lambda c: cli("estimate", "llama-3.1-8b", "--mode", "infer", "--method", "qlora"),
+        "--method",
+        "--mode infer ignores",
+    ),
+    row(
+        "E2-63",
+        lambda c: cli(
+            "estimate",
+            "llama-3.1-8b",
+            "--mode",
+            "infer",
+            "--optimizer",
+            "sgd",
+            "--precision",
+            "fp32",
+            "--checkpointing",
+            "--grad-accum",
+            "64",
+        ),
+        "--precision --optimizer --grad-accum --checkpointing",
+        "accepted with it: --batch",
+    ),
+    row(
+        "E2-65",
+        lambda c: cli(
+            "estimate",
+            "llama-3.1-8b",
+            "--mode",
+            "infer",
+            "--method",
+            "frozen",
+            "--frozen-layers",
+            "4",
+        ),
+        "--method --frozen-layers",
+    ),
+    row(
+        "E2-66",
+        lambda c: cli("estimate", "gpt2", "--mode", "infer", "--seq", "100000"),
+        "100000",
+        "1024 learned positions",
+    ),
+    row(
+        "E2-77",
+        lambda c: cli(
+            "estimate", "llama-3.1-8b", "--method", "lora", "--lora-targets", "all-linear,q_proj"
+        ),
+        "all-linear, which stands alone",
+    ),
+    row(
+        "E2-85",
+        lambda c: cli("estimate", "bloom-560m", "--mode", "infer"),
+        "bloom has no SDPA attention",
+        "use --attention eager",
+    ),
     # --- tune -----------------------------------------------------------------------------------
     row("TU11", lambda c: cli(*tune_argv(c.tmp, "--seed", "-1")), "seed", "0..2**32-1"),
     row("TU22", lambda c: cli(*tune_argv(c.tmp, "--seed", "5000000000")), "seed"),
@@ -846,6 +1144,75 @@ ROWS = [
         "sqlite:///",
     ),
     row("TU9+", lambda c: cli(*tune_argv(c.tmp, "--timeout", "-5", trials="2")), "timeout"),
+    row(
+        "T2-02",
+        lambda c: cli("tune", "--storage", SECRET_URL, "--study-name", "s", "--n-trials", "1"),
+        "learner:***@127.0.0.1",
+        "!S3cretPassw0rd",
+    ),
+    row(
+        "T2-03",
+        lambda c: cli("tune", *memory_argv("sqlite:///:memory:")),
+        "in-memory database",
+        "sqlite:///path/to/study.db",
+    ),
+    row("T2-04", lambda c: cli("tune", *memory_argv("sqlite://")), "in-memory database"),
+    row(
+        "T2-08+folder",
+        lambda c: cli("tune", *memory_argv(f"sqlite:///{c.tmp}")),
+        "is a folder",
+        "study.db",
+    ),
+    row(
+        "T2-08+nofolder",
+        lambda c: cli("tune", *memory_argv(f"sqlite:///{c.tmp / 'no' / 's.db'}")),
+        "does not exist",
+    ),
+    row(
+        "T2-07",
+        lambda c: cli("tune", *memory_argv("mysql://root:Pw0rd@127.0.0.1:1/db")),
+        "root:***@",
+        "!Pw0rd",
+    ),
+    row(
+        "T2-08",
+        lambda c: cli(*tune_argv(c.tmp, db=sqlite_file(c, "app.db", "customers"))),
+        "app.db is another program's SQLite database (tables: customers)",
+        "new file name",
+    ),
+    row(
+        "T2-09",
+        lambda c: cli(*tune_argv(c.tmp, db=sqlite_file(c, "other.db", "alembic_version"))),
+        "(tables: alembic_version), not an Optuna study storage",
+    ),
+    row(
+        "T2-10",
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "smoke", db=damaged_study(c), trials="3")),
+        "d.db is damaged or not an SQLite database",
+        "restore it from a copy",
+    ),
+    row(
+        "T2-14b",
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "smoke", db=foreign_study(c), trials="2")),
+        "holds trials of another search",
+        "parameter 'dropout', which this search does not have",
+        "new --study-name",
+    ),
+    row(
+        "T2-14",
+        lambda c: cli(
+            *tune_argv(c.tmp, "--budget", "smoke", db=foreign_study(c, "learning_rate"), trials="4")
+        ),
+        "'learning_rate' over FloatDistribution(high=0.5",
+        "new --study-name",
+    ),
+    row(
+        "T2-25d",
+        lambda c: cli(*tune_argv(c.tmp, "--budget", "smoke", "--gpu-memory", "1e-9", trials="2")),
+        "--gpu-memory 1e-09 GiB is below the smallest trial's estimated",
+        "no trial could train",
+        "accepted: at least",
+    ),
     row("TU8", lambda c: cli(*tune_argv(c.tmp, study=" ", trials="2")), "study name is empty"),
     row(
         "TU18",
@@ -929,6 +1296,42 @@ ROWS = [
         lambda c: mem().training_days(7e9, 1e12, 8, float("nan")),
         "nan",
     ),
+    row("M2-01", lambda c: mem().training_flops(-7e9, 1e12), "parameters", ">= 0", "-7"),
+    row("M2-01+", lambda c: mem().training_flops(7e9, float("nan")), "tokens", "nan"),
+    row("M2-02", lambda c: rules().rule_training_8x(float("nan")), "parameters", "nan"),
+    row("M2-03", lambda c: rules().rule_inference_2x(-1e9), "parameters", ">= 0"),
+    row("M2-03+", lambda c: rules().rule_training_12("7e9"), "parameters", "'7e9'"),
+    row(
+        "M2-07",
+        lambda c: importlib.import_module("labkit.memory.sharding").gpus_needed(
+            mem().training_memory("tiny-llama"), float("nan")
+        ),
+        "GPU memory",
+        "nan",
+    ),
+    row(
+        "M2-08",
+        lambda c: mem().weight_bytes("gpt2", "nf4", double_quant="no"),
+        "double_quant must be True or False",
+        "'no'",
+    ),
+    row(
+        "M2-09",
+        lambda c: mem().training_memory("llama-3.1-8b", checkpointing="no"),
+        "checkpointing must be True or False",
+    ),
+    row(
+        "M2-10",
+        lambda c: mem().training_memory("llama-3.1-8b", method="frozen", frozen_layers=True),
+        "frozen_layers",
+        "True",
+    ),
+    row(
+        "M2-11",
+        lambda c: mem().training_memory("llama-3.1-8b", method="frozen", frozen_layers=2.5),
+        "frozen_layers",
+        "2.5",
+    ),
     # --- quant ----------------------------------------------------------------------------------
     row("Q2", lambda c: q().absmax_quantize(torch.tensor([1.0, float("nan")])), "NaN or inf"),
     row("Q5", lambda c: q().absmax_quantize(x8(), bits=1), "bits must be an integer in 2..8"),
@@ -982,6 +1385,56 @@ ROWS = [
         lambda c: q().quant_error(x8(), torch.full((4, 8), float("inf"))),
         "inf",
     ),
+    row(
+        "Q2-01",
+        lambda c: q().absmax_quantize(x8(), axis=-1, group_size=np.int64(3)),
+        "group size 3 does not divide the axis of length 8",
+    ),
+    row(
+        "Q2-02",
+        lambda c: q().absmax_quantize(x8(), axis=-1, group_size=4.0),
+        "group size must be a positive integer, got 4.0",
+    ),
+    row(
+        "Q2-03",
+        lambda c: q().absmax_quantize(x8(), axis=-1, group_size=True),
+        "group size must be a positive integer, got True",
+    ),
+    row("Q2-04", lambda c: q().absmax_quantize(x8(), axis=True), "axis must be an integer"),
+    row(
+        "Q2-08",
+        lambda c: q().absmax_quantize(torch.empty(4, 8, device="meta")),
+        "meta device",
+        "a tensor with values",
+    ),
+    row(
+        "Q2-09",
+        lambda c: q().absmax_quantize(x8().to(torch.float8_e4m3fn)),
+        "float8_e4m3fn",
+        "torch.bfloat16",
+    ),
+    row(
+        "Q2-14",
+        lambda c: q().llm_int8_linear(x8(), torch.randn(3, 8), threshold=float("nan")),
+        "threshold must be a number (not NaN), got nan",
+    ),
+    row(
+        "Q2-16",
+        lambda c: q().llm_int8_linear(x8(), torch.randn(3, 8), threshold="6"),
+        "threshold",
+        "'6'",
+    ),
+    row(
+        "Q2-19",
+        lambda c: q4().nf4_quantize(torch.randn(128), blocksize=np.int64(48)),
+        "do not split into blocks of 48",
+    ),
+    row(
+        "Q2-23",
+        lambda c: importlib.import_module("labkit.quant.layers").quantize_model("zoo-llama"),
+        "torch.nn.Module",
+        "zoo.load_model('zoo-llama')",
+    ),
     # --- precision --------------------------------------------------------------------------------
     row(
         "P4",
@@ -999,6 +1452,25 @@ ROWS = [
         lambda c: importlib.import_module("labkit.quant.formats").encode(0, 127.9, 0, "bf16"),
         "127.9",
         "integer",
+    ),
+    row(
+        "P2-05",
+        lambda c: importlib.import_module("labkit.quant.formats").decode(10**400, "fp32"),
+        "401 digits",
+        "float64",
+    ),
+    row(
+        "P2-12",
+        lambda c: importlib.import_module("labkit.quant.formats").round_to([1.0, "a"], "bf16"),
+        "x must be a number, a list of numbers or a tensor",
+    ),
+    row(
+        "P2-13",
+        lambda c: importlib.import_module("labkit.quant.formats").representable_values(
+            "fp8_e4m3", "yes"
+        ),
+        "lo",
+        "'yes'",
     ),
     # --- peft -------------------------------------------------------------------------------------
     row("F8", lambda c: lp().make_config("lora-x"), "unknown PEFT method 'lora-x'"),
@@ -1048,6 +1520,79 @@ ROWS = [
         lambda c: lp().count_trainable(lp().make_config("lora", r=10**6), "zoo-llama"),
         "rank",
         "larger",
+    ),
+    row(
+        "F2-01",
+        lambda c: lp().attach("tiny-llama", "lora", lora_alpha=float("nan")),
+        "lora_alpha",
+        "nan",
+    ),
+    row("F2-02", lambda c: lp().attach("tiny-llama", "lora", lora_alpha=0), "lora_alpha", "> 0"),
+    row("F2-07", lambda c: lp().attach("tiny-llama", "lora", seed="x"), "seed", "0..2**32-1"),
+    row(
+        "F2-08",
+        lambda c: lp().count_trainable(
+            lp().make_config("prompt", num_virtual_tokens=10**6), "zoo-llama"
+        ),
+        "num_virtual_tokens=1000000",
+        "context of 256",
+        "1..255",
+    ),
+    row(
+        "F2-08+attach",
+        lambda c: lp().attach("tiny-llama", "prefix", num_virtual_tokens=256),
+        "num_virtual_tokens=256",
+        "1..255",
+    ),
+    row("F2-09", lambda c: lp().make_config("prompt-text", init_text=""), "init_text", "non-empty"),
+    row("F2-09+", lambda c: lp().make_config("prompt-text", init_text=["a"]), "init_text", "str"),
+    row("F2-14", lambda c: lp().attach("minilm", "prefix"), "bert is an encoder", "accepted"),
+    row(
+        "F2-12+",
+        lambda c: lp().make_config("lora", target_modules=5),
+        "target_modules",
+        "list of strings",
+    ),
+    row("F2-14+", lambda c: lp().trainable_parameters(None), "model must be a torch model"),
+    row(
+        "F2-14+opt",
+        lambda c: lp().training_state_bytes(c.tiny[0], optimizer="adam"),
+        "optimizer must be a torch optimizer",
+    ),
+    row(
+        "A2-04+std",
+        lambda c: ad().randomize_lora(lp().attach("tiny-llama", "lora"), std=float("nan")),
+        "std",
+        "nan",
+    ),
+    row(
+        "A2-04+seed",
+        lambda c: ad().randomize_lora(lp().attach("tiny-llama", "lora"), seed="x"),
+        "seed",
+        "0..2**32-1",
+    ),
+    row("A2-03+plain", lambda c: ad().hand_merge_max_diff(c.tiny[0]), "not a PeftModel"),
+    # --- adapters / quantized merge ---------------------------------------------------------------
+    row("A2-01+", lambda c: ad().sample_inputs("1000"), "vocab_size", "positive integer"),
+    row("A2-02", lambda c: ad().sample_inputs(1000, batch=2.5), "batch", "positive integer"),
+    row(
+        "A2-03",
+        lambda c: ad().max_logit_diff(torch.zeros(0), torch.zeros(0)),
+        "logits are empty",
+    ),
+    row(
+        "A2-04",
+        lambda c: ad().logits_close(torch.ones(2, 3), torch.ones(2, 3), atol=float("nan")),
+        "atol",
+        "nan",
+    ),
+    row(
+        "A2-08",
+        lambda c: importlib.import_module("labkit.tuners.quantized_merge").bnb_4bit_config(
+            "nf4", compute_dtype=torch.int8
+        ),
+        "compute dtype torch.int8",
+        "torch.bfloat16",
     ),
     # --- measure / training / evaluation / datasets ---------------------------------------------
     row(
@@ -1126,6 +1671,152 @@ ROWS = [
         "nan",
     ),
     row(
+        "R2-10",
+        lambda c: ft().exact_match("abc", "abd"),
+        "predictions is one string",
+        "a list of strings",
+    ),
+    row("R2-11", lambda c: ft().exact_match([1], [1]), "predictions[0] is int", "list of strings"),
+    row(
+        "R2-12",
+        lambda c: ft().generate_answers(*c.tiny, "Human: hi\nAssistant:"),
+        "prompts is one string",
+        "wrap it",
+    ),
+    row(
+        "R2-13",
+        lambda c: ft().generate_answers(*c.tiny, ["Human: hi\nAssistant:"], max_new_tokens=0),
+        "max_new_tokens must be a positive integer",
+    ),
+    row(
+        "R2-15",
+        lambda c: ft().evaluate_chat(*c.tiny, split="validation", limit=-1),
+        "limit",
+        "positive integer",
+        "None for all",
+    ),
+    row("R2-16", lambda c: ft().evaluate_chat(*c.tiny, limit=0), "limit", "got 0"),
+    row(
+        "R2-17",
+        lambda c: ft().train(*c.tiny, rows=CHAT, weight_decay=float("nan")),
+        "weight_decay",
+        "nan",
+    ),
+    row(
+        "R2-17+beta",
+        lambda c: ft().train(*c.tiny, rows=CHAT, adam_beta2=1.0),
+        "adam_beta2",
+        "[0, 1)",
+    ),
+    row(
+        "R2-18",
+        lambda c: ft().train(*c.tiny, rows=CHAT, per_device_train_batch_size=0),
+        "per_device_train_batch_size must be a positive integer",
+    ),
+    row(
+        "R2-19",
+        lambda c: ft().train(
+            zoo.load_model("tiny-llama").requires_grad_(False), c.tiny[1], rows=CHAT
+        ),
+        "every parameter of the model is frozen",
+        "attach a PEFT method",
+    ),
+    row(
+        "R2-23",
+        lambda c: ft().train(*c.tiny, rows=CHAT, gradient_accumulation_steps=0),
+        "gradient_accumulation_steps must be a positive integer",
+    ),
+    row(
+        "R2-16+target",
+        lambda c: ft().evaluate_chat(*c.tiny, target="bogus", limit=1),
+        "unknown target 'bogus'",
+        "response",
+    ),
+    row(
+        "R2-17+eval",
+        lambda c: ft().training_arguments(eval_strategy="bogus"),
+        "TrainingArguments refused these settings",
+        "bogus is not a valid IntervalStrategy",
+    ),
+    row("R2-17+seed", lambda c: ft().training_arguments(seed=-1), "seed", "0..2**32-1"),
+    row("R2-18+steps", lambda c: ft().training_arguments(max_steps="10"), "max_steps", "'10'"),
+    row(
+        "R2-10+table",
+        lambda c: ft().side_by_side(CHAT * 3, ["a"] * 2, ["b"] * 3),
+        "one answer before and after per row",
+        "2 before",
+    ),
+    row("R2-15+sbs", lambda c: ft().side_by_side(CHAT, ["a"], ["b"], n=-1), "n (rows to show)"),
+    row(
+        "R2-15+corpus",
+        lambda c: fg().corpus_texts(n=-1),
+        "n (stories) must be a positive integer",
+        "-1",
+    ),
+    row("R2-11+counts", lambda c: fg().probe_items(counts="x"), "counts", "integer >= 0"),
+    row("R2-11+per_fact", lambda c: fg().probe_items(per_fact="1"), "per_fact", "'1'"),
+    row("R2-18+replay", lambda c: fg().replay_features(c.tiny[1], 10**9), "the corpus has"),
+    row("R2-18+mix", lambda c: fg().replay_count(-5, 0.5), "n_task", "integer >= 0"),
+    row("R2-12+probe", lambda c: fg().probe_accuracy(*c.tiny, "abc"), "item 0 is str"),
+    row(
+        "V2-03+",
+        lambda c: list(ll().text_batches(c.tiny[1], ["a b"], max_length="128")),
+        "max_length must be a positive integer",
+    ),
+    row(
+        "V2-04+",
+        lambda c: ll().blocks_loss(c.tiny[0], [[1, 2, 3]]),
+        "blocks must be a 2-D tensor of token ids",
+        "pack(",
+    ),
+    row("V2-06+within", lambda c: st().within(0.5, []), "no values to summarise"),
+    row("V2-06+nan", lambda c: st().within(float("nan"), [0.1, 0.2]), "value", "nan"),
+    row("V2-06+slack", lambda c: st().within(0.1, [0.1, 0.2], slack=-1), "slack", ">= 0"),
+    row("V2-06+gap", lambda c: st().gap_exceeds_spread("ab", [1.0]), "a must be a list of numbers"),
+    row(
+        "F2-02+rank",
+        lambda c: importlib.import_module("labkit.studies.lora_rank").train_point(
+            c.tiny[1], 2.5, 16
+        ),
+        "LoRA rank r must be a positive integer",
+        "2.5",
+    ),
+    row(
+        "F2-01+alpha",
+        lambda c: importlib.import_module("labkit.studies.lora_rank").update_size(
+            c.tiny[1], 8, float("nan")
+        ),
+        "lora_alpha",
+        "nan",
+    ),
+    row(
+        "R2-15+seeds",
+        lambda c: importlib.import_module("labkit.studies.peft_seeds").base_score(
+            {"baseline": [1, 0, 1]}, limit=-1
+        ),
+        "limit (questions, or None for all) must be a positive integer",
+        "-1",
+    ),
+    row(
+        "R2-16+rank",
+        lambda c: importlib.import_module("labkit.studies.lora_rank").summary(
+            {"settings": {"points": []}}, limit=0
+        ),
+        "limit",
+        "got 0",
+    ),
+    row(
+        "V2-06+gain",
+        lambda c: importlib.import_module("labkit.studies.peft_seeds").defaults_below(
+            {"baseline": [1]}, float("nan")
+        ),
+        "min_gain",
+        "nan",
+    ),
+    row("V2-05", lambda c: ll().perplexity(float("nan")), "loss", ">= 0", "nan"),
+    row("V2-05+", lambda c: ll().perplexity(1000), "too large for a perplexity", "0..709.8"),
+    row("V2-06", lambda c: ll().perplexity(-1.0), "loss", ">= 0", "-1.0"),
+    row(
         "V1",
         lambda c: importlib.import_module("labkit.training.lm_loss").causal_lm_loss(*c.tiny, []),
         "no texts",
@@ -1188,7 +1879,7 @@ def test_gpus_needed_in_json_never_reads_as_needs_none():
 
 def test_numpy_integers_are_accepted_by_memory_and_quant():
     from labkit.memory import estimator
-    from labkit.quant import integer
+    from labkit.quant import codebook, integer
 
     sweep = np.arange(256, 1024, 256)  # e.g. sequence lengths from a numpy sweep
     assert (
@@ -1196,6 +1887,21 @@ def test_numpy_integers_are_accepted_by_memory_and_quant():
         == estimator.training_memory("gpt2", seq=512).total
     )
     integer.absmax_quantize(torch.ones(4, 8), bits=np.int64(4))
+    # Q2-01, Q2-19: numpy integers were refused as group size and blocksize
+    assert integer.absmax_quantize(torch.ones(4, 8), axis=-1, group_size=np.int64(4))[1].shape == (
+        4,
+        2,
+    )
+    assert codebook.nf4_quantize(torch.randn(128), blocksize=np.int64(64))[1].shape == (2,)
+    # A2-01: a numpy vocabulary size was read as a model (AttributeError)
+    from labkit.tuners import adapters
+
+    assert adapters.sample_inputs(np.int64(1000))["input_ids"].max() < 1000
+    # lm_loss.pack refused a numpy block size as "not a whole number"
+    from labkit.training import lm_loss
+
+    blocks = lm_loss.pack(zoo.load_tokenizer("tiny-llama"), ["a b c d e"] * 20, block=np.int64(16))
+    assert blocks.shape[1] == 16
 
 
 def test_numpy_integers_are_integers():
@@ -1203,7 +1909,7 @@ def test_numpy_integers_are_integers():
 
     assert (
         coordination.check_request(
-            "sqlite:///:memory:", "s", np.int64(2), None, "smoke", seed=np.uint32(7)
+            "sqlite:///study.db", "s", np.int64(2), None, "smoke", seed=np.uint32(7)
         ).budget.name
         == "smoke"
     )

@@ -464,3 +464,68 @@ def test_T2_33_labkit_threads_is_capped_at_the_usable_cpus(monkeypatch):
     finally:
         monkeypatch.delenv("LABKIT_THREADS")
         hardware.set_threads(1)
+
+
+def test_T2_19_a_second_ctrl_c_does_not_cut_the_interrupted_line(tmp_path, monkeypatch, capsys):
+    """The double press: a second SIGINT while the command says what the study keeps is ignored
+    (no KeyboardInterrupt traceback), and Ctrl-C works again afterwards."""
+
+    def interrupted(trial):
+        raise KeyboardInterrupt
+
+    def second_press(storage, name):
+        signal.raise_signal(signal.SIGINT)  # ignored while the line is written
+        return 0
+
+    monkeypatch.setattr(cli, "_stored_complete", second_press)
+    argv = ["--storage", f"sqlite:///{tmp_path / 'i.db'}", "--study-name", "s", "--n-trials", "2"]
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.cli_main([*argv, "--budget", "smoke"], objective=interrupted) == 130
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "interrupted; study 's' keeps 0 of 2" in capsys.readouterr().err
+
+
+def test_T2_01_T2_13_a_storage_failing_mid_search_is_one_line(tmp_path):
+    """A full disk or a read-only folder mid-search (sqlite's error, which Optuna may wrap or
+    follow with its own AssertionError): one line saying what the study keeps, no traceback."""
+    import sqlite3
+
+    def full(trial):
+        if trial.number == 1:
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError:
+                raise AssertionError("Should not reach.") from None  # as Optuna ends
+        return 1.0
+
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    argv = ["--storage", url, "--study-name", "s", "--n-trials", "3", "--budget", "smoke"]
+    with pytest.raises(LabkitError) as err:
+        cli.cli_main(argv, objective=full)
+    msg = str(err.value)
+    assert "\n" not in msg and "the storage failed during the search" in msg, msg
+    assert "database or disk is full" in msg and "keeps 1 of 3 complete trials" in msg, msg
+    assert "run the same command again" in msg
+
+
+def test_T2_08_a_storage_being_created_or_written_by_another_worker_is_not_refused(tmp_path):
+    """The check that refuses another program's SQLite file (T2-08) must not refuse a study
+    file another worker is creating (some of Optuna's tables only) or writing (locked)."""
+    import sqlite3
+
+    from labkit.training.tuning import storage
+
+    half = tmp_path / "half.db"
+    with sqlite3.connect(half) as db:
+        db.execute("create table studies (study_id integer)")
+    storage.check_sqlite_storage(f"sqlite:///{half}")
+
+    busy = tmp_path / "busy.db"
+    optuna.create_study(storage=f"sqlite:///{busy}", study_name="s")
+    writer = sqlite3.connect(busy, isolation_level=None)
+    try:
+        writer.execute("begin exclusive")  # a worker in the middle of a write
+        storage.check_sqlite_storage(f"sqlite:///{busy}")
+    finally:
+        writer.execute("rollback")
+        writer.close()

@@ -65,7 +65,7 @@ def test_gpus_needed_refuses_what_never_fits():
         sharding.gpus_needed(
             estimator.training_memory("llama-2-7b", precision="fp32"), 2**20, "ddp"
         )
-    with pytest.raises(LabkitError, match="GPU memory must be positive"):
+    with pytest.raises(LabkitError, match="GPU memory in bytes must be a number"):
         sharding.gpus_needed(estimator.training_memory("tiny-llama"), 0)
 
 

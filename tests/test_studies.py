@@ -202,12 +202,16 @@ def test_train_point_short(monkeypatch):
     assert len(p.correct) == 3 and 0 <= p.exact_match <= 1 and p.val_loss > 0
 
 
-@pytest.mark.parametrize("r, alpha", [(0, 2), (-1, 2), (2, 0), ("8", 16), (True, 2)])
+@pytest.mark.parametrize(
+    "r, alpha",
+    [(0, 2), (-1, 2), (2, 0), ("8", 16), (True, 2), (2.5, 16), (8, float("nan")), (8, "16")],
+)
 def test_bad_rank_or_alpha(r, alpha):
     tok = None  # refused before the tokenizer is used
-    with pytest.raises(LabkitError, match="must be a number > 0"):
+    expect = r"(LoRA rank r must be a positive integer|lora_alpha must be a finite number > 0)"
+    with pytest.raises(LabkitError, match=expect):
         lora_rank.train_point(tok, r, alpha)
-    with pytest.raises(LabkitError, match="must be a number > 0"):
+    with pytest.raises(LabkitError, match=expect):
         lora_rank.update_size(tok, r, alpha)
 
 

@@ -233,7 +233,7 @@ def test_multi_objective_or_foreign_study_is_one_line(tmp_path):
         ({"n_trials": 0}, "n_trials"),
         ({"n_trials": -2}, "n_trials"),
         ({"timeout": 0}, "timeout"),
-        ({"storage": "sqlite:////nonexistent/dir/x.db"}, "cannot open storage"),
+        ({"storage": "sqlite:////nonexistent/dir/x.db"}, "/nonexistent/dir does not exist"),
         ({"storage": "postgresql://labkit@127.0.0.1:1/none"}, "cannot open storage"),
         ({"storage": "study.db"}, "not a database URL"),
         ({"budget": "huge"}, "unknown budget"),

@@ -48,6 +48,8 @@ JSON_KEYS = (
     "regime",
     "activations_from",
 )
+#: The options ``--mode infer`` uses; it refuses every other option of a training job.
+INFER_OPTIONS = ("batch", "seq", "attention")
 #: The flag of each parameter of the memory API whose flag is not ``--`` + its name with dashes.
 FLAGS = {"context": "--seq", "gpu_gib": "--gpu-memory"}
 #: Options of a training job the command passes on when given (the job's defaults otherwise).
@@ -112,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=1, help="micro-batch per GPU")
     p.add_argument("--seq", type=_positive_int, default=512, help="sequence / context length")
     p.add_argument("--grad-accum", type=_positive_int, help=f"({job.grad_accum})")
-    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    p.add_argument(
+        "--checkpointing", action="store_true", default=None, help="gradient checkpointing on"
+    )
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument(
         "--base-dtype",
@@ -143,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the optimizer's implementation (default: what torch picks on --device: "
         "foreach on cuda, single on cpu)",
     )
-    p.add_argument("--lora-dropout", type=_dropout, default=0.0, help="peft's lora_dropout (0.0)")
+    p.add_argument("--lora-dropout", type=_dropout, default=None, help="peft's lora_dropout (0.0)")
     p.add_argument(
         "--fit",
         type=_positive_float,
@@ -169,21 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(model: str):
     """The config of MODEL: a ``.json`` file is read as a dict by :func:`labkit.models.zoo.read_config_file`
-    (zoo's one-line messages for a damaged file; only the numbers are needed, no transformers
-    validation), anything else by :func:`labkit.models.zoo.load_config`."""
+    (zoo's one-line messages for a damaged file), checked by labkit's own one-line checks of a
+    formula family's sizes, then by transformers' own config validation as any other route
+    (:func:`labkit.models.zoo.load_config`: what it refuses, ``estimate`` refuses); anything else
+    is loaded by :func:`labkit.models.zoo.load_config`."""
     path = Path(model)
     if path.suffix == ".json" or path.name == "config.json":
         if not path.is_file():
             raise LabkitError(
                 f"config file {model!r} does not exist; give a config.json path, folder or name"
             )
-        return zoo.read_config_file(path)
+        config = zoo.read_config_file(path)
+        if estimator.is_formula_family(config):
+            architecture.shape_of(config)  # labkit's messages first (heads that do not divide...)
+        zoo.load_config(path)  # transformers' validation ("tie_word_embeddings": "false"...)
+        return config
     return zoo.load_config(model)
 
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that the chosen mode ignores (they would change nothing, silently)."""
     infer = args.mode == "infer"
+    ignored = [n for n in JOB_OPTIONS if n not in INFER_OPTIONS and getattr(args, n) is not None]
+    if infer and ignored:
+        kept = [flag(n) for n in (*INFER_OPTIONS, "dtype", "card", "gpus", "zero", "gpu_memory")]
+        raise LabkitError(
+            f"{' '.join(flag(n) for n in ignored)}: options of a training job, which "
+            f"{flag('mode', 'infer')} ignores; accepted with it: {', '.join(kept)}"
+        )
     lora = not infer and args.method in {"lora", "qlora"}
     given = [flag(n) for n in ("lora_targets", "lora_r") if getattr(args, n) is not None]
     if given and not lora:
@@ -195,7 +212,7 @@ def _check_options(args: argparse.Namespace) -> None:
         flag(n)
         for n, v in (("optimizer_impl", args.optimizer_impl), ("lora_dropout", args.lora_dropout))
         + (("fit", args.fit),)
-        if v
+        if v is not None  # --lora-dropout 0 given in infer mode is ignored too
     ]
     if train_only and infer:
         raise LabkitError(f"{' and '.join(train_only)} apply to {flag('mode', 'train')}")
@@ -229,11 +246,8 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
                 **dtype,
             )
         else:
-            shape = config
-            if estimator.is_formula_family(config):
-                shape = architecture.shape_of(config)
             job = _job(args)
-            b = estimator.training_memory(shape, job)
+            b = estimator.training_memory(config, job)
             one_gpu = args.gpus == 1 and int(args.zero) == 0
             step = peak.training_peak(config, job, **_levers(args)) if one_gpu else None
             return calculator.fit(
@@ -246,7 +260,8 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
 
 def _levers(args: argparse.Namespace) -> dict[str, Any]:
     """The peak's options beyond the job: the optimizer's implementation, LoRA's dropout."""
-    return {"impl": args.optimizer_impl, "lora_dropout": args.lora_dropout}
+    dropout = 0.0 if args.lora_dropout is None else args.lora_dropout
+    return {"impl": args.optimizer_impl, "lora_dropout": dropout}
 
 
 def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:

@@ -26,7 +26,7 @@ import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES
-from labkit.memory.job import ATTENTIONS, DEVICES, TrainingJob
+from labkit.memory.job import ATTENTIONS, DEVICES, OptionError, TrainingJob
 from labkit.models.architecture import Shape, shape_of
 from labkit.models.targets import lora_modules
 
@@ -55,7 +55,7 @@ class Activations:
 def _check_attention(s: Shape, attention: str) -> None:
     choice("attention", attention, ATTENTIONS)
     if s.family == "bloom" and attention == "sdpa":
-        raise LabkitError("BLOOM has no SDPA attention in transformers 5.24; use --attention eager")
+        raise OptionError("BLOOM has no SDPA attention in transformers 5.24; use {attention:eager}")
 
 
 def sequence_length(s: Shape, seq: Any) -> int:

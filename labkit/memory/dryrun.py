@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -43,7 +44,7 @@ from labkit import LabkitError, compat
 from labkit.checks import choice, positive
 from labkit.memory import measure
 from labkit.memory.activations import Activations
-from labkit.memory.job import ATTENTIONS, TrainingJob
+from labkit.memory.job import ATTENTIONS, OptionError, TrainingJob
 from labkit.models import architecture
 from labkit.models.targets import lora_modules, trainable_shapes
 
@@ -78,7 +79,17 @@ def fake_model(config: Any, *, attention: str = "sdpa", dtype: str = "fp32", pre
     choice("attention", attention, ATTENTIONS)
     td = _dtype(dtype, "weight dtype")
     with torch.device("meta"):
-        model = architecture.build_causal_lm(config, attn_implementation=attention, dtype=td)
+        try:
+            model = architecture.build_causal_lm(config, attn_implementation=attention, dtype=td)
+        except LabkitError:
+            if attention != "sdpa":
+                raise
+            architecture.build_causal_lm(config, attn_implementation="eager", dtype=td)
+            # it builds with eager attention: SDPA is what this model type lacks
+            raise OptionError(
+                f"{architecture.model_type_of(config)} has no SDPA attention in transformers "
+                f"{transformers.__version__}; use {{attention:eager}}"
+            ) from None
         if prepare is not None:
             model = prepare(model)
     return to_fake(model)

@@ -32,17 +32,16 @@ is in :mod:`labkit.memory.sharding`, the rules of thumb in :mod:`labkit.memory.r
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import labkit
 from labkit import LabkitError
-from labkit.checks import choice, positive
+from labkit.checks import boolean, choice, number, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES, OPTIMIZERS, PRECISIONS, quantized_bytes
-from labkit.memory.activations import job_activation_bytes
-from labkit.memory.job import Breakdown, TrainingJob
+from labkit.memory.activations import job_activation_bytes, sequence_length
+from labkit.memory.job import Breakdown, OptionError, TrainingJob
 from labkit.memory.sharding import gpus_needed, round_to_nodes, sharded
 from labkit.models.architecture import (
     FORMULA_FAMILIES,
@@ -51,6 +50,7 @@ from labkit.models.architecture import (
     model_type_of,
     module_table,
     param_shapes,
+    quantization_of,
     shape_of,
     transformers_config,
 )
@@ -126,6 +126,8 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
     its config names (:func:`loaded_dtype`).
     """
     choice("weight dtype", dtype, (*WEIGHT_DTYPES, "auto"))
+    boolean("double_quant", double_quant)
+    check_unquantized(config)
     if dtype == "auto":
         dtype = loaded_dtype(config)
     s = shape_of(config) if is_formula_family(config) else config
@@ -140,6 +142,30 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
         else:  # unquantized tensors: the dtype itself, or 16-bit beside int8/nf4 linears
             total += n * (2 if dtype in {"int8", "nf4"} else DTYPE_BYTES[dtype])
     return int(math.ceil(total))
+
+
+def check_unquantized(config: Any) -> None:
+    """Refuse the config of an already-quantized checkpoint (``quantization_config``): the
+    estimates size the weights in the dtype they are asked for, so its own 4- or 8-bit weights
+    would be sized as something else. A bitsandbytes checkpoint is the unquantized model's
+    config with ``dtype="nf4"`` / ``"int8"`` (or QLoRA); GPTQ and AWQ weights are not sized."""
+    q = quantization_of(config)
+    if q is None:
+        return
+    method = q.get("quant_method", "unknown")
+    if method == "bitsandbytes":
+        bits = 4 if q.get("load_in_4bit") else 8 if q.get("load_in_8bit") else None
+        use = "{dtype:nf4} or {method:qlora}" if bits == 4 else "{dtype:int8}"
+        raise OptionError(
+            f"this config is of a checkpoint already quantized by bitsandbytes ({bits}-bit "
+            "quantization_config); labkit sizes weights from the unquantized config: remove "
+            f"quantization_config and use {use}"
+        )
+    raise OptionError(
+        f"this config is of a checkpoint already quantized with {method} ({q.get('bits', '?')}-bit "
+        "quantization_config), whose weights labkit does not size; accepted: the config of the "
+        "unquantized model"
+    )
 
 
 # ----------------------------------------------------------------------------- families
@@ -256,6 +282,7 @@ def training_memory(config: Any, job: TrainingJob | None = None, /, **options: A
     ``dry-run``.
     """
     job = TrainingJob.of(job, options)
+    check_unquantized(config)
     formula = is_formula_family(config)
     s = shape_of(config) if formula else config
     layers, vocab = layers_and_vocab(s)
@@ -404,6 +431,8 @@ def inference_memory(
     """
     s = config
     weights = weight_bytes(s, dtype, double_quant)
+    if is_formula_family(s):  # learned positions (GPT-2) hold no token past their table
+        sequence_length(shape_of(s), context)
     kv_dtype = kv_dtype or ("bf16" if dtype in {"int8", "nf4"} else dtype)
     kv = kv_cache_bytes(s, batch, context, kv_dtype)
     _, vocab = layers_and_vocab(s)
@@ -444,14 +473,9 @@ def inference_memory(
 # ----------------------------------------------------------------------------- time
 def training_flops(parameters: float, tokens: float, recompute: bool = False) -> float:
     """C ≈ 6·P·D (2 forward + 4 backward); 8·P·D with full activation recomputation."""
-    return (8 if recompute else 6) * parameters * tokens
-
-
-def _positive_number(name: str, value: Any) -> float:
-    """``value`` if it is a finite number > 0 (not nan, not inf), else one line naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise LabkitError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
+    for name, value in (("parameters", parameters), ("tokens", tokens)):
+        number(name, value, low=0)
+    return (8 if boolean("recompute", recompute) else 6) * parameters * tokens
 
 
 def training_days(
@@ -468,6 +492,6 @@ def training_days(
     """
     positive("number of GPUs", n_gpus)
     for name, value in (("parameters", parameters), ("tokens", tokens)):
-        _positive_number(name, value)
-    _positive_number("FLOP/s per GPU", flops_per_gpu)
+        number(name, value, above=0)
+    number("FLOP/s per GPU", flops_per_gpu, above=0)
     return training_flops(parameters, tokens, recompute) / (n_gpus * flops_per_gpu) / 86400

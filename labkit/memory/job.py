@@ -18,7 +18,7 @@ from typing import Any
 
 import labkit
 from labkit import LabkitError
-from labkit.checks import choice, positive
+from labkit.checks import boolean, choice, positive
 from labkit.dtypes import OPTIMIZERS, PRECISIONS, Precision
 from labkit.models.architecture import TRAINING_METHODS
 
@@ -146,6 +146,8 @@ class TrainingJob:
             ("lora_r", "LoRA rank r"),
         ):
             object.__setattr__(self, name, positive(what, getattr(self, name)))
+        for name in ("checkpointing", "dropout"):  # "no" would be truthy: refused
+            object.__setattr__(self, name, boolean(name, getattr(self, name)))
         self._check_combinations()
 
     def _check_combinations(self) -> None:

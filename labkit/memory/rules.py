@@ -19,17 +19,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labkit.checks import choice
+from labkit.checks import choice, number
 from labkit.dtypes import DTYPE_BYTES
 from labkit.memory import activations
 from labkit.models import architecture
+
+
+def _count(parameters: float) -> float:
+    """The parameter count a rule multiplies, if it is a finite number >= 0 (never NaN or
+    negative bytes out of a typo)."""
+    number("parameters", parameters, low=0)
+    return parameters
 
 
 def rule_weights(parameters: float, dtype: str = "fp16") -> float:
     """The common rule "a 6B model in fp16 is 12 GB": P × bytes per parameter (whole-byte
     dtypes only; NF4's 4.127 bits per weight are in :func:`weight_bytes`)."""
     choice("dtype of the rule of thumb", dtype, DTYPE_BYTES)
-    return parameters * DTYPE_BYTES[dtype]
+    return _count(parameters) * DTYPE_BYTES[dtype]
 
 
 def rule_training_8x(parameters: float) -> float:
@@ -41,12 +48,12 @@ def rule_training_mixed_adamw(parameters: float) -> float:
     """Mixed-precision AdamW's 16 B/param: 2 (16-bit weights) + 2 (16-bit gradients) + 12 (fp32
     master weights, m and v), as in the ZeRO paper; the same total as "8× the fp16 weights",
     with the bytes named. Activations are not in it."""
-    return (2 + 2 + 12) * parameters
+    return (2 + 2 + 12) * _count(parameters)
 
 
 def rule_training_12(parameters: float) -> float:
     """The common rule "1B params: 2 GB weights + 2 GB grads + 8 GB AdamW" (12 B/param)."""
-    return 12 * parameters
+    return 12 * _count(parameters)
 
 
 def rule_inference_2x(parameters: float, dtype: str = "fp16") -> float:

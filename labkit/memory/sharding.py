@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import labkit
 from labkit import LabkitError
-from labkit.checks import choice, positive
+from labkit.checks import choice, number, positive
 from labkit.memory.job import Breakdown
 
 #: ZeRO stage -> strategy: 0 is DDP (every GPU holds everything); 1 shards the optimizer state,
@@ -91,8 +91,7 @@ def gpus_needed(
     Raises :class:`LabkitError` when even ``max_gpus`` are not enough (e.g. DDP, or activations
     alone larger than one GPU).
     """
-    if gpu_bytes <= 0:
-        raise LabkitError(f"GPU memory must be positive, got {gpu_bytes}")
+    number("GPU memory in bytes", gpu_bytes, above=0, finite=False)
     n = 1
     while n <= max_gpus:
         n = round_to_nodes(n)

@@ -50,6 +50,10 @@ LINEAR_NAMES = {
 #: What :func:`labkit.models.targets.trainable_shapes` accepts (``frozen``: embeddings and the
 #: first k blocks frozen).
 TRAINING_METHODS = ("full", "lora", "qlora", "frozen")
+#: The deepest model sized here. The deepest open LLMs have about 130 blocks (Llama 3.1 405B:
+#: 126); the tables and dry runs grow with the depth, so a typo (one zero too many) is refused
+#: before it takes minutes and gigabytes (10^6 layers: more than 7 GB).
+MAX_LAYERS = 512
 
 
 # ----------------------------------------------------------------------------- Shape
@@ -102,6 +106,17 @@ def model_type_of(config: Any) -> str | None:
     if isinstance(config, Shape):
         return config.model_type
     return _config_dict(config).get("model_type")
+
+
+def quantization_of(config: Any) -> dict[str, Any] | None:
+    """The ``quantization_config`` of an already-quantized checkpoint's config (bitsandbytes,
+    GPTQ, AWQ...), None for a config of unquantized weights (or a :class:`Shape`)."""
+    if isinstance(config, Shape):
+        return None
+    q = _config_dict(config).get("quantization_config")
+    if q is None:
+        return None
+    return q if isinstance(q, Mapping) else q.to_dict() if hasattr(q, "to_dict") else {"": q}
 
 
 def shape_of(config: Any) -> Shape:
@@ -160,6 +175,9 @@ def shape_of(config: Any) -> Shape:
         tied = c.get("tie_word_embeddings", False)
     for name, value in (("hidden size", h), ("attention heads", a), ("layers", L)):
         positive(name, value)
+    _check_depth(mt, L)
+    if mt == "gpt2":  # no position past the table: a table of 0 would take no token at all
+        positive("learned positions (n_positions)", extra["positions"])
     positive("key/value heads", kv)
     positive("intermediate size", i)
     V = positive("vocab size", c.get("vocab_size"))
@@ -183,6 +201,14 @@ def shape_of(config: Any) -> Shape:
         tied=bool(tied),
         **extra,
     )
+
+
+def _check_depth(model_type: Any, layers: int) -> None:
+    if layers > MAX_LAYERS:
+        raise LabkitError(
+            f"{layers} layers in this {model_type} config; accepted: 1..{MAX_LAYERS} "
+            "(labkit.models.architecture.MAX_LAYERS; the deepest LLMs have about 130)"
+        )
 
 
 # ----------------------------------------------------------------------------- module table
@@ -340,10 +366,20 @@ def transformers_config(config: Any):
             "not run; accepted: a causal LM config transformers knows"
         )
     mt = c.pop("model_type", None)
+    if not _known_model_type(mt):
+        raise labkit.unknown("model_type", mt, ["a model type transformers knows"])
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         return AutoConfig.for_model(mt, **c)
-    except ValueError:
-        raise labkit.unknown("model_type", mt, ["a model type transformers knows"]) from None
+    except (ValueError, TypeError, KeyError, ArithmeticError, StrictDataclassError) as err:
+        # transformers' config validation (a str where a bool belongs, a zero divisor...)
+        cause = err.__cause__ or err
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise LabkitError(
+            f"transformers refuses this {mt} config ({first[:160]}); accepted: a config "
+            "transformers' own validation accepts"
+        ) from None
 
 
 def meta_model(config: Any):
@@ -376,18 +412,62 @@ def _meta_table(key: _ConfigKey) -> tuple[ModuleInfo, ...]:
 def build_causal_lm(config: Any, **kwargs: Any):
     """``AutoModelForCausalLM.from_config(config, **kwargs)`` in the caller's device or fake-tensor
     context, with one clear line when transformers cannot build it (an unknown or remote-code
-    model type, a config that is not a causal LM's)."""
+    model type, a config that is not a decoder-only causal LM's: :func:`check_decoder_only`)."""
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(transformers_config(config))
+    check_decoder_only(cfg)
     try:
         return AutoModelForCausalLM.from_config(cfg, **kwargs)
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LabkitError(
             f"transformers cannot build a causal LM from this {cfg.model_type} config ({first}); "
-            "accepted: a causal LM config transformers knows (no remote code)"
+            "accepted: sizes and settings transformers can build (see the value it names)"
         ) from None
+
+
+def check_decoder_only(config: Any) -> None:
+    """Refuse in one line what would be sized as something else: an encoder-decoder (BART,
+    Whisper, T5: ``is_encoder_decoder``; its causal LM class is the decoder alone), an encoder
+    (BERT, MiniLM: a masked-LM family not set up as a decoder; its causal LM class adds an
+    untrained head), a model type with no causal LM, more layers than :data:`MAX_LAYERS`, a
+    mixture of experts routing each token to more experts than it has."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    cfg = transformers_config(config)
+    mt = cfg.model_type
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(mt)
+    if cfg.is_encoder_decoder:
+        why = "an encoder-decoder model" + (f" ({cls} would be its decoder alone)" if cls else "")
+    elif mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(cfg, "is_decoder", False):
+        why = f"an encoder, a masked LM ({cls} would add an untrained causal head)"
+    elif cls is None:
+        why = "a model with no causal LM in transformers"
+    else:
+        why = ""
+    if why:
+        raise LabkitError(
+            f"{mt} is {why}; labkit sizes and tunes decoder-only causal LMs; accepted: a causal LM config "
+            f"({', '.join(FORMULA_FAMILIES)}, mixtral...)"
+        )
+    text = cfg.get_text_config()
+    layers = getattr(text, "num_hidden_layers", None)
+    if isinstance(layers, int):
+        _check_depth(mt, layers)
+    counts = ("num_local_experts", "num_experts", "n_routed_experts")
+    experts = next(
+        (getattr(text, k) for k in counts if isinstance(getattr(text, k, None), int)), None
+    )
+    per_token = getattr(text, "num_experts_per_tok", None)
+    if isinstance(experts, int) and isinstance(per_token, int) and not 1 <= per_token <= experts:
+        raise LabkitError(
+            f"this {mt} config routes each token to {per_token} of {experts} experts; accepted: "
+            "1 <= num_experts_per_tok <= the number of experts"
+        )
 
 
 def _known_model_type(model_type: Any) -> bool:
@@ -416,7 +496,9 @@ def table_from_model(model) -> list[ModuleInfo]:
             kind, dims = "conv1d", (mod.weight.shape[0], mod.nf)
         elif isinstance(mod, torch.nn.Embedding):
             kind, dims = "embedding", (mod.num_embeddings, mod.embedding_dim)
-        elif params and set(params) <= {"weight", "bias"} and len(params["weight"]) == 1:
+        elif (
+            "weight" in params and set(params) <= {"weight", "bias"} and len(params["weight"]) == 1
+        ):
             kind, dims = "norm", (params["weight"][0],) * 2
         else:
             kind, dims = "block", (0, 0)

@@ -89,6 +89,12 @@ def _shorthand(table: list[ModuleInfo], model_type: str, targets: str | Iterable
     elif isinstance(targets, str):
         targets = names if targets == "all-linear" else [t for t in targets.split(",") if t]
     targets = list(targets)
+    if len(targets) > 1 and {"all-linear", "default"} & set(targets):
+        raise LabkitError(
+            f"LoRA targets {','.join(targets)!r} mix names with "
+            f"{'all-linear' if 'all-linear' in targets else 'default'}, which stands alone; "
+            f"accepted: all-linear, default, or names from {', '.join(names)}"
+        )
     bad = [t for t in targets if t not in names]
     if bad or not targets:
         raise LabkitError(

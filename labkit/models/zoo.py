@@ -207,6 +207,8 @@ def resolve(name: str | os.PathLike[str]) -> str:
     path = Path(text).expanduser()
     if path.exists():
         folder = path.parent if path.is_file() else path
+        if path.is_dir() and (path / "config.json").is_dir():
+            raise LabkitError(f"{_shown(path / 'config.json')} is a folder; {_local_hint()}")
         if path.is_dir() and not (path / "config.json").is_file():
             raise LabkitError(f"folder {_shown(path)} has no config.json; {_local_hint()}")
         integrity.verify_folder(folder, _folder_hint(folder))
@@ -287,9 +289,23 @@ def load_config(name: str | os.PathLike[str]) -> PretrainedConfig:
     local = path if path.is_file() else Path(where) / "config.json"
     if local.is_file():
         data = read_config_file(local)
+        quant = data.get("quantization_config")
+        if quant is not None and not isinstance(quant, dict):
+            raise LabkitError(
+                f"{_shown(local)}: quantization_config must be a JSON object such as "
+                f'{{"quant_method": "bitsandbytes", ...}}, got {quant!r:.40}'
+            )
         try:
             return AutoConfig.from_pretrained(str(local))
-        except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as err:
+        except (
+            AttributeError,  # a field of the wrong kind that transformers uses as an object
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            ArithmeticError,
+            StrictDataclassError,
+        ) as err:
             # transformers' config validation wraps its ValueError: show the cause
             raise LabkitError(
                 f"{_shown(local)}: cannot make a config of model_type {data['model_type']!r} "

@@ -11,6 +11,7 @@ formula :func:`labkit.dtypes.quantized_bytes`). Builds on :mod:`labkit.quant.int
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -128,7 +129,8 @@ def equal_count_code(x: torch.Tensor, bits: int = 4, blocksize: int | None = Non
 
 def _check_blocks(x: torch.Tensor, blocksize: int) -> None:
     check_tensor(x)
-    if not isinstance(blocksize, int) or blocksize < 2 or blocksize % 2:
+    integer = isinstance(blocksize, numbers.Integral) and not isinstance(blocksize, bool)
+    if not integer or blocksize < 2 or blocksize % 2:  # a numpy integer is an integer
         raise LabkitError(f"blocksize must be an even integer >= 2, got {blocksize!r}")
     if x.numel() % blocksize:
         raise LabkitError(

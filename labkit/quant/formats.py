@@ -17,6 +17,7 @@ import torch
 
 import labkit
 from labkit import LabkitError
+from labkit.checks import number
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,11 @@ def decode(x: float, fmt: str | FloatFormat) -> FloatBits:
         if isinstance(x, str | bytes):
             raise TypeError
         x = float(x)
+    except OverflowError:  # an int past float64's range (about 1.8e308)
+        raise LabkitError(
+            f"x is an integer of {len(str(abs(x)))} digits, beyond float64's range (about "
+            "1.8e308); accepted: a number a float64 holds (float('inf') for infinity)"
+        ) from None
     except (TypeError, ValueError, RuntimeError):
         raise LabkitError(
             f"x must be a number, got {x!r}; accepted: a float, an int or a one-value tensor"
@@ -216,7 +222,13 @@ def decode(x: float, fmt: str | FloatFormat) -> FloatBits:
 def round_to(x: torch.Tensor | float, fmt: str | FloatFormat) -> torch.Tensor:
     """``x`` rounded to ``fmt`` and returned as float64 (to print the stored value exactly)."""
     f = get_format(fmt)
-    t = torch.as_tensor(x, dtype=torch.float64)
+    try:
+        t = torch.as_tensor(x, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise LabkitError(
+            f"x must be a number, a list of numbers or a tensor, got {x!r:.80} ({err}); "
+            "accepted: floats, ints or a tensor"
+        ) from None
     if f.dtype is None:
         flat = [decode(v, f).value for v in t.reshape(-1).tolist()]
         return torch.tensor(flat, dtype=torch.float64).reshape(t.shape)
@@ -277,6 +289,8 @@ def representable_values(
     Enumerates all bit patterns, so only formats of at most 16 bits are accepted.
     """
     f = get_format(fmt)
+    lo = number("lo, the lower end of [lo, hi],", lo, finite=False)
+    hi = number("hi, the upper end of [lo, hi],", hi, finite=False)
     if f.bits > 16:
         raise LabkitError(
             f"{f.name} has 2^{f.bits} values, too many to list; accepted: formats of <= 16 bits"

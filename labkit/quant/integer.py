@@ -23,6 +23,7 @@ import torch
 
 import labkit
 from labkit import LabkitError
+from labkit.checks import number, positive
 
 # --------------------------------------------------------------------------------------------
 # input checks
@@ -38,6 +39,10 @@ def check_bits(bits: int) -> int:
     return int(bits)
 
 
+#: The dtypes a quantizer takes as input (torch has no arithmetic for fp8 on CPU).
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def check_tensor(x: torch.Tensor, what: str = "input") -> None:
     """One line unless ``x`` is a non-empty, finite floating-point tensor (every quantizer's input)."""
     if not isinstance(x, torch.Tensor):
@@ -46,16 +51,28 @@ def check_tensor(x: torch.Tensor, what: str = "input") -> None:
         raise LabkitError(
             f"{what} is empty (shape {tuple(x.shape)}); accepted: a tensor with values"
         )
-    if not x.is_floating_point():
-        raise LabkitError(f"{what} has dtype {x.dtype}; accepted: a floating-point tensor")
+    if x.dtype not in FLOAT_DTYPES:
+        raise LabkitError(
+            f"{what} has dtype {x.dtype}; accepted: a floating-point tensor of "
+            f"{', '.join(map(str, FLOAT_DTYPES))} (convert with .float())"
+        )
+    if x.device.type == "meta":
+        raise LabkitError(
+            f"{what} is on the meta device (a shape with no values); accepted: a tensor with "
+            "values (CPU or CUDA)"
+        )
     if not torch.isfinite(x).all():
         raise LabkitError(f"{what} contains NaN or inf; accepted: finite values only")
 
 
 def _norm_axis(x: torch.Tensor, axis: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise LabkitError(
+            f"axis must be an integer dim (or None for one scale per tensor), got {axis!r}"
+        )
     if not -x.ndim <= axis < x.ndim:
         raise LabkitError(f"axis {axis} is out of range for a {x.ndim}-D tensor")
-    return axis % x.ndim
+    return int(axis) % x.ndim
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,8 +100,8 @@ def group_reduce(
         return fns[op](x, tuple(range(x.ndim))).reshape([1] * x.ndim)
     axis = _norm_axis(x, axis)
     n = x.shape[axis]
-    g = n if group_size is None else group_size
-    if not isinstance(g, int) or g < 1 or n % g:
+    g = n if group_size is None else positive("group size", group_size)
+    if n % g:
         raise LabkitError(
             f"group size {group_size} does not divide the axis of length {n}; "
             "accepted: a positive divisor of that length"
@@ -286,6 +303,8 @@ def int8_linear_vectorwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 
 def outlier_columns(x: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
     """Indices of feature columns holding any ``|x| >= threshold`` (LLM.int8()'s outliers)."""
+    # NaN would match no column: outlier handling silently off (inf turns it off on purpose)
+    number("threshold", threshold, finite=False)
     x2 = x.reshape(-1, x.shape[-1])
     return torch.nonzero((x2.abs() >= threshold).any(dim=0)).flatten()
 

@@ -140,6 +140,12 @@ class W8A8Linear(nn.Module):
 
 def linear_names(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[str]:
     """Names of the ``nn.Linear`` modules of ``model`` whose last name part is not in ``skip``."""
+    if not isinstance(model, nn.Module):
+        example = f"zoo.load_model({model!r})" if isinstance(model, str) else "zoo.load_model(name)"
+        raise LabkitError(
+            f"model must be a loaded torch.nn.Module, got {type(model).__name__} {model!r:.60}; "
+            f"accepted: a model, e.g. {example} (labkit.models.zoo)"
+        )
     skip = set(skip)
     return [
         n

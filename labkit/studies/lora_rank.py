@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from labkit import LabkitError
+from labkit import LabkitError, checks
 from labkit.studies import study
 from labkit.tuners import adapters, peft_methods
 
@@ -57,9 +57,8 @@ class Point:
 
 
 def _check_rank_alpha(r: Any, alpha: Any) -> None:
-    for what, value in (("rank r", r), ("lora_alpha", alpha)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise LabkitError(f"{what} must be a number > 0, got {value!r}")
+    checks.positive("LoRA rank r", r)  # a numpy integer from a sweep too; 2.5 is no rank
+    checks.number("lora_alpha", alpha, above=0)  # NaN or inf would train NaNs
 
 
 def train_point(
@@ -111,6 +110,7 @@ def update_size(
     from labkit.training import finetune
 
     _check_rank_alpha(r, alpha)
+    steps, lr = checks.positive("steps", steps), checks.number("lr", lr, above=0)
     model = peft_methods.attach(
         MODEL_ID, "lora", seed=0, r=int(r), lora_alpha=alpha, use_rslora=use_rslora
     )
@@ -170,6 +170,7 @@ def summary(
     ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
     """
+    limit = study.question_limit(limit)
     out = []
     for point in record["settings"]["points"]:
         r, alpha, rs = point["r"], point["alpha"], point.get("rslora", False)

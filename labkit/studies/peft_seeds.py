@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-from labkit import LabkitError, unknown
+from labkit import LabkitError, checks, unknown
 from labkit.studies import study
 from labkit.tuners import peft_methods
 
@@ -195,6 +195,7 @@ def scores(
     record: dict, method: str, args: dict, limit: int | None = None, attach: dict | None = None
 ) -> list[float]:
     """Exact match per seed of one configuration, on the first ``limit`` held-out questions."""
+    limit = study.question_limit(limit)
     found = _runs(record, method, args, attach)
     if not found:
         known = sorted(
@@ -206,6 +207,7 @@ def scores(
 
 def base_score(record: dict, limit: int | None = None) -> float:
     """The untuned base model's exact match on the first ``limit`` held-out questions."""
+    limit = study.question_limit(limit)
     correct = record["baseline"][:limit]
     return sum(correct) / len(correct)
 
@@ -279,6 +281,7 @@ def defaults_below(record: dict, min_gain: float) -> list[str]:
 
     Every default must have runs in ``record``; one without is an error, not a pass.
     """
+    min_gain = checks.number("min_gain", min_gain)  # NaN would let every default pass
     base = base_score(record)
     out = []
     for method, args in peft_methods.TRAIN_ARGS.items():

@@ -33,13 +33,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labkit import REPO_ROOT, LabkitError, cli
+from labkit import REPO_ROOT, LabkitError, checks, cli
 
 Point = dict[str, Any]
 
@@ -107,12 +107,28 @@ def spread(values: Sequence[float]) -> Spread:
 
 def within(value: float, seeds: Sequence[float], slack: float = 0.0) -> bool:
     """Whether ``value`` lies in [min(seeds) - slack, max(seeds) + slack]."""
-    return min(seeds) - slack <= value <= max(seeds) + slack
+    s = spread(_numbers("seeds", seeds))
+    value = checks.number("value", value)  # NaN would be "not within" for a broken run silently
+    return s.min - checks.number("slack", slack, low=0) <= value <= s.max + slack
 
 
 def gap_exceeds_spread(a: Sequence[float], b: Sequence[float]) -> bool:
     """True when the two seed ranges do not overlap (a gap larger than the noise)."""
-    return min(a) > max(b) or min(b) > max(a)
+    sa, sb = spread(_numbers("a", a)), spread(_numbers("b", b))
+    return sa.min > sb.max or sb.min > sa.max
+
+
+def question_limit(limit: Any) -> int | None:
+    """``limit`` (the first held-out questions to count) checked: None (all) or an integer >= 1;
+    ``[:-1]`` would silently drop the last question and ``[:0]`` count none."""
+    return None if limit is None else checks.positive("limit (questions, or None for all)", limit)
+
+
+def _numbers(name: str, values: Sequence[float]) -> list[float]:
+    """``values`` (one per seed) as finite floats, or one line naming the bad one."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise LabkitError(f"{name} must be a list of numbers (one per seed), got {values!r}")
+    return [checks.number(f"{name}[{i}]", v) for i, v in enumerate(values)]
 
 
 @dataclass(frozen=True)

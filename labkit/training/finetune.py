@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,7 +31,7 @@ from transformers import (
 )
 
 import labkit
-from labkit import LabkitError
+from labkit import LabkitError, checks
 from labkit.data import loaders
 from labkit.training import lm_loss
 from labkit.tuners.generation import greedy_answers
@@ -127,7 +125,14 @@ def training_arguments(
         settings["dataloader_pin_memory"] = torch.cuda.is_available()
     _check_training_overrides(overrides)
     settings.update(overrides)
-    return TrainingArguments(**settings)
+    try:
+        return TrainingArguments(**settings)
+    except (ValueError, TypeError) as err:  # transformers' own checks: one line, not a traceback
+        first = " ".join(str(err).split())[:240]
+        raise LabkitError(
+            f"transformers.TrainingArguments refused these settings: {first}; accepted: the "
+            "values its documentation lists"
+        ) from None
 
 
 #: Names old tutorials use that transformers 5 no longer accepts, and what replaces them.
@@ -139,9 +144,30 @@ REMOVED_ARGUMENTS = {
 }
 
 
+#: Training arguments the Trainer takes silently although they train nothing or NaNs, with what
+#: is accepted: ``(low, above, high_below)`` for numbers (None: no bound), "count" for integers
+#: >= 1 (a batch of 0 or 0 accumulation steps fail deep inside torch or the Trainer).
+NUMBER_ARGUMENTS: dict[str, tuple[float | None, float | None, float | None]] = {
+    "num_train_epochs": (None, 0, None),
+    "learning_rate": (0, None, None),
+    "weight_decay": (0, None, None),  # NaN makes every weight NaN at the first step
+    "max_grad_norm": (0, None, None),
+    "adam_epsilon": (None, 0, None),
+    "adam_beta1": (0, None, 1),
+    "adam_beta2": (0, None, 1),
+    "warmup_ratio": (0, None, 1),
+}
+COUNT_ARGUMENTS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+)
+
+
 def _check_training_overrides(overrides: dict[str, Any]) -> None:
     """One line for a removed or unknown argument and for values the Trainer would accept
-    silently (a negative epoch count trains nothing; a NaN learning rate trains NaNs)."""
+    silently or fail on deep inside (a negative epoch count trains nothing; a NaN learning rate
+    or weight decay trains NaNs; a batch of 0 is a torch sampler traceback)."""
     fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     for key in overrides:
         if key in REMOVED_ARGUMENTS:
@@ -154,13 +180,21 @@ def _check_training_overrides(overrides: dict[str, Any]) -> None:
                 f"unknown training argument {key!r}; accepted: the fields of "
                 "transformers.TrainingArguments (num_train_epochs, learning_rate, ...)"
             )
-    for key, low in (("num_train_epochs", "> 0"), ("learning_rate", ">= 0")):
-        v = overrides.get(key)
-        if v is None:
+    for key, (low, above, below) in NUMBER_ARGUMENTS.items():
+        if overrides.get(key) is None:
             continue
-        number = isinstance(v, numbers.Real) and not isinstance(v, bool)
-        if not number or not math.isfinite(v) or (v <= 0 if low == "> 0" else v < 0):
-            raise LabkitError(f"{key} must be a finite number {low}, got {v!r}")
+        v = checks.number(key, overrides[key], low=low, above=above)
+        if below is not None and v >= below:
+            raise LabkitError(f"{key} must be a finite number in [{low}, {below}), got {v!r}")
+    for key in COUNT_ARGUMENTS:
+        if overrides.get(key) is not None:
+            checks.positive(key, overrides[key])
+    steps = overrides.get("max_steps", -1)
+    if steps != -1 or isinstance(steps, bool):  # -1: train num_train_epochs instead
+        checks.positive("max_steps (or -1 for num_train_epochs)", steps)
+    for key in ("seed", "data_seed"):
+        if overrides.get(key) is not None:
+            checks.seed_value(key, overrides[key])
 
 
 @dataclass
@@ -236,6 +270,12 @@ def train(
         eval_features = chat_features(tokenizer, eval_rows, target) if eval_rows else None
     if eval_rows is not None or eval_features is not None:
         args.setdefault("eval_strategy", "epoch")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise LabkitError(
+            "every parameter of the model is frozen (requires_grad=False): there is nothing to "
+            "train; accepted: a model with trainable parameters (attach a PEFT method, or "
+            "unfreeze some layers)"
+        )
     trainer = make_trainer(
         model,
         training_arguments(**args),
@@ -262,6 +302,8 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     methods generate with ``use_cache=False`` (:func:`labkit.tuners.generation.greedy_answers`
     says why).
     """
+    prompts = checks.strings("prompts", prompts)
+    max_new_tokens = checks.positive("max_new_tokens", max_new_tokens)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
@@ -278,6 +320,8 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
     """Share of predictions equal to their reference after stripping spaces."""
+    predictions = checks.strings("predictions", predictions)
+    references = checks.strings("references", references)
     if len(predictions) != len(references) or not references:
         raise LabkitError(
             f"need equal, non-empty lists; got {len(predictions)} predictions, {len(references)} references"
@@ -290,7 +334,11 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 def evaluate_chat(
     model, tokenizer, split: str = "test", target: str = "response", limit: int | None = None
 ) -> dict:
-    """Held-out exact match on a chat split, with the predictions (for side-by-side tables)."""
+    """Held-out exact match on a chat split (its first ``limit`` rows when given), with the
+    predictions (for side-by-side tables)."""
+    if limit is not None:  # [:-1] would silently drop the last row, [:0] evaluate nothing
+        limit = checks.positive("limit (rows to evaluate, or None for all)", limit)
+    checks.choice("target", target, ("response", "short"))
     rows = loaders.load_chat(split)[:limit]
     preds = generate_answers(model, tokenizer, [r["prompt"] for r in rows])
     refs = [r[target] for r in rows]
@@ -311,6 +359,12 @@ def chat_loss(model, tokenizer, split: str = "validation", target: str = "respon
 
 def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> str:
     """A small text table: question, answer before and after fine-tuning, reference."""
+    n = checks.positive("n (rows to show)", n)
+    if not len(rows) == len(before) == len(after):
+        raise LabkitError(
+            f"need one answer before and after per row; got {len(rows)} rows, {len(before)} "
+            f"before, {len(after)} after"
+        )
     lines = []
     for row, b, a in list(zip(rows, before, after, strict=True))[:n]:
         question = row["prompt"].removeprefix("Human: ").removesuffix("\nAssistant:")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from labkit import LabkitError, unknown
+from labkit import LabkitError, checks, unknown
 from labkit.data import generator, loaders
 from labkit.training import finetune, lm_loss
 
@@ -64,9 +64,10 @@ def probe_items(per_fact: int = 1, counts: int = 16, seed: int = 0) -> list[Prob
     ``per_fact`` (1 or 2) story templates per fact; counting runs read like the corpus's
     "Mia counted: four, five, six," -> "seven" (a skill the chat format never shows).
     """
-    if per_fact not in (1, 2) or counts < 0:
-        raise LabkitError(f"per_fact must be 1 or 2 and counts >= 0, got {per_fact}, {counts}")
-    rng = random.Random(seed)
+    if isinstance(per_fact, bool) or per_fact not in (1, 2):
+        raise LabkitError(f"per_fact must be 1 or 2 (story templates per fact), got {per_fact!r}")
+    counts = checks.count("counts (counting runs)", counts)
+    rng = random.Random(checks.seed_value("seed", seed))
     items = []
     for f in unseen_facts():
         templates = PROBE_TEMPLATES[f["intent"]]
@@ -101,6 +102,12 @@ def probe_accuracy(model: nn.Module, tokenizer, items: list[ProbeItem]) -> dict[
     """
     if not items:
         raise LabkitError("no probe items; accepted: a non-empty list from probe_items()")
+    bad = next((i for i, it in enumerate(items) if not isinstance(it, ProbeItem)), None)
+    if bad is not None:
+        raise LabkitError(
+            f"item {bad} is {type(items[bad]).__name__}, not a ProbeItem; accepted: a list "
+            "from probe_items()"
+        )
     encoded = [_encode(tokenizer, it) for it in items]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
@@ -132,10 +139,8 @@ def probe_accuracy(model: nn.Module, tokenizer, items: list[ProbeItem]) -> dict[
 
 def corpus_texts(n: int = 48, split: str = "validation") -> list[str]:
     """The first ``n`` held-out corpus stories (the model never trained on them)."""
-    texts = loaders.load_corpus(split)[:n]
-    if not texts:
-        raise LabkitError(f"need n >= 1 stories, got {n}")
-    return texts
+    n = checks.positive("n (stories)", n)  # [:-1] would silently drop the last story instead
+    return loaders.load_corpus(split)[:n]
 
 
 @dataclass
@@ -222,9 +227,13 @@ def replay_features(tokenizer, n: int, seed: int = 0, max_tokens: int = 64) -> l
 
     Replay mixes them into the chat data so fine-tuning keeps practising the old distribution.
     """
-    if n < 0 or max_tokens < 2:
-        raise LabkitError(f"need n >= 0 and max_tokens >= 2, got {n}, {max_tokens}")
-    stories = random.Random(seed).sample(loaders.load_corpus("train"), n)
+    n, max_tokens = checks.count("n (replay stories)", n), checks.positive("max_tokens", max_tokens)
+    if max_tokens < 2:
+        raise LabkitError(f"max_tokens must be >= 2 (a story to predict), got {max_tokens}")
+    corpus = loaders.load_corpus("train")
+    if n > len(corpus):
+        raise LabkitError(f"n={n} replay stories asked for, the corpus has {len(corpus)}")
+    stories = random.Random(checks.seed_value("seed", seed)).sample(corpus, n)
     feats = []
     for s in stories:
         ids = tokenizer(s)["input_ids"][:max_tokens]
@@ -234,8 +243,10 @@ def replay_features(tokenizer, n: int, seed: int = 0, max_tokens: int = 64) -> l
 
 def replay_count(n_task: int, fraction: float) -> int:
     """How many replay examples make ``fraction`` of a mix with ``n_task`` task examples."""
-    if not 0 <= fraction < 1:
-        raise LabkitError(f"replay fraction must be in [0, 1), got {fraction}")
+    n_task = checks.count("n_task (task examples)", n_task)
+    fraction = checks.number("replay fraction", fraction, low=0)
+    if fraction >= 1:
+        raise LabkitError(f"replay fraction must be in [0, 1), got {fraction!r}")
     return round(n_task * fraction / (1 - fraction))
 
 

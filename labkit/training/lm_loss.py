@@ -21,13 +21,15 @@ Models with virtual tokens (prompt tuning, P-tuning) are scored on their real to
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from labkit import LabkitError
+from labkit import LabkitError, checks
 from labkit.tuners.generation import padding_side
 
 IGNORE = -100
@@ -113,16 +115,9 @@ def mean_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> f
 
 
 def _check_texts(texts: list[str]) -> list[str]:
-    if isinstance(texts, str | bytes):  # a string would be scored character by character
-        raise LabkitError("texts is one string; accepted: a list of strings (wrap it: [text])")
+    texts = checks.strings("texts", texts)  # a string would be scored character by character
     if not texts:
         raise LabkitError("no texts to evaluate; accepted: a non-empty list of strings")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise LabkitError(
-                f"text {i} is {type(text).__name__}, not a string; accepted: a list of strings"
-            )
     return texts
 
 
@@ -132,10 +127,12 @@ def text_batches(
     """``texts`` tokenized (truncated to ``max_length``) in batches padded on the right, so that
     positions match an unpadded run; the tokenizer's own padding side is left as it was."""
     texts = _check_texts(texts)
-    if max_length < 2 or batch_size < 1:
-        raise LabkitError(
-            f"max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}"
-        )
+    max_length, batch_size = (
+        checks.positive("max_length", max_length),
+        checks.positive("batch_size", batch_size),
+    )
+    if max_length < 2:  # one token has nothing to predict
+        raise LabkitError(f"max_length must be >= 2 tokens, got {max_length}")
     return _text_batches(tokenizer, texts, max_length, batch_size)
 
 
@@ -174,22 +171,44 @@ def pack(tokenizer, texts: list[str], block: int | None = None) -> torch.Tensor:
     (default: the tokenizer's ``model_max_length``, the zoo Llama's context); the rest is dropped.
     """
     block = tokenizer.model_max_length if block is None else block
-    if not isinstance(block, int) or not 2 <= block <= 1_000_000:
+    numeric = isinstance(block, numbers.Integral) and not isinstance(block, bool)
+    if not numeric or not 2 <= block <= 1_000_000:
         raise LabkitError(f"block must be a whole number of tokens in 2..1e6, got {block!r}")
     ids: list[int] = []
     for enc in tokenizer(_check_texts(texts))["input_ids"]:
         ids.extend(enc + [tokenizer.eos_token_id])
+    block = int(block)
     n = len(ids) // block
     return torch.tensor(ids[: n * block]).view(n, block)
 
 
 def blocks_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
     """Mean next-token cross-entropy over packed ``blocks`` (:func:`pack`), nats per token."""
-    if batch_size < 1:
-        raise LabkitError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = checks.positive("batch_size", batch_size)
+    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.is_floating_point():
+        got = (
+            f"a {blocks.dim()}-D {blocks.dtype} tensor"
+            if isinstance(blocks, torch.Tensor)
+            else type(blocks).__name__
+        )
+        raise LabkitError(
+            f"blocks must be a 2-D tensor of token ids (rows x block), got {got}; accepted: "
+            "pack(tokenizer, texts)"
+        )
     return mean_loss(model, ({"input_ids": b} for b in blocks.split(batch_size)))
 
 
+#: The largest x whose exp(x) is a finite float64.
+LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
 def perplexity(loss: float) -> float:
-    """``exp(loss)``: the effective number of equally likely next tokens."""
+    """``exp(loss)``: the effective number of equally likely next tokens. A cross-entropy is at
+    least 0 (perplexity >= 1); one above ~709 nats has no float perplexity."""
+    loss = checks.number("loss (a mean cross-entropy in nats)", loss, low=0)
+    if loss > LOG_FLOAT_MAX:
+        raise LabkitError(
+            f"loss {loss:g} nats is too large for a perplexity (exp overflows a float above "
+            f"{LOG_FLOAT_MAX:.1f}); accepted: a mean cross-entropy in 0..{LOG_FLOAT_MAX:.1f} nats"
+        )
     return math.exp(loss)

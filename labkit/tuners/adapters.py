@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from labkit import LabkitError
+from labkit.checks import number, positive, seed_value
 from labkit.tuners.generation import greedy_answers, padding_side
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -47,9 +48,11 @@ def sample_inputs(
     ``vocab_size`` may be a model: its ``config.vocab_size`` is used. The padded row checks that
     every path handles the attention mask the same way.
     """
-    if not isinstance(vocab_size, int):
+    if hasattr(vocab_size, "config"):  # a model
         vocab_size = int(vocab_size.config.vocab_size)
-    if vocab_size < 4 or batch < 1 or seq < 2:
+    vocab_size = positive("vocab_size (or a model)", vocab_size)
+    batch, seq = positive("batch", batch), positive("seq", seq)
+    if vocab_size < 4 or seq < 2:
         raise LabkitError(
             f"need vocab_size >= 4, batch >= 1, seq >= 2; got {vocab_size}, {batch}, {seq}"
         )
@@ -90,11 +93,16 @@ def max_logit_diff(a, b, inputs: dict[str, torch.Tensor] | None = None) -> float
     la, lb = _as_logits(a, inputs), _as_logits(b, inputs)
     if la.shape != lb.shape:
         raise LabkitError(f"logits shapes differ: {tuple(la.shape)} vs {tuple(lb.shape)}")
+    if la.numel() == 0:
+        raise LabkitError(
+            f"the logits are empty (shape {tuple(la.shape)}); accepted: logits with values"
+        )
     return float((la - lb).abs().max())
 
 
 def logits_close(a, b, inputs: dict[str, torch.Tensor] | None = None, atol: float = 1e-4) -> bool:
     """Whether two models (or logits tensors) agree within ``atol`` on every logit."""
+    atol = number("atol", atol, low=0)  # NaN would call identical logits different
     return max_logit_diff(a, b, inputs) <= atol
 
 
@@ -229,7 +237,12 @@ def hand_merge_max_diff(peft_model, adapter: str | None = None) -> float:
 
 
 def _single_active(peft_model) -> str:
-    active = peft_model.active_adapters
+    active = getattr(peft_model, "active_adapters", None)
+    if not isinstance(active, list | tuple):  # a plain model: active_adapters is missing/a method
+        raise LabkitError(
+            f"{type(peft_model).__name__} is not a PeftModel with LoRA adapters; accepted: "
+            "e.g. peft.get_peft_model(model, LoraConfig(...))"
+        )
     if len(active) != 1:
         raise LabkitError(f"expected one active adapter, got {active}; name one with adapter=")
     return active[0]
@@ -407,6 +420,8 @@ def randomize_lora(peft_model, adapter: str | None = None, std: float = 0.05, se
 
     peft initialises B to zero so a fresh adapter is a no-op; merge tests need a real delta.
     """
+    std = number("std", std, above=0)  # 0 (or NaN) leaves the adapter a no-op (or NaN)
+    seed = seed_value("seed", seed)
     adapter = adapter or _single_active(peft_model)
     gen = torch.Generator().manual_seed(seed)
     count = 0

@@ -29,9 +29,14 @@ from typing import Any
 import torch
 
 import labkit
-from labkit import LabkitError
-from labkit.checks import positive
-from labkit.models.architecture import ModuleInfo, module_table, transformers_config
+from labkit import LabkitError, checks
+from labkit.checks import number, positive, seed_value
+from labkit.models.architecture import (
+    ModuleInfo,
+    check_decoder_only,
+    module_table,
+    transformers_config,
+)
 from labkit.models.targets import lora_modules
 
 #: The methods this module configures, in course order ("full" = full fine-tuning, no peft).
@@ -122,6 +127,23 @@ def prompt_dims(peft_config, model_config) -> dict[str, int]:
     }
 
 
+def check_virtual_tokens(n: Any, model_config: Any) -> int:
+    """``n`` if it is a positive integer the model's context holds with room for one real token:
+    prompt and prefix tokens take positions before the text (a prefix shifts the text's positions
+    by ``n``), so ``n`` must stay below the context (``max_position_embeddings``; BLOOM's ALiBi
+    has no limit)."""
+    n = positive("num_virtual_tokens", n)
+    config = transformers_config(model_config).get_text_config()
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and n >= context:
+        raise LabkitError(
+            f"num_virtual_tokens={n} fills this {config.model_type} model's context of {context} "
+            f"positions (max_position_embeddings), leaving none for the text; accepted: "
+            f"1..{context - 1}, in practice far fewer (8-32)"
+        )
+    return n
+
+
 def _modules_to_save_terms(peft_config, table: list[ModuleInfo]) -> dict[str, int]:
     """Trainable copies peft makes for ``modules_to_save`` (suffix match, outermost only)."""
     names = getattr(peft_config, "modules_to_save", None)
@@ -152,7 +174,7 @@ def count_terms(peft_config, model_config) -> dict[str, int]:
     table = module_table(config)
     if kind == "LORA":
         return _lora_terms(peft_config, config, table)
-    positive("num_virtual_tokens", peft_config.num_virtual_tokens)
+    check_virtual_tokens(peft_config.num_virtual_tokens, config)
     d = prompt_dims(peft_config, config)
     n = peft_config.num_virtual_tokens * (peft_config.num_transformer_submodules or 1)
     h, e, layers = d["token_dim"], d["encoder_hidden_size"], d["num_layers"]
@@ -275,6 +297,17 @@ def _check_overrides(method: str, cls: type, kw: dict[str, Any]) -> None:
     p = kw.get("lora_dropout", 0.0)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
         raise LabkitError(f"lora_dropout must be a probability in [0, 1), got {p!r}")
+    targets = kw.get("target_modules")
+    if targets is not None and not isinstance(targets, str):
+        checks.strings("target_modules (module names, or one regex or 'all-linear')", targets)
+    if "lora_alpha" in kw:  # NaN gives NaN logits; 0 scales every update to nothing
+        number("lora_alpha", kw["lora_alpha"], above=0)
+    text = kw.get("init_text", "x")
+    if not isinstance(text, str) or not text.strip():  # no token: all start from BOS
+        raise LabkitError(
+            f"init_text must be a text whose tokens start the virtual tokens, got {text!r}; "
+            f"accepted: a non-empty str, e.g. {DEFAULTS['prompt-text']['init_text']!r}"
+        )
 
 
 def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
@@ -342,6 +375,8 @@ def attach(
 
     from labkit.models import zoo
 
+    seed_value("seed", seed)
+    check_decoder_only(model_id)  # an encoder (minilm) would get a new, untrained causal head
     if init_rms is not None:
         if method != "prompt-text":
             raise LabkitError(
@@ -355,6 +390,8 @@ def attach(
         raise LabkitError(f"'full' takes no peft options, got {', '.join(overrides)}")
     if getattr(config, "peft_type", None) is not None and _peft_type(config) == "LORA":
         _check_rank(config.r, lora_modules(model_id, config))  # before loading the model
+    elif config is not None:
+        check_virtual_tokens(config.num_virtual_tokens, model_id)
     torch.manual_seed(seed)
     base = zoo.load_model(model_id, seed=seed)
     if method == "full":
@@ -405,8 +442,17 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
     return answers
 
 
+def _check_module(model: Any) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise LabkitError(
+            f"model must be a torch model, got {type(model).__name__}; accepted: e.g. "
+            "attach(model_id, method) or zoo.load_model(name)"
+        )
+
+
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, all) parameters of any model, peft's way (shared tensors once)."""
+    _check_module(model)
     if hasattr(model, "get_nb_trainable_parameters"):
         return model.get_nb_trainable_parameters()
     params = list(model.parameters())  # deduplicated by torch
@@ -425,6 +471,12 @@ def training_state_bytes(model: torch.nn.Module, optimizer=None, *, batch: dict)
     """
     from labkit.memory import measure
 
+    _check_module(model)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise LabkitError(
+            f"optimizer must be a torch optimizer (after at least one step), got {optimizer!r}; "
+            "accepted: e.g. torch.optim.AdamW(model.parameters()), or None"
+        )
     seen: set[int] = set()
     weights = 0
     for p in model.parameters():

@@ -27,6 +27,9 @@ def bnb_4bit_config(quant_type: str = "nf4", compute_dtype: torch.dtype = torch.
 
     if quant_type not in {"nf4", "fp4"}:
         raise labkit.unknown("4-bit type", quant_type, ("nf4", "fp4"))
+    computes = (torch.float32, torch.bfloat16, torch.float16)
+    if compute_dtype not in computes:  # an int8 one would fail only at the first forward
+        raise labkit.unknown("compute dtype", compute_dtype, computes)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype
     )

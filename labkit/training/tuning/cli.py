@@ -6,12 +6,16 @@ tune``): the MiniLM objective of :mod:`~labkit.training.tuning.search`, the memo
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
 
+from labkit import LabkitError
 from labkit.cli import Parser
 from labkit.training.tuning.coordination import (
     PRUNED_REASON_KEY,
@@ -23,7 +27,7 @@ from labkit.training.tuning.coordination import (
     report_stale,
     search,
 )
-from labkit.training.tuning.footprint import check_fits
+from labkit.training.tuning.footprint import check_any_trial_fits, check_fits
 from labkit.training.tuning.search import (
     BUDGETS,
     Budget,
@@ -31,6 +35,7 @@ from labkit.training.tuning.search import (
     load_data,
     objective,
     pruning_savings,
+    search_space,
 )
 
 
@@ -75,7 +80,10 @@ def run_search(
     request = check_request(
         storage, study_name, n_trials, timeout, budget, seed=seed, gpu_memory=gpu_memory
     )
-    return search(request, course_objective(request), log=log)
+    if gpu_memory is not None:
+        check_any_trial_fits(request.budget, request.gpu_memory)
+    space = search_space(request.budget.max_epochs)
+    return search(request, course_objective(request), log=log, space=space)
 
 
 def summary(study: optuna.Study, n_train: int | None = None) -> str:
@@ -144,22 +152,71 @@ def cli_main(argv: list[str], objective: Callable[[optuna.Trial], float] | None 
         gpu_memory=args.gpu_memory,
     )
     storage = open_storage(request.storage, on_stale=report_stale(print))  # before heavy imports
+    space = None
     try:
         if objective is None:  # the training stack: quiet logs (one bar, for the search), threads
             from labkit import hardware
 
             hardware.setup()
+            if request.gpu_memory is not None:
+                check_any_trial_fits(request.budget, request.gpu_memory)
             freeze_import_garbage()  # saves ~0.5 s per trial (see its docstring)
             objective = course_objective(request)
-        result = search(request, objective, progress=True, storage=storage)
+            space = search_space(request.budget.max_epochs)
+        result = search(request, objective, progress=True, storage=storage, space=space)
     except KeyboardInterrupt:
-        done = _stored_complete(request.storage, request.study_name)
-        kept = "nothing yet" if done is None else f"{done} of {request.n_trials} complete trials"
-        print(
-            f"labkit tune: interrupted; study {request.study_name!r} keeps {kept} (a trial cut "
-            "short is marked FAIL and does not count); run the same command again to continue",
-            file=sys.stderr,
-        )
+        with _sigint_ignored():  # a second Ctrl-C (a double press) must not cut this line short
+            print(f"labkit tune: interrupted; {_kept(request)}", file=sys.stderr)
         return 130
+    except Exception as err:
+        cause = None if isinstance(err, LabkitError) else storage_failure(err)
+        if cause is None:
+            raise
+        raise LabkitError(
+            f"the storage failed during the search ({cause}); {_kept(request)} once the disk "
+            "has room and the database and its folder are writable"
+        ) from None
     print(summary(result.study))
     return 0
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C ignored inside the block (main thread only), the previous handler restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _kept(request: Request) -> str:
+    """What the study keeps after a stopped run, and how to go on."""
+    done = _stored_complete(request.storage, request.study_name)
+    kept = "nothing yet" if done is None else f"{done} of {request.n_trials} complete trials"
+    return (
+        f"study {request.study_name!r} keeps {kept} (a trial cut short is marked FAIL and does "
+        "not count); run the same command again to continue"
+    )
+
+
+def storage_failure(err: BaseException) -> str | None:
+    """``Type: first line`` of the database or disk error behind ``err`` (Optuna may wrap it, or
+    end in its own ``AssertionError``), or None when ``err`` is not one."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(
+            err, (optuna.exceptions.StorageInternalError, SQLAlchemyError, sqlite3.Error)
+        ):
+            first = (str(err).strip().splitlines() or [""])[0][:120]
+            return f"{type(err).__name__}: {first}"
+        err = err.__cause__ or err.__context__
+    return None

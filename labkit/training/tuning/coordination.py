@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 
 from labkit import LabkitError, checks, compat
 from labkit.training.tuning.search import Budget, get_budget
+from labkit.training.tuning.storage import check_sqlite_storage, check_url, hide_password, shown
 
 NOTE_KEY = "labkit_note"
 WORKER_KEY = "labkit_worker"
@@ -76,13 +77,6 @@ def _is_positive_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and value > 0
 
 
-def _check_url(url: Any) -> None:
-    if not isinstance(url, str) or "://" not in url:
-        raise LabkitError(
-            f"storage {url!r} is not a database URL; accepted: e.g. sqlite:///path/to/study.db"
-        )
-
-
 def check_request(
     storage: str,
     study_name: str,
@@ -105,7 +99,7 @@ def check_request(
     if gpu_memory is not None and not _is_positive_number(gpu_memory):
         raise LabkitError(f"GPU memory must be a number of GiB > 0, got {gpu_memory!r}")
     b = get_budget(budget)
-    _check_url(storage)
+    check_url(storage)
     return Request(
         storage,
         study_name,
@@ -137,7 +131,8 @@ def open_storage(
     (``attempts`` times, a fraction of a second apart) instead of failing. ``on_stale`` is called
     for each trial Optuna's heartbeat check marks FAIL.
     """
-    _check_url(url)
+    check_url(url)
+    check_sqlite_storage(url)
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
@@ -153,8 +148,9 @@ def open_storage(
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            first = hide_password(first, url)  # a driver may quote the URL
             raise LabkitError(
-                f"cannot open storage {url!r} ({type(err).__name__}: {first}); accepted: a "
+                f"cannot open storage {shown(url)!r} ({type(err).__name__}: {first}); accepted: a "
                 "reachable database URL, e.g. sqlite:///path/to/study.db in an existing folder"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
@@ -350,6 +346,24 @@ def _open_study(rdb: optuna.storages.RDBStorage, request: Request) -> optuna.Stu
     return study
 
 
+def check_space(study: optuna.Study, space: dict[str, Any]) -> None:
+    """Refuse in one line a study whose stored trials searched other parameters or ranges than
+    ``space`` (name -> distribution): another script's study, whose best trial this search
+    would report as its own or whose ranges it would clash with."""
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if name not in space:
+                why = f"parameter {name!r}, which this search does not have"
+            elif dist != space[name]:
+                why = f"{name!r} over {dist}, this search over {space[name]}"
+            else:
+                continue
+            raise LabkitError(
+                f"study {study.study_name!r} holds trials of another search (trial {t.number} "
+                f"searched {why}); use a new --study-name"
+            )
+
+
 def _coordinated(
     study: optuna.Study,
     request: Request,
@@ -418,6 +432,7 @@ def search(
     log: Callable[[str], None] = print,
     progress: bool = False,
     storage: optuna.storages.RDBStorage | None = None,
+    space: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Run (or resume) ``request``'s study until it holds ``n_trials`` COMPLETE trials.
 
@@ -429,12 +444,16 @@ def search(
     resuming with different ones is refused. ``timeout`` (seconds) stops starting new trials, as
     in ``study.optimize``. ``progress``: a progress bar (lines are then written above it).
     ``storage``: the request's storage if the caller opened it already (:func:`open_storage`).
+    ``space`` (name -> Optuna distribution): the objective's parameters; a study whose trials
+    searched others is refused (:func:`check_space`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     compat.optuna_trial_failure_logger().addFilter(_INTERRUPT_FILTER)
     if storage is None:
         storage = open_storage(request.storage, on_stale=report_stale(log))
     study = _open_study(storage, request)
+    if space is not None:
+        check_space(study, space)
     n_trials = request.n_trials
     failed = fail_orphans(study, log)
     deadline = None if request.timeout is None else time.monotonic() + request.timeout

@@ -11,8 +11,9 @@ import math
 
 import optuna
 
+from labkit import LabkitError
 from labkit.training.tuning import search
-from labkit.training.tuning.search import LORA_ALPHAS, LORA_RANKS, Budget, hp_space, suggest_seed
+from labkit.training.tuning.search import BATCH_SIZES, LORA_RANKS, Budget, suggest_trial
 
 
 def trial_footprint(
@@ -89,10 +90,7 @@ def check_fits(trial: optuna.Trial, budget: Budget, gpu_memory: float) -> str | 
     :func:`trial_footprint`; suggests the trial's parameters in the order of
     :func:`labkit.training.tuning.search.objective`, so
     the values are the ones it will train with."""
-    r = trial.suggest_categorical("lora_r", LORA_RANKS)
-    trial.suggest_categorical("lora_alpha", LORA_ALPHAS)
-    suggest_seed(trial)
-    params = hp_space(trial, max_epochs=budget.max_epochs)
+    r, params = suggest_trial(trial, budget.max_epochs)
     batch = params["per_device_train_batch_size"]
     need = trial_footprint(batch, r, params["optim"], budget.max_length)["total"]
     trial.set_user_attr("estimated_bytes", need)
@@ -102,3 +100,16 @@ def check_fits(trial: optuna.Trial, budget: Budget, gpu_memory: float) -> str | 
         f"estimated {need / 2**20:.1f} MiB (batch {batch}, r {r}, {params['optim']}) > "
         f"--gpu-memory {gpu_memory:g} GiB; not trained"
     )
+
+
+def check_any_trial_fits(budget: Budget, gpu_memory: float) -> None:
+    """Refuse in one line a ``--gpu-memory`` below the smallest trial of the search (smallest
+    batch and rank, ``sgd``): every trial would be PRUNED before training, run after run."""
+    batch, r = min(BATCH_SIZES), min(LORA_RANKS)
+    need = trial_footprint(batch, r, "sgd", budget.max_length)["total"]
+    if need > gpu_memory * 2**30:
+        raise LabkitError(
+            f"--gpu-memory {gpu_memory:g} GiB is below the smallest trial's estimated "
+            f"{need / 2**20:.1f} MiB (batch {batch}, r {r}, sgd), so no trial could train; "
+            f"accepted: at least {need / 2**30:.3f} GiB"
+        )

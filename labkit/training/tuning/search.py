@@ -124,6 +124,42 @@ def hp_space(trial, max_epochs: int = 5) -> dict[str, Any]:
     }
 
 
+class _SpaceRecorder:
+    """A stand-in trial that records what is suggested (name -> Optuna distribution)."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, Any] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        self.distributions[name] = optuna.distributions.FloatDistribution(low, high, log=log)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        self.distributions[name] = optuna.distributions.IntDistribution(low, high)
+        return low
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        self.distributions[name] = optuna.distributions.CategoricalDistribution(choices)
+        return choices[0]
+
+
+def suggest_trial(trial, max_epochs: int = 5) -> tuple[int, dict[str, Any]]:
+    """Every parameter of a course trial, suggested in the order :func:`objective` asks them:
+    the LoRA rank (returned), alpha and seed (:func:`model_init`), then :func:`hp_space`."""
+    r = trial.suggest_categorical("lora_r", LORA_RANKS)
+    trial.suggest_categorical("lora_alpha", LORA_ALPHAS)
+    suggest_seed(trial)
+    return r, hp_space(trial, max_epochs=max_epochs)
+
+
+def search_space(max_epochs: int = 5) -> dict[str, Any]:
+    """The course search's parameters as Optuna distributions, by name: a stored study must
+    have searched exactly these to be resumed (or reported) as this search."""
+    recorder = _SpaceRecorder()
+    suggest_trial(recorder, max_epochs)
+    return recorder.distributions
+
+
 def default_params() -> dict[str, Any]:
     """The configuration you get without a search: ``TrainingArguments`` and ``LoraConfig``
     defaults (read from the classes, not typed in)."""
