@@ -1556,7 +1556,7 @@ ROWS = [
     row("F2-14+", lambda c: lp().trainable_parameters(None), "model must be a torch model"),
     row(
         "F2-14+opt",
-        lambda c: lp().training_state_bytes(c.tiny[0], optimizer="adam"),
+        lambda c: lp().training_state_bytes(c.tiny[0], optimizer="adam", batch={}),
         "optimizer must be a torch optimizer",
     ),
     row(
