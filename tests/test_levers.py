@@ -174,3 +174,17 @@ def test_bad_runtime_input_is_one_line():
         levers.chunked_loss(model, ids, chunk=0)
     with pytest.raises(LabkitError, match="whole number"):
         levers.checkpoint_every(model, 0)
+
+
+def test_lever_runs_checkpointing_is_the_same_step_and_bad_input_is_one_line():
+    from labkit.memory import lever_runs
+
+    d = lever_runs.gradient_difference("checkpointing", batch=1, seq=8)
+    assert d == {"loss": 0.0, "grads": 0.0}
+    with pytest.raises(LabkitError, match="lever") as err:
+        lever_runs.build("fused_loss")
+    assert "\n" not in str(err.value)
+    with pytest.raises(LabkitError, match="rounds"):
+        lever_runs.seconds_per_step(("baseline",), rounds=0)
+    with pytest.raises(LabkitError, match="step_difference"):
+        lever_runs.gradient_difference("optimizer_in_backward")

@@ -134,3 +134,22 @@ def step_difference(name: str, batch: int = 2, seq: int = 32, steps: int = 2) ->
         out.append((torch.tensor(got), weights))
     (l0, w0), (l1, w1) = out
     return {"loss": (l0 - l1).abs().max().item(), "weights": (w0 - w1).abs().max().item()}
+
+
+def gradient_difference(name: str, batch: int = 2, seq: int = 32) -> dict[str, float]:
+    """One forward and backward of lever ``name`` and of the baseline on the same batch: the
+    absolute difference of the losses, and the largest difference of a gradient relative to the
+    largest baseline gradient (for a lever that keeps its gradients: not the optimizer fused
+    into backward, which frees them; compare its weights with :func:`step_difference`)."""
+    if name == "optimizer_in_backward":
+        raise LabkitError("optimizer_in_backward frees each gradient; use step_difference")
+    out = []
+    for run in ("baseline", name):
+        model, _, loss_fn = build(run)
+        x = ids(batch, seq)
+        loss = loss_fn(model, x) if loss_fn else model(input_ids=x, labels=x).loss
+        loss.backward()
+        grads = torch.cat([p.grad.float().flatten() for p in model.parameters()])
+        out.append((loss.item(), grads))
+    (l0, g0), (l1, g1) = out
+    return {"loss": abs(l0 - l1), "grads": ((g0 - g1).abs().max() / g0.abs().max()).item()}
