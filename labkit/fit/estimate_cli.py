@@ -11,7 +11,8 @@ regime; ``--method lora`` keeps the frozen base in the compute dtype as practiti
 same path as notebook 01's calculator. Training on one GPU also reports the peak of a step
 (:func:`labkit.memory.peak.training_peak`: the largest live set, its phase, each phase's largest;
 ``--optimizer-impl``, ``--device``, ``--lora-dropout`` move it), which the verdict reads; ``--fit
-GIB`` answers the inverse question (:mod:`labkit.fit.search`). Bad input is one line on stderr
+GIB`` answers the inverse question (:mod:`labkit.fit.search`); ``--fit GIB --levers auto`` plans
+the cheapest set of levers whose peak fits (:mod:`labkit.fit.plan`), and reports the planned job. Bad input is one line on stderr
 with exit status 2 (see
 :mod:`labkit.cli`); the memory API's errors name its parameters, :func:`flag` re-spells them.
 """

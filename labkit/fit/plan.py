@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from labkit import LabkitError
-from labkit.fit.search import _capacity
+from labkit.fit.search import capacity
 from labkit.memory import peak
 
-#: Each lever as the options of :func:`labkit.memory.peak.training_peak` it sets.
+#: Each lever as the options of :func:`labkit.memory.peak.training_peak` it sets (GaLore at rank
+#: 128, a choice of this planner: the rank sets the state's size; ``offload_activations`` on a
+#: cuda job only).
 LEVERS: dict[str, dict[str, Any]] = {
     "chunked_loss": {"loss": "chunked"},
     "checkpointing": {"checkpointing": True},
@@ -123,7 +125,7 @@ def plan(
     time cost (default :data:`COSTS`). One line of error when no set fits."""
     costs = {**COSTS, **(costs or {})}
     allowed = _check(levers, costs)
-    room = _capacity(gib, reserve)
+    room = capacity(gib, reserve)
     baseline = peak.training_peak(config, **options).peak
     names = _candidates(options, allowed)
     combos = sorted(
