@@ -372,6 +372,12 @@ def damaged_study(ctx: Ctx) -> str:
     return "d.db"
 
 
+def levers_module():
+    from labkit.memory import levers
+
+    return levers
+
+
 def row(id_: str, call, *expect: str):
     return pytest.param(call, expect, id=id_)
 
@@ -908,6 +914,34 @@ ROWS = [
         "positive integer",
     ),
     row("E21", lambda c: cli("estimate", "llama-3.1-8b", "--zero", "4"), "invalid choice: '4'"),
+    row(
+        "E40",
+        lambda c: cli("estimate", "llama-3.1-8b", "--fit", "24", "--levers", "fused"),
+        "unknown lever 'fused'",
+        "chunked_loss",
+    ),
+    row(
+        "E40+",
+        lambda c: cli(
+            "estimate", "llama-3.1-8b", "--method", "full", "--fit", "4", "--levers", "auto"
+        ),
+        "nothing fits 4 GiB",
+        "smallest predicted peak",
+    ),
+    row(
+        "E41",
+        lambda c: cli("estimate", "llama-3.1-8b", "--levers", "auto"),
+        "--levers",
+        "--fit GIB",
+    ),
+    row(
+        "E41+",
+        lambda c: levers_module().chunked_loss(
+            zoo.load_model("zoo-llama"), torch.ones(1, 4, dtype=torch.long), chunk=0
+        ),
+        "chunk must be a whole number",
+        ">= 1",
+    ),
     row(
         "E14",
         lambda c: cli("estimate", "llama-3.1-8b", "--lora-targets", "foo", "--lora-r", "64"),

@@ -11,7 +11,8 @@ regime; ``--method lora`` keeps the frozen base in the compute dtype as practiti
 same path as notebook 01's calculator. Training on one GPU also reports the peak of a step
 (:func:`labkit.memory.peak.training_peak`: the largest live set, its phase, each phase's largest;
 ``--optimizer-impl``, ``--device``, ``--lora-dropout`` move it), which the verdict reads; ``--fit
-GIB`` answers the inverse question (:mod:`labkit.fit.search`). Bad input is one line on stderr
+GIB`` answers the inverse question (:mod:`labkit.fit.search`); ``--fit GIB --levers auto`` plans
+the cheapest set of levers whose peak fits (:mod:`labkit.fit.plan`), and reports the planned job. Bad input is one line on stderr
 with exit status 2 (see
 :mod:`labkit.cli`); the memory API's errors name its parameters, :func:`flag` re-spells them.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from labkit import LabkitError
 from labkit.cli import Parser
 from labkit.dtypes import OPTIMIZERS, PRECISIONS
-from labkit.fit import search
+from labkit.fit import plan, search
 from labkit.inference import roofline
 from labkit.memory import calculator, estimator, peak, rules, sharding
 from labkit.memory.job import ATTENTIONS, DEVICES, OptionError, TrainingJob
@@ -155,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GIB",
         help="the largest --batch at --seq and the longest --seq at --batch whose peak fits GIB",
     )
+    p.add_argument(
+        "--levers",
+        default=None,
+        metavar="auto|NAMES",
+        help="with --fit: the cheapest set of levers whose peak fits GIB (auto: any of "
+        + ", ".join(plan.LEVERS)
+        + "; or a comma list of those allowed); the figures are then the planned job's",
+    )
     p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
     p.add_argument(
         "--zero",
@@ -216,6 +225,11 @@ def _check_options(args: argparse.Namespace) -> None:
     ]
     if train_only and infer:
         raise LabkitError(f"{' and '.join(train_only)} apply to {flag('mode', 'train')}")
+    if args.levers is not None and (args.fit is None or args.gpus != 1 or args.zero != "0"):
+        raise LabkitError(
+            f"{flag('levers')} plans for one card: it needs {flag('fit', 'GIB')} "
+            f"(with {flag('gpus', '1')} and {flag('zero', '0')})"
+        )
     if args.dtype is not None and not infer:
         raise LabkitError(
             f"{flag('dtype')} sets the weights of {flag('mode', 'infer')}; for training use "
@@ -226,6 +240,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def _job(args: argparse.Namespace) -> TrainingJob:
     """The training job of the given options (the job's own defaults for the others)."""
     options = {name: getattr(args, name) for name in JOB_OPTIONS}
+    options.update({k: v for k, v in _planned(args).items() if k in JOB_OPTIONS})
     return TrainingJob(**{k: v for k, v in options.items() if v is not None})
 
 
@@ -259,9 +274,26 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
 
 
 def _levers(args: argparse.Namespace) -> dict[str, Any]:
-    """The peak's options beyond the job: the optimizer's implementation, LoRA's dropout."""
+    """The peak's options beyond the job: the optimizer's implementation, LoRA's dropout, and
+    the planned levers' options that are not the job's (``loss``, ``galore_rank``, ...)."""
     dropout = 0.0 if args.lora_dropout is None else args.lora_dropout
-    return {"impl": args.optimizer_impl, "lora_dropout": dropout}
+    extra = {k: v for k, v in _planned(args).items() if k not in JOB_OPTIONS}
+    return {"impl": args.optimizer_impl, "lora_dropout": dropout, **extra}
+
+
+def _planned(args: argparse.Namespace) -> dict[str, Any]:
+    found = getattr(args, "plan", None)
+    return found.options if found is not None else {}
+
+
+def make_plan(args: argparse.Namespace, config: Any) -> plan.Plan:
+    """``--fit GIB --levers auto``: the cheapest levers whose peak fits (:mod:`labkit.fit.plan`)."""
+    job = _job(args)
+    options = {**vars(job), "precision": job.precision.name, **_levers(args)}
+    try:
+        return plan.plan(config, args.fit, levers=args.levers, **options)
+    except OptionError as err:
+        raise LabkitError(err.spelled(flag)) from None
 
 
 def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
@@ -271,6 +303,16 @@ def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
     options = {k: v for k, v in vars(job).items() if k not in {"batch", "seq"}}
     options["precision"] = job.precision.name
     return search.fit(config, args.fit, batch=args.batch, seq=args.seq, **options, **_levers(args))
+
+
+def plan_line(p: plan.Plan, gib: float) -> str:
+    """The plan in one line: its levers, their time cost, the peak with and without them."""
+    chosen = " + ".join(p.levers) or "no lever needed"
+    return (
+        f"  plan for {gib:g} GiB: {chosen} (about +{p.cost:.0%} time per step): peak "
+        f"{p.peak / 2**30:.2f} GiB (without: {p.baseline / 2**30:.2f} GiB); the figures above "
+        "are the planned job's"
+    )
 
 
 def rules_of_thumb(b: estimator.Breakdown, mode: str) -> dict[str, float]:
@@ -352,12 +394,17 @@ def table(
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``python -m labkit estimate``."""
     args = build_parser().parse_args(argv)
+    if args.levers is not None:
+        _check_options(args)
+        args.plan = make_plan(args, _load(args.model))
     fit = estimate(args)  # checks the options first
     b = fit.per_gpu
     decode = decode_prediction(args, b.details.get("dtype", "bf16"))
     found = fit_search(args, _load(args.model)) if args.fit else None
     if not args.json:
         print(table(fit, args, decode))
+        if getattr(args, "plan", None) is not None:
+            print(plan_line(args.plan, args.fit))
         if found is not None:
             print(
                 f"  fits {args.fit:g} GiB: largest --batch at --seq {args.seq}: "
@@ -388,6 +435,9 @@ def cli_main(argv: list[str]) -> int:
         )
     if found is not None:
         out.update(found)
+    if getattr(args, "plan", None) is not None:
+        p = args.plan
+        out.update(plan=list(p.levers), peak=p.peak, plan_cost=p.cost, baseline_peak=p.baseline)
     if decode is not None:
         out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
     print(json.dumps(out))

@@ -23,7 +23,8 @@ from labkit.models import architecture
 MAX_BATCH = 1 << 16
 
 
-def _capacity(gib: float, reserve: int) -> int:
+def capacity(gib: float, reserve: int) -> int:
+    """Bytes of a card of ``gib`` GiB less ``reserve`` (checked: one line when wrong)."""
     if isinstance(gib, bool) or not isinstance(gib, int | float) or not 0 < gib < math.inf:
         raise LabkitError(f"card memory must be a number of GiB > 0, got {gib!r}; e.g. 24")
     if not isinstance(reserve, int) or reserve < 0:
@@ -66,7 +67,7 @@ def max_batch(
     """The largest micro-batch whose peak at ``seq`` tokens fits ``gib`` GiB (less ``reserve``
     bytes); None when not even one sequence fits. ``options``: those of
     :func:`labkit.memory.peak.training_peak` (method, precision, optimizer, impl, ...)."""
-    room = _capacity(gib, reserve)
+    room = capacity(gib, reserve)
 
     def fits(b: int) -> bool:
         return peak.training_peak(config, batch=b, seq=seq, **options).peak <= room
@@ -79,7 +80,7 @@ def max_seq(
 ) -> int | None:
     """The longest sequence whose peak at micro-batch ``batch`` fits ``gib`` GiB (less
     ``reserve`` bytes), at most :func:`max_seq_len`; None when not even one token fits."""
-    room = _capacity(gib, reserve)
+    room = capacity(gib, reserve)
 
     def fits(s: int) -> bool:
         return peak.training_peak(config, batch=batch, seq=s, **options).peak <= room

@@ -32,7 +32,7 @@ from typing import Any
 from labkit import LabkitError
 from labkit.checks import choice
 from labkit.dtypes import OPTIMIZERS as ESTIMATOR_OPTIMIZERS
-from labkit.memory import dryrun, estimator, step_parts
+from labkit.memory import dryrun, estimator, lever_peak, step_parts
 from labkit.memory.job import Breakdown, TrainingJob
 from labkit.memory.step_parts import CATEGORIES
 from labkit.models import architecture, targets
@@ -303,6 +303,7 @@ def _backward_moments(
     new_head = p.g_head_weight if later else 0
     ckpt = job["checkpointing"]
     block = p.recompute if ckpt else 0
+    top_block = block if p.top_checkpointed else 0
     g_bottom = g0 if later else p.grads - p.g_first - p.g_emb
     if ckpt:
         bottom_saved = p.layer_input + p.entry_saved
@@ -330,13 +331,14 @@ def _backward_moments(
                 temporaries=p.head_in + p.stream + new_head + held,
             ),
         ),
+        *_norm_moment(p, base, copies, after_loss, held, later, tag),
         Moment(
             "backward",
             "top block backward: its MLP gradients" + tag,
             p.at(
                 **{**base, "gradients": grads_top},
                 weight_copies=p.copies_block,
-                saved_activations=after_loss - p.head_saved + block,
+                saved_activations=after_loss - p.head_saved + top_block,
                 temporaries=top_temp,
             ),
         ),
@@ -363,6 +365,28 @@ def _backward_moments(
             ),
         ),
     ]
+
+
+def _norm_moment(
+    p: step_parts.Parts,
+    base: dict[str, int],
+    copies: int,
+    after_loss: int,
+    held: int,
+    later: bool,
+    tag: str,
+) -> list[Moment]:
+    """The final norm's backward (its fp32 temporaries), a moment of its own only where no loss
+    spike hides it: with the chunked loss (:mod:`labkit.memory.lever_peak`)."""
+    if not p.norm_temp:
+        return []
+    alive = p.at(
+        **{**base, "gradients": base["gradients"] if later else p.g_head},
+        weight_copies=copies,
+        saved_activations=after_loss - p.norm_out,
+        temporaries=p.norm_temp + held,
+    )
+    return [Moment("backward", "final norm backward: its fp32 temporaries" + tag, alive)]
 
 
 def _moments(
@@ -417,8 +441,12 @@ def training_peak(
     ``lora_dropout`` (peft's ``lora_dropout``, its default 0.0: a dropout keeps a copy of each
     adapted input); ``outputs_alive``: the model output (its b·s·V logits and KV cache) held until
     backward ends, as ``out = model(**batch); out.loss.backward()`` does; False drops it before
-    backward, as transformers' Trainer does.
+    backward, as transformers' Trainer does. The levers of notebook 18 are options too
+    (:data:`labkit.memory.lever_peak.DEFAULTS`): ``loss="chunked"``, ``checkpoint_every`` (with
+    ``checkpointing``), ``offload_activations`` (cuda), ``optimizer_in_backward``,
+    ``galore_rank``.
     """
+    lever_options = {k: options.pop(k) for k in list(options) if k in lever_peak.DEFAULTS}
     sgd0 = options.get("optimizer") == "sgd-nomomentum"
     if sgd0:
         options = {**options, "optimizer": "sgd"}
@@ -438,9 +466,22 @@ def training_peak(
         batch=b.details["batch"],
         seq=b.details["seq"],
     )
+    levers = lever_peak.check(lever_options, tj)
     parts = step_parts.parts(config, b, job)
-    traced = None if derived(config, job) else _dry_run(config, job, parts)
+    is_derived = derived(config, job)
+    if lever_peak.active(levers):
+        if not is_derived:
+            raise LabkitError(
+                "the levers are predicted for the five formula families in the regimes they "
+                "derive (llama, mistral, qwen2, gpt2, bloom); this job goes through the dry run"
+            )
+        parts = lever_peak.apply(parts, levers, job, lever_peak.sizes(config, tj, b, levers))
+    traced = None if is_derived else _dry_run(config, job, parts)
     first, later = _moments(parts, job, False, traced), _moments(parts, job, True, traced)
+    if levers["optimizer_in_backward"]:
+        largest = lever_peak.largest_tensor(config, tj) * parts.grad_b
+        first = lever_peak.in_backward(first, parts.state, largest)
+        later = lever_peak.in_backward(later, parts.state, largest)
     top = max(((m, "first") for m in first), key=lambda x: x[0].total)
     top_later = max(((m, "later") for m in later), key=lambda x: x[0].total)
     best, step = top_later if top_later[0].total >= top[0].total else top
@@ -457,7 +498,7 @@ def training_peak(
         first=first,
         later=later,
         breakdown=b,
-        details={"impl": impl, "parts": parts},
+        details={"impl": impl, "parts": parts, "levers": levers},
     )
 
 

@@ -63,6 +63,9 @@ class Parts:
     g_down: int  # one block's down projection gradient (made inside its backward)
     opt_temp: int
     grad_b: int = 4
+    top_checkpointed: bool = True  # the top block is checkpointed (every n-th layer)
+    norm_temp: int = 0  # the final norm's backward, when no loss spike hides it (chunked loss)
+    norm_out: int = 0  # the final norm's output, freed before its backward (chunked loss)
 
     def at(self, **alive: int) -> dict[str, int]:
         return {k: alive.get(k, 0) for k in CATEGORIES}

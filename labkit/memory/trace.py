@@ -236,14 +236,20 @@ class _Step:
         return [p.grad for p in self.model.parameters() if p.grad is not None]
 
 
-def _forward_backward(step: _Step, ids: torch.Tensor, autocast: Any, outputs_alive: bool) -> None:
-    """The model's own causal-LM loss (labels = the ids), then backward. ``outputs_alive``: the
-    output (and its logits) is held until backward ends, as ``out = model(**batch);
-    out.loss.backward()`` does; else only the loss is kept, as ``Trainer.compute_loss`` returns."""
+def _forward_backward(
+    step: _Step, ids: torch.Tensor, autocast: Any, outputs_alive: bool, loss_fn: Any
+) -> None:
+    """The model's own causal-LM loss (labels = the ids), or ``loss_fn(model, ids)``, then
+    backward. ``outputs_alive``: the output (and its logits) is held until backward ends, as
+    ``out = model(**batch); out.loss.backward()`` does; else only the loss is kept, as
+    ``Trainer.compute_loss`` returns."""
     step.tracker.phase = "forward"
     with autocast():
-        out = step.model(input_ids=ids, labels=ids)
-    loss = out.loss
+        if loss_fn is not None:
+            out, loss = None, loss_fn(step.model, ids)
+        else:
+            out = step.model(input_ids=ids, labels=ids)
+            loss = out.loss
     if not outputs_alive:
         del out
     step.tracker.phase = "backward"
@@ -251,11 +257,15 @@ def _forward_backward(step: _Step, ids: torch.Tensor, autocast: Any, outputs_ali
 
 
 def _run_step(
-    step: _Step, micro_batches: list[torch.Tensor], autocast: Any, outputs_alive: bool
+    step: _Step,
+    micro_batches: list[torch.Tensor],
+    autocast: Any,
+    outputs_alive: bool,
+    loss_fn: Any = None,
 ) -> None:
     tr, model, opt = step.tracker, step.model, step.optimizer
     for ids in micro_batches:
-        _forward_backward(step, ids, autocast, outputs_alive)
+        _forward_backward(step, ids, autocast, outputs_alive, loss_fn)
         _categorise(tr, model, opt, step.grads())
     tr.phase = "optimizer"
     if opt is not None:
@@ -309,6 +319,7 @@ def trace_training(
     autocast_dtype: torch.dtype | None = None,
     outputs_alive: bool = True,
     tracker: StepTracker | None = None,
+    loss_fn: Any = None,
 ) -> list[StepTrace]:
     """Run ``steps`` real training steps of ``model`` and trace each (see the module docstring).
 
@@ -319,6 +330,8 @@ def trace_training(
     own causal-LM loss (labels = ids); ``outputs_alive``: the model output, with its b·s·V logits,
     is held until backward ends (``out = model(**batch); out.loss.backward()``); False drops it
     before backward, as transformers' Trainer does (``compute_loss`` returns the loss only).
+    ``loss_fn(model, ids) -> loss``: another loss in place of the model's own (the chunked loss
+    of :func:`labkit.memory.levers.chunked_loss`, a loss normalised over all micro-batches).
     """
     micro = [batches] if isinstance(batches, torch.Tensor) else list(batches)
     if not micro:
@@ -348,7 +361,7 @@ def trace_training(
             before[rec.category] += rec.nbytes
         tr.event()
         with tr, torch.autograd.graph.saved_tensors_hooks(step.pack, lambda t: t):
-            _run_step(step, micro, autocast, outputs_alive)
+            _run_step(step, micro, autocast, outputs_alive, loss_fn)
         out.append(_result(step, before))
         del step, tr
     return out

@@ -1,0 +1,117 @@
+"""The planner (labkit.fit.plan, ``estimate --fit GIB --levers``): the plan fits, no cheaper set
+of levers fits, nothing-fits is one line, and the CLI's JSON carries the plan and its peak."""
+
+import itertools
+import json
+
+import pytest
+
+from labkit import LabkitError
+from labkit.fit import estimate_cli, plan
+from labkit.memory import peak
+
+GIB = 2**30
+LORA_8B = {"method": "lora", "precision": "bf16-mixed", "batch": 1, "seq": 2048}
+
+
+def test_the_plan_fits_and_its_peak_is_the_estimators():
+    p = plan.plan("llama-3.1-8b", 24, **LORA_8B)
+    assert p.baseline > 24 * GIB >= p.peak
+    assert p.levers
+    again = peak.training_peak("llama-3.1-8b", **{**LORA_8B, **p.options}).peak
+    assert again == p.peak
+
+
+@pytest.mark.parametrize(
+    ("config", "gib", "job"),
+    [
+        ("llama-3.1-8b", 24, LORA_8B),
+        (
+            "qwen2.5-0.5b",
+            16,
+            {"method": "full", "precision": "bf16-mixed", "batch": 4, "seq": 2048},
+        ),
+        ("llama-3.1-8b", 80, {"method": "full", "precision": "bf16-mixed"}),
+    ],
+)
+def test_the_plan_is_the_cheapest_that_fits(config, gib, job):
+    p = plan.plan(config, gib, **job)
+    names = plan._candidates(job, tuple(plan.LEVERS))
+    for r in range(len(names) + 1):
+        for combo in itertools.combinations(names, r):
+            if plan._order(combo, plan.COSTS) >= plan._order(p.levers, plan.COSTS):
+                continue
+            extra = plan._combined(combo)
+            if extra is None:
+                continue
+            try:
+                got = peak.training_peak(config, **{**job, **extra}).peak
+            except LabkitError:
+                continue
+            assert got > gib * GIB, (combo, p.levers)
+
+
+def test_a_job_that_fits_needs_no_lever():
+    p = plan.plan("qwen2.5-0.5b", 80, method="lora", batch=1, seq=256)
+    assert p.levers == () and p.cost == 0 and p.peak == p.baseline
+
+
+def test_costs_move_the_plan():
+    usual = plan.plan("llama-3.1-8b", 24, **LORA_8B)
+    dear = plan.plan("llama-3.1-8b", 24, **LORA_8B, costs={"checkpointing": 5.0})
+    assert usual.levers == ("checkpointing",)
+    assert "checkpointing" not in dear.levers and dear.peak <= 24 * GIB
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"levers": "fused_loss"}, "unknown lever 'fused_loss'"),
+        ({"levers": "chunked_loss", "costs": {"chunked_loss": 0.1}}, None),
+    ],
+)
+def test_lever_names_are_checked(kwargs, match):
+    if match is None:
+        assert plan.plan("llama-3.1-8b", 80, **LORA_8B, **kwargs).levers == ()
+        return
+    with pytest.raises(LabkitError, match=match) as err:
+        plan.plan("llama-3.1-8b", 24, **LORA_8B, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_nothing_fits_is_one_line():
+    with pytest.raises(LabkitError, match="nothing fits 4 GiB") as err:
+        plan.plan("llama-3.1-8b", 4, method="full")
+    assert "\n" not in str(err.value)
+
+
+def _cli(argv, capsys):
+    code = estimate_cli.cli_main(argv)
+    return code, capsys.readouterr().out
+
+
+def test_cli_json_has_the_plan_and_its_peak(capsys):
+    argv = ["llama-3.1-8b", "--method", "lora", "--precision", "bf16-mixed", "--seq", "2048"]
+    code, out = _cli([*argv, "--fit", "24", "--levers", "auto", "--json"], capsys)
+    got = json.loads(out)
+    assert code == 0
+    assert isinstance(got["plan"], list) and got["plan"]
+    assert got["peak"] <= 24 * GIB < got["baseline_peak"]
+    want = plan.plan("llama-3.1-8b", 24, **LORA_8B)
+    assert got["plan"] == list(want.levers) and got["peak"] == want.peak
+    code, text = _cli([*argv, "--fit", "24", "--levers", "auto"], capsys)
+    assert "plan for 24 GiB: " + " + ".join(want.levers) in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["llama-3.1-8b", "--method", "full", "--fit", "4", "--levers", "auto"], "nothing fits"),
+        (["llama-3.1-8b", "--levers", "auto"], "needs --fit"),
+        (["llama-3.1-8b", "--fit", "24", "--levers", "nope"], "unknown lever"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, match):
+    with pytest.raises(LabkitError, match=match) as err:
+        estimate_cli.cli_main(argv)
+    assert "\n" not in str(err.value)
