@@ -215,7 +215,9 @@ def galore_optimizer(
             "proj_type": "std",
         },
     ]
-    return GaLoreAdamW(groups, lr=lr)
+    # galore-torch 1.0 copies transformers' retired AdamW and warns on every construction; the
+    # warning is about that copied class (GaLore ships no other), not about this call
+    return GaLoreAdamW(groups, lr=lr, no_deprecation_warning=True)
 
 
 # ----------------------------------------------------------------------------- pure bf16
