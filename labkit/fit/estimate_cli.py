@@ -8,7 +8,7 @@ prefill's peak (a dry run) besides weights + KV cache + logits. Every total name
 regime; ``--method lora`` keeps the frozen base in the compute dtype as practitioners do
 (``--base-dtype fp32`` for the fp32-base figure). The job, its defaults and its checks are
 :class:`labkit.memory.job.TrainingJob`'s, the verdict :func:`labkit.memory.calculator.fit`'s: the
-same path as notebook 01's calculator. Training on one GPU also reports the peak of a step
+same path as notebook 02's calculator. Training on one GPU also reports the peak of a step
 (:func:`labkit.memory.peak.training_peak`: the largest live set, its phase, each phase's largest;
 ``--optimizer-impl``, ``--device``, ``--lora-dropout`` move it), which the verdict reads; ``--fit
 GIB`` answers the inverse question (:mod:`labkit.fit.search`); ``--fit GIB --levers auto`` plans

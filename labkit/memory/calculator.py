@@ -1,4 +1,4 @@
-"""Does a job fit? The one job -> breakdown -> verdict path behind notebook 01's calculator
+"""Does a job fit? The one job -> breakdown -> verdict path behind notebook 02's calculator
 (:func:`calculate`, :func:`figure`, :func:`widget`) and the ``estimate`` command
 (:mod:`labkit.fit.estimate_cli`).
 
@@ -98,7 +98,7 @@ REGIMES = ("fp32", "bf16-mixed", "bf16")
 
 @dataclass(frozen=True)
 class Settings:
-    """The calculator's controls, with the values notebook 01 shows without a live frontend.
+    """The calculator's controls, with the values notebook 02 shows without a live frontend.
     ``method="inference"``: ``seq`` is the context, weights in bf16 unless ``precision="fp32"``,
     KV cache included."""
 

@@ -1,4 +1,4 @@
-"""Why memory calculators disagree (notebook 01): labkit's estimate beside a dry-run measurement,
+"""Why memory calculators disagree (notebook 02): labkit's estimate beside a dry-run measurement,
 accelerate's ``estimate-memory``, DeepSpeed's ZeRO model-state formulas and the common rules of
 thumb, each gap split into named components.
 
@@ -68,7 +68,7 @@ class Job:
         )
 
 
-#: The three jobs of notebook 01's comparison, and why each was chosen.
+#: The three jobs of notebook 02's comparison, and why each was chosen.
 JOBS = {
     "full-0.5b": Job(
         "full fine-tuning of Qwen2.5-0.5B",

@@ -1,4 +1,4 @@
-"""The picture of one training step (notebook 01): live bytes over the step's ops as traced
+"""The picture of one training step (notebook 02): live bytes over the step's ops as traced
 (:mod:`labkit.memory.trace`), each phase's predicted peak (:mod:`labkit.memory.peak`) on the same
 axis, and the peak marked with what is alive at that moment."""
 
