@@ -363,7 +363,7 @@ def set_readme_times(readme_text: str, seconds: dict[str, float]) -> str:
 #: notebook that does not exist yet is left out). Breaks are not included; the limits are checked
 #: by tests/test_slides.py (3-hour path <= 165 min, full day <= 420 min).
 THREE_HOUR_PATH = ("01", "02", "06", "11")
-FULL_DAY_PATH = ("01", "02", "04", "05", "06", "11", "12", "13", "14", "17")
+FULL_DAY_PATH = ("01", "02", "04", "05", "06", "11", "13", "14", "18")
 PLAN_START, PLAN_END = "<!-- plan:start -->", "<!-- plan:end -->"
 
 
