@@ -93,7 +93,7 @@ def plot_step(ax: Any, step: StepTrace, predicted: Peak, title: str) -> None:
     i = step.peak_index
     ax.plot([xs[i]], [mb[i]], "o", color="C3", ms=6)
     ax.annotate(
-        f"peak {mb[i]:.2f} MB ({step.peak_phase})\n{alive_label(step.alive)}",
+        f"peak {mb[i]:.2f} MB ({step.peak_phase}), largest parts:\n{alive_label(step.alive)}",
         (xs[i], mb[i]),
         xytext=(0.03, 0.97),
         textcoords="axes fraction",
