@@ -1085,6 +1085,12 @@ ROWS = [
         "whisper is an encoder-decoder model",
     ),
     row(
+        "E2-39+llama",  # a formula family whose config says encoder-decoder: refused, not sized
+        lambda c: cli("estimate", cfg(c, "llama-3.1-8b", is_encoder_decoder=True)),
+        "is_encoder_decoder: true",
+        "decoder-only",
+    ),
+    row(
         "E2-39+t5",
         lambda c: mem().inference_memory({"model_type": "t5", "vocab_size": 100}),
         "t5 is an encoder-decoder model",

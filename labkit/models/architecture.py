@@ -133,6 +133,11 @@ def shape_of(config: Any) -> Shape:
         raise LabkitError(
             f"model_type {mt!r} is not supported; accepted: {', '.join(FORMULA_FAMILIES)}"
         )
+    if c.get("is_encoder_decoder"):  # the formula sizes a decoder-only stack: refuse, not misjudge
+        raise LabkitError(
+            f"this {mt} config says is_encoder_decoder: true; labkit sizes decoder-only causal LMs; "
+            "accepted: a decoder-only config (is_encoder_decoder false or absent)"
+        )
     if mt == "gpt2":
         h, a, L = c.get("n_embd", 768), c.get("n_head", 12), c.get("n_layer", 12)
         kv, i = a, c.get("n_inner") or 4 * h if isinstance(h, int) else 0
