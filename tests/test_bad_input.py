@@ -1085,6 +1085,14 @@ ROWS = [
         "whisper is an encoder-decoder model",
     ),
     row(
+        "Q2-int8+threshold0",  # bitsandbytes' 0.0 means "no decomposition"; here it meant all-float
+        lambda c: __import__("labkit.quant.integer", fromlist=["x"]).llm_int8_linear(
+            torch.ones(2, 4), torch.ones(3, 4), threshold=0.0
+        ),
+        "threshold must be > 0",
+        "float('inf')",
+    ),
+    row(
         "E2-39+llama",  # a formula family whose config says encoder-decoder: refused, not sized
         lambda c: cli("estimate", cfg(c, "llama-3.1-8b", is_encoder_decoder=True)),
         "is_encoder_decoder: true",

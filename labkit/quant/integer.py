@@ -304,7 +304,11 @@ def int8_linear_vectorwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 def outlier_columns(x: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
     """Indices of feature columns holding any ``|x| >= threshold`` (LLM.int8()'s outliers)."""
     # NaN would match no column: outlier handling silently off (inf turns it off on purpose)
-    number("threshold", threshold, finite=False)
+    if number("threshold", threshold, finite=False) <= 0:  # every column would be an "outlier"
+        raise LabkitError(
+            f"threshold must be > 0, got {threshold!r}; accepted: e.g. 6.0, or float('inf') for no "
+            "decomposition (what bitsandbytes spells llm_int8_threshold=0.0)"
+        )
     x2 = x.reshape(-1, x.shape[-1])
     return torch.nonzero((x2.abs() >= threshold).any(dim=0)).flatten()
 
