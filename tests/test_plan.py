@@ -115,3 +115,61 @@ def test_cli_errors_are_one_line(argv, match):
     with pytest.raises(LabkitError, match=match) as err:
         estimate_cli.cli_main(argv)
     assert "\n" not in str(err.value)
+
+
+def _record_costs(record):
+    """The cost of each lever as the record states it, computed here from the JSON."""
+    out = {}
+    for name, entry in record["levers"].items():
+        if entry["measured"]:
+            out[name] = max(0.0, round(entry["ratio"]["median"] - 1, 4))
+        else:
+            out[name] = entry["cost"]
+    return out
+
+
+def test_costs_are_the_records_figures():
+    record = json.loads(plan.RECORD.read_text())
+    want = _record_costs(record)
+    assert set(plan.COSTS) == set(plan.LEVERS)
+    assert plan.COSTS == {n: want[n] for n in plan.LEVERS}
+    measured = {n for n, e in record["levers"].items() if e["measured"]}
+    assert measured and "offload_activations" not in measured  # GPU only: argued, marked so
+    assert "why" in record["levers"]["offload_activations"]
+
+
+def test_a_lever_missing_from_the_record_is_a_clear_error(tmp_path):
+    record = json.loads(plan.RECORD.read_text())
+    del record["levers"]["galore"]
+    path = tmp_path / "lever_costs.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(LabkitError, match="no entry for lever 'galore'") as err:
+        plan.load_costs(path)
+    assert "\n" not in str(err.value) and "benchmarks/lever_costs.py" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (None, "cannot read the lever-cost record"),
+        ("{not json", "cannot read the lever-cost record"),
+        ('{"levers": []}', "has no 'levers' table"),
+    ],
+)
+def test_a_missing_or_broken_record_is_a_clear_error(tmp_path, text, match):
+    path = tmp_path / "lever_costs.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(LabkitError, match=match) as err:
+        plan.load_costs(path)
+    assert "\n" not in str(err.value)
+
+
+def test_an_entry_without_a_cost_is_a_clear_error(tmp_path):
+    record = json.loads(plan.RECORD.read_text())
+    record["levers"]["checkpointing"] = {"measured": True}
+    path = tmp_path / "lever_costs.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(LabkitError, match="lever 'checkpointing' .* has no cost") as err:
+        plan.load_costs(path)
+    assert "\n" not in str(err.value)

@@ -3,21 +3,33 @@
 ``estimate MODEL --fit GIB --levers auto``.
 
 Each lever of :data:`LEVERS` is a set of options of the peak; its cost (:data:`COSTS`) is the
-extra time per step it costs, a fraction of the step without it (recorded; notebook 18 measures
-it with :func:`labkit.memory.lever_runs.seconds_per_step` and may pass its own figures). The planner tries every combination of the levers the job can take (at most
-2^8 peak predictions, instant for the formula families), keeps those that fit, and returns the
-one with the smallest summed cost; among equal costs the one that changes the training least
-(levers that keep the step exact first), then the fewest levers. Costs add up as a model of the
-time, not a measurement of the combination.
+extra time per step it costs, a fraction of the step without it. The costs are measured, not
+argued: :data:`COSTS` is read from the record ``benchmarks/lever_costs.json``, which
+``benchmarks/lever_costs.py`` writes by timing every lever on the course model on a CPU (fp32,
+8 x 256 tokens, where matmuls are most of the step; interleaved rounds on the thread's CPU
+clock; each lever's cost is its median ratio to the step without it, minus 1, floored at 0).
+A lever that cannot run on a CPU (``offload_activations``) carries an argued figure in the
+record, marked ``"measured": false``. Re-make the record with
+``LABKIT_THREADS=1 .venv/bin/python benchmarks/lever_costs.py`` (a few minutes). A caller may
+pass its own figures (``costs``: notebook 18's challenge passes the times it measures).
+
+The planner tries every combination of the levers the job can take (at most 2^8 peak
+predictions, instant for the formula families), keeps those that fit, and returns the one with
+the smallest summed cost; among equal costs the one that changes the training least (levers
+that keep the step exact first), then the fewest levers. Costs add up as a model of the time,
+not a measurement of the combination; and a CPU's ratios on a small model are a guide to a
+GPU's on a large one, not a measurement of it.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from labkit import LabkitError
+from labkit import REPO_ROOT, LabkitError
 from labkit.fit.search import capacity
 from labkit.memory import peak
 
@@ -34,24 +46,52 @@ LEVERS: dict[str, dict[str, Any]] = {
     "pure_bf16": {"precision": "bf16"},
     "offload_activations": {"checkpointing": True, "offload_activations": True},
 }
-#: Extra time per step of each lever, a fraction of the step without it, recorded from the
-#: arithmetic each adds to a large model's step (a CPU timing of the course model is dominated by
-#: per-op overhead and, on a shared machine, by its neighbours: notebook 18 measures each lever
-#: with ``lever_runs.seconds_per_step`` and may pass its figures as ``costs``). Checkpointing:
-#: the blocks' forward again (a step is about 1 forward + 2 backward); the chunked loss: the head
-#: again in backward (2·h·V of 6·N flops per token, 2% for Llama-3.1-8B); 8-bit and factored
-#: moments, GaLore's projections: a few percent in the optimizer step (GaLore's SVD every 200
-#: steps amortised); offload: checkpointing's recompute plus copies partly hidden behind compute.
-COSTS: dict[str, float] = {
-    "chunked_loss": 0.02,
-    "checkpointing": 0.33,
-    "optimizer_in_backward": 0.0,
-    "adamw8bit": 0.02,
-    "adafactor": 0.02,
-    "galore": 0.10,
-    "pure_bf16": 0.0,
-    "offload_activations": 0.40,
-}
+#: The record the costs come from, and the command that re-makes it.
+RECORD = REPO_ROOT / "benchmarks" / "lever_costs.json"
+REMAKE = "LABKIT_THREADS=1 .venv/bin/python benchmarks/lever_costs.py"
+
+
+def _cost(name: str, entry: Any, where: str) -> float:
+    """One lever's cost from its entry in the record: the measured median ratio minus 1 (floored
+    at 0), or the argued figure of a lever the record marks as not measured."""
+    try:
+        if entry["measured"] is True:
+            return max(0.0, round(float(entry["ratio"]["median"]) - 1, 4))
+        if entry["measured"] is False:
+            return float(entry["cost"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    raise LabkitError(
+        f"lever {name!r} in {where} has no cost; accepted: measured true with ratio.median, or "
+        f"measured false with cost; re-make it with: {REMAKE}"
+    )
+
+
+def load_costs(path: Path = RECORD) -> dict[str, float]:
+    """Each lever of :data:`LEVERS` -> its extra time per step (a fraction of a step), from the
+    record at ``path``; one line of error when the record is missing, broken or lacks a lever."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise LabkitError(
+            f"cannot read the lever-cost record {path} ({type(err).__name__}); "
+            f"re-make it with: {REMAKE}"
+        ) from None
+    entries = record.get("levers") if isinstance(record, dict) else None
+    if not isinstance(entries, dict):
+        raise LabkitError(f"{path} has no 'levers' table; re-make it with: {REMAKE}")
+    missing = [n for n in LEVERS if n not in entries]
+    if missing:
+        raise LabkitError(
+            f"the lever-cost record {path} has no entry for lever {missing[0]!r}; "
+            f"re-make it with: {REMAKE}"
+        )
+    return {n: _cost(n, entries[n], str(path)) for n in LEVERS}
+
+
+#: Extra time per step of each lever, a fraction of the step without it (:func:`load_costs`
+#: of :data:`RECORD`: measured on a CPU, see the module docstring).
+COSTS: dict[str, float] = load_costs()
 #: Levers whose step is the step without them (within float rounding); the others change the
 #: training (8-bit or factored moments, a low-rank projection, bf16 weights).
 EXACT = frozenset({"chunked_loss", "checkpointing", "optimizer_in_backward", "offload_activations"})
