@@ -50,6 +50,7 @@ ARGUED = {
 REFERENCE = {
     "chunked_loss": "baseline",
     "checkpointing": "baseline",
+    "checkpoint_every_2": "baseline",
     "optimizer_in_backward": "baseline",
     "adamw8bit": "baseline",
     "adafactor": "baseline",

@@ -51,6 +51,16 @@ def test_the_plan_is_the_cheapest_that_fits(config, gib, job):
             assert got > gib * GIB, (combo, p.levers)
 
 
+def test_an_exact_plan_wins_over_a_cheaper_one_that_changes_training():
+    job = {"method": "full", "precision": "bf16-mixed", "batch": 4, "seq": 2048}
+    inexact = [n for n in plan.LEVERS if n not in plan.EXACT]
+    free = dict.fromkeys(inexact, 0.0)  # levers that change the training, made free
+    p = plan.plan("qwen2.5-0.5b", 16, costs=free, **job)
+    assert p.levers and set(p.levers) <= plan.EXACT, p.levers
+    changing = plan.plan("qwen2.5-0.5b", 16, levers="pure_bf16,chunked_loss", **job)
+    assert "pure_bf16" in changing.levers and changing.cost < p.cost  # cheaper, yet not chosen
+
+
 def test_a_job_that_fits_needs_no_lever():
     p = plan.plan("qwen2.5-0.5b", 80, method="lora", batch=1, seq=256)
     assert p.levers == () and p.cost == 0 and p.peak == p.baseline
@@ -58,9 +68,12 @@ def test_a_job_that_fits_needs_no_lever():
 
 def test_costs_move_the_plan():
     usual = plan.plan("llama-3.1-8b", 24, **LORA_8B)
-    dear = plan.plan("llama-3.1-8b", 24, **LORA_8B, costs={"checkpointing": 5.0})
-    assert usual.levers == ("checkpointing",)
-    assert "checkpointing" not in dear.levers and dear.peak <= 24 * GIB
+    dear = plan.plan(
+        "llama-3.1-8b", 24, **LORA_8B, costs={"checkpoint_every_2": 5.0, "checkpointing": 5.0}
+    )
+    assert usual.levers == ("checkpoint_every_2",)
+    assert not {"checkpointing", "checkpoint_every_2"} & set(dear.levers)
+    assert dear.peak <= 24 * GIB
 
 
 @pytest.mark.parametrize(

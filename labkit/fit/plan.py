@@ -13,10 +13,12 @@ record, marked ``"measured": false``. Re-make the record with
 ``LABKIT_THREADS=1 .venv/bin/python benchmarks/lever_costs.py`` (a few minutes). A caller may
 pass its own figures (``costs``: notebook 18's challenge passes the times it measures).
 
-The planner tries every combination of the levers the job can take (at most 2^8 peak
-predictions, instant for the formula families), keeps those that fit, and returns the one with
-the smallest summed cost; among equal costs the one that changes the training least (levers
-that keep the step exact first), then the fewest levers. Costs add up as a model of the time,
+The planner tries every combination of the levers the job can take (at most 2^9 peak
+predictions, instant for the formula families), keeps those that fit, and returns the one that
+changes the training least (the fewest levers that do not keep the step exact: 8-bit or
+factored moments, GaLore, pure bf16), then the one with the smallest summed time cost, then the
+fewest levers. So an exact plan is preferred to a cheaper one that changes the training; pass
+``levers=`` to allow only some. Costs add up as a model of the time,
 not a measurement of the combination; and a CPU's ratios on a small model are a guide to a
 GPU's on a large one, not a measurement of it.
 """
@@ -39,6 +41,7 @@ from labkit.memory import peak
 LEVERS: dict[str, dict[str, Any]] = {
     "chunked_loss": {"loss": "chunked"},
     "checkpointing": {"checkpointing": True},
+    "checkpoint_every_2": {"checkpointing": True, "checkpoint_every": 2},
     "optimizer_in_backward": {"optimizer_in_backward": True},
     "adamw8bit": {"optimizer": "adamw8bit"},
     "adafactor": {"optimizer": "adafactor"},
@@ -94,7 +97,15 @@ def load_costs(path: Path = RECORD) -> dict[str, float]:
 COSTS: dict[str, float] = load_costs()
 #: Levers whose step is the step without them (within float rounding); the others change the
 #: training (8-bit or factored moments, a low-rank projection, bf16 weights).
-EXACT = frozenset({"chunked_loss", "checkpointing", "optimizer_in_backward", "offload_activations"})
+EXACT = frozenset(
+    {
+        "chunked_loss",
+        "checkpointing",
+        "checkpoint_every_2",
+        "optimizer_in_backward",
+        "offload_activations",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -142,10 +153,12 @@ def _check(allowed: Any, costs: dict[str, float]) -> tuple[str, ...]:
     return names
 
 
-def _order(names: tuple[str, ...], costs: dict[str, float]) -> tuple[float, int, int]:
+def _order(names: tuple[str, ...], costs: dict[str, float]) -> tuple[int, float, int]:
+    """Fewest levers that change the training first (a changed training is a cost no timing
+    shows), then the smallest summed time, then the fewest levers."""
     return (
-        round(sum(costs[n] for n in names), 9),
         sum(n not in EXACT for n in names),
+        round(sum(costs[n] for n in names), 9),
         len(names),
     )
 
