@@ -9,7 +9,8 @@ bf16 beside the zoo tokenizer: ``config.json`` with ``"dtype": "bfloat16"``, ``m
 tokenizer files) in a temporary folder; for each notebook, it writes a copy into
 ``build/model_id/`` with the parameters cell's ``MODEL_ID`` set to that folder, executes it
 (``labkit.course.runner.execute``; the executed copy replaces the copy) and prints one row per
-notebook: ``ok``, or the first failing cell and its one-line error.
+notebook: ``ok``, or the first failing cell and its one-line error (``--keep-going``: every cell
+runs and every failing one is listed).
 
 It runs with no network: under ``unshare -rn`` (a user and network namespace with only loopback)
 where the system allows it, and always with ``HF_HUB_OFFLINE=1``. The model is random, so a check
@@ -85,14 +86,15 @@ def set_model_id(nb: nbformat.NotebookNode, value: str) -> bool:
     return False
 
 
-def first_failure(nb: nbformat.NotebookNode) -> str:
-    """``cell N: Error: message`` for the first cell with an error output."""
+def failures(nb: nbformat.NotebookNode) -> list[str]:
+    """``cell N: Error: message`` for each cell with an error output, in order."""
+    found = []
     for k, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 value = (out.get("evalue") or "").strip().splitlines()
-                return f"cell {k}: {out['ename']}: {value[0][:200] if value else ''}"
-    return ""
+                found.append(f"cell {k}: {out['ename']}: {value[0][:200] if value else ''}")
+    return found
 
 
 def notebooks(wanted: list[str]) -> list[Path]:
@@ -108,7 +110,7 @@ def notebooks(wanted: list[str]) -> list[Path]:
     return chosen
 
 
-def check(paths: list[Path], model: Path, timeout: int) -> int:
+def check(paths: list[Path], model: Path, timeout: int, keep_going: bool = False) -> int:
     """Run each notebook with MODEL_ID = model; print one row each; the number that failed."""
     from labkit.course.runner import execute
 
@@ -121,10 +123,13 @@ def check(paths: list[Path], model: Path, timeout: int) -> int:
             continue
         copy = OUT_DIR / path.name
         nbformat.write(nb, copy)
-        nb, seconds, error = execute(copy, timeout=timeout, nb=nb)
+        nb, seconds, error = execute(copy, timeout=timeout, nb=nb, allow_errors=keep_going)
         nbformat.write(nb, copy)
-        status = "ok" if error is None else (first_failure(nb) or error)
-        failed += error is not None
+        found = failures(nb)
+        if error is not None and not found:
+            found = [error]  # the kernel died or a cell timed out
+        status = "; ".join(found) if found else "ok"
+        failed += bool(found)
         print(f"{path.name:<40} {seconds:5.0f} s  {status}", flush=True)
     return failed
 
@@ -135,6 +140,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     parser.add_argument(
         "--network", action="store_true", help="do not cut the network (no unshare)"
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true", help="run every cell and list every failing one"
     )
     args = parser.parse_args(argv)
     if not args.network and not os.environ.get(NO_NET_MARK) and shutil.which("unshare"):
@@ -150,7 +158,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="tied-bf16-") as tmp:
         model = build_model(Path(tmp) / "tiny-tied-qwen2-bf16")
         print(f"MODEL_ID = {model} (tied, bf16, hub layout); copies in {OUT_DIR}", flush=True)
-        failed = check(paths, model, args.timeout)
+        failed = check(paths, model, args.timeout, args.keep_going)
     print(f"{failed} of {len(paths)} notebooks failed")
     return 1 if failed else 0
 
