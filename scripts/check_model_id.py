@@ -53,7 +53,7 @@ def build_model(folder: Path) -> Path:
         hidden_size=64,
         intermediate_size=192,  # a multiple of 64, as real models: bitsandbytes' CPU 4-bit path
         # repacks its blocks of 64 per row and fails on rows of other lengths
-        num_hidden_layers=2,
+        num_hidden_layers=8,  # real models have many: a 2-layer one is mostly its embedding
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
