@@ -206,6 +206,17 @@ def test_attach_full_trains_everything():
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_attach_loads_a_bf16_hub_checkpoint_in_fp32(tmp_path, method):
+    """A hub model saved in bf16 with tied embeddings (Qwen2.5's layout) trains in the course's
+    fp32 regime, not in the checkpoint's bf16 (transformers 5 loads dtype="auto" by default)."""
+    zoo.load_model("tiny-qwen2").to(torch.bfloat16).save_pretrained(tmp_path)
+    zoo.load_tokenizer("zoo-llama").save_pretrained(tmp_path)
+    model = peft_methods.attach(str(tmp_path), method)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
 def test_attach_init_rms_keeps_the_text_directions_at_the_new_scale():
     text = peft_methods.attach("zoo-llama", "prompt-text")
     scaled = peft_methods.attach("zoo-llama", "prompt-text", init_rms=1.0)

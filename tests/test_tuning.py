@@ -396,3 +396,39 @@ def test_minilm_smoke_search_trains_and_prunes_what_does_not_fit(tmp_path):
         assert "train_steps" not in t.user_attrs  # never trained
     with pytest.raises(LabkitError, match="GPU memory"):
         tuning.run_search(url, "g", 1, budget="smoke", gpu_memory=0)
+
+
+def test_check_encoder_refuses_a_causal_lm_in_one_line(tmp_path):
+    """Notebook 14's MODEL_ID must be an encoder with query/value/pooler: a causal LM (tied,
+    bf16, in the hub's layout) is refused before any trial, not deep inside peft."""
+    import torch
+
+    from labkit.models import zoo
+
+    assert search.check_encoder("minilm") == "minilm"
+    zoo.load_model("tiny-qwen2").to(torch.bfloat16).save_pretrained(tmp_path)
+    with pytest.raises(LabkitError, match="qwen2 model without query, value, pooler; accepted"):
+        search.check_encoder(str(tmp_path))
+    old = search.MODEL_ID
+    try:
+        search.MODEL_ID = str(tmp_path)
+        with pytest.raises(LabkitError, match="BERT-style encoder"):
+            search.build_model(4, 8, 1)
+    finally:
+        search.MODEL_ID = old
+
+
+def test_build_model_loads_a_bf16_encoder_in_fp32(tmp_path):
+    import torch
+
+    from labkit.models import zoo
+
+    zoo.load_model("minilm", task="base").to(torch.bfloat16).save_pretrained(tmp_path)
+    zoo.load_tokenizer("minilm").save_pretrained(tmp_path)
+    old = search.MODEL_ID
+    try:
+        search.MODEL_ID = str(tmp_path)
+        model = search.build_model(4, 8, 1)
+    finally:
+        search.MODEL_ID = old
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

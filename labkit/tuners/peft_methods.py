@@ -366,7 +366,8 @@ def attach(
 ):
     """A fresh base model wrapped for ``method`` (``full``: the base itself, all trainable).
 
-    Always loads a new base: ``get_peft_model`` injects layers into the model it is given.
+    Always loads a new base: ``get_peft_model`` injects layers into the model it is given. The
+    base is loaded in fp32 whatever dtype its checkpoint stores (a hub model saved in bf16 too).
     ``init_rms`` (``prompt-text`` only) rescales the text-initialised virtual tokens to that
     root-mean-square, keeping each row's direction: the text init at the scale of a random
     N(0, 1) init (``init_rms=1.0``), so that one learning rate moves both by the same fraction.
@@ -393,7 +394,9 @@ def attach(
     elif config is not None:
         check_virtual_tokens(config.num_virtual_tokens, model_id)
     torch.manual_seed(seed)
-    base = zoo.load_model(model_id, seed=seed)
+    # fp32 whatever the checkpoint stores: a hub model saved in bf16 would otherwise load in bf16
+    # (transformers 5's dtype="auto") and train in another regime than the zoo model
+    base = zoo.load_model(model_id, seed=seed, dtype=torch.float32)
     if method == "full":
         for p in base.parameters():
             p.requires_grad_(True)

@@ -196,6 +196,32 @@ def model_init(trial=None):
     return build_model(r, alpha, suggest_seed(trial))
 
 
+def check_encoder(model_id: str) -> str:
+    """``model_id`` if it can stand in for MiniLM here, else a one-line :class:`LabkitError`.
+
+    The search puts LoRA on modules named ``query`` and ``value`` and trains the ``pooler``: a
+    BERT-style encoder has them, a causal LM (Llama, Qwen2...) has neither. Checked on the meta
+    device from the config alone, so nothing is loaded.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from labkit.models import zoo
+
+    config = zoo.load_config(model_id)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in [*TARGET_MODULES, "pooler"] if m not in names]
+    if missing:
+        raise LabkitError(
+            f"notebook 14 tunes a BERT-style encoder (LoRA on {' and '.join(TARGET_MODULES)}, the "
+            f"pooler trained); {model_id!r} is a {config.model_type} model without "
+            f"{', '.join(missing)}; accepted: minilm or another BERT-family encoder"
+        )
+    return model_id
+
+
 def build_model(r: int, alpha: int, seed: int):
     """MiniLM (fresh from disk) + LoRA rank ``r``, ``alpha``; ``seed`` fixes LoRA/head init."""
     from peft import LoraConfig, get_peft_model
@@ -205,7 +231,10 @@ def build_model(r: int, alpha: int, seed: int):
 
     set_seed(seed)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated.*")
-    base = zoo.load_model(MODEL_ID, task="sequence-classification", num_labels=2)
+    # fp32 whatever the checkpoint stores (transformers 5 would keep a bf16 hub checkpoint in bf16)
+    base = zoo.load_model(
+        check_encoder(MODEL_ID), task="sequence-classification", num_labels=2, dtype="float32"
+    )
     # SEQ_CLS adds "classifier" to modules_to_save; the pooler (a 384x384 dense layer in front of
     # it) is trained in full too: with LoRA alone the small budgets barely move the metric.
     config = LoraConfig(
