@@ -94,6 +94,9 @@ def execute(
         nb,
         timeout=None if timeout == -1 else timeout,
         kernel_name="python3",
+        # ipykernel 7 warns on every start that a local kernel talks over loopback TCP in plain
+        # text; the kernel app's own log stays quiet below errors (cells' warnings still show)
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
         allow_errors=allow_errors,
         resources={"metadata": {"path": str(path.parent)}},
     )
