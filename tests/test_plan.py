@@ -98,6 +98,17 @@ def test_nothing_fits_is_one_line():
     assert "\n" not in str(err.value)
 
 
+def test_nothing_fits_names_the_reserve_and_no_remedy_the_job_already_takes():
+    with pytest.raises(LabkitError) as err:
+        plan.plan("llama-3.1-8b", 16, reserve=GIB, **LORA_8B)
+    msg = str(err.value)
+    assert "16 GiB less a reserve of 1.00 GiB" in msg and "QLoRA" in msg
+    assert "LoRA or QLoRA" not in msg  # the job is LoRA already
+    with pytest.raises(LabkitError) as err:
+        plan.plan("llama-3.1-8b", 4, method="qlora", precision="bf16-mixed", seq=2048)
+    assert "QLoRA" not in str(err.value) and "reserve" not in str(err.value)
+
+
 def _cli(argv, capsys):
     code = estimate_cli.cli_main(argv)
     return code, capsys.readouterr().out

@@ -198,8 +198,10 @@ def plan(
         if got <= room:
             chosen = tuple(sorted(combo, key=lambda n: (costs[n], n)))
             return Plan(chosen, got, sum(costs[n] for n in combo), extra, baseline)
+    kept = f" less a reserve of {reserve / 2**30:.2f} GiB" if reserve else ""
+    method = {"full": "LoRA or QLoRA, ", "frozen": "LoRA or QLoRA, ", "lora": "QLoRA, "}
     raise LabkitError(
-        f"nothing fits {gib:g} GiB: the smallest predicted peak with the levers "
+        f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak with the levers "
         f"({', '.join(names) or 'none left to add'}) is {smallest / 2**30:.2f} GiB; try a "
-        "smaller --batch or --seq, LoRA or QLoRA, or more GPUs"
+        f"smaller --batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs"
     )
