@@ -197,3 +197,42 @@ def test_an_entry_without_a_cost_is_a_clear_error(tmp_path):
     with pytest.raises(LabkitError, match="lever 'checkpointing' .* has no cost") as err:
         plan.load_costs(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("names", "options"),
+    [
+        ("chunked_loss", {"loss": "chunked"}),
+        (
+            "checkpoint_every_2,chunked_loss",
+            {"checkpointing": True, "checkpoint_every": 2, "loss": "chunked"},
+        ),
+        ("adamw8bit", {"optimizer": "adamw8bit"}),
+    ],
+)
+def test_estimate_with_levers_is_the_peak_with_their_options(names, options, capsys):
+    code, out = _cli(
+        ["llama-3.1-8b", "--method", "lora", "--seq", "2048", "--with", names, "--json"], capsys
+    )
+    got = json.loads(out)
+    want = peak.training_peak("llama-3.1-8b", method="lora", seq=2048, **options).peak
+    assert code == 0 and got["peak"] == want and got["levers"] == names.split(",")
+    code, text = _cli(
+        ["llama-3.1-8b", "--method", "lora", "--seq", "2048", "--with", names], capsys
+    )
+    assert "levers applied (--with): " + " + ".join(names.split(",")) in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--with", "nope"], "unknown lever 'nope'"),
+        (["--with", "adamw8bit,adafactor"], "set the same option differently"),
+        (["--with", "chunked_loss", "--mode", "infer"], "--with applies levers"),
+        (["--with", "chunked_loss", "--fit", "24", "--levers", "auto"], "--with applies levers"),
+    ],
+)
+def test_estimate_with_bad_levers_is_one_line(argv, match, capsys):
+    with pytest.raises(LabkitError, match=match) as err:
+        estimate_cli.cli_main(["llama-3.1-8b", *argv])
+    assert "\n" not in str(err.value)

@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(plan.LEVERS)
         + "; or a comma list of those allowed); the figures are then the planned job's",
     )
+    p.add_argument(
+        "--with",
+        dest="with_levers",
+        default=None,
+        metavar="NAMES",
+        help="apply these levers to the job (a comma list of "
+        + ", ".join(plan.LEVERS)
+        + "): the figures and the peak are then the job's with them",
+    )
     p.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel GPUs")
     p.add_argument(
         "--zero",
@@ -225,6 +234,11 @@ def _check_options(args: argparse.Namespace) -> None:
     ]
     if train_only and infer:
         raise LabkitError(f"{' and '.join(train_only)} apply to {flag('mode', 'train')}")
+    if args.with_levers is not None and (args.levers is not None or infer or args.gpus != 1):
+        raise LabkitError(
+            f"{flag('with')} applies levers to one card's training step: not with "
+            f"{flag('levers')}, {flag('mode', 'infer')} or {flag('gpus')} > 1"
+        )
     if args.levers is not None and (args.fit is None or args.gpus != 1 or args.zero != "0"):
         raise LabkitError(
             f"{flag('levers')} plans for one card: it needs {flag('fit', 'GIB')} "
@@ -282,8 +296,11 @@ def _levers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _planned(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the planned levers (``--levers``) or the chosen ones (``--with``) set."""
     found = getattr(args, "plan", None)
-    return found.options if found is not None else {}
+    if found is not None:
+        return found.options
+    return plan.options_of(args.with_levers) if args.with_levers is not None else {}
 
 
 def make_plan(args: argparse.Namespace, config: Any) -> plan.Plan:
@@ -405,6 +422,8 @@ def cli_main(argv: list[str]) -> int:
         print(table(fit, args, decode))
         if getattr(args, "plan", None) is not None:
             print(plan_line(args.plan, args.fit))
+        if args.with_levers is not None:
+            print(f"  levers applied (--with): {' + '.join(args.with_levers.split(','))}")
         if found is not None:
             print(
                 f"  fits {args.fit:g} GiB: largest --batch at --seq {args.seq}: "
@@ -438,6 +457,8 @@ def cli_main(argv: list[str]) -> int:
     if getattr(args, "plan", None) is not None:
         p = args.plan
         out.update(plan=list(p.levers), peak=p.peak, plan_cost=p.cost, baseline_peak=p.baseline)
+    if args.with_levers is not None:
+        out.update(levers=args.with_levers.split(","))
     if decode is not None:
         out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
     print(json.dumps(out))

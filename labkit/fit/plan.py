@@ -132,6 +132,25 @@ def _combined(names: tuple[str, ...]) -> dict[str, Any] | None:
     return out
 
 
+def options_of(names: Any) -> dict[str, Any]:
+    """The options of :func:`labkit.memory.peak.training_peak` that the levers ``names`` (a comma
+    list or a sequence of :data:`LEVERS` names) set together: ``estimate --with NAMES``."""
+    listed = tuple(names.split(",")) if isinstance(names, str) else tuple(names or ())
+    bad = [n for n in listed if n not in LEVERS]
+    if bad or not listed:
+        raise LabkitError(
+            f"unknown lever {bad[0] if bad else ''!r}; accepted: a comma list of "
+            + ", ".join(LEVERS)
+        )
+    combined = _combined(listed)
+    if combined is None:
+        raise LabkitError(
+            f"levers {', '.join(listed)} set the same option differently (two optimizers?); "
+            "accepted: levers that can go together"
+        )
+    return combined
+
+
 def _candidates(job: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
     """The levers that change something in ``job`` (one already on is no candidate)."""
     return [n for n in allowed if any(job.get(k) != v for k, v in LEVERS[n].items())]
