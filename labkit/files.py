@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,18 @@ def shown(path: str | os.PathLike[str]) -> str:
         return str(p.resolve().relative_to(REPO_ROOT))
     except (ValueError, OSError):
         return str(p)
+
+
+def read_json(path: str | os.PathLike[str], remedy: str, name: str | None = None) -> Any:
+    """The JSON value in a text file, or one line naming the file (``name``, default
+    :func:`shown`) when it is not UTF-8 text or not valid JSON, followed by ``remedy``."""
+    label = name if name is not None else shown(path)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LabkitError(f"{label} is not a text file (not UTF-8); {remedy}") from None
+    except json.JSONDecodeError as err:
+        raise LabkitError(f"{label} is not valid JSON ({err.msg}); {remedy}") from None
 
 
 def _why(err: OSError) -> str:

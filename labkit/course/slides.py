@@ -318,12 +318,7 @@ def read_times(report: Path) -> dict[str, float]:
     a file that is not a course report or a time that is not a number of seconds >= 0."""
     if not report.is_file():
         raise LabkitError(f"no course report at {report}; run `make course` first")
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise LabkitError(f"{report} is not a text file; {REPORT_ACCEPTED}") from None
-    except json.JSONDecodeError as err:
-        raise LabkitError(f"{report} is not valid JSON ({err.msg}); {REPORT_ACCEPTED}") from None
+    data = files.read_json(report, REPORT_ACCEPTED, name=str(report))
     rows = data.get("notebooks") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise LabkitError(f"{report} holds no list of notebooks; {REPORT_ACCEPTED}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import socket
 from pathlib import Path
@@ -270,12 +269,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     text, not JSON, not an object, no ``model_type``)."""
     path = Path(path)
     shown = _shown(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise LabkitError(f"{shown} is not a text file (not UTF-8); give a config.json") from None
-    except json.JSONDecodeError as err:
-        raise LabkitError(f"{shown} is not valid JSON ({err.msg}); give a config.json") from None
+    data = files.read_json(path, "give a config.json", name=shown)
     if not isinstance(data, dict):
         raise LabkitError(
             f"{shown} holds a JSON {type(data).__name__}, not an object; give a config.json "

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labkit import REPO_ROOT, LabkitError, checks, cli
+from labkit import REPO_ROOT, LabkitError, checks, cli, files
 
 Point = dict[str, Any]
 
@@ -173,12 +173,7 @@ class Study:
     def _read(self, path: Path) -> dict[str, Any]:
         if not path.is_file():
             raise LabkitError(f"no record at {_rel(path)}; make it with {self.rerun}")
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise LabkitError(
-                f"{_rel(path)} is not valid JSON ({err.msg}); re-make it with {self.rerun} --replace"
-            ) from None
+        record = files.read_json(path, f"re-make it with {self.rerun} --replace", name=_rel(path))
         if not isinstance(record, dict) or record.get("study") != self.name:
             found = record.get("study") if isinstance(record, dict) else None
             raise LabkitError(
