@@ -423,7 +423,7 @@ def cli_main(argv: list[str]) -> int:
         if getattr(args, "plan", None) is not None:
             print(plan_line(args.plan, args.fit))
         if args.with_levers is not None:
-            print(f"  levers applied (--with): {' + '.join(args.with_levers.split(','))}")
+            print(f"  levers applied (--with): {' + '.join(plan.lever_names(args.with_levers))}")
         if found is not None:
             print(
                 f"  fits {args.fit:g} GiB: largest --batch at --seq {args.seq}: "
@@ -458,7 +458,7 @@ def cli_main(argv: list[str]) -> int:
         p = args.plan
         out.update(plan=list(p.levers), peak=p.peak, plan_cost=p.cost, baseline_peak=p.baseline)
     if args.with_levers is not None:
-        out.update(levers=args.with_levers.split(","))
+        out.update(levers=list(plan.lever_names(args.with_levers)))
     if decode is not None:
         out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
     print(json.dumps(out))

@@ -132,16 +132,25 @@ def _combined(names: tuple[str, ...]) -> dict[str, Any] | None:
     return out
 
 
-def options_of(names: Any) -> dict[str, Any]:
-    """The options of :func:`labkit.memory.peak.training_peak` that the levers ``names`` (a comma
-    list or a sequence of :data:`LEVERS` names) set together: ``estimate --with NAMES``."""
+def lever_names(names: Any, auto: bool = False) -> tuple[str, ...]:
+    """``names`` (a comma list or a sequence of :data:`LEVERS` names; with ``auto``, also
+    ``"auto"`` or None for all of them) as a tuple, or one line naming the first unknown one."""
+    if auto and (names == "auto" or names is None):
+        return tuple(LEVERS)
     listed = tuple(names.split(",")) if isinstance(names, str) else tuple(names or ())
     bad = [n for n in listed if n not in LEVERS]
     if bad or not listed:
         raise LabkitError(
-            f"unknown lever {bad[0] if bad else ''!r}; accepted: a comma list of "
-            + ", ".join(LEVERS)
+            f"unknown lever {bad[0] if bad else ''!r}; accepted: {'auto or ' if auto else ''}"
+            "a comma list of " + ", ".join(LEVERS)
         )
+    return listed
+
+
+def options_of(names: Any) -> dict[str, Any]:
+    """The options of :func:`labkit.memory.peak.training_peak` that the levers ``names`` (a comma
+    list or a sequence of :data:`LEVERS` names) set together: ``estimate --with NAMES``."""
+    listed = lever_names(names)
     combined = _combined(listed)
     if combined is None:
         raise LabkitError(
@@ -157,15 +166,7 @@ def _candidates(job: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
 
 
 def _check(allowed: Any, costs: dict[str, float]) -> tuple[str, ...]:
-    if allowed == "auto" or allowed is None:
-        return tuple(LEVERS)
-    names = tuple(allowed.split(",")) if isinstance(allowed, str) else tuple(allowed)
-    bad = [n for n in names if n not in LEVERS]
-    if bad or not names:
-        raise LabkitError(
-            f"unknown lever {bad[0] if bad else ''!r}; accepted: auto or a comma list of "
-            + ", ".join(LEVERS)
-        )
+    names = lever_names(allowed, auto=True)
     missing = [n for n in names if n not in costs]
     if missing:
         raise LabkitError(f"no time cost for lever {missing[0]!r}; give one in costs")
