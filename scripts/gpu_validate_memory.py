@@ -32,6 +32,7 @@ from labkit import LabkitError, hardware
 from labkit.cli import Parser
 from labkit.memory import peak
 from labkit.models import targets, zoo
+from labkit.tuners import quantized_merge
 
 #: (label, catalog config, layers kept, job options) — full fine-tuning, LoRA, QLoRA,
 #: checkpointing, fp32 and bf16 autocast, two sequence lengths, a 152k vocabulary.
@@ -65,16 +66,9 @@ def build(catalog: str, layers: int, job: dict, device: str):
     method = job["method"]
     torch.manual_seed(0)
     if method == "qlora":
-        from transformers import BitsAndBytesConfig
-
         folder = tempfile.mkdtemp()
         AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
-        q = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        q = quantized_merge.bnb_4bit_config("nf4", torch.bfloat16, double_quant=True)
         model = AutoModelForCausalLM.from_pretrained(
             folder, quantization_config=q, device_map={"": device}, dtype=torch.bfloat16
         )

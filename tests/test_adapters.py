@@ -306,6 +306,10 @@ def test_keep_cpu_4bit_layout(tmp_path):
     assert quantized_merge.keep_cpu_4bit_layout(q) == 8
     with pytest.raises(LabkitError, match="nf4, fp4"):
         quantized_merge.bnb_4bit_config("int3")
+    assert not quantized_merge.bnb_4bit_config().bnb_4bit_use_double_quant
+    assert quantized_merge.bnb_4bit_config(double_quant=True).bnb_4bit_use_double_quant
+    with pytest.raises(LabkitError, match="double_quant must be True or False"):
+        quantized_merge.bnb_4bit_config(double_quant="yes")
 
 
 def test_bad_inputs_are_labkit_errors():

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from labkit import LabkitError
 from labkit.memory import measure, peak, trace
 from labkit.models import targets, zoo
+from labkit.tuners import quantized_merge
 
 
 def config_of(name):
@@ -41,15 +42,8 @@ def build(config, job, tmp_path=None):
     method = job.get("method", "full")
     mods = [m.name for m in targets.lora_modules(config, job.get("lora_targets", "default"))]
     if method == "qlora":
-        from transformers import BitsAndBytesConfig
-
         AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
-        q = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        q = quantized_merge.bnb_4bit_config("nf4", torch.bfloat16, double_quant=True)
         model = AutoModelForCausalLM.from_pretrained(
             tmp_path, quantization_config=q, dtype=torch.bfloat16, attn_implementation=attn
         )

@@ -405,7 +405,7 @@ def _check_arguments(task: Any, seed: Any, random_init: Any, kwargs: dict[str, A
             raise LabkitError(
                 f"{old}= was removed from from_pretrained in transformers 5; accepted: "
                 f"quantization_config=BitsAndBytesConfig({old}=True) "
-                "(labkit.tuners.adapters.bnb_4bit_config() for NF4)"
+                "(labkit.tuners.quantized_merge.bnb_4bit_config() for NF4)"
             )
 
 

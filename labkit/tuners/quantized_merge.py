@@ -21,8 +21,11 @@ import labkit
 from labkit.tuners.adapters import logits, max_logit_diff, sample_inputs
 
 
-def bnb_4bit_config(quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32):
-    """``BitsAndBytesConfig`` for 4-bit loading (today's replacement of ``load_in_4bit=True``)."""
+def bnb_4bit_config(
+    quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32, double_quant: bool = False
+):
+    """``BitsAndBytesConfig`` for 4-bit loading (today's replacement of ``load_in_4bit=True``);
+    ``double_quant``: QLoRA's quantized absmax constants (``bnb_4bit_use_double_quant``)."""
     from transformers import BitsAndBytesConfig
 
     if quant_type not in {"nf4", "fp4"}:
@@ -30,8 +33,13 @@ def bnb_4bit_config(quant_type: str = "nf4", compute_dtype: torch.dtype = torch.
     computes = (torch.float32, torch.bfloat16, torch.float16)
     if compute_dtype not in computes:  # an int8 one would fail only at the first forward
         raise labkit.unknown("compute dtype", compute_dtype, computes)
+    if not isinstance(double_quant, bool):
+        raise labkit.LabkitError(f"double_quant must be True or False, got {double_quant!r}")
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=double_quant,
     )
 
 
