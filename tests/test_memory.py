@@ -100,6 +100,8 @@ def test_optimizer_bytes_per_family():
     shapes = {"w": (300, 200), "b": (200,)}
     assert estimator.optimizer_bytes(shapes, "sgd") == 4 * 60_200
     assert estimator.optimizer_bytes(shapes, "adafactor") == 4 * (300 + 200 + 200) + 2 * 4
+    # transformers' Adafactor casts a 16-bit gradient to fp32 before it makes its state
+    assert estimator.optimizer_bytes(shapes, "adafactor", 2) == 4 * (300 + 200 + 200) + 2 * 4
     big = 2 * 60_000 + 8 * math.ceil(60_000 / 256)
     assert estimator.optimizer_bytes(shapes, "adamw8bit") == big + 8 * 200 + 2048
 

@@ -138,6 +138,7 @@ EXACT = [
     ("tiny-llama", 1, 8, {"optimizer": "sgd"}),
     ("tiny-llama", 1, 8, {"optimizer": "sgd-nomomentum", "impl": "foreach"}),
     ("tiny-llama", 1, 8, {"optimizer": "adafactor"}),
+    ("tiny-qwen2", 2, 5, {"optimizer": "adafactor", "precision": "bf16"}),  # fp32 state
     ("tiny-llama", 3, 40, {"optimizer": "adamw8bit"}),
     ("tiny-llama", 3, 40, {"outputs_alive": False, "grad_accum": 2}),
     ("tiny-qwen2", 3, 40, {"method": "lora", "lora_dropout": 0.1, "lora_targets": "all-linear"}),
@@ -149,6 +150,8 @@ EXACT = [
     ("gpt_neox", 3, 40, {"precision": "bf16", "impl": "foreach"}),
     ("gpt_neox", 1, 8, {"method": "lora", "lora_targets": "query_key_value"}),
     ("mixtral", 3, 40, {"method": "lora", "lora_targets": "q_proj,v_proj"}),
+    ("gpt_neox", 4, 5, {"precision": "bf16-mixed", "grad_accum": 2}),  # peak in forward 2
+    ("gemma2", 2, 40, {"attention": "eager", "checkpointing": True, "grad_accum": 2}),
 ]
 
 

@@ -218,7 +218,8 @@ def optimizer_bytes(
     - ``adamw`` (torch): m and v in the parameter dtype, plus a 4-byte ``step`` tensor per tensor;
     - ``sgd`` (torch, momentum > 0): one momentum buffer;
     - ``adafactor`` (transformers): row and column second moments for matrices, full for vectors,
-      plus a 4-byte RMS scalar tensor per tensor;
+      plus a 4-byte RMS scalar tensor per tensor, all fp32 whatever ``state_bytes`` (it casts a
+      16-bit gradient to fp32 before it makes its state);
     - ``adamw8bit`` (bitsandbytes): uint8 m and v with an fp32 absmax per 256 values; tensors
       under 4096 values keep fp32 m and v; plus the two shared 256-entry fp32 quantile maps.
     """
@@ -231,7 +232,7 @@ def optimizer_bytes(
         elif optimizer == "sgd":
             total += n * state_bytes
         elif optimizer == "adafactor":
-            total += state_bytes * ((math.prod(shp[:-1]) + shp[-1]) if len(shp) >= 2 else n) + 4
+            total += 4 * ((math.prod(shp[:-1]) + shp[-1]) if len(shp) >= 2 else n) + 4
         else:
             if n >= BNB_MIN_8BIT_SIZE:
                 total += 2 * n + 2 * 4 * math.ceil(n / BNB_BLOCK)

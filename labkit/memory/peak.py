@@ -390,10 +390,16 @@ def _norm_moment(
 
 
 def _moments(
-    p: step_parts.Parts, job: dict[str, Any], later: bool, traced: list[Moment] | None = None
+    p: step_parts.Parts,
+    job: dict[str, Any],
+    later: bool,
+    traced: list[Moment] | None = None,
+    new_grad: int = 0,
 ) -> list[Moment]:
     """The moments of one step (the first, or a later one that finds the optimizer state);
-    ``traced``: forward and backward read from a dry run (any other causal LM)."""
+    ``traced``: forward and backward read from a dry run (any other causal LM), where a later
+    micro-batch's backward holds ``new_grad`` bytes more (the largest new gradient beside its
+    ``.grad`` before it is added in)."""
     state = p.state if later else 0
     out: list[Moment] = []
     for micro in range(min(job["grad_accum"], 2)):
@@ -406,7 +412,11 @@ def _moments(
         tag = f" (micro-batch {micro + 1})" if job["grad_accum"] > 1 else ""
         if traced is not None:
             for m in traced:
-                alive = {**m.alive, **base, "gradients": m.alive["gradients"] + base["gradients"]}
+                # a later micro-batch adds each new gradient into its .grad: the traced step's
+                # gradients are the accumulated ones (every one alive), not more
+                alive = {**m.alive, **base, "gradients": base["gradients"] or m.alive["gradients"]}
+                if micro and m.phase == "backward":
+                    alive["temporaries"] += new_grad
                 out.append(Moment(m.phase, m.label + tag, alive))
             continue
         out += _forward_moments(p, base, tag)
@@ -477,7 +487,9 @@ def training_peak(
             )
         parts = lever_peak.apply(parts, levers, job, lever_peak.sizes(config, tj, b, levers))
     traced = None if is_derived else _dry_run(config, job, parts)
-    first, later = _moments(parts, job, False, traced), _moments(parts, job, True, traced)
+    new_grad = 0 if traced is None else lever_peak.largest_tensor(config, tj) * parts.grad_b
+    first = _moments(parts, job, False, traced, new_grad)
+    later = _moments(parts, job, True, traced, new_grad)
     if levers["optimizer_in_backward"]:
         largest = lever_peak.largest_tensor(config, tj) * parts.grad_b
         first = lever_peak.in_backward(first, parts.state, largest)
