@@ -234,7 +234,11 @@ def _traced_moments(config: Any, job: dict[str, Any], p: step_parts.Parts) -> li
         if job["checkpointing"]:
             measure.enable_checkpointing(model, reentrant=False)
         vocab = model.get_input_embeddings().num_embeddings
-        ids = torch.randint(0, vocab, (job["batch"], job["seq"]))
+        # with accumulation two micro-batches: the second finds the first's gradients alive
+        ids = [
+            torch.randint(0, vocab, (job["batch"], job["seq"]))
+            for _ in range(min(job["grad_accum"], 2))
+        ]
         autocast = None
         if mixed:
             autocast = dryrun.TORCH_DTYPES[tj.precision.compute]
@@ -248,9 +252,21 @@ def _traced_moments(config: Any, job: dict[str, Any], p: step_parts.Parts) -> li
             outputs_alive=job["outputs_alive"],
             tracker=tracker,
         )[0]
-    bwd = [i for i, ph in enumerate(step.phases) if ph == "backward"]
+    phases = step.phases
+    starts = [0] + [i for i in range(1, len(phases)) if phases[i] == "forward" != phases[i - 1]]
+    ends = [*starts[1:], len(phases)]
+    out = []
+    for a, z in zip(starts, ends, strict=True):  # one micro-batch each
+        out += _halves(step, tracker, p, range(a, z))
+    return out
+
+
+def _halves(step: Any, tracker: Any, p: step_parts.Parts, span: range) -> list[Moment]:
+    """The largest live set of one micro-batch's forward, and of the first and second half of
+    its backward, from a traced step."""
+    bwd = [i for i in span if step.phases[i] == "backward"]
     halves = {
-        "forward": [i for i, ph in enumerate(step.phases) if ph == "forward"],
+        "forward": [i for i in span if step.phases[i] == "forward"],
         "backward": bwd[: len(bwd) // 2],
         "backward ": bwd[len(bwd) // 2 :],
     }
@@ -390,16 +406,12 @@ def _norm_moment(
 
 
 def _moments(
-    p: step_parts.Parts,
-    job: dict[str, Any],
-    later: bool,
-    traced: list[Moment] | None = None,
-    new_grad: int = 0,
+    p: step_parts.Parts, job: dict[str, Any], later: bool, traced: list[Moment] | None = None
 ) -> list[Moment]:
     """The moments of one step (the first, or a later one that finds the optimizer state);
-    ``traced``: forward and backward read from a dry run (any other causal LM), where a later
-    micro-batch's backward holds ``new_grad`` bytes more (the largest new gradient beside its
-    ``.grad`` before it is added in)."""
+    ``traced``: forward and backward read from a dry run (any other causal LM), the first
+    micro-batch's moments then, with gradient accumulation, the second's (which finds the
+    first's gradients alive and adds each new one into them)."""
     state = p.state if later else 0
     out: list[Moment] = []
     for micro in range(min(job["grad_accum"], 2)):
@@ -411,12 +423,9 @@ def _moments(
         }
         tag = f" (micro-batch {micro + 1})" if job["grad_accum"] > 1 else ""
         if traced is not None:
-            for m in traced:
-                # a later micro-batch adds each new gradient into its .grad: the traced step's
-                # gradients are the accumulated ones (every one alive), not more
-                alive = {**m.alive, **base, "gradients": base["gradients"] or m.alive["gradients"]}
-                if micro and m.phase == "backward":
-                    alive["temporaries"] += new_grad
+            per = len(traced) // min(job["grad_accum"], 2)
+            for m in traced[micro * per : (micro + 1) * per]:
+                alive = {**m.alive, **base, "gradients": m.alive["gradients"]}
                 out.append(Moment(m.phase, m.label + tag, alive))
             continue
         out += _forward_moments(p, base, tag)
@@ -487,9 +496,7 @@ def training_peak(
             )
         parts = lever_peak.apply(parts, levers, job, lever_peak.sizes(config, tj, b, levers))
     traced = None if is_derived else _dry_run(config, job, parts)
-    new_grad = 0 if traced is None else lever_peak.largest_tensor(config, tj) * parts.grad_b
-    first = _moments(parts, job, False, traced, new_grad)
-    later = _moments(parts, job, True, traced, new_grad)
+    first, later = _moments(parts, job, False, traced), _moments(parts, job, True, traced)
     if levers["optimizer_in_backward"]:
         largest = lever_peak.largest_tensor(config, tj) * parts.grad_b
         first = lever_peak.in_backward(first, parts.state, largest)
