@@ -112,12 +112,6 @@ def replace_text(path: str | os.PathLike[str], text: str) -> None:
         fh.write(text)
 
 
-def replace_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`replacing`."""
-    with replacing(path, binary=True) as fh:
-        fh.write(data)
-
-
 def writable_folder(folder: str | os.PathLike[str]) -> Path:
     """``folder``, made if needed, once a file could be created in it; else one line saying why
     (a file in the way, read-only, no such place). Called before long work that writes there."""

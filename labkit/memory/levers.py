@@ -135,15 +135,6 @@ def chunked_loss(
     return total / max(count, 1)
 
 
-def model_loss(
-    model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, num_items: int | None = None
-) -> torch.Tensor:
-    """transformers' own causal-LM loss of ``ids`` with ``labels`` (-100 ignored, shifted by the
-    model); ``num_items``: the token count over all micro-batches (``num_items_in_batch``)."""
-    extra = {} if num_items is None else {"num_items_in_batch": num_items}
-    return model(input_ids=ids, labels=labels, **extra).loss
-
-
 # ----------------------------------------------------------------------------- optimizer memory
 class BackwardOptimizer:
     """The optimizer step fused into backward: one optimizer per parameter, stepped by a

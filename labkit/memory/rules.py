@@ -101,14 +101,6 @@ class Comparison:
     as2b: int
     layers: int
 
-    def explained_gap(self) -> float:
-        """Course minus formula rebuilt from the group gaps (equals the real gap: a reconciliation)."""
-        per_layer = sum(
-            (self.course[g] - k) * (self.as2b if g == "quadratic" else self.sbh)
-            for g, k in KORTHIKANTI.items()
-        )
-        return self.layers * per_layer + self.outside
-
 
 def compare(
     config, seq: int, dtype: str = "bf16", batch: int = 1, *, device: str = "cuda"
