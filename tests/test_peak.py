@@ -30,6 +30,16 @@ def config_of(name):
         c = zoo.load_config("tiny-llama").to_dict()
         c.pop("architectures", None)
         return AutoConfig.for_model(**{**c, "model_type": "mistral"})
+    if name == "tiny-mqa":  # a Llama with one KV head for its four query heads
+        return AutoConfig.for_model(
+            "llama",
+            hidden_size=48,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            num_hidden_layers=2,
+            vocab_size=257,
+            intermediate_size=64,
+        )
     if name.startswith("tiny-") or name.startswith("zoo-"):
         return zoo.load_config(name)
     return tiny_config(name)
@@ -151,6 +161,8 @@ EXACT = [
     ("gpt_neox", 1, 8, {"method": "lora", "lora_targets": "query_key_value"}),
     ("mixtral", 3, 40, {"method": "lora", "lora_targets": "q_proj,v_proj"}),
     ("gpt_neox", 4, 5, {"precision": "bf16-mixed", "grad_accum": 2}),  # peak in forward 2
+    ("tiny-mqa", 1, 24, {"attention": "eager"}),  # one KV head: repeat_kv is a view
+    ("tiny-mqa", 2, 24, {"attention": "eager", "method": "lora"}),  # ... a copy again
     ("gemma2", 2, 40, {"attention": "eager", "checkpointing": True, "grad_accum": 2}),
 ]
 

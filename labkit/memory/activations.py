@@ -218,7 +218,8 @@ def _full_attention(st: _Step) -> dict[str, int]:
     out: dict[str, int] = {}
     if st.attention == "eager" or st.math_path:  # the math path: the eager ops, upcast to fp32
         qb = 4 if st.math_path else dt
-        out["attn.q"] = out["attn.k"] = out["attn.v"] = T * ad * qb  # k, v repeated to a heads
+        out["attn.q"] = T * ad * qb
+        out["attn.k"] = out["attn.v"] = _eager_kv(st, qb)
         soft32 = s.family != "gpt2" or st.math_path  # GPT-2's eager softmax stays 16-bit
         out["attn.softmax"] = s2 * (4 if soft32 else dt)
         if st.p_on(s.attn_dropout):
@@ -232,6 +233,15 @@ def _full_attention(st: _Step) -> dict[str, int]:
         out["attn.k"] = out["attn.v"] = T * s.kv_heads * s.head_dim * dt
         out["attn.logsumexp"] = b * s.heads * q * 4
     return out
+
+
+def _eager_kv(st: _Step, qb: int) -> int:
+    """The k (or v) eager attention keeps: repeated to every query head (``repeat_kv`` copies
+    it), except with one KV head and one sequence, where the repeat is a stride-0 view of k
+    itself that the batched matmul folds to (a, s, d) without a copy."""
+    s = st.s
+    heads = 1 if s.kv_heads == 1 and st.b == 1 and not st.math_path else s.heads
+    return st.tokens * heads * s.head_dim * qb
 
 
 def _full_block(st: _Step, mlp_tensors: int) -> dict[str, int]:
@@ -445,7 +455,7 @@ def _lora_attention(st: _Step, qg: bool, kg: bool, vg: bool, o_adapted: bool) ->
         soft_b = dt if s.family == "gpt2" and not st.math_path else 4
         scores = qg or kg
         out["attn.q"] = T * ad * qb if kg else 0  # q @ k^T keeps q for k's gradient
-        out["attn.k"] = T * ad * qb if qg else 0
+        out["attn.k"] = _eager_kv(st, qb) if qg else 0
         out["attn.softmax"] = s2 * soft_b if scores else 0
         if attn_drop and scores:
             out["attn.dropout_mask"] = s2 * (4 if st.math_path else st.mask_b)
@@ -454,7 +464,7 @@ def _lora_attention(st: _Step, qg: bool, kg: bool, vg: bool, o_adapted: bool) ->
         probs_copy = attn_drop or soft_b != qb
         if vg and (probs_copy or not scores):
             out["attn.probs"] = s2 * (qb if probs_copy else soft_b)
-        out["attn.v"] = T * ad * qb if scores else 0
+        out["attn.v"] = _eager_kv(st, qb) if scores else 0
         o_in = T * ad * (st.adt if st.cast else dt)
     buffer = _fused_qkv_buffer(st) if kept else 0
     if buffer:

@@ -143,7 +143,8 @@ def _cache(
     """(bytes the KV cache holds, the part of it autograd does not save). transformers keeps the
     cache on in training unless checkpointing; attention saves its own inputs, and the cache's
     k and v are those inputs except: eager attention with GQA in the Llama family (it saves the
-    repeated copies); GPT-2 under SDPA (the CPU kernel saves its own copy of one of them in fp32,
+    repeated copies; with one KV head and one sequence the repeat is a view of the cache's own
+    k, v); GPT-2 under SDPA (the CPU kernel saves its own copy of one of them in fp32,
     of both in 16 bit); the Llama family under autocast with fp32 weights, whose cached k is fp32
     (RoPE's fp32 tables promote it) while attention saves 16-bit casts. ``sliding``: layers with
     a sliding window, whose cache layer keeps an int64 scalar of its own."""
@@ -158,8 +159,9 @@ def _cache(
         k32 = estimator.kv_cache_bytes(s, job["batch"], job["seq"], "fp32") // 2
         return k32 + cache // 2 + scalars, k32 + scalars
     unsaved = 0
+    one_view = s.kv_heads == 1 and job["batch"] == 1  # the repeat is a view of the cache's k, v
     if s.family == "llama" and job["attention"] == "eager" and s.kv_heads != s.heads:
-        unsaved = 2
+        unsaved = 0 if one_view else 2
     if s.family == "gpt2" and job["attention"] == "sdpa":
         unsaved = 1 if act_b == 4 else 2
     return cache + scalars, unsaved * cache // 2 + scalars
