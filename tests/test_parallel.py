@@ -5,6 +5,7 @@ import tempfile
 import uuid
 
 import pytest
+import torch
 import yaml
 
 from labkit import LabkitError
@@ -121,6 +122,38 @@ def test_job_and_launcher_errors():
         launch.run("labkit.distributed.parallel", 0)
     with pytest.raises(LabkitError, match=r"exited with code 1: .*unknown strategy 'bogus'"):
         launch.run("labkit.distributed.parallel", 1, ["--strategies", "bogus"], timeout=120)
+
+
+@pytest.mark.parametrize(("gpus", "backend"), [(1, "gloo"), (2, "cpu:gloo,cuda:nccl")])
+def test_fewer_gpus_than_ranks_run_on_the_cpu(monkeypatch, capsys, gpus, backend):
+    """NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): with one GPU and two ranks on
+    the machine the workers pick the CPU and gloo, and rank 0 says why in one line."""
+    monkeypatch.setattr(parallel.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(parallel.torch.cuda, "device_count", lambda: gpus)
+    for name, value in (("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert parallel.one_gpu_per_rank(2) == (gpus >= 2) and parallel.one_gpu_per_rank(1)
+    want = torch.device("cuda", 1) if gpus >= 2 else torch.device("cpu")
+    assert parallel._device(1, 2) == want
+    started = []
+
+    class Started(Exception):
+        pass
+
+    def init_process_group(chosen):
+        started.append(chosen)
+        raise Started
+
+    monkeypatch.setattr(parallel.dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(parallel.torch, "set_num_threads", lambda _: None)  # keep this process's
+    with pytest.raises(Started):
+        parallel.cli_main(["--strategies", "ddp"])
+    assert started == [backend]
+    said = capsys.readouterr().err.strip().splitlines()
+    if gpus >= 2:
+        assert said == []
+    else:
+        assert len(said) == 1 and "2 ranks on this machine but 1 GPU(s)" in said[0], said
 
 
 def test_comm_time_and_links():

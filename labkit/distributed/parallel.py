@@ -25,6 +25,8 @@ gathers and reduces in bf16.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -395,18 +397,32 @@ def wrap(
     return model
 
 
-def _device(rank: int) -> torch.device:
-    """One GPU per rank where there are GPUs (NCCL), else the CPU (gloo)."""
-    if torch.cuda.is_available():
+def one_gpu_per_rank(ranks: int) -> bool:
+    """Whether each of ``ranks`` ranks on this machine gets a CUDA GPU of its own.
+
+    NCCL refuses two ranks on one GPU ("Duplicate GPU detected"), so with fewer GPUs than ranks
+    (one GPU, ``NPROC = 2``) the workers run on the CPU over gloo instead.
+    """
+    return torch.cuda.is_available() and torch.cuda.device_count() >= ranks
+
+
+def _device(rank: int, local_ranks: int = 1) -> torch.device:
+    """One GPU per rank where every rank on this machine has one (NCCL), else the CPU (gloo)."""
+    if one_gpu_per_rank(local_ranks):
         return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def _local_ranks(world: int) -> int:
+    """Ranks on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else ``world`` (one machine)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
 
 
 def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
     """Train ``job`` under ``strategy`` as rank ``rank`` of ``world``; return this rank's report."""
     choice("strategy", strategy, STRATEGIES)
     job.check(world)
-    device = _device(rank)
+    device = _device(rank, _local_ranks(world))
     data = batches(job).to(device)
     traffic = Traffic()
     micro = job.global_batch // world
@@ -437,6 +453,7 @@ def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
         "world": world,
         "strategy": strategy,
         "job": asdict(job),
+        "device": device.type,
         "losses": losses,
         "bytes": held,
         "payload_per_step": payload,
@@ -551,7 +568,15 @@ def cli_main(argv: list[str] | None = None) -> int:
     preset, strategies, kinds, job_args = parse_args(argv)
     hardware.quiet_logs()
     torch.set_num_threads(1)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    local = _local_ranks(int(os.environ.get("WORLD_SIZE", "1")))
+    gpus = one_gpu_per_rank(local)
+    if torch.cuda.is_available() and not gpus and os.environ.get("RANK", "0") == "0":
+        print(
+            f"{local} ranks on this machine but {torch.cuda.device_count()} GPU(s): NCCL needs one "
+            "GPU per rank, so the ranks run on the CPU over gloo",
+            file=sys.stderr,
+        )
+    dist.init_process_group("cpu:gloo,cuda:nccl" if gpus else "gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         runs = [

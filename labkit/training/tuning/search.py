@@ -379,8 +379,10 @@ def pruning_callback(trial: optuna.Trial):
 
     Reporting per epoch makes trials with different batch sizes comparable at the same step. The
     pruner is not asked after the last epoch: the trial has trained in full by then, so pruning it
-    would save nothing and throw its result away. The steps run and planned go to the trial's user
-    attributes for :func:`pruning_savings`; ``callback.last_value`` holds the latest F1.
+    would save nothing, and a PRUNED trial keeps only its last reported value: it can never be the
+    study's ``best_trial``, and TPE ranks it below every complete trial. The steps run and planned
+    go to the trial's user attributes for :func:`pruning_savings`; ``callback.last_value`` holds
+    the latest F1.
     """
     from transformers import TrainerCallback
 
