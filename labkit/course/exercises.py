@@ -231,33 +231,20 @@ def _bf16_error_of_tenth() -> float:
     return abs(formats.decode(0.1, "bf16").value - 0.1)
 
 
-#: 04.3's factors and its "small" gradients (|g| below this)
-LOSS_SCALES = (1.0, 2.0**8, 2.0**16, 2.0**24)
-SMALL_GRADIENT = 1e-4
-
-
 def _best_loss_scale() -> float:
-    """04.3: of :data:`LOSS_SCALES`, the factor that overflows no gradient and gives the small
-    ones the lowest median relative error after the fp16 round trip; the gradients are the zoo
-    model's fp32 parameter gradients on notebook 04's default batch (4 x 32 validation tokens)."""
+    """04.3 for notebook 04's defaults: the zoo model's gradients on 4 x 32 validation tokens."""
     import torch
 
     from labkit.data import loaders
     from labkit.models import zoo
+    from labkit.quant import formats
     from labkit.training.lm_loss import pack
 
-    model = zoo.load_model(zoo.DEFAULT_LM, dtype=torch.float32)
-    ids = pack(zoo.load_tokenizer(zoo.DEFAULT_LM), loaders.load_corpus("validation"), 32)[:4]
+    model = zoo.load_model("zoo-llama")
+    ids = pack(zoo.load_tokenizer("zoo-llama"), loaders.load_corpus("validation"), 32)[:4]
     model(input_ids=ids, labels=ids).loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    small = (grads.abs() < SMALL_GRADIENT) & (grads != 0)
-    errors = {}
-    for s in LOSS_SCALES:
-        back = (grads * s).half().double() / s
-        if not torch.isinf(back).any():
-            rel = (back[small] - grads[small].double()).abs() / grads[small].abs().double()
-            errors[s] = rel.median().item()
-    return min(errors, key=errors.get)
+    return formats.best_loss_scale(grads)
 
 
 EXERCISES.update(
@@ -275,8 +262,7 @@ EXERCISES.update(
         ),
         "04.3": Exercise(
             number(_best_loss_scale, rel=1e-9),
-            "the factor (e.g. 2.0**8) with no inf whose small gradients keep the lowest median "
-            "relative error, for the default parameters",
+            "the factor with no inf and the lowest median error of the small gradients",
         ),
     }
 )
