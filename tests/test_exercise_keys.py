@@ -187,6 +187,27 @@ def test_04_2_is_two_to_the_significant_bits_plus_one():
     assert not exercises.check("04.2", (1025, 129))
 
 
+def test_04_3_is_the_factor_numpy_float16_finds_best():
+    """The same gradients (zoo model, notebook 04's 4 x 32 validation tokens) rounded through
+    numpy's float16 instead of torch's: the usable factor with the lowest median error."""
+    model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
+    text = loaders.load_corpus("validation")
+    ids = [t for s in tok(text[:40])["input_ids"] for t in [*s, tok.eos_token_id]][:128]
+    ids = torch.tensor(ids).view(4, 32)
+    model(input_ids=ids, labels=ids).loss.backward()
+    g = np.concatenate([p.grad.numpy().ravel() for p in model.parameters()]).astype(np.float64)
+    small = (np.abs(g) < 1e-4) & (g != 0)
+    errors = {}
+    for s in (1.0, 2.0**8, 2.0**16, 2.0**24):
+        with np.errstate(over="ignore"):
+            back = (g * s).astype(np.float16).astype(np.float64) / s
+        if np.isfinite(back).all():
+            errors[s] = np.median(np.abs(back[small] - g[small]) / np.abs(g[small]))
+    best = min(errors, key=errors.get)
+    assert 2.0**24 not in errors and len(errors) == 3  # the largest factor overflows
+    _right_and_wrong("04.3", best, *(s for s in (1.0, 2.0**8, 2.0**16, 2.0**24) if s != best))
+
+
 def test_05_1_is_the_largest_error_of_4_bit_absmax_by_hand():
     x = [1.2, -0.5, -4.3, 1.2, -3.1, 0.8, 2.4, 5.4]
     scale = 7 / max(abs(v) for v in x)  # 4 bits: integers -7..7

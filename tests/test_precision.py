@@ -96,3 +96,23 @@ def test_bad_input():
         formats.relative_spacing(0.0, "fp16")
     with pytest.raises(LabkitError):
         formats.decode(math.inf, "fp4_e2m1")
+
+
+def test_best_loss_scale_lifts_the_small_and_stops_before_overflow():
+    """1e-6 is subnormal in fp16 (a few bits) and normal at 2^8; a gradient of 1.0 overflows at
+    2^16 (65536 >= 65520 rounds to inf): 2^8 wins; without the large one, 2^16 and 2^8 tie
+    (a power of two leaves the mantissa alone) and the first listed wins."""
+    small = torch.linspace(1e-6, 3e-6, 101)
+    grads = torch.cat([small, torch.tensor([1.0])])
+    assert formats.best_loss_scale(grads) == 2.0**8
+    assert formats.best_loss_scale(grads, scales=(1.0, 2.0**8)) == 2.0**8
+    assert formats.best_loss_scale(grads * 1e-3, scales=(1.0, 2.0**8, 2.0**16)) == 2.0**16
+    assert formats.best_loss_scale(small, scales=(2.0**16, 2.0**8)) == 2.0**16
+    with pytest.raises(LabkitError, match="every factor"):
+        formats.best_loss_scale(grads, scales=(2.0**24,))
+    with pytest.raises(LabkitError, match="0 < \\|g\\| < 0.0001"):
+        formats.best_loss_scale(torch.ones(4))
+    with pytest.raises(LabkitError, match="float tensor"):
+        formats.best_loss_scale(torch.ones(4, dtype=torch.int64))
+    with pytest.raises(LabkitError, match="small"):
+        formats.best_loss_scale(grads, small=-1.0)

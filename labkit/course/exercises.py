@@ -231,6 +231,22 @@ def _bf16_error_of_tenth() -> float:
     return abs(formats.decode(0.1, "bf16").value - 0.1)
 
 
+def _best_loss_scale() -> float:
+    """04.3 for notebook 04's defaults: the zoo model's gradients on 4 x 32 validation tokens."""
+    import torch
+
+    from labkit.data import loaders
+    from labkit.models import zoo
+    from labkit.quant import formats
+    from labkit.training.lm_loss import pack
+
+    model = zoo.load_model("zoo-llama")
+    ids = pack(zoo.load_tokenizer("zoo-llama"), loaders.load_corpus("validation"), 32)[:4]
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return formats.best_loss_scale(grads)
+
+
 EXERCISES.update(
     {
         "04.1": Exercise(
@@ -243,6 +259,10 @@ EXERCISES.update(
                 == (_first_unrepresentable("fp16"), _first_unrepresentable("bf16"))
             ),
             "a pair (fp16, bf16); think of the number of significant bits of each format",
+        ),
+        "04.3": Exercise(
+            number(_best_loss_scale, rel=1e-9),
+            "the factor with no inf and the lowest median error of the small gradients",
         ),
     }
 )

@@ -272,7 +272,8 @@ def training_memory(config: Any, job: TrainingJob | None = None, /, **options: A
     output keeps (b·s·V, activation dtype) plus the fp32 loss gradient at the start of backward.
     ``details["regime"]`` names the regime in words (:attr:`TrainingJob.regime`).
     ``master_weights``: under mixed precision, the fp32 trainable weights (or fp32 adapters): the
-    master copy the optimizer updates, which ZeRO-1/2 shard with the optimizer state.
+    master copy the optimizer updates, which :func:`labkit.memory.sharding.sharded` shards with the
+    optimizer state from ZeRO-1 on (DeepSpeed's regime, where the optimizer owns that copy).
 
     The five formula families (:func:`is_formula_family`) take their activations from the
     derivation in :mod:`labkit.memory.activations`; any other causal LM transformers can build from

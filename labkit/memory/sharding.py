@@ -13,10 +13,13 @@ ZeRO-2 (P_os+g)       2·P + (2 + K)·P/N
 ZeRO-3 (P_os+g+p)     (2 + 2 + K)·P/N
 ====================  ===========================
 
-The fp32 master copy is part of the optimizer state, so ZeRO-1 already shards it. labkit's
-breakdown counts it with the weights (under PyTorch autocast the fp32 weights ARE the master copy;
-:attr:`labkit.memory.job.Breakdown.master_weights`), and :func:`sharded` shards it from stage 1 on;
-the 16-bit copies stay whole until stage 3. FSDP's full shard is ZeRO-3.
+The regime is DeepSpeed's: its bf16/fp16 optimizer owns the fp32 master copy of the weights, so
+ZeRO-1 already shards it. labkit's breakdown counts the master copy with the weights
+(:attr:`labkit.memory.job.Breakdown.master_weights`), and :func:`sharded` shards it from stage 1
+on; the 16-bit weights stay whole until stage 3. Under plain PyTorch autocast the fp32 weights
+are the module's own parameters, read by every forward, so stages 1 and 2 cannot shard them
+there: only m and v go at stage 1, and the figures of stages 1-2 are low by the master copy's
+``4·P·(1 - 1/N)``. FSDP's full shard is ZeRO-3 (it shards the fp32 parameters in both regimes).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def sharded(b: Breakdown, n_gpus: int, strategy: str = "ddp") -> Breakdown:
     """Per-GPU memory under data parallelism over ``n_gpus`` (see the module docstring).
 
     DDP replicates everything; ZeRO-1 shards the optimizer state, including the fp32 master
-    weights of mixed precision (``b.master_weights``); ZeRO-2 also the gradients; ZeRO-3 / FSDP
+    weights of mixed precision (``b.master_weights``, owned by the optimizer as in DeepSpeed; not
+    so under plain autocast, see the module docstring); ZeRO-2 also the gradients; ZeRO-3 / FSDP
     full shard also the remaining weights (plus one gathered block in flight, ignored here). The
     parts every rank keeps whole (``b.optimizer_unsharded``: AdamW's step counters) stay whole.
     Activations are per GPU (each GPU runs its own micro-batch) and never sharded.

@@ -336,3 +336,29 @@ def relative_spacing(x: torch.Tensor | float, fmt: str | FloatFormat) -> torch.T
     if (a == 0).any():
         raise LabkitError("relative spacing is undefined at 0; accepted: non-zero values")
     return spacing(a, fmt) / a
+
+
+def best_loss_scale(
+    grads: torch.Tensor,
+    scales: tuple[float, ...] = (1.0, 2.0**8, 2.0**16, 2.0**24),
+    small: float = 1e-4,
+) -> float:
+    """Of ``scales``, the loss-scaling factor that sends no gradient to ``inf`` in fp16 and gives
+    the small ones (``0 < |g| < small``) the lowest median relative error after the round trip
+    ``(g * scale).half() / scale``: too small a factor leaves them subnormal or zero, too large
+    overflows the largest (notebook 04, exercise 04.3)."""
+    if not isinstance(grads, torch.Tensor) or not grads.is_floating_point():
+        raise LabkitError(f"grads must be a float tensor, got {type(grads).__name__}")
+    g = grads.detach().flatten().double()
+    tiny = g[(g.abs() < number("small", small, above=0)) & (g != 0)]
+    if tiny.numel() == 0 or not torch.isfinite(g).all():
+        raise LabkitError(f"grads need finite values and some with 0 < |g| < {small:g}")
+    errors = {}
+    for s in scales:
+        back = (g * s).half().double() / s
+        if not torch.isinf(back).any():
+            tiny_back = (tiny * s).half().double() / s
+            errors[s] = ((tiny_back - tiny).abs() / tiny.abs()).median().item()
+    if not errors:
+        raise LabkitError(f"every factor of {scales} overflows fp16; accepted: smaller factors")
+    return min(errors, key=errors.get)
