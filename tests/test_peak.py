@@ -40,6 +40,17 @@ def config_of(name):
             vocab_size=257,
             intermediate_size=64,
         )
+    if name == "tiny-small-vocab":  # a tied Llama whose vocabulary is about its width
+        return AutoConfig.for_model(
+            "llama",
+            hidden_size=96,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=1,
+            vocab_size=100,
+            intermediate_size=128,
+            tie_word_embeddings=True,
+        )
     if name.startswith("tiny-") or name.startswith("zoo-"):
         return zoo.load_config(name)
     return tiny_config(name)
@@ -163,6 +174,9 @@ EXACT = [
     ("gpt_neox", 4, 5, {"precision": "bf16-mixed", "grad_accum": 2}),  # peak in forward 2
     ("tiny-mqa", 1, 24, {"attention": "eager"}),  # one KV head: repeat_kv is a view
     ("tiny-mqa", 2, 24, {"attention": "eager", "method": "lora"}),  # ... a copy again
+    # a vocabulary about the hidden size: the final norm's backward is the peak
+    ("tiny-small-vocab", 4, 40, {"optimizer": "sgd", "impl": "foreach"}),
+    ("tiny-small-vocab", 4, 40, {"precision": "bf16-mixed", "optimizer": "sgd"}),
     ("gemma2", 2, 40, {"attention": "eager", "checkpointing": True, "grad_accum": 2}),
 ]
 

@@ -29,14 +29,12 @@ from typing import Any
 from labkit import LabkitError
 from labkit.checks import choice
 from labkit.dtypes import DTYPE_BYTES
-from labkit.memory import estimator
+from labkit.memory import estimator, step_parts
 from labkit.models import architecture, targets
 
 #: Tokens per chunk of the chunked loss (:func:`labkit.memory.levers.chunked_loss`).
 CHUNK_TOKENS = 256
 LOSSES = ("standard", "chunked")
-#: The final RMSNorm's backward holds this many fp32 b·s·h temporaries at its widest.
-NORM_TEMPS = 5
 #: The options the levers add to :func:`labkit.memory.peak.training_peak`, with their defaults.
 DEFAULTS = {
     "loss": "standard",
@@ -155,8 +153,9 @@ def _chunked(p: Any, x: dict[str, Any]) -> Any:
         cache=0,
         cache_extra=0,
         hidden=0 if x["head_frozen"] else p.hidden,
-        norm_temp=NORM_TEMPS * T * x["hidden"] * 4,
+        norm_temp=step_parts.NORM_TEMPS * T * x["hidden"] * 4,
         norm_out=T * x["hidden"] * act_b,
+        norm_after_head=False,
     )
 
 

@@ -392,13 +392,14 @@ def _norm_moment(
     later: bool,
     tag: str,
 ) -> list[Moment]:
-    """The final norm's backward (its fp32 temporaries), a moment of its own only where no loss
-    spike hides it: with the chunked loss (:mod:`labkit.memory.lever_peak`)."""
+    """The final norm's backward (its fp32 temporaries): the Llama family's, the peak where the
+    loss spike is small (a small vocabulary, or the chunked loss of
+    :mod:`labkit.memory.lever_peak`)."""
     if not p.norm_temp:
         return []
     alive = p.at(
         **{**base, "gradients": base["gradients"] if later else p.g_head},
-        weight_copies=copies,
+        weight_copies=p.copies_block - p.head_copy if p.norm_after_head else copies,
         saved_activations=after_loss - p.norm_out,
         temporaries=p.norm_temp + held,
     )

@@ -66,6 +66,8 @@ class Parts:
     top_checkpointed: bool = True  # the top block is checkpointed (every n-th layer)
     norm_temp: int = 0  # the final norm's backward, when no loss spike hides it (chunked loss)
     norm_out: int = 0  # the final norm's output, freed before its backward (chunked loss)
+    norm_after_head: bool = False  # the head's backward (and its 16-bit weight copy) came first
+    head_copy: int = 0  # autocast's copy of the head (freed by its backward; none checkpointed)
 
     def at(self, **alive: int) -> dict[str, int]:
         return {k: alive.get(k, 0) for k in CATEGORIES}
@@ -356,7 +358,28 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
             _param_order(s, trainable), job["optimizer"], job["impl"], grad_b
         ),
         grad_b=grad_b,
+        **_final_norm(s, T * h, items, new_emb if full and tied else 0),
+        head_copy=2 * vocab * h if copies and not job["checkpointing"] and full else 0,
     )
+
+
+#: The final RMSNorm's backward holds this many fp32 b·s·h temporaries at its widest.
+NORM_TEMPS = 5
+
+
+def _final_norm(s: Any, th: int, items: dict[str, int], tied_head: int) -> dict[str, int]:
+    """The Llama family's final RMSNorm backward as a moment of its own: its fp32 temporaries
+    (and a tied head's gradient, still a temporary), with what the head and the norm saved
+    freed but the norm's fp32 input (its ``pow`` backward, the last, still needs it). The peak when the vocabulary is small beside the hidden size (no loss spike hides
+    it); the chunked loss (:mod:`labkit.memory.lever_peak`) sets its own."""
+    if not isinstance(s, architecture.Shape) or s.family != "llama":
+        return {}
+    head_saved = sum(v for k, v in items.items() if k.startswith("final_norm"))
+    return {
+        "norm_temp": NORM_TEMPS * th * 4 + tied_head,
+        "norm_out": head_saved - th * 4,
+        "norm_after_head": True,
+    }
 
 
 def _backward_copies(
