@@ -84,7 +84,7 @@ LORA = dict(peft_seeds.GRID["12"])["lora"]
 def _peft_record(with_full=True):
     runs = [
         {"group": "12", "method": "lora", "args": LORA, "seed": s, "correct": correct,
-         "final_loss": 0.1 * (s + 1), "val_loss": 1.0, "steps": 44}
+         "final_loss": 0.1 * (s + 1), "val_loss": 1.0 + s, "steps": 44}
         for s, correct in enumerate([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
     ]  # fmt: skip
     if with_full:
@@ -101,6 +101,7 @@ def test_peft_scores_summary_and_tables():
     lora_row, full_row = peft_seeds.summary(rec, "12")
     assert (lora_row["min"], lora_row["max"], lora_row["mean"]) == (0.25, 0.75, 0.5)
     assert lora_row["final_loss"] == pytest.approx(0.2) and full_row["em"] == [1.0, 1.0, 1.0]
+    assert lora_row["val_losses"] == [1.0, 2.0, 3.0] and lora_row["val_loss"] == 2.0  # by seed
     assert "lora" in peft_seeds.format_summary([lora_row])
 
 

@@ -331,12 +331,19 @@ def _zoo_hidden() -> int:
 
 
 def _lr_matching_random_step(lr: float = 0.3) -> float:
-    """The learning rate whose first Adam step (~lr per coordinate) moves text-initialised rows
-    (RMS = zoo-llama's token embeddings') by the fraction ``lr`` moves N(0, 1) rows (RMS 1)."""
+    """The learning rate whose first Adam step (~lr per coordinate) moves notebook 08's
+    text-initialised rows (zoo-llama's embeddings of the init text's tokens, ``<s>`` included,
+    repeated or cut to the virtual tokens as peft does) by the fraction ``lr`` moves N(0, 1)
+    rows (RMS 1)."""
     from labkit.models import zoo
+    from labkit.tuners import peft_methods
 
+    defaults = peft_methods.DEFAULTS["prompt-text"]
+    n = defaults["num_virtual_tokens"]
+    ids = zoo.load_tokenizer("zoo-llama")(defaults["init_text"])["input_ids"]
+    ids = (ids * n)[:n]
     weight = zoo.load_model("zoo-llama").get_input_embeddings().weight.detach()
-    return lr * weight.pow(2).mean().sqrt().item()
+    return lr * weight[ids].pow(2).mean().sqrt().item()
 
 
 EXERCISES.update(
@@ -348,8 +355,9 @@ EXERCISES.update(
         "08.2": Exercise(
             number(_lr_matching_random_step, rel=0.05),
             "Adam's first update is about lr on every coordinate, so the relative step is "
-            "lr / RMS of the rows; random rows have RMS 1, text rows the embedding matrix's RMS "
-            "(square, mean, square root)",
+            "lr / RMS of the rows; random rows have RMS 1, the text rows the RMS of the init "
+            "text's own token embeddings, emb[ids] (square, mean, square root), not the whole "
+            "matrix's",
         ),
     }
 )

@@ -33,8 +33,9 @@ PEFT_DOCS_PROMPT = {"num_train_epochs": 18, "learning_rate": 3e-2, "lr_scheduler
 
 #: Per notebook: the (method, training arguments[, attach options]) it compares, three seeds
 #: each, from the course defaults (``peft_methods.TRAIN_ARGS``). Prompt tuning: text init at the
-#: default learning rate (0.3) and at 0.03 and 0.01 (0.01 moves the rows by about the same
-#: fraction of their scale as 0.3 moves random N(0,1) rows), random init at the default, the peft
+#: default learning rate (0.3) and at 0.03 and 0.01 (the two bracket the rate that moves the
+#: text rows by the fraction of their RMS that 0.3 moves random N(0,1) rows: notebook 08,
+#: section 3, computes it from the rows), random init at the default, the peft
 #: docs' recipe, and the text init rescaled to the random rows' RMS (``init_rms=1``) at 0.3: the
 #: same relative step as random, only the direction differs. P-tuning: both encoders at the MLP's
 #: 15 epochs, each at its own learning rate (the LSTM's default is 20 epochs: see "defaults").
@@ -214,8 +215,9 @@ def base_score(record: dict, limit: int | None = None) -> float:
 
 def summary(record: dict, group: str, limit: int | None = None) -> list[dict]:
     """One row per configuration of ``group`` (a notebook, or "defaults"): method (``name`` adds
-    its attach options), lr, schedule, epochs, steps, EM per seed, mean, min, max, and the mean
-    final training / validation loss."""
+    its attach options), lr, schedule, epochs, steps, EM per seed, mean, min, max, the mean
+    final training / validation loss, and the validation loss per seed (``val_losses``: what
+    still separates two configurations whose exact match is at the ceiling)."""
     if group not in GRID:
         raise unknown("group", group, GRID)
     rows = []
@@ -239,6 +241,7 @@ def summary(record: dict, group: str, limit: int | None = None) -> list[dict]:
                 "max": em.max,
                 "final_loss": losses[0],
                 "val_loss": losses[1],
+                "val_losses": [r["val_loss"] for r in runs],
             }
         )
     return rows

@@ -300,7 +300,9 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     Prompts of equal token length are generated together as one batch, so no padding is ever
     needed: the answers are the same as one prompt at a time, only faster. Prompt-learning
     methods generate with ``use_cache=False`` (:func:`labkit.tuners.generation.greedy_answers`
-    says why).
+    says why). That is faithful for prompt tuning and P-tuning, not for prefix tuning with peft
+    0.21 + transformers 5: score a prefix-tuned model with
+    :func:`labkit.tuners.peft_methods.greedy_answers` (notebook 10).
     """
     prompts = checks.strings("prompts", prompts)
     max_new_tokens = checks.positive("max_new_tokens", max_new_tokens)
@@ -335,7 +337,8 @@ def evaluate_chat(
     model, tokenizer, split: str = "test", target: str = "response", limit: int | None = None
 ) -> dict:
     """Held-out exact match on a chat split (its first ``limit`` rows when given), with the
-    predictions (for side-by-side tables)."""
+    predictions (for side-by-side tables). Decodes with :func:`generate_answers`, so it
+    under-reports a prefix-tuned model (see there)."""
     if limit is not None:  # [:-1] would silently drop the last row, [:0] evaluate nothing
         limit = checks.positive("limit (rows to evaluate, or None for all)", limit)
     checks.choice("target", target, ("response", "short"))
