@@ -82,6 +82,23 @@ def test_merge_round_trip_on_zoo_llama(tmp_path):
     assert check.hand_vs_peft <= 1e-6
 
 
+@pytest.mark.parametrize(
+    ("options", "formula"),
+    [
+        ({}, "W + (alpha/r)·B·A"),
+        ({"use_rslora": True}, "W + (alpha/√r)·B·A"),
+        ({"use_dora": True}, "m·(W+ΔW)/‖W+ΔW‖, ΔW = (alpha/r)·B·A"),
+    ],
+)
+def test_merge_summary_names_the_formula_it_checked(options, formula):
+    """A DoRA or rsLoRA merge is not labelled with plain LoRA's W + (alpha/r)·B·A."""
+    model = lora("tiny-llama", r=2, lora_alpha=4, target_modules=["q_proj"], **options)
+    layer = next(iter(adapters.lora_layers(model).values()))
+    assert adapters.hand_formula(layer) == formula
+    check, _ = adapters.check_merge_round_trip(model)
+    assert check.formula == formula and f"peft merge vs {formula} by hand" in check.summary()
+
+
 def test_a_no_op_adapter_fails_the_round_trip():
     """The check can fail: a fresh adapter (B = 0) does not change the logits."""
     model = get_peft_model(zoo.load_model("tiny-llama"), LoraConfig(r=2, target_modules=["q_proj"]))

@@ -8,7 +8,7 @@ saved and reloaded as a plain ``transformers`` model must give the same logits a
 - :func:`logits`, :func:`max_logit_diff`, :func:`logits_close`: compare models on fixed inputs;
 - :func:`adapter_size_on_disk`, :func:`weights_size_on_disk`: what an adapter costs to ship;
 - :func:`lora_layers`, :func:`no_lora_layers_left`, :func:`lora_scaling`, :func:`lora_delta`,
-  :func:`merged_weight_by_hand`: the merge math ``W + (alpha/r)·B·A`` (rsLoRA: ``alpha/√r``;
+  :func:`merged_weight_by_hand`, :func:`hand_formula`: the merge math ``W + (alpha/r)·B·A`` (rsLoRA: ``alpha/√r``;
   DoRA: rescaled by magnitude / column norm) recomputed by hand, for ``nn.Linear``, GPT-2's
   ``Conv1D`` (``fan_in_fan_out``) and embeddings;
 - :func:`check_merge_round_trip`, :func:`check_adapter_round_trip`: the whole round trip;
@@ -214,6 +214,16 @@ def merged_weight_by_hand(layer, adapter: str = "default") -> torch.Tensor:
     return merged
 
 
+def hand_formula(layer, adapter: str = "default") -> str:
+    """The formula :func:`merged_weight_by_hand` applies to ``layer``'s ``adapter``, as text:
+    ``W + (alpha/r)·B·A`` (rsLoRA: ``alpha/√r``), DoRA's ``m·(W + ΔW)/‖W + ΔW‖`` around it."""
+    _check_adapter(layer, adapter)
+    scale = "alpha/√r" if layer.use_rslora.get(adapter, False) else "alpha/r"
+    if adapter in getattr(layer, "lora_magnitude_vector", {}):
+        return f"m·(W+ΔW)/‖W+ΔW‖, ΔW = ({scale})·B·A"
+    return f"W + ({scale})·B·A"
+
+
 def hand_merge_max_diff(peft_model, adapter: str | None = None) -> float:
     """Largest gap between peft's merged weights and :func:`merged_weight_by_hand`, all layers.
 
@@ -264,6 +274,8 @@ class MergeCheck:
     unloaded_vs_base: float
     reloaded_vs_unloaded: float
     notes: list[str] = field(default_factory=list)
+    #: what the hand merge computed (:func:`hand_formula`), for the summary's label
+    formula: str = "W + (alpha/r)·B·A"
 
     def failures(self) -> list[str]:
         """One line per check that did not hold (empty when all hold)."""
@@ -307,13 +319,14 @@ class MergeCheck:
             ("merge_adapter vs unmerged", self.merged_vs_unmerged),
             ("unmerge_adapter vs unmerged", self.unmerged_again_vs_unmerged),
             ("weights after unmerge vs before", self.weights_restored),
-            ("peft merge vs W + (alpha/r)·B·A by hand", self.hand_vs_peft),
+            (f"peft merge vs {self.formula} by hand", self.hand_vs_peft),
             ("merge_and_unload vs unmerged", self.unloaded_vs_unmerged),
             ("merged vs base (must be > atol)", self.unloaded_vs_base),
             ("saved+reloaded merged vs merged", self.reloaded_vs_unloaded),
         ]
-        lines = [f"{name:<42} {value:.2e}" for name, value in rows]
-        lines.append(f"{'no adapter layers left after unload':<42} {self.no_lora_left}")
+        width = max(42, *(len(name) for name, _ in rows))
+        lines = [f"{name:<{width}} {value:.2e}" for name, value in rows]
+        lines.append(f"{'no adapter layers left after unload':<{width}} {self.no_lora_left}")
         lines.append(f"atol {self.atol:g}: {'all checks hold' if self.ok else 'SOME CHECKS FAIL'}")
         return "\n".join(lines + self.notes)
 
@@ -359,8 +372,11 @@ def check_merge_round_trip(
     restored = max(float((before[n] - after[n]).abs().max()) for n in before)
     active = peft_model.active_adapters
     notes = []
+    formula = "W + (alpha/r)·B·A"
     if len(active) == 1:
         hand = hand_merge_max_diff(peft_model, active[0])
+        holder = next(m for m in lora_layers(peft_model).values() if active[0] in m.r)
+        formula = hand_formula(holder, active[0])
     else:  # pragma: no cover - several active adapters: the hand formula is per adapter
         hand, notes = 0.0, [f"hand check skipped: {len(active)} active adapters"]
     unloaded = peft_model.merge_and_unload()
@@ -389,6 +405,7 @@ def check_merge_round_trip(
         unloaded_vs_base=max_logit_diff(after_unload, base),
         reloaded_vs_unloaded=max_logit_diff(reloaded_logits, after_unload),
         notes=notes,
+        formula=formula,
     )
     return check, unloaded
 
