@@ -1,9 +1,6 @@
-"""Self-checking exercises: ``check("05.1", answer)`` says right or wrong, with a hint.
-
-The learner computes an answer in an exercise cell and calls :func:`check`; it never prints the
-expected value or the solution (those stay in the notebook's collapsed solution). Each notebook
-registers its exercises in its own block below, keyed ``"NN.T"`` (notebook, tier 1-3).
-"""
+"""Self-checking exercises: ``check("05.1", answer)`` says right or wrong, with a hint, and never
+prints the expected value (the solution stays in the notebook). Each notebook registers its
+exercises in its own block below, keyed ``"NN.T"`` (notebook, tier 1-3)."""
 
 from __future__ import annotations
 
@@ -25,11 +22,8 @@ class Exercise:
 
 
 def number(expected: float | Callable[[], float], rel: float = 1e-3, abs_: float = 0.0):
-    """Accept a real number within ``rel`` (relative) or ``abs_`` of ``expected``.
-
-    ``expected`` may be a zero-argument callable, evaluated only when the learner checks (so
-    importing this module stays cheap and the value is computed, not written down).
-    """
+    """Accept a real number within ``rel`` (relative) or ``abs_`` of ``expected``: a number or a
+    zero-argument callable, evaluated only when the learner checks (computed, not written down)."""
 
     def accept(answer: Any) -> bool:
         want = expected() if callable(expected) else expected
@@ -331,10 +325,9 @@ def _zoo_hidden() -> int:
 
 
 def _lr_matching_random_step(lr: float = 0.3) -> float:
-    """The learning rate whose first Adam step (~lr per coordinate) moves notebook 08's
-    text-initialised rows (zoo-llama's embeddings of the init text's tokens, ``<s>`` included,
-    repeated or cut to the virtual tokens as peft does) by the fraction ``lr`` moves N(0, 1)
-    rows (RMS 1)."""
+    """The learning rate whose first Adam step (~lr per coordinate) moves notebook 08's text rows
+    (zoo-llama's embeddings of the init text's tokens, ``<s>`` included, repeated or cut to the
+    virtual tokens as peft does) by the fraction ``lr`` moves N(0, 1) rows (RMS 1)."""
     from labkit.models import zoo
     from labkit.tuners import peft_methods
 

@@ -153,15 +153,7 @@ def job_activation_bytes(config: Any, job: TrainingJob) -> Activations:
     keeps adapters in fp32 under a 16-bit base) and its rank-r output; attention's q, k, v,
     output and logsumexp (SDPA) or what each eager matmul/softmax needs (on CPU, SDPA with
     dropout runs the math kernel: fp32 copies and the s² terms); dropout masks where a gradient
-    flows; the loss as in full fine-tuning. Per family:
-
-    - Llama, Mistral, Qwen2: the RMSNorms' fp32 input and rsqrt, RoPE's tables, the MLP's gate,
-      up and silu(gate) as far as their gradients flow;
-    - GPT-2, BLOOM: the LayerNorms' input, mean and rstd; the MLP activation's saved tensors
-      (gelu_new: four b·s·i, BLOOM's GeLU: its input); q, k, v split from one fused projection,
-      whose whole buffer a saved view keeps alive, and without checkpointing the KV cache's copies
-      of k and v (transformers keeps the cache on in training); GPT-2's eager causal mask is a
-      checkpointed block's input. BLOOM has eager attention only.
+    flows; the loss as in full fine-tuning. What each family keeps besides: docs/formulas.md §4.
 
     With checkpointing, the layer inputs are kept, and transformers makes the embeddings' output
     require grad (``enable_input_require_grads``), so the block recomputed during backward is a
@@ -236,12 +228,10 @@ def _full_attention(st: _Step) -> dict[str, int]:
 
 
 def _eager_kv(st: _Step, qb: int) -> int:
-    """The k (or v) eager attention keeps: repeated to every query head (``repeat_kv`` copies
-    it), except with one KV head and one sequence, where the repeat is a stride-0 view of k
-    itself that the batched matmul folds to (a, s, d) without a copy."""
-    s = st.s
-    heads = 1 if s.kv_heads == 1 and st.b == 1 and not st.math_path else s.heads
-    return st.tokens * heads * s.head_dim * qb
+    """The k (or v) eager attention keeps: ``repeat_kv``'s copy for every query head, but with one
+    KV head and one sequence a stride-0 view the batched matmul folds without a copy."""
+    view = st.s.kv_heads == 1 and st.b == 1 and not st.math_path
+    return st.tokens * (1 if view else st.s.heads) * st.s.head_dim * qb
 
 
 def _full_block(st: _Step, mlp_tensors: int) -> dict[str, int]:
