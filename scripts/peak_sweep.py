@@ -1,0 +1,148 @@
+"""Held-out check of the predicted peak: random small configurations, traced against predicted.
+
+Each row is one configuration drawn at random (seeded): a family (the five formula families and
+seven the dry run serves), its sizes (hidden 32-96, 1-8 layers, 1-4 heads, one or more KV heads,
+vocabulary 100-512, tied or not), a shape (batch 1-4, sequence 5-64) and a job (fp32, pure bf16 or
+bf16 autocast with an fp32 or bf16 LoRA base; full or LoRA with or without dropout; AdamW
+single-tensor or foreach, SGD, Adafactor; checkpointing; gradient accumulation; eager or SDPA).
+The model is built and trained for two real steps on CPU under the live-tensor trace
+(:func:`labkit.memory.trace.trace_training`) with the same builders the tests use
+(``tests/test_peak.py``), and the trace's peak is compared with
+:func:`labkit.memory.peak.training_peak`. A row reads ``OK`` (same bytes and phase), ``NEAR``
+(within 1%) or ``OFF`` (more than 1%), with the gap in bytes and percent.
+
+    LABKIT_THREADS=1 python scripts/peak_sweep.py --seed 7 --n 100
+    LABKIT_THREADS=1 python scripts/peak_sweep.py --seed 7 --n 100 --only 12,40   # those rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import torch  # noqa: E402
+from test_peak import build, optimizer  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+from labkit.memory import peak, trace  # noqa: E402
+
+FORMULA = ("llama", "mistral", "qwen2", "gpt2", "bloom")
+DRY_RUN = ("qwen3", "gemma2", "gpt_neox", "phi3", "stablelm", "granite", "gemma")
+TARGETS = {"gpt_neox": "query_key_value", "phi3": "qkv_proj"}
+
+
+def config(rng: random.Random, family: str) -> Any:
+    """A small random config of ``family``."""
+    h, heads = rng.choice([32, 48, 64, 96]), rng.choice([2, 4])
+    layers, vocab = rng.choice([1, 2, 3, 5, 8]), rng.choice([100, 257, 512])
+    if family == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2", n_embd=h, n_head=heads, n_layer=layers, vocab_size=vocab, n_positions=256
+        )
+    if family == "bloom":
+        return AutoConfig.for_model(
+            "bloom", hidden_size=h, n_head=heads, n_layer=layers, vocab_size=vocab
+        )
+    kw: dict[str, Any] = {
+        "hidden_size": h,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "vocab_size": vocab,
+        "intermediate_size": rng.choice([64, 128, 192]),
+        "max_position_embeddings": 256,
+    }
+    if family != "gpt_neox":
+        kw["num_key_value_heads"] = rng.choice([1, 2])
+    if family == "phi3":
+        kw["pad_token_id"] = 0
+    if family in {"qwen3", "gemma2", "gemma"}:
+        kw["head_dim"] = h // heads
+    if family in {"llama", "qwen2"}:
+        kw["tie_word_embeddings"] = rng.random() < 0.3
+    return AutoConfig.for_model(family, **kw)
+
+
+def draw(rng: random.Random) -> tuple[str, Any, int, int, str | None, dict[str, Any]]:
+    """One random configuration: family, config, batch, sequence, optimizer impl, job."""
+    family = rng.choice(FORMULA + DRY_RUN)
+    c = config(rng, family)
+    b, s = rng.choice([1, 2, 3, 4]), rng.choice([5, 8, 17, 40, 64])
+    job: dict[str, Any] = {
+        "precision": rng.choice(["fp32", "fp32", "bf16-mixed", "bf16"]),
+        "method": rng.choice(["full", "lora"]),
+        "optimizer": rng.choice(["adamw", "adamw", "sgd", "adafactor"]),
+        "checkpointing": rng.random() < 0.4,
+    }
+    impl = rng.choice(["single", "foreach"]) if job["optimizer"] in {"adamw", "sgd"} else None
+    job["attention"] = "eager" if family in {"gemma2", "bloom"} else rng.choice(["sdpa", "eager"])
+    if family not in FORMULA:
+        job["lora_targets"] = TARGETS.get(family, "q_proj,v_proj")
+    if job["method"] == "lora" and job["precision"] == "bf16-mixed":
+        job["base_dtype"] = rng.choice(["fp32", "bf16"])
+    if job["method"] == "lora" and rng.random() < 0.3:
+        job["lora_dropout"] = 0.1
+    if rng.random() < 0.2:
+        job["grad_accum"] = 2
+    return family, c, b, s, impl, job
+
+
+def compare(c: Any, b: int, s: int, impl: str | None, job: dict[str, Any]) -> tuple[Any, Any]:
+    """(the traced step with the larger peak of two, the prediction) for one configuration."""
+    model = build(c, job)
+    opt = optimizer(model, job["optimizer"], impl)
+    gen = torch.Generator().manual_seed(1)
+    ids = [
+        torch.randint(3, c.vocab_size, (b, s), generator=gen)
+        for _ in range(job.get("grad_accum", 1))
+    ]
+    autocast = torch.bfloat16 if job["precision"] == "bf16-mixed" else None
+    steps = trace.trace_training(model, opt, ids, steps=2, autocast_dtype=autocast)
+    options = {k: v for k, v in job.items() if k != "lora_dropout"}
+    predicted = peak.training_peak(
+        c,
+        batch=b,
+        seq=s,
+        device="cpu",
+        lora_r=4,
+        impl=impl,
+        lora_dropout=job.get("lora_dropout", 0.0),
+        **options,
+    )
+    return max(steps, key=lambda t: t.peak), predicted
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=50, help="configurations to draw")
+    p.add_argument("--only", help="comma-separated row numbers to run (all are drawn)")
+    args = p.parse_args(argv)
+    only = {int(x) for x in args.only.split(",")} if args.only else None
+    rng = random.Random(args.seed)
+    counts = {"OK": 0, "NEAR": 0, "OFF": 0}
+    for i in range(args.n):
+        family, c, b, s, impl, job = draw(rng)
+        if only is not None and i not in only:
+            continue
+        top, pred = compare(c, b, s, impl, job)
+        gap = pred.peak - top.peak
+        same = gap == 0 and pred.phase == top.peak_phase
+        row = "OK" if same else "NEAR" if abs(gap) <= 0.01 * top.peak else "OFF"
+        counts[row] += 1
+        size = f"L{c.num_hidden_layers} h{c.hidden_size} V{c.vocab_size}"
+        print(
+            f"{row:4} #{i:<3} {gap:+9d} B {gap / top.peak:+.3%} {pred.phase}/{top.peak_phase} | "
+            f"{family} {size} b{b} s{s} {impl} {job}",
+            flush=True,
+        )
+    print(" ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
