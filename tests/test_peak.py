@@ -174,6 +174,9 @@ EXACT = [
     ("gpt_neox", 4, 5, {"precision": "bf16-mixed", "grad_accum": 2}),  # peak in forward 2
     ("tiny-mqa", 1, 24, {"attention": "eager"}),  # one KV head: repeat_kv is a view
     ("tiny-mqa", 2, 24, {"attention": "eager", "method": "lora"}),  # ... a copy again
+    # a long sequence: the softmax's backward (b·a·s² temporaries) is the peak, traced
+    ("tiny-llama", 1, 256, {"attention": "eager", "precision": "bf16", "checkpointing": True}),
+    ("tiny-gpt2", 1, 256, {"precision": "bf16", "checkpointing": True}),  # SDPA's math kernel
     # a vocabulary about the hidden size: the final norm's backward is the peak
     ("tiny-small-vocab", 4, 40, {"optimizer": "sgd", "impl": "foreach"}),
     ("tiny-small-vocab", 4, 40, {"precision": "bf16-mixed", "optimizer": "sgd"}),

@@ -110,13 +110,17 @@ def _check(optimizer: str, impl: str | None, device: str, lora_dropout: float, m
 
 def derived(config: Any, job: dict[str, Any]) -> bool:
     """Whether the peak of ``job`` comes from the derivation (else from a dry run): the five
-    formula families in the regimes :mod:`labkit.memory.activations` derives exactly. Not
-    derived: GPT-2 and BLOOM under autocast (their activations are the pure 16-bit
-    derivation's), LoRA on an fp32 base under autocast (which frozen weights' 16-bit copies a
-    matmul keeps), frozen layers (which blocks keep their inputs), a LoRA dropout on an
-    adapter that reads the attention's output (``o_proj``: what its dropout keeps in the first
-    block is not derived). QLoRA stays derived: its NF4 base cannot be faked; so does a bare
-    :class:`~labkit.models.architecture.Shape` (no config to build a model from)."""
+    formula families in the regimes :mod:`labkit.memory.activations` derives exactly and whose
+    widest backward moment is the loss, the head or a block's MLP. Not derived: attention whose
+    softmax backward holds b·a·s² temporaries (eager in the Llama family and BLOOM, SDPA's math
+    kernel on CPU with attention dropout: at long sequences its moment is the peak), GPT-2 and
+    BLOOM under autocast (their activations are the pure 16-bit derivation's), LoRA on an fp32
+    base under autocast (which frozen weights' 16-bit copies a matmul keeps), frozen layers
+    (which blocks keep their inputs), a LoRA dropout on an adapter that reads the attention's
+    output (``o_proj``: what its dropout keeps in the first block is not derived). QLoRA with
+    SDPA stays derived (its NF4 base cannot be faked: the dry run stands its compute dtype in);
+    so does a bare :class:`~labkit.models.architecture.Shape` (no config to build a model
+    from)."""
     if isinstance(config, architecture.Shape):  # no config to build a fake model from
         return True
     if not estimator.is_formula_family(config):
@@ -126,7 +130,15 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
         for m in targets.lora_modules(config, job["lora_targets"])
     ):
         return False
-    family = architecture.shape_of(config).family
+    shape = architecture.shape_of(config)
+    family = shape.family
+    # the softmax's backward (b·a·s² temporaries) is traced, not derived: eager attention
+    # (GPT-2's 16-bit softmax aside) and SDPA's math kernel (CPU, attention dropout)
+    if job["attention"] == "eager" and family in {"llama", "bloom"}:
+        return False
+    math_kernel = job["device"] == "cpu" and job["dropout"] and shape.attn_dropout > 0
+    if job["attention"] == "sdpa" and math_kernel:
+        return False
     mixed = job["precision"].endswith("-mixed")
     if job["method"] == "frozen":
         return False
