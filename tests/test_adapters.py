@@ -361,3 +361,15 @@ def test_generate_mixed_matches_one_adapter_at_a_time():
     with model.disable_adapter():
         alone_base = finetune.generate_answers(model, tok, prompts[1:], max_new_tokens=6)
     assert mixed == alone_b + alone_base
+
+
+def test_generate_mixed_uses_the_same_token_budget_as_generate_answers():
+    """A mixed batch's row is compared with the adapter's answer alone: same max_new_tokens."""
+    import inspect
+
+    from labkit.training import finetune
+
+    def default(fn):
+        return inspect.signature(fn).parameters["max_new_tokens"].default
+
+    assert default(adapters.generate_mixed) == default(finetune.generate_answers)

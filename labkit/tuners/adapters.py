@@ -500,9 +500,13 @@ def generate_mixed(
     tokenizer,
     prompts: list[str],
     adapter_names: Sequence[str],
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 14,
 ) -> list[str]:
-    """Greedy answers for a left-padded batch whose rows use different adapters, cut at newline."""
+    """Greedy answers for a left-padded batch whose rows use different adapters, cut at newline.
+
+    ``max_new_tokens`` defaults to 14, as in ``finetune.generate_answers``, so that a row's answer
+    can be compared with the same adapter's answer generated alone.
+    """
     if len(prompts) != len(adapter_names):
         raise LabkitError(f"need one adapter per prompt: {len(prompts)} vs {len(adapter_names)}")
     with padding_side(tokenizer, "left"):
