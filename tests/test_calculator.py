@@ -36,8 +36,12 @@ def test_calculate_bad_input_is_one_line(kwargs):
 
 
 def test_figure_names_the_verdict():
-    fig = calculator.figure(model="gpt2", method="full", seq=1024, gpu_gib=1)
-    assert "does not fit on 1 x 1 GiB" in fig.axes[0].get_title()
+    fig = calculator.figure(
+        model="gpt2", method="full", batch=2, seq=1024, checkpointing=False, gpu_gib=1
+    )
+    title = fig.axes[0].get_title()
+    assert "does not fit on 1 x 1 GiB" in title
+    assert "full" in title and "batch 2 x 1024, no checkpointing" in title  # the job it drew
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -188,3 +188,15 @@ def test_lever_runs_checkpointing_is_the_same_step_and_bad_input_is_one_line():
         lever_runs.seconds_per_step(("baseline",), rounds=0)
     with pytest.raises(LabkitError, match="step_difference"):
         lever_runs.gradient_difference("optimizer_in_backward")
+
+
+def test_lever_runs_galore_uses_its_named_rank_and_seeds_share_the_weights():
+    pytest.importorskip("galore_torch")
+    from labkit.memory import lever_runs
+
+    _, opt, _ = lever_runs.build("galore")
+    ranks = {g["rank"] for g in opt.param_groups if "rank" in g}
+    assert ranks == {lever_runs.GALORE_RANK}  # the rank notebook 18 prints for the traced run
+    a, _, _ = lever_runs.build("baseline", seed=0)
+    b, _, _ = lever_runs.build("baseline", seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))

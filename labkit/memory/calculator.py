@@ -199,11 +199,14 @@ def figure(**settings: Any):
             bbox={"fc": "white", "ec": "none", "alpha": 0.85},
         )
         left = max(left, x)
+    shape = f"batch {args['batch']} x {args['seq']}"
+    if args["method"] != "inference":  # checkpointing is a training setting
+        shape += ", checkpointing" if args["checkpointing"] else ", no checkpointing"
     ax.set(
         yticks=[],
         xlabel="GiB per GPU",
         xlim=(0, max(left, args["gpu_gib"]) * 1.15),
-        title=f"{args['model']}, {b.details.get('regime', '')}\n{verdict}",
+        title=f"{args['model']}, {args['method']}, {b.details.get('regime', '')}\n{shape}: {verdict}",
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.42))

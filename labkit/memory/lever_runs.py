@@ -36,6 +36,8 @@ RUNS = (
 #: Levers whose step is the baseline's (within float rounding); the others change the training.
 EXACT = ("chunked_loss", "checkpointing", "checkpoint_every_2", "optimizer_in_backward")
 LR = 1e-3
+#: GaLore's projection rank on the course model (its matrices are small; 8B plans use 128).
+GALORE_RANK = 4
 
 
 def _optimizer(name: str, model: torch.nn.Module) -> Any:
@@ -51,7 +53,7 @@ def _optimizer(name: str, model: torch.nn.Module) -> Any:
 
         return Adafactor(params, lr=LR, relative_step=False, scale_parameter=False)
     if name == "galore":
-        return levers.galore_optimizer(model, rank=4, lr=LR)
+        return levers.galore_optimizer(model, rank=GALORE_RANK, lr=LR)
     if name == "pure_bf16":
         return levers.StochasticAdamW(params, lr=LR)
     return torch.optim.AdamW(params, lr=LR, foreach=False)
@@ -115,8 +117,9 @@ def seconds_per_step(
 
 
 def losses(name: str, *, seed: int = 0, steps: int = 10, batch: int = 2, seq: int = 64) -> list:
-    """The loss at each of ``steps`` training steps on one fixed batch (seed: the weights' init
-    order and the optimizer's randomness; the batch is the same for every seed)."""
+    """The loss at each of ``steps`` training steps on one fixed batch (seed: the batch, drawn
+    with generator seed ``100 + seed``, and torch's seed for the optimizer's randomness; the
+    weights load the same for every seed, so two levers on one seed see the same batch)."""
     model, opt, loss_fn = build(name, seed)
     x = ids(batch, seq, seed=100 + seed)
     return [_step(model, opt, loss_fn, x) for _ in range(steps)]
