@@ -58,6 +58,18 @@ def test_forgetting_record_is_current_and_matches_notebook_16():
     assert exercises.check("16.1", share)
     for wrong in (1 - share, (seed0[1] - seed0[0]) / (seed0[2] - seed0[0]), mean[1] / mean[2]):
         assert not exercises.check("16.1", wrong), wrong
+    # 16.3 by hand: of the runs with chat exact match >= 0.9 on every seed, least mean corpus loss
+    runs = {r["run"] for r in record["runs"]}
+    kept = [n for n in runs if min(r["chat_em"] for r in record["runs"] if r["run"] == n) >= 0.9]
+    last = {
+        n: sum(r["history"][-1]["corpus_loss"] for r in record["runs"] if r["run"] == n)
+        for n in kept
+    }
+    least = min(last, key=last.get)
+    assert forgetting.least_forgetting(record) == least
+    assert exercises.check("16.3", least)
+    for wrong in sorted(runs - {least}):
+        assert not exercises.check("16.3", wrong), wrong
 
 
 def test_grids_come_from_the_course_defaults():
@@ -243,6 +255,9 @@ def test_forgetting_summary_and_bands():
     assert band["epoch"] == [0.0, 2.0] and band["min"] == [0.5, 1.0] and band["max"] == [0.5, 2.0]
     assert band["mean"] == pytest.approx([0.5, 1.4])
     assert forgetting.first_epoch_share(record, "full") == pytest.approx(1.0)
+    assert forgetting.least_forgetting(record) == "full"
+    with pytest.raises(LabkitError, match="no recorded run reaches chat exact match"):
+        forgetting.least_forgetting(record, min_chat_em=1.5)
     with pytest.raises(LabkitError, match="unknown run"):
         forgetting.epoch_bands(record, "lora")
     with pytest.raises(LabkitError, match="unknown metric"):

@@ -52,7 +52,6 @@ def integer(expected: int | Callable[[], int]):
 EXERCISES: dict[str, Exercise] = {}
 
 
-# Each notebook's block: EXERCISES.update({"NN.T": Exercise(accept, hint), ...}).
 # --- notebook 00 ---
 def _architecture():
     """labkit.models.architecture, imported when an answer is checked."""
@@ -508,19 +507,21 @@ EXERCISES.update(
 
 
 # --- notebook 16 ---
-def _forgetting_first_epoch_share() -> float:
-    """Share of full fine-tuning's corpus-loss rise after epoch 1 (from the seed record)."""
-    from labkit.studies import forgetting
-
-    return forgetting.first_epoch_share(forgetting.load(), "full")
+def _from_record(name: str) -> Any:
+    """``labkit.studies.forgetting.<name>(record)``, imported when an answer is checked."""
+    fs = importlib.import_module("labkit.studies.forgetting")
+    return getattr(fs, name)(fs.load())
 
 
 EXERCISES.update(
     {
         "16.1": Exercise(
-            number(_forgetting_first_epoch_share, rel=1e-3),
-            "take the seed means per epoch from fs.epoch_bands(record, 'full')['mean'], then "
-            "(after epoch 1 - before) / (after the last epoch - before)",
+            number(lambda: _from_record("first_epoch_share"), rel=1e-3),
+            "seed means from fs.epoch_bands(record, 'full'): (epoch 1 - before) / (last - before)",
+        ),
+        "16.3": Exercise(
+            lambda answer: answer == _from_record("least_forgetting"),
+            "a run's name: of the runs with chat_em >= 0.9 on every seed, the lowest mean corpus loss",
         ),
     }
 )

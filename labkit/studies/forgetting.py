@@ -143,6 +143,20 @@ def first_epoch_share(
     return (band[1] - band[0]) / (band[-1] - band[0])
 
 
+def least_forgetting(record: dict[str, Any], min_chat_em: float = 0.9) -> str:
+    """The recorded run whose chat exact match is >= ``min_chat_em`` on every seed and whose mean
+    corpus loss after the last epoch is lowest: the task kept, the least forgotten."""
+    means = summary(record)
+    kept = [
+        n
+        for n in means
+        if all(r["chat_em"] >= min_chat_em for r in study.runs_of(record, {"run": n}))
+    ]
+    if not kept:
+        raise LabkitError(f"no recorded run reaches chat exact match {min_chat_em} on every seed")
+    return min(kept, key=lambda n: means[n]["corpus_loss"][0])
+
+
 def at_task_loss(
     record: dict[str, Any], name: str, chat_loss: float, key: str = "corpus_loss"
 ) -> list[float | None]:
