@@ -163,7 +163,7 @@ def test_bad_lever_options_are_one_line(kwargs, match):
 def test_levers_refused_for_a_dry_run_family():
     from conftest import tiny_config
 
-    with pytest.raises(LabkitError, match="formula families"):
+    with pytest.raises(LabkitError, match="predicted where the peak is derived"):
         peak.training_peak(tiny_config("qwen3"), loss="chunked", batch=1, seq=8)
 
 

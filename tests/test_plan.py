@@ -236,3 +236,11 @@ def test_estimate_with_bad_levers_is_one_line(argv, match, capsys):
     with pytest.raises(LabkitError, match=match) as err:
         estimate_cli.cli_main(["llama-3.1-8b", *argv])
     assert "\n" not in str(err.value)
+
+
+def test_a_job_the_levers_cannot_be_predicted_for_is_refused_in_one_line():
+    """Eager attention's peak comes from the dry run, where no lever is predicted: the planner says
+    so instead of reporting that nothing fits after trying none of them."""
+    with pytest.raises(LabkitError, match="cannot plan levers") as err:
+        plan.plan("llama-3.1-8b", 24, batch=1, seq=2048, attention="eager")
+    assert "\n" not in str(err.value) and "dry run" in str(err.value)

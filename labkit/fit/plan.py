@@ -212,6 +212,8 @@ def plan(
             continue
         try:
             got = peak.training_peak(config, **{**options, **extra}).peak
+        except peak.NotDerived as err:  # no lever can be predicted for this job: say so
+            raise LabkitError(f"cannot plan levers: {err}") from None
         except LabkitError:
             continue  # a combination the job cannot take (GaLore with 8-bit states, ...)
         smallest = min(smallest, got)

@@ -108,6 +108,10 @@ def _check(optimizer: str, impl: str | None, device: str, lora_dropout: float, m
     return impl
 
 
+class NotDerived(LabkitError):
+    """A lever asked of a job whose peak comes from the dry run (see :func:`derived`)."""
+
+
 def derived(config: Any, job: dict[str, Any]) -> bool:
     """Whether the peak of ``job`` comes from the derivation (else from a dry run): the five
     formula families in the regimes :mod:`labkit.memory.activations` derives exactly and whose
@@ -503,9 +507,10 @@ def training_peak(
     is_derived = derived(config, job)
     if lever_peak.active(levers):
         if not is_derived:
-            raise LabkitError(
-                "the levers are predicted for the five formula families in the regimes they "
-                "derive (llama, mistral, qwen2, gpt2, bloom); this job goes through the dry run"
+            raise NotDerived(
+                "the levers are predicted where the peak is derived (Llama, Mistral, Qwen2 "
+                "with SDPA; GPT-2 on a GPU); this job's peak comes from the dry run (eager "
+                "attention, frozen layers, GPT-2 or BLOOM under autocast, ...)"
             )
         parts = lever_peak.apply(parts, levers, job, lever_peak.sizes(config, tj, b, levers))
     traced = None if is_derived else _dry_run(config, job, parts)
