@@ -26,7 +26,7 @@ import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES
-from labkit.memory.job import ATTENTIONS, DEVICES, OptionError, TrainingJob
+from labkit.memory.job import ATTENTIONS, DEVICES, OptionError, TrainingJob, sdpa_math_kernel
 from labkit.models.architecture import Shape, shape_of
 from labkit.models.targets import lora_modules
 
@@ -391,8 +391,7 @@ class _Step:
 
     @property
     def math_path(self) -> bool:
-        """On CPU, SDPA with dropout runs PyTorch's math kernel: the eager ops, upcast to fp32."""
-        return self.attention == "sdpa" and self.device == "cpu" and self.p_on(self.s.attn_dropout)
+        return sdpa_math_kernel(self.attention, self.device, self.dropout, self.s.attn_dropout)
 
     @property
     def mask_b(self) -> int:

@@ -30,6 +30,12 @@ ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 LORA_METHODS = ("lora", "qlora")
 
 
+def sdpa_math_kernel(attention: str, device: str, dropout: bool, attn_dropout: float) -> bool:
+    """On CPU, SDPA with attention dropout runs PyTorch's math kernel: the eager ops, in fp32
+    (``attn_dropout``: the model's attention dropout probability, on when ``dropout``)."""
+    return attention == "sdpa" and device == "cpu" and dropout and attn_dropout > 0
+
+
 @dataclass
 class Breakdown:
     """A memory breakdown in bytes (counts where named), as the ``estimate`` command prints it.

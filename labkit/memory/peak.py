@@ -33,7 +33,7 @@ from labkit import LabkitError
 from labkit.checks import choice
 from labkit.dtypes import OPTIMIZERS as ESTIMATOR_OPTIMIZERS
 from labkit.memory import dryrun, estimator, lever_peak, step_parts
-from labkit.memory.job import Breakdown, TrainingJob
+from labkit.memory.job import Breakdown, TrainingJob, sdpa_math_kernel
 from labkit.memory.step_parts import CATEGORIES
 from labkit.models import architecture, targets
 
@@ -140,8 +140,7 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
     # (GPT-2's 16-bit softmax aside) and SDPA's math kernel (CPU, attention dropout)
     if job["attention"] == "eager" and family in {"llama", "bloom"}:
         return False
-    math_kernel = job["device"] == "cpu" and job["dropout"] and shape.attn_dropout > 0
-    if job["attention"] == "sdpa" and math_kernel:
+    if sdpa_math_kernel(job["attention"], job["device"], job["dropout"], shape.attn_dropout):
         return False
     mixed = job["precision"].endswith("-mixed")
     if job["method"] == "frozen":
