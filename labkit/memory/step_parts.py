@@ -64,8 +64,8 @@ class Parts:
     opt_temp: int
     grad_b: int = 4
     top_checkpointed: bool = True  # the top block is checkpointed (every n-th layer)
-    norm_temp: int = 0  # the final norm's backward, when no loss spike hides it (chunked loss)
-    norm_out: int = 0  # the final norm's output, freed before its backward (chunked loss)
+    norm_temp: int = 0  # the final norm's backward temporaries (Llama family; chunked loss)
+    norm_out: int = 0  # what is freed before the final norm's backward (its output, ...)
     norm_after_head: bool = False  # the head's backward (and its 16-bit weight copy) came first
     head_copy: int = 0  # autocast's copy of the head (freed by its backward; none checkpointed)
 
@@ -314,6 +314,8 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
             first = _lora_dropout_bytes(s, job, adt, cast, first=True)
             saved += first + (layers - 1) * per_block
     new_emb = vocab * h * grad_b  # a new embedding gradient, before it is added
+    tied_head = new_emb if full and tied else 0  # a tied head's, a temporary to the end
+    head_saved = sum(v for k, v in items.items() if k.startswith("final_norm"))
     entry = {k: v for k, v in items.items() if k.startswith(("rope.", "embedding")) and formula}
     layer_items = items.get("layers", 0) or sum(
         v for k, v in items.items() if k.startswith("layers.")
@@ -348,9 +350,9 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
         recompute=recompute,
         block_temp=_block_temp(s, T, act_b, full or method == "frozen"),
         g_head=groups["head"],
-        g_head_weight=groups["head_weight"] or (new_emb if full and tied else 0),
-        tied_head=new_emb if full and tied else 0,
-        head_saved=sum(v for k, v in items.items() if k.startswith("final_norm")),
+        g_head_weight=groups["head_weight"] or tied_head,
+        tied_head=tied_head,
+        head_saved=head_saved,
         g_emb=groups["emb"],
         g_first=groups.get("block.0", 0),
         g_down=groups.get("down", 0),
@@ -358,8 +360,8 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
             _param_order(s, trainable), job["optimizer"], job["impl"], grad_b
         ),
         grad_b=grad_b,
-        **_final_norm(s, T * h, items, new_emb if full and tied else 0),
-        head_copy=2 * vocab * h if copies and not job["checkpointing"] and full else 0,
+        **_final_norm(s, T * h, head_saved, tied_head),
+        head_copy=vocab * h * act_b if copies and not job["checkpointing"] and full else 0,
     )
 
 
@@ -367,14 +369,14 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
 NORM_TEMPS = 5
 
 
-def _final_norm(s: Any, th: int, items: dict[str, int], tied_head: int) -> dict[str, int]:
+def _final_norm(s: Any, th: int, head_saved: int, tied_head: int) -> dict[str, int]:
     """The Llama family's final RMSNorm backward as a moment of its own: its fp32 temporaries
     (and a tied head's gradient, still a temporary), with what the head and the norm saved
-    freed but the norm's fp32 input (its ``pow`` backward, the last, still needs it). The peak when the vocabulary is small beside the hidden size (no loss spike hides
+    (``head_saved``) freed but the norm's fp32 input (its ``pow`` backward, the last, still
+    needs it). The peak when the vocabulary is small beside the hidden size (no loss spike hides
     it); the chunked loss (:mod:`labkit.memory.lever_peak`) sets its own."""
     if not isinstance(s, architecture.Shape) or s.family != "llama":
         return {}
-    head_saved = sum(v for k, v in items.items() if k.startswith("final_norm"))
     return {
         "norm_temp": NORM_TEMPS * th * 4 + tied_head,
         "norm_out": head_saved - th * 4,
