@@ -6,9 +6,9 @@ vocabulary 100-512, tied or not), a shape (batch 1-4, sequence 5-64) and a job (
 bf16 autocast with an fp32 or bf16 LoRA base; full or LoRA with or without dropout; AdamW
 single-tensor or foreach, SGD, Adafactor; checkpointing; gradient accumulation; eager or SDPA).
 The model is built and trained for two real steps on CPU under the live-tensor trace
-(:func:`labkit.memory.trace.trace_training`) with the same builders the tests use
-(``tests/test_peak.py``), and the trace's peak is compared with
-:func:`labkit.memory.peak.training_peak`. A row reads ``OK`` (same bytes and phase), ``NEAR``
+(:func:`labkit.memory.trace.trace_training`) and compared with
+:func:`labkit.memory.peak.training_peak` by the tests' own ``measured_and_predicted``
+(``tests/test_peak.py``). A row reads ``OK`` (same bytes and phase), ``NEAR``
 (within 1%) or ``OFF`` (more than 1%), with the gap in bytes and percent; ``ERR`` where the
 real model itself cannot run the random config (e.g. a partial rotary size transformers rejects).
 
@@ -26,11 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import torch  # noqa: E402
-from test_peak import build, optimizer  # noqa: E402
+from test_peak import measured_and_predicted  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
-
-from labkit.memory import peak, trace  # noqa: E402
 
 FORMULA = ("llama", "mistral", "qwen2", "gpt2", "bloom")
 DRY_RUN = ("qwen3", "gemma2", "gpt_neox", "phi3", "stablelm", "granite", "gemma")
@@ -92,31 +89,6 @@ def draw(rng: random.Random) -> tuple[str, Any, int, int, str | None, dict[str, 
     return family, c, b, s, impl, job
 
 
-def compare(c: Any, b: int, s: int, impl: str | None, job: dict[str, Any]) -> tuple[Any, Any]:
-    """(the traced step with the larger peak of two, the prediction) for one configuration."""
-    model = build(c, job)
-    opt = optimizer(model, job["optimizer"], impl)
-    gen = torch.Generator().manual_seed(1)
-    ids = [
-        torch.randint(3, c.vocab_size, (b, s), generator=gen)
-        for _ in range(job.get("grad_accum", 1))
-    ]
-    autocast = torch.bfloat16 if job["precision"] == "bf16-mixed" else None
-    steps = trace.trace_training(model, opt, ids, steps=2, autocast_dtype=autocast)
-    options = {k: v for k, v in job.items() if k != "lora_dropout"}
-    predicted = peak.training_peak(
-        c,
-        batch=b,
-        seq=s,
-        device="cpu",
-        lora_r=4,
-        impl=impl,
-        lora_dropout=job.get("lora_dropout", 0.0),
-        **options,
-    )
-    return max(steps, key=lambda t: t.peak), predicted
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
@@ -133,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         size = f"L{c.num_hidden_layers} h{c.hidden_size} V{c.vocab_size}"
         what = f"{family} {size} b{b} s{s} {impl} {job}"
         try:
-            top, pred = compare(c, b, s, impl, job)
+            top, pred = measured_and_predicted(c, b, s, impl=impl, **job)
         except Exception as err:  # a random config transformers itself cannot run
             counts["ERR"] += 1
             print(f"ERR  #{i:<3} {type(err).__name__}: {str(err)[:120]} | {what}", flush=True)

@@ -106,8 +106,9 @@ def optimizer(model, name, impl):
 
 
 def measured_and_predicted(name, b, s, tmp_path=None, **job):
-    """The traced peak of two real steps and the prediction, for one job on CPU."""
-    config = config_of(name)
+    """The traced peak of two real steps and the prediction, for one job on CPU; ``name``: a
+    name :func:`config_of` knows, or a config (scripts/peak_sweep.py's random ones)."""
+    config = config_of(name) if isinstance(name, str) else name
     job = {"precision": "fp32", "method": "full", "optimizer": "adamw", **job}
     impl = job.pop("impl", "single")
     lora_dropout = job.pop("lora_dropout", 0.0)
