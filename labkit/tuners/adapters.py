@@ -372,7 +372,7 @@ def check_merge_round_trip(
     restored = max(float((before[n] - after[n]).abs().max()) for n in before)
     active = peft_model.active_adapters
     notes = []
-    formula = "W + (alpha/r)·B·A"
+    formula = MergeCheck.formula  # the plain merge unless one active adapter says otherwise
     if len(active) == 1:
         hand = hand_merge_max_diff(peft_model, active[0])
         holder = next(m for m in lora_layers(peft_model).values() if active[0] in m.r)
