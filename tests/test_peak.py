@@ -155,6 +155,13 @@ EXACT = [
     # regimes and optimizers
     ("tiny-llama", 3, 40, {"precision": "bf16-mixed", "checkpointing": True}),
     ("tiny-llama", 3, 40, {"precision": "bf16-mixed", "method": "lora", "base_dtype": "bf16"}),
+    # ... checkpointed: autocast's adapter copies are freed when the forward leaves autocast
+    (
+        "tiny-mistral",
+        2,
+        5,
+        {"precision": "bf16-mixed", "method": "lora", "checkpointing": True, "base_dtype": "bf16"},
+    ),
     ("tiny-gpt2", 3, 40, {"precision": "bf16-mixed"}),  # not derived: the dry run
     ("tiny-llama", 3, 40, {"method": "frozen", "frozen_layers": 1}),  # the dry run
     ("tiny-llama", 1, 8, {"optimizer": "sgd"}),
@@ -221,6 +228,16 @@ def _tiny(model_type):
     [
         ("tiny-gpt2", {"checkpointing": True}),
         ("tiny-llama", {"method": "qlora", "precision": "bf16-mixed"}),
+        # block 0's adapter copies counted whole at its backward: over by at most a few of them
+        (
+            "tiny-mistral",
+            {
+                "precision": "bf16-mixed",
+                "method": "lora",
+                "checkpointing": True,
+                "base_dtype": "bf16",
+            },
+        ),
     ],
 )
 def test_within_one_percent(name, job, tmp_path):

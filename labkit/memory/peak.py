@@ -378,7 +378,11 @@ def _backward_moments(
             "bottom block backward: nearly every gradient alive" + tag,
             p.at(
                 **{**base, "gradients": g_bottom},
-                weight_copies=p.copies_block if ckpt else 0,
+                weight_copies=p.copies_bottom
+                if p.copies_bottom is not None
+                else p.copies_block
+                if ckpt
+                else 0,
                 saved_activations=bottom_saved + block,
                 temporaries=top_temp - held + held_bottom,
             ),
@@ -412,9 +416,13 @@ def _norm_moment(
     :mod:`labkit.memory.lever_peak`)."""
     if not p.norm_temp:
         return []
+    if p.copies_norm is not None:
+        copies = p.copies_norm
+    elif p.norm_after_head:
+        copies = p.copies_block - p.head_copy
     alive = p.at(
         **{**base, "gradients": base["gradients"] if later else p.g_head},
-        weight_copies=p.copies_block - p.head_copy if p.norm_after_head else copies,
+        weight_copies=copies,
         saved_activations=after_loss - p.norm_out,
         temporaries=p.norm_temp + held,
     )

@@ -68,6 +68,10 @@ class Parts:
     norm_out: int = 0  # what is freed before the final norm's backward (its output, ...)
     norm_after_head: bool = False  # the head's backward (and its 16-bit weight copy) came first
     head_copy: int = 0  # autocast's copy of the head (freed by its backward; none checkpointed)
+    #: LoRA checkpointed under autocast: the copies at the final norm and in the bottom block's
+    #: backward (None: as the other jobs, ``copies_block`` or none)
+    copies_norm: int | None = None
+    copies_bottom: int | None = None
 
     def at(self, **alive: int) -> dict[str, int]:
         return {k: alive.get(k, 0) for k in CATEGORIES}
@@ -393,10 +397,28 @@ def _backward_copies(
     ``lora_A`` whose input needs no gradient (the first block's, reading the stream) keeps no
     copy of its weight, so that copy is freed when the forward leaves autocast."""
     ckpt = job["checkpointing"] and mixed and job["method"] in {"full", "frozen"}
-    if copies and job["method"] == "lora" and not job["checkpointing"]:
-        first = [m for m in targets.lora_modules(s, job["lora_targets"]) if _in_block0(m.name)]
+    if copies and job["method"] == "lora":
+        lora = targets.lora_modules(s, job["lora_targets"])
+        first = [m for m in lora if _in_block0(m.name)]
         unsaved = sum(2 * job["lora_r"] * m.d_in for m in first if reads(m.name) == "x1")
-        return {"copies_early": copies - unsaved, "copies_block": copies - unsaved}
+        if not job["checkpointing"]:
+            return {"copies_early": copies - unsaved, "copies_block": copies - unsaved}
+        # checkpointed blocks save no copy: autocast's cache frees them all when the forward
+        # leaves it; a block's recomputation makes its own again for its backward (block 0's
+        # counted whole: which of them its backward has freed by its peak is not modelled, an
+        # over-count of at most its unsaved lora_A copies)
+        per_block: dict[str, int] = {}
+        for m in lora:
+            block = _BLOCK.search(m.name)
+            key = block.group(2) if block else m.name
+            per_block[key] = per_block.get(key, 0) + 2 * job["lora_r"] * (m.d_in + m.d_out)
+        top = max(per_block, key=lambda k: int(k) if k.isdigit() else -1)
+        return {
+            "copies_early": 0,
+            "copies_norm": 0,
+            "copies_block": per_block[top],
+            "copies_bottom": per_block.get("0", 0),
+        }
     if not copies or not ckpt or not isinstance(s, architecture.Shape):
         return {"copies_early": copies, "copies_block": copies}
     heads = {k: v for k, v in trainable.items() if k == "lm_head.weight"}
