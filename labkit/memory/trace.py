@@ -223,7 +223,6 @@ class _Step:
         self.model, self.optimizer = model, optimizer
         self.tracker = tracker or StepTracker()
         self.params = {measure.storage_key(p) for p in measure.param_tensors(model)}
-        self.seen_grads: list[torch.Tensor] = []
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         rec = self.tracker.record(t)
