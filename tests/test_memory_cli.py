@@ -78,6 +78,7 @@ def test_table_shows_rule_of_thumb(capsys):
         ["tiny-bloom", "--attention", "sdpa"],
         ["tiny-llama", "--card", "h100-sxm"],
         ["tiny-llama", "--mode", "infer", "--card", "tpu"],
+        ["tiny-llama", "--fit", "1", "--gpus", "2", "--zero", "2"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv):
@@ -198,3 +199,24 @@ def test_errors_name_parameters_in_the_api_and_flags_on_the_command_line(
     with pytest.raises(LabkitError) as api_err:
         estimator.training_memory("llama-2-7b", **options)
     assert parameters in str(api_err.value) and "--" not in str(api_err.value)
+
+
+def test_ddp_verdict_reads_the_peak_with_the_gradient_buckets(capsys):
+    """Over several GPUs with DDP (--zero 0) the verdict reads the one-GPU peak plus DDP's gradient
+    buckets (held to a 2-rank trace in tests/test_peak.py); under ZeRO the per-GPU total."""
+    common = ("zoo-llama", "--precision", "fp32", "--device", "cpu", "--batch", "4", "--seq", "128")
+    one = json.loads(run(capsys, *common, "--json")[1])
+    ddp = json.loads(run(capsys, *common, "--gpus", "2", "--json")[1])
+    assert one["ddp_buckets"] is None and ddp["ddp_buckets"] == one["gradients"] > 0
+    assert ddp["peak"] == one["peak"] + one["gradients"]
+    assert ddp["peak_phase"] == one["peak_phase"]
+    zero = json.loads(run(capsys, *common, "--gpus", "2", "--zero", "2", "--json")[1])
+    assert zero["peak"] is None
+    rc, out, _ = run(capsys, *common, "--gpus", "2")
+    assert rc == 0 and "DDP gradient buckets (in the peak)" in out
+    # --fit under DDP leaves room for the buckets: never a larger batch than on one GPU
+    fit = ("--fit", "0.07", "--json")
+    assert (
+        json.loads(run(capsys, *common, "--gpus", "2", *fit)[1])["max_batch"]
+        < (json.loads(run(capsys, *common, *fit)[1])["max_batch"])
+    )

@@ -308,3 +308,23 @@ def test_8b_in_seconds():
 def test_bad_options_are_one_line(kwargs, match):
     with pytest.raises(LabkitError, match=match):
         peak.training_peak("tiny-llama", **kwargs)
+
+
+@pytest.mark.parametrize(("b", "s"), [(1, 8), (4, 128)])
+def test_ddp_peak_is_the_traced_peak_of_a_rank(b, s):
+    """Under DDP every rank holds the one-GPU step plus DDP's gradient buckets (one flat copy of
+    the trainable gradients, made when the model is wrapped): traced on 2 gloo ranks, the later
+    step's peak is the predicted one to the byte, in the optimizer step (b1 s8) and in backward
+    (b4 s128)."""
+    from labkit.distributed import launch
+    from labkit.memory import calculator, estimator
+
+    run = launch.run("tests.ddp_peak_worker", 2, ["zoo-llama", str(b), str(s), "copy"], 180)
+    config = config_of("zoo-llama")
+    one = peak.training_peak(config, precision="fp32", batch=b, seq=s, device="cpu", impl="single")
+    b_ = estimator.training_memory(config, precision="fp32", batch=b, seq=s)
+    fit = calculator.fit(b_, gpus=2, peak=one)
+    assert fit.peak.details["ddp_buckets"] == b_.gradients > 0
+    for report in run.reports:
+        assert (report["peak"], report["phase"]) == (fit.peak.peak, fit.peak.phase)
+    assert fit.peak.peak == one.peak + b_.gradients

@@ -69,10 +69,19 @@ JOB_OPTIONS = (
     "base_dtype",
     "device",
 )
-#: Keys the ``--json`` object gains in training on one GPU: the peak of a step (bytes), its
-#: phase and moment, what is alive then, the largest live bytes of each phase; with ``--fit``,
+#: Keys the ``--json`` object gains in training on one GPU or under DDP: the peak of a step
+#: (bytes), its phase and moment, what is alive then, the largest live bytes of each phase, the
+#: bytes DDP's gradient buckets add on every GPU (null on one GPU); with ``--fit``,
 #: ``max_batch`` and ``max_seq`` (null when not even 1 fits).
-PEAK_KEYS = ("peak", "peak_phase", "peak_moment", "peak_step", "peak_alive", "phases")
+PEAK_KEYS = (
+    "peak",
+    "peak_phase",
+    "peak_moment",
+    "peak_step",
+    "peak_alive",
+    "phases",
+    "ddp_buckets",
+)
 
 
 def flag(name: str, value: str = "") -> str:
@@ -239,6 +248,11 @@ def _check_options(args: argparse.Namespace) -> None:
             f"{flag('with')} applies levers to one card's training step: not with "
             f"{flag('levers')}, {flag('mode', 'infer')} or {flag('gpus')} > 1"
         )
+    if args.fit is not None and args.zero != "0":
+        raise LabkitError(
+            f"{flag('fit', 'GIB')} reads the peak of a step, modelled on one card or under DDP: "
+            f"not with {flag('zero')} {args.zero} (accepted: {flag('zero', '0')})"
+        )
     if args.levers is not None and (args.fit is None or args.gpus != 1 or args.zero != "0"):
         raise LabkitError(
             f"{flag('levers')} plans for one card: it needs {flag('fit', 'GIB')} "
@@ -277,8 +291,8 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
         else:
             job = _job(args)
             b = estimator.training_memory(config, job)
-            one_gpu = args.gpus == 1 and int(args.zero) == 0
-            step = peak.training_peak(config, job, **_levers(args)) if one_gpu else None
+            ddp = int(args.zero) == 0  # one GPU, or DDP (whose buckets calculator.fit adds)
+            step = peak.training_peak(config, job, **_levers(args)) if ddp else None
             return calculator.fit(
                 b, gpus=args.gpus, zero=int(args.zero), gpu_gib=args.gpu_memory, peak=step
             )
@@ -319,7 +333,17 @@ def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
     job = _job(args)
     options = {k: v for k, v in vars(job).items() if k not in {"batch", "seq"}}
     options["precision"] = job.precision.name
-    return search.fit(config, args.fit, batch=args.batch, seq=args.seq, **options, **_levers(args))
+    # over several GPUs (DDP), every GPU also holds the gradient buckets, whatever the shape
+    buckets = estimator.training_memory(config, job).gradients if args.gpus > 1 else 0
+    return search.fit(
+        config,
+        args.fit,
+        batch=args.batch,
+        seq=args.seq,
+        reserve=buckets,
+        **options,
+        **_levers(args),
+    )
 
 
 def plan_line(p: plan.Plan, gib: float) -> str:
@@ -371,11 +395,13 @@ def table(
         p = fit.peak
         rows.append((f"PEAK of a step ({p.phase}, {p.step} step)", _gib(p.peak)))
         rows.append(("  at", p.label))
+        if p.details.get("ddp_buckets"):
+            rows.append(("  DDP gradient buckets (in the peak)", _gib(p.details["ddp_buckets"])))
         for phase, value in p.phases.items():
             rows.append((f"  largest in {phase}", _gib(value)))
         rows.append(("  impl", f"{p.details['impl']} {b.details['optimizer']}"))
     elif args.mode == "train":
-        rows.append(("PEAK of a step", "not modelled over several GPUs (one GPU only)"))
+        rows.append(("PEAK of a step", "not modelled under ZeRO (one GPU or DDP only)"))
     rows += [
         ("parameters", f"{b.parameters:,}"),
         ("trainable parameters", f"{b.trainable_parameters:,}"),
@@ -450,6 +476,7 @@ def cli_main(argv: list[str]) -> int:
             peak_step=step.get("peak_step"),
             peak_alive=step.get("peak_alive"),
             phases=step.get("phases"),
+            ddp_buckets=step.get("ddp_buckets"),
             fits=fit.fits,
         )
     if found is not None:

@@ -35,8 +35,9 @@ class Fit:
     strategy: str
     gpu_gib: float
     gpus_needed: int | None
-    #: the peak of a training step on one GPU (:func:`labkit.memory.peak.training_peak`), None
-    #: for inference and under sharding (the peak is not modelled over several GPUs)
+    #: the peak of a training step per GPU (:func:`labkit.memory.peak.training_peak`; under DDP
+    #: with its gradient buckets, :func:`labkit.memory.sharding.ddp_peak`), None for inference
+    #: and under ZeRO sharding (whose peak is not modelled)
     peak: Any = None
 
     @property
@@ -70,7 +71,8 @@ def fit(
 ) -> Fit:
     """``b`` (one GPU's breakdown) on ``gpus`` GPUs of ``gpu_gib`` GiB with ZeRO stage ``zero``
     (0: DDP, every GPU holds everything); ``peak``: the step's peak on one GPU
-    (:class:`labkit.memory.peak.Peak`), which the verdict reads on one GPU without sharding."""
+    (:class:`labkit.memory.peak.Peak`), which the verdict reads on one GPU and, with DDP's
+    gradient buckets added, under DDP; under ZeRO the verdict reads the per-GPU total."""
     positive("number of GPUs", gpus)
     if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, numbers.Real) or not gpu_gib > 0:
         raise LabkitError(f"GPU memory must be a positive number of GiB, got {gpu_gib!r}")
@@ -79,14 +81,15 @@ def fit(
         needed = sharding.gpus_needed(b, gpu_gib * GiB, "zero3")
     except LabkitError:
         needed = None  # does not fit even fully sharded
-    one_gpu = gpus == 1 and strategy == "ddp"
+    if peak is not None and strategy == "ddp" and gpus > 1:
+        peak = sharding.ddp_peak(peak)
     return Fit(
         sharding.sharded(b, gpus, strategy),
         gpus,
         strategy,
         gpu_gib,
         needed,
-        peak if one_gpu else None,
+        peak if strategy == "ddp" else None,
     )
 
 
@@ -140,28 +143,33 @@ def _job(settings: Settings) -> TrainingJob:
 
 
 def step_peak(settings: Settings):
-    """The peak of one training step of ``settings`` on one GPU (:mod:`labkit.memory.peak`),
-    None for inference and under sharding, whose peak is not modelled."""
-    if settings.method == "inference" or settings.gpus > 1 or settings.zero:
+    """The peak of one training step of ``settings`` on one GPU (:mod:`labkit.memory.peak`;
+    :func:`fit` adds DDP's buckets over several GPUs), None for inference and under ZeRO
+    sharding, whose peak is not modelled."""
+    if settings.method == "inference" or settings.zero:
         return None
     return peak.training_peak(settings.model, _job(settings))
 
 
 def calculate(**settings: Any) -> tuple[Breakdown, str]:
     """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB" (read
-    from the peak of a training step on one GPU, from the per-GPU total otherwise).
+    from the peak of a training step on one GPU or under DDP, from the per-GPU total under ZeRO).
 
     ``settings``: any of :class:`Settings`' fields (``model``, ``method`` in :data:`METHODS`,
     ``precision`` in :data:`REGIMES`, ``batch``, ``seq``, ``checkpointing``, ``gpus``, ``zero``
     (0 = DDP, 1-3 = ZeRO stages), ``gpu_gib``); the others keep :data:`DEFAULTS`.
     """
+    result = _fit(settings)
+    return result.per_gpu, result.verdict
+
+
+def _fit(settings: dict[str, Any]) -> Fit:
     names = [f.name for f in fields(Settings)]
     for name in settings:
         if name not in names:
             raise labkit.unknown("calculator setting", name, names)
     s = Settings(**settings)
-    result = fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib, peak=step_peak(s))
-    return result.per_gpu, result.verdict
+    return fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib, peak=step_peak(s))
 
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "transient")
@@ -173,7 +181,8 @@ def figure(**settings: Any):
     """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory."""
     import matplotlib.pyplot as plt  # matplotlib only for the drawing
 
-    b, verdict = calculate(**settings)
+    result = _fit(settings)
+    b, verdict = result.per_gpu, result.verdict
     args = {**DEFAULTS, **settings}
     fig, ax = plt.subplots(figsize=(8, 3.0))
     left = 0.0
@@ -184,7 +193,7 @@ def figure(**settings: Any):
             ax.barh([0], [v], left=left, label=label)
             left += v
     ax.axvline(args["gpu_gib"], color="k", ls="--", label=f"GPU {args['gpu_gib']:g} GiB")
-    step = step_peak(Settings(**args))
+    step = result.peak
     if step is not None:  # the largest live set, which the verdict reads
         x = step.peak / GiB
         ax.axvline(x, color="C3", ls=":")

@@ -83,7 +83,9 @@ class Peak:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """The figures for JSON: ``peak``, ``peak_phase``, ``peak_alive``, ``phases``."""
+        """The figures for JSON: ``peak``, ``peak_phase``, ``peak_alive``, ``phases``;
+        ``ddp_buckets``: what DDP adds on every GPU (:func:`labkit.memory.sharding.ddp_peak`),
+        None on one GPU."""
         return {
             "peak": self.peak,
             "peak_phase": self.phase,
@@ -91,6 +93,7 @@ class Peak:
             "peak_step": self.step,
             "peak_alive": dict(self.alive),
             "phases": dict(self.phases),
+            "ddp_buckets": self.details.get("ddp_buckets"),
         }
 
 
