@@ -51,6 +51,17 @@ def config_of(name):
             intermediate_size=128,
             tie_word_embeddings=True,
         )
+    if name == "tiny-narrow-mlp":  # a Qwen2 whose MLP is narrower than its stream
+        return AutoConfig.for_model(
+            "qwen2",
+            hidden_size=96,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            num_hidden_layers=3,
+            vocab_size=257,
+            intermediate_size=64,
+            tie_word_embeddings=False,
+        )
     if name.startswith("tiny-") or name.startswith("zoo-"):
         return zoo.load_config(name)
     return tiny_config(name)
@@ -154,6 +165,13 @@ EXACT = [
     ("tiny-bloom", 3, 40, {"attention": "eager", "method": "lora", "impl": "foreach"}),
     # regimes and optimizers
     ("tiny-llama", 3, 40, {"precision": "bf16-mixed", "checkpointing": True}),
+    # ... the peak at the embedding's backward: the stream's gradient is fp32 under autocast
+    (
+        "tiny-narrow-mlp",
+        4,
+        8,
+        {"precision": "bf16-mixed", "optimizer": "sgd", "checkpointing": True},
+    ),
     ("tiny-llama", 3, 40, {"precision": "bf16-mixed", "method": "lora", "base_dtype": "bf16"}),
     # ... checkpointed: autocast's adapter copies are freed when the forward leaves autocast
     (

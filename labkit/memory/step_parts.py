@@ -307,7 +307,8 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
         sliding = sum(1 for w in estimator.cache_windows(config) if w)
     cache, extra = _cache(s, job, act_b, fp32_autocast, sliding)
     head_frozen = not groups["head_weight"] and not (full and tied)
-    hidden = T * h * (4 if fp32_autocast else act_b) if head_frozen or fp32_autocast else 0
+    stream_b = 4 if fp32_autocast else act_b  # the residual stream's (fp32 under autocast)
+    hidden = T * h * stream_b if head_frozen or fp32_autocast else 0
     if job["lora_dropout"]:
         cast = ab != (2 if base in {"bf16", "fp16", "nf4"} else 4)
         adt = ab
@@ -345,8 +346,8 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
         hidden=hidden,
         fwd_extra=_checkpoint_inputs(s, job, act_b, 4 if fp32_autocast else act_b),
         stream=T * h * act_b,
-        end=(2 * new_emb if tied else T * h * act_b) if full else 0,
-        end_later=(3 * new_emb if tied else new_emb + T * h * act_b) if full else 0,
+        end=(2 * new_emb if tied else T * h * stream_b) if full else 0,
+        end_later=(3 * new_emb if tied else new_emb + T * h * stream_b) if full else 0,
         layers=layers,
         block_saved=layer_items // layers,
         entry_saved=sum(entry.values()),
