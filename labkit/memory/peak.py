@@ -119,8 +119,8 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
     """Whether the peak of ``job`` comes from the derivation (else from a dry run): the five
     formula families in the regimes :mod:`labkit.memory.activations` derives exactly and whose
     widest backward moment is the loss, the head or a block's MLP. Not derived: attention whose
-    softmax backward holds b·a·s² temporaries (eager in the Llama family and BLOOM, SDPA's math
-    kernel on CPU with attention dropout: at long sequences its moment is the peak), GPT-2 and
+    softmax backward holds b·a·s² temporaries (eager attention, SDPA's math kernel on CPU with
+    attention dropout: at long sequences its moment is the peak), GPT-2 and
     BLOOM under autocast (their activations are the pure 16-bit derivation's), LoRA on an fp32
     base under autocast (which frozen weights' 16-bit copies a matmul keeps), frozen layers
     (which blocks keep their inputs), a LoRA dropout on an adapter that reads the attention's
@@ -140,8 +140,8 @@ def derived(config: Any, job: dict[str, Any]) -> bool:
     shape = architecture.shape_of(config)
     family = shape.family
     # the softmax's backward (b·a·s² temporaries) is traced, not derived: eager attention
-    # (GPT-2's 16-bit softmax aside) and SDPA's math kernel (CPU, attention dropout)
-    if job["attention"] == "eager" and family in {"llama", "bloom"}:
+    # and SDPA's math kernel (CPU, attention dropout)
+    if job["attention"] == "eager":
         return False
     if sdpa_math_kernel(job["attention"], job["device"], job["dropout"], shape.attn_dropout):
         return False
