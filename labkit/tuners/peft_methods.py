@@ -445,6 +445,51 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
     return answers
 
 
+@torch.no_grad()
+def generate_trace(
+    model, tokenizer, prompt: str, *, use_cache: bool, max_new_tokens: int = 3
+) -> list[dict[str, int]]:
+    """What the base model receives at each ``generate()`` step: cached and new positions.
+
+    One dict per forward call of the decoder under the LM head: ``cache``, the positions already
+    in the KV cache handed to it (0 without one), and ``new``, the positions it runs now (input
+    tokens or embeddings, virtual tokens included). Why: transformers 5.24 renamed the model's
+    cache argument ``past_key_values`` to ``cache``, and peft 0.21's
+    ``prepare_inputs_for_generation`` still reads and writes ``past_key_values``. So a faithful
+    decode step runs 1 new position over the whole sequence in the cache; on this stack prompt
+    tuning prepends its virtual tokens again at every cached step, and prefix tuning starts the
+    cached path without its prefix (notebooks 08 and 10).
+    """
+    _check_module(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, "model", base)  # the decoder under the LM head
+    trace: list[dict[str, int]] = []
+
+    def record(_module, _args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        seen = kwargs.get("inputs_embeds")
+        if seen is None:
+            seen = kwargs.get("input_ids")
+        cached = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        trace.append({"cache": cached, "new": int(seen.shape[1])})
+
+    enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    handle = body.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        model.eval()
+        model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    finally:
+        handle.remove()
+    return trace
+
+
 def _check_module(model: Any) -> None:
     if not isinstance(model, torch.nn.Module):
         raise LabkitError(
