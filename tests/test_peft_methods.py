@@ -233,6 +233,19 @@ def test_attach_init_rms_keeps_the_text_directions_at_the_new_scale():
         peft_methods.attach("zoo-llama", "prompt", init_rms=1.0)
 
 
+def test_prompt_sample_vocab_init_copies_vocabulary_rows():
+    """``prompt_tuning_init="SAMPLE_VOCAB"`` (Lester et al.'s sampled-vocabulary init): every
+    virtual token starts as a real token's embedding, at the embedding's scale, not N(0, 1)."""
+    vocab = peft_methods.attach("zoo-llama", "prompt", prompt_tuning_init="SAMPLE_VOCAB")
+    assert peft_methods.make_config("prompt").prompt_tuning_init == "RANDOM"
+    rows = vocab.prompt_encoder["default"].embedding.weight.detach()
+    emb = vocab.get_input_embeddings().weight.detach()
+    assert all(bool((emb == row).all(dim=1).any()) for row in rows)
+    assert rows.pow(2).mean().sqrt().item() < 0.2  # N(0, 1) rows have RMS ~1
+    with pytest.raises(LabkitError, match="'RANDOM' or 'SAMPLE_VOCAB', got 'TEXT'"):
+        peft_methods.make_config("prompt", prompt_tuning_init="TEXT")
+
+
 @pytest.mark.parametrize("method", ["prefix", "lora", "full"])
 def test_training_state_bytes_measures_real_gradients(method):
     """Weights 4 B, gradients 4 B (measured after one backward, not sized from the weights) and

@@ -336,8 +336,15 @@ def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
     cls = cls or (PrefixTuningConfig if method.startswith("prefix") else LoraConfig)
     _check_overrides(method, cls, kw)
     task = TaskType.CAUSAL_LM
-    if method == "prompt":
-        return PromptTuningConfig(task_type=task, prompt_tuning_init=PromptTuningInit.RANDOM, **kw)
+    if method == "prompt":  # RANDOM by default; SAMPLE_VOCAB copies random vocabulary rows
+        init = str(getattr(kw.get("prompt_tuning_init"), "value", kw.get("prompt_tuning_init")))
+        if init not in ("None", "RANDOM", "SAMPLE_VOCAB"):
+            raise LabkitError(
+                f"prompt_tuning_init for 'prompt' must be 'RANDOM' or 'SAMPLE_VOCAB', got {init!r}; "
+                "a text init is the method 'prompt-text'"
+            )
+        kw["prompt_tuning_init"] = PromptTuningInit(init if init != "None" else "RANDOM")
+        return PromptTuningConfig(task_type=task, **kw)
     if method == "prompt-text":
         text = kw.pop("init_text")
         return PromptTuningConfig(
