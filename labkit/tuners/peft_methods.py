@@ -313,8 +313,10 @@ def _check_overrides(method: str, cls: type, kw: dict[str, Any]) -> None:
 def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
     """The peft config for ``method`` (see :data:`PEFT_METHODS`) with :data:`DEFAULTS` + overrides.
 
-    ``prompt-text`` initialises the virtual tokens from ``init_text``'s token embeddings (needs
-    the tokenizer's local folder, found from ``model_id``). ``full`` has no peft config.
+    ``prompt`` draws its virtual tokens from N(0, 1) (``RANDOM``), or with
+    ``prompt_tuning_init="SAMPLE_VOCAB"`` copies random tokens' embeddings; ``prompt-text``
+    initialises them from ``init_text``'s token embeddings (needs the tokenizer's local folder,
+    found from ``model_id``). ``full`` has no peft config.
     """
     from peft import (
         LoraConfig,
