@@ -233,6 +233,19 @@ def test_attach_init_rms_keeps_the_text_directions_at_the_new_scale():
         peft_methods.attach("zoo-llama", "prompt", init_rms=1.0)
 
 
+def test_prompt_sample_vocab_init_copies_vocabulary_rows():
+    """``prompt_tuning_init="SAMPLE_VOCAB"`` (Lester et al.'s sampled-vocabulary init): every
+    virtual token starts as a real token's embedding, at the embedding's scale, not N(0, 1)."""
+    vocab = peft_methods.attach("zoo-llama", "prompt", prompt_tuning_init="SAMPLE_VOCAB")
+    assert peft_methods.make_config("prompt").prompt_tuning_init == "RANDOM"
+    rows = vocab.prompt_encoder["default"].embedding.weight.detach()
+    emb = vocab.get_input_embeddings().weight.detach()
+    assert all(bool((emb == row).all(dim=1).any()) for row in rows)
+    assert rows.pow(2).mean().sqrt().item() < 0.2  # N(0, 1) rows have RMS ~1
+    with pytest.raises(LabkitError, match="'RANDOM' or 'SAMPLE_VOCAB', got 'TEXT'"):
+        peft_methods.make_config("prompt", prompt_tuning_init="TEXT")
+
+
 @pytest.mark.parametrize("method", ["prefix", "lora", "full"])
 def test_training_state_bytes_measures_real_gradients(method):
     """Weights 4 B, gradients 4 B (measured after one backward, not sized from the weights) and
@@ -286,3 +299,42 @@ def test_greedy_answers_is_the_forward_pass_and_generate_is_not_for_prefix(metho
     generated = finetune.generate_answers(model, tok, prompts)
     same = sum(a == b for a, b in zip(greedy, generated, strict=True))
     assert (same < len(prompts)) if method == "prefix" else (same == len(prompts))
+
+
+def test_generate_trace_shows_the_cache_name_peft_and_transformers_disagree_on():
+    """transformers 5.24 reads the cache as ``cache``, peft 0.21's generation hook as
+    ``past_key_values``. A faithful cached step runs 1 new position (the base model's trace);
+    prompt tuning prepends its virtual tokens again, prefix tuning's cached path starts with
+    no prefix and its uncached path is handed stale keys. If a release fixes the name, the
+    prompt / prefix assertions fail and notebooks 08 and 10 must change their caveat."""
+    tok = zoo.load_tokenizer("zoo-llama")
+    prompt = "Human: Where does the fox live?\nAssistant:"
+    p = tok(prompt, return_tensors="pt")["input_ids"].shape[1]
+    base = peft_methods.attach("zoo-llama", "lora")
+    assert peft_methods.generate_trace(base, tok, prompt, use_cache=True) == [
+        {"cache": 0, "new": p},
+        {"cache": p, "new": 1},
+        {"cache": p + 1, "new": 1},
+    ]
+    assert [s["new"] for s in peft_methods.generate_trace(base, tok, prompt, use_cache=False)] == [
+        p,
+        p + 1,
+        p + 2,
+    ]
+    prompt_tuned = peft_methods.attach("zoo-llama", "prompt")
+    n = prompt_tuned.peft_config["default"].num_virtual_tokens
+    cached = peft_methods.generate_trace(prompt_tuned, tok, prompt, use_cache=True)
+    assert cached[0] == {"cache": 0, "new": n + p} and cached[1]["new"] == n + 1
+    uncached = peft_methods.generate_trace(prompt_tuned, tok, prompt, use_cache=False)
+    assert [s["new"] for s in uncached] == [n + p, n + p + 1, n + p + 2]
+    assert all(s["cache"] == 0 for s in uncached)
+    prefix = peft_methods.attach("zoo-llama", "prefix")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "both past_key_values and cache set"
+        cached = peft_methods.generate_trace(prefix, tok, prompt, use_cache=True)
+        uncached = peft_methods.generate_trace(prefix, tok, prompt, use_cache=False)
+    assert cached[0] == {"cache": 0, "new": p}  # the prefix is not in the cache
+    assert uncached[0] == {"cache": n, "new": p}  # the first step is right
+    assert uncached[1] == {"cache": n + p, "new": p + 1}  # then stale copies of the prompt
+    with pytest.raises(LabkitError, match="torch model"):
+        peft_methods.generate_trace("zoo-llama", tok, prompt, use_cache=True)

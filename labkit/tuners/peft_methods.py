@@ -313,8 +313,10 @@ def _check_overrides(method: str, cls: type, kw: dict[str, Any]) -> None:
 def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
     """The peft config for ``method`` (see :data:`PEFT_METHODS`) with :data:`DEFAULTS` + overrides.
 
-    ``prompt-text`` initialises the virtual tokens from ``init_text``'s token embeddings (needs
-    the tokenizer's local folder, found from ``model_id``). ``full`` has no peft config.
+    ``prompt`` draws its virtual tokens from N(0, 1) (``RANDOM``), or with
+    ``prompt_tuning_init="SAMPLE_VOCAB"`` copies random tokens' embeddings; ``prompt-text``
+    initialises them from ``init_text``'s token embeddings (needs the tokenizer's local folder,
+    found from ``model_id``). ``full`` has no peft config.
     """
     from peft import (
         LoraConfig,
@@ -336,8 +338,15 @@ def make_config(method: str, model_id: str = "zoo-llama", **overrides: Any):
     cls = cls or (PrefixTuningConfig if method.startswith("prefix") else LoraConfig)
     _check_overrides(method, cls, kw)
     task = TaskType.CAUSAL_LM
-    if method == "prompt":
-        return PromptTuningConfig(task_type=task, prompt_tuning_init=PromptTuningInit.RANDOM, **kw)
+    if method == "prompt":  # RANDOM by default; SAMPLE_VOCAB copies random vocabulary rows
+        init = str(getattr(kw.get("prompt_tuning_init"), "value", kw.get("prompt_tuning_init")))
+        if init not in ("None", "RANDOM", "SAMPLE_VOCAB"):
+            raise LabkitError(
+                f"prompt_tuning_init for 'prompt' must be 'RANDOM' or 'SAMPLE_VOCAB', got {init!r}; "
+                "a text init is the method 'prompt-text'"
+            )
+        kw["prompt_tuning_init"] = PromptTuningInit(init if init != "None" else "RANDOM")
+        return PromptTuningConfig(task_type=task, **kw)
     if method == "prompt-text":
         text = kw.pop("init_text")
         return PromptTuningConfig(
@@ -443,6 +452,51 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
             text = tokenizer.decode(row, skip_special_tokens=True)
             answers[i] = text.strip().split("\n")[0].strip()
     return answers
+
+
+@torch.no_grad()
+def generate_trace(
+    model, tokenizer, prompt: str, *, use_cache: bool, max_new_tokens: int = 3
+) -> list[dict[str, int]]:
+    """What the base model receives at each ``generate()`` step: cached and new positions.
+
+    One dict per forward call of the decoder under the LM head: ``cache``, the positions already
+    in the KV cache handed to it (0 without one), and ``new``, the positions it runs now (input
+    tokens or embeddings, virtual tokens included). Why: transformers 5.24 renamed the model's
+    cache argument ``past_key_values`` to ``cache``, and peft 0.21's
+    ``prepare_inputs_for_generation`` still reads and writes ``past_key_values``. So a faithful
+    decode step runs 1 new position over the whole sequence in the cache; on this stack prompt
+    tuning prepends its virtual tokens again at every cached step, and prefix tuning starts the
+    cached path without its prefix (notebooks 08 and 10).
+    """
+    _check_module(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, "model", base)  # the decoder under the LM head
+    trace: list[dict[str, int]] = []
+
+    def record(_module, _args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        seen = kwargs.get("inputs_embeds")
+        if seen is None:
+            seen = kwargs.get("input_ids")
+        cached = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        trace.append({"cache": cached, "new": int(seen.shape[1])})
+
+    enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    handle = body.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        model.eval()
+        model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    finally:
+        handle.remove()
+    return trace
 
 
 def _check_module(model: Any) -> None:
