@@ -5,7 +5,8 @@ and of ``RSLORA_GRID`` (rank 1 vs 8 at alpha 16 with rsLoRA's alpha/sqrt(r))
 trains from ``labkit.tuners.peft_methods.TRAIN_ARGS["lora"]`` (same epochs, so the same steps) with
 seeds 1 and 2 (the notebook trains seed 0 itself), and is scored on all 84 held-out questions
 (which ones are answered exactly, so any first-N exact match can be recomputed) and by the
-validation answer loss. Writes ``benchmarks/lora_rank_alpha.json`` (``--resume`` runs only the
+validation answer loss, and by the train-split answer loss after the last step (the
+generalisation gap's denominator). Writes ``benchmarks/lora_rank_alpha.json`` (``--resume`` runs only the
 missing points, ``--replace`` starts afresh) and prints a Markdown table; ``lora_rank.load()`` refuses the record when the
 grid, the seeds or the training arguments changed since.
 

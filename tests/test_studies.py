@@ -164,8 +164,8 @@ def test_peft_settings_cover_defaults_trainer_and_data():
 
 def _lora_record():
     runs = [
-        {"r": r, "alpha": a, "seed": s, "steps": 4, "losses": [1.0], "val_loss": 0.5 + s,
-         "correct": [True, s == 1, False, True]}
+        {"r": r, "alpha": a, "seed": s, "steps": 4, "losses": [4.0], "val_loss": 0.5 + s,
+         "train_loss": 1.0, "correct": [True, s == 1, False, True]}
         for r, a in lora_rank.GRID for s in lora_rank.SEEDS
     ]  # fmt: skip
     runs += [  # the rsLoRA points: val loss 10 higher, so a mix-up with the plain ones shows
@@ -178,7 +178,14 @@ def _lora_record():
 def test_lora_summary_adds_the_notebook_seed_and_cuts_questions():
     extra = [
         lora_rank.Point(
-            r=1, alpha=2, seed=0, steps=4, losses=[1.0], val_loss=0.1, correct=[False] * 4
+            r=1,
+            alpha=2,
+            seed=0,
+            steps=4,
+            losses=[4.0],
+            val_loss=0.1,
+            correct=[False] * 4,
+            train_loss=1.0,
         )
     ]
     rows = lora_rank.summary(_lora_record(), extra=extra, limit=2)
@@ -191,6 +198,7 @@ def test_lora_summary_adds_the_notebook_seed_and_cuts_questions():
     assert rows[1]["val_max"] == 2.5  # the plain r=8, alpha=16 runs only, not the rsLoRA ones
     rs8 = next(row for row in rows if row["rslora"] and row["r"] == 8)
     assert rs8["val_min"] == 11.5 and rs8["scale"] == pytest.approx(16 / 8**0.5)
+    # the gap divides by the train-split loss after the last step, not the last logged loss (4.0)
     assert first["ratio_min"] == pytest.approx(0.1) and first["ratio_max"] == pytest.approx(2.5)
     with pytest.raises(LabkitError, match="scored fewer"):
         lora_rank.summary(_lora_record(), limit=10)
@@ -212,7 +220,7 @@ def test_train_point_short(monkeypatch):
     tok = zoo.load_tokenizer(lora_rank.MODEL_ID)
     p = lora_rank.train_point(tok, 2, 4, seed=1, limit=3)
     assert (p.r, p.alpha, p.seed, p.steps, p.scale) == (2, 4, 1, 2, 2.0)
-    assert len(p.correct) == 3 and 0 <= p.exact_match <= 1 and p.val_loss > 0
+    assert len(p.correct) == 3 and 0 <= p.exact_match <= 1 and p.val_loss > 0 and p.train_loss > 0
 
 
 @pytest.mark.parametrize(

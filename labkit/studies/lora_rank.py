@@ -44,6 +44,9 @@ class Point:
     val_loss: float
     correct: list[bool]
     rslora: bool = False
+    #: answer loss on the training split after the last step (eval mode), the generalisation
+    #: gap's denominator: the logged ``losses`` are means over a window, taken while still falling
+    train_loss: float = float("nan")
 
     @property
     def exact_match(self) -> float:
@@ -83,6 +86,7 @@ def train_point(
     scored = finetune.evaluate_chat(model, tok, "test", limit=limit)
     correct = [p == ref for p, ref in zip(scored["predictions"], scored["references"], strict=True)]
     val = finetune.chat_loss(model, tok, "validation")
+    train = finetune.chat_loss(model, tok, "train")
     return Point(
         r=int(r),
         alpha=alpha,
@@ -92,6 +96,7 @@ def train_point(
         val_loss=val,
         correct=correct,
         rslora=bool(rslora),
+        train_loss=train,
     )
 
 
@@ -137,7 +142,8 @@ def settings() -> dict[str, Any]:
     return {
         "model": MODEL_ID,
         "train_args": dict(peft_methods.TRAIN_ARGS["lora"]),
-        "eval": "correct answers on all 84 test questions; answer loss on the validation split",
+        "eval": "correct answers on all 84 test questions; answer loss on the validation split "
+        "and on the train split after the last step",
     }
 
 
@@ -147,7 +153,13 @@ def _run(point: study.Point, seed: int) -> dict[str, Any]:
 
     rs = point.get("rslora", False)
     p = train_point(zoo.load_tokenizer(MODEL_ID), point["r"], point["alpha"], seed=seed, rslora=rs)
-    return {"steps": p.steps, "losses": p.losses, "val_loss": p.val_loss, "correct": p.correct}
+    return {
+        "steps": p.steps,
+        "losses": p.losses,
+        "val_loss": p.val_loss,
+        "train_loss": p.train_loss,
+        "correct": p.correct,
+    }
 
 
 STUDY = study.Study(
@@ -165,7 +177,7 @@ def summary(
     record: dict[str, Any], extra: list[Point] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Per (r, alpha, rslora): exact match, validation loss, and the validation loss over the
-    last logged training loss (held-out gap) over the seeds (min, mean, max).
+    train-split loss after the last step (generalisation gap) over the seeds (min, mean, max).
 
     ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
@@ -176,7 +188,12 @@ def summary(
         r, alpha, rs = point["r"], point["alpha"], point.get("rslora", False)
         rows = [p for p in study.runs_of(record, point) if p.get("rslora", False) == rs]
         rows += [
-            {"val_loss": p.val_loss, "correct": p.correct, "seed": p.seed, "losses": p.losses}
+            {
+                "val_loss": p.val_loss,
+                "correct": p.correct,
+                "seed": p.seed,
+                "train_loss": p.train_loss,
+            }
             for p in extra
             if (p.r, p.alpha, p.rslora) == (r, alpha, rs)
         ]
@@ -190,7 +207,7 @@ def summary(
             raise LabkitError(f"exact match over {n} questions asked; some points scored fewer")
         em = study.spread([sum(p["correct"][:n]) / n for p in rows])
         val = study.spread([p["val_loss"] for p in rows])
-        ratio = study.spread([p["val_loss"] / p["losses"][-1] for p in rows])
+        ratio = study.spread([p["val_loss"] / p["train_loss"] for p in rows])
         out.append(
             {
                 "r": r,

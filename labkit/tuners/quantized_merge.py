@@ -112,12 +112,19 @@ class QuantizedMerge:
         ]
 
     def summary(self) -> str:
-        """The worst-case gaps, and the median share of the effect and the scores per route."""
-        lines = [f"{'':<54} {'max gap':>8} {'median lost':>12}"]
+        """The worst-case logit gaps, and per route its median distance from the served model (as
+        a share of the adapter's own effect) and the scores."""
+        lines = [
+            f"{'vs the served 4-bit base + adapter':<54} {'max logit gap':>13} {'median dist.':>12}"
+        ]
         lost = [None, *(self.lost.get(r) for r in ROUTES)]
         for (text, value), share in zip(self.rows(), lost, strict=True):
             tail = f"{share:>12.1%}" if share is not None else f"{'':>12}"
-            lines.append(f"{text:<54} {value:>8.4f} {tail}")
+            lines.append(f"{text:<54} {value:>13.4f} {tail}")
+        lines.append(
+            "median dist.: median over positions of |route - served| / |served - 4-bit base| "
+            "(norms over the vocabulary)"
+        )
         lines.append(f"({self.positions} positions; {self.regime})")
         if self.scores:
             lines.append("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in self.scores.items()))
