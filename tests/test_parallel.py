@@ -186,6 +186,8 @@ def test_launch_config_is_read_by_accelerate(nodes):
         assert ours.pop("node-rank") == f"<0..{nodes - 1}>" and options.pop("node-rank") == "0"
     assert ours == options
     assert env["FSDP_VERSION"] == "2" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    # transformers' from_pretrained reads this one: only one rank per node loads the weights
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
 
 
 def test_hybrid_sharding_sends_only_gradient_shards_between_nodes():

@@ -286,8 +286,11 @@ def hybrid_comm_seconds(
     inter: str,
     ports_per_node: int = 1,
 ) -> dict[str, float]:
-    """Seconds per step of hybrid sharding (FSDP2 HSDP, ZeRO++ hpZ): ZeRO-3 inside each node over
-    ``intra``, the nodes holding replicas; only the gradient shards cross ``inter``.
+    """Seconds per step of hybrid sharding (FSDP2 HSDP, DeepSpeed MiCS): ZeRO-3 inside each node
+    over ``intra``, the nodes holding replicas; only the gradient shards cross ``inter``.
+
+    Not ZeRO++'s hpZ: that keeps the model states sharded over all GPUs and adds a weight copy
+    sharded inside each node, which removes only the backward all-gather between nodes.
 
     Inside a node: two all-gathers of the weights and a reduce-scatter of the gradients over
     ``gpus_per_node`` ranks. Between nodes: each GPU all-reduces its 1/``gpus_per_node`` gradient
@@ -333,6 +336,11 @@ def launch_config(
             "fsdp_reshard_after_forward": strategy == "zero3",
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            # one process per node reads the checkpoint; the others get meta tensors and their
+            # shards from the main process in prepare (accelerate's default, false, has every
+            # rank load the whole model into host RAM); accelerate's launcher requires the next
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_sync_module_states": True,
         }
     config = {k: v for k, v in config.items() if v is not None}
     # the options accelerate itself hands torchrun for this file (its prepare_multi_gpu_env):
