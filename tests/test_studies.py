@@ -3,6 +3,7 @@
 summary reads a synthetic record right. LoRA's update size and one short training point too."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,11 @@ def test_at_task_loss_interpolates_in_log_chat_loss_between_measured_epochs():
     at = forgetting.at_task_loss(record, "full", 0.2)
     assert at[0] == pytest.approx(1.5)  # 0.2 is halfway from 0.4 to 0.1 in log: ln 2 / ln 4
     assert at[1] is None  # reached inside epoch 1, where nothing was measured
+    across = forgetting.at_task_loss(record, "full", 0.2, first_epoch=0)  # from the untrained model
+    assert across[0] == pytest.approx(1.5)  # the same first crossing
+    assert across[1] == pytest.approx(0.5 + math.log(15) / math.log(300))  # 3.0 -> 0.01 in log
+    with pytest.raises(LabkitError, match="first_epoch must be an integer >= 0"):
+        forgetting.at_task_loss(record, "full", 0.2, first_epoch=-1)
     assert forgetting.at_task_loss(record, "full", 0.05) == [None, None]  # never reached
     with pytest.raises(LabkitError, match="chat_loss must be a number > 0"):
         forgetting.at_task_loss(record, "full", 0)

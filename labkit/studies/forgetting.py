@@ -158,18 +158,31 @@ def least_forgetting(record: dict[str, Any], min_chat_em: float = 0.9) -> str:
 
 
 def at_task_loss(
-    record: dict[str, Any], name: str, chat_loss: float, key: str = "corpus_loss"
+    record: dict[str, Any],
+    name: str,
+    chat_loss: float,
+    key: str = "corpus_loss",
+    *,
+    first_epoch: int = 1,
 ) -> list[float | None]:
     """Per recorded seed of run ``name``: ``key`` at the moment its chat validation loss first
     fell to ``chat_loss``, for comparing runs at the same amount of learning.
 
     Between the two measured epochs around that moment, ``key`` is interpolated linearly in the
-    log of the chat loss. Only epochs 1 and later count: a seed whose loss was already below
-    ``chat_loss`` after epoch 1 (it got there inside the first epoch, where nothing was measured)
-    or never reached it gives None.
+    log of the chat loss. Only intervals from epoch ``first_epoch`` on count (default 1): the
+    interval from the untrained model (epoch 0) to epoch 1 holds most of the learning (in
+    notebook 16's record the chat loss falls tens of times more inside it than across any later
+    interval compared) and the largest steps of a decaying schedule, so a straight line across it
+    stands for a path nothing measured. A seed whose loss was already below ``chat_loss`` at
+    ``first_epoch``, or never reached it, gives None; ``first_epoch=0`` interpolates across the
+    first epoch too.
     """
     if not (isinstance(chat_loss, int | float) and math.isfinite(chat_loss) and chat_loss > 0):
         raise LabkitError(f"chat_loss must be a number > 0 (nats/token), got {chat_loss!r}")
+    if not isinstance(first_epoch, int) or isinstance(first_epoch, bool) or first_epoch < 0:
+        raise LabkitError(
+            f"first_epoch must be an integer >= 0 (an epoch index), got {first_epoch!r}"
+        )
     runs = study.runs_of(record, {"run": name})
     if not runs:
         raise unknown("run", name, [p["run"] for p in record["settings"]["points"]])
@@ -177,7 +190,7 @@ def at_task_loss(
         raise unknown("metric", key, sorted(runs[0]["history"][0]))
     out: list[float | None] = []
     for r in runs:
-        rows = r["history"][1:]
+        rows = r["history"][first_epoch:]
         value = None
         for a, b in itertools.pairwise(rows):
             if a["chat_loss"] >= chat_loss >= b["chat_loss"] and a["chat_loss"] > b["chat_loss"]:
