@@ -3,8 +3,9 @@ them): each prediction held to the live-tensor trace of two real CPU steps of th
 
 Exact to the byte: every-n-th-layer checkpointing and GaLore at larger shapes. Within 2%, and why:
 the chunked loss (the chunk's own small temporaries and which of its ops is widest are modelled
-in bulk), the optimizer fused into backward (one gradient and its update's temporaries are
-counted at every backward moment that holds a gradient: an upper bound), GaLore at tiny shapes
+in bulk), the optimizer fused into backward, with a single-tensor or a fused AdamW per parameter
+(one gradient and its update's temporaries are counted at every backward moment that holds a
+gradient: an upper bound), GaLore at tiny shapes
 (the SVD's temporaries are not modelled).
 """
 
@@ -31,6 +32,8 @@ def _traced(b, s, *, lever, precision="fp32", lora=False):
     params = [p for p in model.parameters() if p.requires_grad]
     if lever == "in_backward":
         opt = levers.BackwardOptimizer(params, levers.adamw_single)
+    elif lever == "in_backward_fused":
+        opt = levers.BackwardOptimizer(params, levers.adamw_fused)
     elif lever == "galore":
         opt = levers.galore_optimizer(model, rank=4)
     else:
@@ -45,6 +48,7 @@ OPTIONS = {
     "chunked": {"loss": "chunked"},
     "every2": {"checkpointing": True, "checkpoint_every": 2},
     "in_backward": {"optimizer_in_backward": True},
+    "in_backward_fused": {"optimizer_in_backward": True, "impl": "fused"},
     "galore": {"galore_rank": 4},
 }
 CASES = [
@@ -56,6 +60,8 @@ CASES = [
     ("every2", 4, 128, "fp32", False, 0.0),
     ("in_backward", 1, 8, "fp32", False, 0.02),
     ("in_backward", 4, 128, "fp32", False, 0.0),
+    ("in_backward_fused", 1, 8, "fp32", False, 0.02),
+    ("in_backward_fused", 2, 32, "fp32", False, 0.02),
     ("galore", 1, 8, "fp32", False, 0.001),
     ("galore", 4, 128, "fp32", False, 0.0),
 ]
@@ -71,10 +77,9 @@ def test_prediction_equals_the_trace(lever, b, s, precision, lora, tol):
         batch=b,
         seq=s,
         device="cpu",
-        impl="single",
         outputs_alive=False,
         **method,
-        **OPTIONS[lever],
+        **{"impl": "single", **OPTIONS[lever]},
     )
     assert abs(pred.peak - got.peak) <= tol * got.peak, (pred.peak, got.peak)
     if tol == 0.0:
@@ -200,3 +205,16 @@ def test_lever_runs_galore_uses_its_named_rank_and_seeds_share_the_weights():
     a, _, _ = lever_runs.build("baseline", seed=0)
     b, _, _ = lever_runs.build("baseline", seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_fused_update_in_backward_adds_no_temporaries():
+    """The single-tensor update per parameter holds two temporaries of the largest tensor; a fused
+    AdamW per parameter none: its predicted peak is lower by exactly those, and on the trace too."""
+    job = {"precision": "fp32", "batch": 1, "seq": 8, "device": "cpu", "outputs_alive": False}
+    single, fused = (
+        peak.training_peak(CFG, **job, optimizer_in_backward=True, impl=i)
+        for i in ("single", "fused")
+    )
+    largest = max(p.numel() for p in zoo.load_model("zoo-llama").parameters())
+    assert single.peak - fused.peak == 2 * largest * 4
+    assert _traced(1, 8, lever="in_backward_fused").peak < _traced(1, 8, lever="in_backward").peak

@@ -123,8 +123,10 @@ def test_cli_json_has_the_plan_and_its_peak(capsys):
     assert got["peak"] <= 24 * GIB < got["baseline_peak"]
     want = plan.plan("llama-3.1-8b", 24, **LORA_8B)
     assert got["plan"] == list(want.levers) and got["peak"] == want.peak
+    assert got["plan_conditions"] == list(want.conditions)
     code, text = _cli([*argv, "--fit", "24", "--levers", "auto"], capsys)
     assert "plan for 24 GiB: " + " + ".join(want.levers) in text
+    assert f"time per step {plan.cost_text(want.levers)}" in text and "one round:" in text
 
 
 @pytest.mark.parametrize(
@@ -244,3 +246,35 @@ def test_a_job_the_levers_cannot_be_predicted_for_is_refused_in_one_line():
     with pytest.raises(LabkitError, match="cannot plan levers") as err:
         plan.plan("llama-3.1-8b", 24, batch=1, seq=2048, attention="eager")
     assert "\n" not in str(err.value) and "dry run" in str(err.value)
+
+
+def test_cost_ranges_are_the_records_rounds_and_hold_the_median():
+    record = json.loads(plan.RECORD.read_text())
+    for name, entry in record["levers"].items():
+        got = plan.COST_RANGES[name]
+        if not entry["measured"]:
+            assert got is None and "argued" in plan.cost_text([name])
+            continue
+        ratio = entry["ratio"]
+        assert got == (ratio["min"] - 1, ratio["max"] - 1)
+        assert got[0] <= ratio["median"] - 1 <= got[1]
+        assert f"one round: {got[0]:+.0%}..{got[1]:+.0%}" in plan.cost_text([name])
+    assert plan.cost_text(()) == "+0%"
+
+
+FULL_05B = {"method": "full", "precision": "bf16-mixed", "batch": 1, "seq": 256}
+
+
+def test_the_optimizer_in_backward_names_its_conditions_and_is_not_planned_with_accumulation():
+    """Exact only without clipping and accumulation: a plan with it says so, and a job that
+    accumulates micro-batches never gets it (the gradients of a step never all exist)."""
+    base = peak.training_peak("qwen2.5-0.5b", **FULL_05B).peak
+    lever = peak.training_peak("qwen2.5-0.5b", **FULL_05B, optimizer_in_backward=True).peak
+    assert lever < base
+    gib = (base + lever) / 2 / GIB  # between the two: the lever alone brings the job under
+    p = plan.plan("qwen2.5-0.5b", gib, levers="optimizer_in_backward", **FULL_05B)
+    assert p.levers == ("optimizer_in_backward",)
+    assert any("no gradient clipping" in c and "accumulation" in c for c in p.conditions)
+    with pytest.raises(LabkitError, match="none left to add"):
+        plan.plan("qwen2.5-0.5b", gib, levers="optimizer_in_backward", grad_accum=2, **FULL_05B)
+    assert plan.plan("qwen2.5-0.5b", 80, **FULL_05B).conditions == ()

@@ -349,10 +349,11 @@ def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
 def plan_line(p: plan.Plan, gib: float) -> str:
     """The plan in one line: its levers, their time cost, the peak with and without them."""
     chosen = " + ".join(p.levers) or "no lever needed"
+    needs = "".join(f"; needs {c}" for c in p.conditions)
     return (
-        f"  plan for {gib:g} GiB: {chosen} (about +{p.cost:.0%} time per step): peak "
-        f"{p.peak / 2**30:.2f} GiB (without: {p.baseline / 2**30:.2f} GiB); the figures above "
-        "are the planned job's"
+        f"  plan for {gib:g} GiB: {chosen} (time per step {plan.cost_text(p.levers)}): peak "
+        f"{p.peak / 2**30:.2f} GiB (without: {p.baseline / 2**30:.2f} GiB){needs}; the figures "
+        "above are the planned job's"
     )
 
 
@@ -484,6 +485,7 @@ def cli_main(argv: list[str]) -> int:
     if getattr(args, "plan", None) is not None:
         p = args.plan
         out.update(plan=list(p.levers), peak=p.peak, plan_cost=p.cost, baseline_peak=p.baseline)
+        out.update(plan_conditions=list(p.conditions))
     if args.with_levers is not None:
         out.update(levers=list(plan.lever_names(args.with_levers)))
     if decode is not None:

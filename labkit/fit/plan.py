@@ -18,9 +18,12 @@ predictions, instant for the formula families), keeps those that fit, and return
 changes the training least (the fewest levers that do not keep the step exact: 8-bit or
 factored moments, GaLore, pure bf16), then the one with the smallest summed time cost, then the
 fewest levers. So an exact plan is preferred to a cheaper one that changes the training; pass
-``levers=`` to allow only some. Costs add up as a model of the time,
-not a measurement of the combination; and a CPU's ratios on a small model are a guide to a
-GPU's on a large one, not a measurement of it.
+``levers=`` to allow only some. "Exact" holds under the :data:`CONDITIONS` a lever needs (the
+optimizer in backward: no gradient clipping, no accumulation; a plan names them). Costs add up
+as a model of the time, not a measurement of the combination; the record's rounds spread widely
+(:data:`COST_RANGES`, shown by :func:`cost_text`), so levers whose costs differ by less than that
+spread rank by chance; and a CPU's ratios on a small model are a guide to a GPU's on a large one,
+not a measurement of it.
 """
 
 from __future__ import annotations
@@ -70,9 +73,9 @@ def _cost(name: str, entry: Any, where: str) -> float:
     )
 
 
-def load_costs(path: Path = RECORD) -> dict[str, float]:
-    """Each lever of :data:`LEVERS` -> its extra time per step (a fraction of a step), from the
-    record at ``path``; one line of error when the record is missing, broken or lacks a lever."""
+def _entries(path: Path) -> dict[str, Any]:
+    """The record's ``levers`` table, one line of error when it is missing, broken or lacks a
+    lever of :data:`LEVERS`."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
@@ -89,14 +92,38 @@ def load_costs(path: Path = RECORD) -> dict[str, float]:
             f"the lever-cost record {path} has no entry for lever {missing[0]!r}; "
             f"re-make it with: {REMAKE}"
         )
+    return entries
+
+
+def load_costs(path: Path = RECORD) -> dict[str, float]:
+    """Each lever of :data:`LEVERS` -> its extra time per step (a fraction of a step), from the
+    record at ``path``; one line of error when the record is missing, broken or lacks a lever."""
+    entries = _entries(path)
     return {n: _cost(n, entries[n], str(path)) for n in LEVERS}
+
+
+def load_cost_ranges(path: Path = RECORD) -> dict[str, tuple[float, float] | None]:
+    """Each lever of :data:`LEVERS` -> the (smallest, largest) extra time of one round in the
+    record (its ratio's min and max, minus 1, not floored), or None for an argued figure. The
+    spread is the noise of the timing: two levers whose costs differ by less rank by chance."""
+    entries = _entries(path)
+    out: dict[str, tuple[float, float] | None] = {}
+    for n in LEVERS:
+        _cost(n, entries[n], str(path))  # one line of error when the entry is broken
+        ratio = entries[n].get("ratio") if entries[n]["measured"] is True else None
+        out[n] = None if ratio is None else (ratio["min"] - 1, ratio["max"] - 1)
+    return out
 
 
 #: Extra time per step of each lever, a fraction of the step without it (:func:`load_costs`
 #: of :data:`RECORD`: measured on a CPU, see the module docstring).
 COSTS: dict[str, float] = load_costs()
-#: Levers whose step is the step without them (within float rounding); the others change the
-#: training (8-bit or factored moments, a low-rank projection, bf16 weights).
+#: The smallest and largest extra time of one round of each lever in the record
+#: (:func:`load_cost_ranges`; None: an argued figure).
+COST_RANGES: dict[str, tuple[float, float] | None] = load_cost_ranges()
+#: Levers whose step is the step without them (within float rounding), under the
+#: :data:`CONDITIONS` they need; the others change the training (8-bit or factored moments, a
+#: low-rank projection, bf16 weights).
 EXACT = frozenset(
     {
         "chunked_loss",
@@ -106,19 +133,45 @@ EXACT = frozenset(
         "offload_activations",
     }
 )
+#: What a lever needs of the training loop to be exact. The optimizer in backward updates each
+#: parameter as its gradient is made, so the gradients never all exist: no clipping by their
+#: global norm (transformers' Trainer clips by default, ``max_grad_norm=1.0``), and no
+#: accumulation (the planner never picks it for a job with ``grad_accum`` > 1).
+CONDITIONS: dict[str, str] = {
+    "optimizer_in_backward": "no gradient clipping (Trainer: max_grad_norm=0) and no accumulation",
+}
+
+
+def cost_text(names: Any) -> str:
+    """The summed recorded cost of the levers ``names`` with the spread of the record's rounds:
+    ``+3% (one round: -10%..+15%)``; levers with an argued figure are named."""
+    listed = lever_names(names) if names else ()
+    median = sum(COSTS[n] for n in listed)
+    ranges = [COST_RANGES[n] for n in listed]
+    measured = [r for r in ranges if r is not None]
+    text = f"{median:+.0%}"
+    if measured:
+        low, high = sum(r[0] for r in measured), sum(r[1] for r in measured)
+        text += f" (one round: {low:+.0%}..{high:+.0%})"
+    argued = [n for n, r in zip(listed, ranges, strict=True) if r is None]
+    if argued:
+        text += f" ({', '.join(argued)}: an argued figure)"
+    return text
 
 
 @dataclass(frozen=True)
 class Plan:
     """The levers chosen (``levers``, cheapest first), the predicted ``peak`` (bytes) with them,
-    the summed ``cost`` (fraction of a step), the ``options`` of the peak they set, and the
-    ``baseline`` peak of the job without them."""
+    the summed ``cost`` (fraction of a step), the ``options`` of the peak they set, the
+    ``baseline`` peak of the job without them, and the ``conditions`` (:data:`CONDITIONS`) its
+    levers need to keep the step exact."""
 
     levers: tuple[str, ...]
     peak: int
     cost: float
     options: dict[str, Any]
     baseline: int
+    conditions: tuple[str, ...] = ()
 
 
 def _combined(names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -161,8 +214,15 @@ def options_of(names: Any) -> dict[str, Any]:
 
 
 def _candidates(job: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
-    """The levers that change something in ``job`` (one already on is no candidate)."""
-    return [n for n in allowed if any(job.get(k) != v for k, v in LEVERS[n].items())]
+    """The levers that change something in ``job`` (one already on is no candidate); not the
+    optimizer in backward for a job that accumulates micro-batches (:data:`CONDITIONS`)."""
+    accumulates = (job.get("grad_accum") or 1) > 1
+    return [
+        n
+        for n in allowed
+        if any(job.get(k) != v for k, v in LEVERS[n].items())
+        and not (n == "optimizer_in_backward" and accumulates)
+    ]
 
 
 def _check(allowed: Any, costs: dict[str, float]) -> tuple[str, ...]:
@@ -219,7 +279,8 @@ def plan(
         smallest = min(smallest, got)
         if got <= room:
             chosen = tuple(sorted(combo, key=lambda n: (costs[n], n)))
-            return Plan(chosen, got, sum(costs[n] for n in combo), extra, baseline)
+            needs = tuple(f"{n}: {CONDITIONS[n]}" for n in chosen if n in CONDITIONS)
+            return Plan(chosen, got, sum(costs[n] for n in combo), extra, baseline, needs)
     kept = f" less a reserve of {reserve / 2**30:.2f} GiB" if reserve else ""
     method = {"full": "LoRA or QLoRA, ", "frozen": "LoRA or QLoRA, ", "lora": "QLoRA, "}
     raise LabkitError(

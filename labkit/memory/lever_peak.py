@@ -11,8 +11,8 @@ hold these predictions to the live-tensor trace of those runs (:mod:`labkit.memo
   others keep all their activations (transformers' ``every_n_layers``).
 - ``offload_activations`` (a GPU lever): the checkpointed blocks' inputs live in host memory.
 - ``optimizer_in_backward``: each parameter is updated as soon as its gradient is ready and the
-  gradient freed; at any moment of backward one gradient and its update's temporaries exist,
-  and there is no optimizer phase. The state is alive through backward from the first step on.
+  gradient freed; at any moment of backward one gradient and its update's temporaries exist
+  (none for a fused AdamW per parameter, ``impl="fused"``), and there is no optimizer phase. The state is alive through backward from the first step on.
 - ``galore_rank=r`` (galore-torch 1.0's ``GaLoreAdamW`` on the 2-D block weights): moments of the
   gradient projected to rank r, and the projection matrix, which in fp32 is a view that keeps the
   whole SVD factor it was cut from (min(m, n)² values); the other parameters plain AdamW, and no
@@ -173,11 +173,14 @@ def _every(p: Any, n: int, x: dict[str, Any]) -> Any:
     )
 
 
-def in_backward(moments: list[Any], state: int, largest: int) -> list[Any]:
+def in_backward(moments: list[Any], state: int, largest: int, impl: str = "single") -> list[Any]:
     """The moments of a step whose optimizer runs inside backward (``optimizer_in_backward``):
     in backward the whole state (the first step creates it there; a later step holds it anyway)
-    and at most one gradient, the ``largest``, with its single-tensor update's two temporaries;
-    no optimizer phase, and zero_grad finds no gradient."""
+    and at most one gradient, the ``largest``, with its update's temporaries: two of its size for
+    a single-tensor (or foreach) AdamW per parameter, none for a fused one (``impl="fused"``:
+    ``AdamW([p], fused=True)`` in the hook updates in place); no optimizer phase, and zero_grad
+    finds no gradient."""
+    temporaries = 0 if impl == "fused" else 2 * largest
     from labkit.memory.peak import Moment
 
     out = []
@@ -189,7 +192,7 @@ def in_backward(moments: list[Any], state: int, largest: int) -> list[Any]:
             alive["optimizer_state"] = state
         if m.phase == "backward" and alive["gradients"]:
             alive["gradients"] = min(alive["gradients"], largest)
-            alive["temporaries"] += 2 * largest
+            alive["temporaries"] += temporaries
         elif m.phase != "backward":
             alive["gradients"] = 0
         out.append(Moment(m.phase, m.label + " (optimizer in backward)", alive))

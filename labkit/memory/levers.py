@@ -183,6 +183,12 @@ def adamw_single(params: list, lr: float = 1e-3) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, foreach=False)
 
 
+def adamw_fused(params: list, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """torch's fused AdamW (one kernel, in place: no temporaries of the parameter's size), as
+    :class:`BackwardOptimizer` can build one per parameter; runs on a CPU too."""
+    return torch.optim.AdamW(params, lr=lr, fused=True)
+
+
 def galore_optimizer(
     model: torch.nn.Module, rank: int = 4, update_gap: int = 200, lr: float = 1e-3
 ) -> torch.optim.Optimizer:

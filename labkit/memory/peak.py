@@ -527,8 +527,8 @@ def training_peak(
     first, later = _moments(parts, job, False, traced), _moments(parts, job, True, traced)
     if levers["optimizer_in_backward"]:
         largest = lever_peak.largest_tensor(config, tj) * parts.grad_b
-        first = lever_peak.in_backward(first, parts.state, largest)
-        later = lever_peak.in_backward(later, parts.state, largest)
+        first = lever_peak.in_backward(first, parts.state, largest, impl)
+        later = lever_peak.in_backward(later, parts.state, largest, impl)
     top = max(((m, "first") for m in first), key=lambda x: x[0].total)
     top_later = max(((m, "later") for m in later), key=lambda x: x[0].total)
     best, step = top_later if top_later[0].total >= top[0].total else top
