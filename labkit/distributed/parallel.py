@@ -7,14 +7,9 @@ global batch and reports: the loss of every step (averaged over ranks, so it can
 one process on the whole batch), the bytes of ITS OWN parameters, gradients and optimizer state
 (``DTensor.to_local()`` for sharded ones), and the bytes its collectives moved.
 
-Strategies (the engines as they are, nothing home-made):
-- ``ddp``: ``DistributedDataParallel``; every rank keeps everything, gradients are all-reduced.
-- ``zero2``: FSDP2 ``fully_shard(reshard_after_forward=False)``: parameters, gradients and
-  optimizer state sharded at rest; a block's gathered parameters stay from forward to backward.
-- ``zero3``: FSDP2 ``fully_shard()`` (reshard after forward): parameters are gathered again in
-  the backward pass, so less memory in flight and one more all-gather per step.
-- ``offload``: ``zero3`` plus ``CPUOffloadPolicy``: sharded parameters, gradients and the
-  optimizer step live in CPU memory (on a GPU machine; here everything is on the CPU already).
+Strategies (:data:`STRATEGIES`; the engines as they are, nothing home-made): DDP, FSDP2's
+``fully_shard`` with and without ``reshard_after_forward``, and with ``CPUOffloadPolicy``
+(sharded states in CPU memory on a GPU machine; here everything is on the CPU already).
 
 Precisions (:data:`PRECISIONS`, ``--precisions fp32,bf16``): ``fp32`` everywhere, or ``bf16`` the
 way each engine does it: DDP (and one process) under ``torch.autocast`` with fp32 weights and
