@@ -11,10 +11,9 @@ Strategies (:data:`STRATEGIES`; the engines as they are, nothing home-made): DDP
 ``fully_shard`` with and without ``reshard_after_forward``, and with ``CPUOffloadPolicy``
 (sharded states in CPU memory on a GPU machine; here everything is on the CPU already).
 
-Precisions (:data:`PRECISIONS`, ``--precisions fp32,bf16``): ``fp32`` everywhere, or ``bf16`` the
-way each engine does it: DDP (and one process) under ``torch.autocast`` with fp32 weights and
-gradients, FSDP2 with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16)``, which
-gathers and reduces in bf16.
+Precisions (:data:`PRECISIONS`, ``--precisions fp32,bf16``): ``fp32`` everywhere, or ``bf16`` as
+each engine does it: DDP (and one process) under ``torch.autocast`` with fp32 weights and
+gradients, FSDP2 gathering and reducing in bf16 (``MixedPrecisionPolicy``).
 """
 
 from __future__ import annotations
