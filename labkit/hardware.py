@@ -162,7 +162,9 @@ def requires_cuda(what: str) -> bool:
 def quiet_logs() -> None:
     """Hide log lines known to be harmless on this stack (see README troubleshooting).
 
-    Only specific loggers/messages are silenced; real warnings from training still show.
+    Sets transformers' verbosity to *error* (every transformers warning is hidden;
+    ``transformers.logging.set_verbosity_warning()`` shows them again), filters the Python
+    warnings listed below (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers.
     """
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.cextension").setLevel(logging.ERROR)

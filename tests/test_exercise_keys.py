@@ -189,7 +189,8 @@ def test_04_2_is_two_to_the_significant_bits_plus_one():
 
 def test_04_3_is_the_factor_numpy_float16_finds_best():
     """The same gradients (zoo model, notebook 04's 4 x 32 validation tokens) rounded through
-    numpy's float16 instead of torch's: the usable factor with the lowest median error."""
+    numpy's float16 instead of torch's: the usable factor with the smallest share of small
+    gradients whose relative error exceeds fp16's rounding of a normal value (2^-11)."""
     model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
     text = loaders.load_corpus("validation")
     ids = [t for s in tok(text[:40])["input_ids"] for t in [*s, tok.eos_token_id]][:128]
@@ -202,7 +203,7 @@ def test_04_3_is_the_factor_numpy_float16_finds_best():
         with np.errstate(over="ignore"):
             back = (g * s).astype(np.float16).astype(np.float64) / s
         if np.isfinite(back).all():
-            errors[s] = np.median(np.abs(back[small] - g[small]) / np.abs(g[small]))
+            errors[s] = np.mean(np.abs(back[small] - g[small]) / np.abs(g[small]) > 2.0**-11)
     best = min(errors, key=errors.get)
     assert 2.0**24 not in errors and len(errors) == 3  # the largest factor overflows
     _right_and_wrong("04.3", best, *(s for s in (1.0, 2.0**8, 2.0**16, 2.0**24) if s != best))

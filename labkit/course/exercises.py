@@ -255,7 +255,7 @@ EXERCISES.update(
         ),
         "04.3": Exercise(
             number(_best_loss_scale, rel=1e-9),
-            "the factor with no inf and the lowest median error of the small gradients",
+            "the factor with no inf and the smallest share of small gradients with relative error > 2**-11",
         ),
     }
 )
