@@ -46,9 +46,10 @@ def bnb_4bit_config(
 def keep_cpu_4bit_layout(model) -> int:
     """Stop bitsandbytes repacking 4-bit weights on AVX512-BF16 CPUs; return layers changed.
 
-    bitsandbytes 0.49-0.50 repacks a ``Linear4bit`` weight after its first eval-mode no-grad
-    forward on such CPUs, which silently breaks later LoRA training (see docs/pitfalls.md). Call it
-    right after loading, before any inference.
+    bitsandbytes 0.49-0.50 repacks a ``Linear4bit`` weight after its first eval-mode forward
+    whose input does not require grad (grad mode is not checked) on such CPUs, which silently
+    breaks later LoRA training (see docs/pitfalls.md). Call it right after loading, before any
+    inference.
     """
     import bitsandbytes as bnb
 
