@@ -250,8 +250,9 @@ def decode_tokens_per_s(
 ) -> float:
     """Predicted decode throughput, tokens/s summed over the batch (per sequence: divide by it).
 
-    An upper bound: real kernels reach 60-90% of peak bandwidth on GPUs, and time spent outside
-    the matrix products (launches, sampling, Python) comes on top.
+    An upper bound: real kernels reach only part of the peak bandwidth (the course assumes
+    60-90% on GPUs, a rule of thumb it does not measure), and time spent outside the matrix
+    products (launches, sampling, Python) comes on top.
     """
     return batch / step_seconds(cost, hw, batch=batch, context=context)
 
