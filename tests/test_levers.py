@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from labkit import LabkitError
-from labkit.memory import levers, peak, trace
+from labkit.memory import lever_runs, levers, peak, trace
 from labkit.models import zoo
 
 CFG = zoo.load_config("zoo-llama")
@@ -218,3 +218,16 @@ def test_a_fused_update_in_backward_adds_no_temporaries():
     largest = max(p.numel() for p in zoo.load_model("zoo-llama").parameters())
     assert single.peak - fused.peak == 2 * largest * 4
     assert _traced(1, 8, lever="in_backward_fused").peak < _traced(1, 8, lever="in_backward").peak
+
+
+def test_noise_seed_moves_only_pure_bf16s_rounding():
+    """The batch's seed is the run's noise seed by default; another noise seed on the same batch
+    changes pure bf16's stochastic rounding (so its losses) and leaves a deterministic lever's."""
+    kw = {"seed": 0, "steps": 3, "batch": 1, "seq": 16}
+    assert lever_runs.losses("pure_bf16", **kw) == lever_runs.losses(
+        "pure_bf16", **kw, noise_seed=0
+    )
+    assert lever_runs.losses("pure_bf16", **kw) != lever_runs.losses(
+        "pure_bf16", **kw, noise_seed=1
+    )
+    assert lever_runs.losses("baseline", **kw) == lever_runs.losses("baseline", **kw, noise_seed=1)

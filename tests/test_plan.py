@@ -8,7 +8,7 @@ import pytest
 
 from labkit import LabkitError
 from labkit.fit import estimate_cli, plan
-from labkit.memory import peak
+from labkit.memory import estimator, peak
 
 GIB = 2**30
 LORA_8B = {"method": "lora", "precision": "bf16-mixed", "batch": 1, "seq": 2048}
@@ -125,7 +125,7 @@ def test_cli_json_has_the_plan_and_its_peak(capsys):
     assert got["plan"] == list(want.levers) and got["peak"] == want.peak
     assert got["plan_conditions"] == list(want.conditions)
     code, text = _cli([*argv, "--fit", "24", "--levers", "auto"], capsys)
-    assert "plan for 24 GiB: " + " + ".join(want.levers) in text
+    assert "plan for 24 GiB (no reserve: --reserve GIB): " + " + ".join(want.levers) in text
     assert f"time per step {plan.cost_text(want.levers)}" in text and "one round:" in text
 
 
@@ -278,3 +278,41 @@ def test_the_optimizer_in_backward_names_its_conditions_and_is_not_planned_with_
     with pytest.raises(LabkitError, match="none left to add"):
         plan.plan("qwen2.5-0.5b", gib, levers="optimizer_in_backward", grad_accum=2, **FULL_05B)
     assert plan.plan("qwen2.5-0.5b", 80, **FULL_05B).conditions == ()
+
+
+def test_cli_components_leave_out_whole_the_levers_the_estimator_cannot_hold(capsys):
+    """``checkpoint_every_2`` sets ``checkpoint_every``, which the estimator's job has no field
+    for: the components are the job's without it (not the every-block checkpointing job), and
+    the JSON and the table say so; the peak is the planned job's."""
+    argv = ["llama-3.1-8b", "--method", "lora", "--precision", "bf16-mixed", "--seq", "2048"]
+    code, out = _cli([*argv, "--with", "checkpoint_every_2", "--json"], capsys)
+    got = json.loads(out)
+    without = estimator.training_memory("llama-3.1-8b", **LORA_8B)
+    every_block = estimator.training_memory("llama-3.1-8b", **LORA_8B, checkpointing=True)
+    assert code == 0 and got["components_without"] == ["checkpoint_every_2"]
+    assert got["activations"] == without.activations != every_block.activations
+    assert got["total"] == without.total
+    code, text = _cli([*argv, "--with", "checkpoint_every_2"], capsys)
+    assert "total are the job's without checkpoint_every_2" in text
+    # a lever the estimator's job holds (the optimizer) is in the components
+    code, out = _cli([*argv, "--method", "full", "--with", "adamw8bit", "--json"], capsys)
+    got = json.loads(out)
+    eight = estimator.training_memory(
+        "llama-3.1-8b", **{**LORA_8B, "method": "full"}, optimizer="adamw8bit"
+    )
+    assert got["components_without"] == [] and got["optimizer"] == eight.optimizer
+
+
+def test_cli_reserve_is_kept_free_by_the_plan(capsys):
+    argv = ["llama-3.1-8b", "--method", "lora", "--precision", "bf16-mixed", "--seq", "2048"]
+    code, out = _cli([*argv, "--fit", "24", "--levers", "auto", "--reserve", "2", "--json"], capsys)
+    got = json.loads(out)
+    want = plan.plan("llama-3.1-8b", 24, reserve=2 * GIB, **LORA_8B)
+    assert code == 0 and got["plan"] == list(want.levers) and got["peak"] <= 22 * GIB
+    none = plan.plan("llama-3.1-8b", 24, **LORA_8B)
+    assert want.levers != none.levers  # the reserve changes this plan: the check can fail
+    code, text = _cli([*argv, "--fit", "24", "--levers", "auto", "--reserve", "2"], capsys)
+    assert "plan for 24 GiB less a reserve of 2 GiB" in text
+    with pytest.raises(LabkitError, match="--reserve GIB applies to --fit") as err:
+        estimate_cli.cli_main([*argv, "--reserve", "2"])
+    assert "\n" not in str(err.value)

@@ -12,8 +12,11 @@ same path as notebook 02's calculator. Training on one GPU also reports the peak
 (:func:`labkit.memory.peak.training_peak`: the largest live set, its phase, each phase's largest;
 ``--optimizer-impl``, ``--device``, ``--lora-dropout`` move it), which the verdict reads; ``--fit
 GIB`` answers the inverse question (:mod:`labkit.fit.search`); ``--fit GIB --levers auto`` plans
-the cheapest set of levers whose peak fits (:mod:`labkit.fit.plan`), and reports the planned job. Bad input is one line on stderr
-with exit status 2 (see
+the cheapest set of levers whose peak fits (:mod:`labkit.fit.plan`; ``--reserve GIB`` keeps room
+for the CUDA context), and reports the planned job's peak. The components (weights ... total) are
+the estimator's, whose job has no field for some levers (``checkpoint_every``, the chunked loss,
+...): they are then the job's without those levers, which ``components_without`` names. Bad input
+is one line on stderr with exit status 2 (see
 :mod:`labkit.cli`); the memory API's errors name its parameters, :func:`flag` re-spells them.
 """
 
@@ -109,6 +112,7 @@ def _number(convert, accepted, what: str):
 _positive_int = _number(int, lambda v: v > 0, "a positive integer")
 _nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
+_nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
 _dropout = _number(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 
 
@@ -164,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="GIB",
         help="the largest --batch at --seq and the longest --seq at --batch whose peak fits GIB",
+    )
+    p.add_argument(
+        "--reserve",
+        type=_nonneg_float,
+        default=None,
+        metavar="GIB",
+        help="with --fit: keep GIB of the card free (CUDA context, cuBLAS workspace; 0)",
     )
     p.add_argument(
         "--levers",
@@ -248,6 +259,8 @@ def _check_options(args: argparse.Namespace) -> None:
             f"{flag('with')} applies levers to one card's training step: not with "
             f"{flag('levers')}, {flag('mode', 'infer')} or {flag('gpus')} > 1"
         )
+    if args.reserve is not None and args.fit is None:
+        raise LabkitError(f"{flag('reserve', 'GIB')} applies to {flag('fit', 'GIB')}")
     if args.fit is not None and args.zero != "0":
         raise LabkitError(
             f"{flag('fit', 'GIB')} reads the peak of a step, modelled on one card or under DDP: "
@@ -265,11 +278,33 @@ def _check_options(args: argparse.Namespace) -> None:
         )
 
 
-def _job(args: argparse.Namespace) -> TrainingJob:
-    """The training job of the given options (the job's own defaults for the others)."""
+def _job(args: argparse.Namespace, components: bool = False) -> TrainingJob:
+    """The training job of the given options (the job's own defaults for the others), with the
+    planned levers' options that are the job's; with ``components``, only the levers whose
+    options are all the job's (:func:`components_without`: the estimator's components cannot
+    hold the others, so they leave such a lever out whole rather than half of it)."""
     options = {name: getattr(args, name) for name in JOB_OPTIONS}
-    options.update({k: v for k, v in _planned(args).items() if k in JOB_OPTIONS})
+    planned = _planned(args)
+    if components:
+        kept = [n for n in _chosen_levers(args) if n not in components_without(args)]
+        planned = plan.options_of(kept) if kept else {}
+    options.update({k: v for k, v in planned.items() if k in JOB_OPTIONS})
     return TrainingJob(**{k: v for k, v in options.items() if v is not None})
+
+
+def _chosen_levers(args: argparse.Namespace) -> tuple[str, ...]:
+    """The planned levers (``--levers``) or the chosen ones (``--with``); () without them."""
+    found = getattr(args, "plan", None)
+    if found is not None:
+        return tuple(found.levers)
+    return plan.lever_names(args.with_levers) if args.with_levers is not None else ()
+
+
+def components_without(args: argparse.Namespace) -> list[str]:
+    """The levers the components (weights ... total) leave out: those that set an option of the
+    peak that the estimator's job has no field for (``checkpoint_every``, ``loss``,
+    ``galore_rank``, ...). The peak, its phases and what is alive at it have every lever."""
+    return [n for n in _chosen_levers(args) if not set(plan.LEVERS[n]) <= set(JOB_OPTIONS)]
 
 
 def estimate(args: argparse.Namespace) -> calculator.Fit:
@@ -290,7 +325,7 @@ def estimate(args: argparse.Namespace) -> calculator.Fit:
             )
         else:
             job = _job(args)
-            b = estimator.training_memory(config, job)
+            b = estimator.training_memory(config, _job(args, components=True))
             ddp = int(args.zero) == 0  # one GPU, or DDP (whose buckets calculator.fit adds)
             step = peak.training_peak(config, job, **_levers(args)) if ddp else None
             return calculator.fit(
@@ -322,9 +357,14 @@ def make_plan(args: argparse.Namespace, config: Any) -> plan.Plan:
     job = _job(args)
     options = {**vars(job), "precision": job.precision.name, **_levers(args)}
     try:
-        return plan.plan(config, args.fit, levers=args.levers, **options)
+        return plan.plan(config, args.fit, levers=args.levers, reserve=_reserve(args), **options)
     except OptionError as err:
         raise LabkitError(err.spelled(flag)) from None
+
+
+def _reserve(args: argparse.Namespace) -> int:
+    """``--reserve GIB`` in bytes (0 without it)."""
+    return round((args.reserve or 0) * 2**30)
 
 
 def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
@@ -340,20 +380,32 @@ def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
         args.fit,
         batch=args.batch,
         seq=args.seq,
-        reserve=buckets,
+        reserve=buckets + _reserve(args),
         **options,
         **_levers(args),
     )
 
 
-def plan_line(p: plan.Plan, gib: float) -> str:
+def plan_line(p: plan.Plan, gib: float, reserve: float = 0.0) -> str:
     """The plan in one line: its levers, their time cost, the peak with and without them."""
     chosen = " + ".join(p.levers) or "no lever needed"
     needs = "".join(f"; needs {c}" for c in p.conditions)
+    kept = f" less a reserve of {reserve:g} GiB" if reserve else " (no reserve: --reserve GIB)"
     return (
-        f"  plan for {gib:g} GiB: {chosen} (time per step {plan.cost_text(p.levers)}): peak "
-        f"{p.peak / 2**30:.2f} GiB (without: {p.baseline / 2**30:.2f} GiB){needs}; the figures "
-        "above are the planned job's"
+        f"  plan for {gib:g} GiB{kept}: {chosen} (time per step {plan.cost_text(p.levers)}): "
+        f"peak {p.peak / 2**30:.2f} GiB (without: {p.baseline / 2**30:.2f} GiB){needs}; the peak "
+        "above is the planned job's"
+    )
+
+
+def components_line(args: argparse.Namespace) -> str | None:
+    """One line when the components leave levers out (:func:`components_without`), else None."""
+    left = components_without(args)
+    if not left:
+        return None
+    return (
+        f"  weights ... total are the job's without {' + '.join(left)} (the estimator has no "
+        "field for it); the PEAK and its phases are with every lever"
     )
 
 
@@ -448,9 +500,11 @@ def cli_main(argv: list[str]) -> int:
     if not args.json:
         print(table(fit, args, decode))
         if getattr(args, "plan", None) is not None:
-            print(plan_line(args.plan, args.fit))
+            print(plan_line(args.plan, args.fit, args.reserve or 0.0))
         if args.with_levers is not None:
             print(f"  levers applied (--with): {' + '.join(plan.lever_names(args.with_levers))}")
+        if (line := components_line(args)) is not None:
+            print(line)
         if found is not None:
             print(
                 f"  fits {args.fit:g} GiB: largest --batch at --seq {args.seq}: "
@@ -488,6 +542,8 @@ def cli_main(argv: list[str]) -> int:
         out.update(plan_conditions=list(p.conditions))
     if args.with_levers is not None:
         out.update(levers=list(plan.lever_names(args.with_levers)))
+    if _chosen_levers(args):  # the levers the components (weights ... total) leave out
+        out.update(components_without=components_without(args))
     if decode is not None:
         out.update(card=decode["card"], decode_tokens_per_s=decode["decode_tokens_per_s"])
     print(json.dumps(out))

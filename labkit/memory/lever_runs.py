@@ -116,11 +116,23 @@ def seconds_per_step(
     return best
 
 
-def losses(name: str, *, seed: int = 0, steps: int = 10, batch: int = 2, seq: int = 64) -> list:
+def losses(
+    name: str,
+    *,
+    seed: int = 0,
+    steps: int = 10,
+    batch: int = 2,
+    seq: int = 64,
+    noise_seed: int | None = None,
+) -> list:
     """The loss at each of ``steps`` training steps on one fixed batch (seed: the batch, drawn
-    with generator seed ``100 + seed``, and torch's seed for the optimizer's randomness; the
-    weights load the same for every seed, so two levers on one seed see the same batch)."""
+    with generator seed ``100 + seed``; the weights load the same for every seed, so two levers
+    on one seed see the same batch). ``noise_seed`` is torch's seed for the run's randomness
+    (pure bf16's stochastic rounding), the batch's ``seed`` when None: varied on one batch, it
+    measures how far that randomness alone moves the loss."""
     model, opt, loss_fn = build(name, seed)
+    if noise_seed is not None:
+        torch.manual_seed(noise_seed)
     x = ids(batch, seq, seed=100 + seed)
     return [_step(model, opt, loss_fn, x) for _ in range(steps)]
 
