@@ -1820,7 +1820,7 @@ ROWS = [
     row("V2-06+within", lambda c: st().within(0.5, []), "no values to summarise"),
     row("V2-06+nan", lambda c: st().within(float("nan"), [0.1, 0.2]), "value", "nan"),
     row("V2-06+slack", lambda c: st().within(0.1, [0.1, 0.2], slack=-1), "slack", ">= 0"),
-    row("V2-06+gap", lambda c: st().gap_exceeds_spread("ab", [1.0]), "a must be a list of numbers"),
+    row("V2-06+gap", lambda c: st().ranges_apart("ab", [1.0]), "a must be a list of numbers"),
     row(
         "F2-02+rank",
         lambda c: importlib.import_module("labkit.studies.lora_rank").train_point(

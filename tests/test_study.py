@@ -184,8 +184,8 @@ def test_spread_and_comparisons():
         study.spread([])
     assert study.within(0.5, [0.4, 0.6]) and not study.within(0.7, [0.4, 0.6])
     assert study.within(0.65, [0.4, 0.6], slack=0.05)
-    assert study.gap_exceeds_spread([0.9, 0.8], [0.5, 0.7])
-    assert not study.gap_exceeds_spread([0.9, 0.6], [0.5, 0.7])
+    assert study.ranges_apart([0.9, 0.8], [0.5, 0.7])
+    assert not study.ranges_apart([0.9, 0.6], [0.5, 0.7])
 
 
 def test_a_run_may_not_overwrite_its_point(tmp_path):

@@ -112,8 +112,10 @@ def within(value: float, seeds: Sequence[float], slack: float = 0.0) -> bool:
     return s.min - checks.number("slack", slack, low=0) <= value <= s.max + slack
 
 
-def gap_exceeds_spread(a: Sequence[float], b: Sequence[float]) -> bool:
-    """True when the two seed ranges do not overlap (a gap larger than the noise)."""
+def ranges_apart(a: Sequence[float], b: Sequence[float]) -> bool:
+    """True when the two seed ranges [min, max] do not overlap: every seed of one is above every
+    seed of the other. The weaker claim: it does not ask the gap to exceed the seed spread (a
+    strict rule such as ``lora_rank.verdict`` does)."""
     sa, sb = spread(_numbers("a", a)), spread(_numbers("b", b))
     return sa.min > sb.max or sb.min > sa.max
 
