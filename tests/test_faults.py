@@ -120,7 +120,9 @@ def test_second_process_joins_a_running_search_without_failing_its_trial(tmp_pat
 
 
 def test_ctrl_c_is_one_line_exit_130_and_the_search_resumes(tmp_path, capsys):
-    url, n = f"sqlite:///{tmp_path / 'int.db'}", 3
+    # six 2-second trials: Ctrl-C lands in the second, with trials to go (with three, a slow poll
+    # could see the last one running and the search end before the signal: exit 0, seen once)
+    url, n = f"sqlite:///{tmp_path / 'int.db'}", 6
     proc = _start(url, "s", n, seconds=2.0)
     assert _wait_for(url, "s", {TrialState.COMPLETE, TrialState.RUNNING}, proc)
     proc.send_signal(signal.SIGINT)
