@@ -65,9 +65,17 @@ def _start(url: str, name: str, n: int, seconds: float) -> subprocess.Popen:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_terminal_sigint,
         )
     )
     return STARTED[-1]
+
+
+def _terminal_sigint() -> None:
+    """In the child: Ctrl-C's default disposition, as a terminal starts a command. An ignored
+    SIGINT is inherited across exec (and Python then installs no KeyboardInterrupt handler);
+    something earlier in the full suite leaves it ignored in the pytest process."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _trials(url: str, name: str):
