@@ -367,14 +367,13 @@ def _reserve(args: argparse.Namespace) -> int:
     return round((args.reserve or 0) * 2**30)
 
 
-def fit_search(args: argparse.Namespace, config: Any) -> dict[str, int | None]:
+def fit_search(args: argparse.Namespace, config: Any, buckets: int = 0) -> dict[str, int | None]:
     """``--fit GIB``: the largest micro-batch at ``--seq`` and the longest sequence at
-    ``--batch`` whose peak fits (:mod:`labkit.fit.search`)."""
+    ``--batch`` whose peak fits (:mod:`labkit.fit.search`); ``buckets``: DDP's gradient buckets
+    (the verdict's ``ddp_buckets``), held on every GPU whatever the shape."""
     job = _job(args)
     options = {k: v for k, v in vars(job).items() if k not in {"batch", "seq"}}
     options["precision"] = job.precision.name
-    # over several GPUs (DDP), every GPU also holds the gradient buckets, whatever the shape
-    buckets = estimator.training_memory(config, job).gradients if args.gpus > 1 else 0
     return search.fit(
         config,
         args.fit,
@@ -496,7 +495,8 @@ def cli_main(argv: list[str]) -> int:
     fit = estimate(args)  # checks the options first
     b = fit.per_gpu
     decode = decode_prediction(args, b.details.get("dtype", "bf16"))
-    found = fit_search(args, _load(args.model)) if args.fit else None
+    buckets = (fit.peak.details.get("ddp_buckets") or 0) if fit.peak is not None else 0
+    found = fit_search(args, _load(args.model), buckets) if args.fit else None
     if not args.json:
         print(table(fit, args, decode))
         if getattr(args, "plan", None) is not None:

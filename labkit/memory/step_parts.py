@@ -400,9 +400,9 @@ def _backward_copies(
     ckpt = job["checkpointing"] and mixed and job["method"] in {"full", "frozen"}
     if copies and job["method"] == "lora":
         lora = targets.lora_modules(s, job["lora_targets"])
-        first = [m for m in lora if _in_block0(m.name)]
-        unsaved = sum(2 * job["lora_r"] * m.d_in for m in first if reads(m.name) == "x1")
         if not job["checkpointing"]:
+            first = [m for m in lora if _in_block0(m.name)]
+            unsaved = sum(2 * job["lora_r"] * m.d_in for m in first if reads(m.name) == "x1")
             return {"copies_early": copies - unsaved, "copies_block": copies - unsaved}
         # checkpointed blocks save no copy: autocast's cache frees them all when the forward
         # leaves it; a block's recomputation makes its own again for its backward (block 0's
