@@ -73,8 +73,9 @@ def _start(url: str, name: str, n: int, seconds: float) -> subprocess.Popen:
 
 def _terminal_sigint() -> None:
     """In the child: Ctrl-C's default disposition, as a terminal starts a command. An ignored
-    SIGINT is inherited across exec (and Python then installs no KeyboardInterrupt handler);
-    something earlier in the full suite leaves it ignored in the pytest process."""
+    SIGINT is inherited across exec (and Python then installs no KeyboardInterrupt handler), and
+    a shell without job control ignores it in every command it starts with `&`, as CI runners
+    and `bash .ci/run &` do: pytest, and each command it starts, then begin with it ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
