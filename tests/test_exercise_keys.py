@@ -63,9 +63,15 @@ def _peft_trainable(config, model: str = "zoo-llama") -> int:
 # --- notebooks 00-03: models and memory --------------------------------------------------------
 
 
-def test_00_1_is_the_real_models_parameter_count():
-    n = sum(p.numel() for p in zoo.load_model("tiny-qwen2").parameters())  # tied: counted once
-    _right_and_wrong("00.1", n, n + 1, n * 2)
+def test_00_1_is_the_real_tied_models_parameter_count():
+    untied = sum(p.numel() for p in zoo.load_model("tiny-llama").parameters())
+    config = zoo.load_config("tiny-llama")
+    config.tie_word_embeddings = True
+    tied = AutoModelForCausalLM.from_config(config)
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight
+    n = sum(p.numel() for p in tied.parameters())  # the shared matrix counted once
+    assert n == untied - config.vocab_size * config.hidden_size
+    _right_and_wrong("00.1", n, untied, n + 1)
 
 
 def test_00_2_is_the_greedy_tokens_probability():

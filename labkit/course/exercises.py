@@ -67,6 +67,13 @@ def _estimator():
     return estimator
 
 
+def _tied_tiny_llama() -> int:
+    """Parameters of tiny-llama with its head tied to the embedding (the untied count minus V x h)."""
+    config = importlib.import_module("labkit.models.zoo").load_config("tiny-llama")
+    config.tie_word_embeddings = True
+    return _architecture().count_parameters(config)
+
+
 def _p_forest() -> float:
     import torch
 
@@ -91,12 +98,8 @@ def _ln_vocab() -> float:
 EXERCISES.update(
     {
         "00.1": Exercise(
-            integer(
-                lambda: _architecture().count_parameters(
-                    importlib.import_module("labkit.models.zoo").load_config("tiny-qwen2")
-                )
-            ),
-            "sum p.numel() over model.parameters() (tied weights count once)",
+            integer(_tied_tiny_llama),
+            "sum p.numel() over the parameters of tiny-llama built with tie_word_embeddings=True",
         ),
         "00.2": Exercise(
             number(_p_forest, rel=1e-3),
