@@ -277,12 +277,13 @@ def test_training_state_bytes_measures_real_gradients(method):
         assert state["gradients"] == 4 * sum(p.numel() for p in params[1:])
 
 
-@pytest.mark.parametrize("method", ["full", "prompt", "lora", "prefix"])
+@pytest.mark.parametrize("method", ["full", "prompt", "p-tuning-mlp", "lora", "prefix"])
 def test_greedy_answers_is_the_forward_pass_and_generate_is_not_for_prefix(method):
-    """``greedy_answers`` decodes with the model's forward pass. ``generate_answers`` agrees
-    with it for every method but prefix tuning, whose uncached generate() drifts after the
-    first token on peft 0.21 + transformers 5 (even with an untrained prefix): if this starts
-    failing for "prefix", the stack was fixed and notebook 10's caveat can go."""
+    """``greedy_answers`` decodes with the model's forward pass, with a KV cache
+    (``cached=True``) or without, to the same answers. ``generate_answers`` agrees with it for
+    every method but prefix tuning, whose uncached generate() drifts after the first token on
+    peft 0.21 + transformers 5 (even with an untrained prefix): if this starts failing for
+    "prefix", the stack was fixed and notebook 10's caveat can go."""
     from labkit.data import loaders
     from labkit.training import finetune
 
@@ -299,6 +300,10 @@ def test_greedy_answers_is_the_forward_pass_and_generate_is_not_for_prefix(metho
     generated = finetune.generate_answers(model, tok, prompts)
     same = sum(a == b for a, b in zip(greedy, generated, strict=True))
     assert (same < len(prompts)) if method == "prefix" else (same == len(prompts))
+    assert peft_methods.greedy_answers(model, tok, prompts, cached=True) == greedy
+    if method not in ("full", "lora"):  # the virtual tokens change answers: dropping them fails
+        plain = peft_methods.greedy_answers(model.get_base_model(), tok, prompts)
+        assert plain != greedy
 
 
 def test_generate_trace_shows_the_cache_name_peft_and_transformers_disagree_on():

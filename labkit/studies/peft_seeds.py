@@ -28,7 +28,9 @@ def _default(method: str, **change: Any) -> tuple[str, dict[str, Any]]:
 
 #: The peft docs' prompt-tuning recipe (``docs/source/task_guides/prompt_based_methods.md``):
 #: AdamW at 3e-2 with linear decay to zero for 50 epochs of a 50-example set in batches of 16,
-#: i.e. 200 steps. Here 18 epochs of 11 batches: 198 steps (weight decay stays the course's 0).
+#: i.e. 200 steps. Here 18 epochs of 11 batches: 198 steps. Not the docs' whole recipe: their
+#: ``torch.optim.AdamW`` keeps its default weight decay 0.01 and nothing clips gradients; here
+#: weight decay stays the course's 0 and the ``Trainer`` clips the gradient norm at 1.
 PEFT_DOCS_PROMPT = {"num_train_epochs": 18, "learning_rate": 3e-2, "lr_scheduler_type": "linear"}
 
 #: Per notebook: the (method, training arguments[, attach options]) it compares, three seeds

@@ -420,15 +420,19 @@ def attach(
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 14) -> list[str]:
+def greedy_answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 14, *, cached: bool = False
+) -> list[str]:
     """Greedy answers decoded with the model's own forward pass, cut at the first newline.
 
     Each new token is the argmax of ``model(input_ids).logits`` over the whole sequence so far:
-    the computation training optimised, with no ``generate()`` and no KV cache. Slow (every step
-    re-runs the sequence) but faithful, which ``generate()`` is not for prefix tuning with peft
-    0.21 + transformers 5: cached, it drops the prefix; with ``use_cache=False`` every step after
-    the first differs from this forward pass (notebook 10). Prompts of equal token length decode
-    together, so no padding is needed.
+    the computation training optimised, with no ``generate()``. Without a KV cache (the default)
+    every step re-runs the sequence: slow but faithful, which ``generate()`` is not for prefix
+    tuning with peft 0.21 + transformers 5: cached, it drops the prefix; with ``use_cache=False``
+    every step after the first differs from this forward pass (notebook 10). ``cached=True``
+    decodes the same way with a KV cache, putting the virtual tokens in by hand once (see
+    :func:`_cached_start`), so each later step runs one new position through the base model.
+    Prompts of equal token length decode together, so no padding is needed.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -440,18 +444,54 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
     for length, idx in groups.items():
         ids = torch.tensor([encoded[i] for i in idx], device=device)
         done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        if cached:
+            decoder, out, mask = _cached_start(model, ids)
         for _ in range(max_new_tokens):
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+            if cached:
+                logits = out.logits[:, -1]
+            else:
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
             nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             done |= nxt == tokenizer.eos_token_id
             if bool(done.all()):
                 break
+            if cached:  # one new position over everything already in the cache
+                mask = torch.cat([mask, mask[:, :1]], dim=1)
+                cache = out.past_key_values
+                out = decoder(
+                    input_ids=nxt[:, None], attention_mask=mask, cache=cache, use_cache=True
+                )
         for row, i in zip(ids[:, length:], idx, strict=True):
             text = tokenizer.decode(row, skip_special_tokens=True)
             answers[i] = text.strip().split("\n")[0].strip()
     return answers
+
+
+def _cached_start(model, ids: torch.Tensor):
+    """The decoder that takes cached steps, its output on the prompt ``ids``, and the mask.
+
+    A prompt-learning model's virtual tokens go in by hand, past peft 0.21's generation hook
+    (which passes the cache as ``past_key_values`` where transformers 5.24 reads ``cache``):
+    prompt tuning's and P-tuning's rows (``get_prompt``) in front of the token embeddings,
+    prefix tuning's keys and values (``get_prompt``, a KV cache of ``n`` positions) as the cache
+    the prompt starts from, as peft's own forward pass does. The base model then decodes.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if not getattr(config, "is_prompt_learning", False):  # nothing virtual: the model as it is
+        mask = torch.ones_like(ids)
+        return model, model(input_ids=ids, attention_mask=mask, use_cache=True), mask
+    base = model.get_base_model()
+    n, rows = config.num_virtual_tokens, ids.shape[0]
+    mask = torch.ones(rows, n + ids.shape[1], dtype=ids.dtype, device=ids.device)
+    prompt = model.get_prompt(rows)
+    if _peft_type(config) == "PREFIX_TUNING":
+        out = base(input_ids=ids, attention_mask=mask, cache=prompt, use_cache=True)
+    else:
+        embeds = torch.cat([prompt.to(base.dtype), base.get_input_embeddings()(ids)], dim=1)
+        out = base(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+    return base, out, mask
 
 
 @torch.no_grad()
