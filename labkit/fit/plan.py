@@ -286,11 +286,11 @@ def plan(
     smallest = min(reached.values())
     # the fewest levers within 1% of the smallest peak (not a lever that shaves a few MiB)
     best = min((c for c, p in reached.items() if p <= 1.01 * smallest), key=len)
+    with_best = f", {reached[best] / 2**30:.2f} GiB with {' + '.join(best)}" if best else ""
     raise LabkitError(
         f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak is "
-        f"{smallest / 2**30:.2f} GiB, {reached[best] / 2**30:.2f} GiB with "
-        f"{' + '.join(best) or 'no lever'} ({_tried(reached, baseline)}); try a smaller --batch "
-        f"or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs"
+        f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); try a smaller "
+        f"--batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs"
     )
 
 
@@ -300,7 +300,7 @@ def _tried(reached: dict[tuple[str, ...], int], baseline: int) -> str:
     whose optimizer state is tiny), so a learner sees which ones mattered."""
     alone = {c[0]: p for c, p in reached.items() if len(c) == 1}
     if not alone:
-        return "no lever left to add"
+        return "levers: none left to add"
     movers = [n for n, p in alone.items() if p < 0.99 * baseline]
     weak = [n for n in alone if n not in movers]
     text = f"levers that lower this job's peak: {', '.join(movers) or 'none'}"
