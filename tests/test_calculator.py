@@ -25,6 +25,20 @@ def test_calculate_verdict_and_sharding():
     assert inf.kv_cache == estimator.kv_cache_bytes("llama-3.1-8b", 4, 8192)
 
 
+def test_the_verdict_names_the_adamw_implementation_and_leaves_out_gpu_overheads():
+    """foreach AdamW's temporary copy makes the optimizer step the peak; the Trainer's fused AdamW
+    has none, so the same full fine-tune peaks lower, in backward: the verdict says which."""
+    job = dict(model="llama-3.1-8b", method="full", gpu_gib=80)
+    _, foreach = calculator.calculate(**job)
+    _, fused = calculator.calculate(**job, impl="fused")
+    assert "in optimizer" in foreach and foreach.endswith("(foreach AdamW, before GPU overheads)")
+    assert "in backward" in fused and fused.endswith("(fused AdamW, before GPU overheads)")
+    _, z3 = calculator.calculate(**job, gpus=8, zero=3)  # a per-GPU total: no implementation
+    assert "AdamW" not in z3 and z3.endswith("GiB per GPU (41%) (before GPU overheads)")
+    with pytest.raises(LabkitError, match="AdamW implementation"):
+        calculator.calculate(impl="apex")
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(zero=5), dict(method="prefix"), dict(precision="fp8"), dict(gpu_gib=0), dict(gpus=0)],
@@ -59,7 +73,7 @@ def test_widget_builds_its_controls_with_ipywidgets():
 
     shown = calculator.widget()
     names = {c.description for c in shown.widget.children if hasattr(c, "description")}
-    assert {"model", "method", "precision", "gpus", "gpu_gib"} <= names
+    assert {"model", "method", "precision", "gpus", "gpu_gib", "impl"} <= names
     plt.close("all")
 
 

@@ -112,6 +112,10 @@ def test_accelerate_takes_the_max_not_the_sum():
     binary, decimal = compare.printed_bytes(acc["printed_training"])  # "949.4 MB"
     assert abs(binary - acc["training_figure"]) <= 0.005 * 2**20 < abs(decimal - binary)
     assert compare.printed_bytes("9.20GB (ZeRO)") == (9.2 * 2**30, 9.2e9)
+    # the row it reads is the float16 one (mixed precision: Adam 8 B/param); float32's is twice
+    assert acc["dtype"] == "float16"
+    fp32 = compare.accelerate_estimate("gpt2", "float32")
+    assert fp32["training_figure"] == fp32["training"]["step"] == 2 * acc["training_figure"]
     with pytest.raises(LabkitError):
         compare.printed_bytes("lots")
 

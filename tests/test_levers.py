@@ -191,6 +191,9 @@ def test_lever_runs_checkpointing_is_the_same_step_and_bad_input_is_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(LabkitError, match="rounds"):
         lever_runs.seconds_per_step(("baseline",), rounds=0)
+    times = lever_runs.step_times(("baseline", "chunked_loss"), batch=1, seq=8, rounds=2)
+    assert {n: len(t) for n, t in times.items()} == {"baseline": 2, "chunked_loss": 2}
+    assert all(s > 0 for t in times.values() for s in t)
     with pytest.raises(LabkitError, match="step_difference"):
         lever_runs.gradient_difference("optimizer_in_backward")
 

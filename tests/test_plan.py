@@ -98,6 +98,20 @@ def test_nothing_fits_is_one_line():
     assert "\n" not in str(err.value)
 
 
+def test_nothing_fits_names_the_best_set_and_the_levers_that_hardly_move_the_job():
+    """LoRA 8B keeps a tiny optimizer state: the optimizer levers are tried but barely move its
+    peak, so the line sets them apart from the levers that lower it."""
+    with pytest.raises(LabkitError) as err:
+        plan.plan("llama-3.1-8b", 16, reserve=2 * 2**30, **LORA_8B)
+    text = str(err.value)
+    assert "\n" not in text and "smallest predicted peak is" in text
+    movers, weak = text.split("lower this job's peak: ")[1].split("; tried too, under 1% each: ")
+    assert "chunked_loss" in movers and "checkpointing" in movers
+    assert "adamw8bit" in weak and "adamw8bit" not in movers
+    best = text.split(" GiB with ")[1].split(" (")[0].split(" + ")
+    assert "chunked_loss" in best and not {"adamw8bit", "adafactor", "galore"} & set(best)
+
+
 def test_nothing_fits_names_the_reserve_and_no_remedy_the_job_already_takes():
     with pytest.raises(LabkitError) as err:
         plan.plan("llama-3.1-8b", 16, reserve=GIB, **LORA_8B)

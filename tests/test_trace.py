@@ -124,3 +124,14 @@ def test_the_timeline_figure():
     assert "optimizer state" in timeline.alive_label(step.alive)
     assert len(ax.collections) >= 4  # phase spans and the predicted segments
     plt.close(fig)
+
+
+def test_the_parts_box_lists_every_part_tied_with_the_last_shown():
+    """A part as large as the third largest is listed too (gradients = weights in fp32), in MiB."""
+    from labkit.memory import timeline
+
+    alive = {"optimizer_state": 16 * 2**20, "weights": 8 * 2**20, "gradients": 8 * 2**20}
+    alive |= {"temporaries": 8 * 2**20, "inputs": 2**10}
+    label = timeline.alive_label(alive)
+    assert label.count("\n") == 3 and "gradients 8.0 MiB" in label and "token ids" not in label
+    assert timeline.alive_label({"weights": 3 * 2**20}) == "weights 3.0 MiB"

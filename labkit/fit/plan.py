@@ -265,7 +265,7 @@ def plan(
         (c for r in range(len(names) + 1) for c in itertools.combinations(names, r)),
         key=lambda c: _order(c, costs),
     )
-    smallest = baseline
+    reached: dict[tuple[str, ...], int] = {(): baseline}  # each combination's peak
     for combo in combos:
         extra = _combined(combo)
         if extra is None:
@@ -276,15 +276,32 @@ def plan(
             raise LabkitError(f"cannot plan levers: {err}") from None
         except LabkitError:
             continue  # a combination the job cannot take (GaLore with 8-bit states, ...)
-        smallest = min(smallest, got)
+        reached[combo] = got
         if got <= room:
             chosen = tuple(sorted(combo, key=lambda n: (costs[n], n)))
             needs = tuple(f"{n}: {CONDITIONS[n]}" for n in chosen if n in CONDITIONS)
             return Plan(chosen, got, sum(costs[n] for n in combo), extra, baseline, needs)
     kept = f" less a reserve of {reserve / 2**30:.2f} GiB" if reserve else ""
     method = {"full": "LoRA or QLoRA, ", "frozen": "LoRA or QLoRA, ", "lora": "QLoRA, "}
+    smallest = min(reached.values())
+    # the fewest levers within 1% of the smallest peak (not a lever that shaves a few MiB)
+    best = min((c for c, p in reached.items() if p <= 1.01 * smallest), key=len)
+    with_best = f", {reached[best] / 2**30:.2f} GiB with {' + '.join(best)}" if best else ""
     raise LabkitError(
-        f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak with the levers "
-        f"({', '.join(names) or 'none left to add'}) is {smallest / 2**30:.2f} GiB; try a "
-        f"smaller --batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs"
+        f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak is "
+        f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); try a smaller "
+        f"--batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs"
     )
+
+
+def _tried(reached: dict[tuple[str, ...], int], baseline: int) -> str:
+    """The levers the planner tried, by what each does alone to the job's peak ``baseline``: those
+    that lower it, then those that hardly move it (under 1%: the optimizer levers of a LoRA job,
+    whose optimizer state is tiny), so a learner sees which ones mattered."""
+    alone = {c[0]: p for c, p in reached.items() if len(c) == 1}
+    if not alone:
+        return "levers: none left to add"
+    movers = [n for n, p in alone.items() if p < 0.99 * baseline]
+    weak = [n for n in alone if n not in movers]
+    text = f"levers that lower this job's peak: {', '.join(movers) or 'none'}"
+    return text + (f"; tried too, under 1% each: {', '.join(weak)}" if weak else "")

@@ -103,7 +103,10 @@ REGIMES = ("fp32", "bf16-mixed", "bf16")
 class Settings:
     """The calculator's controls, with the values notebook 02 shows without a live frontend.
     ``method="inference"``: ``seq`` is the context, weights in bf16 unless ``precision="fp32"``,
-    KV cache included."""
+    KV cache included. ``impl``: AdamW's implementation (:data:`labkit.memory.peak.IMPLS`):
+    ``foreach`` is what a plain ``torch.optim.AdamW`` runs on CUDA (a temporary copy of the
+    parameters in the step), ``fused`` what transformers' Trainer runs by default on torch >= 2.8
+    (``adamw_torch_fused``: no copy)."""
 
     model: str = "llama-3.1-8b"
     method: str = "lora"
@@ -114,6 +117,7 @@ class Settings:
     gpus: int = 1
     zero: int = 0
     gpu_gib: float = 24.0
+    impl: str = "foreach"
 
 
 DEFAULTS = asdict(Settings())
@@ -148,19 +152,28 @@ def step_peak(settings: Settings):
     sharding, whose peak is not modelled."""
     if settings.method == "inference" or settings.zero:
         return None
-    return peak.training_peak(settings.model, _job(settings))
+    return peak.training_peak(settings.model, _job(settings), impl=settings.impl)
 
 
 def calculate(**settings: Any) -> tuple[Breakdown, str]:
     """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB" (read
-    from the peak of a training step on one GPU or under DDP, from the per-GPU total under ZeRO).
+    from the peak of a training step on one GPU or under DDP, from the per-GPU total under ZeRO),
+    naming the AdamW implementation when the peak is read and saying that a GPU's own overheads
+    (CUDA context, allocator; :func:`labkit.memory.peak.gpu_overheads`) are not in it.
 
     ``settings``: any of :class:`Settings`' fields (``model``, ``method`` in :data:`METHODS`,
     ``precision`` in :data:`REGIMES`, ``batch``, ``seq``, ``checkpointing``, ``gpus``, ``zero``
-    (0 = DDP, 1-3 = ZeRO stages), ``gpu_gib``); the others keep :data:`DEFAULTS`.
+    (0 = DDP, 1-3 = ZeRO stages), ``gpu_gib``, ``impl``); the others keep :data:`DEFAULTS`.
     """
     result = _fit(settings)
-    return result.per_gpu, result.verdict
+    return result.per_gpu, _verdict(result, {**DEFAULTS, **settings})
+
+
+def _verdict(result: Fit, settings: dict[str, Any]) -> str:
+    """:attr:`Fit.verdict` with the regime it reads: AdamW's implementation (when the peak is
+    read) and "before GPU overheads"."""
+    regime = f"{settings['impl']} AdamW, " if result.peak is not None else ""
+    return f"{result.verdict} ({regime}before GPU overheads)"
 
 
 def _fit(settings: dict[str, Any]) -> Fit:
@@ -169,6 +182,7 @@ def _fit(settings: dict[str, Any]) -> Fit:
         if name not in names:
             raise labkit.unknown("calculator setting", name, names)
     s = Settings(**settings)
+    choice("AdamW implementation", s.impl, peak.IMPLS)
     return fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib, peak=step_peak(s))
 
 
@@ -182,8 +196,8 @@ def figure(**settings: Any):
     import matplotlib.pyplot as plt  # matplotlib only for the drawing
 
     result = _fit(settings)
-    b, verdict = result.per_gpu, result.verdict
     args = {**DEFAULTS, **settings}
+    b, verdict = result.per_gpu, _verdict(result, args)
     fig, ax = plt.subplots(figsize=(8, 3.0))
     left = 0.0
     for part in PARTS:
@@ -252,4 +266,5 @@ def widget():
         gpus=w.IntSlider(value=DEFAULTS["gpus"], min=1, max=64),
         zero=w.Dropdown(options=list(sharding.ZERO_STAGES), value=DEFAULTS["zero"]),
         gpu_gib=w.Dropdown(options=[16.0, 24.0, 40.0, 48.0, 80.0, 141.0], value=24.0),
+        impl=w.Dropdown(options=peak.IMPLS, value=DEFAULTS["impl"]),
     )

@@ -120,8 +120,11 @@ class Row:
 
 
 # ----------------------------------------------------------------------------- the tools
-def accelerate_estimate(model: str, dtype: str = "bfloat16") -> dict[str, Any]:
+def accelerate_estimate(model: str, dtype: str = "float16") -> dict[str, Any]:
     """accelerate ``estimate-memory`` for ``model``, computed locally by accelerate's own code.
+    ``dtype``: the row of its table (one per ``--dtypes`` entry); the 16-bit rows (float16, and
+    bfloat16 in its function) count mixed precision: optimizer = step = 2 x the fp32 size, where
+    the float32 row's step is 4 x.
 
     The model is built as ``accelerate.commands.estimate.create_empty_model`` builds it for
     transformers (``AutoModel`` under ``init_empty_weights``, fp32: the base model, no LM head;
@@ -137,6 +140,7 @@ def accelerate_estimate(model: str, dtype: str = "bfloat16") -> dict[str, Any]:
     parts = estimate_training_usage(total, dtype)
     half = total / 2
     return {
+        "dtype": dtype,
         "total_size": total,
         "largest_layer": largest[0],
         "training": parts,
@@ -398,7 +402,7 @@ def _accelerate_row(b: Breakdown, acc: dict[str, Any], trainable: str, P: int) -
     return Row(
         "accelerate estimate-memory",
         int(acc["training_figure"]),
-        acc["printed_training"] + " ('Training using Adam')",
+        f"{acc['printed_training']} ({acc['dtype']} 'Training using Adam')",
         "max(model 4, gradients 6, Adam 8, step 8 B/param) of AutoModel",
         gap,
     )
@@ -492,9 +496,9 @@ def _rule_rows(job: Job, b: Breakdown, trainable: str) -> list[Row]:
 def table(rows: list[Row], unit: int = GiB) -> str:
     """The rows as a printable table: figure, as printed, gap and its largest components."""
     total = rows[0].figure
-    lines = [f"{'calculator':<44}{'figure':>10}  {'printed by the tool':<38}{'gap to labkit':>14}"]
+    lines = [f"{'calculator':<44}{'figure':>10}  {'printed by the tool':<42}{'gap to labkit':>14}"]
     for r in rows:
         lines.append(
-            f"{r.source:<44}{r.figure / unit:>10.2f}  {r.printed:<38}{(total - r.figure) / unit:>+14.2f}"
+            f"{r.source:<44}{r.figure / unit:>10.2f}  {r.printed:<42}{(total - r.figure) / unit:>+14.2f}"
         )
     return "\n".join(lines)

@@ -95,25 +95,34 @@ def _step(model: torch.nn.Module, opt: Any, loss_fn: Callable | None, x: torch.T
     return loss.item()
 
 
-def seconds_per_step(
+def step_times(
     names: tuple[str, ...] = RUNS, batch: int = 4, seq: int = 128, rounds: int = 3
-) -> dict[str, float]:
-    """Seconds per training step of each lever: after one warm-up step each, ``rounds`` rounds
-    of one step of every lever in turn, and the fastest step of each (the least disturbed by
-    whatever else the machine runs; interleaving spreads any slow spell over all levers)."""
+) -> dict[str, list[float]]:
+    """Seconds of each lever's step in each of ``rounds`` rounds, after one warm-up step each: a
+    round is one step of every lever in turn (interleaving spreads any slow spell of the machine
+    over all levers), so round ``i`` of two levers can be compared, and the rounds' range shows
+    how far one timing can be trusted."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise LabkitError(f"rounds must be a whole number >= 1, got {rounds!r}")
     x = ids(batch, seq)
     jobs = {name: build(name) for name in names}
     for model, opt, loss_fn in jobs.values():
         _step(model, opt, loss_fn, x)
-    best = dict.fromkeys(names, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
         for name, (model, opt, loss_fn) in jobs.items():
             t = time.perf_counter()
             _step(model, opt, loss_fn, x)
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def seconds_per_step(
+    names: tuple[str, ...] = RUNS, batch: int = 4, seq: int = 128, rounds: int = 3
+) -> dict[str, float]:
+    """Seconds per training step of each lever: the fastest of its :func:`step_times` rounds
+    (the least disturbed by whatever else the machine runs)."""
+    return {n: min(t) for n, t in step_times(names, batch, seq, rounds).items()}
 
 
 def losses(

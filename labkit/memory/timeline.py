@@ -9,6 +9,8 @@ from typing import Any
 from labkit.memory.peak import Peak
 from labkit.memory.trace import PHASES, StepTrace
 
+MiB = 2**20
+
 #: Short names of the live-byte categories for labels.
 SHORT = {
     "weights": "weights",
@@ -36,10 +38,16 @@ def phase_spans(step: StepTrace) -> dict[str, tuple[int, int]]:
     return spans
 
 
-def alive_label(alive: dict[str, int], top: int = 3, unit: float = 1e6) -> str:
-    """The ``top`` largest categories of a live set, e.g. "optimizer state 15.6 MB + ..."."""
-    parts = sorted(((v, k) for k, v in alive.items() if v), reverse=True)[:top]
-    return "\n".join(f"{SHORT.get(k, k)} {v / unit:.1f} MB" for v, k in parts)
+def alive_label(alive: dict[str, int], top: int = 3, unit: float = MiB) -> str:
+    """The ``top`` largest categories of a live set, e.g. "optimizer state 14.9 MiB", and any
+    further one that ties with the last of them as printed (gradients as large as the weights are
+    listed too, not dropped by the order of a sort)."""
+    parts = sorted(((v, k) for k, v in alive.items() if v), reverse=True)
+    shown = parts[:top]
+    if shown:
+        last = f"{shown[-1][0] / unit:.1f}"
+        shown += [(v, k) for v, k in parts[top:] if f"{v / unit:.1f}" == last]
+    return "\n".join(f"{SHORT.get(k, k)} {v / unit:.1f} MiB" for v, k in shown)
 
 
 def stretched(step: StepTrace, least: float = 0.12) -> tuple[list[float], dict[str, tuple]]:
@@ -61,11 +69,11 @@ def stretched(step: StepTrace, least: float = 0.12) -> tuple[list[float], dict[s
 
 
 def plot_step(ax: Any, step: StepTrace, predicted: Peak, title: str) -> None:
-    """One step on ``ax``: the traced live bytes (MB) over the step's ops (short phases
+    """One step on ``ax``: the traced live bytes (MiB) over the step's ops (short phases
     stretched, :func:`stretched`), the phases shaded, each phase's predicted peak as a dashed
     segment over the phase, the measured peak marked and labelled by what is alive then."""
     xs, bands = stretched(step)
-    mb = [v / 1e6 for v in step.timeline]
+    mb = [v / MiB for v in step.timeline]
     width = max(hi for _, hi in bands.values())
     for phase in PHASES:
         if phase in bands:
@@ -88,12 +96,12 @@ def plot_step(ax: Any, step: StepTrace, predicted: Peak, title: str) -> None:
     for phase, (lo, hi) in bands.items():
         moments = [m.total for m in predicted.later if m.phase == phase]
         if moments:
-            ax.hlines(max(moments) / 1e6, lo, hi, colors="C3", linestyles="--", lw=1.4, label=label)
+            ax.hlines(max(moments) / MiB, lo, hi, colors="C3", linestyles="--", lw=1.4, label=label)
             label = None
     i = step.peak_index
     ax.plot([xs[i]], [mb[i]], "o", color="C3", ms=6)
     ax.annotate(
-        f"peak {mb[i]:.2f} MB ({step.peak_phase}), largest parts:\n{alive_label(step.alive)}",
+        f"peak {mb[i]:.2f} MiB ({step.peak_phase}), largest parts:\n{alive_label(step.alive)}",
         (xs[i], mb[i]),
         xytext=(0.03, 0.97),
         textcoords="axes fraction",
@@ -105,6 +113,6 @@ def plot_step(ax: Any, step: StepTrace, predicted: Peak, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_xlabel("ops of the step, in order")
-    ax.set_ylabel("live bytes (MB)")
+    ax.set_ylabel("live bytes (MiB)")
     ax.set_ylim(0, max(mb) * 1.4)
     ax.set_xlim(0, width)
