@@ -216,6 +216,17 @@ def test_update_size_follows_the_scaling_rule():
     assert 0.6 < rs[1] / rs[0] < 1.6  # alpha/sqrt(r): about the same size
 
 
+def test_update_size_measures_the_layers_asked_for():
+    tok = zoo.load_tokenizer(lora_rank.MODEL_ID)
+    every = lora_rank.update_size(tok, 2, 16, steps=1)
+    down = lora_rank.update_size(tok, 2, 16, steps=1, target_modules=["down_proj"])
+    last = lora_rank.update_size(
+        tok, 2, 16, steps=1, target_modules=["down_proj"], layers_to_transform=[0]
+    )
+    assert down != every and last != down  # other layers measured, not all-linear every time
+    assert all(0 < v < 1 for v in (every, down, last))
+
+
 def test_train_point_short(monkeypatch):
     monkeypatch.setitem(peft_methods.TRAIN_ARGS, "lora", {"max_steps": 2, "learning_rate": 3e-3})
     tok = zoo.load_tokenizer(lora_rank.MODEL_ID)

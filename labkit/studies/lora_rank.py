@@ -101,13 +101,22 @@ def train_point(
 
 
 def update_size(
-    tok, r: int, alpha: int, use_rslora: bool = False, steps: int = 3, lr: float = 3e-3
+    tok,
+    r: int,
+    alpha: float,
+    use_rslora: bool = False,
+    steps: int = 3,
+    lr: float = 3e-3,
+    *,
+    target_modules: str | list[str] = "all-linear",
+    layers_to_transform: list[int] | None = None,
 ) -> float:
     """Mean ``|s·B·A| / |W|`` (Frobenius) over the adapted layers after ``steps`` AdamW steps.
 
     ``s`` is peft's scaling: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``. The steps
-    use the first 16 training examples as one batch, seed 0, so only ``r``, ``alpha`` and the
-    scaling rule differ between calls.
+    use the first 16 training examples as one batch, seed 0, so only ``r``, ``alpha``, the
+    scaling rule and the adapted layers (``target_modules``, ``layers_to_transform``: peft's
+    options, all linear layers by default) differ between calls.
     """
     import torch
 
@@ -116,8 +125,11 @@ def update_size(
 
     _check_rank_alpha(r, alpha)
     steps, lr = checks.positive("steps", steps), checks.number("lr", lr, above=0)
+    where = {"target_modules": target_modules}
+    if layers_to_transform is not None:
+        where["layers_to_transform"] = layers_to_transform
     model = peft_methods.attach(
-        MODEL_ID, "lora", seed=0, r=int(r), lora_alpha=alpha, use_rslora=use_rslora
+        MODEL_ID, "lora", seed=0, r=int(r), lora_alpha=alpha, use_rslora=use_rslora, **where
     )
     batch = finetune.ChatCollator(tok.pad_token_id)(
         finetune.chat_features(tok, loaders.load_chat("train")[:16])
