@@ -163,8 +163,10 @@ def quiet_logs() -> None:
     """Hide log lines known to be harmless on this stack (see README troubleshooting).
 
     Sets transformers' verbosity to *error* (every transformers warning is hidden;
-    ``transformers.logging.set_verbosity_warning()`` shows them again), filters the Python
-    warnings listed below (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers.
+    ``transformers.logging.set_verbosity_warning()`` shows them again), hides transformers'
+    progress bars (``transformers.logging.enable_progress_bar()``), filters the Python
+    warnings listed below (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers,
+    and sets ``HF_HUB_DISABLE_TELEMETRY`` and ``TOKENIZERS_PARALLELISM`` when they are unset.
     """
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.cextension").setLevel(logging.ERROR)

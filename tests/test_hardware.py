@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -91,3 +93,22 @@ def test_bf16_on_this_cpu_agrees_with_bitsandbytes():
         pytest.skip("needs bitsandbytes' CPU feature probe on a CPU-only machine")
     flags = hardware.cpu_bf16_flags()
     assert bool(bnbf.has_avx512bf16()) == ("avx512_bf16" in flags)
+
+
+def test_quiet_logs_does_what_notebook_00_says(monkeypatch):
+    """00 §1 lists what quieting does: error log level, no progress bars, two env defaults."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # a learner's own value is kept
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        hardware.quiet_logs()
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+        assert not hf_logging.is_progress_bar_enabled()
+        assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    finally:
+        hf_logging.set_verbosity(previous)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
