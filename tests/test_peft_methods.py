@@ -175,6 +175,16 @@ def test_count_does_not_modify_the_config_and_terms_add_up():
     assert len(terms) == 3
 
 
+def test_lora_terms_name_how_many_modules_they_sum():
+    config = zoo.load_config("tiny-llama")
+    terms = peft_methods.count_terms(LoraConfig(r=4, target_modules=["q_proj"]), config)
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    q_out = config.num_attention_heads * (config.head_dim or hidden // config.num_attention_heads)
+    assert terms == {f"{layers} x q_proj: r*(d_in+d_out)": layers * 4 * (hidden + q_out)}
+    one = LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=[0])
+    assert list(peft_methods.count_terms(one, config)) == ["1 x q_proj: r*(d_in+d_out)"]
+
+
 def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(LabkitError, match="matches no module"):
         peft_methods.count_trainable(LoraConfig(target_modules=["nope"]), "tiny-llama")

@@ -163,7 +163,11 @@ def _modules_to_save_terms(peft_config, table: list[ModuleInfo]) -> dict[str, in
 
 
 def count_terms(peft_config, model_config) -> dict[str, int]:
-    """The parts of :func:`count_trainable`, named after the formula term they come from."""
+    """The parts of :func:`count_trainable`, named after the formula term they come from.
+
+    LoRA's terms are summed per module name and say how many modules they cover:
+    ``"4 x q_proj: r*(d_in+d_out)"`` is ``q_proj`` in 4 layers, 4 times the one-layer formula.
+    """
     kind = _peft_type(peft_config)
     config = transformers_config(model_config)
     if getattr(peft_config, "inference_mode", False):
@@ -223,9 +227,12 @@ def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     def add(key: str, value: int) -> None:
         terms[key] = terms.get(key, 0) + value
 
-    for m in targets:
+    # one term per module name, summed over the modules that carry it: "4 x q_proj" is q_proj
+    # in each of 4 layers, so the printed value is 4 times the one-layer formula
+    names = [m.name.rsplit(".", 1)[-1] for m in targets]
+    for m, name in zip(targets, names, strict=True):
         r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), m.name), cfg.r)
-        label = m.name.rsplit(".", 1)[-1]
+        label = f"{names.count(name)} x {name}"
         if m.kind == "embedding":
             add(f"{label}: r*(V+h)", r * (m.d_in + m.d_out))
         else:
