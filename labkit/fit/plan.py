@@ -172,8 +172,9 @@ class Plan:
     options: dict[str, Any]
     baseline: int
     conditions: tuple[str, ...] = ()
-    #: The next set in the planner's order that fits too (levers, cheapest first), or None:
-    #: when its cost is within the record's spread of this plan's, the two rank by chance.
+    #: The next set in the planner's order that fits too and is not these levers plus more
+    #: (levers, cheapest first), or None: when its cost is within the record's spread of this
+    #: plan's, the two rank by chance.
     runner_up: tuple[str, ...] | None = None
 
 
@@ -293,7 +294,7 @@ def plan(
         except LabkitError:
             continue  # a combination the job cannot take (GaLore with 8-bit states, ...)
         reached[combo] = got
-        if got <= room:
+        if got <= room and not (found and set(found[0][0]) <= set(combo)):
             found.append((tuple(sorted(combo, key=lambda n: (costs[n], n))), got, extra))
             if len(found) == 2 or not combo:  # a job that fits as it is has no runner-up
                 break
