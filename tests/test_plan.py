@@ -112,6 +112,38 @@ def test_nothing_fits_names_the_best_set_and_the_levers_that_hardly_move_the_job
     assert "chunked_loss" in best and not {"adamw8bit", "adafactor", "galore"} & set(best)
 
 
+def test_nothing_fits_carries_every_sets_peak_and_the_room():
+    """The error line names two sets (the smallest peak, and the fewest levers within 1%): the
+    exception carries each set's peak so a caller can name both."""
+    with pytest.raises(plan.NoPlan) as err:
+        plan.plan("llama-3.1-8b", 16, reserve=2 * 2**30, **LORA_8B)
+    reached, room = err.value.reached, err.value.room
+    assert room == 14 * GIB and min(reached.values()) > room
+    assert reached[()] == peak.training_peak("llama-3.1-8b", **LORA_8B).peak
+    lowest = min(reached, key=reached.get)
+    assert f"{reached[lowest] / GIB:.2f} GiB" in str(err.value)
+    got = peak.training_peak("llama-3.1-8b", **{**LORA_8B, **plan.options_of(lowest)}).peak
+    assert got == reached[lowest]
+
+
+def test_the_runner_up_is_the_next_set_that_fits_in_the_planners_order():
+    p = plan.plan("llama-3.1-8b", 24, **LORA_8B)
+    assert p.runner_up is not None and not set(p.levers) <= set(p.runner_up)
+    after = peak.training_peak("llama-3.1-8b", **{**LORA_8B, **plan.options_of(p.runner_up)})
+    assert after.peak <= 24 * GIB
+    assert plan._order(p.runner_up, plan.COSTS) >= plan._order(p.levers, plan.COSTS)
+    # no other set before it in the planner's order fits, but the plan plus more levers
+    names = plan._candidates(LORA_8B, tuple(plan.LEVERS))
+    for r in range(len(names) + 1):
+        for combo in itertools.combinations(names, r):
+            if set(p.levers) <= set(combo) or plan._combined(combo) is None:
+                continue
+            if plan._order(combo, plan.COSTS) < plan._order(p.runner_up, plan.COSTS):
+                options = {**LORA_8B, **plan.options_of(combo)} if combo else LORA_8B
+                assert peak.training_peak("llama-3.1-8b", **options).peak > 24 * GIB, combo
+    assert plan.plan("llama-3.1-8b", 80, **LORA_8B).runner_up is None  # fits as it is
+
+
 def test_nothing_fits_names_the_reserve_and_no_remedy_the_job_already_takes():
     with pytest.raises(LabkitError) as err:
         plan.plan("llama-3.1-8b", 16, reserve=GIB, **LORA_8B)

@@ -172,6 +172,21 @@ class Plan:
     options: dict[str, Any]
     baseline: int
     conditions: tuple[str, ...] = ()
+    #: The next set in the planner's order that fits too and is not these levers plus more
+    #: (levers, cheapest first), or None: when its cost is within the record's spread of this
+    #: plan's, the two rank by chance.
+    runner_up: tuple[str, ...] | None = None
+
+
+class NoPlan(LabkitError):
+    """Nothing fits: the one-line error, with ``reached`` (each set of levers tried -> its
+    predicted peak, bytes; ``()`` is the job without levers) and ``room`` (the bytes the step may
+    use) for a caller that shows more than the line."""
+
+    def __init__(self, message: str, reached: dict[tuple[str, ...], int], room: int) -> None:
+        super().__init__(message)
+        self.reached = reached
+        self.room = room
 
 
 def _combined(names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -255,7 +270,8 @@ def plan(
     """The cheapest set of levers with which the peak of the job (``options``: those of
     :func:`labkit.memory.peak.training_peak`) fits ``gib`` GiB less ``reserve`` bytes.
     ``levers``: ``"auto"`` (all of :data:`LEVERS`) or the names allowed; ``costs``: each lever's
-    time cost (default :data:`COSTS`). One line of error when no set fits."""
+    time cost (default :data:`COSTS`). One line of error when no set fits (:class:`NoPlan`, which
+    carries every set's peak)."""
     costs = {**COSTS, **(costs or {})}
     allowed = _check(levers, costs)
     room = capacity(gib, reserve)
@@ -266,6 +282,7 @@ def plan(
         key=lambda c: _order(c, costs),
     )
     reached: dict[tuple[str, ...], int] = {(): baseline}  # each combination's peak
+    found: list[tuple[tuple[str, ...], int, dict[str, Any]]] = []  # the first two that fit
     for combo in combos:
         extra = _combined(combo)
         if extra is None:
@@ -277,20 +294,28 @@ def plan(
         except LabkitError:
             continue  # a combination the job cannot take (GaLore with 8-bit states, ...)
         reached[combo] = got
-        if got <= room:
-            chosen = tuple(sorted(combo, key=lambda n: (costs[n], n)))
-            needs = tuple(f"{n}: {CONDITIONS[n]}" for n in chosen if n in CONDITIONS)
-            return Plan(chosen, got, sum(costs[n] for n in combo), extra, baseline, needs)
+        if got <= room and not (found and set(found[0][0]) <= set(combo)):
+            found.append((tuple(sorted(combo, key=lambda n: (costs[n], n))), got, extra))
+            if len(found) == 2 or not combo:  # a job that fits as it is has no runner-up
+                break
+    if found:
+        (chosen, got, extra), second = found[0], found[1:]
+        needs = tuple(f"{n}: {CONDITIONS[n]}" for n in chosen if n in CONDITIONS)
+        runner_up = second[0][0] if second else None
+        cost = sum(costs[n] for n in chosen)
+        return Plan(chosen, got, cost, extra, baseline, needs, runner_up)
     kept = f" less a reserve of {reserve / 2**30:.2f} GiB" if reserve else ""
     method = {"full": "LoRA or QLoRA, ", "frozen": "LoRA or QLoRA, ", "lora": "QLoRA, "}
     smallest = min(reached.values())
     # the fewest levers within 1% of the smallest peak (not a lever that shaves a few MiB)
     best = min((c for c, p in reached.items() if p <= 1.01 * smallest), key=len)
     with_best = f", {reached[best] / 2**30:.2f} GiB with {' + '.join(best)}" if best else ""
-    raise LabkitError(
+    raise NoPlan(
         f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak is "
         f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); try a smaller "
-        f"--batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs"
+        f"--batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs",
+        reached,
+        room,
     )
 
 
