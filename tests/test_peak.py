@@ -349,3 +349,12 @@ def test_ddp_peak_is_the_traced_peak_of_a_rank(b, s):
     for report in run.reports:
         assert (report["peak"], report["phase"]) == (fit.peak.peak, fit.peak.phase)
     assert fit.peak.peak == one.peak + b_.gradients
+
+
+def test_gpu_reserve_is_the_upper_ends_of_the_sized_overheads():
+    """02 and 18 keep this much free: the CUDA context's and cuBLAS workspace's upper ends (the
+    allocator's reserve has no fixed size, so it adds nothing)."""
+    sized = {o["name"]: o["bytes"] for o in peak.gpu_overheads()}
+    assert sized["allocator reserve"] is None
+    want = sized["CUDA context"][1] + sized["cuBLAS/cuBLASLt workspace"][1]
+    assert peak.gpu_reserve() == want == 2 * 2**30 + 32 * 2**20

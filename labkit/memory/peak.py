@@ -584,3 +584,9 @@ GPU_OVERHEADS = (
 def gpu_overheads() -> list[dict[str, Any]]:
     """:data:`GPU_OVERHEADS`: the lines a GPU adds to the peak, each with its source."""
     return [dict(item) for item in GPU_OVERHEADS]
+
+
+def gpu_reserve() -> int:
+    """Bytes to keep free on a card beside the peak: the upper ends of :data:`GPU_OVERHEADS`'
+    ranges (CUDA context, cuBLAS workspace); the allocator's reserve has no fixed size."""
+    return sum(item["bytes"][1] for item in GPU_OVERHEADS if item["bytes"] is not None)
