@@ -21,6 +21,7 @@ branch in :func:`make_config`, its terms in :func:`count_terms`, and a case in
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import numbers
@@ -230,9 +231,10 @@ def _lora_terms(cfg, config, table: list[ModuleInfo]) -> dict[str, int]:
     # one term per module name, summed over the modules that carry it: "4 x q_proj" is q_proj
     # in each of 4 layers, so the printed value is 4 times the one-layer formula
     names = [m.name.rsplit(".", 1)[-1] for m in targets]
+    carrying = collections.Counter(names)
     for m, name in zip(targets, names, strict=True):
         r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), m.name), cfg.r)
-        label = f"{names.count(name)} x {name}"
+        label = f"{carrying[name]} x {name}"
         if m.kind == "embedding":
             add(f"{label}: r*(V+h)", r * (m.d_in + m.d_out))
         else:
