@@ -121,3 +121,43 @@ def test_bad_sizes():
     m = roofline.machine(8e9, 9e10)
     assert m.bandwidth == pytest.approx(8e9) and m.flops == pytest.approx(9e10)
     assert m.ridge == pytest.approx(11.25)
+
+
+def test_prefill_head_only_for_kept_logits_as_generate_runs_it():
+    """generate() passes logits_to_keep=1: the output head runs for the last prompt token only,
+    a plain forward for every one; the FLOPs transformers runs differ by exactly the head's."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.load_config("zoo-llama")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.ones(1, 12, dtype=torch.long)
+    rows = []
+    model.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[-2]))
+    with torch.no_grad(), FlopCounterMode(display=False) as gen:
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
+    with torch.no_grad(), FlopCounterMode(display=False) as full:
+        model(ids)
+    assert rows == [1, 12]  # the head's input rows: generate's prefill, then the plain call
+    c = roofline.decode_cost(cfg, "fp32")
+    assert c.head_flops_per_token == 2 * model.lm_head.weight.numel()
+    one = roofline.prefill_flops(c, prompt=12)  # logits_to_keep=1, generate's default
+    every = roofline.prefill_flops(c, prompt=12, logits_to_keep=0)
+    assert every - one == full.get_total_flops() - gen.get_total_flops()
+    assert every - one == 11 * c.head_flops_per_token
+    assert roofline.prefill_flops(c, prompt=12, logits_to_keep=99) == every  # clamped, as slicing
+    assert roofline.prefill_flops(c, prompt=12, batch=3) == 3 * one
+    # llama-3.1-8b, 2,048 tokens on an H100: the head once makes the compute-bound bound ~7% faster
+    b16 = roofline.decode_cost("llama-3.1-8b")
+    fast = roofline.prefill_tokens_per_s(b16, "h100-sxm", prompt=2048)
+    slow = roofline.prefill_tokens_per_s(b16, "h100-sxm", prompt=2048, logits_to_keep=0)
+    assert fast / slow == pytest.approx(
+        roofline.prefill_flops(b16, prompt=2048, logits_to_keep=0)
+        / roofline.prefill_flops(b16, prompt=2048)
+    )
+    assert 1.05 < fast / slow < 1.1
+    assert roofline.prefill_bytes(b16, prompt=2048) == b16.weight_bytes + 2048 * 131072
+    with pytest.raises(LabkitError, match="logits_to_keep must be an integer >= 0"):
+        roofline.prefill_flops(c, prompt=4, logits_to_keep=-1)

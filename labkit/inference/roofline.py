@@ -162,6 +162,8 @@ class DecodeCost:
     read each step. ``flops_per_token``: 2 FLOPs per weight of every matrix product, per sequence.
     ``attn_flops_per_position``: QK^T and attention-times-V, 4·layers·heads·head_dim per position
     of context, per sequence. ``resident_bytes``: all weights as stored (what must fit).
+    ``head_flops_per_token``: the output head's share of ``flops_per_token`` (2·hidden·vocab):
+    a prefill pays it only for the positions whose logits it keeps (see :func:`prefill_flops`).
     """
 
     weight_bytes: float
@@ -170,6 +172,7 @@ class DecodeCost:
     attn_flops_per_position: float
     resident_bytes: float
     layers: int
+    head_flops_per_token: float = 0.0
     dtype: str = "bf16"
 
     def as_dict(self) -> dict[str, Any]:
@@ -206,6 +209,7 @@ def decode_cost(config: Any, dtype: str = "bf16", kv_dtype: str | None = None) -
         attn_flops_per_position=4.0 * s.layers * s.heads * s.head_dim,
         resident_bytes=float(resident),
         layers=s.layers,
+        head_flops_per_token=2.0 * s.vocab * s.hidden,
         dtype=dtype,
     )
 
@@ -276,17 +280,43 @@ def max_batch(cost: DecodeCost, hw: Card | str, *, context: int) -> int:
     return int(free // per_seq)
 
 
-def prefill_tokens_per_s(cost: DecodeCost, hw: Card | str, *, prompt: int, batch: int = 1) -> float:
-    """Predicted prompt-processing speed, tokens/s: all ``prompt`` tokens share one weight read,
-    so the FLOPs (2·P per token, plus causal attention) dominate: compute-bound."""
-    hw = card(hw)
+def prefill_flops(
+    cost: DecodeCost, *, prompt: int, batch: int = 1, logits_to_keep: int = 1
+) -> float:
+    """FLOPs of a prefill of ``prompt`` tokens: every matrix but the output head for each token,
+    causal attention, and the head for the last ``logits_to_keep`` positions only.
+
+    ``logits_to_keep`` follows transformers: ``generate()`` passes 1 (only the next token's logits
+    are needed), a plain ``model(ids)`` call keeps all of them (0 = every position).
+    """
     _check_sizes(batch, prompt)
     if prompt < 1:
         raise LabkitError(f"prompt must be >= 1 token, got {prompt}")
-    flops = batch * (
-        prompt * cost.flops_per_token + prompt * (prompt + 1) / 2 * cost.attn_flops_per_position
-    )
-    nbytes = cost.weight_bytes + batch * prompt * cost.kv_bytes_per_token  # KV written once
+    if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise LabkitError(
+            f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}"
+        )
+    kept = prompt if logits_to_keep == 0 else min(logits_to_keep, prompt)
+    body = cost.flops_per_token - cost.head_flops_per_token
+    attn = prompt * (prompt + 1) / 2 * cost.attn_flops_per_position
+    return batch * (prompt * body + kept * cost.head_flops_per_token + attn)
+
+
+def prefill_bytes(cost: DecodeCost, *, prompt: int, batch: int = 1) -> float:
+    """Bytes a prefill moves: the weights read once for all its tokens, the KV cache written once."""
+    _check_sizes(batch, prompt)
+    return cost.weight_bytes + batch * prompt * cost.kv_bytes_per_token
+
+
+def prefill_tokens_per_s(
+    cost: DecodeCost, hw: Card | str, *, prompt: int, batch: int = 1, logits_to_keep: int = 1
+) -> float:
+    """Predicted prompt-processing speed, tokens/s: all ``prompt`` tokens share one weight read,
+    so the FLOPs (:func:`prefill_flops`) dominate: compute-bound. ``logits_to_keep=1`` is what
+    ``generate()`` runs (the time to first token); 0 counts the head for every position."""
+    hw = card(hw)
+    flops = prefill_flops(cost, prompt=prompt, batch=batch, logits_to_keep=logits_to_keep)
+    nbytes = prefill_bytes(cost, prompt=prompt, batch=batch)
     return batch * prompt / max(nbytes / hw.bandwidth, flops / hw.flops)
 
 
