@@ -64,6 +64,31 @@ def test_strip_volatile_keeps_slides_and_tags_only():
     assert "widgets" not in nb.metadata
 
 
+def test_strip_volatile_joins_consecutive_chunks_of_one_stream_only():
+    """A print's text and its newline can arrive as two chunks; a figure between keeps them apart."""
+    out, err = nbformat.v4.new_output, "stream"
+    cell = nbformat.v4.new_code_cell("print('a'); print('b')")
+    cell.outputs = [
+        out(err, name="stdout", text="row 1"),
+        out(err, name="stdout", text=["\n", "row 2\n"]),
+        out(err, name="stderr", text="warn\n"),
+        out(err, name="stdout", text="row 3\n"),
+        out("display_data", data={"text/plain": "<Figure>"}),
+        out(err, name="stdout", text="row 4\n"),
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [cell]
+    runner.strip_volatile(nb)
+    kinds = [(o.output_type, o.get("name"), o.get("text")) for o in nb.cells[0].outputs]
+    assert kinds == [
+        ("stream", "stdout", "row 1\nrow 2\n"),
+        ("stream", "stderr", "warn\n"),
+        ("stream", "stdout", "row 3\n"),
+        ("display_data", None, None),
+        ("stream", "stdout", "row 4\n"),
+    ]
+
+
 def test_cli_rejects_missing_notebook(tmp_path):
     with pytest.raises(LabkitError, match="no such notebook"):
         runner.cli_main([str(tmp_path / "99_missing.ipynb")])

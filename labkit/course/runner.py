@@ -61,16 +61,27 @@ def course_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
 
 
 def strip_volatile(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Remove metadata that changes from run to run (timings, kernel details, widget state)."""
+    """Remove metadata that changes from run to run (timings, kernel details, widget state), and
+    join each run of consecutive stdout (or stderr) chunks into one: where the kernel flushed
+    between a print's text and its newline is timing, not content."""
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
     }
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
+        outputs = []
         for out in cell.get("outputs", []):
             if "metadata" in out:
                 out.metadata = {}
+            last = outputs[-1] if outputs else None
+            if last and out.output_type == last.output_type == "stream" and out.name == last.name:
+                # a figure or any other output in between keeps them apart
+                last.text = "".join(last.text) + "".join(out.text)  # str, or a list of lines
+            else:
+                outputs.append(out)
+        if "outputs" in cell:
+            cell.outputs = outputs
     return nb
 
 
