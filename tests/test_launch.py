@@ -130,3 +130,17 @@ def test_any_other_exception_also_stops_every_rank(tmp_path, mark, monkeypatch):
     with pytest.raises(RuntimeError, match="own timeout"):
         launch.run(SLEEPER, 2, [str(tmp_path)], timeout=300)
     assert launch.processes_with(MARK, mark) == []
+
+
+def test_the_error_names_a_rank_that_aborted_in_cpp():
+    """A rank that dies in C++ (gloo throws, std::terminate, SIGABRT) leaves no Python 'Error:'
+    line; its ``what():`` line says why, not torchrun's 'Signal 6 (SIGABRT) received' summary."""
+    err = (
+        "terminate called after throwing an instance of 'gloo::IoException'\n"
+        "  what():  [gloo/transport/tcp/pair.cc:598] Connection closed by peer [127.0.0.1]:4242\n"
+        "traceback : Signal 6 (SIGABRT) received by PID 11316\n"
+    )
+    assert launch._last_line(err).startswith("what():  [gloo/transport/tcp/pair.cc:598] Connection")
+    python = "Traceback (most recent call last):\nValueError: bad size\nexit 1\n"
+    assert launch._last_line(python) == "ValueError: bad size"
+    assert launch._last_line("") == "(no output)"

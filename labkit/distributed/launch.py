@@ -135,13 +135,14 @@ def _stop(proc: subprocess.Popen, launch_id: str) -> None:
 
 
 def _last_line(text: str) -> str:
-    """The line that says what went wrong: the last exception line, else the last line."""
+    """The line that says what went wrong: the last exception line (a Python one, or a C++ one's
+    ``what():`` line, e.g. gloo's before a rank aborts with SIGABRT), else the last line."""
     lines = [
         ln.strip()
         for ln in text.splitlines()
         if ln.strip() and set(ln.strip()) != {"="} and "torch.distributed.elastic" not in ln
     ]
-    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
+    errors = [ln for ln in lines if any(k in ln for k in ("Error:", "Exception:", "what():"))]
     return (errors or lines or ["(no output)"])[-1]
 
 
