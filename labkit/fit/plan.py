@@ -40,7 +40,8 @@ from labkit.memory import peak
 
 #: Each lever as the options of :func:`labkit.memory.peak.training_peak` it sets (GaLore at rank
 #: 128, a choice of this planner: the rank sets the state's size; ``offload_activations`` on a
-#: cuda job only).
+#: cuda job only; ``pure_bf16`` is labkit's ``StochasticAdamW``, whose update loop is torch's
+#: single-tensor one, ``foreach=False``: no foreach copy of the parameters).
 LEVERS: dict[str, dict[str, Any]] = {
     "chunked_loss": {"loss": "chunked"},
     "checkpointing": {"checkpointing": True},
@@ -49,7 +50,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "adamw8bit": {"optimizer": "adamw8bit"},
     "adafactor": {"optimizer": "adafactor"},
     "galore": {"galore_rank": 128},
-    "pure_bf16": {"precision": "bf16"},
+    "pure_bf16": {"precision": "bf16", "impl": "single"},
     "offload_activations": {"checkpointing": True, "offload_activations": True},
 }
 #: The record the costs come from, and the command that re-makes it.
