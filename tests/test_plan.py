@@ -362,3 +362,30 @@ def test_cli_reserve_is_kept_free_by_the_plan(capsys):
     with pytest.raises(LabkitError, match="--reserve GIB applies to --fit") as err:
         estimate_cli.cli_main([*argv, "--reserve", "2"])
     assert "\n" not in str(err.value)
+
+
+def test_pure_bf16_is_predicted_with_the_update_loop_it_runs(capsys):
+    """``pure_bf16`` is labkit's ``StochasticAdamW``, torch's single-tensor loop (no foreach
+    copy of the parameters): the planner, ``--with`` and notebook 18's table predict that loop,
+    so a card its peak fits is planned (70 GiB for the full 8B job: 61.8, not foreach's 74.8),
+    and the components still hold its bf16 weights, gradients and state."""
+    import torch
+
+    from labkit.memory import levers
+
+    opt = levers.StochasticAdamW([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))])
+    assert opt.defaults["foreach"] is False and not opt.defaults["fused"]
+    assert plan.LEVERS["pure_bf16"]["impl"] == "single"
+    full = {"method": "full", "precision": "bf16-mixed", "batch": 1, "seq": 2048}
+    bf16_job = {**full, "precision": "bf16"}
+    single = peak.training_peak("llama-3.1-8b", **bf16_job, impl="single").peak
+    foreach = peak.training_peak("llama-3.1-8b", **bf16_job, impl="foreach").peak
+    assert single <= 70 * GIB < foreach
+    p = plan.plan("llama-3.1-8b", 70, levers="pure_bf16", **full)
+    assert p.levers == ("pure_bf16",) and p.peak == single
+    argv = ["llama-3.1-8b", "--method", "full", "--precision", "bf16-mixed", "--seq", "2048"]
+    code, out = _cli([*argv, "--with", "pure_bf16", "--json"], capsys)
+    got = json.loads(out)
+    bf16 = estimator.training_memory("llama-3.1-8b", **bf16_job)
+    assert code == 0 and got["peak"] == single and got["components_without"] == []
+    assert got["weights"] == bf16.weights and got["optimizer"] == bf16.optimizer

@@ -304,7 +304,8 @@ def components_without(args: argparse.Namespace) -> list[str]:
     """The levers the components (weights ... total) leave out: those that set an option of the
     peak that the estimator's job has no field for (``checkpoint_every``, ``loss``,
     ``galore_rank``, ...). The peak, its phases and what is alive at it have every lever."""
-    return [n for n in _chosen_levers(args) if not set(plan.LEVERS[n]) <= set(JOB_OPTIONS)]
+    job = {*JOB_OPTIONS, "impl"}  # the update loop moves the peak only, no component
+    return [n for n in _chosen_levers(args) if not set(plan.LEVERS[n]) <= job]
 
 
 def estimate(args: argparse.Namespace) -> calculator.Fit:

@@ -18,7 +18,9 @@ predictions, instant for the formula families), keeps those that fit, and return
 changes the training least (the fewest levers that do not keep the step exact: 8-bit or
 factored moments, GaLore, pure bf16), then the one with the smallest summed time cost, then the
 fewest levers. So an exact plan is preferred to a cheaper one that changes the training; pass
-``levers=`` to allow only some. "Exact" holds under the :data:`CONDITIONS` a lever needs (the
+``levers=`` to allow only some. ``pure_bf16`` beside ``adafactor`` is bf16 storage rounded to
+nearest (transformers' Adafactor writes its fp32 update back with ``copy_``), not the
+stochastically rounded ``StochasticAdamW`` it is alone. "Exact" holds under the :data:`CONDITIONS` a lever needs (the
 optimizer in backward: no gradient clipping, no accumulation; a plan names them). Costs add up
 as a model of the time, not a measurement of the combination; the record's rounds spread widely
 (:data:`COST_RANGES`, shown by :func:`cost_text`), so levers whose costs differ by less than that
@@ -40,7 +42,8 @@ from labkit.memory import peak
 
 #: Each lever as the options of :func:`labkit.memory.peak.training_peak` it sets (GaLore at rank
 #: 128, a choice of this planner: the rank sets the state's size; ``offload_activations`` on a
-#: cuda job only).
+#: cuda job only; ``pure_bf16`` is labkit's ``StochasticAdamW``, whose update loop is torch's
+#: single-tensor one, ``foreach=False``: no foreach copy of the parameters).
 LEVERS: dict[str, dict[str, Any]] = {
     "chunked_loss": {"loss": "chunked"},
     "checkpointing": {"checkpointing": True},
@@ -49,7 +52,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "adamw8bit": {"optimizer": "adamw8bit"},
     "adafactor": {"optimizer": "adafactor"},
     "galore": {"galore_rank": 128},
-    "pure_bf16": {"precision": "bf16"},
+    "pure_bf16": {"precision": "bf16", "impl": "single"},
     "offload_activations": {"checkpointing": True, "offload_activations": True},
 }
 #: The record the costs come from, and the command that re-makes it.
