@@ -20,8 +20,9 @@ factored moments, GaLore, pure bf16), then the one with the smallest summed time
 fewest levers. So an exact plan is preferred to a cheaper one that changes the training; pass
 ``levers=`` to allow only some. ``pure_bf16`` beside ``adafactor`` is bf16 storage rounded to
 nearest (transformers' Adafactor writes its fp32 update back with ``copy_``), not the
-stochastically rounded ``StochasticAdamW`` it is alone. "Exact" holds under the :data:`CONDITIONS` a lever needs (the
-optimizer in backward: no gradient clipping, no accumulation; a plan names them). Costs add up
+stochastically rounded ``StochasticAdamW`` it is alone. "Exact" holds under the
+:data:`CONDITIONS` a lever needs (the optimizer in backward: no gradient clipping, no
+accumulation; a plan names them). Costs add up
 as a model of the time, not a measurement of the combination; the record's rounds spread widely
 (:data:`COST_RANGES`, shown by :func:`cost_text`), so levers whose costs differ by less than that
 spread rank by chance; and a CPU's ratios on a small model are a guide to a GPU's on a large one,
