@@ -76,6 +76,15 @@ def test_losses_match_one_process(two_ranks, single, method):
             assert got == pytest.approx(want, rel=1e-5, abs=1e-6), (strategy, rank)
 
 
+def test_a_run_reports_its_seconds_per_step_and_a_peak_only_on_a_gpu(single):
+    """seconds_per_step: the mean over the steps; peak_bytes: torch.cuda.max_memory_allocated
+    from the wrapped model on (notebook 15's offload check), None for a run on the CPU."""
+    for run in single.values():
+        assert run["seconds_per_step"] > 0
+        assert (run["peak_bytes"] is None) == (run["device"] == "cpu"), run["peak_bytes"]
+        assert run["peak_bytes"] is None or run["peak_bytes"] > 0
+
+
 @pytest.mark.slow
 def test_bytes_per_rank(two_ranks, single):
     one = single["full"]["bytes"]

@@ -5,7 +5,8 @@ Run by :func:`labkit.distributed.launch.run` as ``python -m labkit.distributed.p
 demo (:data:`PRESETS`). Each rank trains the zoo model for a few steps on its share of one
 global batch and reports: the loss of every step (averaged over ranks, so it can be compared with
 one process on the whole batch), the bytes of ITS OWN parameters, gradients and optimizer state
-(``DTensor.to_local()`` for sharded ones), and the bytes its collectives moved.
+(``DTensor.to_local()`` for sharded ones), the bytes its collectives moved and its seconds per
+step (on a GPU also its peak memory, ``peak_bytes``; ``None`` on the CPU).
 
 Strategies (:data:`STRATEGIES`; the engines as they are, nothing home-made): DDP, FSDP2's
 ``fully_shard`` with and without ``reshard_after_forward``, and with ``CPUOffloadPolicy``
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -110,12 +112,8 @@ def build_model(job: Job) -> torch.nn.Module:
     return model
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def _nbytes(t: torch.Tensor) -> int:
-    t = _local(t)
+    t = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: this rank's shard
     return t.numel() * t.element_size()
 
 
@@ -370,10 +368,7 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def wrap(
-    model: torch.nn.Module,
-    strategy: str,
-    traffic: Traffic | None = None,
-    precision: str = "fp32",
+    model: torch.nn.Module, strategy: str, traffic: Traffic | None = None, precision: str = "fp32"
 ) -> torch.nn.Module:
     """Apply ``strategy`` to ``model`` inside an initialised process group; ``precision="bf16"``
     gives FSDP2 a bf16 ``MixedPrecisionPolicy`` (DDP's bf16 is autocast, in :func:`train`)."""
@@ -433,7 +428,9 @@ def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
         autocast = job.precision == "bf16" and strategy in ("single", "ddp")
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=job.lr)
-        losses = []
+        if device.type == "cuda":  # peak_bytes: the steps' peak, not the unsharded model's load
+            torch.cuda.reset_peak_memory_stats(device)
+        losses, start = [], time.perf_counter()
         for step in range(job.steps):
             ids = data[step, rank * micro : (rank + 1) * micro]
             with traffic.counting():
@@ -445,9 +442,10 @@ def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
             if world > 1:
                 dist.all_reduce(mean)
                 mean /= world
-            losses.append(mean.item())
+            losses.append(mean.item())  # .item() waits for the step's GPU work
             if step < job.steps - 1:
                 optimizer.zero_grad(set_to_none=True)
+        seconds = (time.perf_counter() - start) / job.steps
         held = local_bytes(model, optimizer)
     payload = {k: v // job.steps for k, v in traffic.payload.items()}
     return {
@@ -461,6 +459,8 @@ def train(job: Job, strategy: str, rank: int = 0, world: int = 1) -> dict:
         "payload_per_step": payload,
         "calls_per_step": {k: v // job.steps for k, v in traffic.calls.items()},
         "ring_sent_per_step": ring_sent(payload, world),
+        "seconds_per_step": seconds,  # the mean of the steps, the first one's start-up included
+        "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
 
 
