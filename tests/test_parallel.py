@@ -315,3 +315,8 @@ def test_a_tied_bf16_model_in_the_hubs_layout_trains_under_every_engine(tmp_path
     for report in result.reports:
         for run in report["runs"]:
             assert run["losses"] == pytest.approx(one["losses"], rel=1e-5), run["strategy"]
+
+
+def test_held_bytes_counts_adamws_step_counters_as_optimizer_state():
+    run = {"bytes": {"weights": 40, "gradients": 40, "optimizer": 80, "optimizer_counters": 8}}
+    assert parallel.held_bytes(run) == {"weights": 40, "gradients": 40, "optimizer": 88}

@@ -479,7 +479,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _held(report: dict) -> dict[str, int]:
+def held_bytes(report: dict) -> dict[str, int]:
     """Parameter, gradient and optimizer bytes of one run (AdamW's step counters counted as
     state). DDP's gradient buckets (a second gradient-sized buffer unless
     ``gradient_as_bucket_view=True``) live inside its reducer and are not counted."""
@@ -501,7 +501,7 @@ def memory_report(runs: list[dict], job: Job, rank: int, world: int) -> dict:
             f"the memory report compares ddp with zero3, got {', '.join(by_strategy)}; "
             "accepted: --strategies with both ddp and zero3"
         )
-    mine = {"replicated": _held(by_strategy["ddp"]), "sharded": _held(by_strategy["zero3"])}
+    mine = {k: held_bytes(by_strategy[s]) for k, s in (("replicated", "ddp"), ("sharded", "zero3"))}
     gathered: list[dict] = [{} for _ in range(world)]
     dist.all_gather_object(gathered, mine)
     report: dict = {"model": job.model, "world_size": world, "rank": rank, "measured": gathered}
