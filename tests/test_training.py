@@ -140,3 +140,32 @@ def test_training_arguments_course_or_library_defaults():
     plain = TrainingArguments(output_dir=library.output_dir)
     assert library.learning_rate == plain.learning_rate and library.eval_strategy == "epoch"
     assert library.num_train_epochs == plain.num_train_epochs
+
+
+def test_log_loss_axis_labels_ticks_below_the_lowest_loss():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    curve, other = [2.0, 0.5, 0.1, 0.023], [1.5, 0.3]
+    ax.plot(curve)
+    ax.plot(other)
+    bottom = finetune.log_loss_axis(ax, curve, other)
+    fig.canvas.draw()
+    shown = {t.get_text().strip("$").removeprefix("\\mathdefault{").removesuffix("}")
+             for t in ax.get_yticklabels() if t.get_text()}  # fmt: skip
+    plt.close(fig)
+    assert bottom == pytest.approx(0.02) and ax.get_yscale() == "log"
+    low = ax.get_ylim()[0]
+    assert low == pytest.approx(0.02) and low < min(curve)  # the lowest loss above a tick
+    assert {"0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"} <= shown, shown  # decimals, 1-2-5
+    fig, ax = plt.subplots()
+    assert finetune.log_loss_axis(ax, [3.0, 0.4]) == pytest.approx(0.2)  # 0.2 at most
+    assert finetune.log_loss_axis(ax, [0.0111]) == pytest.approx(0.005)  # below 0.9x: 0.00999
+    plt.close(fig)
+    with pytest.raises(LabkitError, match="positive finite losses"):
+        finetune.log_loss_axis(ax, [0.5, 0.0])
+    with pytest.raises(LabkitError, match="positive finite losses"):
+        finetune.log_loss_axis(ax)

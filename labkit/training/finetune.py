@@ -9,12 +9,14 @@
 - :func:`chat_loss`: the answer tokens' loss (:mod:`labkit.training.lm_loss`);
 - :func:`generate_answers` / :func:`evaluate_chat` compute the held-out **exact match**: the
   greedy answer, up to the first newline, must equal the reference sentence;
-- :func:`side_by_side` shows answers before and after fine-tuning.
+- :func:`side_by_side` shows answers before and after fine-tuning;
+- :func:`log_loss_axis` makes a training-loss curve's log axis readable (1-2-5 ticks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -374,3 +376,24 @@ def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int =
         mark = "✓" if a == row["response"] else "✗"
         lines.append(f"Q: {question}\n   before: {b[:60]!r}\n   after:  {a[:60]!r} {mark}")
     return "\n".join(lines)
+
+
+def log_loss_axis(ax, *curves: Sequence[float]) -> float:
+    """Put ``ax``'s y axis (training losses, nats per token) on a log scale a reader can read:
+    ticks at 1, 2 and 5 per decade, written as short decimals (0.02, 0.5, 1; not 5x10^-1), and
+    the bottom at the 1-2-5 tick below 0.9x the lowest loss of ``curves`` (0.2 at most), so even
+    a loss near zero sits above a labelled tick. Returns that bottom. Call it after plotting."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter  # to draw
+
+    losses = [float(x) for curve in curves for x in curve]
+    if not losses or not all(math.isfinite(x) and x > 0 for x in losses):
+        raise LabkitError(f"log_loss_axis needs positive finite losses (a log axis); got {losses}")
+    low = min(0.2, 0.9 * min(losses))
+    decade = 10.0 ** math.floor(math.log10(low))
+    bottom = next(m * decade for m in (5, 2, 1) if m * decade <= low * (1 + 1e-9))
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=bottom)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return bottom
