@@ -378,7 +378,7 @@ def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int =
     return "\n".join(lines)
 
 
-def log_loss_axis(ax, *curves: Sequence[float]) -> float:
+def log_loss_axis(ax: Any, *curves: Sequence[float]) -> float:
     """Put ``ax``'s y axis (training losses, nats per token) on a log scale a reader can read:
     ticks at 1, 2 and 5 per decade, written as short decimals (0.02, 0.5, 1; not 5x10^-1), and
     the bottom at the 1-2-5 tick below 0.9x the lowest loss of ``curves`` (0.2 at most), so even
