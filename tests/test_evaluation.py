@@ -114,3 +114,23 @@ def test_pack_cuts_texts_with_end_of_text_into_blocks():
     assert lm_loss.pack(tok, texts).shape[1] == tok.model_max_length  # the zoo Llama's context
     with pytest.raises(LabkitError, match="block"):
         lm_loss.pack(tok, texts, block=1)
+
+
+def test_story_losses_are_each_texts_own_loss_and_paired_interval(lm):
+    """One mean per text, padding left out (a text alone gives the same); the paired interval
+    holds 0 for a difference that is noise and excludes it for a constant shift."""
+    model, tokenizer = lm
+    texts = ["the fox lives in the forest .", "a bear .", "a bear lives in a cave ."]
+    per = lm_loss.story_losses(model, lm_loss.text_batches(tokenizer, texts, batch_size=3))
+    alone = [lm_loss.causal_lm_loss(model, tokenizer, [t]) for t in texts]
+    assert per.shape == (3,) and per.tolist() == pytest.approx(alone, rel=1e-5)
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(200, generator=g)
+    lo, hi = lm_loss.paired_interval(a, a.roll(1))  # the same values, paired at random
+    assert lo < 0 < hi
+    lo, hi = lm_loss.paired_interval(a + 0.5, a)
+    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+    with pytest.raises(LabkitError, match="same shape"):
+        lm_loss.paired_interval(a, a[:5])
+    with pytest.raises(LabkitError, match="at least 2"):
+        lm_loss.paired_interval(a[:1], a[:1])

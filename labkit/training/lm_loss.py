@@ -10,6 +10,9 @@ Every loss the course evaluates is :func:`mean_loss` over some batches:
 - :func:`labkit.training.forgetting.loss_after_marker`: the same per-token losses, split by the
   token before them.
 
+:func:`story_losses` keeps one mean per text instead, for paired text-by-text comparisons of two
+models (:func:`paired_interval`, a bootstrap interval of the mean difference).
+
 **Token-weighted**: the sum over every counted token divided by their number, so a text or a batch
 weighs as many tokens as it has (a mean of per-batch means would weigh the tokens of a short last
 batch more). Over one batch it is what the model's own ``model(input_ids, labels=...).loss``
@@ -112,6 +115,45 @@ def mean_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> f
             "the texts gave no tokens to predict; accepted: texts of at least 2 tokens"
         )
     return total / count
+
+
+@torch.no_grad()
+def story_losses(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The mean next-token loss (nats) of each row of ``batches``, padding left out: one value per
+    text, so two models can be compared text by text (:func:`paired_interval`)."""
+    out = []
+    with evaluating(model):
+        for batch in batches:
+            logp, target = log_probs(model, batch)
+            nll = nn.functional.nll_loss(
+                logp.transpose(1, 2), target, ignore_index=IGNORE, reduction="none"
+            )
+            counts = (target != IGNORE).sum(1)
+            if (counts == 0).any():
+                raise LabkitError(
+                    "a text gave no tokens to predict; accepted: texts of at least 2 tokens"
+                )
+            out.append((nll.sum(1) / counts).cpu())
+    return torch.cat(out)
+
+
+def paired_interval(a: torch.Tensor, b: torch.Tensor, n: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of ``a - b`` over paired values (the same texts, each
+    resampled with its pair; fixed seed): 0 inside it means the mean difference is not resolved."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
+        raise LabkitError(
+            "a and b must be tensors of the same shape (one value per text, the same texts); "
+            f"got {getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}"
+        )
+    if a.dim() != 1 or len(a) < 2:
+        raise LabkitError(
+            f"need a 1-D tensor of at least 2 paired values, got shape {tuple(a.shape)}"
+        )
+    n = checks.positive("n", n)
+    d = a - b
+    g = torch.Generator().manual_seed(0)
+    means = d[torch.randint(len(d), (n, len(d)), generator=g)].mean(1)
+    return torch.quantile(means, 0.025).item(), torch.quantile(means, 0.975).item()
 
 
 def _check_texts(texts: list[str]) -> list[str]:
