@@ -1,5 +1,4 @@
 import os
-import warnings
 
 import pytest
 import torch
@@ -113,17 +112,3 @@ def test_quiet_logs_does_what_notebook_00_says(monkeypatch):
     finally:
         hf_logging.set_verbosity(previous)
         (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
-
-
-def test_quiet_logs_keeps_the_prefix_generate_warning():
-    """The deprecation peft triggers in every prefix forward is hidden; the "Both ... are set"
-    clash, which only generate() on a prefix-tuned model raises (its answer is then wrong,
-    notebook 10 §6), is not."""
-    clash = "Both `past_key_values` and `cache` are set for `LlamaForCausalLM.forward`."
-    renamed = "`past_key_values` is deprecated and will be removed in version 5.40.0 for `X`."
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        hardware.quiet_logs()
-        warnings.warn(clash, FutureWarning, stacklevel=1)
-        warnings.warn(renamed, FutureWarning, stacklevel=1)
-    assert [str(w.message) for w in caught] == [clash]
