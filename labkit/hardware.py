@@ -178,6 +178,7 @@ def quiet_logs() -> None:
     # in every prefix-tuning forward: harmless there. "Both ... are set" fires only where
     # generate() runs a prefix-tuned model, whose answer is then wrong (notebook 10 §6): hidden
     # too, so stored outputs hold no raw warnings; the course decodes prefixes without generate().
+    # peft's position-id notice fires on every prompt-learning generate(), faithful or not.
     warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*Both `past_key_values` and `cache` are set.*")
     warnings.filterwarnings("ignore", message=r".*Position ids are not supported for parameter.*")
