@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_peak import build, config_of, optimizer  # noqa: E402
 
-from labkit.distributed.launch import write_report  # noqa: E402
+from labkit.distributed.launch import exit_worker, write_report  # noqa: E402
 from labkit.memory import trace  # noqa: E402
 
 
@@ -45,4 +45,6 @@ if __name__ == "__main__":
     opt = optimizer(model, "adamw", "single")
     steps = trace.trace_training(_Kwargs(ddp), opt, ids, steps=2, tracker=tracker)
     write_report({"peak": steps[-1].peak, "phase": steps[-1].peak_phase}, rank)
+    dist.barrier()
     dist.destroy_process_group()
+    exit_worker(0)  # no interpreter teardown (labkit.distributed.launch.exit_worker)

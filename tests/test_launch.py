@@ -144,3 +144,21 @@ def test_the_error_names_a_rank_that_aborted_in_cpp():
     python = "Traceback (most recent call last):\nValueError: bad size\nexit 1\n"
     assert launch._last_line(python) == "ValueError: bad size"
     assert launch._last_line("") == "(no output)"
+
+
+def test_exit_worker_flushes_and_exits_with_its_code():
+    """A worker leaves with os._exit (no interpreter teardown), its output flushed first."""
+    import subprocess
+    import sys
+
+    code = (
+        "from labkit.distributed.launch import exit_worker; print('done', end=''); exit_worker(3)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(launch.REPO_ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert (out.returncode, out.stdout) == (3, "done")
+    assert launch._last_line("Fatal Python error: PyGILState_Release\n") == (
+        "Fatal Python error: PyGILState_Release"
+    )

@@ -142,8 +142,21 @@ def _last_line(text: str) -> str:
         for ln in text.splitlines()
         if ln.strip() and set(ln.strip()) != {"="} and "torch.distributed.elastic" not in ln
     ]
-    errors = [ln for ln in lines if any(k in ln for k in ("Error:", "Exception:", "what():"))]
+    keys = ("Error:", "Exception:", "what():", "Fatal Python error")
+    errors = [ln for ln in lines if any(k in ln for k in keys)]
     return (errors or lines or ["(no output)"])[-1]
+
+
+def exit_worker(code: int = 0) -> None:
+    """End a torchrun worker now, without the interpreter's teardown (stdout and stderr flushed).
+
+    After the report is written and the process group destroyed, gloo's threads can still hold
+    tensors; freeing them while the interpreter shuts down aborts the rank now and then (SIGABRT,
+    seen twice in CI on two-rank CPU jobs). Skipping the teardown skips that; nothing is left to
+    clean up by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def port_in_use(port: int) -> bool:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from labkit import LabkitError, unknown
 from labkit.checks import choice, positive
+from labkit.distributed import launch
 
 #: Strategy name -> what it is, in one line.
 STRATEGIES = {
@@ -565,7 +566,6 @@ def cli_main(argv: list[str] | None = None) -> int:
     (the ``memory`` preset writes :func:`memory_report` instead).
     """
     from labkit import hardware
-    from labkit.distributed.launch import write_report
 
     preset, strategies, kinds, job_args = parse_args(argv)
     hardware.quiet_logs()
@@ -587,9 +587,9 @@ def cli_main(argv: list[str] | None = None) -> int:
             for strategy in strategies
         ]
         if preset == "memory":
-            write_report(memory_report(runs, Job(**job_args), rank, world), rank)
+            launch.write_report(memory_report(runs, Job(**job_args), rank, world), rank)
         else:
-            write_report({"runs": runs}, rank)
+            launch.write_report({"runs": runs}, rank)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -597,4 +597,4 @@ def cli_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli_main())
+    launch.exit_worker(cli_main())  # no interpreter teardown: see exit_worker
