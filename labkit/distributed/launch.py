@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 
@@ -147,7 +148,7 @@ def _last_line(text: str) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
-def exit_worker(code: int = 0) -> None:
+def exit_worker(code: int = 0) -> NoReturn:
     """End a torchrun worker now, without the interpreter's teardown (stdout and stderr flushed).
 
     After the report is written and the process group destroyed, gloo's threads can still hold
