@@ -279,6 +279,34 @@ def test_smoothquant_is_exact_before_rounding_and_helps_with_outliers():
     assert smooth < plain / 2
 
 
+class _Padded(nn.Module):
+    """A linear over ``[batch, tokens, channels]`` and a pooler over the first token only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.pool = nn.Linear(4, 4)
+
+    def forward(self, input, attention_mask=None):
+        return self.pool(self.fc(input)[:, 0]) + self.fc(input).sum()
+
+
+def test_collect_input_absmax_can_leave_padding_out():
+    x = torch.ones(2, 3, 4)
+    x[1, 2] = 100.0  # a padding position with a large value
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    batch = {"input": x, "attention_mask": mask}
+    model = _Padded()
+    every = layers.collect_input_absmax(model, [batch], names=["fc"])
+    real = layers.collect_input_absmax(model, [batch], names=["fc", "pool"], mask_padding=True)
+    assert torch.equal(every["fc"], torch.full((4,), 100.0))  # the default: padding counts
+    assert torch.equal(real["fc"], torch.ones(4))  # fails if the pad position is counted
+    # the pooler's input [batch, channels] is not shaped like the mask: every row counts
+    assert torch.equal(real["pool"], model.fc(x)[:, 0].abs().amax(0).detach())
+    with pytest.raises(LabkitError, match="attention_mask"):
+        layers.collect_input_absmax(model, [{"input": x}], mask_padding=True)
+
+
 def test_smoothquant_on_model_needs_stats():
     model = _toy_model()
     with pytest.raises(LabkitError, match="act_absmax"):

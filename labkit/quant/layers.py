@@ -156,18 +156,29 @@ def linear_names(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[s
 
 @torch.no_grad()
 def collect_input_absmax(
-    model: nn.Module, batches: Iterable[dict], names: Iterable[str] | None = None
+    model: nn.Module,
+    batches: Iterable[dict],
+    names: Iterable[str] | None = None,
+    mask_padding: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-input-channel ``max |x|`` seen by each ``nn.Linear`` over calibration ``batches``
     (dicts passed as ``model(**batch)``): the statistic SmoothQuant needs.
+
+    By default every position counts, padding included. ``mask_padding=True`` takes the maxima
+    over the real tokens only (``batch["attention_mask"] == 1``), for inputs shaped like the mask
+    plus channels; an input of another shape (a pooler reading one token per sequence) counts whole.
     """
     names = list(linear_names(model) if names is None else names)
     stats: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
+    keep: list[torch.Tensor | None] = [None]  # the current batch's real-token mask
 
     def hook(name):
         def fn(_module, inputs, _output):
-            a = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().amax(0)
+            x = inputs[0].detach().float()
+            if keep[0] is not None and x.shape[:-1] == keep[0].shape:
+                x = x[keep[0]]
+            a = x.reshape(-1, x.shape[-1]).abs().amax(0)
             stats[name] = a if name not in stats else torch.maximum(stats[name], a)
 
         return fn
@@ -175,6 +186,13 @@ def collect_input_absmax(
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     try:
         for batch in batches:
+            if mask_padding:
+                if "attention_mask" not in batch:
+                    raise LabkitError(
+                        f"mask_padding=True needs an 'attention_mask' in every batch, got keys "
+                        f"{sorted(batch)}; accepted: tokenizer(...) output, or mask_padding=False"
+                    )
+                keep[0] = batch["attention_mask"].bool()
             model(**batch)
     finally:
         for h in handles:
