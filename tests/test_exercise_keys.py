@@ -350,6 +350,19 @@ def test_15_1_is_what_each_rank_sends_in_a_ring_all_reduce():
     _right_and_wrong("15.1", 2 * (4 - 1) / 4 * grads, grads, 2 * grads)
 
 
+def test_15_2_is_zero3_over_ddp_bytes_for_the_rank_16_lora_job():
+    def fp32_bytes(r: int) -> tuple[int, int]:
+        """(weights, gradients) in bytes of peft's real LoRA model, rank r (default targets)."""
+        model = get_peft_model(zoo.load_model("zoo-llama"), LoraConfig(r=r))
+        weights = sum(p.numel() for p in model.parameters())
+        grads = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return 4 * weights, 4 * grads
+
+    (w, g), (w8, g8) = fp32_bytes(16), fp32_bytes(8)
+    # ring over N ranks: zero3 sends (N-1)/N (2W + G), DDP 2 (N-1)/N G: the (N-1)/N cancels
+    _right_and_wrong("15.2", (2 * w + g) / (2 * g), (2 * w8 + g8) / (2 * g8), (2 * w + g) / g)
+
+
 def _llama31_8b_linear_values() -> int:
     c = LLAMA31_8B
     return c["L"] * (2 * c["h"] * c["h"] + 2 * c["h"] * c["kv"] + 3 * c["h"] * c["i"])

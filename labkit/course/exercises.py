@@ -88,8 +88,6 @@ def _p_forest() -> float:
 
 
 def _ln_vocab() -> float:
-    import math
-
     from labkit.models import zoo
 
     return math.log(zoo.load_config("zoo-llama").vocab_size)
@@ -286,15 +284,15 @@ EXERCISES.update(
 
 
 # --- notebook 06 ---
+def _bits(*args: Any, **kwargs: Any) -> float:
+    """labkit.quant.codebook.bits_per_parameter, imported when an answer is checked."""
+    return importlib.import_module("labkit.quant.codebook").bits_per_parameter(*args, **kwargs)
+
+
 EXERCISES.update(
     {
         "06.1": Exercise(
-            number(
-                lambda: importlib.import_module("labkit.quant.codebook").bits_per_parameter(
-                    4, 128, True
-                ),
-                rel=1e-6,
-            ),
+            number(lambda: _bits(4, 128, True), rel=1e-6),
             "4 bits + 8 bits of absmax per block + the fp32 constants of the absmax blocks",
         ),
     }
@@ -305,14 +303,7 @@ EXERCISES.update(
 EXERCISES.update(
     {
         "07.1": Exercise(
-            number(
-                lambda: (
-                    importlib.import_module("labkit.quant.codebook").bits_per_parameter(
-                        8, 128, absmax_bits=16
-                    )
-                    - 8
-                )
-            ),
+            number(lambda: _bits(8, 128, absmax_bits=16) - 8),
             "one 16-bit scale shared by the weights of a group",
         ),
     }
@@ -488,20 +479,29 @@ EXERCISES.update(
 
 
 # --- notebook 15 ---
-def _ddp_bytes_sent_by_4_ranks() -> float:
+def _sent(strategy: str, world: int, lora_r: int = 0) -> float:
+    """Bytes each rank sends per step for fp32 zoo-llama: full, or LoRA of rank ``lora_r`` on
+    q_proj/v_proj (peft's default for Llama; the weights include the adapters)."""
     from labkit.distributed import parallel
-    from labkit.models import architecture, zoo
 
-    grads = 4 * architecture.count_parameters(zoo.load_config("zoo-llama"))  # fp32 gradients
-    return parallel.ring_sent(parallel.textbook_payload("ddp", 0, grads), 4)
+    w = g = 4 * _architecture().count_parameters("zoo-llama")
+    if lora_r:  # only the adapters have gradients
+        g = 4 * _lora_count("zoo-llama", lora_r, ["q_proj", "v_proj"])()
+        w += g
+    return parallel.ring_sent(parallel.textbook_payload(strategy, w, g), world)
 
 
 EXERCISES.update(
     {
         "15.1": Exercise(
-            number(_ddp_bytes_sent_by_4_ranks, rel=1e-6),
+            number(lambda: _sent("ddp", 4), rel=1e-6),
             "a ring all-reduce sends 2(N-1)/N of the payload; DDP's payload is the gradients",
-        )
+        ),
+        "15.2": Exercise(
+            number(lambda: _sent("zero3", 2, 16) / _sent("ddp", 2, 16), rel=1e-4),
+            "rank 16 doubles the adapters: G doubles and W grows by the rank-8 G; then "
+            "ring_sent of textbook_payload('zero3', W, G) over that of 'ddp'",
+        ),
     }
 )
 
