@@ -106,8 +106,13 @@ def test_nothing_fits_names_the_best_set_and_the_levers_that_hardly_move_the_job
     text = str(err.value)
     assert "\n" not in text and "smallest predicted peak is" in text
     movers, weak = text.split("lower this job's peak: ")[1].split("; tried too, under 1% each: ")
+    weak, up = weak.split("; tried, raise it: ")
     assert "chunked_loss" in movers and "checkpointing" in movers
     assert "adamw8bit" in weak and "adamw8bit" not in movers
+    # pure bf16 on a bf16 base raises the peak: listed apart, not as "under 1%"
+    pure = peak.training_peak("llama-3.1-8b", **{**LORA_8B, **plan.LEVERS["pure_bf16"]}).peak
+    assert pure > peak.training_peak("llama-3.1-8b", **LORA_8B).peak
+    assert "pure_bf16" in up and "pure_bf16" not in weak + movers
     best = text.split(" GiB with ")[1].split(" (")[0].split(" + ")
     assert "chunked_loss" in best and not {"adamw8bit", "adafactor", "galore"} & set(best)
 

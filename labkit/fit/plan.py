@@ -325,12 +325,15 @@ def plan(
 
 def _tried(reached: dict[tuple[str, ...], int], baseline: int) -> str:
     """The levers the planner tried, by what each does alone to the job's peak ``baseline``: those
-    that lower it, then those that hardly move it (under 1%: the optimizer levers of a LoRA job,
-    whose optimizer state is tiny), so a learner sees which ones mattered."""
+    that lower it, those that lower it by under 1% (the optimizer levers of a LoRA job, whose
+    optimizer state is tiny), then those that raise it (``pure_bf16`` on a LoRA job, whose base
+    is bf16 already), so a learner sees which ones mattered."""
     alone = {c[0]: p for c, p in reached.items() if len(c) == 1}
     if not alone:
         return "levers: none left to add"
     movers = [n for n, p in alone.items() if p < 0.99 * baseline]
-    weak = [n for n in alone if n not in movers]
+    weak = [n for n, p in alone.items() if n not in movers and p <= baseline]
+    up = [n for n, p in alone.items() if p > baseline]
     text = f"levers that lower this job's peak: {', '.join(movers) or 'none'}"
-    return text + (f"; tried too, under 1% each: {', '.join(weak)}" if weak else "")
+    text += f"; tried too, under 1% each: {', '.join(weak)}" if weak else ""
+    return text + (f"; tried, raise it: {', '.join(up)}" if up else "")
