@@ -53,25 +53,16 @@ EXERCISES: dict[str, Exercise] = {}
 
 
 # --- notebook 00 ---
-def _architecture():
-    """labkit.models.architecture, imported when an answer is checked."""
-    from labkit.models import architecture
-
-    return architecture
-
-
-def _estimator():
-    """labkit.memory.estimator, imported when an answer is checked (this module stays cheap)."""
-    from labkit.memory import estimator
-
-    return estimator
+def _module(name: str):
+    """``labkit.<name>``, imported when an answer is checked (this module stays cheap)."""
+    return importlib.import_module(f"labkit.{name}")
 
 
 def _tied_tiny_llama() -> int:
     """Parameters of tiny-llama with its head tied to the embedding (the untied count minus V x h)."""
     config = importlib.import_module("labkit.models.zoo").load_config("tiny-llama")
     config.tie_word_embeddings = True
-    return _architecture().count_parameters(config)
+    return _module("models.architecture").count_parameters(config)
 
 
 def _p_forest() -> float:
@@ -138,7 +129,7 @@ def _dropout_bytes() -> int:
 EXERCISES.update(
     {
         "01.1": Exercise(
-            number(lambda: _estimator().weight_bytes("mistral-7b", "bf16") / 2**30),
+            number(lambda: _module("memory.estimator").weight_bytes("mistral-7b", "bf16") / 2**30),
             "bytes of the weights in bf16 (estimator.weight_bytes), divided by 2**30",
         ),
         "01.2": Exercise(
@@ -155,7 +146,7 @@ EXERCISES.update(
 
 # --- notebook 02 ---
 def _adamw8bit_saving() -> float:
-    estimator = _estimator()
+    estimator = _module("memory.estimator")
     a, b = (
         estimator.training_memory("llama-2-7b", optimizer=o).optimizer
         for o in ("adamw", "adamw8bit")
@@ -193,7 +184,7 @@ EXERCISES.update(
 
 # --- notebook 03 ---
 def _zero3_per_gpu() -> float:
-    estimator = _estimator()
+    estimator = _module("memory.estimator")
     b = estimator.training_memory("llama-3.1-8b", batch=1, seq=2048, checkpointing=True)
     return estimator.sharded(b, 8, "zero3").total / 2**30
 
@@ -201,7 +192,7 @@ def _zero3_per_gpu() -> float:
 EXERCISES.update(
     {
         "03.1": Exercise(
-            integer(lambda: _architecture().count_parameters("qwen2.5-7b")),
+            integer(lambda: _module("models.architecture").count_parameters("qwen2.5-7b")),
             "sum p.numel() over the meta model's parameters",
         ),
         "03.3": Exercise(
@@ -353,10 +344,12 @@ def _p_tuning_mlp_count(n: int, e: int) -> int:
     return n * h + (h * e + e) + (e * e + e) + (e * h + h)
 
 
-def _p_tuning_kept() -> int:
-    from labkit.tuners import peft_methods
-
-    return peft_methods.DEFAULTS["p-tuning-mlp"]["num_virtual_tokens"] * _zoo_hidden()
+def _p_tuning_kept(ratio: bool = False) -> float:
+    """09.2: the n*h numbers kept after training; ratio=True: the parameters trained over them."""
+    d = _module("tuners.peft_methods").DEFAULTS["p-tuning-mlp"]
+    kept = d["num_virtual_tokens"] * _zoo_hidden()
+    trained = _p_tuning_mlp_count(d["num_virtual_tokens"], d["encoder_hidden_size"])
+    return trained / kept if ratio else kept
 
 
 EXERCISES.update(
@@ -366,8 +359,9 @@ EXERCISES.update(
             "virtual tokens n*h plus three Linear layers h->e, e->e, e->h, each with a bias",
         ),
         "09.2": Exercise(
-            integer(_p_tuning_kept),
-            "only the encoder's output is kept: one hidden-size vector per virtual token",
+            lambda a: integer(_p_tuning_kept)(a[0]) and number(lambda: _p_tuning_kept(True))(a[1]),
+            "a pair (numbers kept, times fewer than trained): only the encoder's output is kept, "
+            "one hidden-size vector per virtual token; trained: the embedding plus the Linears",
         ),
     }
 )
