@@ -277,7 +277,7 @@ EXERCISES.update(
 # --- notebook 06 ---
 def _bits(*args: Any, **kwargs: Any) -> float:
     """labkit.quant.codebook.bits_per_parameter, imported when an answer is checked."""
-    return importlib.import_module("labkit.quant.codebook").bits_per_parameter(*args, **kwargs)
+    return _module("quant.codebook").bits_per_parameter(*args, **kwargs)
 
 
 EXERCISES.update(
@@ -478,7 +478,7 @@ def _sent(strategy: str, world: int, lora_r: int = 0) -> float:
     q_proj/v_proj (peft's default for Llama; the weights include the adapters)."""
     from labkit.distributed import parallel
 
-    w = g = 4 * _architecture().count_parameters("zoo-llama")
+    w = g = 4 * _module("models.architecture").count_parameters("zoo-llama")
     if lora_r:  # only the adapters have gradients
         g = 4 * _lora_count("zoo-llama", lora_r, ["q_proj", "v_proj"])()
         w += g
