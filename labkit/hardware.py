@@ -162,17 +162,20 @@ def requires_cuda(what: str) -> bool:
 def quiet_logs() -> None:
     """Hide log lines known to be harmless on this stack (see README troubleshooting).
 
-    Sets transformers' verbosity to *error* (every transformers warning is hidden;
-    ``transformers.logging.set_verbosity_warning()`` shows them again), hides transformers'
-    progress bars (``transformers.logging.enable_progress_bar()``), filters the Python
-    warnings listed below (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers,
+    Sets transformers' verbosity to *error* (every transformers *log* warning is hidden;
+    ``transformers.logging.set_verbosity_warning()`` shows them again; a ``warnings.warn``
+    FutureWarning still shows unless filtered below), hides transformers' progress bars
+    (``transformers.logging.enable_progress_bar()``), filters the Python warnings listed below
+    (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers,
     and sets ``HF_HUB_DISABLE_TELEMETRY`` and ``TOKENIZERS_PARALLELISM`` when they are unset.
     """
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.cextension").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*renamed.*")
+    # peft 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
+    # PeftModel(): harmless, and nothing a learner can change. The ``gradient_checkpointing*``
+    # names a learner types keep their FutureWarning (use ``activation_checkpointing*``).
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated.*")
     # peft 0.21 passes the prefix as ``past_key_values`` (renamed ``cache`` in transformers 5.24)
     # in every prefix-tuning forward: harmless there. "Both ... are set" fires only where

@@ -200,7 +200,7 @@ def test_deck_drops_warnings_and_replaces_long_outputs():
 
 def test_times_are_written_into_header_and_readme():
     nb = _toy()
-    assert slides.set_times(nb, 52.4) and "~50 s on a 2-core CPU" in nb.cells[0].source
+    assert slides.set_times(nb, 52.4) and "~52 s on a 2-core CPU" in nb.cells[0].source
     readme = "| [07](notebooks/07_x.ipynb) | topic | what | 26 s | no |\n"
     assert slides.set_readme_times(readme, {"07": 31.6}) == readme.replace("26 s", "32 s")
 

@@ -301,10 +301,11 @@ def structure(nb: nbformat.NotebookNode, name: str, run_seconds: float | None = 
 
 
 def set_times(nb: nbformat.NotebookNode, seconds: float) -> bool:
-    """Write ``seconds`` (rounded to 5 s) into the header's "~N s on a 2-core CPU"; True if changed."""
+    """Write ``seconds`` (rounded to 1 s, as the README's map) into the header's "~N s on a 2-core
+    CPU"; True if changed."""
     if not nb.cells or not TIME_RE.search(nb.cells[0].source):
         return False
-    new = TIME_RE.sub(f"~{max(5, 5 * round(seconds / 5))} s on a 2-core CPU", nb.cells[0].source, 1)
+    new = TIME_RE.sub(f"~{max(1, round(seconds))} s on a 2-core CPU", nb.cells[0].source, 1)
     changed = new != nb.cells[0].source
     nb.cells[0].source = new
     return changed
