@@ -49,7 +49,7 @@ def test_forgetting_record_is_current_and_matches_notebook_16():
     scope: dict = {}
     exec("".join(params["source"]), scope)
     assert scope["EPOCHS"] == forgetting.EPOCHS
-    assert scope["RUNS_LIVE"] and set(scope["RUNS_LIVE"]) <= set(forgetting.RUNS)
+    forgetting.check_live(scope["EPOCHS"], scope["RUNS_LIVE"])  # what the notebook's cell 2 runs
     # 16.1 by hand from the raw runs (seed means per epoch), not through first_epoch_share
     full = [r["history"] for r in record["runs"] if r["run"] == "full"]
     mean = [sum(h[e]["corpus_loss"] for h in full) / len(full) for e in (0, 1, -1)]
@@ -282,6 +282,19 @@ def test_forgetting_summary_and_bands():
         forgetting.epoch_bands(record, "lora")
     with pytest.raises(LabkitError, match="unknown metric"):
         forgetting.epoch_bands(record, "full", "accuracy")
+
+
+def test_check_live_refuses_what_notebook_16_cannot_honour():
+    forgetting.check_live(forgetting.EPOCHS, [*forgetting.LIVE, "lora r=1"])  # adding is fine
+    assert set(forgetting.LIVE) <= set(forgetting.RUNS)
+    with pytest.raises(LabkitError, match="EPOCHS = 3 refused") as err:
+        forgetting.check_live(3, forgetting.LIVE)
+    assert "\n" not in str(err.value)
+    with pytest.raises(LabkitError, match="unknown run 'lora r=2'"):
+        forgetting.check_live(forgetting.EPOCHS, [*forgetting.LIVE, "lora r=2"])
+    with pytest.raises(LabkitError, match="RUNS_LIVE lacks 'prompt'") as err:
+        forgetting.check_live(forgetting.EPOCHS, [n for n in forgetting.LIVE if n != "prompt"])
+    assert "\n" not in str(err.value)
 
 
 def test_at_task_loss_interpolates_in_log_chat_loss_between_measured_epochs():

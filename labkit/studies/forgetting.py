@@ -45,6 +45,32 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The runs notebook 16 trains live: its later sections read every one of them.
+LIVE = ("full", "lora", "prompt", "full lr 1e-4", "full + 25% replay")
+
+
+def check_live(epochs: Any, names: Any) -> None:
+    """Refuse notebook 16's parameters that its sections cannot honour, with one line each.
+
+    ``epochs`` must be :data:`EPOCHS` (the sections read the record epoch by epoch next to the
+    live runs); ``names`` may add runs of :data:`RUNS` to :data:`LIVE` but must keep all of them.
+    """
+    if epochs != EPOCHS:
+        raise LabkitError(
+            f"EPOCHS = {epochs!r} refused: notebook 16 compares its live runs epoch by epoch with "
+            f"the record's {EPOCHS} epochs; keep {EPOCHS} (for another length call "
+            "fs.run(name, tok, probe, num_train_epochs=N) yourself)"
+        )
+    for name in names:
+        if name not in RUNS:
+            raise unknown("run", name, RUNS)
+    if missing := [n for n in LIVE if n not in names]:
+        raise LabkitError(
+            f"RUNS_LIVE lacks {', '.join(map(repr, missing))}: the later sections read each of "
+            f"{', '.join(map(repr, LIVE))}; you may add other runs of fs.RUNS, not drop these"
+        )
+
+
 def settings() -> dict[str, Any]:
     """Everything the record depends on besides its points and seeds: epochs, runs, probe."""
     return {"epochs": EPOCHS, "runs": RUNS, "probe": fg.PROBE_SETTINGS["fast"]}
