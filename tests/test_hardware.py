@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from labkit import hardware
+from labkit.models import zoo
 
 
 def test_pick_device_and_threads():
@@ -120,23 +121,21 @@ def test_quiet_logs_hides_peft_checkpointing_read_but_not_the_names_you_type(tmp
     types still print theirs (a log level hides no ``warnings.warn``)."""
     import warnings
 
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+    from transformers import TrainingArguments
+    from transformers.utils import logging as hf_logging
 
-    tiny = LlamaConfig(
-        vocab_size=16,
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        hardware.quiet_logs()
-        model = LlamaForCausalLM(tiny)
-        assert model.is_gradient_checkpointing is False  # what peft reads: hidden
-        model.gradient_checkpointing_enable()  # a name the learner types: shown
-        TrainingArguments(str(tmp_path), gradient_checkpointing=True, report_to="none")
+    model = zoo.load_model("tiny-llama")  # a fresh one: checkpointing is switched on below
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hardware.quiet_logs()
+            assert model.is_gradient_checkpointing is False  # what peft reads: hidden
+            model.gradient_checkpointing_enable()  # a name the learner types: shown
+            TrainingArguments(str(tmp_path), gradient_checkpointing=True, report_to="none")
+    finally:
+        hf_logging.set_verbosity(previous)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
     shown = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert not [m for m in shown if "is_gradient_checkpointing" in m], shown
     assert any(m.startswith("`gradient_checkpointing_enable` is deprecated") for m in shown), shown
