@@ -74,12 +74,18 @@ def test_00_1_is_the_real_tied_models_parameter_count():
     _right_and_wrong("00.1", n, untied, n + 1)
 
 
-def test_00_2_is_the_greedy_tokens_probability():
+def test_00_2_is_forests_probability_after_the_bear_not_the_fox():
     model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
+    forest = tok(" forest", add_special_tokens=False)["input_ids"][0]
+    probs = {}
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([tok("The fox lives in the")["input_ids"]])).logits
-    probs = logits[0, -1].softmax(-1)
-    _right_and_wrong("00.2", probs.max().item(), probs.sort().values[-2].item())
+        for animal in ("bear", "fox"):
+            ids = torch.tensor([tok(f"The {animal} lives in the")["input_ids"]])
+            probs[animal] = model(input_ids=ids).logits[0, -1].softmax(-1)
+    bear = probs["bear"]
+    assert bear.argmax() != forest  # not the bear's top choice: the cell that prints the top 3
+    # (for the fox) does not show it; wrong: the fox's printed value, the bear's top probability
+    _right_and_wrong("00.2", bear[forest].item(), probs["fox"][forest].item(), bear.max().item())
 
 
 def test_00_3_accepts_an_untrained_models_loss_and_not_the_trained_ones():

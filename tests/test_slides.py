@@ -10,6 +10,7 @@ from labkit.course import notebook_format, runner, slide_fit, slides
 
 NOTEBOOKS = runner.course_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
+README_TEXT = slides.README.read_text()
 
 
 def test_remote_references_finds_every_way_a_page_loads_from_the_network():
@@ -269,6 +270,21 @@ def test_header_and_readme_times_agree(path):
     assert header is not None, f"{path.name}: no '~N s on a 2-core CPU' in the title cell"
     assert readme is not None, f"{path.name}: no row in the README's course map"
     assert _close(header, readme), f"{path.name}: header ~{header:.0f} s, README {readme:.0f} s"
+
+
+GPU_HEADER_RE = slides.re.compile(r"needs a GPU:\**\s*(no|optional|yes)\b", slides.re.I)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_readme_gpu_column_agrees_with_the_header(path):
+    """The README map's "needs a GPU?" word is the header's, where the header states one."""
+    header = GPU_HEADER_RE.search(nbformat.read(path, as_version=4).cells[0].source)
+    row = slides.re.search(
+        rf"^\| \[{path.name[:2]}\]\(.*\| (\w+)[^|\n]*\|$", README_TEXT, slides.re.M
+    )
+    assert row is not None, f"{path.name}: no row in the README's course map"
+    if header is not None:
+        assert row.group(1) == header.group(1).lower(), f"{path.name}: README {row.group(1)!r}"
 
 
 TEX = slides.re.compile(r"\$\$|\\\(|\\\[|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")

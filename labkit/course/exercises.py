@@ -65,13 +65,13 @@ def _tied_tiny_llama() -> int:
     return _module("models.architecture").count_parameters(config)
 
 
-def _p_forest() -> float:
+def _p_bear_forest() -> float:
     import torch
 
     from labkit.models import zoo
 
     model, tok = zoo.load_model("zoo-llama"), zoo.load_tokenizer("zoo-llama")
-    ids = tok("The fox lives in the")["input_ids"]
+    ids = tok("The bear lives in the")["input_ids"]
     forest = tok(" forest", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
@@ -91,8 +91,8 @@ EXERCISES.update(
             "sum p.numel() over the parameters of tiny-llama built with tie_word_embeddings=True",
         ),
         "00.2": Exercise(
-            number(_p_forest, rel=1e-3),
-            "softmax of the last position's logits, at the id of ' forest'",
+            number(_p_bear_forest, rel=1e-3),
+            "softmax of the last position's logits for 'The bear lives in the', at ' forest'",
         ),
         "00.3": Exercise(
             number(_ln_vocab, rel=0.05),
