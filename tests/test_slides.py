@@ -1,6 +1,7 @@
 """Slides: offline decks (no remote script/style/font), slide structure, speaker notes, times."""
 
 import hashlib
+import re
 
 import nbformat
 import pytest
@@ -272,22 +273,20 @@ def test_header_and_readme_times_agree(path):
     assert _close(header, readme), f"{path.name}: header ~{header:.0f} s, README {readme:.0f} s"
 
 
-GPU_HEADER_RE = slides.re.compile(r"needs a GPU:\**\s*(no|optional|yes)\b", slides.re.I)
+GPU_HEADER_RE = re.compile(r"needs a GPU:\**\s*(no|optional|yes)\b", re.I)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_readme_gpu_column_agrees_with_the_header(path):
     """The README map's "needs a GPU?" word is the header's, where the header states one."""
     header = GPU_HEADER_RE.search(nbformat.read(path, as_version=4).cells[0].source)
-    row = slides.re.search(
-        rf"^\| \[{path.name[:2]}\]\(.*\| (\w+)[^|\n]*\|$", README_TEXT, slides.re.M
-    )
+    row = re.search(rf"^\| \[{path.name[:2]}\]\(.*\| (\w+)[^|\n]*\|$", README_TEXT, re.M)
     assert row is not None, f"{path.name}: no row in the README's course map"
     if header is not None:
         assert row.group(1) == header.group(1).lower(), f"{path.name}: README {row.group(1)!r}"
 
 
-TEX = slides.re.compile(r"\$\$|\\\(|\\\[|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")
+TEX = re.compile(r"\$\$|\\\(|\\\[|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -296,7 +295,7 @@ def test_no_tex_math_so_decks_need_no_mathjax(path):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            prose = slides.re.sub(r"```.*?```|`[^`\n]*`", "", cell.source, flags=slides.re.S)
+            prose = re.sub(r"```.*?```|`[^`\n]*`", "", cell.source, flags=re.S)
             assert not TEX.search(prose), f"{path.name}: TeX math in {cell.source[:60]!r}"
 
 
