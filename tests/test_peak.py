@@ -316,6 +316,30 @@ def test_8b_in_seconds():
 
 
 @pytest.mark.parametrize(
+    ("method", "loss", "label"),
+    [
+        ("full", "standard", "head backward: its weight gradient beside the b·s·V gradient"),
+        ("lora", "standard", "head backward: the hidden-state gradient beside the b·s·V gradient"),
+        (
+            "full",
+            "chunked",
+            "head backward: its weight gradient beside one chunk's logits gradient",
+        ),
+        ("lora", "chunked", "head backward: the hidden-state gradient beside one chunk's logits"),
+    ],
+)
+def test_head_backward_label_names_what_is_alive(method, loss, label):
+    """The loss and head backward moments say whether the head trains (a LoRA head is frozen: no
+    weight gradient) and which logits gradient is alive (the chunked loss holds one chunk's, never
+    b·s·V)."""
+    got = peak.training_peak("zoo-llama", method=method, loss=loss, batch=2, seq=16)
+    labels = [m.label for m in got.later]
+    assert any(x.startswith(label) for x in labels), labels
+    spike = "no b·s·V gradient" if loss == "chunked" else "two b·s·V fp32 gradients"
+    assert f"loss backward: {spike}" in "".join(labels), labels
+
+
+@pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"impl": "vectorised"}, "optimizer implementation"),

@@ -344,10 +344,13 @@ def _backward_moments(
     else:
         bottom_saved = p.block_saved + p.entry_saved
     spike = 2 * p.lsm + held
+    head_grad = "its weight gradient" if p.g_head_weight else "the hidden-state gradient"
+    logits_grad = "the b·s·V gradient" if p.lsm else "one chunk's logits gradient"  # chunked loss
+    spiked = "two b·s·V fp32 gradients beside the log-softmax" if p.lsm else "no b·s·V gradient"
     return [
         Moment(
             "backward",
-            "loss backward: two b·s·V fp32 gradients beside the log-softmax" + tag,
+            f"loss backward: {spiked}{tag}",
             p.at(
                 **base,
                 weight_copies=copies,
@@ -357,7 +360,7 @@ def _backward_moments(
         ),
         Moment(
             "backward",
-            "head backward: its weight gradient beside the b·s·V gradient" + tag,
+            f"head backward: {head_grad} beside {logits_grad}{tag}",
             p.at(
                 **{**base, "gradients": g0 if later else p.g_head_weight},
                 weight_copies=copies,
