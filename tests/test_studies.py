@@ -358,3 +358,5 @@ def test_lora_verdict_needs_three_seeds_and_a_gap_beyond_the_widths():
     close = {**low, "val_min": 0.05, "val_max": 0.10}  # gap 0.02 < widths 0.07 + 0.05
     assert "no conclusion" in lora_rank.verdict(row, close)
     assert lora_rank.verdict(row, {**low, "seeds": [0]}) == "only 1 seed(s): no conclusion"
+    named = {"name": "full", "seeds": [0, 1, 2], "val_min": 0.01, "val_max": 0.02}  # any study's
+    assert lora_rank.verdict(row, named).startswith("full: lower validation loss")

@@ -242,12 +242,16 @@ def summary(
 
 
 def name(row: dict[str, Any]) -> str:
-    """``r=8, alpha=16`` (``, rsLoRA`` when the point uses alpha/sqrt(r))."""
+    """``r=8, alpha=16`` (``, rsLoRA`` when the point uses alpha/sqrt(r)); a row that carries its
+    own ``name`` (another study's configuration, e.g. a PEFT method's recipe) keeps it."""
+    if "name" in row:
+        return row["name"]
     return f"r={row['r']}, alpha={row['alpha']}" + (", rsLoRA" if row.get("rslora") else "")
 
 
 def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Compare the validation loss of two :func:`summary` rows against their spread over seeds.
+    """Compare the validation loss of two :func:`summary` rows (or any rows with ``seeds``,
+    ``val_min``, ``val_max`` and a ``name``) against their spread over seeds.
 
     A finding needs three seeds on each side and a gap between the two seed ranges larger than
     the ranges' widths added (conservative: three seeds understate the spread).
