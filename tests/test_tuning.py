@@ -301,6 +301,32 @@ def test_same_seed_same_trials_and_rerun_runs_nothing(tmp_path):
     assert "best trial: #" in cli.summary(again.study)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc (Linux)")
+def test_the_kill_waits_while_the_running_trial_has_just_finished(tmp_path):
+    """kill_mid_search freezes the search and reads the study again before it kills: a trial that
+    finished after the first read leaves the process running (continued), one still RUNNING gets
+    it killed (here: still frozen)."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="r", storage=url)
+    study.tell(study.ask(), 1.0)  # one COMPLETE trial, none RUNNING: the trial "just finished"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not interrupt._still_mid_trial(proc, url, "r")
+        assert _process_state(proc.pid) != "T"  # continued: the search goes on
+        study.ask()  # now a trial RUNS
+        assert interrupt._still_mid_trial(proc, url, "r")
+        assert _process_state(proc.pid) == "T"  # frozen, ready for the kill
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter Linux reports for ``pid`` (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_killed_search_resumes_to_exactly_n_complete_trials(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LABKIT_TEST_TRIAL_SECONDS", "2")  # long enough to be caught RUNNING
     url, n = f"sqlite:///{tmp_path / 'study.db'}", 4

@@ -30,8 +30,10 @@ def kill_mid_search(
     """Start ``command ARGV`` (``python -m labkit tune`` by default) and SIGKILL it mid-trial;
     return the study's trials.
 
-    It waits until at least one trial is COMPLETE and another is RUNNING, so the kill leaves a
-    RUNNING trial behind. The process is gone when this returns, whatever happened.
+    It waits until at least one trial is COMPLETE and another is RUNNING, then freezes the
+    process (SIGSTOP) and reads the study again: a trial can finish between a read and the kill,
+    so it kills only while a trial is still RUNNING, and otherwise lets the search go on. The
+    process is gone when this returns, whatever happened.
     """
     env = {
         **os.environ,
@@ -53,8 +55,7 @@ def kill_mid_search(
                 trials = optuna.load_study(study_name=study_name, storage=storage).trials
             except Exception:  # the study does not exist yet, or the file is busy
                 continue
-            states = {t.state for t in trials}
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            if _mid_trial(trials) and _still_mid_trial(proc, storage, study_name):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = True
                 break
@@ -65,3 +66,22 @@ def kill_mid_search(
     if not killed:
         raise RuntimeError(f"the search ended (status {proc.returncode}) before it could be killed")
     return optuna.load_study(study_name=study_name, storage=storage).trials
+
+
+def _mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """At least one trial COMPLETE and another RUNNING."""
+    states = {t.state for t in trials}
+    return TrialState.COMPLETE in states and TrialState.RUNNING in states
+
+
+def _still_mid_trial(proc: subprocess.Popen, storage: str, study_name: str) -> bool:
+    """Freeze ``proc`` and read the study again; True (still frozen) if a trial still RUNS, else
+    let it continue and return False (the trial finished after the last read)."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        if _mid_trial(optuna.load_study(study_name=study_name, storage=storage).trials):
+            return True
+    except Exception:  # the file is locked by the frozen writer: look again later
+        pass
+    os.kill(proc.pid, signal.SIGCONT)
+    return False
