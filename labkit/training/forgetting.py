@@ -9,7 +9,8 @@ fine-tuning, both sides:
 - what the model **knew before**: its loss on held-out corpus stories
   (:func:`labkit.training.lm_loss.causal_lm_loss`) and a **probe** (:func:`probe_items`): cloze
   sentences in the corpus's own story style ("Every morning the otter left the" -> "river"),
-  about facts the chat task never fine-tunes on, plus counting runs. The probe is scored by
+  about facts the chat task never fine-tunes on, plus counting runs (which can end on a number
+  whose successor the chat train split asks: not all unseen). The probe is scored by
   greedy exact match (:func:`probe_accuracy`): an item is right when every answer token is the
   model's argmax given the prompt and the answer's earlier tokens (= greedy decoding).
 
@@ -62,7 +63,9 @@ def probe_items(per_fact: int = 1, counts: int = 16, seed: int = 0) -> list[Prob
     """Cloze items about the facts fine-tuning never sees, plus ``counts`` counting runs.
 
     ``per_fact`` (1 or 2) story templates per fact; counting runs read like the corpus's
-    "Mia counted: four, five, six," -> "seven" (a skill the chat format never shows).
+    "Mia counted: four, five, six," -> "seven". Counting runs are not all unseen: a run ending
+    on ``x`` where ``("next", x)`` is in the chat train split probes a fine-tuned fact in story
+    form (notebook 16 prints how many).
     """
     if isinstance(per_fact, bool) or per_fact not in (1, 2):
         raise LabkitError(f"per_fact must be 1 or 2 (story templates per fact), got {per_fact!r}")
