@@ -60,7 +60,7 @@ def _module(name: str):
 
 def _tied_tiny_llama() -> int:
     """Parameters of tiny-llama with its head tied to the embedding (the untied count minus V x h)."""
-    config = importlib.import_module("labkit.models.zoo").load_config("tiny-llama")
+    config = _module("models.zoo").load_config("tiny-llama")
     config.tie_word_embeddings = True
     return _module("models.architecture").count_parameters(config)
 
