@@ -43,3 +43,26 @@ def test_greedy_answers_are_generate_cut_at_the_first_newline(tok):
     ]
     assert generation.first_line("  The fox.\nHuman: more\n") == "The fox."
     assert not model.training
+
+
+def test_cached_generate_answers_are_plain_generate_with_its_cache(tok):
+    """For a prompt-learning model greedy_answers turns the cache off; cached_generate_answers
+    gives what a plain ``model.generate()`` (cache on, its default) answers, prompt by prompt."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = get_peft_model(
+        zoo.load_model("tiny-llama"),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    )
+    prompts = ["Human: Where does the fox live?\nAssistant:", "Human: Hi\nAssistant:"]
+    want = []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt")
+        out = model.generate(
+            **enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        want.append(generation.first_line(text))
+    assert generation.cached_generate_answers(model, tok, prompts, max_new_tokens=6) == want
+    with pytest.raises(LabkitError, match="prompts"):
+        generation.cached_generate_answers(model, tok, "Human: Hi\nAssistant:")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import labkit
+from labkit import checks
 
 PADDING_SIDES = ("left", "right")
 
@@ -80,3 +81,22 @@ def greedy_answers(
     )
     texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
     return [first_line(t) for t in texts]
+
+
+def cached_generate_answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 14
+) -> list[str]:
+    """What plain ``model.generate()`` answers, with its cache (``use_cache=True``), one prompt at a
+    time: for a prompt-learning model not the faithful decode (notebooks 08-10 measure how far it
+    is from the model's own forward pass, :func:`labkit.tuners.peft_methods.greedy_answers`)."""
+    prompts = checks.strings("prompts", prompts)
+    return [
+        greedy_answers(
+            model,
+            tokenizer,
+            tokenizer(p, return_tensors="pt")["input_ids"].to(model.device),
+            max_new_tokens=max_new_tokens,
+            use_cache=True,
+        )[0]
+        for p in prompts
+    ]
