@@ -1,3 +1,4 @@
+import datetime
 import json
 
 import nbformat
@@ -23,6 +24,7 @@ def test_run_course_writes_report_and_flags_failures(tmp_path, capsys):
     assert saved == report
     assert [r["notebook"] for r in saved["notebooks"]] == ["01_good.ipynb", "02_bad.ipynb"]
     assert saved["notebooks"][0]["status"] == "ok"
+    assert saved["notebooks"][0]["date"] == datetime.date.today().isoformat()  # the map's date
     assert (
         saved["notebooks"][1]["status"].startswith("FAILED")
         and "boom" in saved["notebooks"][1]["status"]

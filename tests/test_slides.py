@@ -1,6 +1,7 @@
 """Slides: offline decks (no remote script/style/font), slide structure, speaker notes, times."""
 
 import hashlib
+import json
 import re
 
 import nbformat
@@ -207,6 +208,25 @@ def test_times_are_written_into_header_and_readme():
     assert slides.set_readme_times(readme, {"07": 31.6}) == readme.replace("26 s", "32 s")
 
 
+def test_readme_map_date_is_the_newest_run_of_the_notebooks_on_it(tmp_path):
+    report = tmp_path / "course-report.json"
+    rows = [
+        {"notebook": "07_x.ipynb", "seconds": 31.6, "status": "ok", "date": "2026-12-01"},
+        {"notebook": "08_y.ipynb", "seconds": 9.0, "status": "ok", "date": "2026-12-07"},
+        {"notebook": "09_z.ipynb", "seconds": 9.0, "status": "FAILED: x", "date": "2026-12-09"},
+        {"notebook": "10_old.ipynb", "seconds": 9.0, "status": "ok"},  # before rows had a date
+    ]
+    report.write_text(json.dumps({"notebooks": rows}))
+    assert slides.newest_date(report, ["07_x.ipynb", "08_y.ipynb", "09_z.ipynb"]) == "2026-12-07"
+    assert slides.newest_date(report, ["07_x.ipynb"]) == "2026-12-01"
+    assert slides.newest_date(report, ["10_old.ipynb"]) is None
+    text = "one notebook at a time (2026-11-28; they vary\n| [07](n/07_x.ipynb) | t | w | 26 s |"
+    assert slides.set_readme_times(text, {"07": 31.6}, "2026-12-07") == text.replace(
+        "2026-11-28", "2026-12-07"
+    ).replace("26 s", "32 s")
+    assert slides.set_readme_times(text, {}, None) == text
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_committed_notebook_has_its_slide_structure(path):
     nb = nbformat.read(path, as_version=4)
@@ -278,12 +298,12 @@ GPU_HEADER_RE = re.compile(r"needs a GPU:\**\s*(no|optional|yes)\b", re.I)
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_readme_gpu_column_agrees_with_the_header(path):
-    """The README map's "needs a GPU?" word is the header's, where the header states one."""
+    """Every header says whether it needs a GPU, and the README map's word is the header's."""
     header = GPU_HEADER_RE.search(nbformat.read(path, as_version=4).cells[0].source)
     row = re.search(rf"^\| \[{path.name[:2]}\]\(.*\| (\w+)[^|\n]*\|$", README_TEXT, re.M)
     assert row is not None, f"{path.name}: no row in the README's course map"
-    if header is not None:
-        assert row.group(1) == header.group(1).lower(), f"{path.name}: README {row.group(1)!r}"
+    assert header is not None, f"{path.name}: the title cell does not say 'needs a GPU: ...'"
+    assert row.group(1) == header.group(1).lower(), f"{path.name}: README {row.group(1)!r}"
 
 
 TEX = re.compile(r"\$\$|\\\(|\\\[|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")

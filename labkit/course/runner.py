@@ -24,6 +24,7 @@ output folder is checked for writing before any notebook runs, and Ctrl-C stops 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import re
@@ -248,7 +249,8 @@ def _run_one(path: Path, inplace: bool, out_dir: Path, timeout: int) -> dict:
     strip_volatile(nb)
     write_notebook(nb, path if inplace and error is None else out_dir / path.name)
     status = "ok" if error is None else f"FAILED: {error}"
-    return {"notebook": path.name, "seconds": round(seconds, 1), "status": status}
+    day = datetime.date.today().isoformat()  # the README's map says when its times were taken
+    return {"notebook": path.name, "seconds": round(seconds, 1), "status": status, "date": day}
 
 
 def _write_report(out_dir: Path, rows: list[dict], folders: set[Path]) -> dict:

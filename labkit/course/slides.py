@@ -28,6 +28,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,9 @@ MINUTES_PER_FIGURE = 0.5
 
 TIME_RE = re.compile(r"~(\d+) s on a 2-core CPU")
 MAP_ROW_RE = re.compile(r"^\| \[(\d\d)\]\([^)]*\) \|[^|\n]*\|[^|\n]*\| (\d+) s \|", re.M)
+#: the date in the course map's intro ("one notebook at a time (2026-11-28; ...")
+MAP_DATE_RE = re.compile(r"(one notebook at a time\s+\()\d{4}-\d\d-\d\d(;)")
+DATE_RE = re.compile(r"\d{4}-\d\d-\d\d")
 
 
 # ----------------------------------------------------------------------------- structure
@@ -339,8 +343,28 @@ def read_times(report: Path) -> dict[str, float]:
     return measured
 
 
-def set_readme_times(readme_text: str, seconds: dict[str, float]) -> str:
-    """The README with the course map's CPU time of each ``NN`` in ``seconds`` replaced."""
+def newest_date(report: Path, names: Iterable[str]) -> str | None:
+    """The newest ``date`` (YYYY-MM-DD) among the report's ``ok`` rows of ``names``; None where
+    no such row has one (reports written before rows carried it)."""
+    rows = files.read_json(report, REPORT_ACCEPTED, name=str(report)).get("notebooks", [])
+    wanted = set(names)
+    days = [
+        r["date"]
+        for r in rows
+        if isinstance(r, dict)
+        and r.get("notebook") in wanted
+        and r.get("status") == "ok"
+        and isinstance(r.get("date"), str)
+        and DATE_RE.fullmatch(r["date"])
+    ]
+    return max(days, default=None)
+
+
+def set_readme_times(readme_text: str, seconds: dict[str, float], day: str | None = None) -> str:
+    """The README with the course map's CPU time of each ``NN`` in ``seconds`` replaced, and the
+    map's "one notebook at a time (YYYY-MM-DD;" set to ``day`` when given."""
+    if day is not None:
+        readme_text = MAP_DATE_RE.sub(rf"\g<1>{day}\g<2>", readme_text, count=1)
 
     def repl(m: re.Match) -> str:
         nn = m.group(1)
@@ -526,7 +550,8 @@ def cli_main(argv: list[str]) -> int:
     if measured:
         course = {p.name for p in course_notebooks()}  # the README maps the course only
         on_map = {name[:2]: sec for name, sec in measured.items() if name in course}
-        files.replace_text(README, set_readme_times(README.read_text(), on_map))
+        day = newest_date(args.times, (n for n in measured if n in course))
+        files.replace_text(README, set_readme_times(README.read_text(), on_map, day))
     changed = 0
     for path, nb in zip(paths, notebooks, strict=True):
         before = nbformat.writes(nb)
