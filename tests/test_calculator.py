@@ -8,7 +8,7 @@ import matplotlib
 import pytest
 
 from labkit import LabkitError
-from labkit.memory import calculator, estimator
+from labkit.memory import calculator, estimator, peak
 
 matplotlib.use("Agg")
 
@@ -56,8 +56,22 @@ def test_figure_names_the_verdict():
     title = fig.axes[0].get_title()
     assert "does not fit on 1 x 1 GiB" in title
     assert "full" in title and "batch 2 x 1024, no checkpointing" in title  # the job it drew
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert not any(lab.startswith("GPU less reserve") for lab in labels)  # 1 GiB: none left
     import matplotlib.pyplot as plt
 
+    plt.close(fig)
+
+
+def test_figure_draws_the_card_less_the_reserve():
+    import matplotlib.pyplot as plt
+
+    fig = calculator.figure(gpu_gib=24)
+    ax = fig.axes[0]
+    xs = [line.get_xdata()[0] for line in ax.get_lines()]
+    usable = 24 - peak.gpu_reserve() / 2**30
+    assert any(abs(x - usable) < 1e-9 for x in xs)
+    assert f"GPU less reserve {usable:.1f} GiB" in ax.get_legend_handles_labels()[1]
     plt.close(fig)
 
 

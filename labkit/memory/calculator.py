@@ -192,7 +192,8 @@ LEGEND = {"logits": "loss buffer", "optimizer": "optimizer state", "kv_cache": "
 
 
 def figure(**settings: Any):
-    """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory."""
+    """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory, and
+    against that memory less :func:`labkit.memory.peak.gpu_reserve` (when some is left)."""
     import matplotlib.pyplot as plt  # matplotlib only for the drawing
 
     result = _fit(settings)
@@ -207,6 +208,9 @@ def figure(**settings: Any):
             ax.barh([0], [v], left=left, label=label)
             left += v
     ax.axvline(args["gpu_gib"], color="k", ls="--", label=f"GPU {args['gpu_gib']:g} GiB")
+    usable = args["gpu_gib"] - peak.gpu_reserve() / GiB  # less the CUDA context and workspace
+    if usable > 0:
+        ax.axvline(usable, color="0.45", ls="-.", label=f"GPU less reserve {usable:.1f} GiB")
     step = result.peak
     if step is not None:  # the largest live set, which the verdict reads
         x = step.peak / GiB
