@@ -97,6 +97,20 @@ def cloze_items(rows: list[dict], per_fact: int = 1, seed: int = 0) -> list[Prob
     one?" <-> "After one comes" -> "two"). A row whose fact the chat train split fine-tunes on
     has no cloze and raises: this probe only covers held-out facts.
     """
+    if not isinstance(rows, (list, tuple)):
+        raise LabkitError(f"rows is {type(rows).__name__}; accepted: a list of chat rows")
+    bad = next(
+        (
+            i
+            for i, r in enumerate(rows)
+            if not (isinstance(r, dict) and {"intent", "entity"} <= r.keys())
+        ),
+        None,
+    )
+    if bad is not None:
+        raise LabkitError(
+            f"rows[{bad}] is not a chat row; accepted: a list of rows from loaders.load_chat()"
+        )
     asked = {(r["intent"], r["entity"]) for r in rows}
     if not asked:
         raise LabkitError("no chat rows; accepted: a non-empty list of chat rows")
