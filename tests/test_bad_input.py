@@ -1805,6 +1805,7 @@ ROWS = [
     row("R2-11+per_fact", lambda c: fg().probe_items(per_fact="1"), "per_fact", "'1'"),
     row("R2-18+replay", lambda c: fg().replay_features(c.tiny[1], 10**9), "the corpus has"),
     row("R2-18+mix", lambda c: fg().replay_count(-5, 0.5), "n_task", "integer >= 0"),
+    row("R2-11+cloze", lambda c: fg().cloze_items([{"intent": "home"}]), "rows[0]", "chat row"),
     row("R2-12+probe", lambda c: fg().probe_accuracy(*c.tiny, "abc"), "item 0 is str"),
     row(
         "V2-03+",

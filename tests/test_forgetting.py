@@ -32,6 +32,19 @@ def test_probe_items_ask_only_unseen_facts():
         fg.probe_items(per_fact=3)
 
 
+def test_cloze_items_cover_exactly_the_facts_asked():
+    rows = loaders.load_chat("test")[:42]
+    asked = {(r["intent"], r["entity"]) for r in rows}
+    items = fg.cloze_items(rows)
+    assert {(it.kind, it.entity) for it in items} == asked
+    assert "next" in {it.kind for it in items} and "count" not in {it.kind for it in items}
+    assert len(fg.cloze_items(rows, per_fact=2)) == 2 * len(asked)
+    with pytest.raises(LabkitError, match="chat train split"):
+        fg.cloze_items(loaders.load_chat("train")[:3])
+    with pytest.raises(LabkitError, match="no chat rows"):
+        fg.cloze_items([])
+
+
 def test_probe_accuracy_equals_greedy_decoding(tok):
     model = zoo.load_model("zoo-llama")
     items = fg.probe_items(counts=4)[::6]

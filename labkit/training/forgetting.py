@@ -51,6 +51,8 @@ class ProbeItem:
     prompt: str
     answer: str
     kind: str
+    #: the fact's entity ("fox", "one"); "" for a counting run
+    entity: str = ""
 
 
 def unseen_facts() -> list[dict]:
@@ -78,13 +80,51 @@ def probe_items(per_fact: int = 1, counts: int = 16, seed: int = 0) -> list[Prob
             prompt = t.format(e=f["entity"], n=rng.choice(generator.NAMES))
             if f["intent"] == "opposite" and t.startswith("If"):
                 prompt = prompt[0].upper() + prompt[1:]
-            items.append(ProbeItem(prompt, f["answer"], f["intent"]))
+            items.append(ProbeItem(prompt, f["answer"], f["intent"], f["entity"]))
     nums = generator.NUMBERS
     for _ in range(counts):
         start, length = rng.randrange(0, len(nums) - 5), rng.randint(3, 4)
         run = nums[start : start + length]
         prompt = f"{rng.choice(generator.NAMES)} counted: {', '.join(run)},"
         items.append(ProbeItem(prompt, nums[start + length], "count"))
+    return items
+
+
+def cloze_items(rows: list[dict], per_fact: int = 1, seed: int = 0) -> list[ProbeItem]:
+    """The probe's clozes (no counting runs) about exactly the facts the chat ``rows`` ask.
+
+    Every kind of question has its cloze, number questions included ("Which number follows
+    one?" <-> "After one comes" -> "two"). A row whose fact the chat train split fine-tunes on
+    has no cloze and raises: this probe only covers held-out facts.
+    """
+    if not isinstance(rows, (list, tuple)):
+        raise LabkitError(f"rows is {type(rows).__name__}; accepted: a list of chat rows")
+    bad = next(
+        (
+            i
+            for i, r in enumerate(rows)
+            if not (isinstance(r, dict) and {"intent", "entity"} <= r.keys())
+        ),
+        None,
+    )
+    if bad is not None:
+        raise LabkitError(
+            f"rows[{bad}] is not a chat row; accepted: a list of rows from loaders.load_chat()"
+        )
+    asked = {(r["intent"], r["entity"]) for r in rows}
+    if not asked:
+        raise LabkitError("no chat rows; accepted: a non-empty list of chat rows")
+    items = [
+        it
+        for it in probe_items(per_fact=per_fact, counts=0, seed=seed)
+        if (it.kind, it.entity) in asked
+    ]
+    missing = asked - {(it.kind, it.entity) for it in items}
+    if missing:
+        raise LabkitError(
+            f"{len(missing)} asked facts have no cloze, e.g. {sorted(missing)[0]}: they are in the "
+            "chat train split; accepted: rows of the validation / test splits"
+        )
     return items
 
 
