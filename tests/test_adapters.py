@@ -127,6 +127,24 @@ def test_lora_delta_is_alpha_over_r_times_b_a():
         adapters.lora_delta(layer, "other")
 
 
+def test_merge_rounding_error_grows_as_the_update_shrinks():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 64, generator=g)
+    delta = torch.randn(64, 8, generator=g) @ torch.randn(8, 64, generator=g)
+    errors = [
+        adapters.merge_rounding_error(weight, delta * ratio * weight.norm() / delta.norm())
+        for ratio in (0.1, 0.01, 0.001)
+    ]
+    assert errors[0] < 0.05 < errors[1] < errors[2]  # bf16's 8 bits: small updates round away
+    assert adapters.merge_rounding_error(weight, delta * 1e-3, torch.float32) < 1e-3
+    with pytest.raises(LabkitError, match="differ"):
+        adapters.merge_rounding_error(weight, delta[:8])
+    with pytest.raises(LabkitError, match="all zeros"):
+        adapters.merge_rounding_error(weight, torch.zeros_like(weight))
+    with pytest.raises(LabkitError, match="floating-point"):
+        adapters.merge_rounding_error(weight, delta, torch.int8)
+
+
 def test_rslora_scaling_and_conv1d_layout():
     model = lora("tiny-gpt2", r=4, lora_alpha=8, use_rslora=True, target_modules=["c_attn"])
     layer = model.base_model.model.transformer.h[0].attn.c_attn

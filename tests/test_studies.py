@@ -360,3 +360,7 @@ def test_lora_verdict_needs_three_seeds_and_a_gap_beyond_the_widths():
     assert lora_rank.verdict(row, {**low, "seeds": [0]}) == "only 1 seed(s): no conclusion"
     named = {"name": "full", "seeds": [0, 1, 2], "val_min": 0.01, "val_max": 0.02}  # any study's
     assert lora_rank.verdict(row, named).startswith("full: lower validation loss")
+    assert lora_rank.verdict(row, low).endswith("(gap 0.100 > widths 0.080)")
+    assert lora_rank.verdict(row, low, digits=4).endswith("(gap 0.1000 > widths 0.0800)")
+    with pytest.raises(LabkitError, match="digits"):
+        lora_rank.verdict(row, low, digits=0)

@@ -249,13 +249,16 @@ def name(row: dict[str, Any]) -> str:
     return f"r={row['r']}, alpha={row['alpha']}" + (", rsLoRA" if row.get("rslora") else "")
 
 
-def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+def verdict(a: dict[str, Any], b: dict[str, Any], digits: int = 3) -> str:
     """Compare the validation loss of two :func:`summary` rows (or any rows with ``seeds``,
     ``val_min``, ``val_max`` and a ``name``) against their spread over seeds.
 
     A finding needs three seeds on each side and a gap between the two seed ranges larger than
-    the ranges' widths added (conservative: three seeds understate the spread).
+    the ranges' widths added (conservative: three seeds understate the spread). ``digits``:
+    decimals of the gap and widths printed (raise it when the two are close).
     """
+    if not isinstance(digits, int) or isinstance(digits, bool) or not 1 <= digits <= 8:
+        raise LabkitError(f"digits must be an integer from 1 to 8, got {digits!r}")
     seeds = min(len(a["seeds"]), len(b["seeds"]))
     if seeds < 3:
         return f"only {seeds} seed(s): no conclusion"
@@ -263,5 +266,8 @@ def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     for low, high in ((a, b), (b, a)):
         gap = high["val_min"] - low["val_max"]
         if gap > widths:
-            return f"{name(low)}: lower validation loss on every seed (gap {gap:.3f} > widths {widths:.3f})"
-    return f"gap not larger than the seed ranges' widths {widths:.3f}: no conclusion"
+            return (
+                f"{name(low)}: lower validation loss on every seed "
+                f"(gap {gap:.{digits}f} > widths {widths:.{digits}f})"
+            )
+    return f"gap not larger than the seed ranges' widths {widths:.{digits}f}: no conclusion"

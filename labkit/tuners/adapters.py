@@ -11,6 +11,7 @@ saved and reloaded as a plain ``transformers`` model must give the same logits a
   :func:`merged_weight_by_hand`, :func:`hand_formula`: the merge math ``W + (alpha/r)·B·A`` (rsLoRA: ``alpha/√r``;
   DoRA: rescaled by magnitude / column norm) recomputed by hand, for ``nn.Linear``, GPT-2's
   ``Conv1D`` (``fan_in_fan_out``) and embeddings;
+- :func:`merge_rounding_error`: how much of ΔW a merge stored in bf16 (or fp16) rounds away;
 - :func:`check_merge_round_trip`, :func:`check_adapter_round_trip`: the whole round trip;
 - :func:`mixed_batch_logits`, :func:`per_adapter_logits`, :func:`generate_mixed`: one batch
   whose rows use different adapters (peft's ``adapter_names``);
@@ -192,6 +193,30 @@ def base_weight(layer) -> torch.Tensor:
     from peft.utils.integrations import dequantize_module_weight
 
     return dequantize_module_weight(layer.get_base_layer()).detach().float()
+
+
+@torch.no_grad()
+def merge_rounding_error(
+    weight: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> float:
+    """Share of ``delta`` that a merge stored in ``dtype`` gets wrong: ``|(W + ΔW) − W − ΔW| / |ΔW|``.
+
+    Both sides as served in ``dtype``: the merged weight is ``W.to(dtype) + ΔW.to(dtype)``,
+    rounded to ``dtype`` (what peft's merge stores), the unmerged reference ``W.to(dtype)`` plus
+    the exact ``ΔW``; Frobenius norms. bf16 keeps 8 significant bits, so an update much smaller
+    than about 2^-8 of its weights is largely rounded away (1.0 = all of it wrong).
+    """
+    if weight.shape != delta.shape:
+        raise LabkitError(f"weight {tuple(weight.shape)} and delta {tuple(delta.shape)} differ")
+    if not dtype.is_floating_point:
+        raise LabkitError(f"dtype must be a floating-point dtype, got {dtype}")
+    delta = delta.float()
+    size = delta.norm()
+    if size == 0:
+        raise LabkitError("delta is all zeros: no update to round")
+    base = weight.to(dtype)
+    merged = (base + delta.to(dtype)).float()
+    return float((merged - base.float() - delta).norm() / size)
 
 
 @torch.no_grad()
