@@ -304,8 +304,8 @@ def test_same_seed_same_trials_and_rerun_runs_nothing(tmp_path):
 
 def test_the_kill_waits_while_the_running_trial_has_just_finished(tmp_path):
     """kill_mid_search freezes the search and reads the study again before it kills: a trial that
-    finished after the first read leaves the process running (continued), one still RUNNING gets
-    it killed (here: still frozen)."""
+    finished after the first read leaves the process running (continued), one still RUNNING with
+    a parameter drawn gets it killed (here: still frozen)."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
     study = optuna.create_study(study_name="r", storage=url)
     study.tell(study.ask(), 1.0)  # one COMPLETE trial, none RUNNING: the trial "just finished"
@@ -313,7 +313,9 @@ def test_the_kill_waits_while_the_running_trial_has_just_finished(tmp_path):
     try:
         assert not interrupt._still_mid_trial(proc, url, "r")
         assert psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED  # continued
-        study.ask()  # now a trial RUNS
+        running = study.ask()  # now a trial RUNS, but has drawn nothing yet: not worth the kill
+        assert not interrupt._still_mid_trial(proc, url, "r")
+        running.suggest_float("x", 0.0, 1.0)  # it has stored what it drew: a resume must keep it
         assert interrupt._still_mid_trial(proc, url, "r")
         assert psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED  # frozen, to be killed
     finally:

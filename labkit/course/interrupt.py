@@ -30,7 +30,8 @@ def kill_mid_search(
     """Start ``command ARGV`` (``python -m labkit tune`` by default) and SIGKILL it mid-trial;
     return the study's trials.
 
-    It waits until at least one trial is COMPLETE and another is RUNNING, then freezes the
+    It waits until at least one trial is COMPLETE and another is RUNNING with at least one
+    parameter drawn, then freezes the
     process (SIGSTOP) and reads the study again: a trial can finish between a read and the kill,
     so it kills only while a trial is still RUNNING, and otherwise lets the search go on. The
     process is gone when this returns, whatever happened.
@@ -69,9 +70,10 @@ def kill_mid_search(
 
 
 def _mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
-    """At least one trial COMPLETE and another RUNNING."""
-    states = {t.state for t in trials}
-    return TrialState.COMPLETE in states and TrialState.RUNNING in states
+    """At least one trial COMPLETE and another RUNNING that has stored a parameter (a kill the
+    moment a trial starts, before it draws anything, shows nothing a resume must handle)."""
+    complete = any(t.state == TrialState.COMPLETE for t in trials)
+    return complete and any(t.state == TrialState.RUNNING and t.params for t in trials)
 
 
 def _still_mid_trial(proc: subprocess.Popen, storage: str, study_name: str) -> bool:
