@@ -132,6 +132,50 @@ def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
+README = Path(__file__).with_name("README.md")
+BLOCK_START, BLOCK_END = "<!-- lever-costs:start -->", "<!-- lever-costs:end -->"
+
+
+def readme_block(record: dict[str, Any]) -> str:
+    """The record as benchmarks/README.md shows it (between the lever-costs markers): when, on
+    what, the baseline step, one row per lever, and how many rounds each was slower."""
+    v, base = record["versions"], record["baseline_seconds"]
+    share, rounds = record["baseline_matmul_share"], record["rounds"]
+    lines = [
+        f"Recorded {record['date'][:10]} on a {record['machine']['cores']}-core "
+        f"{record['machine']['cpu']} machine (load average {record['load_average']['before'][0]:.1f} "
+        f"before, {record['load_average']['after'][0]:.1f} after), torch {v['torch']}, "
+        f"transformers {v['transformers']}, bitsandbytes {v['bitsandbytes']}, galore-torch "
+        f"{v['galore-torch']}, {rounds} rounds; baseline step {base['median']:.3f} s median "
+        f"(thread clock), {share['matmuls']:.2f} of it in matmuls "
+        f"({share['matmuls_and_attention']:.2f} with attention):",
+        "",
+        "| lever | against | extra time (median) | range over rounds | slower in | `plan.COSTS` |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, rec in record["levers"].items():
+        if not rec["measured"]:
+            lines.append(f"| {name} | not measured | | | | {rec['cost']:.2f} (argued) |")
+            continue
+        r, slower = rec["ratio"], sum(x > 1 for x in rec["ratios"])
+        lines.append(
+            f"| {name} | {rec['against'].replace('_', ' ')} | {r['median'] - 1:+.1%} | "
+            f"{r['min'] - 1:+.1%}..{r['max'] - 1:+.1%} | {slower} of {len(rec['ratios'])} | "
+            f"{max(0.0, round(r['median'] - 1, 4)):.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(record: dict[str, Any], readme: Path = README) -> None:
+    """Put :func:`readme_block` between the markers of ``readme`` (they must be there)."""
+    text = readme.read_text()
+    head, found, rest = text.partition(BLOCK_START)
+    _, found_end, tail = rest.partition(BLOCK_END)
+    if not (found and found_end):
+        raise SystemExit(f"{readme} has no {BLOCK_START} ... {BLOCK_END} block")
+    readme.write_text(f"{head}{BLOCK_START}\n{readme_block(record)}\n{BLOCK_END}{tail}")
+
+
 def _machine() -> dict[str, Any]:
     model = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
@@ -192,6 +236,7 @@ def main() -> int:
         "levers": costs,
     }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    write_readme(record)  # the README's table is this record's
     print(f"{'lever':22} {'extra time (median)':>19}  range over {args.rounds} rounds")
     for name, rec in costs.items():
         if rec["measured"]:
