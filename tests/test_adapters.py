@@ -325,7 +325,7 @@ def test_quantized_merge_rounding_and_recipe(tmp_path):
     assert "re-quantize" in result.summary()
     assert "max logit gap" in result.summary() and "|route - served|" in result.summary()
     assert result.positions == 3 * 12 - 3  # sample_inputs: 3 rows of 12, the last 3 padded
-    assert result.lost["dequantized merge"] <= 1e-4 < result.lost["4-bit merge"]
+    assert result.changed["dequantized merge"] <= 1e-4 < result.changed["4-bit merge"]
     assert "float32 compute" in result.regime and result.scores == {}
     scored = quantized_merge.check_quantized_merge(
         tmp_path / "base", tmp_path / "adapter", tmp_path / "merged2",

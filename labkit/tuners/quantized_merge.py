@@ -70,7 +70,7 @@ class QuantizedMerge:
     """Logit gaps against the unmerged 4-bit base + adapter (what QLoRA trained and serves).
 
     ``adapter_effect`` and the four ``*_merge`` fields are worst cases: the largest absolute
-    logit gap over every real (unpadded) position and every vocabulary entry. ``lost`` holds, per
+    logit gap over every real (unpadded) position and every vocabulary entry. ``changed`` holds, per
     route, the median over positions of ``|route - served| / |served - base|`` (Euclidean norms
     over the vocabulary at one position): the typical share of the adapter's effect a route
     changes. ``scores`` (when a scorer was given) holds the scorer's value for the served model
@@ -86,7 +86,7 @@ class QuantizedMerge:
     compute_dtype: str = "float32"
     quant_type: str = "nf4"
     positions: int = 0
-    lost: dict[str, float] = field(default_factory=dict)
+    changed: dict[str, float] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -113,17 +113,17 @@ class QuantizedMerge:
         ]
 
     def summary(self) -> str:
-        """The worst-case logit gaps, and per route its median distance from the served model (as
-        a share of the adapter's own effect) and the scores."""
+        """The worst-case logit gaps, and per route the median share of the adapter's effect it
+        changes (distance from the served model over the adapter's own effect) and the scores."""
         lines = [
-            f"{'vs the served 4-bit base + adapter':<54} {'max logit gap':>13} {'median dist.':>12}"
+            f"{'vs the served 4-bit base + adapter':<54} {'max logit gap':>13} {'share changed':>14}"
         ]
-        lost = [None, *(self.lost.get(r) for r in ROUTES)]
-        for (text, value), share in zip(self.rows(), lost, strict=True):
-            tail = f"{share:>12.1%}" if share is not None else f"{'':>12}"
+        changed = [None, *(self.changed.get(r) for r in ROUTES)]
+        for (text, value), share in zip(self.rows(), changed, strict=True):
+            tail = f"{share:>14.1%}" if share is not None else f"{'':>14}"
             lines.append(f"{text:<54} {value:>13.4f} {tail}")
         lines.append(
-            "median dist.: median over positions of |route - served| / |served - 4-bit base| "
+            "share changed: median over positions of |route - served| / |served - 4-bit base| "
             "(norms over the vocabulary)"
         )
         lines.append(f"({self.positions} positions; {self.regime})")
@@ -132,7 +132,7 @@ class QuantizedMerge:
         return "\n".join(lines)
 
 
-def _lost_share(route: torch.Tensor, served: torch.Tensor, base: torch.Tensor, mask) -> float:
+def _changed_share(route: torch.Tensor, served: torch.Tensor, base: torch.Tensor, mask) -> float:
     """Median over the real positions of ``|route - served| / |served - base|`` (per position,
     Euclidean norm over the vocabulary)."""
     keep = mask.bool().reshape(-1)
@@ -218,6 +218,6 @@ def check_quantized_merge(
         compute_dtype=str(compute_dtype).removeprefix("torch."),
         quant_type=quant_type,
         positions=int(mask.sum()),
-        lost={r: _lost_share(routes[r], reference, base_logits, mask) for r in ROUTES},
+        changed={r: _changed_share(routes[r], reference, base_logits, mask) for r in ROUTES},
         scores=scores,
     )
