@@ -75,6 +75,19 @@ def test_figure_draws_the_card_less_the_reserve():
     plt.close(fig)
 
 
+def test_figure_says_what_the_peak_adds_to_the_bars():
+    import matplotlib.pyplot as plt
+
+    fig = calculator.figure()  # LoRA 8B, checkpointing: peaks at the start of the loss backward
+    note = next(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("peak"))
+    assert "2nd fp32 b·s·V gradient" in note and "recomputed block" in note
+    plt.close(fig)
+    fig = calculator.figure(method="full", gpu_gib=80)  # foreach AdamW: the optimizer step
+    note = next(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("peak"))
+    assert "vs the bars" in note and "b·s·V" not in note
+    plt.close(fig)
+
+
 def test_widget_without_ipywidgets(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     with pytest.raises(LabkitError, match="ipywidgets"):

@@ -191,6 +191,16 @@ PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache
 LEGEND = {"logits": "loss buffer", "optimizer": "optimizer state", "kv_cache": "KV cache"}
 
 
+def _peak_note(step: Any, b: Breakdown, bars: float) -> str:
+    """What the peak line adds to the stacked bars (their sum ``bars``, GiB) at its moment."""
+    if step.label.startswith("loss backward: two"):  # one more b·s·V gradient, no block recomputed
+        extra = (step.alive["temporaries"] - b.transient) / GiB
+        rec = b.details.get("activation_items", {}).get("recompute_one_layer", 0) / GiB
+        note = f"= bars + {extra:.1f} (a 2nd fp32 b·s·V gradient)"
+        return note + (f"\n - {rec:.1f} (recomputed block, not alive yet)" if rec else "")
+    return f"{step.peak / GiB - bars:+.1f} vs the bars"
+
+
 def figure(**settings: Any):
     """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory, and
     against that memory less :func:`labkit.memory.peak.gpu_reserve` (when some is left)."""
@@ -217,8 +227,8 @@ def figure(**settings: Any):
         ax.axvline(x, color="C3", ls=":")
         ax.text(
             x,
-            0.3,
-            f"peak {x:.1f} ({step.phase}) ",
+            0.0,  # the bar's middle: the note's lines fit inside the axes
+            f"peak {x:.1f} ({step.phase}) \n{_peak_note(step, b, left)} ",
             ha="right",
             va="center",
             fontsize=8,
