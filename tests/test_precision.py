@@ -33,7 +33,9 @@ def test_known_figures():
     assert rows["fp8_e4m3"]["max"] == 448
     assert rows["fp8_e5m2"]["max"] == 57344
     assert rows["fp4_e2m1"]["max"] == 6
-    assert "| fp16 | 16 | 5 | 10 |" in formats.format_table_markdown()
+    table = formats.format_table_markdown()
+    assert "| fp16 | 16 | 5 | 10 | 65,504 |" in table  # the maxima in full, as the text quotes them
+    assert "| 448 |" in table and "| 57,344 |" in table and "| 3.403e+38 |" in table
 
 
 @pytest.mark.parametrize("name", TORCH_FORMATS)

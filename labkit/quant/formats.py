@@ -259,8 +259,15 @@ def format_table(names: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def _table_cell(column: str, value: object) -> str:
+    if column == "max" and isinstance(value, float) and value < 1e6 and value.is_integer():
+        return f"{value:,.0f}"  # in full, as the text quotes it: 65,504, not 6.55e+04
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def format_table_markdown(names: list[str] | None = None) -> str:
-    """:func:`format_table` as a Markdown table (numbers in ``%.4g``)."""
+    """:func:`format_table` as a Markdown table (numbers in ``%.4g``; an integer ``max`` below 10^6
+    in full, e.g. fp16's 65,504)."""
     rows = format_table(names)
     cols = [
         "format",
@@ -276,7 +283,7 @@ def format_table_markdown(names: list[str] | None = None) -> str:
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        cells = [_table_cell(c, r[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
