@@ -118,3 +118,28 @@ def test_best_loss_scale_lifts_the_small_and_stops_before_overflow():
         formats.best_loss_scale(torch.ones(4, dtype=torch.int64))
     with pytest.raises(LabkitError, match="small"):
         formats.best_loss_scale(grads, small=-1.0)
+
+
+def test_largest_linear_grads_reads_the_activation_gradients_between_linears():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(5, 4, requires_grad=True)
+    outs, ins = [], []
+    def record(_module, inputs, out):
+        outs.append(out)
+        ins.append(inputs[0])
+
+    for m in (net[0], net[2]):
+        m.register_forward_hook(record)
+    with formats.largest_linear_grads(net, scale=4.0) as top:
+        y = net(x)
+        for t in outs + ins:
+            t.retain_grad()
+        (y**2).sum().backward()
+    expected_out = max(t.grad.abs().max().item() for t in outs) / 4
+    expected_in = max(t.grad.abs().max().item() for t in ins) / 4
+    assert top == pytest.approx({"layer outputs": expected_out, "layer inputs": expected_in})
+    assert [len(m._forward_hooks) for m in (net[0], net[2])] == [1, 1]  # its own hooks removed
+    with pytest.raises(LabkitError, match="scale"):
+        with formats.largest_linear_grads(net, scale=0):
+            pass

@@ -9,8 +9,10 @@ precision, overflow) follows from the two widths; :data:`FORMATS` holds them and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -372,3 +374,36 @@ def best_loss_scale(
     if not errors:
         raise LabkitError(f"every factor of {scales} overflows fp16; accepted: smaller factors")
     return min(errors, key=errors.get)
+
+
+@contextlib.contextmanager
+def largest_linear_grads(net: torch.nn.Module, scale: float = 1.0) -> Iterator[dict[str, float]]:
+    """Yield a dict that a backward run inside the block fills with the largest ``|gradient|`` of
+    every ``nn.Linear``'s output and of its input, divided by ``scale`` (the loss-scaling factor).
+
+    These are the activation gradients fp16 autocast computes in fp16 and passes from layer to
+    layer: an overflow there spreads to every weight before it, so a safe loss-scale factor must
+    keep them finite too, not only the weights' own gradients (notebook 04 §5).
+    """
+    scale = number("scale", scale, above=0.0)
+    top = {"layer outputs": 0.0, "layer inputs": 0.0}
+
+    def keep(kind: str):
+        def hook(grad: torch.Tensor) -> None:
+            top[kind] = max(top[kind], grad.detach().abs().max().item() / scale)
+
+        return hook
+
+    def on_forward(_module, inputs, out) -> None:
+        if out.requires_grad:
+            out.register_hook(keep("layer outputs"))
+        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].requires_grad:
+            inputs[0].register_hook(keep("layer inputs"))
+
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [m.register_forward_hook(on_forward) for m in linears]
+    try:
+        yield top
+    finally:
+        for h in hooks:
+            h.remove()
