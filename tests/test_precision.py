@@ -125,6 +125,7 @@ def test_largest_linear_grads_reads_the_activation_gradients_between_linears():
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x = torch.randn(5, 4, requires_grad=True)
     outs, ins = [], []
+
     def record(_module, inputs, out):
         outs.append(out)
         ins.append(inputs[0])
