@@ -93,6 +93,13 @@ def test_evaluate_chat_and_side_by_side(tok):
     assert table.count("Q: ") == 2 and "✓" in table
 
 
+def test_side_by_side_marks_a_cut_answer():
+    row = {"prompt": "Human: Where?\nAssistant:", "response": "x" * 70}
+    table = finetune.side_by_side([row], ["short"], ["x" * 70], n=1)
+    assert "before: 'short'\n" in table  # not cut, no mark
+    assert "after:  '" + "x" * 60 + "…' ✓" in table  # cut at 60, judged on the whole answer
+
+
 def test_prefix_tuning_generates_with_its_prefix(tok):
     """The pitfall: generate() with the cache drops the prefix; generate_answers must not."""
     prompts = [r["prompt"] for r in ROWS]

@@ -362,8 +362,15 @@ def chat_loss(model, tokenizer, split: str = "validation", target: str = "respon
     return lm_loss.mean_loss(model, [ChatCollator(tokenizer.pad_token_id)(feats)])
 
 
+def _cut(text: str, width: int = 60) -> str:
+    """``text`` cut at ``width`` characters, with "…" where it was cut."""
+    return text if len(text) <= width else text[:width] + "…"
+
+
 def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> str:
-    """A small text table: question, answer before and after fine-tuning, reference."""
+    """A small text table: question, answer before and after fine-tuning (each cut at 60
+    characters, marked by a trailing "…" inside the quotes), and ✓ / ✗: whether the whole
+    answer after equals the reference."""
     n = checks.positive("n (rows to show)", n)
     if not len(rows) == len(before) == len(after):
         raise LabkitError(
@@ -374,7 +381,7 @@ def side_by_side(rows: list[dict], before: list[str], after: list[str], n: int =
     for row, b, a in list(zip(rows, before, after, strict=True))[:n]:
         question = row["prompt"].removeprefix("Human: ").removesuffix("\nAssistant:")
         mark = "✓" if a == row["response"] else "✗"
-        lines.append(f"Q: {question}\n   before: {b[:60]!r}\n   after:  {a[:60]!r} {mark}")
+        lines.append(f"Q: {question}\n   before: {_cut(b)!r}\n   after:  {_cut(a)!r} {mark}")
     return "\n".join(lines)
 
 

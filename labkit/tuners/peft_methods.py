@@ -66,10 +66,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 #: Training arguments per method (``labkit.training.finetune.train(model, tok, **TRAIN_ARGS[method])``).
-#: Virtual-token methods need far larger learning rates than weight updates. Prompt tuning and
-#: P-tuning also keep the learning rate constant: with the Trainer's default linear decay to zero
-#: the same epochs scored lower on every seed (seeds 0-2, measured 2026-11-28 by the first version
-#: of ``benchmarks/peft_seeds.py``, commit 89b1f10; the numbers are in ``benchmarks/README.md``).
+#: Virtual-token methods need far larger learning rates than weight updates. Prompt and P-tuning
+#: keep it constant: with linear decay to zero the same epochs scored lower seed by seed (seeds 0-2,
+#: 89b1f10's ``benchmarks/peft_seeds.py``; ``benchmarks/README.md``): ranges apart for the text
+#: init and the MLP, overlapping for the random init and the LSTM (constant there by analogy only).
 _CONSTANT = {"lr_scheduler_type": "constant"}
 TRAIN_ARGS: dict[str, dict[str, Any]] = {
     "prompt": {"num_train_epochs": 15, "learning_rate": 3e-1, **_CONSTANT},
