@@ -205,6 +205,7 @@ def figure(**settings: Any):
     """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory, and
     against that memory less :func:`labkit.memory.peak.gpu_reserve` (when some is left)."""
     import matplotlib.pyplot as plt  # matplotlib only for the drawing
+    from matplotlib.transforms import offset_copy
 
     result = _fit(settings)
     args = {**DEFAULTS, **settings}
@@ -225,15 +226,16 @@ def figure(**settings: Any):
     if step is not None:  # the largest live set, which the verdict reads
         x = step.peak / GiB
         ax.axvline(x, color="C3", ls=":")
-        ax.text(
-            x,
-            0.0,  # the bar's middle: the note's lines fit inside the axes
-            f"peak {x:.1f} ({step.phase}) \n{_peak_note(step, b, left)} ",
-            ha="right",
-            va="center",
+        note = _peak_note(step, b, left).replace("\n", "")
+        ax.text(  # below the axis label, outside the axes: it hides no bar and no line
+            0.5,
+            0.0,
+            f"peak {x:.1f} ({step.phase}, red dotted line) {note}",
+            transform=offset_copy(ax.transAxes, fig=fig, y=-30, units="points"),
+            ha="center",
+            va="top",
             fontsize=8,
             color="C3",
-            bbox={"fc": "white", "ec": "none", "alpha": 0.85},
         )
         left = max(left, x)
     shape = f"batch {args['batch']} x {args['seq']}"
@@ -246,7 +248,10 @@ def figure(**settings: Any):
         title=f"{args['model']}, {args['method']}, {b.details.get('regime', '')}\n{shape}: {verdict}",
     )
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.42))
+    below = offset_copy(ax.transAxes, fig=fig, y=-42 if step is not None else -30, units="points")
+    ax.legend(
+        fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below
+    )
     fig.tight_layout()
     return fig
 
