@@ -217,9 +217,11 @@ def test_readme_map_date_is_the_newest_run_of_the_notebooks_on_it(tmp_path):
         {"notebook": "10_old.ipynb", "seconds": 9.0, "status": "ok"},  # before rows had a date
     ]
     report.write_text(json.dumps({"notebooks": rows}))
-    assert slides.newest_date(report, ["07_x.ipynb", "08_y.ipynb", "09_z.ipynb"]) == "2026-12-07"
-    assert slides.newest_date(report, ["07_x.ipynb"]) == "2026-12-01"
-    assert slides.newest_date(report, ["10_old.ipynb"]) is None
+    rows = slides.read_report(report)  # its ok rows: 09's failed run is not among them
+    assert [r["notebook"] for r in rows] == ["07_x.ipynb", "08_y.ipynb", "10_old.ipynb"]
+    assert slides.newest_date(rows, ["07_x.ipynb", "08_y.ipynb", "09_z.ipynb"]) == "2026-12-07"
+    assert slides.newest_date(rows, ["07_x.ipynb"]) == "2026-12-01"
+    assert slides.newest_date(rows, ["10_old.ipynb"]) is None
     text = "one notebook at a time (2026-11-28; they vary\n| [07](n/07_x.ipynb) | t | w | 26 s |"
     assert slides.set_readme_times(text, {"07": 31.6}, "2026-12-07") == text.replace(
         "2026-11-28", "2026-12-07"

@@ -318,16 +318,16 @@ def set_times(nb: nbformat.NotebookNode, seconds: float) -> bool:
 REPORT_ACCEPTED = "accepted: the build/course-report.json that `python -m labkit course` writes"
 
 
-def read_times(report: Path) -> dict[str, float]:
-    """Notebook name -> measured seconds, from the ``ok`` rows of a course report; one line for
-    a file that is not a course report or a time that is not a number of seconds >= 0."""
+def read_report(report: Path) -> list[dict]:
+    """The ``ok`` rows of a course report (each names its notebook and its seconds, >= 0); one
+    line for a file that is not a course report or a time that is not a number of seconds >= 0."""
     if not report.is_file():
         raise LabkitError(f"no course report at {report}; run `make course` first")
     data = files.read_json(report, REPORT_ACCEPTED, name=str(report))
     rows = data.get("notebooks") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise LabkitError(f"{report} holds no list of notebooks; {REPORT_ACCEPTED}")
-    measured = {}
+    ok = []
     for k, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("notebook"), str):
             raise LabkitError(f"{report}: row {k} names no notebook; {REPORT_ACCEPTED}")
@@ -339,21 +339,18 @@ def read_times(report: Path) -> dict[str, float]:
                 f"{report}: {row['notebook']} has seconds {sec!r}; accepted: a number of "
                 "seconds >= 0"
             )
-        measured[row["notebook"]] = float(sec)
-    return measured
+        ok.append(row)
+    return ok
 
 
-def newest_date(report: Path, names: Iterable[str]) -> str | None:
-    """The newest ``date`` (YYYY-MM-DD) among the report's ``ok`` rows of ``names``; None where
-    no such row has one (reports written before rows carried it)."""
-    rows = files.read_json(report, REPORT_ACCEPTED, name=str(report)).get("notebooks", [])
+def newest_date(rows: list[dict], names: Iterable[str]) -> str | None:
+    """The newest ``date`` (YYYY-MM-DD) among the :func:`read_report` rows of ``names``; None
+    where no such row has one (reports written before rows carried it)."""
     wanted = set(names)
     days = [
         r["date"]
         for r in rows
-        if isinstance(r, dict)
-        and r.get("notebook") in wanted
-        and r.get("status") == "ok"
+        if r["notebook"] in wanted
         and isinstance(r.get("date"), str)
         and DATE_RE.fullmatch(r["date"])
     ]
@@ -546,11 +543,12 @@ def cli_main(argv: list[str]) -> int:
         print(f"{len(decks)} offline decks in {args.out} (open one in a browser; S: speaker view)")
         return 0
     notebooks = [notebook_format.read(p) for p in paths]  # every one readable before any write
-    measured = read_times(args.times) if args.times else {}
+    rows = read_report(args.times) if args.times else []
+    measured = {r["notebook"]: float(r["seconds"]) for r in rows}
     if measured:
         course = {p.name for p in course_notebooks()}  # the README maps the course only
         on_map = {name[:2]: sec for name, sec in measured.items() if name in course}
-        day = newest_date(args.times, (n for n in measured if n in course))
+        day = newest_date(rows, (n for n in measured if n in course))
         files.replace_text(README, set_readme_times(README.read_text(), on_map, day))
     changed = 0
     for path, nb in zip(paths, notebooks, strict=True):
