@@ -193,11 +193,11 @@ LEGEND = {"logits": "loss buffer", "optimizer": "optimizer state", "kv_cache": "
 
 def _peak_note(step: Any, b: Breakdown, bars: float) -> str:
     """What the peak line adds to the stacked bars (their sum ``bars``, GiB) at its moment."""
-    if step.label.startswith("loss backward: two"):  # one more b·s·V gradient, no block recomputed
+    if step.label.startswith(peak.LOSS_SPIKE):  # one more b·s·V gradient, no block recomputed
         extra = (step.alive["temporaries"] - b.transient) / GiB
         rec = b.details.get("activation_items", {}).get("recompute_one_layer", 0) / GiB
         note = f"= bars + {extra:.1f} (a 2nd fp32 b·s·V gradient)"
-        return note + (f"\n - {rec:.1f} (recomputed block, not alive yet)" if rec else "")
+        return note + (f" - {rec:.1f} (recomputed block, not alive yet)" if rec else "")
     return f"{step.peak / GiB - bars:+.1f} vs the bars"
 
 
@@ -226,7 +226,7 @@ def figure(**settings: Any):
     if step is not None:  # the largest live set, which the verdict reads
         x = step.peak / GiB
         ax.axvline(x, color="C3", ls=":")
-        note = _peak_note(step, b, left).replace("\n", "")
+        note = _peak_note(step, b, left)
         ax.text(  # below the axis label, outside the axes: it hides no bar and no line
             0.5,
             0.0,

@@ -42,6 +42,9 @@ from labkit.models import architecture, targets
 IMPLS = ("foreach", "fused", "single")
 #: The optimizers the peak knows: the estimator's and SGD without momentum (no state).
 OPTIMIZERS = (*ESTIMATOR_OPTIMIZERS, "sgd-nomomentum")
+#: The moment at the start of the loss backward with two b·s·V fp32 gradients alive (the
+#: calculator's figure says what it adds to the bars when the peak is there).
+LOSS_SPIKE = "loss backward: two b·s·V fp32 gradients beside the log-softmax"
 
 
 def default_impl(device: str = "cuda") -> str:
@@ -346,11 +349,11 @@ def _backward_moments(
     spike = 2 * p.lsm + held
     head_grad = "its weight gradient" if p.g_head_weight else "the hidden-state gradient"
     logits_grad = "the b·s·V gradient" if p.lsm else "one chunk's logits gradient"  # chunked loss
-    spiked = "two b·s·V fp32 gradients beside the log-softmax" if p.lsm else "no b·s·V gradient"
+    spiked = LOSS_SPIKE if p.lsm else "loss backward: no b·s·V gradient"
     return [
         Moment(
             "backward",
-            f"loss backward: {spiked}{tag}",
+            f"{spiked}{tag}",
             p.at(
                 **base,
                 weight_copies=copies,
