@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from labkit.fit import plan
 from labkit.inference import bench
 from labkit.memory import lever_runs, levers
 
@@ -136,9 +137,10 @@ README = Path(__file__).with_name("README.md")
 BLOCK_START, BLOCK_END = "<!-- lever-costs:start -->", "<!-- lever-costs:end -->"
 
 
-def readme_block(record: dict[str, Any]) -> str:
+def readme_block(record: dict[str, Any], costs: dict[str, float]) -> str:
     """The record as benchmarks/README.md shows it (between the lever-costs markers): when, on
-    what, the baseline step, one row per lever, and how many rounds each was slower."""
+    what, the baseline step, one row per lever, how many rounds each was slower, and the cost
+    the planner reads from it (``costs``: :func:`labkit.fit.plan.load_costs` of the record)."""
     v, base = record["versions"], record["baseline_seconds"]
     share, rounds = record["baseline_matmul_share"], record["rounds"]
     lines = [
@@ -155,25 +157,28 @@ def readme_block(record: dict[str, Any]) -> str:
     ]
     for name, rec in record["levers"].items():
         if not rec["measured"]:
-            lines.append(f"| {name} | not measured | | | | {rec['cost']:.2f} (argued) |")
+            lines.append(f"| {name} | not measured | | | | {costs[name]:.2f} (argued) |")
             continue
         r, slower = rec["ratio"], sum(x > 1 for x in rec["ratios"])
         lines.append(
             f"| {name} | {rec['against'].replace('_', ' ')} | {r['median'] - 1:+.1%} | "
             f"{r['min'] - 1:+.1%}..{r['max'] - 1:+.1%} | {slower} of {len(rec['ratios'])} | "
-            f"{max(0.0, round(r['median'] - 1, 4)):.4f} |"
+            f"{costs[name]:.4f} |"
         )
     return "\n".join(lines)
 
 
-def write_readme(record: dict[str, Any], readme: Path = README) -> None:
-    """Put :func:`readme_block` between the markers of ``readme`` (they must be there)."""
+def write_readme(record_path: Path, readme: Path = README) -> None:
+    """Put :func:`readme_block` of the record at ``record_path`` between the markers of
+    ``readme`` (they must be there)."""
+    record = json.loads(Path(record_path).read_text())
+    block = readme_block(record, plan.load_costs(Path(record_path)))
     text = readme.read_text()
     head, found, rest = text.partition(BLOCK_START)
     _, found_end, tail = rest.partition(BLOCK_END)
     if not (found and found_end):
         raise SystemExit(f"{readme} has no {BLOCK_START} ... {BLOCK_END} block")
-    readme.write_text(f"{head}{BLOCK_START}\n{readme_block(record)}\n{BLOCK_END}{tail}")
+    readme.write_text(f"{head}{BLOCK_START}\n{block}\n{BLOCK_END}{tail}")
 
 
 def _machine() -> dict[str, Any]:
@@ -236,7 +241,7 @@ def main() -> int:
         "levers": costs,
     }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
-    write_readme(record)  # the README's table is this record's
+    write_readme(Path(args.out))  # the README's table is this record's
     print(f"{'lever':22} {'extra time (median)':>19}  range over {args.rounds} rounds")
     for name, rec in costs.items():
         if rec["measured"]:
