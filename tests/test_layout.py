@@ -60,9 +60,12 @@ def test_no_labkit_name_shadows_a_library():
     assert not names & LIBRARIES, sorted(names & LIBRARIES)
 
 
+def _architecture() -> str:
+    return (REPO_ROOT / "docs" / "architecture.md").read_text()
+
+
 def test_architecture_map_lists_every_module():
-    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
-    listed = set(re.findall(r"`(labkit(?:\.\w+)+)`", text))
+    listed = set(re.findall(r"`(labkit(?:\.\w+)+)`", _architecture()))
     modules = {
         ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts)
         for p in MODULES
@@ -130,7 +133,3 @@ def test_architecture_map_names_the_notebooks_that_import_each_module():
         if column.strip() != notebook_column(users.get(module, set()), everyone)
     }
     assert not wrong, f"docs/architecture.md's notebooks column (listed, imported by): {wrong}"
-
-
-def _architecture() -> str:
-    return (REPO_ROOT / "docs" / "architecture.md").read_text()
