@@ -189,7 +189,7 @@ def summary(
     record: dict[str, Any], extra: list[Point] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Per (r, alpha, rslora): exact match, validation loss, and the validation loss over the
-    train-split loss after the last step (generalisation gap) over the seeds (min, mean, max).
+    train-split loss after the last step (generalisation ratio) over the seeds (min, mean, max).
 
     ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
