@@ -338,3 +338,10 @@ def test_cli_errors_are_one_line(tmp_path):
         slides.cli_main(["--times", str(tmp_path / "r.json")])
     with pytest.raises(LabkitError, match="no such notebook"):
         slides.cli_main([str(tmp_path / "98_missing.ipynb")])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_header_claims_no_gpu_time(path):
+    """No GPU run of the course has been timed, so no header may quote a GPU time."""
+    source = nbformat.read(path, as_version=4).cells[0].source
+    assert not re.search(r"~\d+ s on a GPU", source), f"{path.name}: unmeasured GPU time"
