@@ -7,7 +7,7 @@ import pytest
 from labkit import LabkitError
 from labkit.memory import compare, estimator, sharding
 from labkit.memory.job import Breakdown
-from labkit.models import architecture
+from labkit.models import architecture, zoo
 
 GiB = 2**30
 STAGES = ("ddp", "zero1", "zero2", "zero3")
@@ -58,6 +58,7 @@ def test_zero_stages_are_one_mapping():
 def test_estimator_keeps_the_names_notebooks_call():
     assert estimator.sharded is sharding.sharded and estimator.gpus_needed is sharding.gpus_needed
     assert estimator.round_to_nodes is sharding.round_to_nodes
+    assert estimator.fsdp_gathered is sharding.fsdp_gathered
 
 
 def test_gpus_needed_refuses_what_never_fits():
@@ -155,3 +156,30 @@ def test_no_master_copy_in_fp32_or_pure_bf16_and_loras_adapters_are_theirs():
     assert lora.master_weights == 4 * lora.trainable_parameters
     z1 = sharding.sharded(lora, 8, "zero1")
     assert z1.weights == lora.weights - lora.master_weights + lora.master_weights // 8
+
+
+def test_fsdp_keeps_no_bf16_copy_under_autocast():
+    """FSDP2's bf16 MixedPrecisionPolicy casts at the gather: fp32 shards only, 16 B/param of
+    model states where zero3 (a sharded 16-bit copy too) counts 18."""
+    b = estimator.training_memory("llama-3.1-8b", precision="bf16-mixed", batch=1, seq=512)
+    p = architecture.count_parameters(zoo.load_config("llama-3.1-8b"))
+    fsdp, z3 = sharding.sharded(b, 8, "fsdp"), sharding.sharded(b, 8, "zero3")
+    copy = b.weights - b.master_weights  # the 16-bit copy
+    assert copy > 0 and fsdp.weights == math.ceil(b.master_weights / 8)
+    assert z3.weights - fsdp.weights == pytest.approx(copy / 8, abs=1)
+    assert z3.total - fsdp.total == z3.weights - fsdp.weights
+    assert (fsdp.gradients, fsdp.optimizer) == (z3.gradients, z3.optimizer)
+    states = fsdp.weights + fsdp.gradients + fsdp.optimizer
+    assert states == pytest.approx(16 * p / 8, rel=0.01)
+
+
+def test_fsdp_gathered_is_the_root_and_three_layers_in_bf16():
+    cfg = zoo.load_config("llama-3.1-8b")
+    h, v, i, kv = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.num_key_value_heads
+    head_dim = h // cfg.num_attention_heads
+    layer = 2 * h * h + 2 * h * kv * head_dim + 3 * h * i + 2 * h  # q, o; k, v; MLP; two norms
+    root = 2 * v * h + h  # untied embedding and head, final norm
+    assert sharding.fsdp_gathered(cfg) == 2 * (root + 3 * layer)
+    assert sharding.fsdp_gathered(cfg, 4) == 2 * sharding.fsdp_gathered(cfg)
+    with pytest.raises(LabkitError, match="bytes per parameter"):
+        sharding.fsdp_gathered(cfg, 0)

@@ -42,7 +42,7 @@ from labkit.checks import boolean, choice, number, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES, OPTIMIZERS, PRECISIONS, quantized_bytes
 from labkit.memory.activations import job_activation_bytes, sequence_length
 from labkit.memory.job import Breakdown, OptionError, TrainingJob
-from labkit.memory.sharding import gpus_needed, round_to_nodes, sharded
+from labkit.memory.sharding import fsdp_gathered, gpus_needed, round_to_nodes, sharded
 from labkit.models.architecture import (
     FORMULA_FAMILIES,
     Shape,
@@ -56,7 +56,7 @@ from labkit.models.architecture import (
 )
 from labkit.models.targets import block_linears, trainable_shapes
 
-__all__ = [  # what notebooks and other layers read here; sharding's three are re-exported:
+__all__ = [  # what notebooks and other layers read here; sharding's four are re-exported:
     # notebooks 01, 03, 15, distributed.parallel and the exercise keys call estimator.sharded etc.
     "OPTIMIZERS",
     "PRECISIONS",
@@ -65,6 +65,7 @@ __all__ = [  # what notebooks and other layers read here; sharding's three are r
     "TrainingJob",
     "autocast_cast_parameters",
     "cache_windows",
+    "fsdp_gathered",
     "gpus_needed",
     "inference_memory",
     "is_formula_family",

@@ -19,7 +19,11 @@ ZeRO-1 already shards it. labkit's breakdown counts the master copy with the wei
 on; the 16-bit weights stay whole until stage 3. Under plain PyTorch autocast the fp32 weights
 are the module's own parameters, read by every forward, so stages 1 and 2 cannot shard them
 there: only m and v go at stage 1, and the figures of stages 1-2 are low by the master copy's
-``4·P·(1 - 1/N)``. FSDP's full shard is ZeRO-3 (it shards the fp32 parameters in both regimes).
+``4·P·(1 - 1/N)``. FSDP's full shard (``fsdp``) is ZeRO-3 with one difference: with a bf16
+``MixedPrecisionPolicy`` it casts each fp32 shard to bf16 only as it gathers it, so it keeps no
+16-bit copy of the weights beside its fp32 shards (4 + 4 + 8 = 16 bytes per parameter under
+autocast, where ``zero3`` counts the copy too, 18). What it holds gathered at a moment is
+:func:`fsdp_gathered`.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ import labkit
 from labkit import LabkitError
 from labkit.checks import choice, number, positive
 from labkit.memory.job import Breakdown
+from labkit.models import architecture
 
 #: ZeRO stage -> strategy: 0 is DDP (every GPU holds everything); 1 shards the optimizer state,
 #: 2 also the gradients, 3 also the weights.
 ZERO_STAGES = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
-#: FSDP's full shard is ZeRO-3.
+#: FSDP's full shard is ZeRO-3, less the 16-bit weight copy (see the module docstring).
 STRATEGIES = (*ZERO_STAGES.values(), "fsdp")
 _STAGE = {name: stage for stage, name in ZERO_STAGES.items()} | {"fsdp": 3}
 
@@ -54,7 +59,8 @@ def sharded(b: Breakdown, n_gpus: int, strategy: str = "ddp") -> Breakdown:
     DDP replicates everything; ZeRO-1 shards the optimizer state, including the fp32 master
     weights of mixed precision (``b.master_weights``, owned by the optimizer as in DeepSpeed; not
     so under plain autocast, see the module docstring); ZeRO-2 also the gradients; ZeRO-3 / FSDP
-    full shard also the remaining weights (plus one gathered block in flight, ignored here). The
+    full shard also the remaining weights (what is gathered in flight is left out:
+    :func:`fsdp_gathered`); FSDP keeps no 16-bit copy where the job has an fp32 master. The
     parts every rank keeps whole (``b.optimizer_unsharded``: AdamW's step counters) stay whole.
     Activations are per GPU (each GPU runs its own micro-batch) and never sharded.
     """
@@ -65,7 +71,9 @@ def sharded(b: Breakdown, n_gpus: int, strategy: str = "ddp") -> Breakdown:
     opt = math.ceil((b.optimizer - whole) / n_gpus) + whole if stage >= 1 else b.optimizer
     grads = math.ceil(b.gradients / n_gpus) if stage >= 2 else b.gradients
     master = math.ceil(b.master_weights / n_gpus) if stage >= 1 else b.master_weights
-    if stage >= 3:
+    if strategy == "fsdp" and b.master_weights:  # the fp32 shards alone: bf16 cast at gather
+        weights = master
+    elif stage >= 3:
         weights = math.ceil(b.weights / n_gpus)
     else:  # the master copy goes with the optimizer state; the 16-bit copies stay whole
         weights = b.weights - b.master_weights + master
@@ -80,6 +88,22 @@ def sharded(b: Breakdown, n_gpus: int, strategy: str = "ddp") -> Breakdown:
         total=total,
         details=details,
     )
+
+
+def fsdp_gathered(config: Any, bytes_per_param: int = 2) -> int:
+    """Bytes FSDP2's full shard holds unsharded beyond its shards at the peak of a step.
+
+    With the course's wrapping (``fully_shard`` on each decoder layer, then on the model): the
+    root's own parameters (embeddings, final norm, head) form one unit, gathered from the start of
+    the forward to the end of the backward; of the layers, the one in use, its unsharded
+    gradients before their reduce-scatter and the next layer prefetched. In ``bytes_per_param``
+    (2: a bf16 ``MixedPrecisionPolicy``). Counted from FSDP2's schedule, not measured.
+    """
+    positive("bytes per parameter", bytes_per_param)
+    shapes = architecture.param_shapes(config)
+    layer = sum(math.prod(s) for name, s in shapes.items() if ".layers.0." in name)
+    root = sum(math.prod(s) for name, s in shapes.items() if ".layers." not in name)
+    return bytes_per_param * (root + 3 * layer)
 
 
 def round_to_nodes(n_gpus: int, per_node: int = 8) -> int:
