@@ -166,7 +166,8 @@ def quiet_logs() -> None:
     ``transformers.logging.set_verbosity_warning()`` shows them again; a ``warnings.warn``
     FutureWarning still shows unless filtered below), hides transformers' progress bars
     (``transformers.logging.enable_progress_bar()``), filters the Python warnings listed below
-    (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers,
+    (``warnings.resetwarnings()`` undoes it) and the bitsandbytes loggers (``setLevel(logging.WARNING)``
+    on ``bitsandbytes`` and ``bitsandbytes.cextension`` shows them again),
     and sets ``HF_HUB_DISABLE_TELEMETRY`` and ``TOKENIZERS_PARALLELISM`` when they are unset.
     """
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
