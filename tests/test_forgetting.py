@@ -88,6 +88,23 @@ def test_replay_mix(tok):
     assert feats == fg.replay_features(tok, 3, seed=1, max_tokens=20)
 
 
+def test_rehearsed_finds_the_facts_a_text_states():
+    items = fg.probe_items(counts=2)
+    home = next(it for it in items if it.kind == "home")
+    digits = generator.NUMBERS[1:9]  # "one".."eight": "twenty one" follows them up to 25
+    nxt = next(it for it in items if it.kind == "next" and it.entity in digits)
+    said = f"Tom went out. The {home.entity} lives in the {home.answer}. The end."
+    other = f"The number after twenty {nxt.entity} is twenty {nxt.answer}."  # not nxt's fact
+    got = fg.rehearsed([said, other], items)
+    assert got["stated"] == [home] and got["verbatim"] == []
+    story = f"The number after {nxt.entity} is {nxt.answer}."  # no probe template
+    got = fg.rehearsed([f"{home.prompt} {home.answer}.", story], items)
+    assert got["stated"] == [home, nxt] and got["verbatim"] == [home]
+    assert fg.rehearsed([], items) == {"stated": [], "verbatim": []}
+    with pytest.raises(LabkitError, match="list of strings"):
+        fg.rehearsed("a story", items)
+
+
 def test_tracked_run_keeps_the_best_epoch(tok):
     probe = fg.Probe(tok, fg.probe_items(counts=2)[:8], fg.corpus_texts(4), chat_limit=6)
     model = peft_methods.attach("tiny-llama", "lora", seed=0)

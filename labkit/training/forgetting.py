@@ -10,7 +10,8 @@ fine-tuning, both sides:
   (:func:`labkit.training.lm_loss.causal_lm_loss`) and a **probe** (:func:`probe_items`): cloze
   sentences in the corpus's own story style ("Every morning the otter left the" -> "river"),
   about facts the chat task never fine-tunes on, plus counting runs (which can end on a number
-  whose successor the chat train split asks: not all unseen). The probe is scored by
+  whose successor the chat train split asks: not all unseen; replayed corpus stories can state
+  the clozed facts: :func:`rehearsed`). The probe is scored by
   greedy exact match (:func:`probe_accuracy`): an item is right when every answer token is the
   model's argmax given the prompt and the answer's earlier tokens (= greedy decoding).
 
@@ -22,6 +23,7 @@ fine-tuning data, :func:`replay_features`) and early stopping on the validation 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,6 +284,27 @@ def replay_features(tokenizer, n: int, seed: int = 0, max_tokens: int = 64) -> l
         ids = tokenizer(s)["input_ids"][:max_tokens]
         feats.append({"input_ids": ids, "labels": list(ids)})
     return feats
+
+
+def rehearsed(texts: list[str], items: list[ProbeItem]) -> dict[str, list[ProbeItem]]:
+    """Which probe clozes ``texts`` (e.g. the replayed stories) rehearse: ``"stated"``, the
+    clozes whose entity and answer share a sentence of some text (the fact is stated there),
+    and ``"verbatim"``, those whose prompt + answer appears word for word. Counting runs are
+    skipped. A probe item the training text states is not an unseen fact."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise LabkitError("texts must be a list of strings (e.g. the replayed stories)")
+    sentences = [s for t in texts for s in re.split(r"(?<=[.!?\"])\s+", t)]
+
+    def said(word: str, sentence: str) -> bool:  # "four" is not said by "twenty four"
+        return re.search(rf"(?<!twenty )\b{re.escape(word)}\b", sentence) is not None
+
+    clozes = [it for it in items if it.kind != "count"]
+    return {
+        "stated": [
+            it for it in clozes if any(said(it.entity, s) and said(it.answer, s) for s in sentences)
+        ],
+        "verbatim": [it for it in clozes if any(f"{it.prompt} {it.answer}" in t for t in texts)],
+    }
 
 
 def replay_count(n_task: int, fraction: float) -> int:
