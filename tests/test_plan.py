@@ -117,6 +117,22 @@ def test_nothing_fits_names_the_best_set_and_the_levers_that_hardly_move_the_job
     assert "chunked_loss" in best and not {"adamw8bit", "adafactor", "galore"} & set(best)
 
 
+def test_nothing_fits_says_when_the_weights_alone_exceed_the_room():
+    """LoRA 8B at batch 1 on 16 GiB less 2 GiB: its bf16 weights alone exceed the room, so the
+    line does not suggest a smaller batch or sequence; on a card the weights fit, it does."""
+    with pytest.raises(plan.NoPlan) as err:
+        plan.plan("llama-3.1-8b", 16, reserve=2 * 2**30, **LORA_8B)
+    text, room = str(err.value), err.value.room
+    weights = peak.training_peak("llama-3.1-8b", **LORA_8B).alive["weights"]
+    assert weights > room and f"the weights alone are {weights / GIB:.2f} GiB" in text
+    assert "--batch" not in text and text.endswith("try QLoRA, or more GPUs")
+    long = {**LORA_8B, "seq": 65536}  # weights fit 24 GiB, the activations of 64k tokens do not
+    with pytest.raises(plan.NoPlan) as err:
+        plan.plan("llama-3.1-8b", 24, **long)
+    assert "try a smaller --batch or --seq" in str(err.value)
+    assert "weights alone" not in str(err.value)
+
+
 def test_nothing_fits_carries_every_sets_peak_and_the_room():
     """The error line names two sets (the smallest peak, and the fewest levers within 1%): the
     exception carries each set's peak so a caller can name both."""

@@ -286,18 +286,21 @@ def plan(
         key=lambda c: _order(c, costs),
     )
     reached: dict[tuple[str, ...], int] = {(): baseline}  # each combination's peak
+    weights: int | None = None  # the smallest weights of any set (the no-fit line)
     found: list[tuple[tuple[str, ...], int, dict[str, Any]]] = []  # the first two that fit
     for combo in combos:
         extra = _combined(combo)
         if extra is None:
             continue
         try:
-            got = peak.training_peak(config, **{**options, **extra}).peak
+            at = peak.training_peak(config, **{**options, **extra})
         except peak.NotDerived as err:  # no lever can be predicted for this job: say so
             raise LabkitError(f"cannot plan levers: {err}") from None
         except LabkitError:
             continue  # a combination the job cannot take (GaLore with 8-bit states, ...)
-        reached[combo] = got
+        got = reached[combo] = at.peak
+        w = at.alive["weights"]
+        weights = w if weights is None else min(weights, w)
         if got <= room and not (found and set(found[0][0]) <= set(combo)):
             found.append((tuple(sorted(combo, key=lambda n: (costs[n], n))), got, extra))
             if len(found) == 2 or not combo:  # a job that fits as it is has no runner-up
@@ -314,10 +317,17 @@ def plan(
     # the fewest levers within 1% of the smallest peak (not a lever that shaves a few MiB)
     best = min((c for c, p in reached.items() if p <= 1.01 * smallest), key=len)
     with_best = f", {reached[best] / 2**30:.2f} GiB with {' + '.join(best)}" if best else ""
+    other = method.get(options.get("method", "full"), "")
+    if weights is not None and weights > room:  # no lever, batch or sequence can help
+        hint = (
+            f"the weights alone are {weights / 2**30:.2f} GiB, more than the room of "
+            f"{room / 2**30:.2f} GiB: try {other}or more GPUs"
+        )
+    else:
+        hint = f"try a smaller --batch or --seq, {other}or more GPUs"
     raise NoPlan(
         f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak is "
-        f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); try a smaller "
-        f"--batch or --seq, {method.get(options.get('method', 'full'), '')}or more GPUs",
+        f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); {hint}",
         reached,
         room,
     )
