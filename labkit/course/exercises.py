@@ -217,7 +217,8 @@ def _bf16_error_of_tenth() -> float:
 
 
 def _best_loss_scale() -> float:
-    """04.3 for notebook 04's defaults: the zoo model's gradients on 4 x 32 validation tokens."""
+    """04.3 for notebook 04's defaults: the zoo model's ``nn.Linear`` weight gradients (those fp16
+    autocast computes in fp16) on 4 x 32 validation tokens."""
     import torch
 
     from labkit.data import loaders
@@ -228,7 +229,8 @@ def _best_loss_scale() -> float:
     model = zoo.load_model("zoo-llama")
     ids = pack(zoo.load_tokenizer("zoo-llama"), loaders.load_corpus("validation"), 32)[:4]
     model(input_ids=ids, labels=ids).loss.backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    grads = torch.cat([p.grad.flatten() for m in linears for p in m.parameters(recurse=False)])
     return formats.best_loss_scale(grads)
 
 
