@@ -244,6 +244,7 @@ def test_combine_variants(kind, extra):
     x = adapters.sample_inputs(model)
     name = adapters.combine(model, ["default", "B"], [0.5, 0.5], kind, **extra)
     assert model.active_adapters == [name]
+    assert not any(p.requires_grad for p in model.parameters())  # made active frozen
     combined = adapters.logits(model, x)
     model.set_adapter("default")
     assert adapters.max_logit_diff(combined, adapters.logits(model, x)) > 1e-4

@@ -555,7 +555,7 @@ def combine(
     name: str | None = None,
     **kwargs: Any,
 ) -> str:
-    """``add_weighted_adapter`` under a readable name, made active; returns the name.
+    """``add_weighted_adapter`` under a readable name, made active (frozen); returns the name.
 
     ``kwargs`` go to peft (``density=`` for ties/dare, ``majority_sign_method=``...).
     """
@@ -564,7 +564,7 @@ def combine(
     name = name or f"{combination_type}({'+'.join(adapters)})"
     if name in peft_model.peft_config:
         if name in peft_model.active_adapters:  # deleting the active one warns once per layer
-            peft_model.set_adapter(adapters[0])
+            peft_model.set_adapter(adapters[0], inference_mode=True)
         peft_model.delete_adapter(name)
     peft_model.add_weighted_adapter(
         list(adapters),
@@ -573,7 +573,7 @@ def combine(
         combination_type=combination_type,
         **kwargs,
     )
-    peft_model.set_adapter(name)
+    peft_model.set_adapter(name, inference_mode=True)  # frozen, like a loaded adapter
     return name
 
 
