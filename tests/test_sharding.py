@@ -183,3 +183,8 @@ def test_fsdp_gathered_is_the_root_and_three_layers_in_bf16():
     assert sharding.fsdp_gathered(cfg, 4) == 2 * sharding.fsdp_gathered(cfg)
     with pytest.raises(LabkitError, match="bytes per parameter"):
         sharding.fsdp_gathered(cfg, 0)
+    gpt2 = zoo.load_config("gpt2")  # blocks named transformer.h.N: found too
+    shapes = architecture.param_shapes(gpt2)
+    h0 = sum(math.prod(s) for n, s in shapes.items() if ".h.0." in n)
+    rest = sum(math.prod(s) for n, s in shapes.items() if ".h." not in n)
+    assert sharding.fsdp_gathered(gpt2) == 2 * (rest + 3 * h0)

@@ -29,6 +29,7 @@ autocast, where ``zero3`` counts the copy too, 18). What it holds gathered at a 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -101,8 +102,12 @@ def fsdp_gathered(config: Any, bytes_per_param: int = 2) -> int:
     """
     positive("bytes per parameter", bytes_per_param)
     shapes = architecture.param_shapes(config)
-    layer = sum(math.prod(s) for name, s in shapes.items() if ".layers.0." in name)
-    root = sum(math.prod(s) for name, s in shapes.items() if ".layers." not in name)
+    block = re.compile(r"\.(?:layers|h)\.(\d+)\.")  # Llama-style model.layers.N, GPT-2's h.N
+    index = {name: block.search(name) for name in shapes}
+    layer = sum(math.prod(s) for n, s in shapes.items() if index[n] and index[n].group(1) == "0")
+    if not layer:
+        raise LabkitError("fsdp_gathered: no decoder blocks named layers.N or h.N in this model")
+    root = sum(math.prod(s) for n, s in shapes.items() if not index[n])
     return bytes_per_param * (root + 3 * layer)
 
 
