@@ -263,7 +263,7 @@ LINKS = {
 
 def comm_seconds(payload: dict[str, int], world: int, link: str) -> float:
     """Seconds per step to move ``payload`` with ring collectives over ``link`` (bandwidth only:
-    no latency, no overlap with compute — a lower bound on what the step waits for)."""
+    no latency — a lower bound on the communication time; overlap with compute is not modelled)."""
     choice("link", link, LINKS)
     positive("world size", world)
     return ring_sent(payload, world) / (LINKS[link].gb_per_s * 1e9)
