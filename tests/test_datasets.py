@@ -45,3 +45,22 @@ def test_sentiment_size_balance_and_noise():
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(LabkitError, match="accepted: train, validation, test"):
         loaders.load_chat("dev")
+
+
+def test_chat_rows_shown_finds_the_answer_and_its_pattern():
+    """The prompt-tuning init text is the answer of a few held-out rows and shows the pattern of
+    every row of their intent (notebooks 08 and 12 read both)."""
+    test = loaders.load_chat("test")
+    text = test[22]["response"]
+    shown = loaders.chat_rows_shown(text)
+    assert 22 in shown["answer"] and all(test[i]["response"] == text for i in shown["answer"])
+    assert shown["intents"] == {test[22]["intent"]}
+    assert shown["pattern"] == [i for i, r in enumerate(test) if r["intent"] == test[22]["intent"]]
+    assert set(shown["answer"]) < set(shown["pattern"])
+    nowhere = loaders.chat_rows_shown("Not an answer anywhere.")
+    assert nowhere == {"answer": [], "intents": set(), "pattern": []}
+    for bad in ("", None):
+        with pytest.raises(LabkitError, match="non-empty string"):
+            loaders.chat_rows_shown(bad)
+    with pytest.raises(LabkitError, match="split"):
+        loaders.chat_rows_shown(text, "dev")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import labkit
 from labkit import DATA_DIR, LabkitError, files
@@ -114,6 +115,20 @@ def load_chat(split: str = "train") -> list[dict]:
     """The chat task: records with ``prompt``, ``response``, ``short``, ``intent``, ``entity``."""
     _check_split(split, SPLITS)
     return _read_jsonl(DATA_DIR / "chat" / f"{split}.jsonl")
+
+
+def chat_rows_shown(text: str, split: str = "test") -> dict[str, Any]:
+    """Which chat rows of ``split`` a text put in front of the model gives away (a prompt-tuning
+    init text, say): ``"answer"``, the rows whose reference answer is ``text`` word for word;
+    ``"intents"``, their intents; ``"pattern"``, every row of those intents (their answers share
+    its pattern, e.g. "The X lives in the Y."). Row numbers count from 0 in :func:`load_chat`."""
+    if not isinstance(text, str) or not text:
+        raise LabkitError(f"text must be a non-empty string, got {text!r}")
+    rows = load_chat(split)
+    answer = [i for i, r in enumerate(rows) if r["response"] == text]
+    intents = {rows[i]["intent"] for i in answer}
+    pattern = [i for i, r in enumerate(rows) if r["intent"] in intents]
+    return {"answer": answer, "intents": intents, "pattern": pattern}
 
 
 def load_sentiment(split: str = "train") -> list[dict]:
