@@ -82,6 +82,11 @@ def test_figure_says_what_the_peak_adds_to_the_bars():
     text = next(t for t in fig.axes[0].texts if t.get_text().startswith("peak"))
     note = text.get_text()
     assert "2nd fp32 b·s·V gradient" in note and "recomputed block" in note
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert any(lab.startswith("peak ") for lab in labels)  # every line drawn is in the legend
+    assert len(labels) == len(fig.axes[0].get_lines()) + sum(
+        not lab.startswith(("GPU", "peak")) for lab in labels
+    )
     fig.canvas.draw()  # the note sits below the axes: it covers no bar and no line
     renderer = fig.canvas.get_renderer()
     assert text.get_window_extent(renderer).y1 < fig.axes[0].get_window_extent(renderer).y0

@@ -92,6 +92,16 @@ def test_lever_names_are_checked(kwargs, match):
     assert "\n" not in str(err.value)
 
 
+def test_levers_text_says_offload_turns_checkpointing_on():
+    assert plan.LEVERS["offload_activations"]["checkpointing"] is True  # what the text names
+    assert plan.levers_text(("chunked_loss", "offload_activations")) == (
+        "chunked_loss + offload_activations (checkpointing + offload)"
+    )
+    assert plan.levers_text(()) == "" and plan.levers_text("adafactor") == "adafactor"
+    with pytest.raises(LabkitError, match="unknown lever"):
+        plan.levers_text(("offload",))
+
+
 def test_nothing_fits_is_one_line():
     with pytest.raises(LabkitError, match="nothing fits 4 GiB") as err:
         plan.plan("llama-3.1-8b", 4, method="full")

@@ -388,7 +388,7 @@ def fit_search(args: argparse.Namespace, config: Any, buckets: int = 0) -> dict[
 
 def plan_line(p: plan.Plan, gib: float, reserve: float = 0.0) -> str:
     """The plan in one line: its levers, their time cost, the peak with and without them."""
-    chosen = " + ".join(p.levers) or "no lever needed"
+    chosen = plan.levers_text(p.levers) or "no lever needed"
     needs = "".join(f"; needs {c}" for c in p.conditions)
     kept = f" less a reserve of {reserve:g} GiB" if reserve else " (no reserve: --reserve GIB)"
     return (

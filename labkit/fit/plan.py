@@ -219,6 +219,17 @@ def lever_names(names: Any, auto: bool = False) -> tuple[str, ...]:
     return listed
 
 
+#: How a plan line shows a lever that sets more than its name says.
+SHOWN: dict[str, str] = {"offload_activations": "offload_activations (checkpointing + offload)"}
+
+
+def levers_text(names: Any) -> str:
+    """The levers ``names`` (as :func:`lever_names` takes them) joined by " + " as a plan line
+    shows them: ``offload_activations`` reads "offload_activations (checkpointing + offload)",
+    since it turns checkpointing on too; "" for none."""
+    return " + ".join(SHOWN.get(n, n) for n in lever_names(names)) if names else ""
+
+
 def options_of(names: Any) -> dict[str, Any]:
     """The options of :func:`labkit.memory.peak.training_peak` that the levers ``names`` (a comma
     list or a sequence of :data:`LEVERS` names) set together: ``estimate --with NAMES``."""
@@ -316,7 +327,7 @@ def plan(
     smallest = min(reached.values())
     # the fewest levers within 1% of the smallest peak (not a lever that shaves a few MiB)
     best = min((c for c, p in reached.items() if p <= 1.01 * smallest), key=len)
-    with_best = f", {reached[best] / 2**30:.2f} GiB with {' + '.join(best)}" if best else ""
+    with_best = f", {reached[best] / 2**30:.2f} GiB with {levers_text(best)}" if best else ""
     other = method.get(options.get("method", "full"), "")
     if weights is not None and weights > room:  # no lever, batch or sequence can help
         hint = (

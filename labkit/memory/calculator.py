@@ -225,7 +225,7 @@ def figure(**settings: Any):
     step = result.peak
     if step is not None:  # the largest live set, which the verdict reads
         x = step.peak / GiB
-        ax.axvline(x, color="C3", ls=":")
+        ax.axvline(x, color="C3", ls=":", label=f"peak {x:.1f} GiB ({step.phase})")
         note = _peak_note(step, b, left)
         ax.text(  # below the axis label, outside the axes: it hides no bar and no line
             0.5,
