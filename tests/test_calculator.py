@@ -97,6 +97,19 @@ def test_figure_says_what_the_peak_adds_to_the_bars():
     plt.close(fig)
 
 
+def test_figure_names_every_part_and_prints_the_sum():
+    import matplotlib.pyplot as plt
+
+    b, _ = calculator.calculate()  # LoRA 8B: gradients and optimizer state too thin to see
+    fig = calculator.figure()
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "gradients (<0.1)" in labels and "optimizer state (<0.1)" in labels
+    assert f"weights {b.weights / 2**30:.1f}" in labels
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert f"sum of the parts {b.total / 2**30:.1f} GiB" in texts
+    plt.close(fig)
+
+
 def test_widget_without_ipywidgets(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     with pytest.raises(LabkitError, match="ipywidgets"):

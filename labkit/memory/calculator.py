@@ -202,8 +202,9 @@ def _peak_note(step: Any, b: Breakdown, bars: float) -> str:
 
 
 def figure(**settings: Any):
-    """A stacked bar of :func:`calculate`'s per-GPU breakdown against the GPU's memory, and
-    against that memory less :func:`labkit.memory.peak.gpu_reserve` (when some is left)."""
+    """A stacked bar of :func:`calculate`'s per-GPU breakdown (every part in the legend, the sum
+    above the bar) against the GPU's memory, and against that memory less
+    :func:`labkit.memory.peak.gpu_reserve` (when some is left)."""
     import matplotlib.pyplot as plt  # matplotlib only for the drawing
     from matplotlib.transforms import offset_copy
 
@@ -214,10 +215,20 @@ def figure(**settings: Any):
     left = 0.0
     for part in PARTS:
         v = getattr(b, part) / GiB
-        if v > 0:  # a part too small to see gets no legend entry ("gradients 0.0")
-            label = f"{LEGEND.get(part, part)} {v:.1f}" if v >= 0.05 else "_nolegend_"
+        if v > 0:  # a part too small to see is named with a bound, not as "gradients 0.0"
+            name = LEGEND.get(part, part)
+            label = f"{name} {v:.1f}" if v >= 0.05 else f"{name} (<0.1)"
             ax.barh([0], [v], left=left, label=label)
             left += v
+    ax.text(  # the stacked total, above the bar's end (the sum the peak line is read against)
+        left,
+        0.45,
+        f"sum of the parts {left:.1f} GiB",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+    )
     ax.axvline(args["gpu_gib"], color="k", ls="--", label=f"GPU {args['gpu_gib']:g} GiB")
     usable = args["gpu_gib"] - peak.gpu_reserve() / GiB  # less the CUDA context and workspace
     if usable > 0:
@@ -243,7 +254,8 @@ def figure(**settings: Any):
         shape += ", checkpointing" if args["checkpointing"] else ", no checkpointing"
     ax.set(
         yticks=[],
-        xlabel="GiB per GPU",
+        ylim=(-0.5, 0.8),  # room above the bar for its total
+        xlabel="GiB per GPU (legend: each part's GiB)",
         xlim=(0, max(left, args["gpu_gib"]) * 1.15),
         title=f"{args['model']}, {args['method']}, {b.details.get('regime', '')}\n{shape}: {verdict}",
     )
