@@ -110,6 +110,7 @@ def test_peft_scores_summary_and_tables():
     rec = _peft_record()
     assert peft_seeds.scores(rec, "lora", LORA) == [0.5, 0.25, 0.75]
     assert peft_seeds.scores(rec, "lora", LORA, limit=2) == [1.0, 0.5, 1.0]
+    assert peft_seeds.scores(rec, "lora", LORA, questions=[1, 2]) == [0.5, 0.0, 1.0]
     assert peft_seeds.base_score(rec) == 0.25 and peft_seeds.base_score(rec, limit=3) == 0.0
     lora_row, full_row = peft_seeds.summary(rec, "12")
     assert (lora_row["min"], lora_row["max"], lora_row["mean"]) == (0.25, 0.75, 0.5)
@@ -125,6 +126,11 @@ def test_peft_errors_are_one_line():
         peft_seeds.summary(_peft_record(), "07")
     with pytest.raises(LabkitError, match='unknown configuration "full '):
         peft_seeds.summary(_peft_record(with_full=False), "12")  # no silent skip
+    for bad in ([], [4], [-1], [True]):
+        with pytest.raises(LabkitError, match="questions must be a non-empty list"):
+            peft_seeds.scores(_peft_record(), "lora", LORA, questions=bad)
+    with pytest.raises(LabkitError, match="questions must be .* with limit 2"):
+        peft_seeds.scores(_peft_record(), "lora", LORA, limit=2, questions=[0])
 
 
 def test_peft_runs_with_attach_options_are_their_own_configuration():

@@ -195,9 +195,15 @@ load = STUDY.load
 
 
 def scores(
-    record: dict, method: str, args: dict, limit: int | None = None, attach: dict | None = None
+    record: dict,
+    method: str,
+    args: dict,
+    limit: int | None = None,
+    attach: dict | None = None,
+    questions: list[int] | None = None,
 ) -> list[float]:
-    """Exact match per seed of one configuration, on the first ``limit`` held-out questions."""
+    """Exact match per seed of one configuration, on the first ``limit`` held-out questions, or
+    on the held-out questions numbered ``questions`` (from 0, as in ``load_chat("test")``)."""
     limit = study.question_limit(limit)
     found = _runs(record, method, args, attach)
     if not found:
@@ -205,7 +211,16 @@ def scores(
             {f"{label(r['method'], r.get('attach'))} {r['args']}" for r in record["runs"]}
         )
         raise unknown("configuration", f"{label(method, attach)} {args}", known)
-    return [sum(r["correct"][:limit]) / len(r["correct"][:limit]) for r in found]
+    if questions is None:
+        return [sum(r["correct"][:limit]) / len(r["correct"][:limit]) for r in found]
+    n = len(found[0]["correct"])
+    numbered = all(type(i) is int and 0 <= i < n for i in questions)  # no bools, no floats
+    if limit is not None or not questions or not numbered:
+        raise LabkitError(
+            f"questions must be a non-empty list of question numbers 0..{n - 1} (and no limit), "
+            f"got {questions!r} with limit {limit!r}"
+        )
+    return [sum(r["correct"][i] for i in questions) / len(questions) for r in found]
 
 
 def base_score(record: dict, limit: int | None = None) -> float:
