@@ -207,6 +207,8 @@ def test_lora_summary_adds_the_notebook_seed_and_cuts_questions():
     assert rs8["val_min"] == 11.5 and rs8["scale"] == pytest.approx(16 / 8**0.5)
     # the gap divides by the train-split loss after the last step, not the last logged loss (4.0)
     assert first["ratio_min"] == pytest.approx(0.1) and first["ratio_max"] == pytest.approx(2.5)
+    # and the gap in nats/token: validation minus train-split loss, per seed
+    assert first["gap_min"] == pytest.approx(-0.9) and first["gap_max"] == pytest.approx(1.5)
     with pytest.raises(LabkitError, match="scored fewer"):
         lora_rank.summary(_lora_record(), limit=10)
     with pytest.raises(LabkitError, match="record has no point r=1, alpha=2"):

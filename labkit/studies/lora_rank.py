@@ -189,7 +189,9 @@ def summary(
     record: dict[str, Any], extra: list[Point] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Per (r, alpha, rslora): exact match, validation loss, and the validation loss over the
-    train-split loss after the last step (generalisation ratio) over the seeds (min, mean, max).
+    train-split loss after the last step (generalisation ratio) over the seeds (min, mean, max),
+    and the validation minus train-split loss (``gap_min``, ``gap_max``, nats/token): a ratio of
+    two near-zero losses magnifies a tiny gap.
 
     ``extra`` adds points trained elsewhere (the notebook's seed 0); exact match counts the first
     ``limit`` held-out questions (None: all the record scored), so all seeds are scored alike.
@@ -220,6 +222,7 @@ def summary(
         em = study.spread([sum(p["correct"][:n]) / n for p in rows])
         val = study.spread([p["val_loss"] for p in rows])
         ratio = study.spread([p["val_loss"] / p["train_loss"] for p in rows])
+        gap = study.spread([p["val_loss"] - p["train_loss"] for p in rows])
         out.append(
             {
                 "r": r,
@@ -236,6 +239,8 @@ def summary(
                 "val_max": val.max,
                 "ratio_min": ratio.min,
                 "ratio_max": ratio.max,
+                "gap_min": gap.min,
+                "gap_max": gap.max,
             }
         )
     return out
