@@ -166,6 +166,30 @@ def test_03_1_is_the_meta_models_count_and_the_published_one():
     _right_and_wrong("03.1", n, n - 152064 * 3584)  # forgetting the untied head is wrong
 
 
+def test_03_2_is_the_fp32_models_parameter_and_buffer_bytes_the_smallest_all_cpu_plan():
+    """Counted by hand over the fp32 model's tensors, and accelerate's planner agrees: that budget
+    keeps every module on the CPU, one byte less sends some to disk."""
+    from accelerate import infer_auto_device_map
+
+    model = zoo.load_model("zoo-llama", dtype=torch.float32)
+    tensors = [*model.parameters(), *model.buffers()]
+    n = sum(t.numel() * t.element_size() for t in tensors)
+
+    def devices(cpu_bytes: int) -> set:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model.config)
+        plan = infer_auto_device_map(
+            skeleton,
+            max_memory={"cpu": cpu_bytes},
+            no_split_module_classes=skeleton._no_split_modules,
+        )
+        return set(plan.values())
+
+    assert devices(n) == {"cpu"} and "disk" in devices(n - 1)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    _right_and_wrong("03.2", n, n - 1, params, n // 2)  # a byte short, buffers left out, bf16
+
+
 def test_03_3_is_every_state_split_eight_ways_plus_unsharded_activations():
     """ZeRO-3 (the ZeRO paper): weights, gradients and optimizer state / N per GPU;
     activations, loss buffer and transient buffers stay whole (each GPU runs its micro-batch)."""

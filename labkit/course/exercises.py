@@ -195,6 +195,10 @@ EXERCISES.update(
             integer(lambda: _module("models.architecture").count_parameters("qwen2.5-7b")),
             "sum p.numel() over the meta model's parameters",
         ),
+        "03.2": Exercise(
+            integer(lambda: _module("models.zoo").load_model("zoo-llama").get_memory_footprint()),
+            "the smallest max_memory={'cpu': ...} in bytes whose infer_auto_device_map has no 'disk'",
+        ),
         "03.3": Exercise(
             number(_zero3_per_gpu, rel=1e-3),
             "estimator.sharded(breakdown, 8, 'zero3').total in GiB, for the breakdown the task describes",
