@@ -161,3 +161,20 @@ def test_prefill_head_only_for_kept_logits_as_generate_runs_it():
     assert roofline.prefill_bytes(b16, prompt=2048) == b16.weight_bytes + 2048 * 131072
     with pytest.raises(LabkitError, match="logits_to_keep must be an integer >= 0"):
         roofline.prefill_flops(c, prompt=4, logits_to_keep=-1)
+
+
+def test_prefill_is_compute_bound_only_past_the_ridge():
+    """A prefill's intensity grows with the prompt (about one FLOP per byte per token in bf16):
+    a short prompt is memory-bound (its time is the weight read), a long one compute-bound."""
+    c = roofline.decode_cost("llama-3.1-8b")
+    h100 = roofline.card("h100-sxm")
+
+    def intensity(p):
+        return roofline.prefill_flops(c, prompt=p) / roofline.prefill_bytes(c, prompt=p)
+
+    assert 0.8 * 128 < intensity(128) < 128  # about the prompt length
+    short = roofline.prefill_tokens_per_s(c, h100, prompt=16)
+    assert short == pytest.approx(16 * h100.bandwidth / roofline.prefill_bytes(c, prompt=16))
+    long = roofline.prefill_tokens_per_s(c, h100, prompt=2048)
+    assert long == pytest.approx(2048 * h100.flops / roofline.prefill_flops(c, prompt=2048))
+    assert intensity(16) < h100.ridge < intensity(2048)

@@ -312,8 +312,10 @@ def prefill_tokens_per_s(
     cost: DecodeCost, hw: Card | str, *, prompt: int, batch: int = 1, logits_to_keep: int = 1
 ) -> float:
     """Predicted prompt-processing speed, tokens/s: all ``prompt`` tokens share one weight read,
-    so the FLOPs (:func:`prefill_flops`) dominate: compute-bound. ``logits_to_keep=1`` is what
-    ``generate()`` runs (the time to first token); 0 counts the head for every position."""
+    so for a long prompt the FLOPs (:func:`prefill_flops`) dominate (compute-bound); a prompt
+    shorter than about the card's ridge in FLOP/B (in bf16) stays memory-bound: the larger of
+    the two times counts. ``logits_to_keep=1`` is what ``generate()`` runs (the time to first
+    token); 0 counts the head for every position."""
     hw = card(hw)
     flops = prefill_flops(cost, prompt=prompt, batch=batch, logits_to_keep=logits_to_keep)
     nbytes = prefill_bytes(cost, prompt=prompt, batch=batch)
