@@ -328,6 +328,7 @@ def test_quantized_merge_rounding_and_recipe(tmp_path):
     assert result.positions == 3 * 12 - 3  # sample_inputs: 3 rows of 12, the last 3 padded
     assert result.changed["dequantized merge"] <= 1e-4 < result.changed["4-bit merge"]
     assert "float32 compute" in result.regime and result.scores == {}
+    assert "no double quantization" in result.regime  # the NF4 setting the numbers come from
     scored = quantized_merge.check_quantized_merge(
         tmp_path / "base", tmp_path / "adapter", tmp_path / "merged2",
         compute_dtype=torch.bfloat16, score=lambda m: float(m.config.vocab_size),

@@ -93,7 +93,7 @@ class QuantizedMerge:
     def regime(self) -> str:
         """The precisions behind the numbers, for a figure's title."""
         return (
-            f"{self.quant_type.upper()} base with {self.compute_dtype} compute, "
+            f"{self.quant_type.upper()} base (no double quantization), {self.compute_dtype} compute, "
             f"original base in float32, dequantized route in {self.dequantized_dtype}"
         )
 
@@ -154,8 +154,8 @@ def check_quantized_merge(
 ) -> QuantizedMerge:
     """Measure ways of merging an adapter served on a 4-bit base, against the unmerged model.
 
-    The reference is the 4-bit base (``compute_dtype`` for its matmuls) + adapter, unmerged (how
-    QLoRA trains and serves it).
+    The reference is the 4-bit base (``compute_dtype`` for its matmuls; no double quantization,
+    unlike QLoRA's recipe) + adapter, unmerged (how QLoRA trains and serves it).
     1. ``merge_and_unload`` on the 4-bit model: peft dequantizes, adds ΔW and rounds the sum back
        to 4 bits (it warns about rounding);
     2. merging into the original float32 base from ``base_folder``: for an adapter trained on the
@@ -173,7 +173,7 @@ def check_quantized_merge(
 
     from labkit.models import zoo
 
-    qcfg = bnb_4bit_config(quant_type, compute_dtype)
+    qcfg = bnb_4bit_config(quant_type, compute_dtype, double_quant=False)  # named in .regime
     scores: dict[str, float] = {}
 
     def load_4bit(folder):
