@@ -39,6 +39,15 @@ def test_the_verdict_names_the_adamw_implementation_and_leaves_out_gpu_overheads
         calculator.calculate(impl="apex")
 
 
+def test_the_verdict_names_no_adamw_implementation_where_none_moves_the_peak():
+    """The default LoRA job peaks in backward, where AdamW plays no part: every implementation
+    gives the same peak, so the verdict does not name one."""
+    verdicts = {i: calculator.calculate(impl=i)[1] for i in ("foreach", "fused", "single")}
+    assert len(set(verdicts.values())) == 1
+    v = verdicts["foreach"]
+    assert "in backward" in v and "AdamW" not in v and v.endswith("(before GPU overheads)")
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(zero=5), dict(method="prefix"), dict(precision="fp8"), dict(gpu_gib=0), dict(gpus=0)],

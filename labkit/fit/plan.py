@@ -324,10 +324,16 @@ def plan(
         return Plan(chosen, got, cost, extra, baseline, needs, runner_up)
     kept = f" less a reserve of {reserve / 2**30:.2f} GiB" if reserve else ""
     method = {"full": "LoRA or QLoRA, ", "frozen": "LoRA or QLoRA, ", "lora": "QLoRA, "}
-    smallest = min(reached.values())
+    lowest = min(reached, key=reached.get)
+    smallest = reached[lowest]
     # the fewest levers within 1% of the smallest peak (not a lever that shaves a few MiB)
     best = min((c for c, p in reached.items() if p <= 1.01 * smallest), key=len)
-    with_best = f", {reached[best] / 2**30:.2f} GiB with {levers_text(best)}" if best else ""
+    with_best = f" (set: {levers_text(lowest) or 'no lever'})"
+    if best != lowest:  # each figure with its own set
+        with_best += (
+            f"; fewest levers within 1% of it: {reached[best] / 2**30:.2f} GiB "
+            f"(set: {levers_text(best) or 'no lever'})"
+        )
     other = method.get(options.get("method", "full"), "")
     if weights is not None and weights > room:  # no lever, batch or sequence can help
         hint = (

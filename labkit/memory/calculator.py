@@ -11,7 +11,7 @@ fits.
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import labkit
@@ -158,7 +158,7 @@ def step_peak(settings: Settings):
 def calculate(**settings: Any) -> tuple[Breakdown, str]:
     """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB" (read
     from the peak of a training step on one GPU or under DDP, from the per-GPU total under ZeRO),
-    naming the AdamW implementation when the peak is read and saying that a GPU's own overheads
+    naming the AdamW implementation when the peak is read and depends on it, and saying that a GPU's own overheads
     (CUDA context, allocator; :func:`labkit.memory.peak.gpu_overheads`) are not in it.
 
     ``settings``: any of :class:`Settings`' fields (``model``, ``method`` in :data:`METHODS`,
@@ -170,9 +170,15 @@ def calculate(**settings: Any) -> tuple[Breakdown, str]:
 
 
 def _verdict(result: Fit, settings: dict[str, Any]) -> str:
-    """:attr:`Fit.verdict` with the regime it reads: AdamW's implementation (when the peak is
-    read) and "before GPU overheads"."""
-    regime = f"{settings['impl']} AdamW, " if result.peak is not None else ""
+    """:attr:`Fit.verdict` with the regime it reads: AdamW's implementation (only when the peak
+    is read and another implementation would move it: not for a LoRA job peaking in backward)
+    and "before GPU overheads"."""
+    regime = ""
+    if result.peak is not None:
+        s = Settings(**settings)
+        mine = step_peak(s).peak
+        if any(step_peak(replace(s, impl=i)).peak != mine for i in peak.IMPLS):
+            regime = f"{settings['impl']} AdamW, "
     return f"{result.verdict} ({regime}before GPU overheads)"
 
 
