@@ -67,7 +67,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The fast inner loop: the unit tests without those marked slow (two-rank jobs, a venv install);
+# The fast inner loop: the unit tests without those marked slow (two-rank jobs, a venv install, two notebooks re-run);
 # `make test` still runs everything.
 quick: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -10,7 +10,7 @@ interface, so no request can leave the machine; needs root, as on the course mac
    initialised with exactly one present slide, holding the notebook's title;
 2. JupyterLab on 127.0.0.1 opens notebook 00 and runs all its cells (through JupyterLab's own
    "run all" command); the screenshot shows executed cells;
-3. the live slideshow (jupyterlab-rise's ``/rise/`` page, what View > Render as slideshow, Alt+R
+3. the live slideshow (jupyterlab-rise's ``/rise/`` page, what View > Render as Reveal Slideshow, Alt+R
    shows) of the same notebook, if jupyterlab-rise is installed.
 
 It prints what it checked and exits 1 if a check fails.

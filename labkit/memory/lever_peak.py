@@ -181,7 +181,6 @@ def in_backward(moments: list[Any], state: int, largest: int, impl: str = "singl
     ``AdamW([p], fused=True)`` in the hook updates in place); no optimizer phase, and zero_grad
     finds no gradient."""
     temporaries = 0 if impl == "fused" else 2 * largest
-    from labkit.memory.peak import Moment
 
     out = []
     for m in moments:
@@ -195,7 +194,7 @@ def in_backward(moments: list[Any], state: int, largest: int, impl: str = "singl
             alive["temporaries"] += temporaries
         elif m.phase != "backward":
             alive["gradients"] = 0
-        out.append(Moment(m.phase, m.label + " (optimizer in backward)", alive))
+        out.append(step_parts.Moment(m.phase, m.label + " (optimizer in backward)", alive))
     return out
 
 

@@ -34,7 +34,7 @@ from labkit.checks import choice
 from labkit.dtypes import OPTIMIZERS as ESTIMATOR_OPTIMIZERS
 from labkit.memory import dryrun, estimator, lever_peak, step_parts
 from labkit.memory.job import Breakdown, TrainingJob, sdpa_math_kernel
-from labkit.memory.step_parts import CATEGORIES
+from labkit.memory.step_parts import CATEGORIES, Moment  # Moment re-exported: peak.Moment
 from labkit.models import architecture, targets
 
 #: How the optimizer updates: ``foreach`` (lists of tensors at once: torch's default on CUDA),
@@ -52,19 +52,6 @@ def default_impl(device: str = "cuda") -> str:
     CPU (torch 2.13, ``_default_to_fused_or_foreach``)."""
     choice("device", device, ("cpu", "cuda"))
     return "foreach" if device == "cuda" else "single"
-
-
-@dataclass
-class Moment:
-    """One moment of a step: its phase, what happens, and the bytes alive by category."""
-
-    phase: str
-    label: str
-    alive: dict[str, int]
-
-    @property
-    def total(self) -> int:
-        return sum(self.alive.values())
 
 
 @dataclass

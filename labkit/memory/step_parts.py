@@ -24,6 +24,19 @@ from labkit.models import architecture, targets
 
 
 @dataclass
+class Moment:
+    """One moment of a step (``peak`` lists them, ``lever_peak`` rewrites them): its phase, what happens, and the bytes alive by category."""
+
+    phase: str
+    label: str
+    alive: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.alive.values())
+
+
+@dataclass
 class Parts:
     """The sizes the moments are built from (bytes)."""
 
