@@ -45,7 +45,13 @@ def test_every_precision_is_known_and_nothing_else():
             "bf16",
             "LoRA: bf16 base + fp32 adapters, bf16 compute, no autocast",
         ),
-        ("qlora", "bf16-mixed", None, "nf4", "QLoRA: NF4 base + fp32 adapters, bf16 autocast"),
+        (
+            "qlora",
+            "bf16-mixed",
+            None,
+            "nf4",
+            "QLoRA: NF4 base (double quantization) + fp32 adapters, bf16 autocast",
+        ),
     ],
 )
 def test_one_default_base_and_its_regime(method, precision, base, weights, regime):

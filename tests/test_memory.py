@@ -114,6 +114,10 @@ def test_lora_and_qlora_shrink_states_and_activations():
     qlora = estimator.training_memory("llama-2-7b", method="qlora", **kw)
     assert lora.trainable_parameters == 4_194_304 == qlora.trainable_parameters
     assert qlora.weights < lora.weights / 3 < lora32.weights / 6 < full.weights
+    # QLoRA's NF4 base is sized with double quantization, and its regime says so
+    nf4 = {dq: estimator.weight_bytes("llama-2-7b", "nf4", double_quant=dq) for dq in (True, False)}
+    assert nf4[True] < qlora.weights < nf4[False]
+    assert "NF4 base (double quantization)" in qlora.details["regime"]
     assert lora.gradients == 4 * 4_194_304 == lora32.gradients
     # a frozen linear keeps no input, but norms, attention and the MLP products still do
     assert full.activations / 2 < lora.activations < full.activations

@@ -226,13 +226,14 @@ class TrainingJob:
     @property
     def regime(self) -> str:
         """The precision regime in words, e.g. "pure bf16", "bf16 autocast with fp32 master
-        weights", "LoRA: bf16 base + fp32 adapters, bf16 autocast", "QLoRA: NF4 base + fp32
-        adapters, bf16 compute, no autocast"."""
+        weights", "LoRA: bf16 base + fp32 adapters, bf16 autocast", "QLoRA: NF4 base (double
+        quantization) + fp32 adapters, bf16 compute, no autocast" (the estimator sizes QLoRA's NF4
+        with double quantization, QLoRA's recipe: :func:`labkit.memory.estimator.nf4_bytes`)."""
         p = self.precision
         if not self.lora:
             return f"{p.words} with fp32 master weights" if p.mixed else p.words
         # "pure" would be wrong: the adapters keep their own dtype
         compute = p.words if p.mixed or p.name == "fp32" else f"{p.name} compute, no autocast"
-        base = "NF4" if self.method == "qlora" else self.weight_dtype
-        kind = "QLoRA" if self.method == "qlora" else "LoRA"
-        return f"{kind}: {base} base + {self.adapters} adapters, {compute}"
+        if self.method == "qlora":  # the NF4 size depends on it: named
+            return f"QLoRA: NF4 base (double quantization) + {self.adapters} adapters, {compute}"
+        return f"LoRA: {self.weight_dtype} base + {self.adapters} adapters, {compute}"
