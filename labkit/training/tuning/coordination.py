@@ -8,8 +8,10 @@ and they inform the sampler and the pruner) and FAIL trials never count.
 Several workers may share one study (two terminals running the same ``labkit tune`` command):
 each trial records its worker (host and process id) and, through Optuna's heartbeat, stays
 marked alive while it runs. A RUNNING trial whose process is gone (same host, process id no
-longer alive) is marked FAIL at once; one on another host is failed by Optuna's stale-trial check
-once it has missed its heartbeat for :data:`GRACE_PERIOD` seconds. A live trial is never failed.
+longer alive) is marked FAIL as soon as a worker next looks (when a run starts, or while a
+running worker waits for room), without waiting for the grace period; one on another host is
+failed by Optuna's stale-trial check once it has missed its heartbeat for :data:`GRACE_PERIOD`
+seconds. A live trial is never failed.
 Each trial's sampler is seeded from ``(seed, trial number)``, so workers draw different
 parameters and a one-worker run is reproducible; TPE runs with ``constant_liar`` so that
 concurrent workers avoid each other's running configurations. A trial only runs its objective
