@@ -425,3 +425,24 @@ def test_pure_bf16_is_predicted_with_the_update_loop_it_runs(capsys):
     bf16 = estimator.training_memory("llama-3.1-8b", **bf16_job)
     assert code == 0 and got["peak"] == single and got["components_without"] == []
     assert got["weights"] == bf16.weights and got["optimizer"] == bf16.optimizer
+
+
+def test_accumulation_is_the_largest_micro_batch_that_fits_without_a_lever():
+    job = {"method": "full", "precision": "bf16-mixed", "batch": 4, "seq": 2048}
+    reserve = peak.gpu_reserve()
+    room = 24 * GIB - reserve
+    micro, steps, got = plan.accumulation("qwen2.5-0.5b", 24, reserve=reserve, **job)
+    assert micro * steps == 4 and steps > 1 and got <= room
+    again = peak.training_peak("qwen2.5-0.5b", **{**job, "batch": micro, "grad_accum": steps})
+    assert again.peak == got
+    # the next divisor of the batch does not fit: accumulation keeps every gradient alive
+    bigger = {**job, "batch": 2 * micro, "grad_accum": steps // 2}
+    assert peak.training_peak("qwen2.5-0.5b", **bigger).peak > room
+    assert plan.accumulation("qwen2.5-0.5b", 16, reserve=reserve, **job) is None
+    assert plan.accumulation("qwen2.5-0.5b", 80, **job)[:2] == (4, 1)  # fits as it is
+
+
+def test_accumulation_is_none_when_micro_batch_1_does_not_fit_and_checks_the_batch():
+    assert plan.accumulation("llama-3.1-8b", 16, **LORA_8B) is None
+    with pytest.raises(LabkitError, match="batch must be"):
+        plan.accumulation("qwen2.5-0.5b", 24, batch=0)

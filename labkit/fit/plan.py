@@ -364,3 +364,23 @@ def _tried(reached: dict[tuple[str, ...], int], baseline: int) -> str:
     text = f"levers that lower this job's peak: {', '.join(movers) or 'none'}"
     text += f"; tried too, under 1% each: {', '.join(weak)}" if weak else ""
     return text + (f"; tried, raise it: {', '.join(up)}" if up else "")
+
+
+def accumulation(
+    config: Any, gib: float, *, reserve: int = 0, **options: Any
+) -> tuple[int, int, int] | None:
+    """The alternative the planner keeps out (the job's batch is its given): with no lever, the
+    largest micro-batch that divides the job's ``batch`` and whose peak, accumulated over the steps
+    that keep the batch (times the job's own ``grad_accum``), fits ``gib`` GiB less ``reserve``.
+    Returns (micro-batch, accumulation steps, peak bytes), or None when micro-batch 1 does not fit.
+    Exact with a token-normalised loss; smaller matmuls per step, so lower throughput."""
+    room = capacity(gib, reserve)
+    batch, accum = options.pop("batch", 1), options.pop("grad_accum", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise LabkitError(f"batch must be a whole number >= 1, got {batch!r}; e.g. 4")
+    for micro in sorted((n for n in range(1, batch + 1) if batch % n == 0), reverse=True):
+        steps = batch // micro * accum
+        got = peak.training_peak(config, batch=micro, grad_accum=steps, **options).peak
+        if got <= room:
+            return micro, steps, got
+    return None
