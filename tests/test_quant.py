@@ -344,6 +344,25 @@ def test_logit_difference_counts_real_tokens_only():
         layers.logit_difference(_Logits(), _Logits(), ids, mask[:, :2])
 
 
+def test_story_logit_differences_one_value_per_story_real_tokens_only():
+    ids = torch.tensor([[1, 2, 0, 0], [3, 1, 2, 0]])
+    mask = (ids != 0).long()
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    d = layers.story_logit_differences(_Logits(), _Logits(bump=5.0), batches)
+    assert d.tolist() == [0.0, 0.0]  # the pads differ, the real tokens do not
+    # a model off by 2 on token 1 only: story 0 has 1 of its 2 real tokens there, story 1 1 of 3
+    far = _Logits()
+    far.table[1] += 2.0
+    d = layers.story_logit_differences(_Logits(), far, batches * 2)
+    assert torch.allclose(d, torch.tensor([1.0, 2 / 3, 1.0, 2 / 3]))
+    pooled = layers.logit_difference(_Logits(), far, ids, mask)["mean_abs"]
+    assert abs(pooled - 4 / 5) < 1e-6  # 2 of 5 real tokens off by 2: it weights tokens, not stories
+    with pytest.raises(LabkitError, match="attention_mask"):
+        layers.story_logit_differences(_Logits(), far, [{"input_ids": ids}])
+    with pytest.raises(LabkitError, match="no batches"):
+        layers.story_logit_differences(_Logits(), far, [])
+
+
 class _PostLN(nn.Module):
     """BERT's pattern: the LayerNorm's output feeds a linear AND the residual."""
 

@@ -406,3 +406,28 @@ def logit_difference(
         "mean_abs": float(d.mean()),
         "top1_agreement": float((a.argmax(-1) == b.argmax(-1))[real].float().mean()),
     }
+
+
+def story_logit_differences(
+    model_a: nn.Module, model_b: nn.Module, batches: Iterable[dict]
+) -> torch.Tensor:
+    """Mean absolute logit difference of two models, one value per sequence (story), over its real
+    tokens (``attention_mask == 1``), from one forward call per batch: the spread behind a pooled
+    :func:`logit_difference`."""
+    out = []
+    for batch in batches:
+        if "attention_mask" not in batch or "input_ids" not in batch:
+            raise LabkitError(
+                f"a batch has keys {sorted(batch)}; accepted: a tokenizer batch with "
+                "input_ids and attention_mask"
+            )
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            a = model_a(input_ids=ids, attention_mask=mask).logits.float()
+            b = model_b(input_ids=ids, attention_mask=mask).logits.float()
+        real = mask.bool().unsqueeze(-1)
+        d = ((a - b).abs() * real).sum((1, 2)) / (real.sum((1, 2)) * a.shape[-1]).clamp(min=1)
+        out.append(d)
+    if not out:
+        raise LabkitError("no batches given; accepted: at least one tokenizer batch")
+    return torch.cat(out)
