@@ -235,11 +235,22 @@ def test_update_size_measures_the_layers_asked_for():
     assert all(0 < v < 1 for v in (every, down, last))
 
 
+def test_update_size_measures_the_model_asked_for():
+    tok = zoo.load_tokenizer("tiny-llama")
+    zoo_size = lora_rank.update_size(zoo.load_tokenizer(lora_rank.MODEL_ID), 2, 16, steps=1)
+    tiny = lora_rank.update_size(tok, 2, 16, steps=1, model_id="tiny-llama")
+    assert 0 < tiny < 1 and tiny != pytest.approx(zoo_size)  # another model's layers measured
+
+
 def test_train_point_short(monkeypatch):
     monkeypatch.setitem(peft_methods.TRAIN_ARGS, "lora", {"max_steps": 2, "learning_rate": 3e-3})
     tok = zoo.load_tokenizer(lora_rank.MODEL_ID)
     p = lora_rank.train_point(tok, 2, 4, seed=1, limit=3)
     assert (p.r, p.alpha, p.seed, p.steps, p.scale) == (2, 4, 1, 2, 2.0)
+    tiny = lora_rank.train_point(
+        zoo.load_tokenizer("tiny-llama"), 2, 4, limit=3, model_id="tiny-llama"
+    )
+    assert tiny.steps == 2 and tiny.val_loss != pytest.approx(p.val_loss)  # another model trained
     assert len(p.correct) == 3 and 0 <= p.exact_match <= 1 and p.val_loss > 0 and p.train_loss > 0
 
 

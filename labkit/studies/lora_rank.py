@@ -65,10 +65,17 @@ def _check_rank_alpha(r: Any, alpha: Any) -> None:
 
 
 def train_point(
-    tok, r: int, alpha: int, seed: int = 0, limit: int | None = None, rslora: bool = False
+    tok,
+    r: int,
+    alpha: int,
+    seed: int = 0,
+    limit: int | None = None,
+    rslora: bool = False,
+    *,
+    model_id: str = MODEL_ID,
 ) -> Point:
     """Train LoRA (all linear layers, rank ``r``, ``lora_alpha``; ``rslora``: scale alpha/sqrt(r))
-    from a fresh base and score it.
+    from a fresh base of ``model_id`` (``tok`` must be its tokenizer) and score it.
 
     Training arguments are ``labkit.tuners.peft_methods.TRAIN_ARGS["lora"]`` (same epochs, so the same number of
     steps, for every point); ``seed`` sets the adapter init and the data order. ``limit`` cuts the
@@ -78,7 +85,7 @@ def train_point(
 
     _check_rank_alpha(r, alpha)
     model = peft_methods.attach(
-        MODEL_ID, "lora", seed=seed, r=int(r), lora_alpha=alpha, use_rslora=bool(rslora)
+        model_id, "lora", seed=seed, r=int(r), lora_alpha=alpha, use_rslora=bool(rslora)
     )
     run = finetune.train(
         model, tok, seed=seed, data_seed=seed, disable_tqdm=True, **peft_methods.TRAIN_ARGS["lora"]
@@ -100,7 +107,7 @@ def train_point(
     )
 
 
-def update_size(
+def update_size(  # noqa: PLR0913 (one measurement: its model, rank, scale rule, steps, layers)
     tok,
     r: int,
     alpha: float,
@@ -110,8 +117,10 @@ def update_size(
     *,
     target_modules: str | list[str] = "all-linear",
     layers_to_transform: list[int] | None = None,
+    model_id: str = MODEL_ID,
 ) -> float:
-    """Mean ``|s·B·A| / |W|`` (Frobenius) over the adapted layers after ``steps`` AdamW steps.
+    """Mean ``|s·B·A| / |W|`` (Frobenius) over the adapted layers of ``model_id`` (``tok``: its
+    tokenizer) after ``steps`` AdamW steps.
 
     ``s`` is peft's scaling: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``. The steps
     use the first 16 training examples as one batch, seed 0, so only ``r``, ``alpha``, the
@@ -129,7 +138,7 @@ def update_size(
     if layers_to_transform is not None:
         where["layers_to_transform"] = layers_to_transform
     model = peft_methods.attach(
-        MODEL_ID, "lora", seed=0, r=int(r), lora_alpha=alpha, use_rslora=use_rslora, **where
+        model_id, "lora", seed=0, r=int(r), lora_alpha=alpha, use_rslora=use_rslora, **where
     )
     batch = finetune.ChatCollator(tok.pad_token_id)(
         finetune.chat_features(tok, loaders.load_chat("train")[:16])
