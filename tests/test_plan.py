@@ -208,7 +208,7 @@ def test_cli_json_has_the_plan_and_its_peak(capsys):
     assert got["plan_conditions"] == list(want.conditions)
     code, text = _cli([*argv, "--fit", "24", "--levers", "auto"], capsys)
     assert "plan for 24 GiB (no reserve: --reserve GIB): " + " + ".join(want.levers) in text
-    assert f"time per step {plan.cost_text(want.levers)}" in text and "one round:" in text
+    assert f"time per step {plan.cost_text(want.levers)}" in text and "range over" in text
 
 
 @pytest.mark.parametrize(
@@ -340,8 +340,43 @@ def test_cost_ranges_are_the_records_rounds_and_hold_the_median():
         ratio = entry["ratio"]
         assert got == (ratio["min"] - 1, ratio["max"] - 1)
         assert got[0] <= ratio["median"] - 1 <= got[1]
-        assert f"one round: {got[0]:+.0%}..{got[1]:+.0%}" in plan.cost_text([name])
+        assert plan.cost_range([name]) == pytest.approx(got)
+        rounds = len(entry["ratios"])
+        assert f"range over {rounds} rounds: {got[0]:+.0%}..{got[1]:+.0%}" in plan.cost_text([name])
     assert plan.cost_text(()) == "+0%"
+
+
+def test_a_sets_cost_range_sums_the_levers_round_by_round():
+    """Two levers' extra times are added in the same round (the rounds are interleaved), so the
+    set's range is never wider than the sum of the levers' own ranges, and narrower when their
+    slow rounds differ; an argued figure is added to every round."""
+    record = json.loads(plan.RECORD.read_text())["levers"]
+    pair = ("chunked_loss", "checkpoint_every_2")
+    sums = [a + b - 2 for a, b in zip(*(record[n]["ratios"] for n in pair), strict=True)]
+    low, high = plan.cost_range(pair)
+    assert (low, high) == pytest.approx((min(sums), max(sums)))
+    wide = [sum(plan.COST_RANGES[n][i] for n in pair) for i in (0, 1)]
+    assert wide[0] <= low <= high <= wide[1] and (low, high) != pytest.approx(tuple(wide))
+    with_argued = plan.cost_range([*pair, "offload_activations"])
+    assert with_argued == pytest.approx(
+        (low + plan.COSTS["offload_activations"], high + plan.COSTS["offload_activations"])
+    )
+    assert plan.cost_range(["offload_activations"]) is None
+
+
+def test_a_record_without_per_round_ratios_is_refused_in_one_line(tmp_path):
+    record = json.loads(plan.RECORD.read_text())
+    del record["levers"]["galore"]["ratios"]
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(LabkitError, match="no per-round 'ratios'") as err:
+        plan.load_cost_rounds(path)
+    assert "\n" not in str(err.value)
+    record = json.loads(plan.RECORD.read_text())
+    record["levers"]["galore"]["ratios"] = record["levers"]["galore"]["ratios"][:-1]
+    path.write_text(json.dumps(record))
+    with pytest.raises(LabkitError, match="different numbers of rounds"):
+        plan.load_cost_rounds(path)
 
 
 FULL_05B = {"method": "full", "precision": "bf16-mixed", "batch": 1, "seq": 256}

@@ -24,8 +24,8 @@ stochastically rounded ``StochasticAdamW`` it is alone. "Exact" holds under the
 :data:`CONDITIONS` a lever needs (the optimizer in backward: no gradient clipping, no
 accumulation; a plan names them). Costs add up
 as a model of the time, not a measurement of the combination; the record's rounds spread widely
-(:data:`COST_RANGES`, shown by :func:`cost_text`), so levers whose costs differ by less than that
-spread rank by chance; and a CPU's ratios on a small model are a guide to a GPU's on a large one,
+(:func:`cost_range`: a set's extra times summed round by round, shown by :func:`cost_text`), so
+sets whose costs differ by less than that spread rank by chance; and a CPU's ratios on a small model are a guide to a GPU's on a large one,
 not a measurement of it.
 """
 
@@ -119,12 +119,42 @@ def load_cost_ranges(path: Path = RECORD) -> dict[str, tuple[float, float] | Non
     return out
 
 
+def load_cost_rounds(path: Path = RECORD) -> dict[str, tuple[float, ...] | None]:
+    """Each lever of :data:`LEVERS` -> its extra time in each round of the record (its per-round
+    ratios minus 1, in round order), or None for an argued figure. The rounds are interleaved
+    (round i of every lever ran together), so they line up by index across levers; one line of
+    error when a measured entry lacks them or two levers have different numbers of rounds."""
+    entries = _entries(path)
+    out: dict[str, tuple[float, ...] | None] = {}
+    for n in LEVERS:
+        _cost(n, entries[n], str(path))  # one line of error when the entry is broken
+        if entries[n]["measured"] is not True:
+            out[n] = None
+            continue
+        ratios = entries[n].get("ratios")
+        if not isinstance(ratios, list) or not ratios:
+            raise LabkitError(
+                f"lever {n!r} in {path} has no per-round 'ratios'; re-make it with: {REMAKE}"
+            )
+        out[n] = tuple(float(r) - 1 for r in ratios)
+    counts = {len(r) for r in out.values() if r is not None}
+    if len(counts) > 1:
+        raise LabkitError(
+            f"the levers in {path} have different numbers of rounds {sorted(counts)}; "
+            f"re-make it with: {REMAKE}"
+        )
+    return out
+
+
 #: Extra time per step of each lever, a fraction of the step without it (:func:`load_costs`
 #: of :data:`RECORD`: measured on a CPU, see the module docstring).
 COSTS: dict[str, float] = load_costs()
 #: The smallest and largest extra time of one round of each lever in the record
 #: (:func:`load_cost_ranges`; None: an argued figure).
 COST_RANGES: dict[str, tuple[float, float] | None] = load_cost_ranges()
+#: Each lever's extra time in every round of the record, in round order (:func:`load_cost_rounds`;
+#: None: an argued figure).
+COST_ROUNDS: dict[str, tuple[float, ...] | None] = load_cost_rounds()
 #: Levers whose step is the step without them (within float rounding), under the
 #: :data:`CONDITIONS` they need; the others change the training (8-bit or factored moments, a
 #: low-rank projection, bf16 weights).
@@ -146,18 +176,32 @@ CONDITIONS: dict[str, str] = {
 }
 
 
+def cost_range(names: Any) -> tuple[float, float] | None:
+    """The (smallest, largest) summed extra time of the levers ``names`` over the record's
+    rounds: the measured levers' extra times added round by round (:data:`COST_ROUNDS`, lined up
+    by index), plus each argued figure in every round, then the min and max of those sums; None
+    when none of them is measured."""
+    listed = lever_names(names) if names else ()
+    rounds = [COST_ROUNDS[n] for n in listed if COST_ROUNDS[n] is not None]
+    if not rounds:
+        return None
+    argued = sum(COSTS[n] for n in listed if COST_ROUNDS[n] is None)
+    sums = [sum(r) + argued for r in zip(*rounds, strict=True)]
+    return min(sums), max(sums)
+
+
 def cost_text(names: Any) -> str:
-    """The summed recorded cost of the levers ``names`` with the spread of the record's rounds:
-    ``+3% (one round: -10%..+15%)``; levers with an argued figure are named."""
+    """The summed recorded cost of the levers ``names`` with the range of that sum taken round by
+    round over the record's rounds (:func:`cost_range`): ``+3% (range over 25 rounds:
+    -10%..+15%)``; levers with an argued figure are named."""
     listed = lever_names(names) if names else ()
     median = sum(COSTS[n] for n in listed)
-    ranges = [COST_RANGES[n] for n in listed]
-    measured = [r for r in ranges if r is not None]
     text = f"{median:+.0%}"
-    if measured:
-        low, high = sum(r[0] for r in measured), sum(r[1] for r in measured)
-        text += f" (one round: {low:+.0%}..{high:+.0%})"
-    argued = [n for n, r in zip(listed, ranges, strict=True) if r is None]
+    spread = cost_range(listed)
+    if spread is not None:
+        count = len(next(COST_ROUNDS[n] for n in listed if COST_ROUNDS[n] is not None))
+        text += f" (range over {count} rounds: {spread[0]:+.0%}..{spread[1]:+.0%})"
+    argued = [n for n in listed if COST_ROUNDS[n] is None]
     if argued:
         text += f" ({', '.join(argued)}: an argued figure)"
     return text
