@@ -218,8 +218,11 @@ def test_mixed_batch_matches_each_adapter_alone():
     model = two_adapter_model()
     x = adapters.sample_inputs(model, batch=4)
     names = ["default", "B", adapters.BASE, "B"]
+    for p in model.parameters():  # frozen, as after set_adapter(..., inference_mode=True)
+        p.requires_grad_(False)
     mixed = adapters.mixed_batch_logits(model, x, names)
     alone = adapters.per_adapter_logits(model, x, names)
+    assert not any(p.requires_grad for p in model.parameters())  # no adapter made trainable
     assert adapters.max_logit_diff(mixed, alone) <= 1e-5
     assert model.active_adapters == ["default"]  # restored
     assert adapters.max_logit_diff(mixed[:1], mixed[1:2]) > 1e-3  # rows really differ

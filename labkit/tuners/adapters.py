@@ -502,8 +502,11 @@ def mixed_batch_logits(
 def per_adapter_logits(
     peft_model, inputs: dict[str, torch.Tensor], adapter_names: Sequence[str]
 ) -> torch.Tensor:
-    """The reference for :func:`mixed_batch_logits`: each row run with its adapter set alone."""
+    """The reference for :func:`mixed_batch_logits`: each row run with its adapter set alone.
+    The active adapter and every parameter's ``requires_grad`` are as before afterwards
+    (``set_adapter`` alone would make each adapter it switches to trainable)."""
     previous = list(peft_model.active_adapters)
+    trainable = {name: p.requires_grad for name, p in peft_model.named_parameters()}
     rows = []
     try:
         for i, name in enumerate(adapter_names):
@@ -516,6 +519,8 @@ def per_adapter_logits(
                 rows.append(logits(peft_model, row))
     finally:
         peft_model.set_adapter(previous[0] if len(previous) == 1 else previous)
+        for name, p in peft_model.named_parameters():
+            p.requires_grad_(trainable[name])
     return torch.cat(rows)
 
 
