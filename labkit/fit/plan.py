@@ -25,8 +25,8 @@ stochastically rounded ``StochasticAdamW`` it is alone. "Exact" holds under the
 accumulation; a plan names them). Costs add up
 as a model of the time, not a measurement of the combination; the record's rounds spread widely
 (:func:`cost_range`: a set's extra times summed round by round, shown by :func:`cost_text`), so
-sets whose costs differ by less than that spread rank by chance; and a CPU's ratios on a small model are a guide to a GPU's on a large one,
-not a measurement of it.
+sets whose costs differ by less than that spread rank by chance; and a CPU's ratios on a small
+model are a guide to a GPU's on a large one, not a measurement of it.
 """
 
 from __future__ import annotations
@@ -106,19 +106,6 @@ def load_costs(path: Path = RECORD) -> dict[str, float]:
     return {n: _cost(n, entries[n], str(path)) for n in LEVERS}
 
 
-def load_cost_ranges(path: Path = RECORD) -> dict[str, tuple[float, float] | None]:
-    """Each lever of :data:`LEVERS` -> the (smallest, largest) extra time of one round in the
-    record (its ratio's min and max, minus 1, not floored), or None for an argued figure. The
-    spread is the noise of the timing: two levers whose costs differ by less rank by chance."""
-    entries = _entries(path)
-    out: dict[str, tuple[float, float] | None] = {}
-    for n in LEVERS:
-        _cost(n, entries[n], str(path))  # one line of error when the entry is broken
-        ratio = entries[n].get("ratio") if entries[n]["measured"] is True else None
-        out[n] = None if ratio is None else (ratio["min"] - 1, ratio["max"] - 1)
-    return out
-
-
 def load_cost_rounds(path: Path = RECORD) -> dict[str, tuple[float, ...] | None]:
     """Each lever of :data:`LEVERS` -> its extra time in each round of the record (its per-round
     ratios minus 1, in round order), or None for an argued figure. The rounds are interleaved
@@ -146,15 +133,30 @@ def load_cost_rounds(path: Path = RECORD) -> dict[str, tuple[float, ...] | None]
     return out
 
 
+def _extremes(
+    rounds: dict[str, tuple[float, ...] | None],
+) -> dict[str, tuple[float, float] | None]:
+    """Each lever -> the (smallest, largest) of its per-round extra times, None for an argued
+    figure."""
+    return {n: None if r is None else (min(r), max(r)) for n, r in rounds.items()}
+
+
+def load_cost_ranges(path: Path = RECORD) -> dict[str, tuple[float, float] | None]:
+    """Each lever of :data:`LEVERS` -> the (smallest, largest) extra time of one round in the
+    record (the extremes of :func:`load_cost_rounds`, not floored), or None for an argued figure.
+    The spread is the noise of the timing: two levers whose costs differ by less rank by chance."""
+    return _extremes(load_cost_rounds(path))
+
+
 #: Extra time per step of each lever, a fraction of the step without it (:func:`load_costs`
 #: of :data:`RECORD`: measured on a CPU, see the module docstring).
 COSTS: dict[str, float] = load_costs()
-#: The smallest and largest extra time of one round of each lever in the record
-#: (:func:`load_cost_ranges`; None: an argued figure).
-COST_RANGES: dict[str, tuple[float, float] | None] = load_cost_ranges()
 #: Each lever's extra time in every round of the record, in round order (:func:`load_cost_rounds`;
 #: None: an argued figure).
 COST_ROUNDS: dict[str, tuple[float, ...] | None] = load_cost_rounds()
+#: The smallest and largest extra time of one round of each lever in the record (the extremes
+#: of :data:`COST_ROUNDS`, as :func:`load_cost_ranges` gives them; None: an argued figure).
+COST_RANGES: dict[str, tuple[float, float] | None] = _extremes(COST_ROUNDS)
 #: Levers whose step is the step without them (within float rounding), under the
 #: :data:`CONDITIONS` they need; the others change the training (8-bit or factored moments, a
 #: low-rank projection, bf16 weights).

@@ -158,8 +158,9 @@ def step_peak(settings: Settings):
 def calculate(**settings: Any) -> tuple[Breakdown, str]:
     """The per-GPU breakdown of a job and the verdict "fits / does not fit on N x M GiB" (read
     from the peak of a training step on one GPU or under DDP, from the per-GPU total under ZeRO),
-    naming the AdamW implementation when the peak is read and depends on it, and saying that a GPU's own overheads
-    (CUDA context, allocator; :func:`labkit.memory.peak.gpu_overheads`) are not in it.
+    naming the AdamW implementation when the peak is read and depends on it, and saying that a
+    GPU's own overheads (CUDA context, allocator; :func:`labkit.memory.peak.gpu_overheads`) are
+    not in it.
 
     ``settings``: any of :class:`Settings`' fields (``model``, ``method`` in :data:`METHODS`,
     ``precision`` in :data:`REGIMES`, ``batch``, ``seq``, ``checkpointing``, ``gpus``, ``zero``
@@ -177,7 +178,8 @@ def _verdict(result: Fit, settings: dict[str, Any]) -> str:
     if result.peak is not None:
         s = Settings(**settings)
         mine = step_peak(s).peak
-        if any(step_peak(replace(s, impl=i)).peak != mine for i in peak.IMPLS):
+        others = (i for i in peak.IMPLS if i != s.impl)
+        if any(step_peak(replace(s, impl=i)).peak != mine for i in others):
             regime = f"{settings['impl']} AdamW, "
     return f"{result.verdict} ({regime}before GPU overheads)"
 

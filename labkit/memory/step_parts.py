@@ -25,7 +25,8 @@ from labkit.models import architecture, targets
 
 @dataclass
 class Moment:
-    """One moment of a step (``peak`` lists them, ``lever_peak`` rewrites them): its phase, what happens, and the bytes alive by category."""
+    """One moment of a step (``peak`` lists them, ``lever_peak`` rewrites them): its phase, what
+    happens, and the bytes alive by category."""
 
     phase: str
     label: str
