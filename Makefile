@@ -120,6 +120,8 @@ data: $(STAMP)
 
 # Re-resolve the lock on purpose: the newest versions pyproject.toml's ranges allow, in a throwaway
 # venv (build/lock-venv), torch as LOCK_TORCH says; LOCK_HOLD="pkg==x.y ..." holds packages back.
+# On Linux x86-64 name the CPU build (PyPI's default torch is CUDA's, and its nvidia-* packages
+# would enter the lock: refused): LOCK_TORCH=torch==X.Y.Z+cpu PIP_EXTRA_INDEX_URL=<CPU index>.
 # Then: git diff constraints.txt, make setup, make test, and commit the lock with what it changed.
 LOCK_TORCH ?= $(LOCKED_TORCH)
 LOCK_HOLD ?=
@@ -133,6 +135,10 @@ lock:
 	  echo "# made on: $$(build/lock-venv/bin/python -c 'import platform as p; print("python", p.python_version(), p.system(), p.machine())')"; \
 	  build/lock-venv/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)[+].*/\1/' \
 	) > $(LOCK).new
+	@if grep -qiE '^(nvidia-|triton==)' $(LOCK).new; then \
+	  echo "error: the lock venv got a CUDA torch (nvidia-*/triton in pip freeze); on Linux run make lock LOCK_TORCH=torch==VERSION+cpu PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" >&2; \
+	  rm -f $(LOCK).new; rm -rf build/lock-venv; exit 1; \
+	fi
 	mv $(LOCK).new $(LOCK)
 	rm -rf build/lock-venv
 

@@ -355,6 +355,7 @@ def test_bad_options_are_one_line(kwargs, match):
         peak.training_peak("tiny-llama", **kwargs)
 
 
+@pytest.mark.slow  # a two-rank job
 @pytest.mark.parametrize(("b", "s"), [(1, 8), (4, 128)])
 def test_ddp_peak_is_the_traced_peak_of_a_rank(b, s):
     """Under DDP every rank holds the one-GPU step plus DDP's gradient buckets (one flat copy of
