@@ -275,8 +275,9 @@ def _groups(feeds: dict[str, str]) -> dict[str, list[str]]:
 def smoothquant_foldable(
     model: nn.Module, batch: dict, skip: Iterable[str] = ("lm_head",), rtol: float = 1e-4
 ) -> dict[str, str]:
-    """The linears SmoothQuant can smooth for free, ``{linear: norm}``: those of
-    :func:`norm_fed_linears` whose norm's output reaches nothing else. Tested, one norm at a time:
+    """The linears whose SmoothQuant ``1/s`` folds into their norm for free, ``{linear: norm}``: those
+    of :func:`norm_fed_linears` whose norm's output reaches nothing else (other folds, such as into a
+    preceding linear, are not tested). Tested, one norm at a time:
     scale the norm by random factors in [0.5, 2] and those linears' columns by their inverse;
     the model's output on ``batch`` must not move (beyond ``rtol`` of its largest value). It
     does move in a post-LN model (BERT), where each LayerNorm's output also feeds the residual."""
