@@ -50,7 +50,7 @@ def test_every_precision_is_known_and_nothing_else():
             "bf16-mixed",
             None,
             "nf4",
-            "QLoRA: NF4 base (double quantization) + fp32 adapters, bf16 compute, sized without autocast",
+            "QLoRA: NF4 base (double quantization) + fp32 adapters, bf16 autocast",
         ),
     ],
 )

@@ -126,7 +126,7 @@ def test_lora_defaults_to_a_bf16_base_and_names_its_regime(capsys):
     rc, out, _ = run(capsys, "llama-2-7b", "--method", "qlora", "--json")
     assert (
         json.loads(out)["regime"]
-        == "QLoRA: NF4 base (double quantization) + fp32 adapters, bf16 compute, sized without autocast"
+        == "QLoRA: NF4 base (double quantization) + fp32 adapters, bf16 autocast"
     )
     rc, out, _ = run(capsys, "llama-2-7b", "--precision", "bf16")
     assert "total per GPU (pure bf16)" in out and "2+2+12 = 16 B/param" in out

@@ -218,25 +218,21 @@ class TrainingJob:
 
     @property
     def adapters_autocast(self) -> bool:
-        """LoRA on a 16-bit base under autocast: the adapters' matmuls run in 16 bit."""
-        return (
-            self.method == "lora" and self.precision.mixed and self.weight_dtype in {"bf16", "fp16"}
-        )
+        """LoRA on a 16-bit base, or QLoRA (its NF4 base computes in the 16-bit compute dtype),
+        under autocast: the adapters' matmuls run in 16 bit."""
+        return self.lora and self.precision.mixed and self.weight_dtype in {"bf16", "fp16", "nf4"}
 
     @property
     def regime(self) -> str:
         """The precision regime in words, e.g. "pure bf16", "bf16 autocast with fp32 master
         weights", "LoRA: bf16 base + fp32 adapters, bf16 autocast", "QLoRA: NF4 base (double
         quantization) + fp32 adapters, bf16 compute, no autocast" (the estimator sizes QLoRA's NF4
-        with double quantization, QLoRA's recipe: :func:`labkit.memory.estimator.nf4_bytes`; under
-        a mixed precision it sizes QLoRA's activations without autocast and says so)."""
+        with double quantization, QLoRA's recipe: :func:`labkit.memory.estimator.nf4_bytes`)."""
         p = self.precision
         if not self.lora:
             return f"{p.words} with fp32 master weights" if p.mixed else p.words
         # "pure" would be wrong: the adapters keep their own dtype
         compute = p.words if p.mixed or p.name == "fp32" else f"{p.name} compute, no autocast"
         if self.method == "qlora":  # the NF4 size depends on it: named
-            if p.mixed and not self.adapters_autocast:  # must not say autocast: sized without it
-                compute = f"{p.compute} compute, sized without autocast"
             return f"QLoRA: NF4 base (double quantization) + {self.adapters} adapters, {compute}"
         return f"LoRA: {self.weight_dtype} base + {self.adapters} adapters, {compute}"

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from labkit.dtypes import DTYPE_BYTES
-from labkit.memory import activations, estimator
-from labkit.memory.job import Breakdown, TrainingJob
+from labkit.memory import estimator
+from labkit.memory.job import Breakdown
 from labkit.memory.trace import CATEGORIES  # the trace's categories: one list, re-exported
 from labkit.models import architecture, targets
 
@@ -147,14 +147,6 @@ def _buffers(config: Any, weight_b: int) -> int:
 #: :func:`labkit.memory.estimator.nf4_bytes` counts): the 16-value NF4 code table and the
 #: nested 256-value code table of double quantization (fp32) and the nested offset.
 NF4_TENSOR_CONSTANTS = 16 * 4 + 256 * 4 + 4
-
-
-def _qlora_autocast_activations(s: Any, tj: TrainingJob) -> tuple[dict[str, int], int]:
-    """QLoRA's saved bytes under autocast: its adapters' matmuls run in 16 bit, as on a 16-bit
-    LoRA base under autocast (the NF4 base computes in the compute dtype)."""
-    as_lora = replace(tj, method="lora", base_dtype=tj.precision.compute)
-    acts = activations.job_activation_bytes(s, as_lora)
-    return acts.items, acts.total
 
 
 def _cache(
@@ -303,8 +295,6 @@ def parts(config: Any, b: Breakdown, job: dict[str, Any]) -> Parts:
         stored += NF4_TENSOR_CONSTANTS * len(targets.block_linears(s))
     items = b.details["activation_items"]
     saved_total = b.activations + b.logits
-    if method == "qlora" and mixed and formula:  # adapters compute in 16 bit under autocast
-        items, saved_total = _qlora_autocast_activations(s, tj)
     ids = items.get("input_ids", 0) if formula else (T * 8 if method == "full" else 0)
     recompute = items.get("recompute_one_layer", 0)
     saved = saved_total - recompute - ids
