@@ -42,6 +42,31 @@ def test_sentiment_size_balance_and_noise():
     assert 0.4 < labels[1] / len(splits["train"]) < 0.6
 
 
+def test_every_sentiment_sentence_fills_one_of_the_printed_templates():
+    """SENTIMENT_TEMPLATES (printed in notebook 14) are the ones make_sentiment fills."""
+    import re
+
+    patterns = [
+        re.compile(
+            re.escape(t[0].upper() + t[1:])
+            .replace(re.escape("{s1}"), "(?i:[a-z ]+)")
+            .replace(re.escape("{s2}"), "[a-z ]+")
+            .replace(re.escape("{intensifier}"), "(?:" + "|".join(generator.INTENSIFIERS) + ")")
+            .replace(re.escape("{good}"), "[a-z]+")
+            .replace(re.escape("{bad}"), "[a-z]+")
+        )
+        for t in generator.SENTIMENT_TEMPLATES
+    ]
+    rows = generator.make_sentiment(n=300, seed=5)
+    used = set()
+    for split in rows.values():
+        for row in split:
+            hits = [i for i, p in enumerate(patterns) if p.fullmatch(row["text"])]
+            assert hits, row["text"]
+            used.update(hits)
+    assert used == set(range(len(generator.SENTIMENT_TEMPLATES)))
+
+
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(LabkitError, match="accepted: train, validation, test"):
         loaders.load_chat("dev")

@@ -422,26 +422,30 @@ INTENSIFIERS = ["very", "really", "truly", "quite", "so", "extremely"]
 LABEL_NOISE = 0.05
 
 
+#: The sentiment sentences' templates, one drawn per sentence: ``{good}`` is a word of the label's
+#: polarity, ``{bad}`` one of the other, ``{s1}``/``{s2}`` two subjects, ``{intensifier}`` one of
+#: INTENSIFIERS. Plain (0, 1), negation (2, 5) and contrast (3, 4, 6) sentences.
+SENTIMENT_TEMPLATES = (
+    "{s1} was {good}.",
+    "{s1} was {intensifier} {good}.",
+    "{s1} was not {bad} at all.",
+    "{s1} was {bad}, but {s2} was {good}.",
+    "I thought {s1} would be {bad}, but it was {good}.",
+    "{s1} was far from {bad}.",
+    "Although {s1} was {bad}, {s2} was {intensifier} {good}.",
+)
+
+
 def _sentiment_example(rng: random.Random) -> tuple[str, int]:
     s1, s2 = rng.sample(SUBJECTS, 2)
     pos, neg = rng.choice(POSITIVE), rng.choice(NEGATIVE)
     label = rng.randint(0, 1)
     good, bad = (pos, neg) if label else (neg, pos)
-    kind = rng.randrange(7)
-    if kind == 0:
-        text = f"{s1} was {good}."
-    elif kind == 1:
-        text = f"{s1} was {rng.choice(INTENSIFIERS)} {good}."
-    elif kind == 2:
-        text = f"{s1} was not {bad} at all."
-    elif kind == 3:
-        text = f"{s1} was {bad}, but {s2} was {good}."
-    elif kind == 4:
-        text = f"I thought {s1} would be {bad}, but it was {good}."
-    elif kind == 5:
-        text = f"{s1} was far from {bad}."
-    else:
-        text = f"Although {s1} was {bad}, {s2} was {rng.choice(INTENSIFIERS)} {good}."
+    template = SENTIMENT_TEMPLATES[rng.randrange(len(SENTIMENT_TEMPLATES))]
+    fields = {"s1": s1, "s2": s2, "good": good, "bad": bad}
+    if "{intensifier}" in template:  # drawn only where used: the data stay byte for byte the same
+        fields["intensifier"] = rng.choice(INTENSIFIERS)
+    text = template.format(**fields)
     return text[0].upper() + text[1:], label
 
 
