@@ -383,3 +383,9 @@ def test_gpu_reserve_is_the_upper_ends_of_the_sized_overheads():
     assert sized["allocator reserve"] is None
     want = sized["CUDA context"][1] + sized["cuBLAS/cuBLASLt workspace"][1]
     assert peak.gpu_reserve() == want == 2 * 2**30 + 32 * 2**20
+
+
+def test_h100_visible_is_under_the_cards_80_gib_by_what_torch_never_sees():
+    """torch sees 79.1 GiB of an "80 GB" H100: 0.9 GiB less than its HBM, never more."""
+    assert 79 * 2**30 < peak.H100_VISIBLE < 80 * 2**30
+    assert abs(80 * 2**30 - peak.H100_VISIBLE - 0.9 * 2**30) < 2**20

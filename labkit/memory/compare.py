@@ -307,8 +307,8 @@ def _inference_rows(job: Job, b: Breakdown, acc: dict[str, Any]) -> list[Row]:
     weights16 = rules.rule_weights(P)
     twice = rules.rule_inference_2x(P)
     return [
-        Row(
-            "dry run (measured)",
+        Row(  # labkit's inference figure takes its prefill peak from this same dry run
+            "dry run (labkit's own prefill peak)",
             dry["total"],
             _gib(dry["total"]),
             "weights of the fake model + the prefill's peak of live tensors",

@@ -574,6 +574,12 @@ GPU_OVERHEADS = (
 )
 
 
+H100_VISIBLE: int = int(79.1 * 2**30)
+"""Bytes torch reports as an "80 GB" H100's total capacity, the low end of the 79.1-79.3 GiB
+it shows (``torch.cuda.get_device_properties(0).total_memory``): the rest of the 80 GiB of HBM
+is never visible to torch, so a plan for that card sizes its room from this, not 80 GiB."""
+
+
 def gpu_overheads() -> list[dict[str, Any]]:
     """:data:`GPU_OVERHEADS`: the lines a GPU adds to the peak, each with its source."""
     return [dict(item) for item in GPU_OVERHEADS]
