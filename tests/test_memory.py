@@ -118,6 +118,13 @@ def test_lora_and_qlora_shrink_states_and_activations():
     nf4 = {dq: estimator.weight_bytes("llama-2-7b", "nf4", double_quant=dq) for dq in (True, False)}
     assert nf4[True] < qlora.weights < nf4[False]
     assert "NF4 base (double quantization)" in qlora.details["regime"]
+    # under autocast QLoRA's adapters compute in bf16 as LoRA's on a bf16 base: the same saved
+    # tensors and the same cached bf16 copies of the adapters; without autocast, fp32 copies
+    assert qlora.activations == lora.activations and "bf16 autocast" in qlora.details["regime"]
+    assert qlora.weights - nf4[True] == lora.weights - estimator.weight_bytes("llama-2-7b", "bf16")
+    pure = {m: estimator.training_memory("llama-2-7b", method=m, **{**kw, "precision": "bf16"})
+            for m in ("lora", "qlora")}  # fmt: skip
+    assert pure["qlora"].activations == pure["lora"].activations > qlora.activations
     assert lora.gradients == 4 * 4_194_304 == lora32.gradients
     # a frozen linear keeps no input, but norms, attention and the MLP products still do
     assert full.activations / 2 < lora.activations < full.activations
