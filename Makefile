@@ -24,7 +24,7 @@ PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_s
 NBVAL_DIR := build/nbval
 
 .PHONY: setup venv-spec lock course test quick lint unit nbval nbval-copies lab notebooks \
-	exercises slides live-slides bundle bundle-check browser-check zoo data clean
+	exercises slides bundle bundle-check browser-check zoo data clean
 
 # Re-runs when pyproject.toml or the lock changes: pip then moves every package to the lock.
 $(STAMP): pyproject.toml $(LOCK) | venv-spec

@@ -14,8 +14,8 @@ runs and every failing one is listed).
 
 It runs with no network: under ``unshare -rn`` (a user and network namespace with only loopback)
 where the system allows it, and always with ``HF_HUB_OFFLINE=1``. The model is random, so a check
-whose lesson needs a trained model (a tuned prompt raises exact match) may fail for that reason
-alone; the row says which cell, the notebook says whether that check applies to MODEL_ID.
+whose lesson needs a trained model (a tuned prompt raises exact match) is skipped there with a
+printed reason (the notebooks guard it with ``zoo.DEFAULT_LM``); a failing row names its cell.
 
     python scripts/check_model_id.py                 # every notebook with MODEL_ID (slow)
     python scripts/check_model_id.py 04 05_int8_quantization.ipynb   # some, by number or name
