@@ -31,6 +31,29 @@ def test_weight_bytes_by_dtype_and_nf4_bits():
     )
 
 
+def test_unquantized_share_is_embeddings_norms_and_head():
+    """llama-2-7b: two 32000 x 4096 matrices (embedding, untied head) plus 65 norms of 4096."""
+    P = architecture.count_parameters("llama-2-7b")
+    assert estimator.unquantized_share("llama-2-7b") == pytest.approx(
+        (2 * 32000 * 4096 + 65 * 4096) / P
+    )
+    assert 0.03 < estimator.unquantized_share("llama-2-7b") < 0.05
+
+
+def test_quantized_ratio_keeps_the_rest_in_the_base_dtype():
+    P = architecture.count_parameters("llama-2-7b")
+    rest = estimator.unquantized_share("llama-2-7b") * P
+    in_bf16 = estimator.weight_bytes("llama-2-7b", "int8") / estimator.weight_bytes("llama-2-7b")
+    assert estimator.quantized_ratio("llama-2-7b", "int8", "bf16") == pytest.approx(in_bf16)
+    assert estimator.quantized_ratio("llama-2-7b", "int8", "fp32") == pytest.approx(
+        (estimator.weight_bytes("llama-2-7b", "int8") + 2 * rest) / (4 * P)
+    )
+    assert 0.25 < estimator.quantized_ratio("llama-2-7b", "int8", "fp32") < 0.3
+    assert estimator.quantized_ratio("llama-2-7b", "nf4", "fp32") < 0.2
+    with pytest.raises(LabkitError, match="base dtype"):
+        estimator.quantized_ratio("llama-2-7b", "int8", "int8")
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])  # untied and tied embeddings
 def test_from_pretrained_without_dtype_loads_the_dtype_the_config_names(tmp_path, name):
     """transformers 5 defaults ``from_pretrained`` to ``dtype="auto"``: a checkpoint saved in bf16

@@ -76,11 +76,13 @@ __all__ = [  # what notebooks and other layers read here; sharding's four are re
     "nf4_bytes",
     "optimizer_bytes",
     "optimizer_unsharded_bytes",
+    "quantized_ratio",
     "round_to_nodes",
     "sharded",
     "training_days",
     "training_flops",
     "training_memory",
+    "unquantized_share",
     "weight_bytes",
 ]
 
@@ -143,6 +145,32 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
         else:  # unquantized tensors: the dtype itself, or 16-bit beside int8/nf4 linears
             total += n * (2 if dtype in {"int8", "nf4"} else DTYPE_BYTES[dtype])
     return int(math.ceil(total))
+
+
+def unquantized_share(config: Any) -> float:
+    """Share of the parameters that int8/nf4 loading leaves unquantized: everything outside the
+    block linears (embeddings, norms, the output head; a tied head counts once)."""
+    check_unquantized(config)
+    s = shape_of(config) if is_formula_family(config) else config
+    quantized = {f"{m.name}.weight" for m in block_linears(s)}
+    shapes = param_shapes(s)
+    total = sum(math.prod(shp) for shp in shapes.values())
+    return sum(math.prod(shp) for n, shp in shapes.items() if n not in quantized) / total
+
+
+def quantized_ratio(
+    config: Any, quantized: str = "int8", base: str = "bf16", double_quant: bool = True
+) -> float:
+    """Weight bytes with the block linears in ``quantized`` (int8/nf4, as :func:`weight_bytes`)
+    and everything else kept in ``base``, over the bytes of all weights in ``base``."""
+    choice("quantized dtype", quantized, ("int8", "nf4"))
+    choice("base dtype", base, ("fp32", "bf16", "fp16"))
+    share = unquantized_share(config)
+    full = weight_bytes(config, base)
+    rest = share * full  # the unquantized part in base, which weight_bytes books at 2 bytes
+    return (
+        weight_bytes(config, quantized, double_quant) - rest * 2 / DTYPE_BYTES[base] + rest
+    ) / full
 
 
 def check_unquantized(config: Any) -> None:
