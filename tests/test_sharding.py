@@ -188,3 +188,27 @@ def test_fsdp_gathered_is_the_root_and_three_layers_in_bf16():
     h0 = sum(math.prod(s) for n, s in shapes.items() if ".h.0." in n)
     rest = sum(math.prod(s) for n, s in shapes.items() if ".h." not in n)
     assert sharding.fsdp_gathered(gpt2) == 2 * (rest + 3 * h0)
+
+
+def test_regime_total_gives_notebook_01s_three_regimes():
+    b = estimator.training_memory("llama-3.1-8b", batch=4, seq=2048, checkpointing=True)
+    p = architecture.count_parameters("llama-3.1-8b")
+    s = {k: sharding.sharded(b, 8, k) for k in (*STAGES, "fsdp")}
+    got = {r: {k: sharding.regime_total(b, 8, k, r) for k in STAGES} for r in sharding.REGIMES}
+    assert got["megatron"] == {
+        "ddp": b.total,
+        "zero1": s["zero1"].total,
+        "zero2": None,
+        "zero3": None,
+    }
+    # DeepSpeed's bf16 mode: 2-byte gradients, half of this job's fp32 ones
+    assert got["deepspeed"]["zero2"] == s["zero2"].total - s["zero2"].gradients // 2
+    # plain PyTorch: ZeRO-1 keeps the module's fp32 weights whole, 7/8 of m and v go
+    assert got["pytorch"]["zero1"] - got["pytorch"]["ddp"] == s["zero1"].optimizer - b.optimizer
+    # ZeRO-2 is FSDP's SHARD_GRAD_OP: a whole bf16 copy of every parameter on top of 16/N
+    assert got["pytorch"]["zero2"] == s["fsdp"].total + 2 * p == got["pytorch"]["zero3"] + 2 * p
+    with pytest.raises(LabkitError, match="regime"):
+        sharding.regime_total(b, 8, "zero1", "colossal")
+    fp32 = estimator.training_memory("tiny-llama", precision="fp32", batch=1, seq=8)
+    with pytest.raises(LabkitError, match="no fp32 master copy"):
+        sharding.regime_total(fp32, 8, "zero1", "pytorch")

@@ -42,7 +42,14 @@ from labkit.checks import boolean, choice, number, positive
 from labkit.dtypes import DTYPE_BYTES, DTYPE_NAMES, OPTIMIZERS, PRECISIONS, quantized_bytes
 from labkit.memory.activations import job_activation_bytes, sequence_length
 from labkit.memory.job import Breakdown, OptionError, TrainingJob
-from labkit.memory.sharding import fsdp_gathered, gpus_needed, round_to_nodes, sharded
+from labkit.memory.sharding import (
+    REGIMES,
+    fsdp_gathered,
+    gpus_needed,
+    regime_total,
+    round_to_nodes,
+    sharded,
+)
 from labkit.models.architecture import (
     FORMULA_FAMILIES,
     Shape,
@@ -56,10 +63,11 @@ from labkit.models.architecture import (
 )
 from labkit.models.targets import block_linears, trainable_shapes
 
-__all__ = [  # what notebooks and other layers read here; sharding's four are re-exported:
+__all__ = [  # what notebooks and other layers read here; sharding's six are re-exported:
     # notebooks 01, 03, 15, distributed.parallel and the exercise keys call estimator.sharded etc.
     "OPTIMIZERS",
     "PRECISIONS",
+    "REGIMES",
     "WEIGHT_DTYPES",
     "Breakdown",
     "TrainingJob",
@@ -77,6 +85,7 @@ __all__ = [  # what notebooks and other layers read here; sharding's four are re
     "optimizer_bytes",
     "optimizer_unsharded_bytes",
     "quantized_ratio",
+    "regime_total",
     "round_to_nodes",
     "sharded",
     "training_days",

@@ -91,6 +91,42 @@ def sharded(b: Breakdown, n_gpus: int, strategy: str = "ddp") -> Breakdown:
     )
 
 
+#: The three regimes of notebook 01 §7's table, by who owns the fp32 master copy of the weights:
+#: Megatron-LM's distributed optimizer (bf16 weights, fp32 gradients; a ZeRO-1 only), DeepSpeed's
+#: bf16 mode as the ZeRO paper counts it (bf16 gradients) and plain PyTorch (autocast under DDP,
+#: FSDP with a bf16 ``MixedPrecision`` for stages 2-3).
+REGIMES = ("megatron", "deepspeed", "pytorch")
+
+
+def regime_total(b: Breakdown, n_gpus: int, strategy: str, regime: str) -> int | None:
+    """Per-GPU bytes of ``b`` (a job with an fp32 master copy, e.g. bf16 autocast) over ``n_gpus``
+    at ``strategy`` (``ddp``, ``zero1``-``zero3``) in ``regime`` (:data:`REGIMES`); None where the
+    regime has no such stage (Megatron beyond ZeRO-1). From :func:`sharded`:
+
+    - ``megatron``: :func:`sharded` as it is (the optimizer owns and shards the master copy);
+    - ``deepspeed``: the same with 2-byte gradients, half of the job's fp32 ones;
+    - ``pytorch``: the fp32 weights are the module's, so ZeRO-1 keeps them whole; ZeRO-2 is FSDP's
+      ``SHARD_GRAD_OP``: ``fsdp``'s 16/N plus a whole bf16 copy of every parameter; ZeRO-3 is ``fsdp``.
+
+    What FSDP holds gathered in flight is left out (:func:`fsdp_gathered`).
+    """
+    choice("regime", regime, REGIMES)
+    choice("strategy", strategy, tuple(ZERO_STAGES.values()))
+    if not b.master_weights:
+        raise LabkitError("regime_total: the job has no fp32 master copy (use bf16 autocast)")
+    s = sharded(b, n_gpus, strategy)
+    if regime == "megatron":
+        return s.total if strategy in ("ddp", "zero1") else None
+    if regime == "deepspeed":
+        return s.total - s.gradients // 2
+    if strategy == "zero1":
+        return s.total + b.master_weights - s.master_weights
+    if strategy == "ddp":
+        return s.total
+    fsdp = sharded(b, n_gpus, "fsdp").total
+    return fsdp + 2 * b.trainable_parameters if strategy == "zero2" else fsdp
+
+
 def fsdp_gathered(config: Any, bytes_per_param: int = 2) -> int:
     """Bytes FSDP2's full shard holds unsharded beyond its shards at the peak of a step.
 
