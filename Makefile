@@ -2,8 +2,9 @@
 #   make course   run every notebook headless, write build/ and the report
 #   make test     lint + unit tests + every notebook under nbval, with its exercise solutions
 #                 appended (copies in build/nbval/: each notebook runs once, then its solutions)
-# Both create .venv/ on their first run, at the versions of constraints.txt (torch first, CPU
-# build: see README "GPU, or a torch you already have" and "Versions").
+# Both create .venv/ on their first run, at the versions of constraints.txt (torch first: the lock's
+# version as pip resolves it, which is PyPI's CUDA build on Linux x86-64 unless TORCH_SPEC names a
+# +cpu build: see README "GPU, or a torch you already have" and "Versions").
 
 PYTHON ?= python3
 VENV := .venv
