@@ -8,7 +8,7 @@ import math
 import pytest
 
 from labkit import LabkitError
-from labkit.memory import compare, estimator
+from labkit.memory import compare, estimator, peak
 from labkit.models import architecture, targets
 
 SMALL = {
@@ -25,7 +25,11 @@ def test_rows_and_the_measured_and_accelerate_gaps(kind):
     job = SMALL[kind]
     rows = {r.source: r for r in compare.compare(job)}
     total = compare.labkit_breakdown(job).total
-    assert next(iter(rows)) == "labkit estimate" and rows["labkit estimate"].figure == total
+    assert next(iter(rows)) == compare.SUM_ROW and rows[compare.SUM_ROW].figure == total
+    if kind != "inference":  # the second row: the step's peak, its gap to the sum named
+        p = peak.training_peak(job.model, job.training(), impl="fused").peak
+        assert rows[compare.PEAK_ROW].figure == p and rows[compare.PEAK_ROW].explained() == total
+    assert (compare.PEAK_ROW in rows) == (kind != "inference")
     dry = "dry run (labkit's own prefill peak)" if kind == "inference" else "dry run (measured)"
     for source in (dry, "accelerate estimate-memory"):
         assert rows[source].explained() == total, (source, rows[source].explained() - total)

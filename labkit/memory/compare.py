@@ -32,7 +32,7 @@ from transformers import AutoModel
 import labkit
 from labkit import LabkitError
 from labkit.checks import choice, positive
-from labkit.memory import dryrun, estimator, measure, rules
+from labkit.memory import dryrun, estimator, measure, peak, rules
 from labkit.memory.job import Breakdown, TrainingJob
 from labkit.models import architecture, zoo
 from labkit.models.targets import trainable_shapes
@@ -67,6 +67,11 @@ class Job:
             seq=self.seq,
         )
 
+
+#: The first row's source: labkit's sum of the parts (every gap is measured against it).
+SUM_ROW = "labkit sum of parts"
+#: The training jobs' second row: labkit's peak of one step (fused AdamW).
+PEAK_ROW = "labkit peak (one step, fused AdamW)"
 
 #: The three jobs of notebook 02's comparison, and why each was chosen.
 JOBS = {
@@ -275,9 +280,10 @@ def _gib(nbytes: float) -> str:
 def compare(job: Job | str) -> list[Row]:
     """labkit's figure for ``job`` beside the other calculators', each gap in named components.
 
-    Rows: labkit; the dry-run measurement; accelerate ``estimate-memory``; (training) DeepSpeed
-    ZeRO-2 and ZeRO-3 on one GPU without offload; the rules of thumb in :mod:`labkit.memory.rules`
-    that people apply to the job. For every row ``row.explained() == rows[0].figure``.
+    Rows: labkit's sum of the parts; (training) labkit's peak of one step; the dry-run
+    measurement; accelerate ``estimate-memory``; (training) DeepSpeed ZeRO-2 and ZeRO-3 on one
+    GPU without offload; the rules of thumb in :mod:`labkit.memory.rules` that people apply to
+    the job. For every row ``row.explained() == rows[0].figure``.
     """
     if isinstance(job, str):
         if job not in JOBS:
@@ -287,11 +293,23 @@ def compare(job: Job | str) -> list[Row]:
     counts = b.details["regime"]
     if job.kind == "inference":
         counts = f"{job.dtype} weights, KV cache in {b.details['kv_dtype']}"
-    rows = [Row("labkit estimate", b.total, _gib(b.total), counts)]
+    rows = [Row(SUM_ROW, b.total, _gib(b.total), counts)]
     acc = accelerate_estimate(job.model)
     if job.kind == "inference":
         return rows + _inference_rows(job, b, acc)
-    return rows + _training_rows(job, b, acc)
+    return rows + [_peak_row(job, b)] + _training_rows(job, b, acc)
+
+
+def _peak_row(job: Job, b: Breakdown) -> Row:
+    """labkit's peak of one step (fused AdamW, the Trainer's default), set against the sum."""
+    p = peak.training_peak(job.model, job.training(), impl="fused")
+    return Row(
+        PEAK_ROW,
+        p.peak,
+        _gib(p.peak),
+        f"peak.training_peak, in {p.phase}",
+        {"the step's peak, not the sum of the parts": b.total - p.peak},
+    )
 
 
 def _inference_rows(job: Job, b: Breakdown, acc: dict[str, Any]) -> list[Row]:
@@ -496,9 +514,10 @@ def _rule_rows(job: Job, b: Breakdown, trainable: str) -> list[Row]:
 def table(rows: list[Row], unit: int = GiB) -> str:
     """The rows as a printable table: figure, as printed, gap and its largest components."""
     total = rows[0].figure
-    lines = [f"{'calculator':<44}{'figure':>10}  {'printed by the tool':<42}{'gap to labkit':>14}"]
+    gap = "gap to labkit's sum"
+    lines = [f"{'calculator':<44}{'figure':>10}  {'printed by the tool':<42}{gap:>20}"]
     for r in rows:
         lines.append(
-            f"{r.source:<44}{r.figure / unit:>10.2f}  {r.printed:<42}{(total - r.figure) / unit:>+14.2f}"
+            f"{r.source:<44}{r.figure / unit:>10.2f}  {r.printed:<42}{(total - r.figure) / unit:>+20.2f}"
         )
     return "\n".join(lines)
