@@ -112,7 +112,8 @@ def hp_space(trial, max_epochs: int = 5) -> dict[str, Any]:
     """The search space of notebook 14: every key is a ``TrainingArguments`` field.
 
     ``optim`` is today's name for the optimizer choice (``adamw_torch``; ``adamw_hf`` is gone).
-    ``TrainingArguments``' default, ``adamw_torch_fused``, is the same AdamW with ``fused=True``.
+    ``TrainingArguments``' default, ``adamw_torch_fused`` with torch >= 2.8 (``adamw_torch``
+    before), is the same AdamW with ``fused=True``.
     """
     return {
         "learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
