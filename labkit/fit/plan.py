@@ -133,21 +133,6 @@ def load_cost_rounds(path: Path = RECORD) -> dict[str, tuple[float, ...] | None]
     return out
 
 
-def _extremes(
-    rounds: dict[str, tuple[float, ...] | None],
-) -> dict[str, tuple[float, float] | None]:
-    """Each lever -> the (smallest, largest) of its per-round extra times, None for an argued
-    figure."""
-    return {n: None if r is None else (min(r), max(r)) for n, r in rounds.items()}
-
-
-def load_cost_ranges(path: Path = RECORD) -> dict[str, tuple[float, float] | None]:
-    """Each lever of :data:`LEVERS` -> the (smallest, largest) extra time of one round in the
-    record (the extremes of :func:`load_cost_rounds`, not floored), or None for an argued figure.
-    The spread is the noise of the timing: two levers whose costs differ by less rank by chance."""
-    return _extremes(load_cost_rounds(path))
-
-
 #: Extra time per step of each lever, a fraction of the step without it (:func:`load_costs`
 #: of :data:`RECORD`: measured on a CPU, see the module docstring).
 COSTS: dict[str, float] = load_costs()
@@ -155,8 +140,11 @@ COSTS: dict[str, float] = load_costs()
 #: None: an argued figure).
 COST_ROUNDS: dict[str, tuple[float, ...] | None] = load_cost_rounds()
 #: The smallest and largest extra time of one round of each lever in the record (the extremes
-#: of :data:`COST_ROUNDS`, as :func:`load_cost_ranges` gives them; None: an argued figure).
-COST_RANGES: dict[str, tuple[float, float] | None] = _extremes(COST_ROUNDS)
+#: of :data:`COST_ROUNDS`, not floored; None: an argued figure). The spread is the noise of the
+#: timing: two levers whose costs differ by less rank by chance.
+COST_RANGES: dict[str, tuple[float, float] | None] = {
+    n: None if r is None else (min(r), max(r)) for n, r in COST_ROUNDS.items()
+}
 #: Levers whose step is the step without them (within float rounding), under the
 #: :data:`CONDITIONS` they need; the others change the training (8-bit or factored moments, a
 #: low-rank projection, bf16 weights).
