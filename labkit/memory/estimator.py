@@ -96,6 +96,9 @@ __all__ = [  # what notebooks and other layers read here; sharding's six are re-
 ]
 
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
+#: Bytes per parameter of what int8/nf4 loading leaves unquantized (embeddings, norms, the head):
+#: bitsandbytes keeps it 16-bit.
+UNQUANTIZED_BYTES = 2
 #: bitsandbytes 8-bit optimizers keep 32-bit state for tensors smaller than this (``min_8bit_size``).
 BNB_MIN_8BIT_SIZE = 4096
 BNB_BLOCK = 256
@@ -139,11 +142,9 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
     """
     choice("weight dtype", dtype, (*WEIGHT_DTYPES, "auto"))
     boolean("double_quant", double_quant)
-    check_unquantized(config)
+    s, quantized = _quantized_linears(config)
     if dtype == "auto":
         dtype = loaded_dtype(config)
-    s = shape_of(config) if is_formula_family(config) else config
-    quantized = {f"{m.name}.weight": m.d_out for m in block_linears(s)}
     total = 0.0
     for name, shp in param_shapes(s).items():
         n = math.prod(shp)
@@ -152,16 +153,23 @@ def weight_bytes(config: Any, dtype: str = "bf16", double_quant: bool = True) ->
         elif dtype == "nf4" and name in quantized:
             total += nf4_bytes(n, double_quant)
         else:  # unquantized tensors: the dtype itself, or 16-bit beside int8/nf4 linears
-            total += n * (2 if dtype in {"int8", "nf4"} else DTYPE_BYTES[dtype])
+            total += n * (UNQUANTIZED_BYTES if dtype in {"int8", "nf4"} else DTYPE_BYTES[dtype])
     return int(math.ceil(total))
+
+
+def _quantized_linears(config: Any) -> tuple[Any, dict[str, int]]:
+    """(the config's shape, block-linear weight name -> its output rows): what int8/nf4 loading
+    quantizes, for :func:`weight_bytes` and :func:`unquantized_share`; refuses a quantized
+    checkpoint's config (:func:`check_unquantized`)."""
+    check_unquantized(config)
+    s = shape_of(config) if is_formula_family(config) else config
+    return s, {f"{m.name}.weight": m.d_out for m in block_linears(s)}
 
 
 def unquantized_share(config: Any) -> float:
     """Share of the parameters that int8/nf4 loading leaves unquantized: everything outside the
     block linears (embeddings, norms, the output head; a tied head counts once)."""
-    check_unquantized(config)
-    s = shape_of(config) if is_formula_family(config) else config
-    quantized = {f"{m.name}.weight" for m in block_linears(s)}
+    s, quantized = _quantized_linears(config)
     shapes = param_shapes(s)
     total = sum(math.prod(shp) for shp in shapes.values())
     return sum(math.prod(shp) for n, shp in shapes.items() if n not in quantized) / total
@@ -176,9 +184,11 @@ def quantized_ratio(
     choice("base dtype", base, ("fp32", "bf16", "fp16"))
     share = unquantized_share(config)
     full = weight_bytes(config, base)
-    rest = share * full  # the unquantized part in base, which weight_bytes books at 2 bytes
+    rest = share * full  # the unquantized part in base; weight_bytes books it at UNQUANTIZED_BYTES
     return (
-        weight_bytes(config, quantized, double_quant) - rest * 2 / DTYPE_BYTES[base] + rest
+        weight_bytes(config, quantized, double_quant)
+        - rest * UNQUANTIZED_BYTES / DTYPE_BYTES[base]
+        + rest
     ) / full
 
 
