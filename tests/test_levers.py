@@ -234,3 +234,13 @@ def test_noise_seed_moves_only_pure_bf16s_rounding():
         "pure_bf16", **kw, noise_seed=1
     )
     assert lever_runs.losses("baseline", **kw) == lever_runs.losses("baseline", **kw, noise_seed=1)
+
+
+def test_rounded_away_counts_updates_lost_to_round_to_nearest():
+    w = torch.full((100,), 1.0)  # bf16 spacing above 1.0 is 2**-7
+    assert levers.rounded_away(w, 2**-9) == 1.0  # under half the spacing: lost
+    assert levers.rounded_away(w, 2**-7) == 0.0  # a whole spacing: kept
+    w = torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 0.02
+    assert levers.rounded_away(w, 1e-5) > levers.rounded_away(w, 1e-3)  # small steps lose more
+    with pytest.raises(LabkitError, match="step"):
+        levers.rounded_away(w, 0.0)

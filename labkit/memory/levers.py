@@ -228,6 +228,16 @@ def stochastic_round_(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor
     return target
 
 
+def rounded_away(weights: torch.Tensor, step: float) -> float:
+    """Share of ``weights`` that stay unchanged when an update of size ``step`` is added to their
+    bf16 values and rounded to nearest (``p.copy_``, no stochastic rounding): the updates lost."""
+    if not step > 0:
+        raise LabkitError(f"step must be > 0, got {step}")
+    w = weights.detach().to(torch.bfloat16)
+    after = (w.float() + step).to(torch.bfloat16)
+    return (after == w).float().mean().item()
+
+
 class StochasticAdamW(torch.optim.AdamW):
     """torch's AdamW on pure-bf16 parameters with each update stochastically rounded into bf16:
     the update is computed on an fp32 copy of one parameter at a time, so the memory is pure
