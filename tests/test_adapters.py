@@ -87,7 +87,7 @@ def test_merge_round_trip_on_zoo_llama(tmp_path):
     [
         ({}, "W + (alpha/r)·B·A"),
         ({"use_rslora": True}, "W + (alpha/√r)·B·A"),
-        ({"use_dora": True}, "m·(W+ΔW)/‖W+ΔW‖, ΔW = (alpha/r)·B·A"),
+        ({"use_dora": True}, "m·(W+ΔW)/‖W+ΔW‖ (norm of each output row), ΔW = (alpha/r)·B·A"),
     ],
 )
 def test_merge_summary_names_the_formula_it_checked(options, formula):

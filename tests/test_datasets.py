@@ -89,3 +89,22 @@ def test_chat_rows_shown_finds_the_answer_and_its_pattern():
             loaders.chat_rows_shown(bad)
     with pytest.raises(LabkitError, match="split"):
         loaders.chat_rows_shown(text, "dev")
+
+
+def test_facts_asked_counts_facts_and_wordings():
+    """All 84 held-out questions ask 28 facts, 3 wordings each (notebooks 11-13 print this line);
+    a slice asks facts unevenly and says so; bad input is one clear error."""
+    test = loaders.load_chat("test")
+    assert loaders.facts_asked(test) == (
+        "the 84 held-out questions ask 28 facts, 3 wordings each: "
+        "one fact weighs 0.036 of exact match"
+    )
+    row = test[0]
+    two = [row, dict(row), {**row, "entity": "another"}]
+    assert loaders.facts_asked(two) == (
+        "the 3 held-out questions ask 2 facts, 1-2 wordings each: "
+        "one fact weighs 0.333-0.667 of exact match"
+    )
+    for bad in ([], [{"prompt": "no fact"}], None):
+        with pytest.raises(LabkitError, match="chat rows"):
+            loaders.facts_asked(bad)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,21 @@ def chat_rows_shown(text: str, split: str = "test") -> dict[str, Any]:
     intents = {rows[i]["intent"] for i in answer}
     pattern = [i for i, r in enumerate(rows) if r["intent"] in intents]
     return {"answer": answer, "intents": intents, "pattern": pattern}
+
+
+def facts_asked(rows: list[dict]) -> str:
+    """One line: how many facts the chat ``rows`` (held-out questions) ask, in how many wordings
+    each, and so what one fact weighs of their exact match (a fact is an ``(intent, entity)``)."""
+    if not rows or not all(isinstance(r, dict) and {"intent", "entity"} <= r.keys() for r in rows):
+        raise LabkitError("rows must be a non-empty list of chat rows (load_chat)")
+    per = Counter((r["intent"], r["entity"]) for r in rows)
+    lo, hi, n = min(per.values()), max(per.values()), len(rows)
+    each = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    weight = f"{lo / n:.3f}" if lo == hi else f"{lo / n:.3f}-{hi / n:.3f}"
+    return (
+        f"the {n} held-out questions ask {len(per)} facts, {each} wordings each: "
+        f"one fact weighs {weight} of exact match"
+    )
 
 
 def load_sentiment(split: str = "train") -> list[dict]:

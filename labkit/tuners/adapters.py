@@ -241,11 +241,12 @@ def merged_weight_by_hand(layer, adapter: str = "default") -> torch.Tensor:
 
 def hand_formula(layer, adapter: str = "default") -> str:
     """The formula :func:`merged_weight_by_hand` applies to ``layer``'s ``adapter``, as text:
-    ``W + (alpha/r)·B·A`` (rsLoRA: ``alpha/√r``), DoRA's ``m·(W + ΔW)/‖W + ΔW‖`` around it."""
+    ``W + (alpha/r)·B·A`` (rsLoRA: ``alpha/√r``), DoRA's ``m·(W + ΔW)/‖W + ΔW‖`` around it
+    (the norm taken per output row, as peft's ``get_weight_norm``)."""
     _check_adapter(layer, adapter)
     scale = "alpha/√r" if layer.use_rslora.get(adapter, False) else "alpha/r"
     if adapter in getattr(layer, "lora_magnitude_vector", {}):
-        return f"m·(W+ΔW)/‖W+ΔW‖, ΔW = ({scale})·B·A"
+        return f"m·(W+ΔW)/‖W+ΔW‖ (norm of each output row), ΔW = ({scale})·B·A"
     return f"W + ({scale})·B·A"
 
 
