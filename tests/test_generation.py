@@ -66,3 +66,24 @@ def test_cached_generate_answers_are_plain_generate_with_its_cache(tok):
     assert generation.cached_generate_answers(model, tok, prompts, max_new_tokens=6) == want
     with pytest.raises(LabkitError, match="prompts"):
         generation.cached_generate_answers(model, tok, "Human: Hi\nAssistant:")
+
+
+@pytest.mark.parametrize("method", ["prompt", "p-tuning-mlp", "prefix"])
+def test_prompt_rows_are_what_save_pretrained_writes(method, tmp_path):
+    """The encoder's output on the virtual-token ids is the saved tensor (P-tuning: not the
+    encoder's input embedding); a model without virtual tokens is one clear error."""
+    from safetensors.torch import load_file
+
+    from labkit.tuners import peft_methods
+
+    model = peft_methods.attach("tiny-llama", method)
+    rows = generation.prompt_rows(model)
+    model.save_pretrained(tmp_path)
+    (saved,) = load_file(tmp_path / "adapter_model.safetensors").values()
+    assert torch.equal(rows, saved)
+    assert rows.shape[0] == model.peft_config["default"].num_virtual_tokens
+    if method == "p-tuning-mlp":
+        assert not torch.allclose(rows, model.prompt_encoder["default"].embedding.weight)
+    for bad in (peft_methods.attach("tiny-llama", "lora"), zoo.load_model("tiny-llama"), "p"):
+        with pytest.raises(LabkitError, match="not a prompt-learning model"):
+            generation.prompt_rows(bad)

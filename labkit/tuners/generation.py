@@ -8,7 +8,8 @@ the left). :func:`greedy_answers` is that one way. It lives in the tuners layer 
 (this layer) generates too, and because the rule it applies is a PEFT fact: prompt-learning
 methods must generate with ``use_cache=False`` (with peft 0.21 + transformers 5 the cache silently
 drops a prefix-tuning prefix, and prompt tuning / P-tuning drift from greedy decoding of the
-model's own forward pass after the first token).
+model's own forward pass after the first token). :func:`prompt_rows` gives the virtual-token rows
+such a model puts in front of its inputs (notebooks 09 and 12 compare them with the saved file).
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ def is_prompt_learning(model) -> bool:
     """Prompt tuning, P-tuning or prefix tuning: methods that add virtual tokens."""
     config = getattr(model, "active_peft_config", None)
     return bool(getattr(config, "is_prompt_learning", False))
+
+
+def prompt_rows(model) -> torch.Tensor:
+    """The virtual-token rows a prompt-learning ``model`` puts in front of every input: its prompt
+    encoder's output on the virtual-token ids, what ``save_pretrained`` writes (P-tuning: the
+    MLP/LSTM's output, not the encoder)."""
+    if not is_prompt_learning(model):
+        raise labkit.LabkitError(
+            f"{type(model).__name__} is not a prompt-learning model; accepted: prompt, P- or "
+            "prefix tuning, e.g. peft_methods.attach(model_id, 'p-tuning-mlp')"
+        )
+    encoder = model.prompt_encoder[model.active_adapter]
+    with torch.no_grad():
+        return encoder(torch.arange(encoder.embedding.num_embeddings))
 
 
 def first_line(text: str) -> str:
