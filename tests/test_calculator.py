@@ -72,6 +72,21 @@ def test_figure_names_the_verdict():
     plt.close(fig)
 
 
+def test_adapters_names_the_rank_and_the_targets_the_job_trains():
+    assert calculator.adapters() == "LoRA r=8 on q_proj, v_proj"  # the defaults: Llama, peft's q, v
+    assert calculator.adapters(model="gpt2", method="qlora") == "LoRA r=8 on c_attn"
+    assert calculator.adapters(method="full") == calculator.adapters(method="inference") == ""
+    with pytest.raises(LabkitError, match="unknown method 'x'; accepted: full, lora"):
+        calculator.adapters(method="x")
+    with pytest.raises(LabkitError, match="unknown calculator setting 'rank'"):
+        calculator.adapters(rank=4)
+    import matplotlib.pyplot as plt
+
+    fig = calculator.figure()  # the title says which adapters the bars count
+    assert "LoRA r=8 on q_proj, v_proj, batch 4 x 2048" in fig.axes[0].get_title()
+    plt.close(fig)
+
+
 def test_figure_draws_the_card_less_the_reserve():
     import matplotlib.pyplot as plt
 

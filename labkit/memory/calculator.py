@@ -19,6 +19,8 @@ from labkit import LabkitError
 from labkit.checks import choice, positive
 from labkit.memory import estimator, peak, sharding
 from labkit.memory.job import Breakdown, TrainingJob
+from labkit.models.targets import lora_modules
+from labkit.models.zoo import load_config
 
 GiB = 2**30
 
@@ -184,14 +186,32 @@ def _verdict(result: Fit, settings: dict[str, Any]) -> str:
     return f"{result.verdict} ({regime}before GPU overheads)"
 
 
-def _fit(settings: dict[str, Any]) -> Fit:
+def _settings(settings: dict[str, Any]) -> Settings:
     names = [f.name for f in fields(Settings)]
     for name in settings:
         if name not in names:
             raise labkit.unknown("calculator setting", name, names)
-    s = Settings(**settings)
+    return Settings(**settings)
+
+
+def _fit(settings: dict[str, Any]) -> Fit:
+    s = _settings(settings)
     choice("AdamW implementation", s.impl, peak.IMPLS)
     return fit(breakdown(s), gpus=s.gpus, zero=s.zero, gpu_gib=s.gpu_gib, peak=step_peak(s))
+
+
+def adapters(**settings: Any) -> str:
+    """What a LoRA or QLoRA job of the calculator adds to its model, for the figure's title:
+    "LoRA r=8 on q_proj, v_proj" (the job's own rank and peft's default targets for the model,
+    which the calculator does not let you change); "" for full fine-tuning and inference."""
+    s = _settings(settings)
+    choice("method", s.method, METHODS)
+    if s.method not in {"lora", "qlora"}:
+        return ""
+    job = _job(s)
+    found = lora_modules(load_config(s.model), job.lora_targets)
+    names = dict.fromkeys(m.name.rsplit(".", 1)[-1] for m in found)  # in the model's order
+    return f"LoRA r={job.lora_r} on {', '.join(names)}"
 
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "transient")
@@ -258,6 +278,8 @@ def figure(**settings: Any):
         )
         left = max(left, x)
     shape = f"batch {args['batch']} x {args['seq']}"
+    if adapters(**settings):
+        shape = f"{adapters(**settings)}, {shape}"
     if args["method"] != "inference":  # checkpointing is a training setting
         shape += ", checkpointing" if args["checkpointing"] else ", no checkpointing"
     ax.set(
