@@ -244,3 +244,21 @@ def test_rounded_away_counts_updates_lost_to_round_to_nearest():
     assert levers.rounded_away(w, 1e-5) > levers.rounded_away(w, 1e-3)  # small steps lose more
     with pytest.raises(LabkitError, match="step"):
         levers.rounded_away(w, 0.0)
+
+
+def test_galore_parts_sum_to_the_state_and_split_it():
+    from labkit.memory import lever_peak
+
+    shapes = {
+        "model.embed_tokens.weight": (10, 6),
+        "model.layers.0.mlp.up_proj.weight": (8, 6),
+        "model.layers.0.input_layernorm.weight": (6,),
+    }
+    parts = lever_peak.galore_parts(shapes, 2, 4)
+    assert parts == {
+        "moments": 2 * 2 * 8 * 4,  # two moments, rank x the longer side
+        "projections": 6 * 6 * 4,  # fp32: the whole min(m, n)^2 SVD factor
+        "unprojected": 2 * (60 + 6) * 4,  # AdamW's two moments of the rest
+    }
+    assert sum(parts.values()) == lever_peak.galore_state(shapes, 2, 4)
+    assert lever_peak.galore_parts(shapes, 2, 2)["projections"] == 2 * 6 * 2  # 16 bit: r x min

@@ -85,22 +85,30 @@ def _is_projected(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and re.search(r"\.(layers|h)\.\d+\.", name) is not None
 
 
+def galore_parts(shapes: dict[str, tuple[int, ...]], rank: int, state_b: int) -> dict[str, int]:
+    """:func:`galore_state`'s bytes by part: ``moments`` (the two moments of each 2-D block
+    weight's projected gradient, rank × the longer side each), ``projections`` (the projection
+    matrices: in fp32 a view that keeps the whole SVD factor, min(m, n)² values; in 16 bit a
+    rank × min(m, n) copy) and ``unprojected`` (AdamW's two moments of every other parameter:
+    embeddings, head, norms)."""
+    parts = {"moments": 0, "projections": 0, "unprojected": 0}
+    for name, shp in shapes.items():
+        if _is_projected(name, shp):
+            short, long_ = min(shp), max(shp)
+            r = min(rank, short)
+            parts["moments"] += 2 * r * long_ * state_b
+            parts["projections"] += (short * short if state_b == 4 else r * short) * state_b
+        else:
+            parts["unprojected"] += 2 * math.prod(shp) * state_b
+    return parts
+
+
 def galore_state(shapes: dict[str, tuple[int, ...]], rank: int, state_b: int) -> int:
     """Bytes of galore-torch 1.0's ``GaLoreAdamW`` state: per 2-D block weight (m, n) two moments
     of the projected gradient (rank × the longer side) and the projection matrix (a view of the
     SVD factor it was cut from: min(m, n)² values in fp32, a rank × min(m, n) copy in 16 bit);
-    every other parameter AdamW's two moments, no step tensor."""
-    total = 0
-    for name, shp in shapes.items():
-        n = math.prod(shp)
-        if _is_projected(name, shp):
-            short, long_ = min(shp), max(shp)
-            r = min(rank, short)
-            ortho = short * short if state_b == 4 else r * short
-            total += (2 * r * long_ + ortho) * state_b
-        else:
-            total += 2 * n * state_b
-    return total
+    every other parameter AdamW's two moments, no step tensor (:func:`galore_parts` by part)."""
+    return sum(galore_parts(shapes, rank, state_b).values())
 
 
 def _galore_temp(shapes: dict[str, tuple[int, ...]], rank: int, state_b: int) -> int:
