@@ -1,7 +1,12 @@
 """labkit: the tested, reusable code behind the course notebooks.
 
-Modules are named after course topics (``zoo``, ``hardware``, ``memory``, ``quant``...).
-Import the module you need; nothing heavy is imported here.
+Subpackages by course topic, in layers from top to bottom (``|``: siblings that do not import
+each other; docs/architecture.md maps every module): ``course`` (runs notebooks, exercises,
+slides, the bundle); ``studies`` | ``fit``; ``training`` | ``distributed`` | ``inference``;
+``tuners``; ``memory`` | ``quant``; ``data``; ``models`` (``models.zoo``: the offline model zoo);
+then the modules ``hardware`` | ``cli`` | ``dtypes`` and ``checks`` | ``compat`` | ``files``. A
+module imports only from layers below its own (``lint-imports``). Import the module you need
+(``from labkit.memory import estimator``); nothing heavy is imported here.
 """
 
 from collections.abc import Iterable

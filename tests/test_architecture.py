@@ -25,17 +25,25 @@ def test_parameter_count_and_shapes_equal_the_real_model(name):
     assert architecture.count_parameters(config) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("llama-2-7b", 6_738_415_616),
-        ("llama-3.1-8b", 8_030_261_248),
-        ("mistral-7b", 7_241_732_096),
-        ("gpt2", 124_439_808),
-    ],
-)
-def test_parameter_counts_match_facts(name, expected):
-    assert architecture.count_parameters(name) == expected
+#: Every catalog config's published parameter total (docs/formulas.md section 1). BLOOM's model
+#: cards give the exact count; Qwen2.5's round theirs to 0.49B and 7.61B.
+PUBLISHED_COUNTS = {
+    "llama-2-7b": 6_738_415_616,
+    "llama-3.1-8b": 8_030_261_248,
+    "mistral-7b": 7_241_732_096,
+    "gpt2": 124_439_808,
+    "bloom-560m": 559_214_592,
+    "bloom-1b1": 1_065_314_304,
+    "bloom-1b7": 1_722_408_960,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-7b": 7_615_616_512,
+}
+
+
+@pytest.mark.parametrize("name", zoo.catalog_names())
+def test_parameter_counts_match_facts(name):
+    assert name in PUBLISHED_COUNTS, f"{name}: add its published total here and to formulas.md"
+    assert architecture.count_parameters(name) == PUBLISHED_COUNTS[name]
 
 
 def test_default_lora_targets_are_peft_s():

@@ -17,6 +17,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from labkit import LabkitError
 from labkit.course import bundle
@@ -25,6 +26,17 @@ from labkit.course import bundle
 def test_requirements_are_pyprojects_with_the_test_extra():
     reqs = bundle.requirements()
     assert any(r.startswith("torch") for r in reqs) and any(r.startswith("nbval") for r in reqs)
+
+
+def test_build_requirements_are_pyprojects_build_system(tmp_path):
+    """The wheelhouse gets the backend pyproject.toml names, one that reads its PEP 639 licence."""
+    reqs = bundle.build_requirements()
+    assert [r.split(">")[0] for r in reqs] == ["setuptools"]
+    assert SpecifierSet(reqs[0].removeprefix("setuptools")).contains("77.0.3")
+    assert not SpecifierSet(reqs[0].removeprefix("setuptools")).contains("76.1")
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text('[build-system]\nrequires = ["flit_core>=3.9"]\n')
+    assert bundle.build_requirements(toml) == ["flit_core>=3.9"]
 
 
 def test_archive_holds_the_tracked_files_with_models_and_data(tmp_path):

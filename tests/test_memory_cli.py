@@ -107,6 +107,24 @@ def test_module_entry_point_exit_status():
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_infer_with_a_card_prints_no_deprecation_line():
+    """The command README and notebook 17 advertise: its prefill dry run reads the KV cache by
+    transformers 5.24's name (`cache`), so no "`past_key_values`/`cache_params` are deprecated"
+    line reaches the terminal (it did while the old name was read as a fallback)."""
+    argv = ["estimate", "llama-3.1-8b", "--mode", "infer", "--card", "h100-sxm"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "H100 SXM" in proc.stdout
+    noise = [line for line in proc.stderr.splitlines() if "deprecated" in line.lower()]
+    assert not noise, noise
+
+
 def test_lora_defaults_to_a_bf16_base_and_names_its_regime(capsys):
     """Practice loads LoRA's frozen base in 16 bit; the fp32-base figure stays behind a flag."""
     rc, out, _ = run(capsys, "llama-2-7b", "--method", "lora", "--json")

@@ -43,8 +43,6 @@ BUNDLE_DIR = REPO_ROOT / "build" / "bundle"
 #: The file ``--check`` leaves in the folder it makes: only such a folder is ever removed.
 CHECK_MARK = ".labkit-bundle-check"
 TORCH_SPEC = locked_torch_spec()
-#: What an editable install (``pip install -e``) builds with, offline.
-BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
 
 INSTALL = """# Installing the course with no network
 
@@ -66,6 +64,15 @@ def requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
     """The project's requirements with its test extra (what ``make setup`` installs)."""
     project = tomllib.loads(pyproject.read_text())["project"]
     return list(project["dependencies"]) + list(project["optional-dependencies"]["test"])
+
+
+def build_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
+    """What the editable install (``pip install -e``) builds with: ``[build-system] requires``.
+
+    pip installs it into a temporary build environment that the lock does not reach, so the
+    wheelhouse must hold a version inside this range (setuptools 70.1+ needs no ``wheel``).
+    """
+    return list(tomllib.loads(pyproject.read_text())["build-system"]["requires"])
 
 
 def tracked_files(repo: Path = REPO_ROOT) -> list[str]:
@@ -122,9 +129,8 @@ def fill_wheelhouse(wheelhouse: Path, torch_spec: str = TORCH_SPEC) -> int:
     torch = [] if torch_spec == "none" else [torch_spec]
     # one resolve through the lock, so the wheels are the versions `make setup` installs
     lock = ["-c", str(LOCK_FILE)]
-    _pip(
-        "download", "-q", "-d", str(wheelhouse), *lock, *torch, *BUILD_REQUIREMENTS, *requirements()
-    )
+    backend = build_requirements()
+    _pip("download", "-q", "-d", str(wheelhouse), *lock, *torch, *backend, *requirements())
     sdists = [p.name for p in wheelhouse.iterdir() if not p.name.endswith(".whl")]
     if sdists:  # an sdist would need its build tools on the offline machine
         _pip(

@@ -263,7 +263,9 @@ def _prefill(model, ids: torch.Tensor) -> tuple[int, int, int]:
     tracker.before |= {measure.storage_key(t) for t in model.buffers()}
     with torch.no_grad(), fake_inputs_context(), tracker:
         out = model(input_ids=ids, use_cache=True)
-        kv = cache_bytes(out.get("cache", out.get("past_key_values")))
+        # never read the old name while `cache` is there: reading it logs transformers 5.24's
+        # "`past_key_values`/`cache_params` are deprecated" (a default argument is evaluated)
+        kv = cache_bytes(out["cache"] if "cache" in out else out.get("past_key_values"))
         logits = out.logits.untyped_storage().nbytes()
         del out
     return tracker.peak, kv, logits

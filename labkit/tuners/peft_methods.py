@@ -468,7 +468,7 @@ def greedy_answers(
                 break
             if cached:  # one new position over everything already in the cache
                 mask = torch.cat([mask, mask[:, :1]], dim=1)
-                cache = out.past_key_values
+                cache = out.cache
                 out = decoder(
                     input_ids=nxt[:, None], attention_mask=mask, cache=cache, use_cache=True
                 )
