@@ -1,6 +1,7 @@
 """labkit.tuners.peft_methods: the formula count equals peft's own count; discovery helpers; configs."""
 
 import copy
+import logging
 import warnings
 
 import pytest
@@ -314,6 +315,36 @@ def test_greedy_answers_is_the_forward_pass_and_generate_is_not_for_prefix(metho
     if method not in ("full", "lora"):  # the virtual tokens change answers: dropping them fails
         plain = peft_methods.greedy_answers(model.get_base_model(), tok, prompts)
         assert plain != greedy
+
+
+@pytest.mark.parametrize("method", ["full", "prompt", "prefix"])
+def test_cached_greedy_answers_logs_no_deprecation(method, caplog):
+    """``greedy_answers(cached=True)`` reads the step's cache as ``out.cache``: transformers 5's
+    ``out.past_key_values`` logs "`past_key_values`/`cache_params` are deprecated" (a logger
+    warning, not a Python warning). The logger is set to WARNING and its once-only cache cleared,
+    so the test fails if the deprecated name comes back; reading it here shows the capture works."""
+    from transformers.utils import logging as hf_logging
+
+    tok = zoo.load_tokenizer("zoo-llama")
+    model = peft_methods.attach("zoo-llama", method)
+    prompt = "Human: Where does the fox live?\nAssistant:"
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_propagation()  # so pytest's caplog (a root handler) sees the records
+    try:
+        hf_logging.warning_once.cache_clear()
+        with caplog.at_level(logging.WARNING, logger="transformers"):
+            peft_methods.greedy_answers(model, tok, [prompt], 3, cached=True)
+        assert not [r for r in caplog.records if "deprecated" in r.getMessage()], caplog.text
+        hf_logging.warning_once.cache_clear()
+        with caplog.at_level(logging.WARNING, logger="transformers"):  # the capture sees it
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            _ = base(input_ids=ids, use_cache=True).past_key_values
+        assert any("deprecated" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        hf_logging.disable_propagation()
+        hf_logging.set_verbosity(before)
 
 
 def test_generate_trace_shows_the_cache_name_peft_and_transformers_disagree_on():

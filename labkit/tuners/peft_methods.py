@@ -468,9 +468,8 @@ def greedy_answers(
                 break
             if cached:  # one new position over everything already in the cache
                 mask = torch.cat([mask, mask[:, :1]], dim=1)
-                cache = out.cache
-                out = decoder(
-                    input_ids=nxt[:, None], attention_mask=mask, cache=cache, use_cache=True
+                out = decoder(  # ``out.cache``: ``out.past_key_values`` logs a deprecation
+                    input_ids=nxt[:, None], attention_mask=mask, cache=out.cache, use_cache=True
                 )
         for row, i in zip(ids[:, length:], idx, strict=True):
             text = tokenizer.decode(row, skip_special_tokens=True)
