@@ -34,7 +34,9 @@ def test_the_verdict_names_the_adamw_implementation_and_leaves_out_gpu_overheads
     assert "in optimizer" in foreach and foreach.endswith("(foreach AdamW, before GPU overheads)")
     assert "in backward" in fused and fused.endswith("(fused AdamW, before GPU overheads)")
     _, z3 = calculator.calculate(**job, gpus=8, zero=3)  # a per-GPU total: no implementation
-    assert "AdamW" not in z3 and z3.endswith("GiB per GPU (41%) (before GPU overheads)")
+    assert "AdamW" not in z3 and z3.endswith(
+        "GiB per GPU (a sum of the sharded parts, not a peak) (41%) (before GPU overheads)"
+    )
     with pytest.raises(LabkitError, match="AdamW implementation"):
         calculator.calculate(impl="apex")
 
@@ -154,7 +156,8 @@ def test_fit_says_how_many_gpus_and_never_zero():
     b = estimator.training_memory("llama-3.1-8b", batch=4, seq=2048, checkpointing=True)
     f = calculator.fit(b, gpus=1, zero=0, gpu_gib=80)
     assert not f.fits and f.gpus_needed == 3 and f.strategy == "ddp"
-    assert f.verdict == f"does not fit on 1 x 80 GiB: {b.total / 2**30:.1f} GiB per GPU needed"
+    sum_of_parts = "GiB per GPU (a sum of the sharded parts, not a peak)"
+    assert f.verdict == f"does not fit on 1 x 80 GiB: {b.total / 2**30:.1f} {sum_of_parts} needed"
     on3 = calculator.fit(b, gpus=3, zero=3, gpu_gib=80)
     assert on3.fits and on3.per_gpu.total == estimator.sharded(b, 3, "zero3").total
     huge = estimator.training_memory("llama-3.1-8b", batch=10**6, seq=2048)

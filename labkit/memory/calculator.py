@@ -55,13 +55,14 @@ class Fit:
     @property
     def verdict(self) -> str:
         """ "fits on 1 x 24 GiB: peak 20.1 GiB in backward (84%)" (the peak when known, else
-        "32.5 GiB per GPU") or "does not fit on ... needed"."""
+        "32.5 GiB per GPU (a sum of the sharded parts, not a peak)") or "does not fit on ...
+        needed"."""
         need, budget = self.needed, self.gpu_gib * GiB
         where = f"{self.gpus} x {self.gpu_gib:g} GiB"
         what = (
             f"peak {need / GiB:.1f} GiB in {self.peak.phase}"
             if self.peak is not None
-            else f"{need / GiB:.1f} GiB per GPU"
+            else f"{need / GiB:.1f} GiB per GPU (a sum of the sharded parts, not a peak)"
         )
         if self.fits:
             return f"fits on {where}: {what} ({need / budget:.0%})"
