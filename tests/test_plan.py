@@ -42,7 +42,7 @@ def test_the_plan_is_the_cheapest_that_fits(config, gib, job):
             if plan._order(combo, plan.COSTS) >= plan._order(p.levers, plan.COSTS):
                 continue
             extra = plan._combined(combo)
-            if extra is None:
+            if extra is None or not plan.trains(combo, **job):
                 continue
             try:
                 got = peak.training_peak(config, **{**job, **extra}).peak
@@ -481,3 +481,35 @@ def test_accumulation_is_none_when_micro_batch_1_does_not_fit_and_checks_the_bat
     assert plan.accumulation("llama-3.1-8b", 16, **LORA_8B) is None
     with pytest.raises(LabkitError, match="batch must be"):
         plan.accumulation("qwen2.5-0.5b", 24, batch=0)
+
+
+FULL_8B = {"method": "full", "precision": "bf16-mixed", "batch": 1, "seq": 2048}
+
+
+def test_trains_rejects_pure_bf16_rounded_to_nearest():
+    assert plan.trains("pure_bf16") and plan.trains(()) and plan.trains("adafactor,checkpointing")
+    for other in sorted(plan.ROUNDED_TO_NEAREST):
+        assert not plan.trains(["pure_bf16", other]), other
+    assert not plan.trains("pure_bf16", optimizer="adafactor")  # the job's own optimizer
+    assert plan.trains("pure_bf16", optimizer="adamw")
+
+
+def test_the_planner_never_picks_pure_bf16_rounded_to_nearest():
+    # only a set with pure_bf16 + adafactor fits the 8B full fine-tune on 24 GiB less 2 GiB:
+    # the planner says nothing (that trains) fits, and names the set it left out
+    with pytest.raises(plan.NoPlan) as err:
+        plan.plan("llama-3.1-8b", 24, reserve=2 * GIB, **FULL_8B)
+    assert err.value.left_out, str(err.value)
+    for s, at in err.value.left_out.items():
+        assert not plan.trains(s) and at <= 22 * GIB
+        assert plan.levers_text(s) in str(err.value)
+    assert str(err.value).startswith("nothing that trains fits 24 GiB")
+    assert all(plan.trains(s) for s in err.value.reached)
+    # the 80 GiB card: a plan, and neither it nor its runner-up rounds bf16 to nearest
+    p = plan.plan("llama-3.1-8b", 80, reserve=2 * GIB, **FULL_8B)
+    assert plan.trains(p.levers) and plan.trains(p.runner_up or ())
+    # allowed only the left-out set's levers, the planner still finds nothing that trains
+    gone = next(iter(err.value.left_out))
+    with pytest.raises(plan.NoPlan) as again:
+        plan.plan("llama-3.1-8b", 24, levers=gone, reserve=2 * GIB, **FULL_8B)
+    assert gone in again.value.left_out

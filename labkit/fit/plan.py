@@ -18,9 +18,11 @@ predictions, instant for the formula families), keeps those that fit, and return
 changes the training least (the fewest levers that do not keep the step exact: 8-bit or
 factored moments, GaLore, pure bf16), then the one with the smallest summed time cost, then the
 fewest levers. So an exact plan is preferred to a cheaper one that changes the training; pass
-``levers=`` to allow only some. ``pure_bf16`` beside ``adafactor`` is bf16 storage rounded to
-nearest (transformers' Adafactor writes its fp32 update back with ``copy_``), not the
-stochastically rounded ``StochasticAdamW`` it is alone. "Exact" holds under the
+``levers=`` to allow only some. ``pure_bf16`` is trained only by labkit's stochastically rounded
+``StochasticAdamW``: beside another optimizer (:data:`ROUNDED_TO_NEAREST`: transformers' Adafactor
+writes its fp32 update back with ``copy_``) the bf16 weights are rounded to nearest, which loses
+most updates at fine-tuning learning rates (notebook 18 §2), so the planner never picks such a set
+(:func:`trains`); a no-fit error names the cheapest one that would have fit. "Exact" holds under the
 :data:`CONDITIONS` a lever needs (the optimizer in backward: no gradient clipping, no
 accumulation; a plan names them). Costs add up
 as a model of the time, not a measurement of the combination; the record's rounds spread widely
@@ -166,6 +168,23 @@ CONDITIONS: dict[str, str] = {
 }
 
 
+#: Optimizer levers that write bf16 weights back rounded to nearest: with ``pure_bf16`` an update
+#: smaller than half a bf16 step is lost, most of them at fine-tuning learning rates (notebook 18
+#: §2 measures it), so the planner leaves such a set out (:func:`trains`).
+ROUNDED_TO_NEAREST = frozenset({"adafactor", "adamw8bit", "galore"})
+
+
+def trains(names: Any, **options: Any) -> bool:
+    """Whether the levers ``names`` (as :func:`lever_names` takes them) on the job ``options``
+    keep a trainable update: False for ``pure_bf16`` beside a :data:`ROUNDED_TO_NEAREST` lever or
+    a job whose own optimizer is not AdamW (only ``StochasticAdamW`` rounds bf16 stochastically)."""
+    listed = set(lever_names(names)) if names else set()
+    if "pure_bf16" not in listed:
+        return True
+    own = options.get("optimizer", "adamw") != "adamw" or bool(options.get("galore_rank"))
+    return not (listed & ROUNDED_TO_NEAREST or own)
+
+
 def cost_range(names: Any) -> tuple[float, float] | None:
     """The (smallest, largest) summed extra time of the levers ``names`` over the record's
     rounds: the measured levers' extra times added round by round (:data:`COST_ROUNDS`, lined up
@@ -218,13 +237,21 @@ class Plan:
 
 class NoPlan(LabkitError):
     """Nothing fits: the one-line error, with ``reached`` (each set of levers tried -> its
-    predicted peak, bytes; ``()`` is the job without levers) and ``room`` (the bytes the step may
-    use) for a caller that shows more than the line."""
+    predicted peak, bytes; ``()`` is the job without levers), ``room`` (the bytes the step may
+    use) and ``left_out`` (each set that fits but does not train, :func:`trains` -> its peak) for
+    a caller that shows more than the line."""
 
-    def __init__(self, message: str, reached: dict[tuple[str, ...], int], room: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        reached: dict[tuple[str, ...], int],
+        room: int,
+        left_out: dict[tuple[str, ...], int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.reached = reached
         self.room = room
+        self.left_out = left_out or {}
 
 
 def _combined(names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -317,8 +344,8 @@ def plan(
     **options: Any,
 ) -> Plan:
     """The cheapest set of levers with which the peak of the job (``options``: those of
-    :func:`labkit.memory.peak.training_peak`) fits ``gib`` GiB less ``reserve`` bytes.
-    ``levers``: ``"auto"`` (all of :data:`LEVERS`) or the names allowed; ``costs``: each lever's
+    :func:`labkit.memory.peak.training_peak`) fits ``gib`` GiB less ``reserve`` bytes, among the
+    sets that train (:func:`trains`: never ``pure_bf16`` rounded to nearest). ``levers``: ``"auto"`` (all of :data:`LEVERS`) or the names allowed; ``costs``: each lever's
     time cost (default :data:`COSTS`). One line of error when no set fits (:class:`NoPlan`, which
     carries every set's peak)."""
     costs = {**COSTS, **(costs or {})}
@@ -333,9 +360,19 @@ def plan(
     reached: dict[tuple[str, ...], int] = {(): baseline}  # each combination's peak
     weights: int | None = None  # the smallest weights of any set (the no-fit line)
     found: list[tuple[tuple[str, ...], int, dict[str, Any]]] = []  # the first two that fit
+    left_out: dict[tuple[str, ...], int] = {}  # sets that fit but do not train (trains)
     for combo in combos:
         extra = _combined(combo)
         if extra is None:
+            continue
+        if not trains(combo, **options):  # pure_bf16 rounded to nearest: never a plan
+            if not found and not left_out:  # the cheapest such set, for the no-fit line
+                try:
+                    got = peak.training_peak(config, **{**options, **extra}).peak
+                except LabkitError:
+                    continue
+                if got <= room:
+                    left_out[combo] = got
             continue
         try:
             at = peak.training_peak(config, **{**options, **extra})
@@ -376,11 +413,18 @@ def plan(
         )
     else:
         hint = f"try a smaller --batch or --seq, {other}or more GPUs"
+    if left_out:  # a set fits, but rounds bf16 to nearest: say why it is no plan
+        gone, at_gone = next(iter(left_out.items()))
+        hint += (
+            f" ({levers_text(gone)} would fit at {at_gone / 2**30:.2f} GiB but is left out: "
+            "pure_bf16 rounded to nearest loses most updates at fine-tuning learning rates)"
+        )
     raise NoPlan(
-        f"nothing fits {gib:g} GiB{kept}: the smallest predicted peak is "
+        f"nothing {'that trains ' if left_out else ''}fits {gib:g} GiB{kept}: the smallest predicted peak is "
         f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); {hint}",
         reached,
         room,
+        left_out,
     )
 
 
