@@ -345,8 +345,9 @@ def plan(
 ) -> Plan:
     """The cheapest set of levers with which the peak of the job (``options``: those of
     :func:`labkit.memory.peak.training_peak`) fits ``gib`` GiB less ``reserve`` bytes, among the
-    sets that train (:func:`trains`: never ``pure_bf16`` rounded to nearest). ``levers``: ``"auto"`` (all of :data:`LEVERS`) or the names allowed; ``costs``: each lever's
-    time cost (default :data:`COSTS`). One line of error when no set fits (:class:`NoPlan`, which
+    sets that train (:func:`trains`: never ``pure_bf16`` rounded to nearest). ``levers``:
+    ``"auto"`` (all of :data:`LEVERS`) or the names allowed; ``costs``: each lever's time cost
+    (default :data:`COSTS`). One line of error when no set fits (:class:`NoPlan`, which
     carries every set's peak)."""
     costs = {**COSTS, **(costs or {})}
     allowed = _check(levers, costs)
@@ -420,7 +421,8 @@ def plan(
             "pure_bf16 rounded to nearest loses most updates at fine-tuning learning rates)"
         )
     raise NoPlan(
-        f"nothing {'that trains ' if left_out else ''}fits {gib:g} GiB{kept}: the smallest predicted peak is "
+        f"nothing {'that trains ' if left_out else ''}fits {gib:g} GiB{kept}: "
+        "the smallest predicted peak is "
         f"{smallest / 2**30:.2f} GiB{with_best} ({_tried(reached, baseline)}); {hint}",
         reached,
         room,
