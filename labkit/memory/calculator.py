@@ -279,8 +279,9 @@ def figure(**settings: Any):
         )
         left = max(left, x)
     shape = f"batch {args['batch']} x {args['seq']}"
-    if adapters(**settings):
-        shape = f"{adapters(**settings)}, {shape}"
+    lora = adapters(**settings)  # reads the model's config: once
+    if lora:
+        shape = f"{lora}, {shape}"
     if args["method"] != "inference":  # checkpointing is a training setting
         shape += ", checkpointing" if args["checkpointing"] else ", no checkpointing"
     ax.set(
